@@ -1,0 +1,307 @@
+//! The map ABI shared by ipipd's eBPF programs and its user space.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so both sides agree byte for byte.
+//! Addresses are stored in network byte order (as they sit in the packet), ifindexes and
+//! lengths in host byte order.
+//!
+//! Map names carry [`LAYOUT_VERSION`]: a change to any type in this file must bump it, so that a
+//! pinned map of an older layout is found under another name and never misread.
+#![no_std]
+
+/// Bumped whenever a key or value layout below changes. It is part of every map name.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names, as the eBPF object declares them and as they are pinned (`<pin_dir>/<name>`).
+/// The kernel keeps 15 characters of a map name; these fit.
+pub mod map_names {
+    pub const ROUTES: &str = "ipipd_routes_v1";
+    pub const ENDPOINTS: &str = "ipipd_eps_v1";
+    pub const CONFIG: &str = "ipipd_cfg_v1";
+    pub const COUNTERS: &str = "ipipd_cnt_v1";
+    pub const IP_ID: &str = "ipipd_ipid_v1";
+    /// Every map that user space programs or reads, in one list.
+    pub const ALL: [&str; 5] = [ROUTES, ENDPOINTS, CONFIG, COUNTERS, IP_ID];
+}
+
+/// Program names (the Rust function names in the object).
+pub mod program_names {
+    pub const FROM_POD: &str = "from_pod";
+    pub const FROM_UPLINK: &str = "from_uplink";
+    pub const TO_UPLINK: &str = "to_uplink";
+    pub const XDP_UPLINK: &str = "xdp_uplink";
+    pub const ALL: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_UPLINK, XDP_UPLINK];
+}
+
+/// Capacities of the maps.
+pub const MAX_ROUTES: u32 = 65_536;
+pub const MAX_ENDPOINTS: u32 = 16_384;
+pub const MAX_COUNTERS: u32 = 65_536;
+
+/// What a prefix in the routes trie stands for: the route table ipipd replaces.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `<pod>/32 dev cali…`: a pod on this node, reached through its host-side veth.
+    LocalEndpoint = 1,
+    /// `<block>/26 via <node> dev tunl0`: a block owned by a peer node.
+    RemoteBlock = 2,
+    /// `blackhole <block>/26`: this node's own block (addresses without an endpoint).
+    OwnBlock = 3,
+    /// `<node>/32`: a peer node's own address. Also the allow-list of tunnel sources.
+    PeerNode = 4,
+}
+
+impl RouteKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::LocalEndpoint),
+            2 => Some(Self::RemoteBlock),
+            3 => Some(Self::OwnBlock),
+            4 => Some(Self::PeerNode),
+            _ => None,
+        }
+    }
+}
+
+/// Route flag: traffic to this prefix is encapsulated (IP-in-IP) toward `node_ip`.
+pub const ROUTE_F_ENCAP: u8 = 1 << 0;
+/// Route flag (cross-subnet mode): the owning node is on the uplink's subnet; traffic is routed
+/// to it with `node_ip` as the next hop, without encapsulation.
+pub const ROUTE_F_SAME_SUBNET: u8 = 1 << 1;
+
+/// Value of the routes LPM trie, whose key is `Key<[u8; 4]>`: a prefix length and an IPv4
+/// address in network order.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RouteValue {
+    /// A [`RouteKind`] as u8.
+    pub kind: u8,
+    /// `ROUTE_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// LocalEndpoint: the host-side veth. Others: 0.
+    pub ifindex: u32,
+    /// RemoteBlock / PeerNode: the owning node's underlay address (network order).
+    pub node_ip: [u8; 4],
+    /// LocalEndpoint: the pod side's MAC (the new destination MAC).
+    pub pod_mac: [u8; 6],
+    /// LocalEndpoint: the host side's MAC (the new source MAC).
+    pub host_mac: [u8; 6],
+}
+
+/// Value of the endpoints map, keyed by the host-side veth's ifindex (u32).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The pod's address (network order): the only source address it may send from.
+    pub pod_ip: [u8; 4],
+    /// The pod side's MAC.
+    pub pod_mac: [u8; 6],
+    /// The host side's MAC: what ARP replies announce, and the source MAC of delivered frames.
+    pub host_mac: [u8; 6],
+}
+
+/// Tunnel modes, as Calico names them.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every remote block is encapsulated.
+    Always = 0,
+    /// Blocks of nodes on the uplink's own subnet are routed without encapsulation.
+    CrossSubnet = 1,
+}
+
+/// The node's own settings: the single entry (index 0) of the config array.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's underlay address (network order): the outer source, and the only outer
+    /// destination that is decapsulated.
+    pub node_ip: [u8; 4],
+    /// The uplink's ifindex.
+    pub uplink_ifindex: u32,
+    /// The underlay MTU outer packets must fit (tunnel MTU = mtu - 20).
+    pub mtu: u32,
+    /// A [`Mode`] as u8.
+    pub mode: u8,
+    /// 1 once user space has written this entry; the programs pass everything while it is 0.
+    pub ready: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Where a program runs: part of each counter's key.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Hook {
+    FromPod = 1,
+    FromUplink = 2,
+    ToUplink = 3,
+    XdpUplink = 4,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::FromUplink, Hook::ToUplink, Hook::XdpUplink];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::FromPod => "from_pod",
+            Hook::FromUplink => "from_uplink",
+            Hook::ToUplink => "to_uplink",
+            Hook::XdpUplink => "xdp_uplink",
+        }
+    }
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Hook::FromPod),
+            2 => Some(Hook::FromUplink),
+            3 => Some(Hook::ToUplink),
+            4 => Some(Hook::XdpUplink),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $name:ident = $val:expr, $text:literal, $drop:expr; )*) => {
+        /// Why a program took its decision: one reason per decision and per drop.
+        #[repr(u8)]
+        #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+        pub enum Reason { $( $(#[$doc])* $name = $val, )* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[ $( Reason::$name, )* ];
+            /// The stable snake_case name used in the CLI, metrics and fixtures.
+            pub const fn name(self) -> &'static str {
+                match self { $( Reason::$name => $text, )* }
+            }
+            /// Whether the packet was dropped.
+            pub const fn is_drop(self) -> bool {
+                match self { $( Reason::$name => $drop, )* }
+            }
+            pub const fn from_u8(v: u8) -> Option<Self> {
+                match v { $( $val => Some(Reason::$name), )* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Pod to a pod on this node: TTL - 1, MACs rewritten, `bpf_redirect_peer`.
+    /// Counted on the destination pod's veth.
+    DeliverPodToPod = 1, "deliver_pod_to_pod", false;
+    /// Encapsulated toward the owning node and sent out the uplink.
+    Encap = 2, "encap", false;
+    /// Decapsulated and delivered to a local pod with `bpf_redirect_peer`.
+    /// Counted on the destination pod's veth.
+    DecapDeliver = 3, "decap_deliver", false;
+    /// Decapsulated; the inner destination is not a local pod, so the kernel takes it.
+    DecapToKernel = 4, "decap_to_kernel", false;
+    /// Cross-subnet: routed to a same-subnet node without encapsulation.
+    ForwardSameSubnet = 5, "forward_same_subnet", false;
+    /// Cross-subnet: plain IPv4 from the uplink delivered to a local pod.
+    /// Counted on the destination pod's veth.
+    DeliverFromUplink = 6, "deliver_from_uplink", false;
+    /// An ARP request from a pod answered with the host-side veth's MAC.
+    ArpReply = 7, "arp_reply", false;
+    /// Not ipipd's traffic (host, outside world, services): the kernel takes it unchanged.
+    PassToKernel = 8, "pass_to_kernel", false;
+    /// TTL <= 1: the kernel takes it and answers time exceeded.
+    PassTtlExpired = 9, "pass_ttl_expired", false;
+    /// Larger than the tunnel MTU (not GSO): the kernel answers fragmentation-needed or fragments.
+    PassTooBig = 10, "pass_too_big", false;
+    /// Not IPv4 (IPv6, ARP on the uplink, …): the kernel takes it unchanged.
+    PassNotIpv4 = 11, "pass_not_ipv4", false;
+    /// IP-in-IP already (built by ipipd, or not for us): never encapsulated twice.
+    PassIpip = 12, "pass_ipip", false;
+    /// Decapsulated, inner TTL <= 1: the kernel takes the inner packet and answers time exceeded.
+    DecapTtlExpired = 13, "decap_ttl_expired", false;
+    /// RFC 6040 "currently unused" ECN combination on decapsulation: forwarded, and counted here too.
+    EcnUnusedCombination = 14, "ecn_unused_combination", false;
+    /// ARP that needs no answer from ipipd (a pod probing its own address, replies): the kernel takes it.
+    ArpPass = 15, "arp_pass", false;
+    /// The pod sent from an address that is not its own (anti-spoofing).
+    DropSpoofedSource = 32, "drop_spoofed_source", true;
+    /// Destination in this node's own block without an endpoint (the blackhole route).
+    DropBlackhole = 33, "drop_blackhole", true;
+    /// A packet on an interface ipipd has no endpoint for.
+    DropUnknownEndpoint = 34, "drop_unknown_endpoint", true;
+    /// The (inner) IPv4 header is malformed: version, IHL < 5, or lengths beyond the packet.
+    DropBadIpHeader = 35, "drop_bad_ip_header", true;
+    /// IP-in-IP from a source that is not a known peer node.
+    DropIpipUnknownPeer = 36, "drop_ipip_unknown_peer", true;
+    /// An outer IPv4 fragment.
+    DropOuterFragment = 37, "drop_outer_fragment", true;
+    /// Outer header: not version 4, or IHL < 5.
+    DropBadOuterHeader = 38, "drop_bad_outer_header", true;
+    /// Outer total length below the headers or beyond the frame.
+    DropBadOuterLength = 39, "drop_bad_outer_length", true;
+    /// Outer header with IP options.
+    DropOuterOptions = 40, "drop_outer_options", true;
+    /// Outer header checksum does not verify.
+    DropBadOuterChecksum = 41, "drop_bad_outer_checksum", true;
+    /// Inner header of a tunnelled packet: not version 4, or IHL < 5.
+    DropBadInnerHeader = 42, "drop_bad_inner_header", true;
+    /// Inner packet truncated: its total length exceeds what the outer carries.
+    DropBadInnerLength = 43, "drop_bad_inner_length", true;
+    /// RFC 6040: outer CE over a Not-ECT inner packet cannot be passed on.
+    DropEcnCeNotEct = 44, "drop_ecn_ce_not_ect", true;
+    /// `bpf_skb_adjust_room` refused to encapsulate (for example -EALREADY).
+    DropEncapFailed = 45, "drop_encap_failed", true;
+    /// `bpf_skb_adjust_room` refused to decapsulate.
+    DropDecapFailed = 46, "drop_decap_failed", true;
+    /// No usable route to the peer node on the uplink (FIB lookup failed).
+    DropNoRouteToPeer = 47, "drop_no_route_to_peer", true;
+    /// A helper failed after the packet was modified: never sent half-built.
+    DropHelperFailed = 48, "drop_helper_failed", true;
+    /// A pod's ARP request claims a sender address that is not its own.
+    DropArpSpoofed = 49, "drop_arp_spoofed", true;
+    /// Leaving the uplink, needs encapsulation, but outer would exceed the MTU (not GSO).
+    DropTooBigEgress = 50, "drop_too_big_egress", true;
+    /// Frame too short for the headers its type announces.
+    DropTruncated = 51, "drop_truncated", true;
+}
+
+/// Key of the per-CPU counters.
+///
+/// `ifindex` is the interface the hook runs on, except for the local-delivery reasons
+/// (`deliver_pod_to_pod`, `decap_deliver`, `deliver_from_uplink`), where it is the pod veth the
+/// packet was delivered to (the target of `bpf_redirect_peer`). The target of every other
+/// redirect (encap, forward) is the configured uplink.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub ifindex: u32,
+    /// A [`Hook`] as u8.
+    pub hook: u8,
+    /// A [`Reason`] as u8.
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the per-CPU counters: packets, and bytes as the program saw them (skb->len, or the
+/// XDP frame length; a GSO skb counts once with all its bytes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain data with explicit padding and no pointers.
+    unsafe impl aya::Pod for RouteValue {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for CounterValue {}
+}
+
+// The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION.
+const _: () = {
+    assert!(core::mem::size_of::<RouteValue>() == 24);
+    assert!(core::mem::size_of::<Endpoint>() == 16);
+    assert!(core::mem::size_of::<NodeConfig>() == 16);
+    assert!(core::mem::size_of::<CounterKey>() == 8);
+    assert!(core::mem::size_of::<CounterValue>() == 16);
+};

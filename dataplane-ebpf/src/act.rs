@@ -1,0 +1,288 @@
+//! Act: what the hooks do once they have decided — count and pass or drop, deliver to a local
+//! pod, encapsulate toward a peer node, route to a same-subnet node. Each ends the program.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id, bpf_redirect, bpf_redirect_neigh,
+        bpf_redirect_peer,
+    },
+    programs::TcContext,
+};
+use dataplane_common::{Hook, NodeConfig, Reason, RouteValue};
+
+use crate::{
+    csum,
+    maps::{IP_ID, count},
+    packet::{
+        ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
+        dec_ttl, ensure_linear, frag_field, gso_size, ihl_bytes, ifindex, ptr_at, tot_len,
+    },
+};
+
+const AF_INET: u8 = 2;
+/// The outer header's TTL.
+const OUTER_TTL: u8 = 64;
+const PACKET_HOST: u32 = 0;
+
+/// Counts the decision on the hook's interface and hands the packet to the kernel unchanged.
+#[inline(always)]
+pub fn pass(ctx: &TcContext, hook: Hook, reason: Reason) -> i32 {
+    count(ifindex(ctx), hook, reason, ctx.len());
+    TC_ACT_OK as i32
+}
+
+/// Counts the drop on the hook's interface and drops the packet.
+#[inline(always)]
+pub fn drop(ctx: &TcContext, hook: Hook, reason: Reason) -> i32 {
+    count(ifindex(ctx), hook, reason, ctx.len());
+    TC_ACT_SHOT as i32
+}
+
+/// Local delivery of the IPv4 packet at ETH_LEN to the pod of `ep` (a LocalEndpoint route):
+/// TTL - 1, MACs rewritten, `bpf_redirect_peer` into the pod. The caller has checked TTL > 1
+/// and that the IPv4 header is linear. Counted on the destination veth under `reason`.
+#[inline(always)]
+pub fn deliver_local(ctx: &TcContext, hook: Hook, reason: Reason, ep: &RouteValue) -> i32 {
+    let len = ctx.len();
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)) else {
+        return drop(ctx, hook, Reason::DropHelperFailed);
+    };
+    // SAFETY: both pointers were bounds-checked against data_end just above.
+    unsafe {
+        dec_ttl(&mut *ip);
+        (*eth).dst_addr = ep.pod_mac;
+        (*eth).src_addr = ep.host_mac;
+        // Packets from a tunnel or the wire may carry PACKET_OTHERHOST; kernels before 6.15 do not
+        // reset it on redirect_peer.
+        if (*ctx.skb.skb).pkt_type != PACKET_HOST {
+            let _ = ctx.change_type(PACKET_HOST);
+        }
+    }
+    count(ep.ifindex, hook, reason, len);
+    // SAFETY: helper call with valid arguments; flags must be 0.
+    unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
+}
+
+/// Where the outer (or next-hop) L2 comes from.
+struct NextHop {
+    params: bpf_fib_lookup,
+    /// BPF_FIB_LKUP_RET_SUCCESS (MACs known) or BPF_FIB_LKUP_RET_NO_NEIGH (let the kernel resolve).
+    rc: u32,
+}
+
+/// FIB lookup of `dst` from this node out of the uplink. None when the kernel has no usable
+/// route (blackhole, unreachable, forwarding disabled, …).
+#[inline(always)]
+fn lookup_next_hop(ctx: &TcContext, cfg: &NodeConfig, dst: [u8; 4]) -> Option<NextHop> {
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = cfg.uplink_ifindex;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.node_ip);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: helper call with a correctly sized params struct on the stack.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Some(NextHop { params, rc: rc as u32 })
+    } else {
+        None
+    }
+}
+
+/// Sends the (already rewritten) frame toward `nh`: MACs from the FIB when the neighbour is
+/// known, `bpf_redirect_neigh` otherwise. At the uplink's own egress a known neighbour needs no
+/// redirect at all.
+#[inline(always)]
+fn send(ctx: &TcContext, hook: Hook, nh: &NextHop) -> i32 {
+    let out = nh.params.ifindex;
+    if nh.rc == BPF_FIB_LKUP_RET_SUCCESS {
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return drop(ctx, hook, Reason::DropHelperFailed);
+        };
+        // SAFETY: bounds-checked above.
+        unsafe {
+            (*eth).dst_addr = nh.params.dmac;
+            (*eth).src_addr = nh.params.smac;
+        }
+        if hook == Hook::ToUplink && out == ifindex(ctx) {
+            return TC_ACT_OK as i32;
+        }
+        // SAFETY: helper call.
+        return unsafe { bpf_redirect(out, 0) as i32 };
+    }
+    let mut neigh = bpf_redir_neigh {
+        nh_family: AF_INET as u32,
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+            // SAFETY: reading the union member the FIB lookup filled (the gateway, or the destination).
+            ipv4_nh: unsafe { nh.params.__bindgen_anon_4.ipv4_dst },
+        },
+    };
+    // SAFETY: helper call with a correctly sized params struct.
+    unsafe {
+        bpf_redirect_neigh(
+            out,
+            &mut neigh,
+            size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
+}
+
+/// The next outer IPv4 Identification for a DF-clear packet: a per-CPU counter with the CPU
+/// number, bit-reversed, in the high bits, so CPUs do not share IDs until a counter wraps into
+/// another CPU's range.
+#[inline(always)]
+fn next_ip_id() -> u16 {
+    // SAFETY: helper call without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u16;
+    let ctr = match IP_ID.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        Some(p) => unsafe {
+            let v = *p;
+            *p = v.wrapping_add(1);
+            v as u16
+        },
+        None => 0,
+    };
+    cpu.reverse_bits() ^ ctr
+}
+
+/// Length of the inner L3 + L4 headers of a GSO packet (what each segment repeats).
+#[inline(always)]
+fn inner_headers_len(ctx: &TcContext, ihl: usize, proto: u8) -> usize {
+    let l4 = ETH_LEN + ihl;
+    match proto {
+        IPPROTO_TCP => match ctx.load::<u8>(l4 + 12) {
+            Ok(doff) => ihl + (((doff >> 4) as usize) << 2),
+            Err(_) => ihl + 60,
+        },
+        IPPROTO_UDP => ihl + 8,
+        _ => ihl,
+    }
+}
+
+/// Whether the packet needs the kernel's fragmentation-needed / fragmentation before it can be
+/// encapsulated: a non-GSO packet whose outer length would exceed the underlay MTU.
+#[inline(always)]
+pub fn too_big_for_tunnel(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> bool {
+    gso_size(ctx) == 0 && tot_len(ip) + IP_LEN > cfg.mtu as usize
+}
+
+/// Encapsulates the IPv4 packet at ETH_LEN in IP-in-IP toward `node_ip` and sends it out the
+/// uplink. `dec_ttl` is set when the packet is forwarded on the pod's behalf (from_pod), clear
+/// for packets the kernel already routed (to_uplink). The caller has checked TTL and size.
+#[inline(always)]
+pub fn encap_and_send(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    hook: Hook,
+    node_ip: [u8; 4],
+    dec_ttl_inner: bool,
+) -> i32 {
+    let len = ctx.len();
+    // Read what the outer header copies before the packet changes.
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return drop(ctx, hook, Reason::DropHelperFailed);
+    };
+    // SAFETY: bounds-checked above.
+    let (inner_tot, tos, frags, ihl, proto) = unsafe {
+        (tot_len(&*ip), (*ip).tos, frag_field(&*ip), ihl_bytes(&*ip), (*ip).proto)
+    };
+
+    // L2 toward the peer node first: a node without a route to its peer drops the packet
+    // unmodified instead of sending it half-built.
+    let Some(nh) = lookup_next_hop(ctx, cfg, node_ip) else {
+        return drop(ctx, hook, Reason::DropNoRouteToPeer);
+    };
+
+    // FIXED_GSO only when the segments still fit once the outer header is added; otherwise the
+    // kernel lowers gso_size by 20.
+    let gso = gso_size(ctx) as usize;
+    let mut flags = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
+    if gso != 0 && gso + inner_headers_len(ctx, ihl, proto) + IP_LEN <= cfg.mtu as usize {
+        flags |= BPF_F_ADJ_ROOM_FIXED_GSO as u64;
+    }
+    if ctx.adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).is_err() {
+        count(ifindex(ctx), hook, Reason::DropEncapFailed, len);
+        return TC_ACT_SHOT as i32;
+    }
+
+    // From here on the packet is modified: every failure is TC_ACT_SHOT.
+    if !ensure_linear(ctx, ETH_LEN + IP_LEN + IP_LEN) {
+        return drop(ctx, hook, Reason::DropHelperFailed);
+    }
+    let (Some(outer), Some(inner)) = (
+        ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
+        ptr_at::<Ipv4Hdr>(ctx, ETH_LEN + IP_LEN),
+    ) else {
+        return drop(ctx, hook, Reason::DropHelperFailed);
+    };
+    let df = frags & IP_DF;
+    let id = if df != 0 { 0 } else { next_ip_id() };
+    let outer_len = ((inner_tot + IP_LEN) as u16).to_be_bytes();
+    let id = id.to_be_bytes();
+    let frag = df.to_be_bytes();
+    let mut words: [u16; 10] = [
+        u16::from_ne_bytes([0x45, tos]),
+        u16::from_ne_bytes(outer_len),
+        u16::from_ne_bytes(id),
+        u16::from_ne_bytes(frag),
+        u16::from_ne_bytes([OUTER_TTL, IPPROTO_IPIP]),
+        0,
+        u16::from_ne_bytes([cfg.node_ip[0], cfg.node_ip[1]]),
+        u16::from_ne_bytes([cfg.node_ip[2], cfg.node_ip[3]]),
+        u16::from_ne_bytes([node_ip[0], node_ip[1]]),
+        u16::from_ne_bytes([node_ip[2], node_ip[3]]),
+    ];
+    words[5] = csum::ipv4_header(&words);
+    // SAFETY: both headers were bounds-checked above.
+    unsafe {
+        let o = &mut *outer;
+        o.vihl = 0x45;
+        o.tos = tos;
+        o.tot_len = outer_len;
+        o.id = id;
+        o.frags = frag;
+        o.ttl = OUTER_TTL;
+        o.proto = IPPROTO_IPIP;
+        o.check = words[5].to_ne_bytes();
+        o.src_addr = cfg.node_ip;
+        o.dst_addr = node_ip;
+        if dec_ttl_inner {
+            dec_ttl(&mut *inner);
+        }
+    }
+    count(ifindex(ctx), hook, Reason::Encap, len);
+    send(ctx, hook, &nh)
+}
+
+/// Cross-subnet: routes the packet to a node on the uplink's subnet without encapsulation,
+/// with that node as the next hop. TTL - 1; the caller has checked TTL > 1.
+#[inline(always)]
+pub fn forward_same_subnet(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, node_ip: [u8; 4]) -> i32 {
+    let len = ctx.len();
+    let Some(nh) = lookup_next_hop(ctx, cfg, node_ip) else {
+        return drop(ctx, hook, Reason::DropNoRouteToPeer);
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return drop(ctx, hook, Reason::DropHelperFailed);
+    };
+    // SAFETY: bounds-checked above.
+    unsafe { dec_ttl(&mut *ip) };
+    count(ifindex(ctx), hook, Reason::ForwardSameSubnet, len);
+    send(ctx, hook, &nh)
+}

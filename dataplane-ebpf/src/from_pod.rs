@@ -1,0 +1,143 @@
+//! from_pod — tc ingress on a local pod's host-side veth.
+//!
+//! The route table it replaces, for a packet a pod sends:
+//!
+//! | destination                    | kernel route                         | here                                   |
+//! |--------------------------------|--------------------------------------|----------------------------------------|
+//! | ARP for any address but its own | proxy_arp on cali*                  | ARP reply with the host veth's MAC     |
+//! | source not the pod's own       | (rp_filter / Calico iptables)        | drop_spoofed_source                    |
+//! | a pod on this node             | `<pod>/32 dev cali…`                 | TTL-1, MACs, redirect_peer             |
+//! | own block, no pod              | `blackhole <block>`                  | drop_blackhole                         |
+//! | remote block / peer node IP    | `<block> via <node> dev tunl0`       | encap, out the uplink                  |
+//! | same-subnet node (cross-subnet)| `<block> via <node> dev eth0`        | TTL-1, routed to the node              |
+//! | anything else                  | the host's routes                    | pass_to_kernel                         |
+
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
+use dataplane_common::{Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind};
+
+use crate::{
+    act::{self, drop, pass},
+    maps::{ENDPOINTS, config, count, route},
+    packet::{
+        ArpIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IP_LEN, Ipv4Hdr, ensure_linear, ifindex,
+        ipv4_sane, ptr_at,
+    },
+};
+
+const HOOK: Hook = Hook::FromPod;
+
+pub fn run(ctx: &TcContext) -> i32 {
+    // Parse.
+    let Some(cfg) = config() else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: the value is copied out at once; user space replaces entries whole.
+    let Some(ep) = (unsafe { ENDPOINTS.get(ifindex(ctx)) }).copied() else {
+        return drop(ctx, HOOK, Reason::DropUnknownEndpoint);
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    };
+    // SAFETY: bounds-checked above.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_ARP {
+        return arp(ctx, &ep);
+    }
+    if ether_type != ETH_P_IP {
+        return pass(ctx, HOOK, Reason::PassNotIpv4);
+    }
+    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    };
+    // SAFETY: bounds-checked above; the reference does not outlive a packet-changing helper.
+    let ip = unsafe { &*ip };
+    if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
+        return drop(ctx, HOOK, Reason::DropBadIpHeader);
+    }
+    if ip.src_addr != ep.pod_ip {
+        return drop(ctx, HOOK, Reason::DropSpoofedSource);
+    }
+
+    // Decide: the longest prefix that holds the destination.
+    let Some(rt) = route(ip.dst_addr) else {
+        return pass(ctx, HOOK, Reason::PassToKernel);
+    };
+    let ttl = ip.ttl;
+    match RouteKind::from_u8(rt.kind) {
+        Some(RouteKind::LocalEndpoint) => {
+            if ttl <= 1 {
+                return pass(ctx, HOOK, Reason::PassTtlExpired);
+            }
+            act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, rt)
+        }
+        Some(RouteKind::OwnBlock) => drop(ctx, HOOK, Reason::DropBlackhole),
+        Some(RouteKind::RemoteBlock) | Some(RouteKind::PeerNode) => {
+            if rt.flags & ROUTE_F_ENCAP != 0 {
+                if ttl <= 1 {
+                    return pass(ctx, HOOK, Reason::PassTtlExpired);
+                }
+                if act::too_big_for_tunnel(ctx, cfg, ip) {
+                    return pass(ctx, HOOK, Reason::PassTooBig);
+                }
+                act::encap_and_send(ctx, cfg, HOOK, rt.node_ip, true)
+            } else if rt.flags & ROUTE_F_SAME_SUBNET != 0 && cfg.mode == Mode::CrossSubnet as u8 {
+                if ttl <= 1 {
+                    return pass(ctx, HOOK, Reason::PassTtlExpired);
+                }
+                act::forward_same_subnet(ctx, cfg, HOOK, rt.node_ip)
+            } else {
+                pass(ctx, HOOK, Reason::PassToKernel)
+            }
+        }
+        None => pass(ctx, HOOK, Reason::PassToKernel),
+    }
+}
+
+const ARP_REQUEST: [u8; 2] = 1u16.to_be_bytes();
+const ARP_REPLY: [u8; 2] = 2u16.to_be_bytes();
+const ARP_HTYPE_ETHER: [u8; 2] = 1u16.to_be_bytes();
+const ARP_PTYPE_IPV4: [u8; 2] = 0x0800u16.to_be_bytes();
+
+/// A pod's ARP: requests for any address but the pod's own are answered with the host-side
+/// veth's MAC (the pods' gateway 169.254.1.1 included), sent straight back into the pod.
+fn arp(ctx: &TcContext, ep: &Endpoint) -> i32 {
+    if !ensure_linear(ctx, ETH_LEN + core::mem::size_of::<ArpIpv4>()) {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    }
+    let (Some(eth), Some(arp)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<ArpIpv4>(ctx, ETH_LEN)) else {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    };
+    // SAFETY: both bounds-checked above.
+    let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
+    if arp.htype != ARP_HTYPE_ETHER
+        || arp.ptype != ARP_PTYPE_IPV4
+        || arp.hlen != 6
+        || arp.plen != 4
+        || arp.oper != ARP_REQUEST
+        || arp.tpa == ep.pod_ip
+    {
+        return pass(ctx, HOOK, Reason::ArpPass);
+    }
+    // A probe (sender 0.0.0.0) is fine; any other sender address must be the pod's.
+    if arp.spa != ep.pod_ip && arp.spa != [0; 4] {
+        return drop(ctx, HOOK, Reason::DropArpSpoofed);
+    }
+    let asker_mac = arp.sha;
+    let asker_ip = arp.spa;
+    let wanted = arp.tpa;
+    arp.oper = ARP_REPLY;
+    arp.sha = ep.host_mac;
+    arp.spa = wanted;
+    arp.tha = asker_mac;
+    arp.tpa = asker_ip;
+    eth.dst_addr = asker_mac;
+    eth.src_addr = ep.host_mac;
+    let ifindex = ifindex(ctx);
+    count(ifindex, HOOK, Reason::ArpReply, ctx.len());
+    // Out of the host-side veth's egress, that is, into the pod.
+    // SAFETY: helper call.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}

@@ -1,0 +1,200 @@
+//! from_uplink — tc ingress on the node's uplink.
+//!
+//! What `tunl0` and the /32 routes do for a packet arriving from another node:
+//!
+//! | packet                                            | here                                 |
+//! |---------------------------------------------------|--------------------------------------|
+//! | IPIP to the node IP from a peer, inner to a pod   | decap, RFC 6040 ECN, TTL-1, redirect_peer |
+//! | … inner TTL <= 1                                  | decap, kernel (time exceeded)        |
+//! | … inner to the own block, no pod                  | drop_blackhole                       |
+//! | … inner to anything else (the node itself)        | decap, kernel                        |
+//! | IPIP from a non-peer, outer fragment, bad headers | a drop, each with its own reason     |
+//! | plain IPv4 to a local pod (cross-subnet)          | TTL-1, redirect_peer                 |
+//! | anything else                                     | the kernel, untouched                |
+
+use aya_ebpf::{
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET, TC_ACT_OK},
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    programs::TcContext,
+};
+use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind};
+
+use crate::{
+    act::{self, drop, pass},
+    csum,
+    maps::{config, count, route},
+    packet::{
+        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, ensure_linear,
+        frag_field, ifindex, ihl_bytes, ip_words, ipv4_sane, ptr_at, set_tos, tot_len,
+    },
+};
+
+const HOOK: Hook = Hook::FromUplink;
+
+const NOT_ECT: u8 = 0;
+const ECT_1: u8 = 1;
+const CE: u8 = 3;
+
+/// RFC 6040 §4.2 (Figure 4): the inner ECN field after decapsulation, or None to drop.
+/// The second value is set for the "currently unused" combinations, which are forwarded and
+/// counted.
+#[inline(always)]
+pub fn ecn_decap(inner: u8, outer: u8) -> (Option<u8>, bool) {
+    if inner == NOT_ECT {
+        return match outer {
+            CE => (None, false),
+            NOT_ECT => (Some(NOT_ECT), false),
+            _ => (Some(NOT_ECT), true),
+        };
+    }
+    if inner == CE || outer == CE {
+        return (Some(CE), inner == CE && outer == ECT_1);
+    }
+    if outer == ECT_1 {
+        return (Some(ECT_1), false);
+    }
+    (Some(inner), false)
+}
+
+pub fn run(ctx: &TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK as i32;
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return pass(ctx, HOOK, Reason::PassNotIpv4);
+    };
+    // SAFETY: bounds-checked above.
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
+        return pass(ctx, HOOK, Reason::PassNotIpv4);
+    }
+    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    }
+    let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    };
+    // SAFETY: bounds-checked above; not used after a packet-changing helper.
+    let outer = unsafe { &*outer };
+    if outer.proto != IPPROTO_IPIP {
+        return plain(ctx, cfg, outer);
+    }
+    if outer.dst_addr != cfg.node_ip {
+        return pass(ctx, HOOK, Reason::PassIpip);
+    }
+
+    // Parse and validate the outer header as ip_rcv would.
+    if (outer.vihl >> 4) != 4 || ihl_bytes(outer) < IP_LEN {
+        return drop(ctx, HOOK, Reason::DropBadOuterHeader);
+    }
+    if ihl_bytes(outer) != IP_LEN {
+        return drop(ctx, HOOK, Reason::DropOuterOptions);
+    }
+    let outer_tot = tot_len(outer);
+    if outer_tot < IP_LEN + IP_LEN || outer_tot > ctx.len() as usize - ETH_LEN {
+        return drop(ctx, HOOK, Reason::DropBadOuterLength);
+    }
+    if csum::ipv4_header(&ip_words(outer)) != 0 {
+        return drop(ctx, HOOK, Reason::DropBadOuterChecksum);
+    }
+    if frag_field(outer) & IP_MF_OFFSET != 0 {
+        return drop(ctx, HOOK, Reason::DropOuterFragment);
+    }
+    match route(outer.src_addr) {
+        Some(rt) if rt.kind == RouteKind::PeerNode as u8 => {}
+        _ => return drop(ctx, HOOK, Reason::DropIpipUnknownPeer),
+    }
+    let outer_ecn = outer.tos & 3;
+
+    // The inner header.
+    if !ensure_linear(ctx, ETH_LEN + IP_LEN + IP_LEN) {
+        return drop(ctx, HOOK, Reason::DropBadInnerLength);
+    }
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN + IP_LEN) else {
+        return drop(ctx, HOOK, Reason::DropBadInnerLength);
+    };
+    // SAFETY: bounds-checked above.
+    let inner = unsafe { &*inner };
+    if (inner.vihl >> 4) != 4 || ihl_bytes(inner) < IP_LEN {
+        return drop(ctx, HOOK, Reason::DropBadInnerHeader);
+    }
+    if !ipv4_sane(inner, outer_tot - IP_LEN) {
+        return drop(ctx, HOOK, Reason::DropBadInnerLength);
+    }
+    let (ecn, unused) = ecn_decap(inner.tos & 3, outer_ecn);
+    let Some(ecn) = ecn else {
+        return drop(ctx, HOOK, Reason::DropEcnCeNotEct);
+    };
+    let new_tos = (inner.tos & !3) | ecn;
+    let ttl = inner.ttl;
+
+    // Decide on the inner destination.
+    let rt = route(inner.dst_addr);
+    let kind = match rt {
+        Some(rt) => RouteKind::from_u8(rt.kind),
+        None => None,
+    };
+    if kind == Some(RouteKind::OwnBlock) {
+        return drop(ctx, HOOK, Reason::DropBlackhole);
+    }
+
+    // Act: decapsulate, then deliver or hand to the kernel.
+    let len = ctx.len();
+    if unused {
+        count(ifindex(ctx), HOOK, Reason::EcnUnusedCombination, len);
+    }
+    let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
+    if ctx.adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags).is_err() {
+        return drop(ctx, HOOK, Reason::DropDecapFailed);
+    }
+    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
+        return drop(ctx, HOOK, Reason::DropHelperFailed);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return drop(ctx, HOOK, Reason::DropHelperFailed);
+    };
+    // SAFETY: bounds-checked above.
+    unsafe {
+        if (*ip).tos != new_tos {
+            set_tos(&mut *ip, new_tos);
+        }
+    }
+    match (kind, rt) {
+        (Some(RouteKind::LocalEndpoint), Some(rt)) => {
+            if ttl <= 1 {
+                count(ifindex(ctx), HOOK, Reason::DecapTtlExpired, len);
+                return TC_ACT_OK as i32;
+            }
+            act::deliver_local(ctx, HOOK, Reason::DecapDeliver, rt)
+        }
+        _ => {
+            count(ifindex(ctx), HOOK, Reason::DecapToKernel, len);
+            TC_ACT_OK as i32
+        }
+    }
+}
+
+/// Plain IPv4 from the wire. In cross-subnet mode, same-subnet nodes send pod traffic
+/// unencapsulated: deliver it to the local pod directly.
+#[inline(always)]
+fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
+    if cfg.mode != Mode::CrossSubnet as u8 {
+        return pass(ctx, HOOK, Reason::PassToKernel);
+    }
+    let Some(rt) = route(ip.dst_addr) else {
+        return pass(ctx, HOOK, Reason::PassToKernel);
+    };
+    match RouteKind::from_u8(rt.kind) {
+        Some(RouteKind::LocalEndpoint) => {
+            if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
+                return drop(ctx, HOOK, Reason::DropBadIpHeader);
+            }
+            if ip.ttl <= 1 {
+                return pass(ctx, HOOK, Reason::PassTtlExpired);
+            }
+            act::deliver_local(ctx, HOOK, Reason::DeliverFromUplink, rt)
+        }
+        Some(RouteKind::OwnBlock) => drop(ctx, HOOK, Reason::DropBlackhole),
+        _ => pass(ctx, HOOK, Reason::PassToKernel),
+    }
+}
+

@@ -1,0 +1,80 @@
+//! The maps, named with the layout version (see dataplane-common).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+};
+use dataplane_common::{
+    CounterKey, CounterValue, Endpoint, Hook, MAX_COUNTERS, MAX_ENDPOINTS, MAX_ROUTES, NodeConfig,
+    Reason, RouteValue,
+};
+
+/// Prefix → what it is (local endpoint, remote block, own block, peer node).
+#[map(name = "ipipd_routes_v1")]
+pub static ROUTES: LpmTrie<[u8; 4], RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+/// Host-side veth ifindex → the pod behind it.
+#[map(name = "ipipd_eps_v1")]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// The node's own settings, at index 0.
+#[map(name = "ipipd_cfg_v1")]
+pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// (ifindex, hook, reason) → packets, bytes; per CPU.
+#[map(name = "ipipd_cnt_v1")]
+pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
+    PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
+
+/// Per-CPU IPv4 Identification counter for outer headers with DF clear.
+#[map(name = "ipipd_ipid_v1")]
+pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The node's settings, once user space has written them.
+#[inline(always)]
+pub fn config() -> Option<&'static NodeConfig> {
+    match CONFIG.get(0) {
+        Some(c) if c.ready != 0 => Some(c),
+        _ => None,
+    }
+}
+
+/// Longest-prefix match of an IPv4 address (network order).
+#[inline(always)]
+pub fn route(addr: [u8; 4]) -> Option<&'static RouteValue> {
+    ROUTES.get(Key::new(32, addr))
+}
+
+/// Counts one packet of `bytes` under (ifindex, hook, reason).
+#[inline(always)]
+pub fn count(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
+    let key = CounterKey {
+        ifindex,
+        hook: hook as u8,
+        reason: reason as u8,
+        _pad: [0; 2],
+    };
+    if let Some(v) = COUNTERS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*v).packets += 1;
+            (*v).bytes += bytes as u64;
+        }
+        return;
+    }
+    let first = CounterValue {
+        packets: 1,
+        bytes: bytes as u64,
+    };
+    if COUNTERS.insert(&key, &first, BPF_NOEXIST as u64).is_err() {
+        // Another CPU created the entry in between (or the map is full): add to it if it exists.
+        if let Some(v) = COUNTERS.get_ptr_mut(&key) {
+            // SAFETY: as above.
+            unsafe {
+                (*v).packets += 1;
+                (*v).bytes += bytes as u64;
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Parse: bounds-checked access to the headers of a tc packet, and the small header types
+//! network-types does not give us in the form we need.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+pub use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+pub const ETH_LEN: usize = EthHdr::LEN;
+pub const IP_LEN: usize = Ipv4Hdr::LEN;
+
+pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const ETH_P_ARP: u16 = 0x0806u16.to_be();
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+/// The DF bit in the frag field, and the MF bit plus offset mask (wire order as read by u16::from_be_bytes).
+pub const IP_DF: u16 = 0x4000;
+pub const IP_MF_OFFSET: u16 = 0x3fff;
+
+/// ARP for IPv4 over Ethernet (RFC 826), 28 bytes.
+#[repr(C)]
+pub struct ArpIpv4 {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+/// A pointer to a `T` at `off` in the linear data, or None when it does not fit.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Makes the first `len` bytes linear (pulling them in when the skb is paged), so that the
+/// direct packet access of [`ptr_at`] can reach them. False when the packet is shorter.
+#[inline(always)]
+pub fn ensure_linear(ctx: &TcContext, len: usize) -> bool {
+    if ctx.data() + len <= ctx.data_end() {
+        return true;
+    }
+    if (ctx.len() as usize) < len || ctx.pull_data(len as u32).is_err() {
+        return false;
+    }
+    ctx.data() + len <= ctx.data_end()
+}
+
+/// The word at byte offset `2 * i` of an IPv4 header, in wire order.
+#[inline(always)]
+pub fn ip_word(ip: &Ipv4Hdr, i: usize) -> u16 {
+    // SAFETY: Ipv4Hdr is 20 bytes of plain data with alignment 1; i < 10 at every call site.
+    let p = ip as *const Ipv4Hdr as *const u8;
+    unsafe { u16::from_ne_bytes([*p.add(2 * i), *p.add(2 * i + 1)]) }
+}
+
+/// The ten words of a 20-byte IPv4 header.
+#[inline(always)]
+pub fn ip_words(ip: &Ipv4Hdr) -> [u16; 10] {
+    [
+        ip_word(ip, 0),
+        ip_word(ip, 1),
+        ip_word(ip, 2),
+        ip_word(ip, 3),
+        ip_word(ip, 4),
+        ip_word(ip, 5),
+        ip_word(ip, 6),
+        ip_word(ip, 7),
+        ip_word(ip, 8),
+        ip_word(ip, 9),
+    ]
+}
+
+/// Header length in bytes (IHL * 4).
+#[inline(always)]
+pub fn ihl_bytes(ip: &Ipv4Hdr) -> usize {
+    ((ip.vihl & 0x0f) as usize) << 2
+}
+
+#[inline(always)]
+pub fn tot_len(ip: &Ipv4Hdr) -> usize {
+    u16::from_be_bytes(ip.tot_len) as usize
+}
+
+#[inline(always)]
+pub fn frag_field(ip: &Ipv4Hdr) -> u16 {
+    u16::from_be_bytes(ip.frags)
+}
+
+/// Version 4, IHL >= 5, and a total length that covers the header and fits in `avail` bytes.
+#[inline(always)]
+pub fn ipv4_sane(ip: &Ipv4Hdr, avail: usize) -> bool {
+    let ihl = ihl_bytes(ip);
+    let tot = tot_len(ip);
+    (ip.vihl >> 4) == 4 && ihl >= IP_LEN && tot >= ihl && tot <= avail
+}
+
+/// Decrements the TTL, updating the header checksum incrementally.
+#[inline(always)]
+pub fn dec_ttl(ip: &mut Ipv4Hdr) {
+    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.ttl -= 1;
+    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    let check = crate::csum::replace(u16::from_ne_bytes(ip.check), old, new);
+    ip.check = check.to_ne_bytes();
+}
+
+/// Sets the TOS byte, updating the header checksum incrementally.
+#[inline(always)]
+pub fn set_tos(ip: &mut Ipv4Hdr, tos: u8) {
+    let old = u16::from_ne_bytes([ip.vihl, ip.tos]);
+    ip.tos = tos;
+    let new = u16::from_ne_bytes([ip.vihl, ip.tos]);
+    let check = crate::csum::replace(u16::from_ne_bytes(ip.check), old, new);
+    ip.check = check.to_ne_bytes();
+}
+
+/// The interface a tc program runs on.
+#[inline(always)]
+pub fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a context field.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The skb's gso_size (0 for a packet that is not GSO).
+#[inline(always)]
+pub fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a context field.
+    unsafe { (*ctx.skb.skb).gso_size }
+}

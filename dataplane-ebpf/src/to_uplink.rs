@@ -1,0 +1,56 @@
+//! to_uplink — tc egress on the uplink.
+//!
+//! Packets the kernel itself sends toward a remote block: host-originated traffic to pods on
+//! other nodes, and what the slow path forwards (fragments of DF-clear packets that were too big
+//! for the tunnel, TTL-expired answers). Calico sends these into `tunl0`; here they leave the
+//! uplink encapsulated, with L2 set for the outer destination. The inner header is unchanged.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use dataplane_common::{Hook, ROUTE_F_ENCAP, Reason, RouteKind};
+
+use crate::{
+    act::{self, drop, pass},
+    maps::{config, route},
+    packet::{ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IPPROTO_IPIP, Ipv4Hdr, ensure_linear, ipv4_sane, ptr_at},
+};
+
+const HOOK: Hook = Hook::ToUplink;
+
+pub fn run(ctx: &TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK as i32;
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return pass(ctx, HOOK, Reason::PassNotIpv4);
+    };
+    // SAFETY: bounds-checked above.
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
+        return pass(ctx, HOOK, Reason::PassNotIpv4);
+    }
+    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return drop(ctx, HOOK, Reason::DropTruncated);
+    };
+    // SAFETY: bounds-checked above.
+    let ip = unsafe { &*ip };
+    // Already a tunnel packet (ours, from from_pod): never encapsulated twice.
+    if ip.proto == IPPROTO_IPIP {
+        return pass(ctx, HOOK, Reason::PassIpip);
+    }
+    let Some(rt) = route(ip.dst_addr) else {
+        return pass(ctx, HOOK, Reason::PassToKernel);
+    };
+    let remote = rt.kind == RouteKind::RemoteBlock as u8 || rt.kind == RouteKind::PeerNode as u8;
+    if !remote || rt.flags & ROUTE_F_ENCAP == 0 {
+        return pass(ctx, HOOK, Reason::PassToKernel);
+    }
+    if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
+        return drop(ctx, HOOK, Reason::DropBadIpHeader);
+    }
+    if act::too_big_for_tunnel(ctx, cfg, ip) {
+        return drop(ctx, HOOK, Reason::DropTooBigEgress);
+    }
+    act::encap_and_send(ctx, cfg, HOOK, rt.node_ip, false)
+}

@@ -1,0 +1,56 @@
+//! xdp_uplink — optional XDP on the uplink: drop tunnel traffic from non-peers and malformed
+//! outer headers before an skb is built. Reads only the linear head and passes everything else;
+//! from_uplink repeats every check, so correctness never depends on this program. Only its drops
+//! are counted (what it passes is counted by from_uplink).
+
+use core::mem::size_of;
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use dataplane_common::{Hook, Reason, RouteKind};
+
+use crate::{
+    maps::{config, count, route},
+    packet::{ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, frag_field, ihl_bytes, tot_len},
+};
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    if ctx.data() + off + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((ctx.data() + off) as *const T)
+}
+
+#[inline(always)]
+fn drop(ctx: &XdpContext, reason: Reason) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    count(ctx.ingress_ifindex() as u32, Hook::XdpUplink, reason, len);
+    xdp_action::XDP_DROP
+}
+
+pub fn run(ctx: &XdpContext) -> u32 {
+    let Some(cfg) = config() else {
+        return xdp_action::XDP_PASS;
+    };
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: both bounds-checked above.
+    let (eth, ip) = unsafe { (&*eth, &*ip) };
+    if eth.ether_type != ETH_P_IP || ip.proto != IPPROTO_IPIP || ip.dst_addr != cfg.node_ip {
+        return xdp_action::XDP_PASS;
+    }
+    if (ip.vihl >> 4) != 4 || ihl_bytes(ip) < IP_LEN {
+        return drop(ctx, Reason::DropBadOuterHeader);
+    }
+    if tot_len(ip) < IP_LEN + IP_LEN {
+        return drop(ctx, Reason::DropBadOuterLength);
+    }
+    if frag_field(ip) & IP_MF_OFFSET != 0 {
+        return drop(ctx, Reason::DropOuterFragment);
+    }
+    match route(ip.src_addr) {
+        Some(rt) if rt.kind == RouteKind::PeerNode as u8 => xdp_action::XDP_PASS,
+        _ => drop(ctx, Reason::DropIpipUnknownPeer),
+    }
+}
