@@ -140,7 +140,12 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::FromUplink, Hook::ToUplink, Hook::XdpUplink];
+    pub const ALL: [Hook; 4] = [
+        Hook::FromPod,
+        Hook::FromUplink,
+        Hook::ToUplink,
+        Hook::XdpUplink,
+    ];
     pub const fn name(self) -> &'static str {
         match self {
             Hook::FromPod => "from_pod",

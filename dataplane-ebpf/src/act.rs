@@ -21,8 +21,8 @@ use crate::{
     csum,
     maps::{IP_ID, count},
     packet::{
-        ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
-        dec_ttl, ensure_linear, frag_field, gso_size, ihl_bytes, ifindex, ptr_at, tot_len,
+        ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, dec_ttl,
+        ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ptr_at, tot_len,
     },
 };
 
@@ -97,7 +97,10 @@ fn lookup_next_hop(ctx: &TcContext, cfg: &NodeConfig, dst: [u8; 4]) -> Option<Ne
         )
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        Some(NextHop { params, rc: rc as u32 })
+        Some(NextHop {
+            params,
+            rc: rc as u32,
+        })
     } else {
         None
     }
@@ -132,14 +135,7 @@ fn send(ctx: &TcContext, hook: Hook, nh: &NextHop) -> i32 {
         },
     };
     // SAFETY: helper call with a correctly sized params struct.
-    unsafe {
-        bpf_redirect_neigh(
-            out,
-            &mut neigh,
-            size_of::<bpf_redir_neigh>() as i32,
-            0,
-        ) as i32
-    }
+    unsafe { bpf_redirect_neigh(out, &mut neigh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
 }
 
 /// The next outer IPv4 Identification for a DF-clear packet: a per-CPU counter with the CPU
@@ -200,7 +196,13 @@ pub fn encap_and_send(
     };
     // SAFETY: bounds-checked above.
     let (inner_tot, tos, frags, ihl, proto) = unsafe {
-        (tot_len(&*ip), (*ip).tos, frag_field(&*ip), ihl_bytes(&*ip), (*ip).proto)
+        (
+            tot_len(&*ip),
+            (*ip).tos,
+            frag_field(&*ip),
+            ihl_bytes(&*ip),
+            (*ip).proto,
+        )
     };
 
     // L2 toward the peer node first: a node without a route to its peer drops the packet
@@ -216,7 +218,10 @@ pub fn encap_and_send(
     if gso != 0 && gso + inner_headers_len(ctx, ihl, proto) + IP_LEN <= cfg.mtu as usize {
         flags |= BPF_F_ADJ_ROOM_FIXED_GSO as u64;
     }
-    if ctx.adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags).is_err() {
+    if ctx
+        .adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
         count(ifindex(ctx), hook, Reason::DropEncapFailed, len);
         return TC_ACT_SHOT as i32;
     }

@@ -13,7 +13,9 @@
 //! | anything else                  | the host's routes                    | pass_to_kernel                         |
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
-use dataplane_common::{Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind};
+use dataplane_common::{
+    Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind,
+};
 
 use crate::{
     act::{self, drop, pass},

@@ -13,8 +13,8 @@
 //! | anything else                                     | the kernel, untouched                |
 
 use aya_ebpf::{
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET, TC_ACT_OK},
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET, TC_ACT_OK},
     programs::TcContext,
 };
 use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind};
@@ -143,7 +143,10 @@ pub fn run(ctx: &TcContext) -> i32 {
         count(ifindex(ctx), HOOK, Reason::EcnUnusedCombination, len);
     }
     let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
-    if ctx.adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags).is_err() {
+    if ctx
+        .adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
         return drop(ctx, HOOK, Reason::DropDecapFailed);
     }
     if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
@@ -197,4 +200,3 @@ fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
         _ => pass(ctx, HOOK, Reason::PassToKernel),
     }
 }
-

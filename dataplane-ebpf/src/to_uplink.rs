@@ -11,7 +11,9 @@ use dataplane_common::{Hook, ROUTE_F_ENCAP, Reason, RouteKind};
 use crate::{
     act::{self, drop, pass},
     maps::{config, route},
-    packet::{ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IPPROTO_IPIP, Ipv4Hdr, ensure_linear, ipv4_sane, ptr_at},
+    packet::{
+        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IPPROTO_IPIP, Ipv4Hdr, ensure_linear, ipv4_sane, ptr_at,
+    },
 };
 
 const HOOK: Hook = Hook::ToUplink;

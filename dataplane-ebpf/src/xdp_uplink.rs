@@ -10,7 +10,10 @@ use dataplane_common::{Hook, Reason, RouteKind};
 
 use crate::{
     maps::{config, count, route},
-    packet::{ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, frag_field, ihl_bytes, tot_len},
+    packet::{
+        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, frag_field,
+        ihl_bytes, tot_len,
+    },
 };
 
 #[inline(always)]

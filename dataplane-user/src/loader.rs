@@ -63,7 +63,9 @@ fn verifier_error(name: &str, e: ProgramError) -> anyhow::Error {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => anyhow!("the kernel refused program {name}: {io_error}\nverifier log:\n{verifier_log}"),
+        } => {
+            anyhow!("the kernel refused program {name}: {io_error}\nverifier log:\n{verifier_log}")
+        }
         other => anyhow!(other).context(format!("loading program {name}")),
     }
 }

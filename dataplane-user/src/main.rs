@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataplane_user::loader;
 
 #[derive(Parser)]
-#[command(name = "ipipd", version, about = "IP-in-IP pod networking in eBPF: the Calico IPIP route table, without tunl0")]
+#[command(
+    name = "ipipd",
+    version,
+    about = "IP-in-IP pod networking in eBPF: the Calico IPIP route table, without tunl0"
+)]
 struct Cli {
     /// Log level (overridden by RUST_LOG).
     #[arg(long, global = true, default_value = "info")]
@@ -56,7 +60,10 @@ fn probe(output: Output) -> Result<()> {
     let progs = loader::load_all(&mut ebpf)?;
     match output {
         Output::Table => {
-            println!("{:<12} {:>6} {:>14} {:>12}", "PROGRAM", "ID", "VERIFIED_INSNS", "XLATED_BYTES");
+            println!(
+                "{:<12} {:>6} {:>14} {:>12}",
+                "PROGRAM", "ID", "VERIFIED_INSNS", "XLATED_BYTES"
+            );
             for p in &progs {
                 println!(
                     "{:<12} {:>6} {:>14} {:>12}",

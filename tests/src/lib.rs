@@ -1,1 +1,122 @@
+//! Helpers for ipipd's privileged tests: network namespaces the test creates and always removes.
 
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Privileged tests need root. They fail loudly without it, never skip.
+pub fn require_root() {
+    // SAFETY: plain syscall without arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this test needs root (network namespaces, BPF): run it with `cargo xtask test` as root"
+        );
+    }
+}
+
+/// Runs a command; a non-zero exit is an error with its stderr.
+pub fn check(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(out)
+}
+
+/// A network namespace named uniquely for this process, removed (with every device in it) on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `ipipd-<tag>-<pid>-<n>`, brings lo up and turns IPv6 off (so router solicitations
+    /// and DAD never move a counter).
+    pub fn new(tag: &str) -> Result<Self> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "ipipd-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        check(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = NetNs { name };
+        ns.sh("ip link set lo up; \
+               sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &str) -> Result<String> {
+        let out = check(
+            Command::new("ip")
+                .args(["-n", &self.name])
+                .args(args.split_whitespace()),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A shell script run inside the namespace (`ip netns exec`, so /sys and sysctl are its own).
+    pub fn sh(&self, script: &str) -> Result<String> {
+        let out =
+            check(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-ec", script]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: sockets, netlink and ifindexes it
+    /// uses are the namespace's.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns({path}): {}", std::io::Error::last_os_error());
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+        })
+    }
+
+    /// The ifindex of a device in the namespace.
+    pub fn ifindex(&self, dev: &str) -> Result<u32> {
+        let dev = std::ffi::CString::new(dev)?;
+        let idx = self.enter(|| {
+            // SAFETY: valid C string.
+            unsafe { libc::if_nametoindex(dev.as_ptr()) }
+        })?;
+        if idx == 0 {
+            bail!("no device {dev:?} in {}", self.name);
+        }
+        Ok(idx)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Processes left in the namespace would keep it alive: end them first.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -1,1 +1,161 @@
-fn main(){}
+//! `cargo xtask`: setup, build, run and test ipipd.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test ipipd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need and is missing: the nightly's rust-src,
+    /// bpf-linker built against the nightly's own LLVM, and (as root) Debian packages.
+    Setup,
+    /// Set up, then build ipipd (release) with the eBPF object embedded.
+    Build,
+    /// Set up, build, then run the main job: load every program into the running kernel and
+    /// report what the verifier accepted.
+    Run {
+        /// Arguments passed to ipipd (default: `probe`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, then run every test of the workspace, privileged ones
+    /// (network namespaces, BPF loading) included. Needs root.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Passed to the test binaries (a name filter, `--nocapture`, …).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        test_args: Vec<String>,
+    },
+    /// `cargo fmt --check`, and clippy with -D warnings on the host crates and on the eBPF crate.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            build()
+        }
+        Cmd::Run { args } => {
+            setup::run()?;
+            build()?;
+            let args = if args.is_empty() {
+                vec!["probe".to_string()]
+            } else {
+                args
+            };
+            let bin = root.join("target/release/ipipd");
+            run(Command::new(&bin).args(&args))
+        }
+        Cmd::Test { no_lint, test_args } => {
+            setup::require_root("the tests create network namespaces and load BPF programs")?;
+            setup::run()?;
+            if !no_lint {
+                lint()?;
+            }
+            test(&test_args)
+        }
+        Cmd::Lint => {
+            setup::run()?;
+            lint()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command with inherited stdio; a non-zero exit is an error naming the command.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn build() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "dataplane-user",
+    ]))
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--locked",
+        "--workspace",
+        "--exclude",
+        "dataplane-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate with the nightly, for its own target.
+    run(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--release",
+        "--locked",
+        "--package",
+        "dataplane-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Zbuild-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn test(test_args: &[String]) -> Result<()> {
+    // Release: the same object as the shipped binary, and the e2e traffic runs at speed.
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--locked",
+        "--workspace",
+        "--no-fail-fast",
+    ]);
+    if !test_args.is_empty() {
+        cmd.arg("--").args(test_args);
+    }
+    run(&mut cmd)
+}

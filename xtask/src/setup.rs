@@ -1,0 +1,140 @@
+//! Idempotent setup of what a fresh machine of this kind lacks.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run;
+
+/// The eBPF side's toolchain.
+const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests and the demo use.
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "tcpdump", "iputils-ping"];
+
+pub fn run() -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    apt_packages()?;
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: plain syscall without arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn require_root(why: &str) -> Result<()> {
+    if !is_root() {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .context("the eBPF build needs the `nightly` toolchain (rustup toolchain install nightly)")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src for {NIGHTLY}");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// bpf-linker must link against the same LLVM as the nightly rustc that emits the bitcode.
+fn bpf_linker() -> Result<()> {
+    if let Ok(v) = output(Command::new("bpf-linker").arg("--version"))
+        && v.contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    let sysroot =
+        output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    // libLLVM.so.22.1-rust-1.97.0-nightly → major 22
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // A prefix whose lib/ looks like an LLVM install for llvm-sys.
+    let prefix = std::env::temp_dir().join(format!("ipipd-llvm-{major}"));
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so".to_string(), llvm.clone()] {
+        let link = prefix_lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&llvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({llvm})"
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+/// Debian packages: installed when missing and we are root; otherwise a clear error naming them.
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {} (run as root, or apt-get install them)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: apt-get install {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
