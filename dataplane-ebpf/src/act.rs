@@ -6,8 +6,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK,
-        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id, bpf_redirect, bpf_redirect_neigh,
@@ -21,8 +21,8 @@ use crate::{
     csum,
     maps::{IP_ID, count},
     packet::{
-        ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, dec_ttl,
-        ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ptr_at, tot_len,
+        ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TC_OK,
+        TC_SHOT, dec_ttl, ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ptr_at, tot_len,
     },
 };
 
@@ -35,14 +35,14 @@ const PACKET_HOST: u32 = 0;
 #[inline(always)]
 pub fn pass(ctx: &TcContext, hook: Hook, reason: Reason) -> i32 {
     count(ifindex(ctx), hook, reason, ctx.len());
-    TC_ACT_OK as i32
+    TC_OK
 }
 
 /// Counts the drop on the hook's interface and drops the packet.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, hook: Hook, reason: Reason) -> i32 {
     count(ifindex(ctx), hook, reason, ctx.len());
-    TC_ACT_SHOT as i32
+    TC_SHOT
 }
 
 /// Local delivery of the IPv4 packet at ETH_LEN to the pod of `ep` (a LocalEndpoint route):
@@ -122,7 +122,7 @@ fn send(ctx: &TcContext, hook: Hook, nh: &NextHop) -> i32 {
             (*eth).src_addr = nh.params.smac;
         }
         if hook == Hook::ToUplink && out == ifindex(ctx) {
-            return TC_ACT_OK as i32;
+            return TC_OK;
         }
         // SAFETY: helper call.
         return unsafe { bpf_redirect(out, 0) as i32 };
@@ -223,7 +223,7 @@ pub fn encap_and_send(
         .is_err()
     {
         count(ifindex(ctx), hook, Reason::DropEncapFailed, len);
-        return TC_ACT_SHOT as i32;
+        return TC_SHOT;
     }
 
     // From here on the packet is modified: every failure is TC_ACT_SHOT.

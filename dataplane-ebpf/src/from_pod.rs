@@ -12,7 +12,7 @@
 //! | same-subnet node (cross-subnet)| `<block> via <node> dev eth0`        | TTL-1, routed to the node              |
 //! | anything else                  | the host's routes                    | pass_to_kernel                         |
 
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use dataplane_common::{
     Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind,
 };
@@ -21,8 +21,8 @@ use crate::{
     act::{self, drop, pass},
     maps::{ENDPOINTS, config, count, route},
     packet::{
-        ArpIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IP_LEN, Ipv4Hdr, ensure_linear, ifindex,
-        ipv4_sane, ptr_at,
+        ArpIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IP_LEN, Ipv4Hdr, TC_OK, ensure_linear,
+        ifindex, ipv4_sane, ptr_at,
     },
 };
 
@@ -31,7 +31,7 @@ const HOOK: Hook = Hook::FromPod;
 pub fn run(ctx: &TcContext) -> i32 {
     // Parse.
     let Some(cfg) = config() else {
-        return TC_ACT_OK as i32;
+        return TC_OK;
     };
     // SAFETY: the value is copied out at once; user space replaces entries whole.
     let Some(ep) = (unsafe { ENDPOINTS.get(ifindex(ctx)) }).copied() else {

@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET, TC_ACT_OK},
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET},
     programs::TcContext,
 };
 use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind};
@@ -24,8 +24,9 @@ use crate::{
     csum,
     maps::{config, count, route},
     packet::{
-        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, ensure_linear,
-        frag_field, ifindex, ihl_bytes, ip_words, ipv4_sane, ptr_at, set_tos, tot_len,
+        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, TC_OK,
+        ensure_linear, frag_field, ifindex, ihl_bytes, ip_words, ipv4_sane, ptr_at, set_tos,
+        tot_len,
     },
 };
 
@@ -58,7 +59,7 @@ pub fn ecn_decap(inner: u8, outer: u8) -> (Option<u8>, bool) {
 
 pub fn run(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
-        return TC_ACT_OK as i32;
+        return TC_OK;
     };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return pass(ctx, HOOK, Reason::PassNotIpv4);
@@ -165,13 +166,13 @@ pub fn run(ctx: &TcContext) -> i32 {
         (Some(RouteKind::LocalEndpoint), Some(rt)) => {
             if ttl <= 1 {
                 count(ifindex(ctx), HOOK, Reason::DecapTtlExpired, len);
-                return TC_ACT_OK as i32;
+                return TC_OK;
             }
             act::deliver_local(ctx, HOOK, Reason::DecapDeliver, rt)
         }
         _ => {
             count(ifindex(ctx), HOOK, Reason::DecapToKernel, len);
-            TC_ACT_OK as i32
+            TC_OK
         }
     }
 }

@@ -55,7 +55,7 @@ pub fn count(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
         reason: reason as u8,
         _pad: [0; 2],
     };
-    if let Some(v) = COUNTERS.get_ptr_mut(&key) {
+    if let Some(v) = COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it.
         unsafe {
             (*v).packets += 1;
@@ -67,9 +67,9 @@ pub fn count(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
         packets: 1,
         bytes: bytes as u64,
     };
-    if COUNTERS.insert(&key, &first, BPF_NOEXIST as u64).is_err() {
+    if COUNTERS.insert(key, first, BPF_NOEXIST as u64).is_err() {
         // Another CPU created the entry in between (or the map is full): add to it if it exists.
-        if let Some(v) = COUNTERS.get_ptr_mut(&key) {
+        if let Some(v) = COUNTERS.get_ptr_mut(key) {
             // SAFETY: as above.
             unsafe {
                 (*v).packets += 1;

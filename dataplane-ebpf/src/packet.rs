@@ -138,3 +138,8 @@ pub fn gso_size(ctx: &TcContext) -> u32 {
     // SAFETY: reading a context field.
     unsafe { (*ctx.skb.skb).gso_size }
 }
+
+/// tc verdicts, typed as the classifier returns them (the generated bindings' types differ by
+/// target arch).
+pub const TC_OK: i32 = 0;
+pub const TC_SHOT: i32 = 2;

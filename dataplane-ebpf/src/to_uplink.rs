@@ -5,14 +5,15 @@
 //! for the tunnel, TTL-expired answers). Calico sends these into `tunl0`; here they leave the
 //! uplink encapsulated, with L2 set for the outer destination. The inner header is unchanged.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use dataplane_common::{Hook, ROUTE_F_ENCAP, Reason, RouteKind};
 
 use crate::{
     act::{self, drop, pass},
     maps::{config, route},
     packet::{
-        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IPPROTO_IPIP, Ipv4Hdr, ensure_linear, ipv4_sane, ptr_at,
+        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IPPROTO_IPIP, Ipv4Hdr, TC_OK, ensure_linear, ipv4_sane,
+        ptr_at,
     },
 };
 
@@ -20,7 +21,7 @@ const HOOK: Hook = Hook::ToUplink;
 
 pub fn run(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
-        return TC_ACT_OK as i32;
+        return TC_OK;
     };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return pass(ctx, HOOK, Reason::PassNotIpv4);

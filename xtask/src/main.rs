@@ -50,13 +50,13 @@ fn main() -> Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.command {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup => setup::all(),
         Cmd::Build => {
-            setup::run()?;
+            setup::all()?;
             build()
         }
         Cmd::Run { args } => {
-            setup::run()?;
+            setup::all()?;
             build()?;
             let args = if args.is_empty() {
                 vec!["probe".to_string()]
@@ -68,14 +68,14 @@ fn main() -> Result<()> {
         }
         Cmd::Test { no_lint, test_args } => {
             setup::require_root("the tests create network namespaces and load BPF programs")?;
-            setup::run()?;
+            setup::all()?;
             if !no_lint {
                 lint()?;
             }
             test(&test_args)
         }
         Cmd::Lint => {
-            setup::run()?;
+            setup::all()?;
             lint()
         }
     }
@@ -125,23 +125,25 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The eBPF crate with the nightly, for its own target.
-    run(Command::new("rustup").args([
-        "run",
-        "nightly",
-        "cargo",
-        "clippy",
-        "--release",
-        "--locked",
-        "--package",
-        "dataplane-ebpf",
-        "--target",
-        "bpfel-unknown-none",
-        "-Zbuild-std=core",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    // The eBPF crate with the nightly, for its own target, with the cfg aya-build gives it.
+    run(Command::new("rustup")
+        .env("AYA_BPF_TARGET_ARCH", std::env::consts::ARCH)
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--locked",
+            "--package",
+            "dataplane-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Zbuild-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]))
 }
 
 fn test(test_args: &[String]) -> Result<()> {

@@ -12,7 +12,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo use.
 const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "tcpdump", "iputils-ping"];
 
-pub fn run() -> Result<()> {
+pub fn all() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt_packages()?;
