@@ -47,10 +47,16 @@ pub fn drop(ctx: &TcContext, hook: Hook, reason: Reason) -> i32 {
 
 /// Local delivery of the IPv4 packet at ETH_LEN to the pod of `ep` (a LocalEndpoint route):
 /// TTL - 1, MACs rewritten, `bpf_redirect_peer` into the pod. The caller has checked TTL > 1
-/// and that the IPv4 header is linear. Counted on the destination veth under `reason`.
+/// and that the IPv4 header is linear. Counted on the destination veth under `reason`, with the
+/// packet's length as the hook received it (`bytes`).
 #[inline(always)]
-pub fn deliver_local(ctx: &TcContext, hook: Hook, reason: Reason, ep: &RouteValue) -> i32 {
-    let len = ctx.len();
+pub fn deliver_local(
+    ctx: &TcContext,
+    hook: Hook,
+    reason: Reason,
+    ep: &RouteValue,
+    bytes: u32,
+) -> i32 {
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)) else {
         return drop(ctx, hook, Reason::DropHelperFailed);
     };
@@ -65,7 +71,7 @@ pub fn deliver_local(ctx: &TcContext, hook: Hook, reason: Reason, ep: &RouteValu
             let _ = ctx.change_type(PACKET_HOST);
         }
     }
-    count(ep.ifindex, hook, reason, len);
+    count(ep.ifindex, hook, reason, bytes);
     // SAFETY: helper call with valid arguments; flags must be 0.
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }

@@ -73,7 +73,7 @@ pub fn run(ctx: &TcContext) -> i32 {
             if ttl <= 1 {
                 return pass(ctx, HOOK, Reason::PassTtlExpired);
             }
-            act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, rt)
+            act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, rt, ctx.len())
         }
         Some(RouteKind::OwnBlock) => drop(ctx, HOOK, Reason::DropBlackhole),
         Some(RouteKind::RemoteBlock) | Some(RouteKind::PeerNode) => {

@@ -168,7 +168,7 @@ pub fn run(ctx: &TcContext) -> i32 {
                 count(ifindex(ctx), HOOK, Reason::DecapTtlExpired, len);
                 return TC_OK;
             }
-            act::deliver_local(ctx, HOOK, Reason::DecapDeliver, rt)
+            act::deliver_local(ctx, HOOK, Reason::DecapDeliver, rt, len)
         }
         _ => {
             count(ifindex(ctx), HOOK, Reason::DecapToKernel, len);
@@ -195,7 +195,7 @@ fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
             if ip.ttl <= 1 {
                 return pass(ctx, HOOK, Reason::PassTtlExpired);
             }
-            act::deliver_local(ctx, HOOK, Reason::DeliverFromUplink, rt)
+            act::deliver_local(ctx, HOOK, Reason::DeliverFromUplink, rt, ctx.len())
         }
         Some(RouteKind::OwnBlock) => drop(ctx, HOOK, Reason::DropBlackhole),
         _ => pass(ctx, HOOK, Reason::PassToKernel),

@@ -45,8 +45,11 @@ pub fn run(ctx: &TcContext) -> i32 {
     let Some(rt) = route(ip.dst_addr) else {
         return pass(ctx, HOOK, Reason::PassToKernel);
     };
-    let remote = rt.kind == RouteKind::RemoteBlock as u8 || rt.kind == RouteKind::PeerNode as u8;
-    if !remote || rt.flags & ROUTE_F_ENCAP == 0 {
+    // A peer node's own address is tunnelled only for pod sources (so pod addresses never appear
+    // bare on the underlay); the node's own traffic to its peers stays plain.
+    let tunnelled = rt.kind == RouteKind::RemoteBlock as u8
+        || (rt.kind == RouteKind::PeerNode as u8 && ip.src_addr != cfg.node_ip);
+    if !tunnelled || rt.flags & ROUTE_F_ENCAP == 0 {
         return pass(ctx, HOOK, Reason::PassToKernel);
     }
     if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {

@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod fixtures;
+
 /// Privileged tests need root. They fail loudly without it, never skip.
 pub fn require_root() {
     // SAFETY: plain syscall without arguments.
