@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub mod fixtures;
+pub mod cluster;
 
 /// Privileged tests need root. They fail loudly without it, never skip.
 pub fn require_root() {

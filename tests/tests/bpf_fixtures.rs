@@ -2,10 +2,10 @@
 //! that the runner itself catches a wrong expectation.
 
 use dataplane_common::Reason;
-use ipipd_tests::{
-    fixtures::{Mutation, load_vectors, run_vector},
-    require_root,
-};
+mod fixtures;
+
+use fixtures::{Mutation, load_vectors, run_vector};
+use ipipd_tests::require_root;
 
 #[test]
 fn every_vector_passes() {

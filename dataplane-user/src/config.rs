@@ -1,0 +1,541 @@
+//! The node config (TOML) and the validation every desired state goes through.
+//!
+//! Errors are one line, name the key, and (for the file) the line: `FILE:LINE: key: message`.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use anyhow::{Result, anyhow, bail};
+use dataplane_common::Mode;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// An IPv4 prefix with its host bits clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Net {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Self {
+        Self { addr, len }
+    }
+    fn mask(len: u8) -> u32 {
+        if len == 0 { 0 } else { u32::MAX << (32 - len) }
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.len) == u32::from(self.addr)
+    }
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        let len = self.len.min(other.len);
+        u32::from(self.addr) & Self::mask(len) == u32::from(other.addr) & Self::mask(len)
+    }
+    pub fn host(ip: Ipv4Addr) -> Self {
+        Self { addr: ip, len: 32 }
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix)"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{s:?}: prefix length must be 0..=32"))?;
+        if u32::from(addr) & !Self::mask(len) != 0 {
+            return Err(format!(
+                "{s:?} has host bits set (did you mean {}/{len}?)",
+                Ipv4Addr::from(u32::from(addr) & Self::mask(len))
+            ));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl TryFrom<String> for Ipv4Net {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Ipv4Net> for String {
+    fn from(n: Ipv4Net) -> String {
+        n.to_string()
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    Off,
+    Native,
+    Generic,
+}
+
+/// A peer node and the blocks it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub address: Ipv4Addr,
+    pub blocks: Vec<Ipv4Net>,
+}
+
+/// A local pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointCfg {
+    pub address: Ipv4Addr,
+    pub interface: String,
+    /// The pod side's MAC; found through the veth when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The node section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub uplink: String,
+    pub address: Ipv4Addr,
+    pub mode: Mode,
+    /// The underlay MTU; None means the uplink's.
+    pub mtu: Option<u32>,
+    pub xdp: XdpMode,
+    pub pin_dir: PathBuf,
+}
+
+/// A validated config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node: Node,
+    pub blocks: Vec<Ipv4Net>,
+    pub peers: Vec<Peer>,
+    pub endpoints: Vec<EndpointCfg>,
+}
+
+// ---- the file as written
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: Spanned<RawNode>,
+    #[serde(default)]
+    block: Vec<RawBlock>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+    #[serde(default)]
+    endpoint: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<Spanned<String>>,
+    uplink: Spanned<String>,
+    address: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    mtu: Option<Spanned<i64>>,
+    xdp: Option<Spanned<String>>,
+    pin_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlock {
+    cidr: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    address: Spanned<String>,
+    #[serde(default)]
+    blocks: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    address: Spanned<String>,
+    interface: Spanned<String>,
+    mac: Option<Spanned<String>>,
+}
+
+/// Where keys stand in the file, for error lines.
+#[derive(Default, Debug, Clone)]
+pub struct Lines(BTreeMap<String, usize>);
+
+impl Lines {
+    fn line_of(text: &str, offset: usize) -> usize {
+        text[..offset.min(text.len())].matches('\n').count() + 1
+    }
+    fn note<T>(&mut self, text: &str, key: String, s: &Spanned<T>) {
+        self.0.insert(key, Self::line_of(text, s.span().start));
+    }
+    pub fn get(&self, key: &str) -> Option<usize> {
+        self.0.get(key).copied()
+    }
+}
+
+/// A validation error naming its key.
+#[derive(Debug, Clone)]
+pub struct KeyError {
+    pub key: String,
+    pub msg: String,
+}
+
+fn err(key: impl Into<String>, msg: impl Into<String>) -> KeyError {
+    KeyError {
+        key: key.into(),
+        msg: msg.into(),
+    }
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(mac)
+}
+
+pub fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "always" => Ok(Mode::Always),
+        "cross-subnet" => Ok(Mode::CrossSubnet),
+        _ => Err(format!("{s:?}: expected \"always\" or \"cross-subnet\"")),
+    }
+}
+
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Always => "always",
+        Mode::CrossSubnet => "cross-subnet",
+    }
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty() && s.len() < 16 && !s.contains(['/', ' ', '\0']) && s != "." && s != ".."
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}
+
+impl Config {
+    /// Reads, parses and validates a file (static checks; see [`Config::check_kernel`]).
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|(line, e)| match line {
+            Some(l) => anyhow!("{}:{l}: {e}", path.display()),
+            None => anyhow!("{}: {e}", path.display()),
+        })
+    }
+
+    /// Parses and validates config text; errors carry the line when one is known.
+    pub fn parse(text: &str) -> Result<Config, (Option<usize>, String)> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| Lines::line_of(text, s.start));
+            (line, e.message().replace('\n', " "))
+        })?;
+        let mut lines = Lines::default();
+        let cfg = Self::convert(text, raw, &mut lines)
+            .map_err(|e| (lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
+        validate(&cfg).map_err(|e| (lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
+        Ok(cfg)
+    }
+
+    fn convert(text: &str, raw: RawConfig, lines: &mut Lines) -> Result<Config, KeyError> {
+        let n = raw.node.into_inner();
+        let addr =
+            |key: &str, s: &Spanned<String>, lines: &mut Lines| -> Result<Ipv4Addr, KeyError> {
+                lines.note(text, key.to_string(), s);
+                s.get_ref()
+                    .parse()
+                    .map_err(|_| err(key, format!("{:?} is not an IPv4 address", s.get_ref())))
+            };
+        let net =
+            |key: &str, s: &Spanned<String>, lines: &mut Lines| -> Result<Ipv4Net, KeyError> {
+                lines.note(text, key.to_string(), s);
+                s.get_ref().parse().map_err(|e| err(key, e))
+            };
+        let name = match &n.name {
+            Some(s) => {
+                lines.note(text, "node.name".into(), s);
+                if !s
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    || s.get_ref().is_empty()
+                    || s.get_ref().starts_with('.')
+                {
+                    return Err(err(
+                        "node.name",
+                        format!("{:?}: use letters, digits, '-', '_' and '.'", s.get_ref()),
+                    ));
+                }
+                s.get_ref().clone()
+            }
+            None => hostname(),
+        };
+        lines.note(text, "node.uplink".into(), &n.uplink);
+        if !valid_ifname(n.uplink.get_ref()) {
+            return Err(err(
+                "node.uplink",
+                format!("{:?} is not an interface name", n.uplink.get_ref()),
+            ));
+        }
+        let address = addr("node.address", &n.address, lines)?;
+        let mode = match &n.mode {
+            Some(s) => {
+                lines.note(text, "node.mode".into(), s);
+                parse_mode(s.get_ref()).map_err(|e| err("node.mode", e))?
+            }
+            None => Mode::Always,
+        };
+        let mtu = match &n.mtu {
+            Some(s) => {
+                lines.note(text, "node.mtu".into(), s);
+                let v = *s.get_ref();
+                if !(576..=65535).contains(&v) {
+                    return Err(err("node.mtu", format!("{v}: must be 576..=65535")));
+                }
+                Some(v as u32)
+            }
+            None => None,
+        };
+        let xdp = match &n.xdp {
+            Some(s) => {
+                lines.note(text, "node.xdp".into(), s);
+                match s.get_ref().as_str() {
+                    "off" => XdpMode::Off,
+                    "native" => XdpMode::Native,
+                    "generic" => XdpMode::Generic,
+                    o => {
+                        return Err(err(
+                            "node.xdp",
+                            format!("{o:?}: expected \"off\", \"native\" or \"generic\""),
+                        ));
+                    }
+                }
+            }
+            None => XdpMode::Off,
+        };
+        let pin_dir = match &n.pin_dir {
+            Some(s) => {
+                lines.note(text, "node.pin_dir".into(), s);
+                let p = PathBuf::from(s.get_ref());
+                if !p.is_absolute() {
+                    return Err(err(
+                        "node.pin_dir",
+                        format!("{:?} is not an absolute path", s.get_ref()),
+                    ));
+                }
+                p
+            }
+            None => PathBuf::from("/sys/fs/bpf/ipipd").join(&name),
+        };
+        let mut blocks = Vec::new();
+        for (i, b) in raw.block.iter().enumerate() {
+            blocks.push(net(&format!("block[{i}].cidr"), &b.cidr, lines)?);
+        }
+        let mut peers = Vec::new();
+        for (i, p) in raw.peer.iter().enumerate() {
+            let address = addr(&format!("peer[{i}].address"), &p.address, lines)?;
+            let mut bl = Vec::new();
+            for (j, b) in p.blocks.iter().enumerate() {
+                bl.push(net(&format!("peer[{i}].blocks[{j}]"), b, lines)?);
+            }
+            peers.push(Peer {
+                address,
+                blocks: bl,
+            });
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in raw.endpoint.iter().enumerate() {
+            let address = addr(&format!("endpoint[{i}].address"), &e.address, lines)?;
+            let key = format!("endpoint[{i}].interface");
+            lines.note(text, key.clone(), &e.interface);
+            if !valid_ifname(e.interface.get_ref()) {
+                return Err(err(
+                    key,
+                    format!("{:?} is not an interface name", e.interface.get_ref()),
+                ));
+            }
+            let mac = match &e.mac {
+                Some(m) => {
+                    let key = format!("endpoint[{i}].mac");
+                    lines.note(text, key.clone(), m);
+                    Some(parse_mac(m.get_ref()).map_err(|e| err(key, e))?)
+                }
+                None => None,
+            };
+            endpoints.push(EndpointCfg {
+                address,
+                interface: e.interface.get_ref().clone(),
+                mac,
+            });
+        }
+        Ok(Config {
+            node: Node {
+                name,
+                uplink: n.uplink.into_inner(),
+                address,
+                mode,
+                mtu,
+                xdp,
+                pin_dir,
+            },
+            blocks,
+            peers,
+            endpoints,
+        })
+    }
+
+    /// Checks against the running kernel: the uplink exists, the mtu fits it. Returns the
+    /// effective underlay MTU.
+    pub fn check_kernel(&self, nl: &mut crate::netlink::Netlink) -> Result<u32> {
+        let Some(up) = nl.link_by_name(&self.node.uplink)? else {
+            bail!(
+                "node.uplink: no interface {:?} on this host",
+                self.node.uplink
+            );
+        };
+        match self.node.mtu {
+            Some(m) if m > up.mtu => bail!(
+                "node.mtu: {m} is above the uplink {}'s MTU {}",
+                up.name,
+                up.mtu
+            ),
+            Some(m) => Ok(m),
+            None => Ok(up.mtu),
+        }
+    }
+}
+
+/// The rules every desired state obeys, the file's and the one after runtime changes alike.
+pub fn validate(cfg: &Config) -> Result<(), KeyError> {
+    for (i, a) in cfg.blocks.iter().enumerate() {
+        for (j, b) in cfg.blocks.iter().enumerate().take(i) {
+            if a.overlaps(b) {
+                return Err(err(
+                    format!("block[{i}].cidr"),
+                    format!("{a} overlaps block[{j}] {b}"),
+                ));
+            }
+        }
+    }
+    let mut owners: Vec<(Ipv4Net, usize)> = Vec::new();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        if p.address == cfg.node.address {
+            return Err(err(
+                format!("peer[{i}].address"),
+                format!("{} is this node's own address", p.address),
+            ));
+        }
+        if let Some(j) = cfg
+            .peers
+            .iter()
+            .take(i)
+            .position(|q| q.address == p.address)
+        {
+            return Err(err(
+                format!("peer[{i}].address"),
+                format!("{} is also peer[{j}]", p.address),
+            ));
+        }
+        for (k, b) in p.blocks.iter().enumerate() {
+            if let Some(own) = cfg.blocks.iter().find(|o| o.overlaps(b)) {
+                return Err(err(
+                    format!("peer[{i}].blocks[{k}]"),
+                    format!("{b} overlaps this node's block {own}"),
+                ));
+            }
+            if let Some((o, j)) = owners.iter().find(|(o, _)| o.overlaps(b)) {
+                return Err(err(
+                    format!("peer[{i}].blocks[{k}]"),
+                    format!("{b} is also claimed by peer[{j}] ({o})"),
+                ));
+            }
+            if b.contains(p.address) || b.contains(cfg.node.address) {
+                return Err(err(
+                    format!("peer[{i}].blocks[{k}]"),
+                    format!("{b} holds a node address"),
+                ));
+            }
+            owners.push((*b, i));
+        }
+    }
+    for (i, e) in cfg.endpoints.iter().enumerate() {
+        if !cfg.blocks.iter().any(|b| b.contains(e.address)) {
+            return Err(err(
+                format!("endpoint[{i}].address"),
+                format!("{} is outside this node's blocks", e.address),
+            ));
+        }
+        if let Some(j) = cfg
+            .endpoints
+            .iter()
+            .take(i)
+            .position(|f| f.address == e.address)
+        {
+            return Err(err(
+                format!("endpoint[{i}].address"),
+                format!("{} is also endpoint[{j}]", e.address),
+            ));
+        }
+        if let Some(j) = cfg
+            .endpoints
+            .iter()
+            .take(i)
+            .position(|f| f.interface == e.interface)
+        {
+            return Err(err(
+                format!("endpoint[{i}].interface"),
+                format!("{} is also endpoint[{j}]'s interface", e.interface),
+            ));
+        }
+        if e.interface == cfg.node.uplink {
+            return Err(err(format!("endpoint[{i}].interface"), "is the uplink"));
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.msg)
+    }
+}

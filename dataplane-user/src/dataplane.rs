@@ -1,0 +1,630 @@
+//! The running data plane of one node: the loaded object with its pinned maps, the attachments,
+//! and the slow-path routes. [`Dataplane::reconcile`] is the one path that writes all of them
+//! from a desired state; [`Dataplane::teardown`] is the separate step that removes them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::lpm_trie::Key,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink,
+        tc::{self, SchedClassifierLink, TcHandle},
+        xdp::XdpLink,
+    },
+    util::KernelVersion,
+};
+use dataplane_common::{
+    Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, RouteKind, RouteValue,
+    map_names, program_names,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bpfsys,
+    config::{Config, Ipv4Net, XdpMode as CfgXdp, fmt_mac},
+    loader, maps,
+    netlink::{Link, Netlink, Route},
+};
+
+/// A netlink (pre-TCX) tc filter ipipd attached, recorded so a later run can remove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterRecord {
+    pub ifindex: u32,
+    pub ifname: String,
+    pub ingress: bool,
+    pub priority: u16,
+    pub handle: u32,
+}
+
+enum Attachment {
+    /// TCX (6.6+): a bpf_link, pinned.
+    Tcx {
+        _link: SchedClassifierLink,
+        pin: PathBuf,
+    },
+    /// netlink cls_bpf on clsact (kernels without TCX).
+    Filter {
+        link: Option<SchedClassifierLink>,
+        record: FilterRecord,
+    },
+    /// XDP bpf_link, pinned.
+    Xdp {
+        _link: XdpLink,
+        pin: Option<PathBuf>,
+    },
+}
+
+/// What a desired state puts in the maps and routes, for one moment's set of interfaces.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub routes: BTreeMap<(Ipv4Addr, u8), RouteValue>,
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    /// Endpoints whose interface is up and known, by address: (ifindex, name).
+    pub live: BTreeMap<Ipv4Addr, (u32, String)>,
+    /// Endpoints still waiting for their interface (or its MAC).
+    pub pending: BTreeMap<Ipv4Addr, String>,
+    pub slow_path: BTreeSet<Route>,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    nl: Netlink,
+    pub uplink: Link,
+    pub mtu: u32,
+    node: Ipv4Addr,
+    mode: Mode,
+    /// The uplink's subnets, for cross-subnet mode.
+    uplink_nets: Vec<Ipv4Net>,
+    tcx: bool,
+    attachments: BTreeMap<(u32, u8), Attachment>,
+    forward_was: Option<String>,
+    pub plan: Plan,
+}
+
+const FILTERS_FILE: &str = "tc-filters.json";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Dataplane {
+    /// Loads, pins and attaches for `cfg`, after clearing what a killed run left. On failure,
+    /// everything attached so far is rolled back.
+    pub fn start(cfg: &Config, state_dir: &Path) -> Result<Self> {
+        let mut nl = Netlink::new()?;
+        let mtu = cfg.check_kernel(&mut nl)?;
+        let uplink = nl
+            .link_by_name(&cfg.node.uplink)?
+            .ok_or_else(|| anyhow!("node.uplink: no interface {:?}", cfg.node.uplink))?;
+        let uplink_nets = nl
+            .addresses(uplink.index)?
+            .into_iter()
+            .map(|(a, l)| Ipv4Net::new(Ipv4Addr::from(u32::from(a) & mask(l)), l))
+            .collect();
+        bpfsys::ensure_bpffs(&cfg.node.pin_dir)?;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        clear_previous(&cfg.node.pin_dir, state_dir)?;
+        std::fs::create_dir_all(cfg.node.pin_dir.join("links"))
+            .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
+
+        let ebpf = {
+            let mut loader = EbpfLoader::new();
+            let pins: Vec<(&str, PathBuf)> = map_names::ALL
+                .iter()
+                .map(|n| (*n, cfg.node.pin_dir.join(n)))
+                .collect();
+            for (n, p) in &pins {
+                loader.map_pin_path(n, p.clone());
+            }
+            loader
+                .load(crate::EBPF_OBJECT)
+                .context("loading the eBPF object")?
+        };
+        let tcx = KernelVersion::current()
+            .map(|v| v >= KernelVersion::new(6, 6, 0))
+            .unwrap_or(false);
+        let mut dp = Dataplane {
+            ebpf,
+            pin_dir: cfg.node.pin_dir.clone(),
+            state_dir: state_dir.to_path_buf(),
+            nl,
+            uplink,
+            mtu,
+            node: cfg.node.address,
+            mode: cfg.node.mode,
+            uplink_nets,
+            tcx,
+            attachments: BTreeMap::new(),
+            forward_was: None,
+            plan: Plan::default(),
+        };
+        if let Err(e) = dp.bring_up(cfg) {
+            dp.teardown();
+            return Err(e);
+        }
+        Ok(dp)
+    }
+
+    fn bring_up(&mut self, cfg: &Config) -> Result<()> {
+        loader::load_all(&mut self.ebpf)?;
+        maps::set_config(
+            &mut self.ebpf,
+            &NodeConfig {
+                node_ip: cfg.node.address.octets(),
+                uplink_ifindex: self.uplink.index,
+                mtu: self.mtu,
+                mode: cfg.node.mode as u8,
+                ready: 1,
+                _pad: [0; 2],
+            },
+        )?;
+        let prev = std::fs::read_to_string(IP_FORWARD)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if prev != "1" {
+            std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward")?;
+            self.forward_was = Some(prev);
+        }
+        // Maps first, then the attachments: a program never sees a half-programmed node.
+        self.reconcile(cfg)?;
+        let up = self.uplink.clone();
+        self.attach_tc(
+            program_names::FROM_UPLINK,
+            &up,
+            TcAttachType::Ingress,
+            Hook::FromUplink,
+        )?;
+        self.attach_tc(
+            program_names::TO_UPLINK,
+            &up,
+            TcAttachType::Egress,
+            Hook::ToUplink,
+        )?;
+        if cfg.node.xdp != CfgXdp::Off {
+            self.attach_xdp(&up, cfg.node.xdp)?;
+        }
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, prog: &str, link: &Link, at: TcAttachType, hook: Hook) -> Result<()> {
+        let key = (link.index, hook as u8);
+        if self.attachments.contains_key(&key) {
+            return Ok(());
+        }
+        if !self.tcx {
+            // Netlink needs the clsact qdisc; "exists" is fine.
+            let _ = tc::qdisc_add_clsact(&link.name);
+        }
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("no program {prog}"))?
+            .try_into()?;
+        let id = p
+            .attach(&link.name, at)
+            .with_context(|| format!("attaching {prog} to {}", link.name))?;
+        let prog_id = p.info()?.id();
+        let l = p.take_link(id)?;
+        let att = if self.tcx {
+            let link_id = <&FdLink>::try_from(&l)
+                .map_err(|e| anyhow!("{e}"))?
+                .info()?
+                .id();
+            let pin = self
+                .pin_dir
+                .join("links")
+                .join(format!("{}-{}", link.index, hook.name()));
+            let _ = std::fs::remove_file(&pin);
+            bpfsys::pin_link(link_id, &pin)?;
+            let _ = prog_id;
+            Attachment::Tcx { _link: l, pin }
+        } else {
+            let record = FilterRecord {
+                ifindex: link.index,
+                ifname: link.name.clone(),
+                ingress: matches!(at, TcAttachType::Ingress),
+                priority: l.priority()?,
+                handle: u32::from(l.handle()?),
+            };
+            Attachment::Filter {
+                link: Some(l),
+                record,
+            }
+        };
+        self.attachments.insert(key, att);
+        self.save_filters()?;
+        log::info!(
+            "attached {prog} to {} ({}, {})",
+            link.name,
+            if self.tcx { "tcx" } else { "netlink" },
+            hook.name()
+        );
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, link: &Link, mode: CfgXdp) -> Result<()> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(program_names::XDP_UPLINK)
+            .ok_or_else(|| anyhow!("no xdp program"))?
+            .try_into()?;
+        let m = if mode == CfgXdp::Native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        let id = p
+            .attach(&link.name, m)
+            .with_context(|| format!("attaching xdp_uplink to {}", link.name))?;
+        let prog_id = p.info()?.id();
+        let l = p.take_link(id)?;
+        // An XDP bpf_link (5.9+) is pinned; a netlink XDP attachment has no link to pin.
+        let pin = match bpfsys::find_link(prog_id, link.index) {
+            Ok(link_id) => {
+                let pin = self
+                    .pin_dir
+                    .join("links")
+                    .join(format!("{}-xdp_uplink", link.index));
+                bpfsys::pin_link(link_id, &pin)?;
+                Some(pin)
+            }
+            Err(_) => None,
+        };
+        self.attachments.insert(
+            (link.index, Hook::XdpUplink as u8),
+            Attachment::Xdp { _link: l, pin },
+        );
+        log::info!("attached xdp_uplink to {} ({mode:?})", link.name);
+        Ok(())
+    }
+
+    fn detach(&mut self, key: (u32, u8)) {
+        match self.attachments.remove(&key) {
+            Some(Attachment::Tcx { pin, .. }) | Some(Attachment::Xdp { pin: Some(pin), .. }) => {
+                let _ = std::fs::remove_file(pin);
+            }
+            Some(Attachment::Filter { link, .. }) => {
+                if let Some(l) = link {
+                    use aya::programs::links::Link as _;
+                    let _ = l.detach();
+                }
+            }
+            _ => {}
+        }
+        let _ = self.save_filters();
+    }
+
+    fn save_filters(&self) -> Result<()> {
+        let records: Vec<&FilterRecord> = self
+            .attachments
+            .values()
+            .filter_map(|a| match a {
+                Attachment::Filter { record, .. } => Some(record),
+                _ => None,
+            })
+            .collect();
+        let path = self.state_dir.join(FILTERS_FILE);
+        if records.is_empty() {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        write_atomic(&path, &serde_json::to_vec_pretty(&records)?)
+    }
+
+    /// What `cfg` means for the maps and routes, given the interfaces as they are now.
+    pub fn plan(&mut self, cfg: &Config) -> Result<Plan> {
+        let links: BTreeMap<String, Link> = self
+            .nl
+            .links()?
+            .into_iter()
+            .map(|l| (l.name.clone(), l))
+            .collect();
+        let gateway = |nl: &mut Netlink, ip: Ipv4Addr| -> Ipv4Addr {
+            nl.route_get(ip).ok().and_then(|(gw, _)| gw).unwrap_or(ip)
+        };
+        let mut p = Plan::default();
+        let mtu = self.mtu;
+        for b in &cfg.blocks {
+            p.routes.insert(
+                (b.addr, b.len),
+                route_value(RouteKind::OwnBlock, 0, Ipv4Addr::UNSPECIFIED),
+            );
+            p.slow_path.insert(Route::Blackhole {
+                dst: (b.addr, b.len),
+            });
+        }
+        for peer in &cfg.peers {
+            let same_subnet = self.mode == Mode::CrossSubnet
+                && self.uplink_nets.iter().any(|n| n.contains(peer.address));
+            let flags = if same_subnet {
+                ROUTE_F_SAME_SUBNET
+            } else {
+                ROUTE_F_ENCAP
+            };
+            let (via, route_mtu) = if same_subnet {
+                (peer.address, mtu)
+            } else {
+                (gateway(&mut self.nl, peer.address), mtu - 20)
+            };
+            let targets =
+                std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
+            for (i, net) in targets.enumerate() {
+                let kind = if i == 0 {
+                    RouteKind::PeerNode
+                } else {
+                    RouteKind::RemoteBlock
+                };
+                p.routes
+                    .insert((net.addr, net.len), route_value(kind, flags, peer.address));
+                // The peer's own address too: pod packets to it that the kernel takes (too big, TTL)
+                // must meet the tunnel MTU there.
+                p.slow_path.insert(Route::Via {
+                    dst: (net.addr, net.len),
+                    gateway: via,
+                    oif: self.uplink.index,
+                    mtu: route_mtu,
+                });
+            }
+        }
+        for ep in &cfg.endpoints {
+            let Some(link) = links.get(&ep.interface) else {
+                p.pending.insert(ep.address, ep.interface.clone());
+                continue;
+            };
+            let pod_mac = match ep.mac {
+                Some(m) => Some(m),
+                None => self.nl.peer_mac(link).unwrap_or(None),
+            };
+            let (Some(pod_mac), Some(host_mac)) = (pod_mac, link.mac) else {
+                log::warn!(
+                    "endpoint {}: the MAC of {}'s pod side is unknown; waiting",
+                    ep.address,
+                    ep.interface
+                );
+                p.pending.insert(ep.address, ep.interface.clone());
+                continue;
+            };
+            p.endpoints.insert(
+                link.index,
+                Endpoint {
+                    pod_ip: ep.address.octets(),
+                    pod_mac,
+                    host_mac,
+                },
+            );
+            p.routes.insert(
+                (ep.address, 32),
+                RouteValue {
+                    kind: RouteKind::LocalEndpoint as u8,
+                    flags: 0,
+                    _pad: [0; 2],
+                    ifindex: link.index,
+                    node_ip: [0; 4],
+                    pod_mac,
+                    host_mac,
+                },
+            );
+            p.slow_path.insert(Route::Dev {
+                dst: (ep.address, 32),
+                oif: link.index,
+            });
+            p.live.insert(ep.address, (link.index, link.name.clone()));
+        }
+        Ok(p)
+    }
+
+    /// Makes maps, attachments and routes match `cfg`: inserts and updates what is missing,
+    /// removes what is stale (whoever left it).
+    pub fn reconcile(&mut self, cfg: &Config) -> Result<()> {
+        let plan = self.plan(cfg)?;
+
+        // Endpoints first (from_pod needs its entry before it runs), then routes.
+        let current_eps: Vec<u32> = maps::endpoints(&mut self.ebpf)?
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for (ifindex, ep) in &plan.endpoints {
+            maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
+        }
+        for (addr, len) in plan.routes.keys() {
+            maps::put_route(
+                &mut self.ebpf,
+                addr.octets(),
+                u32::from(*len),
+                &plan.routes[&(*addr, *len)],
+            )?;
+        }
+        let current_routes: Vec<Key<[u8; 4]>> = maps::routes(&mut self.ebpf)?
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in current_routes {
+            let addr = Ipv4Addr::from(k.data());
+            let len = k.prefix_len() as u8;
+            if !plan.routes.contains_key(&(addr, len)) {
+                maps::routes(&mut self.ebpf)?
+                    .remove(&k)
+                    .with_context(|| format!("routes: removing {addr}/{len}"))?;
+            }
+        }
+
+        // Attachments: from_pod on every live endpoint's veth, nowhere else.
+        let links: BTreeMap<u32, Link> =
+            self.nl.links()?.into_iter().map(|l| (l.index, l)).collect();
+        let stale: Vec<(u32, u8)> = self
+            .attachments
+            .keys()
+            .filter(|(i, h)| {
+                if *h == Hook::FromPod as u8 {
+                    !plan.endpoints.contains_key(i)
+                } else {
+                    !links.contains_key(i)
+                }
+            })
+            .copied()
+            .collect();
+        for key in stale {
+            self.detach(key);
+        }
+        for ifindex in plan.endpoints.keys() {
+            if let Some(link) = links.get(ifindex) {
+                let link = link.clone();
+                self.attach_tc(
+                    program_names::FROM_POD,
+                    &link,
+                    TcAttachType::Ingress,
+                    Hook::FromPod,
+                )?;
+            }
+        }
+        for i in current_eps {
+            if !plan.endpoints.contains_key(&i) {
+                maps::endpoints(&mut self.ebpf)?
+                    .remove(&i)
+                    .with_context(|| format!("endpoints: removing {i}"))?;
+            }
+        }
+
+        // Slow-path routes, identified by their protocol.
+        let owned: BTreeSet<Route> = self.nl.owned_routes()?.into_iter().collect();
+        for r in owned.difference(&plan.slow_path) {
+            // A route whose device vanished is gone with it.
+            self.nl.route_delete(r)?;
+        }
+        for r in plan.slow_path.difference(&owned) {
+            self.nl.route_replace(r)?;
+        }
+
+        for (addr, name) in &plan.pending {
+            log::info!("endpoint {addr}: waiting for interface {name}");
+        }
+        self.plan = plan;
+        Ok(())
+    }
+
+    /// Detaches everything, removes the pins, the routes and the other kernel state `run` added.
+    pub fn teardown(&mut self) {
+        let keys: Vec<(u32, u8)> = self.attachments.keys().copied().collect();
+        for k in keys {
+            self.detach(k);
+        }
+        if let Ok(routes) = self.nl.owned_routes() {
+            for r in routes {
+                if let Err(e) = self.nl.route_delete(&r) {
+                    log::warn!("{e:#}");
+                }
+            }
+        }
+        if let Some(prev) = self.forward_was.take() {
+            let _ = std::fs::write(IP_FORWARD, prev);
+        }
+        remove_pins(&self.pin_dir);
+        let _ = std::fs::remove_file(self.state_dir.join(FILTERS_FILE));
+        log::info!("data plane removed from {}", self.pin_dir.display());
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn node(&self) -> Ipv4Addr {
+        self.node
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+fn route_value(kind: RouteKind, flags: u8, node: Ipv4Addr) -> RouteValue {
+    RouteValue {
+        kind: kind as u8,
+        flags,
+        _pad: [0; 2],
+        ifindex: 0,
+        node_ip: node.octets(),
+        pod_mac: [0; 6],
+        host_mac: [0; 6],
+    }
+}
+
+/// Removes the link and map pins under `pin_dir`, and the directory.
+fn remove_pins(pin_dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(pin_dir.join("links")) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir.join("links"));
+    for n in map_names::ALL {
+        let _ = std::fs::remove_file(pin_dir.join(n));
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+}
+
+/// What a killed ipipd left: its pinned links (unpinning detaches them), its netlink filters
+/// (removed by their recorded handle), its pinned maps (recreated empty, then reconciled).
+/// Its routes carry ipipd's protocol and are reconciled by [`Dataplane::reconcile`].
+fn clear_previous(pin_dir: &Path, state_dir: &Path) -> Result<()> {
+    if pin_dir.exists() {
+        log::warn!(
+            "found the pins of a previous run in {}: replacing them",
+            pin_dir.display()
+        );
+        remove_pins(pin_dir);
+    }
+    let path = state_dir.join(FILTERS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let records: Vec<FilterRecord> = serde_json::from_str(&text).unwrap_or_default();
+        for r in records {
+            let at = if r.ingress {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
+            match SchedClassifierLink::attached(
+                &r.ifname,
+                at,
+                r.priority,
+                TcHandle::from(r.handle),
+                None,
+            ) {
+                Ok(l) => {
+                    use aya::programs::links::Link as _;
+                    if let Err(e) = l.detach() {
+                        log::warn!("removing the previous run's filter on {}: {e}", r.ifname);
+                    }
+                }
+                Err(e) => log::debug!("previous filter on {}: {e}", r.ifname),
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    if pin_dir.exists() {
+        bail!("could not clear {}", pin_dir.display());
+    }
+    Ok(())
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}
+
+/// A human line for an endpoint.
+pub fn describe_endpoint(ep: &Endpoint) -> String {
+    format!(
+        "{} pod {} host {}",
+        Ipv4Addr::from(ep.pod_ip),
+        fmt_mac(&ep.pod_mac),
+        fmt_mac(&ep.host_mac)
+    )
+}

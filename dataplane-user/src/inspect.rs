@@ -1,0 +1,203 @@
+//! Read a running node's state from its pinned maps (read-only): `status`, `routes`,
+//! `endpoints`, `stats`.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
+use dataplane_common::{
+    CounterKey, CounterValue, Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET,
+    Reason, RouteKind, RouteValue, map_names,
+};
+use serde::Serialize;
+
+use crate::config::fmt_mac;
+
+fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = pin_dir.join(name);
+    MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is ipipd running with this pin_dir?)",
+            path.display()
+        )
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub node_ip: Ipv4Addr,
+    pub uplink_ifindex: u32,
+    pub mtu: u32,
+    pub tunnel_mtu: u32,
+    pub mode: &'static str,
+    pub attachments: Vec<String>,
+    pub routes: usize,
+    pub endpoints: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteRow {
+    pub prefix: String,
+    pub kind: &'static str,
+    pub flags: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointRow {
+    pub ifindex: u32,
+    pub address: Ipv4Addr,
+    pub pod_mac: String,
+    pub host_mac: String,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StatRow {
+    pub ifindex: u32,
+    pub interface: String,
+    pub hook: &'static str,
+    pub reason: &'static str,
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn routes(pin_dir: &Path) -> Result<Vec<RouteRow>> {
+    let trie: LpmTrie<MapData, [u8; 4], RouteValue> =
+        LpmTrie::try_from(Map::LpmTrie(open(pin_dir, map_names::ROUTES)?))?;
+    let mut rows = Vec::new();
+    for e in trie.iter() {
+        let (k, v) = e?;
+        let kind = RouteKind::from_u8(v.kind);
+        let mut flags = Vec::new();
+        if v.flags & ROUTE_F_ENCAP != 0 {
+            flags.push("encap");
+        }
+        if v.flags & ROUTE_F_SAME_SUBNET != 0 {
+            flags.push("same-subnet");
+        }
+        rows.push(RouteRow {
+            prefix: format!("{}/{}", Ipv4Addr::from(k.data()), k.prefix_len()),
+            kind: match kind {
+                Some(RouteKind::LocalEndpoint) => "local-endpoint",
+                Some(RouteKind::RemoteBlock) => "remote-block",
+                Some(RouteKind::OwnBlock) => "own-block (blackhole)",
+                Some(RouteKind::PeerNode) => "peer-node",
+                None => "?",
+            },
+            flags,
+            ifindex: (kind == Some(RouteKind::LocalEndpoint)).then_some(v.ifindex),
+            node: matches!(kind, Some(RouteKind::RemoteBlock | RouteKind::PeerNode))
+                .then(|| Ipv4Addr::from(v.node_ip)),
+        });
+    }
+    rows.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    Ok(rows)
+}
+
+pub fn endpoints(pin_dir: &Path) -> Result<Vec<EndpointRow>> {
+    let map: HashMap<MapData, u32, Endpoint> =
+        HashMap::try_from(Map::HashMap(open(pin_dir, map_names::ENDPOINTS)?))?;
+    let mut rows = Vec::new();
+    for e in map.iter() {
+        let (i, ep) = e?;
+        rows.push(EndpointRow {
+            ifindex: i,
+            address: Ipv4Addr::from(ep.pod_ip),
+            pod_mac: fmt_mac(&ep.pod_mac),
+            host_mac: fmt_mac(&ep.host_mac),
+        });
+    }
+    rows.sort_by_key(|r| r.address);
+    Ok(rows)
+}
+
+fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buffer of IF_NAMESIZE as required.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("#{index}");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Counters summed over the CPUs.
+pub fn counters(pin_dir: &Path) -> Result<BTreeMap<CounterKey, CounterValue>> {
+    let map: PerCpuHashMap<MapData, CounterKey, CounterValue> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(open(pin_dir, map_names::COUNTERS)?))?;
+    let mut out = BTreeMap::new();
+    for e in map.iter() {
+        let (k, per_cpu) = e?;
+        let v = per_cpu
+            .iter()
+            .fold(CounterValue::default(), |a, v| CounterValue {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+            });
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+pub fn stats(pin_dir: &Path) -> Result<Vec<StatRow>> {
+    let mut rows: Vec<StatRow> = counters(pin_dir)?
+        .into_iter()
+        .filter(|(_, v)| v.packets != 0)
+        .map(|(k, v)| {
+            let reason = Reason::from_u8(k.reason);
+            StatRow {
+                ifindex: k.ifindex,
+                interface: ifname(k.ifindex),
+                hook: Hook::from_u8(k.hook).map_or("?", Hook::name),
+                reason: reason.map_or("?", Reason::name),
+                drop: reason.is_some_and(Reason::is_drop),
+                packets: v.packets,
+                bytes: v.bytes,
+            }
+        })
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+pub fn status(pin_dir: &Path) -> Result<Status> {
+    let arr: Array<MapData, NodeConfig> =
+        Array::try_from(Map::Array(open(pin_dir, map_names::CONFIG)?))?;
+    let cfg = arr.get(&0, 0)?;
+    if cfg.ready == 0 {
+        return Err(anyhow!("the node's config map is not programmed yet"));
+    }
+    let mut attachments: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    let (idx, hook) = n.split_once('-')?;
+                    Some(format!("{}:{hook}", ifname(idx.parse().ok()?)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    attachments.sort();
+    Ok(Status {
+        node_ip: Ipv4Addr::from(cfg.node_ip),
+        uplink_ifindex: cfg.uplink_ifindex,
+        mtu: cfg.mtu,
+        tunnel_mtu: cfg.mtu - 20,
+        mode: if cfg.mode == Mode::CrossSubnet as u8 {
+            "cross-subnet"
+        } else {
+            "always"
+        },
+        attachments,
+        routes: routes(pin_dir)?.len(),
+        endpoints: endpoints(pin_dir)?.len(),
+    })
+}

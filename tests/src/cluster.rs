@@ -1,0 +1,384 @@
+//! A cluster of network namespaces shaped like the user's seed: an underlay bridge, node
+//! namespaces on it by their uplink `eth0`, pods as namespaces on `cali…` veths with a /32 and a
+//! default route via 169.254.1.1 on-link (as Calico sets them up), and ipipd daemons on the nodes.
+//! Everything is removed on drop, daemons first.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{NetNs, check};
+
+/// A pod to create on a node.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub address: Ipv4Addr,
+    /// The host-side veth (`cali…`, at most 15 characters).
+    pub interface: String,
+}
+
+/// A node to create.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub block: String,
+    pub pods: Vec<PodSpec>,
+    /// The uplink's MTU (the underlay's).
+    pub mtu: u32,
+}
+
+pub struct Pod {
+    pub ns: NetNs,
+    pub spec: PodSpec,
+}
+
+pub struct Node {
+    pub ns: NetNs,
+    pub spec: NodeSpec,
+    pub pods: Vec<Pod>,
+    pub daemon: Option<Daemon>,
+}
+
+/// A running `ipipd run` inside a node's namespace.
+pub struct Daemon {
+    child: Child,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+pub struct Cluster {
+    /// Where configs, state and logs go; removed on drop.
+    pub dir: PathBuf,
+    /// A bpffs for the pins of every daemon, outside /sys (which `ip netns exec` remounts).
+    pub bpffs: PathBuf,
+    pub nodes: Vec<Node>,
+    pub underlay: NetNs,
+}
+
+/// The seed's two nodes: master 172.31.242.157 owning 192.168.179.0/26 and node
+/// 172.31.242.156 owning 192.168.83.128/26, each with pods.
+pub fn seed_nodes(pods_per_node: usize) -> Vec<NodeSpec> {
+    let pods = |base: [u8; 3], first: u8, tag: &str| {
+        (0..pods_per_node)
+            .map(|i| PodSpec {
+                address: Ipv4Addr::new(base[0], base[1], base[2], first + i as u8),
+                interface: format!("cali{tag}{:07x}", i),
+            })
+            .collect::<Vec<_>>()
+    };
+    vec![
+        NodeSpec {
+            name: "master".into(),
+            address: Ipv4Addr::new(172, 31, 242, 157),
+            prefix_len: 20,
+            block: "192.168.179.0/26".into(),
+            pods: pods([192, 168, 179], 2, "m"),
+            mtu: 1500,
+        },
+        NodeSpec {
+            name: "node".into(),
+            address: Ipv4Addr::new(172, 31, 242, 156),
+            prefix_len: 20,
+            block: "192.168.83.128/26".into(),
+            pods: pods([192, 168, 83], 129, "n"),
+            mtu: 1500,
+        },
+    ]
+}
+
+/// The path of the ipipd binary built next to the running test or tool.
+pub fn ipipd_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("IPIPD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join("ipipd");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "no ipipd binary next to {} (build it: cargo build --release -p dataplane-user)",
+        exe.display()
+    )
+}
+
+impl Cluster {
+    /// Builds the underlay and the nodes with their pods; no daemon yet.
+    pub fn new(tag: &str, specs: &[NodeSpec]) -> Result<Cluster> {
+        let dir =
+            std::env::temp_dir().join(format!("ipipd-{tag}-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir)?;
+        let bpffs = dir.join("bpffs");
+        std::fs::create_dir_all(&bpffs)?;
+        check(
+            Command::new("mount")
+                .args(["-t", "bpf", "bpffs"])
+                .arg(&bpffs),
+        )?;
+        let underlay = NetNs::new(&format!("{tag}-u"))?;
+        let mut cluster = Cluster {
+            dir,
+            bpffs,
+            nodes: Vec::new(),
+            underlay,
+        };
+        cluster
+            .underlay
+            .sh("ip link add br0 type bridge; ip link set br0 up")?;
+        for (i, spec) in specs.iter().enumerate() {
+            let ns = NetNs::new(&format!("{tag}-{}", spec.name))?;
+            let up = format!("up{i}");
+            cluster.underlay.sh(&format!(
+                "ip link add {up} mtu {mtu} type veth peer name eth0 netns {ns}; \
+                 ip link set {up} master br0 up",
+                mtu = spec.mtu,
+                ns = ns.name
+            ))?;
+            ns.sh(&format!(
+                "ip link set eth0 mtu {mtu} up; ip addr add {a}/{l} dev eth0; \
+                 sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0",
+                mtu = spec.mtu,
+                a = spec.address,
+                l = spec.prefix_len
+            ))?;
+            let mut node = Node {
+                ns,
+                spec: spec.clone(),
+                pods: Vec::new(),
+                daemon: None,
+            };
+            for p in &spec.pods {
+                node.add_pod(&format!("{tag}-p"), p.clone())?;
+            }
+            cluster.nodes.push(node);
+        }
+        Ok(cluster)
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.spec.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.spec.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// The config of a node: its block, every other node as a peer, its pods as endpoints.
+    pub fn config_for(&self, name: &str, extra_node_keys: &str) -> String {
+        let me = self.node(name);
+        let mut s = format!(
+            "[node]\nname = \"{n}-{id}\"\nuplink = \"eth0\"\naddress = \"{a}\"\npin_dir = \"{pins}\"\n{extra_node_keys}\n\n[[block]]\ncidr = \"{b}\"\n",
+            n = me.spec.name,
+            id = self.dir.file_name().unwrap().to_string_lossy(),
+            a = me.spec.address,
+            pins = self.bpffs.join(&me.spec.name).display(),
+            b = me.spec.block,
+        );
+        for other in self.nodes.iter().filter(|n| n.spec.name != name) {
+            s += &format!(
+                "\n[[peer]]\naddress = \"{}\"\nblocks = [\"{}\"]\n",
+                other.spec.address, other.spec.block
+            );
+        }
+        for p in &me.spec.pods {
+            s += &format!(
+                "\n[[endpoint]]\naddress = \"{}\"\ninterface = \"{}\"\n",
+                p.address, p.interface
+            );
+        }
+        s
+    }
+
+    /// Writes the node's config (or `config`) and starts ipipd on it; returns when it is ready.
+    pub fn start_daemon(&mut self, name: &str, config: Option<String>) -> Result<()> {
+        let text = config.unwrap_or_else(|| self.config_for(name, ""));
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("ipipd.toml");
+        std::fs::write(&cfg, text)?;
+        let state_dir = dir.join("state");
+        let pin_dir = self.bpffs.join(name);
+        let node = self.node_mut(name);
+        let d = Daemon::start(&node.ns, &cfg, &state_dir, &pin_dir)?;
+        node.daemon = Some(d);
+        Ok(())
+    }
+}
+
+fn unique() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Node {
+    /// Creates a pod namespace joined to this node by a `cali…` veth, as Calico's CNI does.
+    pub fn add_pod(&mut self, tag: &str, spec: PodSpec) -> Result<()> {
+        let ns = NetNs::new(tag)?;
+        self.ns.sh(&format!(
+            "ip link add {ifc} type veth peer name eth0 netns {pod}; ip link set {ifc} up",
+            ifc = spec.interface,
+            pod = ns.name
+        ))?;
+        ns.sh(&format!(
+            "ip link set eth0 mtu {mtu} up; ip addr add {a}/32 dev eth0; \
+             ip route add 169.254.1.1 dev eth0 scope link; ip route add default via 169.254.1.1 dev eth0 onlink",
+            mtu = self.spec.mtu,
+            a = spec.address
+        ))?;
+        self.pods.push(Pod { ns, spec });
+        Ok(())
+    }
+
+    pub fn pod(&self, address: Ipv4Addr) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.spec.address == address)
+            .unwrap_or_else(|| panic!("no pod {address}"))
+    }
+
+    /// `ipipd <args>` in this node's namespace, for the CLI.
+    pub fn ipipd(&self, args: &[&str]) -> Result<String> {
+        let bin = ipipd_binary()?;
+        let out = check(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns.name])
+                .arg(&bin)
+                .args(args),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Daemon {
+    pub fn start(ns: &NetNs, config: &Path, state_dir: &Path, pin_dir: &Path) -> Result<Daemon> {
+        let bin = ipipd_binary()?;
+        let log = state_dir.with_extension("log");
+        let logf = std::fs::File::create(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&bin)
+            .args(["run", "--log-level", "debug", "--config"])
+            .arg(config)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("RUST_LOG", "info,dataplane_user=debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .context("starting ipipd")?;
+        let mut d = Daemon {
+            child,
+            config: config.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            pin_dir: pin_dir.to_path_buf(),
+            log,
+        };
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    /// Waits (bounded) until the daemon logs that it is ready, or fails with its log.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains("ready; control socket") {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("ipipd exited ({status}) before it was ready:\n{log}");
+            }
+            if Instant::now() > deadline {
+                bail!("ipipd was not ready within 60 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the daemon (the `ip netns exec` wrapper execs into ipipd, same pid).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// SIGKILL: what a crash leaves behind stays.
+    pub fn kill9(mut self) -> Result<()> {
+        self.signal(libc::SIGKILL);
+        self.wait_exit().map(|_| ())
+    }
+
+    fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("ipipd did not exit within 30 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.daemon.take();
+        }
+        self.nodes.clear();
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
