@@ -10,7 +10,7 @@ use std::{
     str::FromStr,
 };
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use dataplane_common::Mode;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -130,6 +130,8 @@ pub struct Config {
     pub blocks: Vec<Ipv4Net>,
     pub peers: Vec<Peer>,
     pub endpoints: Vec<EndpointCfg>,
+    /// The file and where its keys stand, for errors found later (against the kernel).
+    pub origin: Option<(PathBuf, Lines)>,
 }
 
 // ---- the file as written
@@ -181,7 +183,7 @@ struct RawEndpoint {
 }
 
 /// Where keys stand in the file, for error lines.
-#[derive(Default, Debug, Clone)]
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
 pub struct Lines(BTreeMap<String, usize>);
 
 impl Lines {
@@ -258,14 +260,31 @@ impl Config {
     /// Reads, parses and validates a file (static checks; see [`Config::check_kernel`]).
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|(line, e)| match line {
+        let (mut cfg, lines) = Self::parse_with_lines(&text).map_err(|(line, e)| match line {
             Some(l) => anyhow!("{}:{l}: {e}", path.display()),
             None => anyhow!("{}: {e}", path.display()),
-        })
+        })?;
+        cfg.origin = Some((path.to_path_buf(), lines));
+        Ok(cfg)
+    }
+
+    /// `FILE:LINE: key: msg` when the config came from a file.
+    fn key_error(&self, key: &str, msg: String) -> anyhow::Error {
+        match &self.origin {
+            Some((path, lines)) => match lines.get(key) {
+                Some(l) => anyhow!("{}:{l}: {key}: {msg}", path.display()),
+                None => anyhow!("{}: {key}: {msg}", path.display()),
+            },
+            None => anyhow!("{key}: {msg}"),
+        }
     }
 
     /// Parses and validates config text; errors carry the line when one is known.
     pub fn parse(text: &str) -> Result<Config, (Option<usize>, String)> {
+        Self::parse_with_lines(text).map(|(c, _)| c)
+    }
+
+    fn parse_with_lines(text: &str) -> Result<(Config, Lines), (Option<usize>, String)> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| Lines::line_of(text, s.start));
             (line, e.message().replace('\n', " "))
@@ -274,7 +293,7 @@ impl Config {
         let cfg = Self::convert(text, raw, &mut lines)
             .map_err(|e| (lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
         validate(&cfg).map_err(|e| (lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
-        Ok(cfg)
+        Ok((cfg, lines))
     }
 
     fn convert(text: &str, raw: RawConfig, lines: &mut Lines) -> Result<Config, KeyError> {
@@ -421,6 +440,7 @@ impl Config {
             blocks,
             peers,
             endpoints,
+            origin: None,
         })
     }
 
@@ -428,17 +448,14 @@ impl Config {
     /// effective underlay MTU.
     pub fn check_kernel(&self, nl: &mut crate::netlink::Netlink) -> Result<u32> {
         let Some(up) = nl.link_by_name(&self.node.uplink)? else {
-            bail!(
-                "node.uplink: no interface {:?} on this host",
-                self.node.uplink
-            );
+            let msg = format!("no interface {:?} on this host", self.node.uplink);
+            return Err(self.key_error("node.uplink", msg));
         };
         match self.node.mtu {
-            Some(m) if m > up.mtu => bail!(
-                "node.mtu: {m} is above the uplink {}'s MTU {}",
-                up.name,
-                up.mtu
-            ),
+            Some(m) if m > up.mtu => {
+                let msg = format!("{m} is above the uplink {}'s MTU {}", up.name, up.mtu);
+                Err(self.key_error("node.mtu", msg))
+            }
             Some(m) => Ok(m),
             None => Ok(up.mtu),
         }

@@ -224,6 +224,7 @@ impl Daemon {
             }
         };
         if file.node != self.file.node {
+            // (The rest of the file may change; [node] is what the programs were loaded with.)
             log::error!("SIGHUP: [node] changed; that needs a restart. Keeping the running state.");
             return;
         }

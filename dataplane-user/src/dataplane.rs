@@ -51,7 +51,7 @@ enum Attachment {
     },
     /// netlink cls_bpf on clsact (kernels without TCX).
     Filter {
-        link: Option<SchedClassifierLink>,
+        link: SchedClassifierLink,
         record: FilterRecord,
     },
     /// XDP bpf_link, pinned.
@@ -234,10 +234,7 @@ impl Dataplane {
                 priority: l.priority()?,
                 handle: u32::from(l.handle()?),
             };
-            Attachment::Filter {
-                link: Some(l),
-                record,
-            }
+            Attachment::Filter { link: l, record }
         };
         self.attachments.insert(key, att);
         self.save_filters()?;
@@ -292,10 +289,8 @@ impl Dataplane {
                 let _ = std::fs::remove_file(pin);
             }
             Some(Attachment::Filter { link, .. }) => {
-                if let Some(l) = link {
-                    use aya::programs::links::Link as _;
-                    let _ = l.detach();
-                }
+                use aya::programs::links::Link as _;
+                let _ = link.detach();
             }
             _ => {}
         }

@@ -1,38 +1,611 @@
-//! Two ipipd daemons in two node namespaces on one host (distinct pin directories).
+//! ipipd as an operator runs it: two daemons in two node namespaces on one host (distinct pin
+//! directories), changed at runtime, signalled, killed and restarted.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use ipipd_tests::{
-    cluster::{Cluster, seed_nodes},
+    NetNs, check,
+    cluster::{Cluster, PodSpec, seed_nodes},
     require_root,
 };
 
-fn ping(c: &Cluster, from_node: &str, from: Ipv4Addr, to: Ipv4Addr) -> anyhow::Result<String> {
-    c.node(from_node)
-        .pod(from)
-        .ns
-        .sh(&format!("ping -c 3 -i 0.2 -W 2 {to}"))
+const M1: Ipv4Addr = Ipv4Addr::new(192, 168, 179, 2);
+const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 129);
+const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 130);
+
+/// `ping -c count` from a pod; Ok(true) when every reply came back.
+fn ping_ok(c: &Cluster, node: &str, from: Ipv4Addr, to: Ipv4Addr, count: u32) -> bool {
+    let ns = &c.node(node).pod(from).ns;
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+        ])
+        .arg(to.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("{count} received"))
+}
+
+fn logs(c: &Cluster) -> String {
+    c.nodes
+        .iter()
+        .filter_map(|n| {
+            n.daemon
+                .as_ref()
+                .map(|d| format!("--- {} ---\n{}", n.spec.name, d.log_text()))
+        })
+        .collect()
+}
+
+fn json(c: &Cluster, node: &str, what: &str) -> serde_json::Value {
+    let pin = c.bpffs.join(node);
+    let out = c
+        .node(node)
+        .ipipd(&[what, "-o", "json", "--pin-dir", pin.to_str().unwrap()])
+        .unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+fn endpoint_addrs(c: &Cluster, node: &str) -> Vec<String> {
+    json(c, node, "endpoints")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn route_prefixes(c: &Cluster, node: &str) -> Vec<String> {
+    json(c, node, "routes")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls (bounded) until `f` holds; the bound is a deadline for failure, not a measurement.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What ipipd leaves in a node namespace: TCX programs, XDP, its routes.
+fn leftovers(ns: &NetNs, devices: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let devs: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+    let tcx = ns
+        .enter(move || {
+            let mut found = Vec::new();
+            for d in &devs {
+                for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    if let Ok((_, progs)) = SchedClassifier::query_tcx(d, at) {
+                        for p in progs {
+                            found.push(format!("tcx program {} on {d}", p.id()));
+                        }
+                    }
+                }
+            }
+            found
+        })
+        .unwrap();
+    out.extend(tcx);
+    for d in devices {
+        let link = ns.ip(&format!("-d link show dev {d}")).unwrap_or_default();
+        if link.contains("xdp") {
+            out.push(format!("xdp on {d}"));
+        }
+    }
+    let routes = ns.ip("route show proto 180").unwrap();
+    if !routes.trim().is_empty() {
+        out.push(format!("routes: {routes}"));
+    }
+    out
 }
 
 #[test]
-fn pods_reach_each_other_across_nodes() {
+fn pods_reach_each_other_and_sigterm_leaves_nothing() {
     require_root();
-    let mut c = Cluster::new("d1", &seed_nodes(2)).unwrap();
+    let mut c = Cluster::new("d-basic", &seed_nodes(2)).unwrap();
     c.start_daemon("master", None).unwrap();
     c.start_daemon("node", None).unwrap();
-    let m = Ipv4Addr::new(192, 168, 179, 2);
-    let n = Ipv4Addr::new(192, 168, 83, 129);
-    let n2 = Ipv4Addr::new(192, 168, 83, 130);
-    let out = ping(&c, "node", n, m).unwrap_or_else(|e| {
-        panic!(
-            "{e:#}\nnode log:\n{}\nmaster log:\n{}",
-            c.node("node").daemon.as_ref().unwrap().log_text(),
-            c.node("master").daemon.as_ref().unwrap().log_text()
-        )
+    assert!(
+        ping_ok(&c, "node", N1, M1, 3),
+        "node → master pod\n{}",
+        logs(&c)
+    );
+    assert!(
+        ping_ok(&c, "master", M1, N1, 3),
+        "master → node pod\n{}",
+        logs(&c)
+    );
+    assert!(ping_ok(&c, "node", N1, N2, 3), "same node\n{}", logs(&c));
+
+    // The slow path is in place while running, and no tunnel device exists.
+    let routes = c.node("node").ns.ip("route show proto 180").unwrap();
+    assert!(
+        routes.contains("192.168.179.0/26 via 172.31.242.157 dev eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains("mtu 1480"), "{routes}");
+    assert!(routes.contains("blackhole 192.168.83.128/26"), "{routes}");
+    assert!(
+        routes.contains("192.168.83.129 dev calin0000000"),
+        "{routes}"
+    );
+    let tunnels = c.node("node").ns.ip("link show type ipip").unwrap();
+    assert!(
+        tunnels.trim().is_empty(),
+        "a tunnel device exists: {tunnels}"
+    );
+
+    for name in ["master", "node"] {
+        let d = c.node_mut(name).daemon.take().unwrap();
+        let pin = d.pin_dir.clone();
+        let status = d.stop().unwrap();
+        assert!(status.success(), "{name} exited {status}");
+        let node = c.node(name);
+        let mut devs: Vec<&str> = node
+            .spec
+            .pods
+            .iter()
+            .map(|p| p.interface.as_str())
+            .collect();
+        devs.push("eth0");
+        assert_eq!(
+            leftovers(&node.ns, &devs),
+            Vec::<String>::new(),
+            "{name} after SIGTERM"
+        );
+        assert!(!pin.exists(), "{} still exists", pin.display());
+    }
+}
+
+#[test]
+fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
+    require_root();
+    let mut c = Cluster::new("d-rt", &seed_nodes(1)).unwrap();
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
+    let state = c.node("node").daemon.as_ref().unwrap().state_dir.clone();
+    let sd = state.to_str().unwrap().to_string();
+
+    // A new pod: its veth appears, then the CNI tells ipipd.
+    let new = PodSpec {
+        address: Ipv4Addr::new(192, 168, 83, 140),
+        interface: "calinew0000001".into(),
+    };
+    c.node_mut("node").add_pod("d-rt-p", new.clone()).unwrap();
+    assert!(
+        !ping_ok(&c, "master", M1, new.address, 1),
+        "reachable before it was added"
+    );
+    c.node("node")
+        .ipipd(&[
+            "endpoint",
+            "add",
+            "--address",
+            "192.168.83.140",
+            "--interface",
+            &new.interface,
+            "--state-dir",
+            &sd,
+        ])
+        .unwrap();
+    assert!(
+        ping_ok(&c, "master", M1, new.address, 3),
+        "runtime-added pod\n{}",
+        logs(&c)
+    );
+    let runtime = std::fs::read_to_string(state.join("runtime.json")).unwrap();
+    assert!(runtime.contains("192.168.83.140"), "persisted: {runtime}");
+
+    // An endpoint whose interface does not exist yet is attached when it appears.
+    let late = PodSpec {
+        address: Ipv4Addr::new(192, 168, 83, 141),
+        interface: "calilate000001".into(),
+    };
+    c.node("node")
+        .ipipd(&[
+            "endpoint",
+            "add",
+            "--address",
+            "192.168.83.141",
+            "--interface",
+            &late.interface,
+            "--state-dir",
+            &sd,
+        ])
+        .unwrap();
+    assert!(!endpoint_addrs(&c, "node").contains(&"192.168.83.141".to_string()));
+    c.node_mut("node").add_pod("d-rt-p", late.clone()).unwrap();
+    eventually("the late pod's interface is attached", || {
+        endpoint_addrs(&c, "node").contains(&"192.168.83.141".to_string())
     });
-    assert!(out.contains("3 received"), "{out}");
-    let out = ping(&c, "master", m, n).unwrap();
-    assert!(out.contains("3 received"), "{out}");
-    let out = ping(&c, "node", n, n2).unwrap();
-    assert!(out.contains("3 received"), "{out}");
+    assert!(
+        ping_ok(&c, "master", M1, late.address, 3),
+        "late pod\n{}",
+        logs(&c)
+    );
+
+    // Removed at runtime: unreachable at once.
+    c.node("node")
+        .ipipd(&[
+            "endpoint",
+            "del",
+            "--address",
+            "192.168.83.140",
+            "--state-dir",
+            &sd,
+        ])
+        .unwrap();
+    assert!(!endpoint_addrs(&c, "node").contains(&"192.168.83.140".to_string()));
+    assert!(!route_prefixes(&c, "node").contains(&"192.168.83.140/32".to_string()));
+    assert!(
+        !ping_ok(&c, "master", M1, new.address, 2),
+        "deleted pod still reachable"
+    );
+
+    // A pod restart: the veth is deleted (entries go at once) and recreated with a new ifindex.
+    let old_ifindex = c
+        .node("node")
+        .ns
+        .ifindex(&c.node("node").spec.pods[0].interface)
+        .unwrap();
+    let pod = c.node("node").pods[0].spec.clone();
+    c.node("node")
+        .ns
+        .ip(&format!("link del {}", pod.interface))
+        .unwrap();
+    eventually("the deleted veth's entries are gone", || {
+        !endpoint_addrs(&c, "node").contains(&pod.address.to_string())
+    });
+    let pod_ns = &c.node("node").pods[0].ns;
+    c.node("node")
+        .ns
+        .sh(&format!(
+            "ip link add {} type veth peer name eth0 netns {}; ip link set {} up",
+            pod.interface, pod_ns.name, pod.interface
+        ))
+        .unwrap();
+    pod_ns
+        .sh(&format!("ip link set eth0 up; ip addr add {}/32 dev eth0; ip route add 169.254.1.1 dev eth0 scope link; ip route add default via 169.254.1.1 dev eth0 onlink", pod.address))
+        .unwrap();
+    let new_ifindex = c.node("node").ns.ifindex(&pod.interface).unwrap();
+    assert_ne!(old_ifindex, new_ifindex);
+    eventually("the recreated veth is re-keyed", || {
+        json(&c, "node", "endpoints")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ifindex"] == new_ifindex && e["address"] == pod.address.to_string())
+    });
+    assert!(
+        ping_ok(&c, "master", M1, pod.address, 3),
+        "recreated pod\n{}",
+        logs(&c)
+    );
+}
+
+#[test]
+fn kill_9_then_restart_leaves_no_stale_state() {
+    require_root();
+    let mut c = Cluster::new("d-k9", &seed_nodes(2)).unwrap();
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
+    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", logs(&c));
+    let d = c.node_mut("node").daemon.take().unwrap();
+    let (cfg, pin) = (d.config.clone(), d.pin_dir.clone());
+    d.kill9().unwrap();
+    // A crash leaves the pinned links: the data plane keeps forwarding.
+    assert!(pin.join("links").read_dir().unwrap().count() > 0);
+    assert!(ping_ok(&c, "node", N1, M1, 2), "forwarding after kill -9");
+
+    // The operator drops a pod from the file before restarting: nothing of it may survive.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let trimmed = text.replace(
+        "\n[[endpoint]]\naddress = \"192.168.83.130\"\ninterface = \"calin0000001\"\n",
+        "",
+    );
+    assert_ne!(text, trimmed);
+    c.start_daemon("node", Some(trimmed)).unwrap();
+    assert!(
+        ping_ok(&c, "node", N1, M1, 2),
+        "after restart\n{}",
+        logs(&c)
+    );
+    assert!(
+        ping_ok(&c, "master", M1, N1, 2),
+        "after restart\n{}",
+        logs(&c)
+    );
+    assert_eq!(endpoint_addrs(&c, "node"), vec!["192.168.83.129"]);
+    assert!(!route_prefixes(&c, "node").contains(&"192.168.83.130/32".to_string()));
+    let routes = c.node("node").ns.ip("route show proto 180").unwrap();
+    assert!(
+        !routes.contains("192.168.83.130"),
+        "stale slow-path route: {routes}"
+    );
+    // One attachment per hook and device, none left from the killed run.
+    let links: Vec<String> = pin
+        .join("links")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(links.len(), 3, "{links:?}");
+    let node = c.node("node");
+    let leftover_on_removed = node
+        .ns
+        .enter(|| {
+            SchedClassifier::query_tcx("calin0000001", TcAttachType::Ingress)
+                .map(|(_, p)| p.len())
+                .unwrap_or(0)
+        })
+        .unwrap();
+    assert_eq!(
+        leftover_on_removed, 0,
+        "the removed pod's veth still has a program"
+    );
+}
+
+#[test]
+fn sighup_adds_a_peer_and_removes_an_endpoint_without_losing_a_ping() {
+    require_root();
+    let mut c = Cluster::new("d-hup", &seed_nodes(2)).unwrap();
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
+    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", logs(&c));
+    let d = c.node("node").daemon.as_ref().unwrap();
+    let cfg = d.config.clone();
+
+    // 100 packets per second for 3 s, to a pod the change does not touch.
+    let pod_ns = c.node("node").pod(N1).ns.name.clone();
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &pod_ns, "ping", "-c", "300", "-i", "0.01", "-W", "1",
+        ])
+        .arg(M1.to_string())
+        .output();
+    let ping = std::thread::spawn(move || ping);
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let changed = text.replace(
+        "\n[[endpoint]]\naddress = \"192.168.83.130\"\ninterface = \"calin0000001\"\n",
+        "",
+    ) + "\n[[peer]]\naddress = \"172.31.242.158\"\nblocks = [\"192.168.200.0/26\"]\n";
+    std::fs::write(&cfg, changed).unwrap();
+    c.node("node").daemon.as_ref().unwrap().signal(libc::SIGHUP);
+    let out = ping.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("300 received"),
+        "ping during SIGHUP:\n{text}\n{}",
+        logs(&c)
+    );
+
+    // The change took effect.
+    eventually(
+        "SIGHUP applied: the peer added, the endpoint removed",
+        || {
+            route_prefixes(&c, "node").contains(&"192.168.200.0/26".to_string())
+                && !endpoint_addrs(&c, "node").contains(&"192.168.83.130".to_string())
+        },
+    );
+    assert!(!route_prefixes(&c, "node").contains(&"192.168.83.130/32".to_string()));
+    // An invalid file is rejected whole: the running state stays.
+    std::fs::write(&cfg, "[node]\nuplink = \"eth0\"\naddress = \"not-an-ip\"\n").unwrap();
+    c.node("node").daemon.as_ref().unwrap().signal(libc::SIGHUP);
+    eventually("the invalid file is logged", || {
+        c.node("node")
+            .daemon
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .contains("config rejected")
+    });
+    assert!(route_prefixes(&c, "node").contains(&"192.168.200.0/26".to_string()));
+    assert!(ping_ok(&c, "node", N1, M1, 2));
+}
+
+/// Every bad input the config can carry: a one-line error naming the key, non-zero exit, and
+/// nothing attached.
+#[test]
+fn bad_config_is_rejected_with_a_clear_error() {
+    require_root();
+    let ns = NetNs::new("badcfg").unwrap();
+    ns.ip("link add eth0 mtu 1500 type veth peer name eth1")
+        .unwrap();
+    ns.ip("link set eth0 up").unwrap();
+    let dir = std::env::temp_dir().join(format!("ipipd-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = ipipd_tests::cluster::ipipd_binary().unwrap();
+    let node = "[node]\nname = \"bad\"\nuplink = \"eth0\"\naddress = \"172.31.242.156\"\n";
+    let block = "\n[[block]]\ncidr = \"192.168.83.128/26\"\n";
+    let peer = "\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.179.0/26\"]\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "invalid CIDR",
+            format!("{node}\n[[block]]\ncidr = \"192.168.83.128/33\"\n"),
+            "block[0].cidr",
+        ),
+        (
+            "host bits set",
+            format!("{node}\n[[block]]\ncidr = \"192.168.83.129/26\"\n"),
+            "block[0].cidr",
+        ),
+        (
+            "invalid address",
+            node.replace("172.31.242.156", "172.31.242.300"),
+            "node.address",
+        ),
+        (
+            "overlapping blocks",
+            format!("{node}{block}\n[[block]]\ncidr = \"192.168.83.0/24\"\n"),
+            "block[1].cidr",
+        ),
+        (
+            "endpoint outside the blocks",
+            format!("{node}{block}\n[[endpoint]]\naddress = \"10.1.1.1\"\ninterface = \"cali1\"\n"),
+            "endpoint[0].address",
+        ),
+        (
+            "peer block overlaps own",
+            format!(
+                "{node}{block}\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.83.128/27\"]\n"
+            ),
+            "peer[0].blocks[0]",
+        ),
+        (
+            "peer with the node's address",
+            format!("{node}{block}\n[[peer]]\naddress = \"172.31.242.156\"\n"),
+            "peer[0].address",
+        ),
+        (
+            "two peers with one address",
+            format!(
+                "{node}{block}{peer}\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.1.0/26\"]\n"
+            ),
+            "peer[1].address",
+        ),
+        (
+            "block claimed by two peers",
+            format!(
+                "{node}{block}{peer}\n[[peer]]\naddress = \"172.31.242.158\"\nblocks = [\"192.168.179.0/26\"]\n"
+            ),
+            "peer[1].blocks[0]",
+        ),
+        (
+            "duplicate endpoint addresses",
+            format!(
+                "{node}{block}\n[[endpoint]]\naddress = \"192.168.83.129\"\ninterface = \"cali1\"\n\n[[endpoint]]\naddress = \"192.168.83.129\"\ninterface = \"cali2\"\n"
+            ),
+            "endpoint[1].address",
+        ),
+        (
+            "unknown uplink",
+            format!("{}{block}", node.replace("\"eth0\"", "\"eth9\"")),
+            "node.uplink",
+        ),
+        (
+            "mtu above the uplink's",
+            format!("{node}mtu = 9000\n{block}"),
+            "node.mtu",
+        ),
+        (
+            "unknown key",
+            format!("{node}colour = \"blue\"\n{block}"),
+            "colour",
+        ),
+        (
+            "bad mode",
+            format!("{node}mode = \"sometimes\"\n{block}"),
+            "node.mode",
+        ),
+        (
+            "bad MAC",
+            format!(
+                "{node}{block}\n[[endpoint]]\naddress = \"192.168.83.129\"\ninterface = \"cali1\"\nmac = \"zz\"\n"
+            ),
+            "endpoint[0].mac",
+        ),
+    ];
+    let mut failures = Vec::new();
+    let state = dir.join("state").to_str().unwrap().to_string();
+    for (what, text, key) in &cases {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        for cmd in ["check", "run"] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .arg(&bin)
+                .args([cmd, "--config"])
+                .arg(&path)
+                .args(if cmd == "run" {
+                    vec!["--state-dir", state.as_str()]
+                } else {
+                    vec![]
+                })
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().last().unwrap_or_default().to_string();
+            if out.status.success() || !last.contains(key) || !last.contains("bad.toml") {
+                failures.push(format!(
+                    "{what} ({cmd}): exit {}, stderr {err:?}",
+                    out.status
+                ));
+            }
+        }
+        let tc = ns
+            .enter(|| {
+                SchedClassifier::query_tcx("eth0", TcAttachType::Ingress)
+                    .map(|(_, p)| p.len())
+                    .unwrap_or(0)
+            })
+            .unwrap();
+        assert_eq!(tc, 0, "{what}: something stayed attached");
+    }
+    // A missing file.
+    let out = Command::new(&bin)
+        .args(["check", "--config", "/nonexistent/ipipd.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ipipd.toml")
+    );
+    // A failure part-way through run (native XDP on a bridge, which has none) rolls back what it
+    // attached before (the tc programs).
+    ns.ip("link add dummy0 type bridge").unwrap();
+    ns.ip("link set dummy0 up").unwrap();
+    ns.ip("addr add 172.31.242.156/20 dev dummy0").unwrap();
+    let path = dir.join("partial.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}xdp = \"native\"\npin_dir = \"/sys/fs/bpf/ipipd-partial-{}\"\n{block}",
+            node.replace("eth0", "dummy0"),
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--state-dir", dir.join("state2").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "native XDP on dummy0 should fail: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        leftovers(&ns, &["dummy0"]),
+        Vec::<String>::new(),
+        "rolled back"
+    );
+    let _ = check(Command::new("rm").arg("-rf").arg(&dir));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

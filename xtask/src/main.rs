@@ -147,6 +147,8 @@ fn lint() -> Result<()> {
 }
 
 fn test(test_args: &[String]) -> Result<()> {
+    // The end-to-end tests run the ipipd binary itself.
+    build()?;
     // Release: the same object as the shipped binary, and the e2e traffic runs at speed.
     let mut cmd = cargo();
     cmd.args([
