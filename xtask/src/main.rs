@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, run and test ipipd.
 
+mod demo;
 mod setup;
 
 use std::{
@@ -24,10 +25,11 @@ enum Cmd {
     Setup,
     /// Set up, then build ipipd (release) with the eBPF object embedded.
     Build,
-    /// Set up, build, then run the main job: load every program into the running kernel and
-    /// report what the verifier accepted.
+    /// Set up, build, then run the main job on an embedded default: the seed's two-node cluster
+    /// in network namespaces, ipipd on each node, pods pinging across nodes, the counters, and a
+    /// full teardown. Needs root.
     Run {
-        /// Arguments passed to ipipd (default: `probe`).
+        /// Run ipipd with these arguments instead of the demo (e.g. `probe`, `check --config F`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -58,13 +60,12 @@ fn main() -> Result<()> {
         Cmd::Run { args } => {
             setup::all()?;
             build()?;
-            let args = if args.is_empty() {
-                vec!["probe".to_string()]
-            } else {
-                args
-            };
             let bin = root.join("target/release/ipipd");
-            run(Command::new(&bin).args(&args))
+            if !args.is_empty() {
+                return run(Command::new(&bin).args(&args));
+            }
+            setup::require_root("the demo creates network namespaces and loads BPF programs")?;
+            demo::run(&bin)
         }
         Cmd::Test { no_lint, test_args } => {
             setup::require_root("the tests create network namespaces and load BPF programs")?;

@@ -1,0 +1,111 @@
+//! `cargo xtask run`: the seed's two-node cluster in network namespaces, with ipipd on each node.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use ipipd_tests::cluster::{Cluster, seed_nodes};
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+pub fn run(ipipd: &Path) -> Result<()> {
+    // SAFETY: ignoring SIGINT for this bounded demo, so that Ctrl-C cannot skip the teardown
+    // (the daemons, in the same process group, still get it and tear themselves down).
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // SAFETY: single-threaded at this point.
+    unsafe { std::env::set_var("IPIPD_BIN", ipipd) };
+    section(
+        "building the cluster of the seed: master 172.31.242.157 (192.168.179.0/26), node 172.31.242.156 (192.168.83.128/26)",
+    );
+    let mut c = Cluster::new("demo", &seed_nodes(2)).context("creating the demo namespaces")?;
+    for n in &c.nodes {
+        println!(
+            "  {:<7} netns {:<28} eth0 {}/{}",
+            n.spec.name, n.ns.name, n.spec.address, n.spec.prefix_len
+        );
+        for p in &n.pods {
+            println!(
+                "          pod {:<15} on {:<14} netns {}",
+                p.spec.address, p.spec.interface, p.ns.name
+            );
+        }
+    }
+    for name in ["master", "node"] {
+        c.start_daemon(name, None)
+            .with_context(|| format!("starting ipipd on {name}"))?;
+        println!(
+            "  ipipd running on {name} (log: {})",
+            c.node(name).daemon.as_ref().unwrap().log.display()
+        );
+    }
+
+    section("ipipd routes on node (what replaces the route table)");
+    let pins = |n: &str| c.bpffs.join(n).to_string_lossy().into_owned();
+    print!(
+        "{}",
+        c.node("node")
+            .ipipd(&["routes", "--pin-dir", &pins("node")])?
+    );
+    section("the kernel's slow path on node (host traffic, TTL expiry, fragmentation-needed only)");
+    print!("{}", c.node("node").ns.ip("route show proto 180")?);
+
+    section("pods reaching each other");
+    let pairs = [
+        (
+            "node",
+            Ipv4Addr::new(192, 168, 83, 129),
+            Ipv4Addr::new(192, 168, 179, 2),
+            "across nodes",
+        ),
+        (
+            "master",
+            Ipv4Addr::new(192, 168, 179, 2),
+            Ipv4Addr::new(192, 168, 83, 129),
+            "across nodes, back",
+        ),
+        (
+            "node",
+            Ipv4Addr::new(192, 168, 83, 129),
+            Ipv4Addr::new(192, 168, 83, 130),
+            "on one node",
+        ),
+    ];
+    let mut failed = 0;
+    for (node, from, to, what) in pairs {
+        let out = c
+            .node(node)
+            .pod(from)
+            .ns
+            .sh(&format!("ping -c 5 -i 0.2 -W 2 {to} || true"))?;
+        let summary = out
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or("no reply")
+            .to_string();
+        let ok = summary.contains(" 0% packet loss");
+        failed += usize::from(!ok);
+        println!("  {from:<15} -> {to:<15} {what:<20} {summary}");
+    }
+
+    section("counters on node (ipipd stats)");
+    print!(
+        "{}",
+        c.node("node")
+            .ipipd(&["stats", "--pin-dir", &pins("node")])?
+    );
+    section("counters on master (ipipd stats)");
+    print!(
+        "{}",
+        c.node("master")
+            .ipipd(&["stats", "--pin-dir", &pins("master")])?
+    );
+
+    section("tearing down");
+    drop(c);
+    println!("  daemons stopped (SIGTERM), namespaces and pins removed");
+    if failed > 0 {
+        bail!("{failed} of 3 ping runs lost packets");
+    }
+    Ok(())
+}
