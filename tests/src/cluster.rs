@@ -32,6 +32,29 @@ pub struct NodeSpec {
     pub pods: Vec<PodSpec>,
     /// The uplink's MTU (the underlay's).
     pub mtu: u32,
+    /// Which underlay bridge (`br<N>` in the underlay namespace) the uplink joins.
+    pub bridge: usize,
+    /// Shell lines run in the node's namespace once its uplink is up (extra routes, say).
+    pub setup: Vec<String>,
+    /// Whether the other nodes list it as a peer (false for a plain host, such as an attacker).
+    pub peer: bool,
+}
+
+impl NodeSpec {
+    /// A plain host on the underlay: no pods, no ipipd, not a peer.
+    pub fn host(name: &str, address: Ipv4Addr, prefix_len: u8) -> Self {
+        NodeSpec {
+            name: name.into(),
+            address,
+            prefix_len,
+            block: String::new(),
+            pods: Vec::new(),
+            mtu: 1500,
+            bridge: 0,
+            setup: Vec::new(),
+            peer: false,
+        }
+    }
 }
 
 pub struct Pod {
@@ -83,6 +106,9 @@ pub fn seed_nodes(pods_per_node: usize) -> Vec<NodeSpec> {
             block: "192.168.179.0/26".into(),
             pods: pods([192, 168, 179], 2, "m"),
             mtu: 1500,
+            bridge: 0,
+            setup: Vec::new(),
+            peer: true,
         },
         NodeSpec {
             name: "node".into(),
@@ -91,6 +117,9 @@ pub fn seed_nodes(pods_per_node: usize) -> Vec<NodeSpec> {
             block: "192.168.83.128/26".into(),
             pods: pods([192, 168, 83], 129, "n"),
             mtu: 1500,
+            bridge: 0,
+            setup: Vec::new(),
+            peer: true,
         },
     ]
 }
@@ -133,17 +162,21 @@ impl Cluster {
             nodes: Vec::new(),
             underlay,
         };
-        cluster
-            .underlay
-            .sh("ip link add br0 type bridge; ip link set br0 up")?;
+        let bridges = specs.iter().map(|s| s.bridge).max().unwrap_or(0);
+        for b in 0..=bridges {
+            cluster.underlay.sh(&format!(
+                "ip link add br{b} type bridge; ip link set br{b} up"
+            ))?;
+        }
         for (i, spec) in specs.iter().enumerate() {
             let ns = NetNs::new(&format!("{tag}-{}", spec.name))?;
             let up = format!("up{i}");
             cluster.underlay.sh(&format!(
                 "ip link add {up} mtu {mtu} type veth peer name eth0 netns {ns}; \
-                 ip link set {up} master br0 up",
+                 ip link set {up} master br{b} up",
                 mtu = spec.mtu,
-                ns = ns.name
+                ns = ns.name,
+                b = spec.bridge
             ))?;
             ns.sh(&format!(
                 "ip link set eth0 mtu {mtu} up; ip addr add {a}/{l} dev eth0; \
@@ -152,6 +185,9 @@ impl Cluster {
                 a = spec.address,
                 l = spec.prefix_len
             ))?;
+            if !spec.setup.is_empty() {
+                ns.sh(&spec.setup.join("\n"))?;
+            }
             let mut node = Node {
                 ns,
                 spec: spec.clone(),
@@ -191,7 +227,11 @@ impl Cluster {
             pins = self.bpffs.join(&me.spec.name).display(),
             b = me.spec.block,
         );
-        for other in self.nodes.iter().filter(|n| n.spec.name != name) {
+        for other in self
+            .nodes
+            .iter()
+            .filter(|n| n.spec.name != name && n.spec.peer)
+        {
             s += &format!(
                 "\n[[peer]]\naddress = \"{}\"\nblocks = [\"{}\"]\n",
                 other.spec.address, other.spec.block

@@ -10,6 +10,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub mod cluster;
+pub mod traffic;
+
+/// A number unique in this process, for file and namespace names.
+pub fn seq() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Privileged tests need root. They fail loudly without it, never skip.
 pub fn require_root() {
@@ -35,9 +42,11 @@ pub fn check(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
-/// A network namespace named uniquely for this process, removed (with every device in it) on drop.
+/// A network namespace named uniquely for this process, removed (with every device in it) on
+/// drop by its owner.
 pub struct NetNs {
     pub name: String,
+    owned: bool,
 }
 
 impl NetNs {
@@ -51,10 +60,18 @@ impl NetNs {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         check(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = NetNs { name };
+        let ns = NetNs { name, owned: true };
         ns.sh("ip link set lo up; \
                sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
         Ok(ns)
+    }
+
+    /// A handle to the same namespace that does not remove it.
+    pub fn view(&self) -> NetNs {
+        NetNs {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// `ip -n <ns> <args>`.
@@ -108,6 +125,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Processes left in the namespace would keep it alive: end them first.
         if let Ok(out) = Command::new("ip")
             .args(["netns", "pids", &self.name])

@@ -10,7 +10,13 @@ use crate::run;
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo use.
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "tcpdump", "iputils-ping"];
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "tcpdump",
+    "iputils-ping",
+    "traceroute",
+];
 
 pub fn all() -> Result<()> {
     rust_src()?;
