@@ -246,10 +246,11 @@ pub fn read_pcap(path: &Path) -> Result<Vec<Vec<u8>>> {
     if data.len() < 24 {
         bail!("{}: not a pcap", path.display());
     }
-    let le = match u32::from_le_bytes(data[..4].try_into()?) {
-        0xa1b2c3d4 | 0xa1b23c4d => true,
-        _ => false,
-    };
+    // Written on this host: little-endian magic means little-endian records.
+    let le = matches!(
+        u32::from_le_bytes(data[..4].try_into()?),
+        0xa1b2c3d4 | 0xa1b23c4d
+    );
     let u = |b: &[u8]| {
         if le {
             u32::from_le_bytes(b.try_into().unwrap())

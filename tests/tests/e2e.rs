@@ -284,6 +284,16 @@ fn the_underlay_carries_ipip_and_the_counters_match_it() {
         from_node,
         "master decap counters"
     );
+    // TCP, after the capture: the counters account for every byte (GSO super-packets count once, with all their bytes).
+    let tcp_before = stats(&c, "node");
+    let t = tcp_transfer(&m1, M1, 5501, &n1, 2 << 20).unwrap();
+    assert_eq!(t.sent, t.received);
+    let tcp_after = stats(&c, "node");
+    let (_, encap_bytes) = moved(&tcp_before, &tcp_after, "encap");
+    assert!(
+        encap_bytes >= 2 << 20,
+        "encap bytes {encap_bytes} < the 2 MiB sent"
+    );
     // No tunnel device anywhere.
     for n in &c.nodes {
         assert!(n.ns.ip("link show type ipip").unwrap().trim().is_empty());
@@ -605,5 +615,50 @@ fn cross_subnet_encapsulates_only_across_the_router() {
         ip.iter()
             .all(|p| !(is_pod(p.dst) && p.dst == f1 && p.proto != 4)),
         "far pod address bare on the wire"
+    );
+}
+
+/// `xdp = "native"` on the uplinks: traffic flows (TCP intact), and IPIP from a non-peer is
+/// dropped by xdp_uplink before an skb exists.
+#[test]
+fn native_xdp_drops_non_peers_early_and_passes_the_rest() {
+    require_root();
+    let mut specs = seed_nodes(1);
+    specs.push(NodeSpec::host(
+        "attacker",
+        Ipv4Addr::new(172, 31, 242, 200),
+        20,
+    ));
+    let mut c = Cluster::new("e-xdp", &specs).unwrap();
+    for n in ["master", "node"] {
+        let cfg = c.config_for(n, "xdp = \"native\"");
+        c.start_daemon(n, Some(cfg)).unwrap();
+    }
+    let link = c.node("node").ns.ip("-d link show dev eth0").unwrap();
+    assert!(link.contains("xdp"), "native XDP attached: {link}");
+    let n1 = pod(&c, "node", N1);
+    let m1 = pod(&c, "master", M1);
+    let out = ping(&n1, &format!("-c 3 -i 0.2 -W 2 {M1}"));
+    assert!(out.contains("3 received"), "{out}\n{}", logs(&c));
+    let t = tcp_transfer(&m1, M1, 5800, &n1, 16 << 20).unwrap();
+    assert_eq!(t.sent, t.received);
+    let before = stats(&c, "node");
+    send_ipip(
+        &c.node("attacker").ns.view(),
+        NODE,
+        icmp_packet(Ipv4Addr::new(10, 66, 0, 1), N1, 5),
+        5,
+    );
+    let after = stats(&c, "node");
+    let xdp_drops: u64 = after
+        .iter()
+        .filter(|((_, h, r), _)| h == "xdp_uplink" && r == "drop_ipip_unknown_peer")
+        .map(|(k, (p, _))| p - before.get(k).map_or(0, |v| v.0))
+        .sum();
+    assert_eq!(xdp_drops, 5, "dropped in XDP");
+    assert_eq!(
+        moved(&before, &after, "drop_ipip_unknown_peer").0,
+        5,
+        "and only there (from_uplink never saw them)"
     );
 }
