@@ -224,10 +224,9 @@ pub fn encap_and_send(
     if gso != 0 && gso + inner_headers_len(ctx, ihl, proto) + IP_LEN <= cfg.mtu as usize {
         flags |= BPF_F_ADJ_ROOM_FIXED_GSO as u64;
     }
-    if ctx
-        .adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
-        .is_err()
-    {
+    if let Err(e) = ctx.adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags) {
+        // Rare (an skb that is already encapsulated, say): worth a line in the daemon's log.
+        aya_log_ebpf::warn!(ctx, "encap: bpf_skb_adjust_room refused: {}", e);
         count(ifindex(ctx), hook, Reason::DropEncapFailed, len);
         return TC_SHOT;
     }

@@ -21,8 +21,7 @@ use crate::{
     act::{self, drop, pass},
     maps::{ENDPOINTS, config, count, route},
     packet::{
-        ArpIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IP_LEN, Ipv4Hdr, TC_OK, ensure_linear,
-        ifindex, ipv4_sane, ptr_at,
+        ArpIpv4, ETH_LEN, EthHdr, L3, TC_OK, ensure_linear, ifindex, ipv4_sane, parse_l3, ptr_at,
     },
 };
 
@@ -37,25 +36,12 @@ pub fn run(ctx: &TcContext) -> i32 {
     let Some(ep) = (unsafe { ENDPOINTS.get(ifindex(ctx)) }).copied() else {
         return drop(ctx, HOOK, Reason::DropUnknownEndpoint);
     };
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return drop(ctx, HOOK, Reason::DropTruncated);
+    let ip = match parse_l3(ctx) {
+        L3::Ipv4(ip) => ip,
+        L3::Arp => return arp(ctx, &ep),
+        L3::Other => return pass(ctx, HOOK, Reason::PassNotIpv4),
+        L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
     };
-    // SAFETY: bounds-checked above.
-    let ether_type = unsafe { (*eth).ether_type };
-    if ether_type == ETH_P_ARP {
-        return arp(ctx, &ep);
-    }
-    if ether_type != ETH_P_IP {
-        return pass(ctx, HOOK, Reason::PassNotIpv4);
-    }
-    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
-        return drop(ctx, HOOK, Reason::DropTruncated);
-    }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return drop(ctx, HOOK, Reason::DropTruncated);
-    };
-    // SAFETY: bounds-checked above; the reference does not outlive a packet-changing helper.
-    let ip = unsafe { &*ip };
     if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
         return drop(ctx, HOOK, Reason::DropBadIpHeader);
     }

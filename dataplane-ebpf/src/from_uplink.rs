@@ -24,9 +24,8 @@ use crate::{
     csum,
     maps::{config, count, route},
     packet::{
-        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, TC_OK,
-        ensure_linear, frag_field, ifindex, ihl_bytes, ip_words, ipv4_sane, ptr_at, set_tos,
-        tot_len,
+        ETH_LEN, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, L3, TC_OK, ensure_linear, frag_field,
+        ifindex, ihl_bytes, ip_words, ipv4_sane, parse_l3, ptr_at, set_tos, tot_len,
     },
 };
 
@@ -61,21 +60,11 @@ pub fn run(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_OK;
     };
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return pass(ctx, HOOK, Reason::PassNotIpv4);
+    let outer = match parse_l3(ctx) {
+        L3::Ipv4(ip) => ip,
+        L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
+        L3::Arp | L3::Other => return pass(ctx, HOOK, Reason::PassNotIpv4),
     };
-    // SAFETY: bounds-checked above.
-    if unsafe { (*eth).ether_type } != ETH_P_IP {
-        return pass(ctx, HOOK, Reason::PassNotIpv4);
-    }
-    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
-        return drop(ctx, HOOK, Reason::DropTruncated);
-    }
-    let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return drop(ctx, HOOK, Reason::DropTruncated);
-    };
-    // SAFETY: bounds-checked above; not used after a packet-changing helper.
-    let outer = unsafe { &*outer };
     if outer.proto != IPPROTO_IPIP {
         return plain(ctx, cfg, outer);
     }
@@ -144,10 +133,8 @@ pub fn run(ctx: &TcContext) -> i32 {
         count(ifindex(ctx), HOOK, Reason::EcnUnusedCombination, len);
     }
     let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
-    if ctx
-        .adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
-        .is_err()
-    {
+    if let Err(e) = ctx.adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags) {
+        aya_log_ebpf::warn!(ctx, "decap: bpf_skb_adjust_room refused: {}", e);
         return drop(ctx, HOOK, Reason::DropDecapFailed);
     }
     if !ensure_linear(ctx, ETH_LEN + IP_LEN) {

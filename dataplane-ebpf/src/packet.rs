@@ -56,6 +56,40 @@ pub fn ensure_linear(ctx: &TcContext, len: usize) -> bool {
     ctx.data() + len <= ctx.data_end()
 }
 
+/// What a frame carries, once parsed: the first step of every tc hook.
+pub enum L3<'a> {
+    /// An IPv4 packet whose header is linear and in bounds. Not valid across a helper that
+    /// changes the packet.
+    Ipv4(&'a Ipv4Hdr),
+    Arp,
+    /// Anything else (IPv6, …).
+    Other,
+    /// Shorter than the headers its type announces.
+    Truncated,
+}
+
+/// Parses the Ethernet header and, for IPv4, makes the IPv4 header linear.
+#[inline(always)]
+pub fn parse_l3<'a>(ctx: &TcContext) -> L3<'a> {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return L3::Truncated;
+    };
+    // SAFETY: bounds-checked above.
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IP => {}
+        ETH_P_ARP => return L3::Arp,
+        _ => return L3::Other,
+    }
+    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
+        return L3::Truncated;
+    }
+    match ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) {
+        // SAFETY: bounds-checked against data_end.
+        Some(ip) => L3::Ipv4(unsafe { &*ip }),
+        None => L3::Truncated,
+    }
+}
+
 /// The word at byte offset `2 * i` of an IPv4 header, in wire order.
 #[inline(always)]
 pub fn ip_word(ip: &Ipv4Hdr, i: usize) -> u16 {

@@ -11,10 +11,7 @@ use dataplane_common::{Hook, ROUTE_F_ENCAP, Reason, RouteKind};
 use crate::{
     act::{self, drop, pass},
     maps::{config, route},
-    packet::{
-        ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IPPROTO_IPIP, Ipv4Hdr, TC_OK, ensure_linear, ipv4_sane,
-        ptr_at,
-    },
+    packet::{ETH_LEN, IPPROTO_IPIP, L3, TC_OK, ipv4_sane, parse_l3},
 };
 
 const HOOK: Hook = Hook::ToUplink;
@@ -23,21 +20,11 @@ pub fn run(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_OK;
     };
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return pass(ctx, HOOK, Reason::PassNotIpv4);
+    let ip = match parse_l3(ctx) {
+        L3::Ipv4(ip) => ip,
+        L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
+        L3::Arp | L3::Other => return pass(ctx, HOOK, Reason::PassNotIpv4),
     };
-    // SAFETY: bounds-checked above.
-    if unsafe { (*eth).ether_type } != ETH_P_IP {
-        return pass(ctx, HOOK, Reason::PassNotIpv4);
-    }
-    if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
-        return drop(ctx, HOOK, Reason::DropTruncated);
-    }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return drop(ctx, HOOK, Reason::DropTruncated);
-    };
-    // SAFETY: bounds-checked above.
-    let ip = unsafe { &*ip };
     // Already a tunnel packet (ours, from from_pod): never encapsulated twice.
     if ip.proto == IPPROTO_IPIP {
         return pass(ctx, HOOK, Reason::PassIpip);

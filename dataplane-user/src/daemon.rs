@@ -143,6 +143,7 @@ impl Daemon {
         log::info!("ready; control socket {}", sock_path.display());
 
         let result = loop {
+            let log_fd = self.dp.log_fd().unwrap_or(-1);
             let mut fds = [
                 libc::pollfd {
                     fd: sig.as_raw_fd(),
@@ -156,6 +157,12 @@ impl Daemon {
                 },
                 libc::pollfd {
                     fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                // A negative fd is ignored by poll(2).
+                libc::pollfd {
+                    fd: log_fd,
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -202,6 +209,9 @@ impl Daemon {
                     Ok(_) => {}
                     Err(e) => log::error!("reading link events: {e:#}"),
                 }
+            }
+            if fds[3].revents != 0 {
+                self.dp.flush_log();
             }
             if fds[2].revents != 0 {
                 while let Ok((stream, _)) = listener.accept() {

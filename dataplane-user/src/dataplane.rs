@@ -87,6 +87,8 @@ pub struct Dataplane {
     tcx: bool,
     attachments: BTreeMap<(u32, u8), Attachment>,
     forward_was: Option<String>,
+    /// The programs' aya-log ring buffer, relayed into this process's log.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub plan: Plan,
 }
 
@@ -143,6 +145,7 @@ impl Dataplane {
             tcx,
             attachments: BTreeMap::new(),
             forward_was: None,
+            logger: None,
             plan: Plan::default(),
         };
         if let Err(e) = dp.bring_up(cfg) {
@@ -154,6 +157,10 @@ impl Dataplane {
 
     fn bring_up(&mut self, cfg: &Config) -> Result<()> {
         loader::load_all(&mut self.ebpf)?;
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => self.logger = Some(l),
+            Err(e) => log::warn!("the programs' log is not relayed: {e}"),
+        }
         maps::set_config(
             &mut self.ebpf,
             &NodeConfig {
@@ -524,8 +531,17 @@ impl Dataplane {
         log::info!("data plane removed from {}", self.pin_dir.display());
     }
 
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    /// The fd to poll for the programs' log lines, if relayed.
+    pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.logger.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Relays what the programs logged into this process's log.
+    pub fn flush_log(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
     }
 
     pub fn node(&self) -> Ipv4Addr {

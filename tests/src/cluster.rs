@@ -202,6 +202,18 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                n.daemon
+                    .as_ref()
+                    .map(|d| format!("--- {} ---\n{}", n.spec.name, d.log_text()))
+            })
+            .collect()
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()

@@ -40,17 +40,6 @@ fn ping_ok(c: &Cluster, node: &str, from: Ipv4Addr, to: Ipv4Addr, count: u32) ->
     String::from_utf8_lossy(&out.stdout).contains(&format!("{count} received"))
 }
 
-fn logs(c: &Cluster) -> String {
-    c.nodes
-        .iter()
-        .filter_map(|n| {
-            n.daemon
-                .as_ref()
-                .map(|d| format!("--- {} ---\n{}", n.spec.name, d.log_text()))
-        })
-        .collect()
-}
-
 fn json(c: &Cluster, node: &str, what: &str) -> serde_json::Value {
     let pin = c.bpffs.join(node);
     let out = c
@@ -129,14 +118,14 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
     assert!(
         ping_ok(&c, "node", N1, M1, 3),
         "node → master pod\n{}",
-        logs(&c)
+        c.logs()
     );
     assert!(
         ping_ok(&c, "master", M1, N1, 3),
         "master → node pod\n{}",
-        logs(&c)
+        c.logs()
     );
-    assert!(ping_ok(&c, "node", N1, N2, 3), "same node\n{}", logs(&c));
+    assert!(ping_ok(&c, "node", N1, N2, 3), "same node\n{}", c.logs());
 
     // The slow path is in place while running, and no tunnel device exists.
     let routes = c.node("node").ns.ip("route show proto 180").unwrap();
@@ -212,7 +201,7 @@ fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
     assert!(
         ping_ok(&c, "master", M1, new.address, 3),
         "runtime-added pod\n{}",
-        logs(&c)
+        c.logs()
     );
     let runtime = std::fs::read_to_string(state.join("runtime.json")).unwrap();
     assert!(runtime.contains("192.168.83.140"), "persisted: {runtime}");
@@ -242,7 +231,7 @@ fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
     assert!(
         ping_ok(&c, "master", M1, late.address, 3),
         "late pod\n{}",
-        logs(&c)
+        c.logs()
     );
 
     // Removed at runtime: unreachable at once.
@@ -300,7 +289,7 @@ fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
     assert!(
         ping_ok(&c, "master", M1, pod.address, 3),
         "recreated pod\n{}",
-        logs(&c)
+        c.logs()
     );
 }
 
@@ -310,7 +299,7 @@ fn kill_9_then_restart_leaves_no_stale_state() {
     let mut c = Cluster::new("d-k9", &seed_nodes(2)).unwrap();
     c.start_daemon("master", None).unwrap();
     c.start_daemon("node", None).unwrap();
-    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", logs(&c));
+    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
     let d = c.node_mut("node").daemon.take().unwrap();
     let (cfg, pin) = (d.config.clone(), d.pin_dir.clone());
     d.kill9().unwrap();
@@ -329,12 +318,12 @@ fn kill_9_then_restart_leaves_no_stale_state() {
     assert!(
         ping_ok(&c, "node", N1, M1, 2),
         "after restart\n{}",
-        logs(&c)
+        c.logs()
     );
     assert!(
         ping_ok(&c, "master", M1, N1, 2),
         "after restart\n{}",
-        logs(&c)
+        c.logs()
     );
     assert_eq!(endpoint_addrs(&c, "node"), vec!["192.168.83.129"]);
     assert!(!route_prefixes(&c, "node").contains(&"192.168.83.130/32".to_string()));
@@ -373,7 +362,7 @@ fn sighup_adds_a_peer_and_removes_an_endpoint_without_losing_a_ping() {
     let mut c = Cluster::new("d-hup", &seed_nodes(2)).unwrap();
     c.start_daemon("master", None).unwrap();
     c.start_daemon("node", None).unwrap();
-    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", logs(&c));
+    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
     let d = c.node("node").daemon.as_ref().unwrap();
     let cfg = d.config.clone();
 
@@ -399,7 +388,7 @@ fn sighup_adds_a_peer_and_removes_an_endpoint_without_losing_a_ping() {
     assert!(
         text.contains("300 received"),
         "ping during SIGHUP:\n{text}\n{}",
-        logs(&c)
+        c.logs()
     );
 
     // The change took effect.

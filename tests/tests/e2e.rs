@@ -25,17 +25,6 @@ fn seed_cluster(tag: &str, extra_node_keys: &str) -> Cluster {
     c
 }
 
-fn logs(c: &Cluster) -> String {
-    c.nodes
-        .iter()
-        .filter_map(|n| {
-            n.daemon
-                .as_ref()
-                .map(|d| format!("--- {} ---\n{}", n.spec.name, d.log_text()))
-        })
-        .collect()
-}
-
 /// Counters of a node as (interface, hook, reason) → (packets, bytes).
 type Stats = BTreeMap<(String, String, String), (u64, u64)>;
 
@@ -72,6 +61,22 @@ fn moved(before: &Stats, after: &Stats, reason: &str) -> (u64, u64) {
             (p - p0, b - b0)
         })
         .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
+}
+
+/// The seed's nodes (one pod each) and a plain host on the underlay that is not a peer.
+fn cluster_with_attacker(tag: &str, extra_node_keys: &str) -> Cluster {
+    let mut specs = seed_nodes(1);
+    specs.push(NodeSpec::host(
+        "attacker",
+        Ipv4Addr::new(172, 31, 242, 200),
+        20,
+    ));
+    let mut c = Cluster::new(tag, &specs).unwrap();
+    for n in ["master", "node"] {
+        let cfg = c.config_for(n, extra_node_keys);
+        c.start_daemon(n, Some(cfg)).unwrap();
+    }
+    c
 }
 
 fn ping(ns: &NetNs, args: &str) -> String {
@@ -112,7 +117,7 @@ fn icmp_udp_tcp_between_pods_and_hosts() {
         assert!(
             out.contains("3 received"),
             "ICMP {what} {from} -> {to}:\n{out}\n{}",
-            logs(&c)
+            c.logs()
         );
 
         let dst_node = if c.node("node").spec.pods.iter().any(|p| p.address == to) {
@@ -140,7 +145,7 @@ fn icmp_udp_tcp_between_pods_and_hosts() {
     let node_ns = c.node("node").ns.view();
     for (to, what) in [(N1, "host -> local pod"), (M1, "host -> remote pod")] {
         let out = ping(&node_ns, &format!("-c 3 -i 0.2 -W 2 {to}"));
-        assert!(out.contains("3 received"), "{what}:\n{out}\n{}", logs(&c));
+        assert!(out.contains("3 received"), "{what}:\n{out}\n{}", c.logs());
     }
     let master_pod = pod(&c, "master", M1);
     let t = tcp_transfer(&node_ns, NODE, 5302, &master_pod, 1 << 20).unwrap();
@@ -177,7 +182,7 @@ fn hundred_megabytes_across_nodes_arrive_intact() {
             }
             port += 1;
             let t = tcp_transfer(&dst, M1, port, &src, 100 << 20).unwrap_or_else(|e| {
-                panic!("pod mtu {pod_mtu}, offload {offload}: {e:#}\n{}", logs(&c))
+                panic!("pod mtu {pod_mtu}, offload {offload}: {e:#}\n{}", c.logs())
             });
             assert_eq!(t.sent, t.received, "pod mtu {pod_mtu}, offload {offload}");
             assert_eq!(t.received.0, 100 << 20);
@@ -465,16 +470,7 @@ fn csum(b: &[u8]) -> u16 {
 #[test]
 fn ipip_from_a_non_peer_or_with_a_bad_inner_header_is_dropped() {
     require_root();
-    let mut specs = seed_nodes(1);
-    specs.push(NodeSpec::host(
-        "attacker",
-        Ipv4Addr::new(172, 31, 242, 200),
-        20,
-    ));
-    let mut c = Cluster::new("e-att", &specs).unwrap();
-    for n in ["master", "node"] {
-        c.start_daemon(n, None).unwrap();
-    }
+    let c = cluster_with_attacker("e-att", "");
     let attacker = c.node("attacker").ns.view();
     let victim = pod(&c, "node", N1);
     let cap = Capture::start(&victim, "eth0", &c.dir, "icmp").unwrap();
@@ -535,7 +531,7 @@ fn pod_traffic_needs_no_route_table() {
         (&n1, N2, "same node"),
     ] {
         let out = ping(src, &format!("-c 3 -i 0.2 -W 2 {dst}"));
-        assert!(out.contains("3 received"), "{what}: {out}\n{}", logs(&c));
+        assert!(out.contains("3 received"), "{what}: {out}\n{}", c.logs());
     }
     let t = tcp_transfer(&m1, M1, 5700, &n1, 4 << 20).unwrap();
     assert_eq!(t.sent, t.received);
@@ -591,7 +587,7 @@ fn cross_subnet_encapsulates_only_across_the_router() {
         (&node_ns, f1, "host -> far pod"),
     ] {
         let out = ping(src, &format!("-c 3 -i 0.2 -W 2 {dst}"));
-        assert!(out.contains("3 received"), "{what}: {out}\n{}", logs(&c));
+        assert!(out.contains("3 received"), "{what}: {out}\n{}", c.logs());
     }
     let far_pod = pod(&c, "far", f1);
     let out = ping(&far_pod, &format!("-c 3 -i 0.2 -W 2 {N1}"));
@@ -623,23 +619,13 @@ fn cross_subnet_encapsulates_only_across_the_router() {
 #[test]
 fn native_xdp_drops_non_peers_early_and_passes_the_rest() {
     require_root();
-    let mut specs = seed_nodes(1);
-    specs.push(NodeSpec::host(
-        "attacker",
-        Ipv4Addr::new(172, 31, 242, 200),
-        20,
-    ));
-    let mut c = Cluster::new("e-xdp", &specs).unwrap();
-    for n in ["master", "node"] {
-        let cfg = c.config_for(n, "xdp = \"native\"");
-        c.start_daemon(n, Some(cfg)).unwrap();
-    }
+    let c = cluster_with_attacker("e-xdp", "xdp = \"native\"");
     let link = c.node("node").ns.ip("-d link show dev eth0").unwrap();
     assert!(link.contains("xdp"), "native XDP attached: {link}");
     let n1 = pod(&c, "node", N1);
     let m1 = pod(&c, "master", M1);
     let out = ping(&n1, &format!("-c 3 -i 0.2 -W 2 {M1}"));
-    assert!(out.contains("3 received"), "{out}\n{}", logs(&c));
+    assert!(out.contains("3 received"), "{out}\n{}", c.logs());
     let t = tcp_transfer(&m1, M1, 5800, &n1, 16 << 20).unwrap();
     assert_eq!(t.sent, t.received);
     let before = stats(&c, "node");
