@@ -153,6 +153,16 @@ vec("pod-too-big-config-mtu.toml", "The configured mtu (1400), not the device's,
     POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_too_big", f)],
     node={"address": NODE_IP, "uplink": "eth0", "mtu": 1400, "mode": "always"})
 
+# A GSO skb that adjust_room refuses (test_run sets gso_size without a gso_type: -ENOTSUPP) is a
+# counted drop, never sent half-built.
+inner = IP(src=POD1, dst=REMOTE_POD, ttl=64, flags="DF", id=11) / TCP(sport=40002, dport=80, flags="A") / Raw(b"g" * 1000)
+f = from_pod1(inner)
+vec("pod-encap-refused.toml", "adjust_room refuses to encapsulate (a GSO skb it cannot handle): dropped and counted",
+    "from_pod", POD1_IF, f, "shot", [counter(POD1_IF, "from_pod", "drop_encap_failed", f)], gso_size=500)
+f = tunnel(IP(src=REMOTE_POD, dst=POD1, ttl=63, flags="DF", id=12) / TCP(sport=80, dport=40002, flags="A") / Raw(b"g" * 1000))
+vec("uplink-decap-refused.toml", "adjust_room refuses to decapsulate (a GSO skb it cannot handle): dropped and counted",
+    "from_uplink", "eth0", f, "shot", [counter("eth0", "from_uplink", "drop_decap_failed", f)], gso_size=500)
+
 # ---------------------------------------------------------------- from_pod: other decisions and drops
 f = from_pod1(icmp(POD1, UNUSED_OWN))
 vec("pod-blackhole.toml", "An unused address of the node's own block: dropped (the blackhole route)", "from_pod", POD1_IF, f,
@@ -345,6 +355,8 @@ def write(v):
            f"interface = {toml_str(v['interface'])}"]
     if v.get("cpu"):
         out.append(f"cpu = {v['cpu']}")
+    if v.get("gso_size"):
+        out.append(f"gso_size = {v['gso_size']}")
     if v.get("setup"):
         out.append("setup = [" + ", ".join(toml_str(s) for s in v["setup"]) + "]")
     out.append(f"input = {wrap(v['input'])}")
