@@ -87,6 +87,7 @@ struct Read {
 
 #[derive(Subcommand)]
 enum EndpointCmd {
+    /// Add (or replace) a local pod: its address and its host-side veth.
     Add {
         #[arg(long)]
         address: Ipv4Addr,
@@ -98,6 +99,7 @@ enum EndpointCmd {
         #[command(flatten)]
         node: Node,
     },
+    /// Delete a local pod by its address.
     Del {
         #[arg(long)]
         address: Ipv4Addr,
@@ -108,6 +110,7 @@ enum EndpointCmd {
 
 #[derive(Subcommand)]
 enum PeerCmd {
+    /// Add (or replace) a peer node and the blocks it owns.
     Add {
         #[arg(long)]
         address: Ipv4Addr,
@@ -117,6 +120,7 @@ enum PeerCmd {
         #[command(flatten)]
         node: Node,
     },
+    /// Delete a peer node by its address.
     Del {
         #[arg(long)]
         address: Ipv4Addr,
