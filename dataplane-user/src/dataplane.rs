@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::lpm_trie::Key,
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -116,19 +116,7 @@ impl Dataplane {
         std::fs::create_dir_all(cfg.node.pin_dir.join("links"))
             .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
 
-        let ebpf = {
-            let mut loader = EbpfLoader::new();
-            let pins: Vec<(&str, PathBuf)> = map_names::ALL
-                .iter()
-                .map(|n| (*n, cfg.node.pin_dir.join(n)))
-                .collect();
-            for (n, p) in &pins {
-                loader.map_pin_path(n, p.clone());
-            }
-            loader
-                .load(crate::EBPF_OBJECT)
-                .context("loading the eBPF object")?
-        };
+        let ebpf = loader::open_object_pinned(&cfg.node.pin_dir)?;
         let tcx = KernelVersion::current()
             .map(|v| v >= KernelVersion::new(6, 6, 0))
             .unwrap_or(false);
@@ -218,7 +206,6 @@ impl Dataplane {
         let id = p
             .attach(&link.name, at)
             .with_context(|| format!("attaching {prog} to {}", link.name))?;
-        let prog_id = p.info()?.id();
         let l = p.take_link(id)?;
         let att = if self.tcx {
             let link_id = <&FdLink>::try_from(&l)
@@ -231,7 +218,6 @@ impl Dataplane {
                 .join(format!("{}-{}", link.index, hook.name()));
             let _ = std::fs::remove_file(&pin);
             bpfsys::pin_link(link_id, &pin)?;
-            let _ = prog_id;
             Attachment::Tcx { _link: l, pin }
         } else {
             let record = FilterRecord {

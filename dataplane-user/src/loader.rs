@@ -28,6 +28,22 @@ pub fn open_object() -> Result<Ebpf> {
         .context("loading the embedded eBPF object (maps and BTF)")
 }
 
+/// Parses the embedded object with every map pinned at `<pin_dir>/<map name>` (opened when the
+/// pin exists with a compatible layout, created and pinned otherwise).
+pub fn open_object_pinned(pin_dir: &std::path::Path) -> Result<Ebpf> {
+    raise_memlock();
+    let mut loader = EbpfLoader::new();
+    for name in dataplane_common::map_names::ALL {
+        loader.map_pin_path(name, pin_dir.join(name));
+    }
+    loader.load(EBPF_OBJECT).with_context(|| {
+        format!(
+            "loading the embedded eBPF object, maps pinned in {}",
+            pin_dir.display()
+        )
+    })
+}
+
 /// Loads every program of the object into the kernel (BPF_PROG_LOAD: the verifier runs here).
 pub fn load_all(ebpf: &mut Ebpf) -> Result<Vec<LoadedProgram>> {
     program_names::ALL
