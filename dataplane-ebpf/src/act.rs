@@ -22,7 +22,8 @@ use crate::{
     maps::{IP_ID, count},
     packet::{
         ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TC_OK,
-        TC_SHOT, dec_ttl, ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ptr_at, tot_len,
+        TC_SHOT, dec_ttl, ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ip_words,
+        ptr_at, tot_len,
     },
 };
 
@@ -192,24 +193,14 @@ pub fn encap_and_send(
     ctx: &TcContext,
     cfg: &NodeConfig,
     hook: Hook,
+    ip: &Ipv4Hdr,
     node_ip: [u8; 4],
     dec_ttl_inner: bool,
 ) -> i32 {
     let len = ctx.len();
-    // Read what the outer header copies before the packet changes.
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return drop(ctx, hook, Reason::DropHelperFailed);
-    };
-    // SAFETY: bounds-checked above.
-    let (inner_tot, tos, frags, ihl, proto) = unsafe {
-        (
-            tot_len(&*ip),
-            (*ip).tos,
-            frag_field(&*ip),
-            ihl_bytes(&*ip),
-            (*ip).proto,
-        )
-    };
+    // What the outer header copies, read before the packet changes (`ip` is invalid after).
+    let (inner_tot, tos, frags, ihl, proto) =
+        (tot_len(ip), ip.tos, frag_field(ip), ihl_bytes(ip), ip.proto);
 
     // L2 toward the peer node first: a node without a route to its peer drops the packet
     // unmodified instead of sending it half-built.
@@ -243,35 +234,20 @@ pub fn encap_and_send(
     };
     let df = frags & IP_DF;
     let id = if df != 0 { 0 } else { next_ip_id() };
-    let outer_len = ((inner_tot + IP_LEN) as u16).to_be_bytes();
-    let id = id.to_be_bytes();
-    let frag = df.to_be_bytes();
-    let mut words: [u16; 10] = [
-        u16::from_ne_bytes([0x45, tos]),
-        u16::from_ne_bytes(outer_len),
-        u16::from_ne_bytes(id),
-        u16::from_ne_bytes(frag),
-        u16::from_ne_bytes([OUTER_TTL, IPPROTO_IPIP]),
-        0,
-        u16::from_ne_bytes([cfg.node_ip[0], cfg.node_ip[1]]),
-        u16::from_ne_bytes([cfg.node_ip[2], cfg.node_ip[3]]),
-        u16::from_ne_bytes([node_ip[0], node_ip[1]]),
-        u16::from_ne_bytes([node_ip[2], node_ip[3]]),
-    ];
-    words[5] = csum::ipv4_header(&words);
     // SAFETY: both headers were bounds-checked above.
     unsafe {
         let o = &mut *outer;
         o.vihl = 0x45;
         o.tos = tos;
-        o.tot_len = outer_len;
-        o.id = id;
-        o.frags = frag;
+        o.tot_len = ((inner_tot + IP_LEN) as u16).to_be_bytes();
+        o.id = id.to_be_bytes();
+        o.frags = df.to_be_bytes();
         o.ttl = OUTER_TTL;
         o.proto = IPPROTO_IPIP;
-        o.check = words[5].to_ne_bytes();
+        o.check = [0; 2];
         o.src_addr = cfg.node_ip;
         o.dst_addr = node_ip;
+        o.check = csum::ipv4_header(&ip_words(o)).to_ne_bytes();
         if dec_ttl_inner {
             dec_ttl(&mut *inner);
         }

@@ -49,39 +49,45 @@ pub fn run(ctx: &TcContext) -> i32 {
         return drop(ctx, HOOK, Reason::DropSpoofedSource);
     }
 
-    // Decide: the longest prefix that holds the destination.
+    // Decide: the longest prefix that holds the destination, as the route table would.
     let Some(rt) = route(ip.dst_addr) else {
         return pass(ctx, HOOK, Reason::PassToKernel);
     };
-    let ttl = ip.ttl;
-    match RouteKind::from_u8(rt.kind) {
-        Some(RouteKind::LocalEndpoint) => {
-            if ttl <= 1 {
-                return pass(ctx, HOOK, Reason::PassTtlExpired);
-            }
-            act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, rt, ctx.len())
+    let next = match RouteKind::from_u8(rt.kind) {
+        Some(RouteKind::LocalEndpoint) => Next::Deliver,
+        Some(RouteKind::OwnBlock) => return drop(ctx, HOOK, Reason::DropBlackhole),
+        Some(RouteKind::RemoteBlock | RouteKind::PeerNode) if rt.flags & ROUTE_F_ENCAP != 0 => {
+            Next::Encap
         }
-        Some(RouteKind::OwnBlock) => drop(ctx, HOOK, Reason::DropBlackhole),
-        Some(RouteKind::RemoteBlock) | Some(RouteKind::PeerNode) => {
-            if rt.flags & ROUTE_F_ENCAP != 0 {
-                if ttl <= 1 {
-                    return pass(ctx, HOOK, Reason::PassTtlExpired);
-                }
-                if act::too_big_for_tunnel(ctx, cfg, ip) {
-                    return pass(ctx, HOOK, Reason::PassTooBig);
-                }
-                act::encap_and_send(ctx, cfg, HOOK, rt.node_ip, true)
-            } else if rt.flags & ROUTE_F_SAME_SUBNET != 0 && cfg.mode == Mode::CrossSubnet as u8 {
-                if ttl <= 1 {
-                    return pass(ctx, HOOK, Reason::PassTtlExpired);
-                }
-                act::forward_same_subnet(ctx, cfg, HOOK, rt.node_ip)
-            } else {
-                pass(ctx, HOOK, Reason::PassToKernel)
-            }
+        Some(RouteKind::RemoteBlock | RouteKind::PeerNode)
+            if rt.flags & ROUTE_F_SAME_SUBNET != 0 && cfg.mode == Mode::CrossSubnet as u8 =>
+        {
+            Next::Forward
         }
-        None => pass(ctx, HOOK, Reason::PassToKernel),
+        _ => return pass(ctx, HOOK, Reason::PassToKernel),
+    };
+    // Every forwarding decision costs a hop: an expiring packet is the kernel's (time exceeded).
+    if ip.ttl <= 1 {
+        return pass(ctx, HOOK, Reason::PassTtlExpired);
     }
+
+    // Act.
+    match next {
+        Next::Deliver => act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, rt, ctx.len()),
+        Next::Encap if act::too_big_for_tunnel(ctx, cfg, ip) => pass(ctx, HOOK, Reason::PassTooBig),
+        Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, rt.node_ip, true),
+        Next::Forward => act::forward_same_subnet(ctx, cfg, HOOK, rt.node_ip),
+    }
+}
+
+/// Where a pod's packet goes, once its route is known.
+enum Next {
+    /// To a pod on this node.
+    Deliver,
+    /// Over IPIP to the owning node.
+    Encap,
+    /// Routed to a same-subnet node (cross-subnet mode).
+    Forward,
 }
 
 const ARP_REQUEST: [u8; 2] = 1u16.to_be_bytes();

@@ -55,26 +55,16 @@ pub fn count(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
         reason: reason as u8,
         _pad: [0; 2],
     };
+    if COUNTERS.get_ptr_mut(key).is_none() {
+        // First packet of this key on any CPU. A concurrent insert from another CPU (EEXIST) is
+        // fine; a full map means this packet goes uncounted.
+        let _ = COUNTERS.insert(key, CounterValue::default(), BPF_NOEXIST as u64);
+    }
     if let Some(v) = COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it.
         unsafe {
             (*v).packets += 1;
             (*v).bytes += bytes as u64;
-        }
-        return;
-    }
-    let first = CounterValue {
-        packets: 1,
-        bytes: bytes as u64,
-    };
-    if COUNTERS.insert(key, first, BPF_NOEXIST as u64).is_err() {
-        // Another CPU created the entry in between (or the map is full): add to it if it exists.
-        if let Some(v) = COUNTERS.get_ptr_mut(key) {
-            // SAFETY: as above.
-            unsafe {
-                (*v).packets += 1;
-                (*v).bytes += bytes as u64;
-            }
         }
     }
 }

@@ -111,7 +111,7 @@ impl Daemon {
             file.node.name,
             dp.uplink.name,
             dp.mtu,
-            dp.plan.live.len(),
+            dp.plan.endpoints.len(),
             dp.plan.pending.len(),
             desired.peers.len()
         );

@@ -11,7 +11,6 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::lpm_trie::Key,
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::FdLink,
@@ -28,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     bpfsys,
-    config::{Config, Ipv4Net, XdpMode as CfgXdp, fmt_mac},
+    config::{Config, Ipv4Net, XdpMode as CfgXdp},
     loader, maps,
     netlink::{Link, Netlink, Route},
 };
@@ -66,8 +65,6 @@ enum Attachment {
 pub struct Plan {
     pub routes: BTreeMap<(Ipv4Addr, u8), RouteValue>,
     pub endpoints: BTreeMap<u32, Endpoint>,
-    /// Endpoints whose interface is up and known, by address: (ifindex, name).
-    pub live: BTreeMap<Ipv4Addr, (u32, String)>,
     /// Endpoints still waiting for their interface (or its MAC).
     pub pending: BTreeMap<Ipv4Addr, String>,
     pub slow_path: BTreeSet<Route>,
@@ -80,7 +77,6 @@ pub struct Dataplane {
     nl: Netlink,
     pub uplink: Link,
     pub mtu: u32,
-    node: Ipv4Addr,
     mode: Mode,
     /// The uplink's subnets, for cross-subnet mode.
     uplink_nets: Vec<Ipv4Net>,
@@ -127,7 +123,6 @@ impl Dataplane {
             nl,
             uplink,
             mtu,
-            node: cfg.node.address,
             mode: cfg.node.mode,
             uplink_nets,
             tcx,
@@ -308,13 +303,8 @@ impl Dataplane {
     }
 
     /// What `cfg` means for the maps and routes, given the interfaces as they are now.
-    pub fn plan(&mut self, cfg: &Config) -> Result<Plan> {
-        let links: BTreeMap<String, Link> = self
-            .nl
-            .links()?
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect();
+    fn plan(&mut self, cfg: &Config, links: &[Link]) -> Result<Plan> {
+        let links: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
         let gateway = |nl: &mut Netlink, ip: Ipv4Addr| -> Ipv4Addr {
             nl.route_get(ip).ok().and_then(|(gw, _)| gw).unwrap_or(ip)
         };
@@ -363,13 +353,16 @@ impl Dataplane {
             }
         }
         for ep in &cfg.endpoints {
-            let Some(link) = links.get(&ep.interface) else {
+            let Some(&link) = links.get(ep.interface.as_str()) else {
                 p.pending.insert(ep.address, ep.interface.clone());
                 continue;
             };
-            let pod_mac = match ep.mac {
-                Some(m) => Some(m),
-                None => self.nl.peer_mac(link).unwrap_or(None),
+            // The configured MAC, else the one already learnt for this veth (a recreated veth has
+            // a new ifindex), else ask the kernel for the peer's.
+            let pod_mac = match (ep.mac, self.plan.endpoints.get(&link.index)) {
+                (Some(m), _) => Some(m),
+                (None, Some(known)) if known.pod_ip == ep.address.octets() => Some(known.pod_mac),
+                (None, _) => self.nl.peer_mac(link).unwrap_or(None),
             };
             let (Some(pod_mac), Some(host_mac)) = (pod_mac, link.mac) else {
                 log::warn!(
@@ -404,7 +397,6 @@ impl Dataplane {
                 dst: (ep.address, 32),
                 oif: link.index,
             });
-            p.live.insert(ep.address, (link.index, link.name.clone()));
         }
         Ok(p)
     }
@@ -412,39 +404,36 @@ impl Dataplane {
     /// Makes maps, attachments and routes match `cfg`: inserts and updates what is missing,
     /// removes what is stale (whoever left it).
     pub fn reconcile(&mut self, cfg: &Config) -> Result<()> {
-        let plan = self.plan(cfg)?;
+        let links = self.nl.links()?;
+        let plan = self.plan(cfg, &links)?;
 
-        // Endpoints first (from_pod needs its entry before it runs), then routes.
-        let current_eps: Vec<u32> = maps::endpoints(&mut self.ebpf)?
-            .keys()
+        // Maps: write only what differs from what they hold, endpoints first (from_pod needs its
+        // entry before it runs), then routes; stale routes go now, stale endpoints once detached.
+        let current_eps: BTreeMap<u32, Endpoint> = maps::endpoints(&mut self.ebpf)?
+            .iter()
             .collect::<Result<_, _>>()?;
         for (ifindex, ep) in &plan.endpoints {
-            maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
+            if current_eps.get(ifindex) != Some(ep) {
+                maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
+            }
         }
-        for (addr, len) in plan.routes.keys() {
-            maps::put_route(
-                &mut self.ebpf,
-                addr.octets(),
-                u32::from(*len),
-                &plan.routes[&(*addr, *len)],
-            )?;
-        }
-        let current_routes: Vec<Key<[u8; 4]>> = maps::routes(&mut self.ebpf)?
-            .keys()
+        let current_routes: BTreeMap<(Ipv4Addr, u8), RouteValue> = maps::routes(&mut self.ebpf)?
+            .iter()
+            .map(|e| e.map(|(k, v)| ((Ipv4Addr::from(k.data()), k.prefix_len() as u8), v)))
             .collect::<Result<_, _>>()?;
-        for k in current_routes {
-            let addr = Ipv4Addr::from(k.data());
-            let len = k.prefix_len() as u8;
-            if !plan.routes.contains_key(&(addr, len)) {
-                maps::routes(&mut self.ebpf)?
-                    .remove(&k)
-                    .with_context(|| format!("routes: removing {addr}/{len}"))?;
+        for ((addr, len), v) in &plan.routes {
+            if current_routes.get(&(*addr, *len)) != Some(v) {
+                maps::put_route(&mut self.ebpf, addr.octets(), u32::from(*len), v)?;
+            }
+        }
+        for (addr, len) in current_routes.keys() {
+            if !plan.routes.contains_key(&(*addr, *len)) {
+                maps::remove_route(&mut self.ebpf, addr.octets(), u32::from(*len))?;
             }
         }
 
         // Attachments: from_pod on every live endpoint's veth, nowhere else.
-        let links: BTreeMap<u32, Link> =
-            self.nl.links()?.into_iter().map(|l| (l.index, l)).collect();
+        let links: BTreeMap<u32, Link> = links.into_iter().map(|l| (l.index, l)).collect();
         let stale: Vec<(u32, u8)> = self
             .attachments
             .keys()
@@ -471,7 +460,7 @@ impl Dataplane {
                 )?;
             }
         }
-        for i in current_eps {
+        for &i in current_eps.keys() {
             if !plan.endpoints.contains_key(&i) {
                 maps::endpoints(&mut self.ebpf)?
                     .remove(&i)
@@ -528,10 +517,6 @@ impl Dataplane {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
-    }
-
-    pub fn node(&self) -> Ipv4Addr {
-        self.node
     }
 }
 
@@ -614,14 +599,4 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
-}
-
-/// A human line for an endpoint.
-pub fn describe_endpoint(ep: &Endpoint) -> String {
-    format!(
-        "{} pod {} host {}",
-        Ipv4Addr::from(ep.pod_ip),
-        fmt_mac(&ep.pod_mac),
-        fmt_mac(&ep.host_mac)
-    )
 }

@@ -36,6 +36,18 @@ pub fn put_route(
         })
 }
 
+/// Removes one prefix.
+pub fn remove_route(ebpf: &mut Ebpf, addr: [u8; 4], prefix_len: u32) -> Result<()> {
+    routes(ebpf)?
+        .remove(&Key::new(prefix_len, addr))
+        .with_context(|| {
+            format!(
+                "routes: removing {}/{prefix_len}",
+                std::net::Ipv4Addr::from(addr)
+            )
+        })
+}
+
 /// Endpoints by host-side ifindex.
 pub fn endpoints(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, u32, Endpoint>> {
     Ok(HashMap::try_from(map_mut(ebpf, map_names::ENDPOINTS)?)?)

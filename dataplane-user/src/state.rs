@@ -60,32 +60,26 @@ impl RuntimeChanges {
         let mut rt = self.clone();
         match change {
             Change::EndpointAdd(ep) => {
-                rt.endpoints_deleted.retain(|a| *a != ep.address);
-                rt.endpoints_added.retain(|e| e.address != ep.address);
-                rt.endpoints_added.push(ep.clone());
+                record_add(&mut rt.endpoints_added, &mut rt.endpoints_deleted, ep)
             }
             Change::EndpointDel { address } => {
-                let was_added = rt.endpoints_added.iter().any(|e| e.address == *address);
-                rt.endpoints_added.retain(|e| e.address != *address);
-                let in_file = file.endpoints.iter().any(|e| e.address == *address);
-                if in_file && !rt.endpoints_deleted.contains(address) {
-                    rt.endpoints_deleted.push(*address);
-                } else if !in_file && !was_added {
+                if !record_del(
+                    &mut rt.endpoints_added,
+                    &mut rt.endpoints_deleted,
+                    &file.endpoints,
+                    *address,
+                ) {
                     bail!("no endpoint {address}");
                 }
             }
-            Change::PeerAdd(p) => {
-                rt.peers_deleted.retain(|a| *a != p.address);
-                rt.peers_added.retain(|q| q.address != p.address);
-                rt.peers_added.push(p.clone());
-            }
+            Change::PeerAdd(p) => record_add(&mut rt.peers_added, &mut rt.peers_deleted, p),
             Change::PeerDel { address } => {
-                let was_added = rt.peers_added.iter().any(|p| p.address == *address);
-                rt.peers_added.retain(|p| p.address != *address);
-                let in_file = file.peers.iter().any(|p| p.address == *address);
-                if in_file && !rt.peers_deleted.contains(address) {
-                    rt.peers_deleted.push(*address);
-                } else if !in_file && !was_added {
+                if !record_del(
+                    &mut rt.peers_added,
+                    &mut rt.peers_deleted,
+                    &file.peers,
+                    *address,
+                ) {
                     bail!("no peer {address}");
                 }
             }
@@ -97,17 +91,62 @@ impl RuntimeChanges {
     /// (an added entry replaces the file's entry with its address). Validated whole.
     pub fn apply(&self, file: &Config) -> Result<Config> {
         let mut cfg = file.clone();
-        cfg.endpoints.retain(|e| {
-            !self.endpoints_deleted.contains(&e.address)
-                && !self.endpoints_added.iter().any(|a| a.address == e.address)
-        });
-        cfg.endpoints.extend(self.endpoints_added.iter().cloned());
-        cfg.peers.retain(|p| {
-            !self.peers_deleted.contains(&p.address)
-                && !self.peers_added.iter().any(|a| a.address == p.address)
-        });
-        cfg.peers.extend(self.peers_added.iter().cloned());
+        overlay(
+            &mut cfg.endpoints,
+            &self.endpoints_added,
+            &self.endpoints_deleted,
+        );
+        overlay(&mut cfg.peers, &self.peers_added, &self.peers_deleted);
         validate(&cfg).map_err(|e| anyhow!("{e}"))?;
         Ok(cfg)
     }
+}
+
+/// Endpoints and peers are both keyed by their address.
+trait Keyed: Clone {
+    fn address(&self) -> Ipv4Addr;
+}
+
+impl Keyed for EndpointCfg {
+    fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+}
+
+impl Keyed for Peer {
+    fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+}
+
+/// Records an addition (replacing an earlier one with its address; undoing a deletion).
+fn record_add<T: Keyed>(added: &mut Vec<T>, deleted: &mut Vec<Ipv4Addr>, item: &T) {
+    deleted.retain(|a| *a != item.address());
+    added.retain(|e| e.address() != item.address());
+    added.push(item.clone());
+}
+
+/// Records a deletion; false when there was nothing with that address to delete.
+fn record_del<T: Keyed>(
+    added: &mut Vec<T>,
+    deleted: &mut Vec<Ipv4Addr>,
+    file: &[T],
+    address: Ipv4Addr,
+) -> bool {
+    let was_added = added.iter().any(|e| e.address() == address);
+    added.retain(|e| e.address() != address);
+    let in_file = file.iter().any(|e| e.address() == address);
+    if in_file && !deleted.contains(&address) {
+        deleted.push(address);
+        return true;
+    }
+    in_file || was_added
+}
+
+/// The file's items, less the deleted and the replaced ones, plus the added ones.
+fn overlay<T: Keyed>(items: &mut Vec<T>, added: &[T], deleted: &[Ipv4Addr]) {
+    items.retain(|e| {
+        !deleted.contains(&e.address()) && !added.iter().any(|a| a.address() == e.address())
+    });
+    items.extend(added.iter().cloned());
 }

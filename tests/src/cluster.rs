@@ -145,8 +145,11 @@ pub fn ipipd_binary() -> Result<PathBuf> {
 impl Cluster {
     /// Builds the underlay and the nodes with their pods; no daemon yet.
     pub fn new(tag: &str, specs: &[NodeSpec]) -> Result<Cluster> {
-        let dir =
-            std::env::temp_dir().join(format!("ipipd-{tag}-{}-{}", std::process::id(), unique()));
+        let dir = std::env::temp_dir().join(format!(
+            "ipipd-{tag}-{}-{}",
+            std::process::id(),
+            crate::seq()
+        ));
         std::fs::create_dir_all(&dir)?;
         let bpffs = dir.join("bpffs");
         std::fs::create_dir_all(&bpffs)?;
@@ -272,12 +275,6 @@ impl Cluster {
         node.daemon = Some(d);
         Ok(())
     }
-}
-
-fn unique() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Node {

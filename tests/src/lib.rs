@@ -53,12 +53,7 @@ impl NetNs {
     /// Creates `ipipd-<tag>-<pid>-<n>`, brings lo up and turns IPv6 off (so router solicitations
     /// and DAD never move a counter).
     pub fn new(tag: &str) -> Result<Self> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "ipipd-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("ipipd-{tag}-{}-{}", std::process::id(), seq());
         check(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = NetNs { name, owned: true };
         ns.sh("ip link set lo up; \

@@ -183,8 +183,9 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &NetNs, dev: &str, dir: &Path, filter: &str) -> Result<Capture> {
-        let path = dir.join(format!("{dev}-{}.pcap", crate::seq()));
-        let err = dir.join(format!("{dev}-{}.tcpdump.log", crate::seq()));
+        let n = crate::seq();
+        let path = dir.join(format!("{dev}-{n}.pcap"));
+        let err = dir.join(format!("{dev}-{n}.tcpdump.log"));
         let child = Command::new("ip")
             .args([
                 "netns",
