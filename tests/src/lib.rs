@@ -28,6 +28,17 @@ pub fn require_root() {
     }
 }
 
+/// Whether the running kernel attaches tc programs with TCX (6.6+); before it, ipipd uses netlink
+/// clsact filters, which have no bpf_link to pin.
+pub fn kernel_has_tcx() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
 /// Runs a command; a non-zero exit is an error with its stderr.
 pub fn check(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
@@ -84,6 +95,17 @@ impl NetNs {
         let out =
             check(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-ec", script]))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// IPIP devices in use here: any but the fallback `tunl0` that a loaded ipip.ko puts in every
+    /// namespace, and that one too once it is up.
+    pub fn ipip_devices_in_use(&self) -> Result<Vec<String>> {
+        Ok(self
+            .ip("-o link show type ipip")?
+            .lines()
+            .filter(|l| !(l.contains(" tunl0@NONE: ") && !l.contains(",UP")))
+            .map(str::to_string)
+            .collect())
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets, netlink and ifindexes it

@@ -277,6 +277,10 @@ pub fn read_pcap(path: &Path) -> Result<Vec<Vec<u8>>> {
 #[derive(Debug, Clone)]
 pub struct Ip4 {
     pub dst_mac: [u8; 6],
+    /// Header length in bytes.
+    pub ihl: u8,
+    pub total_len: u16,
+    pub id: u16,
     pub tos: u8,
     pub ttl: u8,
     pub df: bool,
@@ -285,6 +289,8 @@ pub struct Ip4 {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub checksum_ok: bool,
+    /// For ICMP, its type (8 echo request, 0 echo reply).
+    pub icmp_type: Option<u8>,
     /// For IP-in-IP, the inner packet (which the capture may have cut short).
     pub inner: Option<Box<Ip4>>,
 }
@@ -308,6 +314,9 @@ fn parse_ip(b: &[u8], dst_mac: [u8; 6]) -> Option<Ip4> {
     let proto = b[9];
     Some(Ip4 {
         dst_mac,
+        ihl: ihl as u8,
+        total_len: u16::from_be_bytes([b[2], b[3]]),
+        id: u16::from_be_bytes([b[4], b[5]]),
         tos: b[1],
         ttl: b[8],
         df: frag & 0x4000 != 0,
@@ -316,6 +325,11 @@ fn parse_ip(b: &[u8], dst_mac: [u8; 6]) -> Option<Ip4> {
         src: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
         dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
         checksum_ok: sum == 0xffff,
+        icmp_type: if proto == 1 {
+            b.get(ihl).copied()
+        } else {
+            None
+        },
         inner: if proto == 4 {
             parse_ip(&b[ihl..], dst_mac).map(Box::new)
         } else {

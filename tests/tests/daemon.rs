@@ -11,7 +11,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use ipipd_tests::{
     NetNs, check,
     cluster::{Cluster, PodSpec, seed_nodes},
-    require_root,
+    kernel_has_tcx, require_root,
 };
 
 const M1: Ipv4Addr = Ipv4Addr::new(192, 168, 179, 2);
@@ -76,26 +76,44 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// What ipipd leaves in a node namespace: TCX programs, XDP, its routes.
+/// The tc programs attached to a device's hook: TCX programs (6.6+), or netlink cls_bpf
+/// filters before TCX.
+fn attached(ns: &NetNs, dev: &str, at: TcAttachType) -> Vec<String> {
+    if !kernel_has_tcx() {
+        let dir = if at == TcAttachType::Ingress {
+            "ingress"
+        } else {
+            "egress"
+        };
+        return ns
+            .sh(&format!(
+                "tc filter show dev {dev} {dir} 2>/dev/null || true"
+            ))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" bpf ") && l.contains(" handle "))
+            .map(|l| format!("tc filter on {dev} {dir}: {l}"))
+            .collect();
+    }
+    let dev = dev.to_string();
+    ns.enter(move || match SchedClassifier::query_tcx(&dev, at) {
+        Ok((_, progs)) => progs
+            .iter()
+            .map(|p| format!("tcx program {} on {dev}", p.id()))
+            .collect(),
+        Err(_) => Vec::new(),
+    })
+    .unwrap()
+}
+
+/// What ipipd leaves in a node namespace: tc programs, XDP, its routes.
 fn leftovers(ns: &NetNs, devices: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
-    let devs: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-    let tcx = ns
-        .enter(move || {
-            let mut found = Vec::new();
-            for d in &devs {
-                for at in [TcAttachType::Ingress, TcAttachType::Egress] {
-                    if let Ok((_, progs)) = SchedClassifier::query_tcx(d, at) {
-                        for p in progs {
-                            found.push(format!("tcx program {} on {d}", p.id()));
-                        }
-                    }
-                }
-            }
-            found
-        })
-        .unwrap();
-    out.extend(tcx);
+    for d in devices {
+        for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+            out.extend(attached(ns, d, at));
+        }
+    }
     for d in devices {
         let link = ns.ip(&format!("-d link show dev {d}")).unwrap_or_default();
         if link.contains("xdp") {
@@ -139,11 +157,8 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
         routes.contains("192.168.83.129 dev calin0000000"),
         "{routes}"
     );
-    let tunnels = c.node("node").ns.ip("link show type ipip").unwrap();
-    assert!(
-        tunnels.trim().is_empty(),
-        "a tunnel device exists: {tunnels}"
-    );
+    let tunnels = c.node("node").ns.ipip_devices_in_use().unwrap();
+    assert!(tunnels.is_empty(), "a tunnel device in use: {tunnels:?}");
 
     for name in ["master", "node"] {
         let d = c.node_mut(name).daemon.take().unwrap();
@@ -301,10 +316,21 @@ fn kill_9_then_restart_leaves_no_stale_state() {
     c.start_daemon("node", None).unwrap();
     assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
     let d = c.node_mut("node").daemon.take().unwrap();
-    let (cfg, pin) = (d.config.clone(), d.pin_dir.clone());
+    let (cfg, pin, state_dir) = (d.config.clone(), d.pin_dir.clone(), d.state_dir.clone());
     d.kill9().unwrap();
-    // A crash leaves the pinned links: the data plane keeps forwarding.
-    assert!(pin.join("links").read_dir().unwrap().count() > 0);
+    // A crash leaves the programs attached (pinned TCX links, or netlink filters recorded in the
+    // state directory before TCX): the data plane keeps forwarding.
+    if kernel_has_tcx() {
+        assert!(pin.join("links").read_dir().unwrap().count() > 0);
+    } else {
+        assert!(state_dir.join("tc-filters.json").is_file());
+        let filters = c
+            .node("node")
+            .ns
+            .sh("tc filter show dev eth0 ingress")
+            .unwrap();
+        assert!(filters.contains("from_uplink"), "{filters}");
+    }
     assert!(ping_ok(&c, "node", N1, M1, 2), "forwarding after kill -9");
 
     // The operator drops a pod from the file before restarting: nothing of it may survive.
@@ -333,26 +359,23 @@ fn kill_9_then_restart_leaves_no_stale_state() {
         "stale slow-path route: {routes}"
     );
     // One attachment per hook and device, none left from the killed run.
-    let links: Vec<String> = pin
-        .join("links")
-        .read_dir()
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(links.len(), 3, "{links:?}");
-    let node = c.node("node");
-    let leftover_on_removed = node
-        .ns
-        .enter(|| {
-            SchedClassifier::query_tcx("calin0000001", TcAttachType::Ingress)
-                .map(|(_, p)| p.len())
-                .unwrap_or(0)
-        })
-        .unwrap();
-    assert_eq!(
-        leftover_on_removed, 0,
-        "the removed pod's veth still has a program"
+    let ns = &c.node("node").ns;
+    for (dev, at) in [
+        ("eth0", TcAttachType::Ingress),
+        ("eth0", TcAttachType::Egress),
+        ("calin0000000", TcAttachType::Ingress),
+    ] {
+        let progs = attached(ns, dev, at);
+        assert_eq!(progs.len(), 1, "{dev} {at:?}: {progs:?}");
+    }
+    if kernel_has_tcx() {
+        let links = pin.join("links").read_dir().unwrap().count();
+        assert_eq!(links, 3, "pinned links");
+    }
+    let leftover_on_removed = attached(ns, "calin0000001", TcAttachType::Ingress);
+    assert!(
+        leftover_on_removed.is_empty(),
+        "the removed pod's veth still has a program: {leftover_on_removed:?}"
     );
 }
 
@@ -544,14 +567,8 @@ fn bad_config_is_rejected_with_a_clear_error() {
                 ));
             }
         }
-        let tc = ns
-            .enter(|| {
-                SchedClassifier::query_tcx("eth0", TcAttachType::Ingress)
-                    .map(|(_, p)| p.len())
-                    .unwrap_or(0)
-            })
-            .unwrap();
-        assert_eq!(tc, 0, "{what}: something stayed attached");
+        let tc = attached(&ns, "eth0", TcAttachType::Ingress);
+        assert!(tc.is_empty(), "{what}: something stayed attached: {tc:?}");
     }
     // A missing file.
     let out = Command::new(&bin)

@@ -1,7 +1,9 @@
 //! `cargo xtask`: setup, build, run and test ipipd.
 
+mod cpio;
 mod demo;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -29,6 +31,11 @@ enum Cmd {
     /// in network namespaces, ipipd on each node, pods pinging across nodes, the counters, and a
     /// full teardown. Needs root.
     Run {
+        /// Run the demo inside the kernel test VM (`cargo xtask vm`'s kernel and options).
+        #[arg(long)]
+        vm: bool,
+        #[command(flatten)]
+        vm_opts: VmArgs,
         /// Run ipipd with these arguments instead of the demo (e.g. `probe`, `check --config F`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -39,12 +46,61 @@ enum Cmd {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the closing run in the kernel test VM (local use only: refused under CI=true).
+        #[arg(long)]
+        no_vm: bool,
+        #[command(flatten)]
+        vm_opts: VmArgs,
         /// Passed to the test binaries (a name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         test_args: Vec<String>,
     },
     /// `cargo fmt --check`, and clippy with -D warnings on the host crates and on the eBPF crate.
     Lint,
+    /// Set up, build, then boot a kernel test VM (Debian's 6.1 LTS cloud kernel unless --kernel
+    /// says otherwise) with qemu and run the test suite inside it. Needs root.
+    Vm {
+        #[command(flatten)]
+        vm_opts: VmArgs,
+        /// The short case list `cargo xtask test` closes with.
+        #[arg(long)]
+        reduced: bool,
+        /// Passed to every test binary in the VM (a name filter, `--nocapture`, …).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        test_args: Vec<String>,
+    },
+    /// (Inside the VM) the demo of `cargo xtask run`, with this ipipd binary.
+    #[command(hide = true)]
+    VmDemo { ipipd: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct VmArgs {
+    /// A Debian linux-image .deb, or a bare bzImage (modules then must be built in). Default:
+    /// `apt-get download` of Debian's linux-image-cloud-amd64 (6.1 LTS on bookworm).
+    #[arg(long, value_name = "DEB_OR_BZIMAGE")]
+    kernel: Option<PathBuf>,
+    /// auto: a probe boot under KVM, falling back to TCG (software emulation) when it fails.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: vm::Accel,
+    /// The VM is killed after this many minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = 40)]
+    vm_timeout: u64,
+}
+
+impl VmArgs {
+    fn opts(&self, job: vm::Job) -> vm::Opts {
+        vm::Opts {
+            kernel: self.kernel.clone(),
+            accel: self.accel,
+            timeout: std::time::Duration::from_secs(self.vm_timeout * 60),
+            job,
+        }
+    }
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 fn main() -> Result<()> {
@@ -57,28 +113,77 @@ fn main() -> Result<()> {
             setup::all()?;
             build()
         }
-        Cmd::Run { args } => {
+        Cmd::Run { vm, vm_opts, args } => {
             setup::all()?;
             build()?;
             let bin = root.join("target/release/ipipd");
+            if vm {
+                if !args.is_empty() {
+                    bail!("--vm runs the demo; ipipd arguments are not taken with it");
+                }
+                return vm::run_vm(&root, vm_opts.opts(vm::Job::Demo));
+            }
             if !args.is_empty() {
                 return run(Command::new(&bin).args(&args));
             }
             setup::require_root("the demo creates network namespaces and loads BPF programs")?;
             demo::run(&bin)
         }
-        Cmd::Test { no_lint, test_args } => {
+        Cmd::Test {
+            no_lint,
+            no_vm,
+            vm_opts,
+            test_args,
+        } => {
+            if no_vm && under_ci() {
+                bail!("--no-vm is for local use: under CI=true the VM run is part of the test");
+            }
             setup::require_root("the tests create network namespaces and load BPF programs")?;
             setup::all()?;
             if !no_lint {
                 lint()?;
             }
-            test(&test_args)
+            let host = test(&test_args);
+            if no_vm {
+                return host;
+            }
+            // The VM run goes on after a host failure, so one CI run shows both.
+            let in_vm = vm::run_vm(
+                &root,
+                vm_opts.opts(vm::Job::Tests {
+                    args: Vec::new(),
+                    reduced: true,
+                }),
+            );
+            match (host, in_vm) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), Ok(())) => Err(e),
+                (Ok(()), Err(e)) => Err(e.context("the host suite passed; the VM run failed")),
+                (Err(h), Err(v)) => {
+                    bail!("the host suite failed ({h:#}), and so did the VM run ({v:#})")
+                }
+            }
         }
         Cmd::Lint => {
             setup::all()?;
             lint()
         }
+        Cmd::Vm {
+            vm_opts,
+            reduced,
+            test_args,
+        } => {
+            setup::all()?;
+            build()?;
+            vm::run_vm(
+                &root,
+                vm_opts.opts(vm::Job::Tests {
+                    args: test_args,
+                    reduced,
+                }),
+            )
+        }
+        Cmd::VmDemo { ipipd } => demo::run(&ipipd),
     }
 }
 

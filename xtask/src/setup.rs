@@ -115,9 +115,20 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
-/// Debian packages: installed when missing and we are root; otherwise a clear error naming them.
+/// Debian packages the kernel test VM needs: qemu, and a static busybox for its initramfs.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+
+pub fn vm_packages() -> Result<()> {
+    install(VM_PACKAGES)
+}
+
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install(APT_PACKAGES)
+}
+
+/// Debian packages: installed when missing and we are root; otherwise a clear error naming them.
+fn install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -1,0 +1,707 @@
+//! `cargo xtask vm`: ipipd and its test suite on another kernel (by default Debian's 6.1 LTS
+//! cloud kernel), booted with qemu from an initramfs holding busybox, the binaries, the tools the
+//! tests run with their libraries, and the kernel modules the tests need.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cargo, cpio::Archive, run, setup};
+
+/// Debian's metapackage for its cloud kernel; on bookworm, 6.1 LTS.
+const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// Modules the data plane and the tests use (dependencies are added from each module's
+/// `depends=`): veth pairs, the underlay bridges, clsact + cls_bpf for the netlink (pre-TCX)
+/// attach path, and the kernel's own IPIP for the interop test.
+const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf", "ipip"];
+/// Host tools the tests and the demo run inside the VM (their libraries are found with ldd).
+const TOOLS: &[&str] = &["ip", "tc", "ping", "tcpdump", "traceroute", "ethtool"];
+/// Printed by the VM's init as its last line; the number is the suite's exit status.
+const STATUS_MARKER: &str = "IPIPD-VM-STATUS=";
+const PROBE_MARKER: &str = "IPIPD-VM-PROBE-OK";
+/// Where the project's files go inside the VM.
+const VM_DIR: &str = "/ipipd";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// Probe KVM with a short boot; fall back to TCG when it fails.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+pub enum Job {
+    /// The test binaries of the workspace. `reduced`: the short case list `cargo xtask test`
+    /// closes with; `args` go to every test binary (a name filter, `--nocapture`, …).
+    Tests { args: Vec<String>, reduced: bool },
+    /// `cargo xtask run` inside the VM.
+    Demo,
+}
+
+pub struct Opts {
+    pub kernel: Option<PathBuf>,
+    pub accel: Accel,
+    pub timeout: Duration,
+    pub job: Job,
+}
+
+/// The reduced case list: what `cargo xtask test` runs in the VM after the host suite. Every
+/// binary runs; the long traffic tests already ran on the host.
+const REDUCED: &[(&str, &[&str])] = &[
+    ("verifier_smoke", &[]),
+    ("bpf_fixtures", &[]),
+    ("interop", &[]),
+    (
+        "e2e",
+        &[
+            "icmp_udp_tcp_between_pods_and_hosts",
+            "the_underlay_carries_ipip_and_the_counters_match_it",
+            "path_mtu_ttl_blackhole_spoofing",
+            "native_xdp_drops_non_peers_early_and_passes_the_rest",
+        ],
+    ),
+    (
+        "daemon",
+        &[
+            "pods_reach_each_other_and_sigterm_leaves_nothing",
+            "kill_9_then_restart_leaves_no_stale_state",
+        ],
+    ),
+];
+
+pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
+    setup::require_root("the VM's tests create network namespaces and load BPF programs")?;
+    setup::vm_packages()?;
+    let work = root.join("target/vm");
+    std::fs::create_dir_all(&work)?;
+    let kernel = Kernel::get(opts.kernel.as_deref(), &work)?;
+    eprintln!(
+        "xtask vm: kernel {} ({})",
+        kernel.release,
+        kernel.image.display()
+    );
+    let accel = match opts.accel {
+        Accel::Auto => {
+            if probe_kvm(&kernel, &work)? {
+                Accel::Kvm
+            } else {
+                eprintln!("xtask vm: KVM did not boot the probe; using TCG (software emulation)");
+                Accel::Tcg
+            }
+        }
+        a => a,
+    };
+
+    let mut ar = Archive::default();
+    base_system(&mut ar)?;
+    let module_list = kernel.modules_into(&mut ar)?;
+    let ipipd = root.join("target/release/ipipd");
+    add_binary(&mut ar, &format!("{VM_DIR}/ipipd"), &ipipd)?;
+    let commands = match &opts.job {
+        Job::Tests { args, reduced } => {
+            let bins = test_binaries()?;
+            ar.host_tree(
+                &format!("{VM_DIR}/bpf-fixtures"),
+                &root.join("bpf-fixtures"),
+            )?;
+            let mut commands = Vec::new();
+            for (name, path) in &bins {
+                let vm_path = format!("{VM_DIR}/tests/{name}");
+                add_binary(&mut ar, &vm_path, path)?;
+                // Tests the host cannot run (they need the VM kernel's ipip) are #[ignore]d
+                // there, and run here.
+                let mut line = vec![vm_path, "--include-ignored".to_string()];
+                if *reduced {
+                    let Some((_, cases)) = REDUCED.iter().find(|(b, _)| b == name) else {
+                        continue;
+                    };
+                    if !cases.is_empty() {
+                        line.push("--exact".into());
+                        line.extend(cases.iter().map(|c| c.to_string()));
+                    }
+                } else {
+                    line.extend(args.iter().cloned());
+                }
+                commands.push(line);
+            }
+            if *reduced {
+                for (b, _) in REDUCED {
+                    if !bins.iter().any(|(n, _)| n == b) {
+                        bail!(
+                            "the reduced VM case list names test binary {b}, which cargo did not build"
+                        );
+                    }
+                }
+            }
+            commands
+        }
+        Job::Demo => {
+            let xtask = std::env::current_exe()?;
+            add_binary(&mut ar, &format!("{VM_DIR}/xtask"), &xtask)?;
+            vec![vec![
+                format!("{VM_DIR}/xtask"),
+                "vm-demo".into(),
+                format!("{VM_DIR}/ipipd"),
+            ]]
+        }
+    };
+    ar.bytes("init", init_script(&module_list, &kernel, &commands), 0o755)?;
+    let initrd = work.join("initramfs.cpio");
+    let size = ar.write(&initrd)?;
+    eprintln!(
+        "xtask vm: initramfs {} ({} MiB), booting with {}",
+        initrd.display(),
+        size >> 20,
+        if accel == Accel::Kvm { "KVM" } else { "TCG" }
+    );
+    let status = Boot {
+        accel,
+        memory_mib: 3072,
+        timeout: opts.timeout,
+        marker: STATUS_MARKER,
+        echo: true,
+    }
+    .run(&kernel, &initrd)?;
+    match status {
+        Some(0) => {
+            eprintln!("xtask vm: passed on {}", kernel.release);
+            Ok(())
+        }
+        Some(n) => bail!("the VM run failed (status {n}) on {}", kernel.release),
+        None => bail!("the VM stopped without reporting a status (see its console above)"),
+    }
+}
+
+/// A kernel image and, from a Debian package, its modules.
+pub struct Kernel {
+    image: PathBuf,
+    /// `lib/modules/<release>` of the unpacked package.
+    modules: Option<PathBuf>,
+    release: String,
+}
+
+impl Kernel {
+    fn get(given: Option<&Path>, work: &Path) -> Result<Kernel> {
+        let deb = match given {
+            Some(p) if p.extension().is_some_and(|e| e == "deb") => p.to_path_buf(),
+            Some(p) => {
+                // A bare bzImage: only what is built in.
+                if !p.is_file() {
+                    bail!("--kernel {}: no such file", p.display());
+                }
+                eprintln!(
+                    "xtask vm: {} is a bare kernel image: no modules are loaded, so veth, bridge, clsact, cls_bpf (and ipip for the interop test) must be built in",
+                    p.display()
+                );
+                return Ok(Kernel {
+                    image: p.to_path_buf(),
+                    modules: None,
+                    release: p.display().to_string(),
+                });
+            }
+            None => download_kernel_package(work)?,
+        };
+        let stem = deb
+            .file_stem()
+            .context("kernel package name")?
+            .to_string_lossy()
+            .into_owned();
+        let dir = work.join("kernels").join(&stem);
+        if !dir.join("boot").is_dir() {
+            let tmp = work.join("kernels").join(format!("{stem}.partial"));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)?;
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+            std::fs::rename(&tmp, &dir)?;
+        }
+        let image = std::fs::read_dir(dir.join("boot"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
+            .with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))?;
+        let release = image
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("vmlinuz-")
+            .to_string();
+        let modules = dir.join("lib/modules").join(&release);
+        Ok(Kernel {
+            image,
+            modules: modules.is_dir().then_some(modules),
+            release,
+        })
+    }
+
+    /// Adds the wanted modules and their dependencies; returns them in load order.
+    fn modules_into(&self, ar: &mut Archive) -> Result<Vec<String>> {
+        let Some(dir) = &self.modules else {
+            return Ok(Vec::new());
+        };
+        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+        let mut files = std::collections::HashMap::new();
+        index_modules(&dir.join("kernel"), &mut files)?;
+        let mut order = Vec::new();
+        for m in MODULES {
+            add_module(m, &files, &builtin, &mut order, 0)?;
+        }
+        let mut paths = Vec::new();
+        for (name, file) in &order {
+            let vm = format!("/usr/lib/modules/{}/{name}.ko", self.release);
+            ar.bytes(&vm, module_bytes(file)?, 0o644)?;
+            paths.push(vm);
+        }
+        Ok(paths)
+    }
+}
+
+fn normalize(module: &str) -> String {
+    module.replace('-', "_")
+}
+
+fn index_modules(dir: &Path, out: &mut std::collections::HashMap<String, PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            index_modules(&p, out)?;
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(base) = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+        {
+            out.insert(normalize(base), p);
+        }
+    }
+    Ok(())
+}
+
+fn module_bytes(file: &Path) -> Result<Vec<u8>> {
+    let name = file.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else if name.ends_with(".gz") {
+        "gzip"
+    } else {
+        return std::fs::read(file).with_context(|| format!("reading {name}"));
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(file)
+        .output()
+        .with_context(|| format!("{tool} -dc {name}"))?;
+    if !out.status.success() {
+        bail!("{tool} -dc {name} failed");
+    }
+    Ok(out.stdout)
+}
+
+/// A module's `depends=` from its .modinfo strings.
+fn depends(bytes: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = bytes.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &bytes[at + key.len()..];
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(normalize)
+        .collect()
+}
+
+fn add_module(
+    name: &str,
+    files: &std::collections::HashMap<String, PathBuf>,
+    builtin: &str,
+    order: &mut Vec<(String, PathBuf)>,
+    depth: usize,
+) -> Result<()> {
+    let name = normalize(name);
+    if order.iter().any(|(n, _)| *n == name) {
+        return Ok(());
+    }
+    let Some(file) = files.get(&name) else {
+        let is_builtin = builtin.lines().any(|l| {
+            l.rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".ko"))
+                .is_some_and(|f| normalize(f) == name)
+        });
+        if is_builtin {
+            return Ok(());
+        }
+        bail!("the kernel has no module {name}, and it is not built in");
+    };
+    if depth > 32 {
+        bail!("module dependency loop at {name}");
+    }
+    for dep in depends(&module_bytes(file)?) {
+        add_module(&dep, files, builtin, order, depth + 1)?;
+    }
+    order.push((name, file.clone()));
+    Ok(())
+}
+
+fn download_kernel_package(work: &Path) -> Result<PathBuf> {
+    let debs = work.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let depends = || {
+        Command::new("apt-cache")
+            .args(["depends", DEFAULT_KERNEL_PACKAGE])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let out = match depends() {
+        Some(o) => o,
+        None => {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            depends().with_context(|| format!("apt-cache depends {DEFAULT_KERNEL_PACKAGE}"))?
+        }
+    };
+    let package = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .with_context(|| format!("{DEFAULT_KERNEL_PACKAGE} depends on no linux-image-*"))?
+        .to_string();
+    let existing = |debs: &Path| -> Result<Option<PathBuf>> {
+        Ok(std::fs::read_dir(debs)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+            }))
+    };
+    if let Some(p) = existing(&debs)? {
+        return Ok(p);
+    }
+    eprintln!("xtask vm: apt-get download {package}");
+    run(Command::new("apt-get")
+        .args(["download", "-q", &package])
+        .current_dir(&debs))?;
+    existing(&debs)?.with_context(|| format!("apt-get download {package} left no .deb"))
+}
+
+/// Installs a host file at the same place inside the VM, with the host's directory symlinks
+/// resolved (Debian's merged /usr: /lib → usr/lib).
+fn add_host_path(ar: &mut Archive, path: &Path) -> Result<()> {
+    let parent = path
+        .parent()
+        .context("a file path")?
+        .canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))?;
+    let at = parent.join(path.file_name().context("a file name")?);
+    let at = at.to_string_lossy();
+    if !ar.contains(&at) {
+        ar.host_file(&at, path)?;
+    }
+    Ok(())
+}
+
+/// A dynamically linked binary at `vm_path`, and every library ldd lists for it.
+fn add_binary(ar: &mut Archive, vm_path: &str, host: &Path) -> Result<()> {
+    ar.host_file(vm_path, host)?;
+    let out = Command::new("ldd").arg(host).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // A static binary: "not a dynamic executable".
+        return Ok(());
+    }
+    for line in text.lines() {
+        let lib = match line.split_once("=>") {
+            Some((_, r)) => r.trim(),
+            None => line.trim(),
+        };
+        let lib = lib.split(" (").next().unwrap_or_default().trim();
+        if lib.starts_with('/') {
+            add_host_path(ar, Path::new(lib))?;
+        } else if line.contains("not found") {
+            bail!("{}: ldd cannot find {}", host.display(), line.trim());
+        }
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// busybox, the tools, and the few files of /etc they read.
+fn base_system(ar: &mut Archive) -> Result<()> {
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        ar.symlink(link, target)?;
+    }
+    for d in ["proc", "sys", "dev", "tmp", "run", "root", "var/tmp", "etc"] {
+        ar.dir(d)?;
+    }
+    let busybox = which("busybox").context("busybox (Debian's busybox-static) is missing")?;
+    ar.host_file("usr/bin/busybox", &busybox)?;
+    // Debian's busybox sh prefers its own applets (its `ip` is not iproute2): scripts, the
+    // tests' `sh -c` included, get a real sh.
+    add_binary(ar, "usr/bin/sh", Path::new("/usr/bin/dash"))?;
+    // Its applets in a directory of their own, last in PATH: the real tools win.
+    let list = Command::new(&busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        ar.symlink(&format!("bb/{applet}"), "/usr/bin/busybox")?;
+    }
+    for tool in TOOLS {
+        let p = which(tool).with_context(|| format!("{tool} is missing on this machine"))?;
+        add_host_path(ar, &p)?;
+        let canon_parent = p.parent().unwrap().canonicalize()?;
+        add_binary(
+            ar,
+            &canon_parent.join(p.file_name().unwrap()).to_string_lossy(),
+            &p,
+        )?;
+    }
+    // tcpdump drops privileges to its own user; the tools look up protocols and services.
+    for f in ["passwd", "group", "protocols", "services"] {
+        let p = Path::new("/etc").join(f);
+        if p.is_file() {
+            ar.host_file(&format!("etc/{f}"), &p)?;
+        }
+    }
+    ar.bytes("etc/hosts", "127.0.0.1 localhost\n", 0o644)?;
+    Ok(())
+}
+
+/// Single-quoted for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn init_script(modules: &[String], kernel: &Kernel, commands: &[Vec<String>]) -> String {
+    let mut s = String::from(
+        r#"#!/usr/bin/sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/bb HOME=/root RUST_BACKTRACE=1
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+ip link set lo up
+"#,
+    );
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty()) {
+        s.push_str("export CI=true\n");
+    }
+    for m in modules {
+        s.push_str(&format!(
+            "insmod {} || echo 'vm: insmod {m} failed'\n",
+            quote(m)
+        ));
+    }
+    s.push_str(&format!(
+        "echo \"vm: $(uname -sr) ({}) cpus $(nproc), $(awk '/MemTotal/ {{print $2/1024 \" MiB\"}}' /proc/meminfo)\"\n",
+        kernel.release
+    ));
+    s.push_str(&format!(
+        "export IPIPD_BIN={VM_DIR}/ipipd IPIPD_FIXTURES={VM_DIR}/bpf-fixtures\ncd /tmp\nstatus=0\n"
+    ));
+    for c in commands {
+        let line: Vec<String> = c.iter().map(|a| quote(a)).collect();
+        s.push_str(&format!(
+            "echo \"vm: running {}\"\n{} || status=$?\n",
+            c.join(" ").replace('"', ""),
+            line.join(" ")
+        ));
+    }
+    s.push_str(&format!(
+        "echo \"vm: netns left: $(ip netns list | wc -l)\"\necho \"{STATUS_MARKER}$status\"\nsync\npoweroff -f\n"
+    ));
+    s
+}
+
+/// The workspace's test binaries, built (release) for the VM.
+fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args([
+            "test",
+            "--release",
+            "--locked",
+            "--package",
+            "ipipd-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        if v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"))
+        {
+            bins.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    bins.sort();
+    if bins.is_empty() {
+        bail!("cargo built no test binaries");
+    }
+    Ok(bins)
+}
+
+fn qemu(kernel: &Kernel, initrd: &Path, accel: Accel, memory_mib: u32) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        _ => ("tcg,thread=multi", "max"),
+    };
+    cmd.args(["-accel", accel, "-cpu", cpu, "-smp", "2", "-m"])
+        .arg(memory_mib.to_string())
+        .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=3 net.ifnames=0",
+        ]);
+    cmd
+}
+
+struct Boot {
+    accel: Accel,
+    memory_mib: u32,
+    timeout: Duration,
+    marker: &'static str,
+    /// Stream the console (and qemu's errors) to ours.
+    echo: bool,
+}
+
+impl Boot {
+    /// Boots, streams the console, and returns the number after `marker` (None if the VM stopped
+    /// without printing it). The VM is killed after `timeout`.
+    fn run(&self, kernel: &Kernel, initrd: &Path) -> Result<Option<i32>> {
+        let (timeout, marker) = (self.timeout, self.marker);
+        let mut child = qemu(kernel, initrd, self.accel, self.memory_mib)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if self.echo {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        let pid = child.id() as i32;
+        let done = Arc::new(AtomicBool::new(false));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let (done, timed_out) = (done.clone(), timed_out.clone());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while !done.load(Ordering::Relaxed) {
+                    if start.elapsed() > timeout {
+                        timed_out.store(true, Ordering::Relaxed);
+                        // SAFETY: signalling our own child, which has not been reaped yet.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        let mut status = None;
+        let out = child.stdout.take().expect("piped");
+        let mut reader = BufReader::new(out);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf)? > 0 {
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if self.echo {
+                println!("{line}");
+            }
+            if let Some(n) = line.trim().strip_prefix(marker) {
+                status = Some(n.trim().parse().unwrap_or(-1));
+            }
+            buf.clear();
+        }
+        let exit = child.wait()?;
+        done.store(true, Ordering::Relaxed);
+        let _ = watchdog.join();
+        if timed_out.load(Ordering::Relaxed) {
+            bail!(
+                "the VM ran over its {} s limit and was killed",
+                timeout.as_secs()
+            );
+        }
+        if status.is_none() && !exit.success() && self.echo {
+            eprintln!("xtask vm: qemu exited with {exit}");
+        }
+        Ok(status)
+    }
+}
+
+/// A boot under KVM of an initramfs that only prints a marker.
+fn probe_kvm(kernel: &Kernel, work: &Path) -> Result<bool> {
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(false);
+    }
+    let mut ar = Archive::default();
+    let busybox = which("busybox").context("busybox (Debian's busybox-static) is missing")?;
+    ar.host_file("usr/bin/busybox", &busybox)?;
+    ar.bytes(
+        "init",
+        format!("#!/usr/bin/busybox sh\necho {PROBE_MARKER}=0\n/usr/bin/busybox poweroff -f\n"),
+        0o755,
+    )?;
+    let initrd = work.join("probe.cpio");
+    ar.write(&initrd)?;
+    let booted = Boot {
+        accel: Accel::Kvm,
+        memory_mib: 256,
+        // A busybox initramfs boots in well under a second under working KVM.
+        timeout: Duration::from_secs(20),
+        marker: PROBE_MARKER,
+        echo: false,
+    }
+    .run(kernel, &initrd);
+    Ok(matches!(booted, Ok(Some(0))))
+}
