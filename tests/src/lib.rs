@@ -103,7 +103,7 @@ impl NetNs {
         Ok(self
             .ip("-o link show type ipip")?
             .lines()
-            .filter(|l| !(l.contains(" tunl0@NONE: ") && !l.contains(",UP")))
+            .filter(|l| !l.contains(" tunl0@NONE: ") || l.contains(",UP"))
             .map(str::to_string)
             .collect())
     }

@@ -117,8 +117,7 @@ impl Archive {
             std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         let mut w = std::io::BufWriter::new(f);
         let mut written = 0u64;
-        let mut ino = 1u32;
-        for (name, e) in &self.entries {
+        for (ino, (name, e)) in (1u32..).zip(self.entries.iter()) {
             let (mode, data): (u32, Vec<u8>) = match e {
                 Entry::Dir => (0o040755, Vec::new()),
                 Entry::Symlink(t) => (0o120777, t.clone().into_bytes()),
@@ -129,7 +128,6 @@ impl Archive {
                 ),
             };
             written += record(&mut w, ino, name, mode, &data)?;
-            ino += 1;
         }
         written += record(&mut w, 0, "TRAILER!!!", 0, &[])?;
         w.flush()?;

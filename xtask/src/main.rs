@@ -105,6 +105,10 @@ fn under_ci() -> bool {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::VmDemo { ipipd } = &cli.command {
+        // Inside the VM: there is no source tree.
+        return demo::run(ipipd);
+    }
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.command {
@@ -183,7 +187,7 @@ fn main() -> Result<()> {
                 }),
             )
         }
-        Cmd::VmDemo { ipipd } => demo::run(&ipipd),
+        Cmd::VmDemo { .. } => unreachable!("handled above"),
     }
 }
 
@@ -280,21 +284,8 @@ fn test(test_args: &[String]) -> Result<()> {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .strip_suffix(word)?
-                            .trim()
-                            .rsplit(' ')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .unwrap_or(0)
-            };
-            passed += count("passed");
-            failed += count("failed");
+            passed += count_in_result(rest, "passed");
+            failed += count_in_result(rest, "failed");
         }
     }
     let status = child.wait()?;
@@ -303,4 +294,19 @@ fn test(test_args: &[String]) -> Result<()> {
         bail!("cargo test failed: {status}");
     }
     Ok(())
+}
+
+/// The number before `word` in a libtest summary ("ok. 3 passed; 0 failed; …").
+pub fn count_in_result(rest: &str, word: &str) -> u64 {
+    rest.split(';')
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .trim()
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0)
 }
