@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, run and test ipipd.
 
+mod bench;
 mod cpio;
 mod demo;
 mod setup;
@@ -68,6 +69,13 @@ enum Cmd {
         /// Passed to every test binary in the VM (a name filter, `--nocapture`, …).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         test_args: Vec<String>,
+    },
+    /// Set up, build, then measure ipipd against the kernel's paths (throughput, CPU, latency,
+    /// program cost, control-plane scale); writes target/bench/bench.{md,json}. Needs root.
+    Bench {
+        /// One round of short runs (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
     },
     /// (Inside the VM) the demo of `cargo xtask run`, with this ipipd binary.
     #[command(hide = true)]
@@ -186,6 +194,11 @@ fn main() -> Result<()> {
                     reduced,
                 }),
             )
+        }
+        Cmd::Bench { quick } => {
+            setup::all()?;
+            build()?;
+            bench::run(&root, bench::Opts { quick })
         }
         Cmd::VmDemo { .. } => unreachable!("handled above"),
     }

@@ -127,7 +127,7 @@ fn apt_packages() -> Result<()> {
 }
 
 /// Debian packages: installed when missing and we are root; otherwise a clear error naming them.
-fn install(packages: &[&str]) -> Result<()> {
+pub fn install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

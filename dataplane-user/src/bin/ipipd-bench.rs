@@ -1,0 +1,535 @@
+//! `ipipd-bench`: the BPF side of `cargo xtask bench`, run inside a node's namespace next to a
+//! running ipipd.
+//!
+//! - `testrun`: BPF_PROG_TEST_RUN cost of each packet path of ipipd's programs, each against its
+//!   floor (a program doing only the helper calls the path cannot avoid) and a do-nothing program,
+//!   all measured the same way. ipipd's programs are loaded afresh on the daemon's pinned maps, so
+//!   they see its live routes, endpoints and neighbours.
+//! - `progstats`: run_time_ns and run_cnt (kernel.bpf_stats_enabled) of the loaded programs that
+//!   carry ipipd's program names, summed by name.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+};
+use clap::{Parser, Subcommand};
+use dataplane_common::program_names;
+use serde::Serialize;
+
+static FLOORS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipipd-bench-floors"));
+
+#[derive(Parser)]
+#[command(name = "ipipd-bench", about = "The BPF side of `cargo xtask bench`")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// BPF_PROG_TEST_RUN cost per path, its floor's, and a do-nothing program's (JSON).
+    Testrun {
+        /// The running ipipd's pin directory (its maps are reused).
+        #[arg(long)]
+        pin_dir: PathBuf,
+        /// A local pod's host-side veth, and a second local pod's.
+        #[arg(long)]
+        pod_if: String,
+        #[arg(long)]
+        pod2_if: String,
+        #[arg(long, default_value = "eth0")]
+        uplink: String,
+        /// A pod of the peer node, the peer node, and an underlay host that is no peer.
+        #[arg(long)]
+        remote_pod: Ipv4Addr,
+        #[arg(long)]
+        peer: Ipv4Addr,
+        #[arg(long)]
+        stranger: Ipv4Addr,
+        /// Calls of repeat = 1 per path for paths that change their input (spread over rounds).
+        #[arg(long, default_value_t = 100_000)]
+        calls: u32,
+        /// The repeat count for paths that leave their input unchanged.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Alternating rounds (path, floor, do-nothing) the calls are spread over.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
+    /// run_time_ns and run_cnt of ipipd's programs, summed by program name (JSON).
+    Progstats,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Testrun {
+            pin_dir,
+            pod_if,
+            pod2_if,
+            uplink,
+            remote_pod,
+            peer,
+            stranger,
+            calls,
+            repeat,
+            rounds,
+        } => {
+            let env = Env::discover(&pin_dir, &pod_if, &pod2_if, &uplink)?;
+            let paths = paths(&env, remote_pod, peer, stranger);
+            let results = measure(&pin_dir, &paths, calls, repeat, rounds.max(1))?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+        Cmd::Progstats => {
+            let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for info in aya::programs::loaded_programs() {
+                let info = info?;
+                let Some(name) = info.name_as_str() else {
+                    continue;
+                };
+                if !program_names::ALL.contains(&name) {
+                    continue;
+                }
+                let e = by_name.entry(name.to_string()).or_default();
+                e.0 += info.run_time().as_nanos() as u64;
+                e.1 += info.run_count();
+            }
+            let v: BTreeMap<_, _> = by_name
+                .into_iter()
+                .map(|(n, (t, c))| (n, serde_json::json!({"run_time_ns": t, "run_cnt": c})))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(())
+}
+
+/// What the packets are built from: the node's devices and addresses, from the kernel and the
+/// daemon's maps.
+struct Env {
+    pod_if: u32,
+    pod2_if: u32,
+    uplink: u32,
+    uplink_mac: [u8; 6],
+    node_ip: Ipv4Addr,
+    pod: (Ipv4Addr, [u8; 6], [u8; 6]),
+    pod2: Ipv4Addr,
+}
+
+fn ifindex(dev: &str) -> Result<u32> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex"))
+        .with_context(|| format!("no device {dev}"))?;
+    Ok(s.trim().parse()?)
+}
+
+fn mac(dev: &str) -> Result<[u8; 6]> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/address"))?;
+    let v: Vec<u8> = s
+        .trim()
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16))
+        .collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| anyhow!("bad MAC of {dev}"))
+}
+
+impl Env {
+    fn discover(
+        pin_dir: &std::path::Path,
+        pod_if: &str,
+        pod2_if: &str,
+        uplink: &str,
+    ) -> Result<Env> {
+        let mut ebpf = dataplane_user::loader::open_object_pinned(pin_dir)?;
+        let cfg = {
+            let m: aya::maps::Array<_, dataplane_common::NodeConfig> = aya::maps::Array::try_from(
+                ebpf.map(dataplane_common::map_names::CONFIG)
+                    .context("config map")?,
+            )?;
+            m.get(&0, 0)?
+        };
+        let (p, p2) = (ifindex(pod_if)?, ifindex(pod2_if)?);
+        let eps = dataplane_user::maps::endpoints(&mut ebpf)?;
+        let ep = eps
+            .get(&p, 0)
+            .with_context(|| format!("no endpoint on {pod_if}"))?;
+        let ep2 = eps
+            .get(&p2, 0)
+            .with_context(|| format!("no endpoint on {pod2_if}"))?;
+        Ok(Env {
+            pod_if: p,
+            pod2_if: p2,
+            uplink: ifindex(uplink)?,
+            uplink_mac: mac(uplink)?,
+            node_ip: Ipv4Addr::from(cfg.node_ip),
+            pod: (Ipv4Addr::from(ep.pod_ip), ep.pod_mac, ep.host_mac),
+            pod2: Ipv4Addr::from(ep2.pod_ip),
+        })
+    }
+}
+
+fn csum(b: &[u8]) -> u16 {
+    let mut s = 0u32;
+    for w in b.chunks(2) {
+        s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let len = (20 + payload.len()) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+    h[2..4].copy_from_slice(&len.to_be_bytes());
+    h.extend(src.octets());
+    h.extend(dst.octets());
+    let c = csum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend(payload);
+    h
+}
+
+/// An ICMP echo request with 56 bytes of data (ping's default): 84 bytes of IPv4.
+fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut m = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    m.extend((0..56u8).collect::<Vec<_>>());
+    let c = csum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 1, &m)
+}
+
+fn udp(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut m = vec![0x30, 0x39, 0x15, 0xb3, 0, 72, 0, 0];
+    m.extend([0xab; 64]);
+    ipv4(src, dst, 17, &m)
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend(dst);
+    f.extend(src);
+    f.extend(ethertype.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+fn arp_request(pod_mac: [u8; 6], pod_ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    a.extend(pod_mac);
+    a.extend(pod_ip.octets());
+    a.extend([0; 6]);
+    a.extend(target.octets());
+    eth([0xff; 6], pod_mac, 0x0806, &a)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The output differs from the input: repeat = 1, many calls, the median.
+    Changes,
+    /// The input is left as it was: one call with a large repeat.
+    Unchanged,
+}
+
+struct Path {
+    name: &'static str,
+    program: &'static str,
+    floor: &'static str,
+    ifindex: u32,
+    packet: Vec<u8>,
+    verdict: u32,
+    kind: Kind,
+}
+
+const TC_OK: u32 = 0;
+const TC_SHOT: u32 = 2;
+const TC_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+fn paths(e: &Env, remote_pod: Ipv4Addr, peer: Ipv4Addr, stranger: Ipv4Addr) -> Vec<Path> {
+    let (pod_ip, pod_mac, host_mac) = e.pod;
+    let from_pod =
+        |dst: Ipv4Addr, src: Ipv4Addr| eth(host_mac, pod_mac, 0x0800, &icmp_echo(src, dst));
+    let on_uplink = |ip: Vec<u8>| eth(e.uplink_mac, [0x02, 0, 0, 0, 0, 0x99], 0x0800, &ip);
+    let ipip = |src: Ipv4Addr, dst: Ipv4Addr, inner: Vec<u8>| ipv4(src, dst, 4, &inner);
+    vec![
+        Path {
+            name: "encap (pod -> remote pod)",
+            program: program_names::FROM_POD,
+            floor: "floor_encap",
+            ifindex: e.pod_if,
+            packet: from_pod(remote_pod, pod_ip),
+            verdict: TC_REDIRECT,
+            kind: Kind::Changes,
+        },
+        Path {
+            name: "local delivery (pod -> pod)",
+            program: program_names::FROM_POD,
+            floor: "floor_deliver",
+            ifindex: e.pod_if,
+            packet: from_pod(e.pod2, pod_ip),
+            verdict: TC_REDIRECT,
+            kind: Kind::Changes,
+        },
+        Path {
+            name: "ARP reply (169.254.1.1)",
+            program: program_names::FROM_POD,
+            floor: "floor_arp_reply",
+            ifindex: e.pod_if,
+            packet: arp_request(pod_mac, pod_ip, Ipv4Addr::new(169, 254, 1, 1)),
+            verdict: TC_REDIRECT,
+            kind: Kind::Changes,
+        },
+        Path {
+            name: "drop: spoofed source",
+            program: program_names::FROM_POD,
+            floor: "noop_tc",
+            ifindex: e.pod_if,
+            packet: from_pod(remote_pod, Ipv4Addr::new(10, 99, 0, 1)),
+            verdict: TC_SHOT,
+            kind: Kind::Unchanged,
+        },
+        Path {
+            name: "decap (peer -> local pod)",
+            program: program_names::FROM_UPLINK,
+            floor: "floor_decap",
+            ifindex: e.uplink,
+            packet: on_uplink(ipip(peer, e.node_ip, icmp_echo(remote_pod, pod_ip))),
+            verdict: TC_REDIRECT,
+            kind: Kind::Changes,
+        },
+        Path {
+            name: "pass: non-IPIP to the node",
+            program: program_names::FROM_UPLINK,
+            floor: "noop_tc",
+            ifindex: e.uplink,
+            packet: on_uplink(udp(peer, e.node_ip)),
+            verdict: TC_OK,
+            kind: Kind::Unchanged,
+        },
+        Path {
+            name: "drop: IPIP from a non-peer",
+            program: program_names::FROM_UPLINK,
+            floor: "noop_tc",
+            ifindex: e.uplink,
+            packet: on_uplink(ipip(stranger, e.node_ip, icmp_echo(remote_pod, pod_ip))),
+            verdict: TC_SHOT,
+            kind: Kind::Unchanged,
+        },
+        Path {
+            name: "pass: already IPIP (egress)",
+            program: program_names::TO_UPLINK,
+            floor: "noop_tc",
+            ifindex: e.uplink,
+            packet: on_uplink(ipip(e.node_ip, peer, icmp_echo(pod_ip, remote_pod))),
+            verdict: TC_OK,
+            kind: Kind::Unchanged,
+        },
+        Path {
+            name: "XDP pass: IPIP from a peer",
+            program: program_names::XDP_UPLINK,
+            floor: "noop_xdp",
+            ifindex: e.uplink,
+            packet: on_uplink(ipip(peer, e.node_ip, icmp_echo(remote_pod, pod_ip))),
+            verdict: XDP_PASS,
+            kind: Kind::Unchanged,
+        },
+        Path {
+            name: "XDP drop: IPIP from a non-peer",
+            program: program_names::XDP_UPLINK,
+            floor: "noop_xdp",
+            ifindex: e.uplink,
+            packet: on_uplink(ipip(stranger, e.node_ip, icmp_echo(remote_pod, pod_ip))),
+            verdict: XDP_DROP,
+            kind: Kind::Unchanged,
+        },
+    ]
+    .into_iter()
+    .filter(|p| p.program != program_names::FROM_POD || e.pod2_if != 0)
+    .collect()
+}
+
+fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    // struct __sk_buff is 192 bytes; ifindex at 40.
+    let mut ctx = vec![0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex (at 12), ...
+    let mut ctx = vec![0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// One BPF_PROG_TEST_RUN: (verdict, ns per run as the kernel timed it).
+fn run_once(ebpf: &Ebpf, prog: &str, p: &Path, repeat: u32) -> Result<(u32, u64)> {
+    let mut out = vec![0u8; p.packet.len() + 256];
+    let program = ebpf
+        .program(prog)
+        .with_context(|| format!("no program {prog}"))?;
+    let r = if prog == program_names::XDP_UPLINK || prog == "noop_xdp" {
+        let x: &Xdp = program.try_into()?;
+        let ctx = xdp_ctx(p.ifindex, p.packet.len());
+        x.test_run(TestRunOptions {
+            data_in: Some(&p.packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+    } else {
+        let c: &SchedClassifier = program.try_into()?;
+        let ctx = skb_ctx(p.ifindex);
+        c.test_run(TestRunOptions {
+            data_in: Some(&p.packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+    }
+    .map_err(|e: ProgramError| anyhow!("BPF_PROG_TEST_RUN of {prog}: {e}"))?;
+    Ok((r.return_value, r.duration.as_nanos() as u64))
+}
+
+/// Median ns per run of `prog` on `p`: `calls` calls of repeat 1, or one call of `repeat`.
+fn sample(ebpf: &Ebpf, prog: &str, p: &Path, calls: u32, repeat: u32) -> Result<(u32, f64)> {
+    match p.kind {
+        Kind::Unchanged => {
+            let (v, ns) = run_once(ebpf, prog, p, repeat)?;
+            Ok((v, ns as f64))
+        }
+        Kind::Changes => {
+            let mut v = 0;
+            let mut t = Vec::with_capacity(calls as usize);
+            for _ in 0..calls {
+                let (rv, ns) = run_once(ebpf, prog, p, 1)?;
+                v = rv;
+                t.push(ns);
+            }
+            t.sort_unstable();
+            Ok((v, t[t.len() / 2] as f64))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(mut v: Vec<f64>) -> Spread {
+    v.sort_by(|a, b| a.total_cmp(b));
+    Spread {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+#[derive(Serialize)]
+struct PathResult {
+    path: &'static str,
+    program: &'static str,
+    method: String,
+    verdict: u32,
+    /// ns per run, minus the do-nothing program's.
+    ns: Spread,
+    floor: &'static str,
+    floor_ns: Spread,
+    /// The do-nothing program's own ns per run, measured the same way.
+    noop_ns: Spread,
+    /// ns / floor_ns (None when the floor is the do-nothing program).
+    over_floor: Option<Spread>,
+}
+
+fn measure(
+    pin_dir: &std::path::Path,
+    paths: &[Path],
+    calls: u32,
+    repeat: u32,
+    rounds: u32,
+) -> Result<Vec<PathResult>> {
+    let mut ipipd = dataplane_user::loader::open_object_pinned(pin_dir)?;
+    dataplane_user::loader::load_all(&mut ipipd)?;
+    let mut floors = EbpfLoader::new()
+        .load(FLOORS_OBJECT)
+        .context("loading the floors object")?;
+    for name in [
+        "noop_tc",
+        "floor_encap",
+        "floor_decap",
+        "floor_deliver",
+        "floor_arp_reply",
+    ] {
+        let p: &mut SchedClassifier = floors
+            .program_mut(name)
+            .with_context(|| format!("no floor {name}"))?
+            .try_into()?;
+        p.load()?;
+    }
+    let x: &mut Xdp = floors
+        .program_mut("noop_xdp")
+        .context("noop_xdp")?
+        .try_into()?;
+    x.load()?;
+
+    let mut results = Vec::new();
+    for p in paths {
+        let per_round = (calls / rounds).max(1);
+        let noop = if p.program == program_names::XDP_UPLINK {
+            "noop_xdp"
+        } else {
+            "noop_tc"
+        };
+        let (mut own, mut floor, mut nothing, mut ratio) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut verdict = 0;
+        for _ in 0..rounds {
+            let (v, t) = sample(&ipipd, p.program, p, per_round, repeat)?;
+            if v != p.verdict {
+                bail!(
+                    "{}: {} returned {v}, expected {} (is the data plane programmed?)",
+                    p.name,
+                    p.program,
+                    p.verdict
+                );
+            }
+            verdict = v;
+            let (_, f) = sample(&floors, p.floor, p, per_round, repeat)?;
+            let (_, n) = sample(&floors, noop, p, per_round, repeat)?;
+            own.push((t - n).max(0.0));
+            nothing.push(n);
+            if p.floor != noop {
+                floor.push((f - n).max(0.0));
+                ratio.push((t - n).max(0.0) / (f - n).max(1.0));
+            } else {
+                floor.push(0.0);
+            }
+        }
+        results.push(PathResult {
+            path: p.name,
+            program: p.program,
+            method: match p.kind {
+                Kind::Changes => format!("{calls} calls, repeat 1, median"),
+                Kind::Unchanged => format!("repeat {repeat}, mean"),
+            },
+            verdict,
+            ns: spread(own),
+            floor: p.floor,
+            floor_ns: spread(floor),
+            noop_ns: spread(nothing),
+            over_floor: (!ratio.is_empty()).then(|| spread(ratio)),
+        });
+    }
+    Ok(results)
+}

@@ -1,0 +1,945 @@
+//! `cargo xtask bench`: ipipd side by side with the kernel's own paths, as ratios, in the seed's
+//! netns topology. Setups, alternated within each round:
+//! - A: ipipd IPIP (pods at MTU 1480, as Calico sets them for IPIP), xdp off; A+xdp: native XDP
+//!   on the uplinks;
+//! - B: the kernel's route table without a tunnel (Calico without IPIP): /32 routes to the pods'
+//!   veths, proxy ARP, each block via its node on the underlay;
+//! - C: node to node on the underlay, the limit.
+//!
+//! Workloads: iperf3 TCP 1 and 4 streams, iperf3 UDP 64-byte datagrams, and TCP request/response
+//! (64 bytes each way). Whole-machine busy CPU from /proc/stat over each run, per GB and per
+//! million packets. In A, kernel.bpf_stats_enabled gives each program's in-situ ns per run.
+//! Then BPF_PROG_TEST_RUN per path against its floor (`ipipd-bench testrun`), and the control
+//! plane at scale. Writes target/bench/bench.{md,json}.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipipd_tests::{
+    NetNs,
+    cluster::{Cluster, PodSpec, seed_nodes},
+};
+use serde_json::{Value, json};
+
+use crate::setup;
+
+pub struct Opts {
+    pub quick: bool,
+}
+
+struct Plan {
+    rounds: usize,
+    seconds: u32,
+    testrun_calls: u32,
+    testrun_repeat: u32,
+    scale_blocks: usize,
+    scale_endpoints: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
+enum Setup {
+    A,
+    AXdp,
+    B,
+    C,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::A => "A ipipd",
+            Setup::AXdp => "A ipipd + XDP",
+            Setup::B => "B kernel routes, no tunnel",
+            Setup::C => "C node to node",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Setup::A => "A",
+            Setup::AXdp => "A_xdp",
+            Setup::B => "B",
+            Setup::C => "C",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
+enum Workload {
+    Tcp1,
+    Tcp4,
+    Udp64,
+    Rr,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Tcp1 => "TCP 1 stream",
+            Workload::Tcp4 => "TCP 4 streams",
+            Workload::Udp64 => "UDP 64 B",
+            Workload::Rr => "TCP request/response 64 B",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Workload::Tcp1 => "tcp1",
+            Workload::Tcp4 => "tcp4",
+            Workload::Udp64 => "udp64",
+            Workload::Rr => "rr",
+        }
+    }
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload::Tcp1,
+    Workload::Tcp4,
+    Workload::Udp64,
+    Workload::Rr,
+];
+
+/// One run of one workload on one setup.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    /// Gbit/s (TCP), packets/s (UDP), transactions/s (RR).
+    rate: f64,
+    bytes: f64,
+    packets: f64,
+    cpu_s: f64,
+    /// Per program: (Δrun_time_ns, Δrun_cnt, Δbytes counted by its hook).
+    progs: BTreeMap<String, (f64, f64, f64)>,
+}
+
+pub fn run(root: &Path, opts: Opts) -> Result<()> {
+    setup::require_root("the bench creates network namespaces and loads BPF programs")?;
+    setup::install(&["iperf3"])?;
+    let plan = if opts.quick {
+        Plan {
+            rounds: 1,
+            seconds: 2,
+            testrun_calls: 20_000,
+            testrun_repeat: 200_000,
+            scale_blocks: 10_000,
+            scale_endpoints: 1_000,
+        }
+    } else {
+        Plan {
+            rounds: 3,
+            seconds: 5,
+            testrun_calls: 100_000,
+            testrun_repeat: 1_000_000,
+            scale_blocks: 10_000,
+            scale_endpoints: 1_000,
+        }
+    };
+    let ipipd = root.join("target/release/ipipd");
+    let bench_bin = root.join("target/release/ipipd-bench");
+    // SAFETY: single-threaded here.
+    unsafe { std::env::set_var("IPIPD_BIN", &ipipd) };
+    let started = Instant::now();
+    let stats_was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_else(|_| "0".into());
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("enabling kernel.bpf_stats_enabled")?;
+    let result = measure_all(&plan, &ipipd, &bench_bin);
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
+    let report = result?;
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let md = markdown(&report, &plan, started.elapsed());
+    std::fs::write(out.join("bench.md"), &md)?;
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("{md}");
+    println!(
+        "xtask bench: wrote {} and {} in {:.0} s",
+        out.join("bench.md").display(),
+        out.join("bench.json").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
+    let setups = [Setup::A, Setup::AXdp, Setup::B, Setup::C];
+    let mut runs: BTreeMap<(Setup, Workload), Vec<Run>> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        // Alternate the order so that drift of the machine spreads over every setup.
+        for i in 0..setups.len() {
+            let s = setups[(i + round) % setups.len()];
+            eprintln!(
+                "xtask bench: round {}/{}: {}",
+                round + 1,
+                plan.rounds,
+                s.name()
+            );
+            for (w, r) in run_setup(s, plan, bench_bin)? {
+                runs.entry((s, w)).or_default().push(r);
+            }
+        }
+    }
+    eprintln!("xtask bench: BPF_PROG_TEST_RUN per path");
+    let testrun = testrun(plan, bench_bin, 0)?;
+    eprintln!(
+        "xtask bench: control plane at {} blocks / {} endpoints",
+        plan.scale_blocks, plan.scale_endpoints
+    );
+    let scale = scale(plan, ipipd, bench_bin)?;
+    Ok(report(plan, &runs, testrun, scale))
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn cpu_busy_s() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    // SAFETY: plain libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((total - idle) / hz)
+}
+
+/// Builds one setup, runs every workload on it, and tears it down.
+fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, Run)>> {
+    let mut c = Cluster::new(&format!("b{}", s.key()), &seed_nodes(1))?;
+    let (client, server, server_ip) = match s {
+        Setup::A | Setup::AXdp => {
+            for n in ["master", "node"] {
+                c.node(n).pods[0].ns.sh("ip link set eth0 mtu 1480")?;
+                let extra = if s == Setup::AXdp {
+                    "xdp = \"native\""
+                } else {
+                    ""
+                };
+                let cfg = c.config_for(n, extra);
+                c.start_daemon(n, Some(cfg))?;
+            }
+            (
+                c.node("master").pods[0].ns.view(),
+                c.node("node").pods[0].ns.view(),
+                c.node("node").pods[0].spec.address,
+            )
+        }
+        Setup::B => {
+            kernel_routes(&c, "master", "node")?;
+            kernel_routes(&c, "node", "master")?;
+            (
+                c.node("master").pods[0].ns.view(),
+                c.node("node").pods[0].ns.view(),
+                c.node("node").pods[0].spec.address,
+            )
+        }
+        Setup::C => (
+            c.node("master").ns.view(),
+            c.node("node").ns.view(),
+            c.node("node").spec.address,
+        ),
+    };
+    // Warm up neighbours (and, in A, the programs) before measuring.
+    let warm = client.sh(&format!("ping -c 2 -i 0.2 -W 2 {server_ip} >/dev/null"));
+    if let Err(e) = warm {
+        bail!(
+            "{}: no connectivity before the runs: {e:#}\n{}",
+            s.name(),
+            c.logs()
+        );
+    }
+    let mut out = Vec::new();
+    for (i, w) in WORKLOADS.into_iter().enumerate() {
+        let prog_before = if matches!(s, Setup::A | Setup::AXdp) {
+            Some((progstats(bench_bin)?, hook_bytes(&c)?))
+        } else {
+            None
+        };
+        let cpu0 = cpu_busy_s()?;
+        let mut r = match w {
+            Workload::Rr => rr(&client, &server, server_ip, 6000 + i as u16, plan.seconds)?,
+            _ => iperf(
+                &client,
+                &server,
+                server_ip,
+                5300 + i as u16,
+                w,
+                plan.seconds,
+            )?,
+        };
+        r.cpu_s = cpu_busy_s()? - cpu0;
+        if let Some((p0, h0)) = prog_before {
+            let (p1, h1) = (progstats(bench_bin)?, hook_bytes(&c)?);
+            for (name, (t1, n1)) in &p1 {
+                let (t0, n0) = p0.get(name).copied().unwrap_or_default();
+                let b = h1.get(name).copied().unwrap_or(0.0) - h0.get(name).copied().unwrap_or(0.0);
+                r.progs.insert(name.clone(), (t1 - t0, n1 - n0, b));
+            }
+        }
+        out.push((w, r));
+    }
+    drop(c);
+    Ok(out)
+}
+
+/// Setup B: what the kernel's route table does for pods without a tunnel.
+fn kernel_routes(c: &Cluster, name: &str, peer: &str) -> Result<()> {
+    let me = c.node(name);
+    let other = c.node(peer);
+    let mut script = vec![
+        "sysctl -qw net.ipv4.ip_forward=1".to_string(),
+        "ip route add 169.254.0.0/16 dev eth0 metric 1002".into(),
+        format!(
+            "ip route add {} via {} dev eth0",
+            other.spec.block, other.spec.address
+        ),
+        format!("ip route add blackhole {}", me.spec.block),
+    ];
+    for p in &me.spec.pods {
+        script.push(format!(
+            "ip route add {}/32 dev {} scope link",
+            p.address, p.interface
+        ));
+        script.push(format!(
+            "sysctl -qw net.ipv4.conf.{i}.proxy_arp=1 net.ipv4.neigh.{i}.proxy_delay=0",
+            i = p.interface
+        ));
+    }
+    me.ns.sh(&script.join("\n"))?;
+    Ok(())
+}
+
+fn iperf(
+    client: &NetNs,
+    server: &NetNs,
+    server_ip: Ipv4Addr,
+    port: u16,
+    w: Workload,
+    seconds: u32,
+) -> Result<Run> {
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &server.name, "timeout"])
+        .arg((seconds + 30).to_string())
+        .args(["iperf3", "-s", "-1", "-B"])
+        .arg(server_ip.to_string())
+        .arg("-p")
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    let mut args: Vec<String> = vec![
+        "-c".into(),
+        server_ip.to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-t".into(),
+        seconds.to_string(),
+        "-J".into(),
+    ];
+    match w {
+        Workload::Tcp4 => args.extend(["-P".into(), "4".into()]),
+        Workload::Udp64 => args.extend(["-u", "-b", "0", "-l", "64"].map(String::from)),
+        _ => {}
+    }
+    let mut last_err = String::new();
+    let mut parsed = None;
+    // The server needs a moment to listen: a bounded number of tries.
+    for _ in 0..20 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client.name, "timeout"])
+            .arg((seconds + 20).to_string())
+            .arg("iperf3")
+            .args(&args)
+            .output()
+            .context("running iperf3 -c")?;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if out.status.success() && v.get("error").is_none() {
+            parsed = Some(v);
+            break;
+        }
+        last_err = v["error"].as_str().unwrap_or("no output").to_string();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = srv.wait();
+    let v = parsed.with_context(|| format!("iperf3 {}: {last_err}", w.name()))?;
+    let end = &v["end"];
+    Ok(match w {
+        Workload::Udp64 => {
+            let sum = &end["sum"];
+            let sent = sum["packets"].as_f64().unwrap_or(0.0);
+            let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+            let secs = sum["seconds"].as_f64().unwrap_or(seconds as f64).max(0.001);
+            let received = (sent - lost).max(0.0);
+            Run {
+                rate: received / secs,
+                bytes: received * 64.0,
+                packets: received,
+                ..Default::default()
+            }
+        }
+        _ => {
+            let sum = &end["sum_received"];
+            let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+            Run {
+                rate: sum["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+                bytes,
+                // Full-sized segments of the pod MTU: the packet count the bytes stand for.
+                packets: bytes / 1428.0,
+                ..Default::default()
+            }
+        }
+    })
+}
+
+/// TCP request/response, 64 bytes each way, one connection, for `seconds`.
+fn rr(client: &NetNs, server: &NetNs, server_ip: Ipv4Addr, port: u16, seconds: u32) -> Result<Run> {
+    let listener =
+        server.enter(move || TcpListener::bind(SocketAddrV4::new(server_ip, port)))??;
+    let srv = std::thread::spawn(move || -> Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read_exact(&mut buf) {
+                Ok(()) => s.write_all(&buf)?,
+                Err(_) => return Ok(()),
+            }
+        }
+    });
+    let n = client.enter(move || -> Result<u64> {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddrV4::new(server_ip, port).into(),
+            Duration::from_secs(5),
+        )?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [7u8; 64];
+        let end = Instant::now() + Duration::from_secs(seconds as u64);
+        let mut n = 0u64;
+        while Instant::now() < end {
+            s.write_all(&buf)?;
+            s.read_exact(&mut buf)?;
+            n += 1;
+        }
+        Ok(n)
+    })??;
+    let _ = srv.join();
+    let rate = n as f64 / seconds as f64;
+    Ok(Run {
+        rate,
+        bytes: n as f64 * 128.0,
+        packets: n as f64 * 2.0,
+        ..Default::default()
+    })
+}
+
+/// run_time_ns and run_cnt of ipipd's programs (every loaded instance), by name.
+fn progstats(bench_bin: &Path) -> Result<BTreeMap<String, (f64, f64)>> {
+    let out = Command::new(bench_bin)
+        .arg("progstats")
+        .output()
+        .context("ipipd-bench progstats")?;
+    if !out.status.success() {
+        bail!(
+            "ipipd-bench progstats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, x)| {
+            (
+                k.clone(),
+                (
+                    x["run_time_ns"].as_f64().unwrap_or(0.0),
+                    x["run_cnt"].as_f64().unwrap_or(0.0),
+                ),
+            )
+        })
+        .collect())
+}
+
+/// Bytes counted per hook on both nodes (`ipipd stats`).
+fn hook_bytes(c: &Cluster) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for n in ["master", "node"] {
+        let pin = c.bpffs.join(n);
+        let text =
+            c.node(n)
+                .ipipd(&["stats", "-o", "json", "--pin-dir", &pin.to_string_lossy()])?;
+        let v: Value = serde_json::from_str(&text)?;
+        for r in v.as_array().into_iter().flatten() {
+            *out.entry(r["hook"].as_str().unwrap_or("?").to_string())
+                .or_insert(0.0) += r["bytes"].as_f64().unwrap_or(0.0);
+        }
+    }
+    Ok(out)
+}
+
+/// `ipipd-bench testrun` in the node namespace of a running A cluster (with `extra_blocks`
+/// more remote blocks in its config).
+fn testrun(plan: &Plan, bench_bin: &Path, extra_blocks: usize) -> Result<Value> {
+    let mut specs = seed_nodes(2);
+    specs.push(ipipd_tests::cluster::NodeSpec::host(
+        "stranger",
+        Ipv4Addr::new(172, 31, 242, 200),
+        20,
+    ));
+    let mut c = Cluster::new("btr", &specs)?;
+    for n in ["master", "node"] {
+        let mut cfg = c.config_for(n, "");
+        if n == "node" {
+            cfg += &scale_peers(extra_blocks);
+        }
+        c.start_daemon(n, Some(cfg))?;
+    }
+    let node = c.node("node");
+    let m1 = c.node("master").pods[0].spec.address;
+    node.pods[0]
+        .ns
+        .sh(&format!("ping -c 2 -i 0.2 -W 2 {m1} >/dev/null"))?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node.ns.name])
+        .arg(bench_bin)
+        .args(["testrun", "--pin-dir"])
+        .arg(c.bpffs.join("node"))
+        .args(["--pod-if", &node.pods[0].spec.interface])
+        .args(["--pod2-if", &node.pods[1].spec.interface])
+        .args(["--remote-pod", &m1.to_string()])
+        .args(["--peer", &c.node("master").spec.address.to_string()])
+        .args(["--stranger", "172.31.242.200"])
+        .args(["--calls", &plan.testrun_calls.to_string()])
+        .args(["--repeat", &plan.testrun_repeat.to_string()])
+        .output()
+        .context("ipipd-bench testrun")?;
+    if !out.status.success() {
+        bail!(
+            "ipipd-bench testrun: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let routes = c.node("node").ipipd(&[
+        "routes",
+        "-o",
+        "json",
+        "--pin-dir",
+        &c.bpffs.join("node").to_string_lossy(),
+    ])?;
+    let n_routes = serde_json::from_str::<Value>(&routes)?
+        .as_array()
+        .map_or(0, |a| a.len());
+    Ok(json!({"routes": n_routes, "paths": serde_json::from_slice::<Value>(&out.stdout)?}))
+}
+
+/// `n` remote /26 blocks in 10.0.0.0/8, on 100 peers in the uplink's /20 (reachable, never
+/// sent to).
+fn scale_peers(n: usize) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    let peers = 100.min(n);
+    let mut s = String::new();
+    for p in 0..peers {
+        let addr = Ipv4Addr::new(172, 31, 250, 1 + p as u8);
+        let blocks: Vec<String> = (p..n)
+            .step_by(peers)
+            .map(|i| {
+                let base = u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i as u32) * 64;
+                format!("\"{}/26\"", Ipv4Addr::from(base))
+            })
+            .collect();
+        s += &format!(
+            "\n[[peer]]\naddress = \"{addr}\"\nblocks = [{}]\n",
+            blocks.join(", ")
+        );
+    }
+    s
+}
+
+/// The control plane at scale: time to program `scale_blocks` remote blocks and
+/// `scale_endpoints` endpoints, one endpoint add, and the encap path's cost at that size.
+fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
+    let mut c = Cluster::new("bsc", &seed_nodes(1))?;
+    // The endpoints' veths (the pod ends stay in the node namespace: only the host ends matter
+    // to ipipd), made in one `ip -batch`.
+    let n = plan.scale_endpoints;
+    let batch: String = (0..n)
+        .map(|i| {
+            format!("link add cbx{i:07} type veth peer name pbx{i:07}\nlink set cbx{i:07} up\n")
+        })
+        .collect();
+    let file = c.dir.join("veths.batch");
+    std::fs::write(&file, batch)?;
+    let t = Instant::now();
+    ipipd_tests::check(
+        Command::new("ip")
+            .args(["-n", &c.node("node").ns.name, "-batch"])
+            .arg(&file),
+    )?;
+    let veths_s = t.elapsed().as_secs_f64();
+    let mut cfg = c.config_for("node", "");
+    cfg += &scale_peers(plan.scale_blocks);
+    for i in 0..n {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 84, 0)) + i as u32);
+        cfg += &format!("\n[[endpoint]]\naddress = \"{ip}\"\ninterface = \"cbx{i:07}\"\n");
+    }
+    // The node's own block must hold its endpoints.
+    cfg = cfg.replace(
+        "cidr = \"192.168.83.128/26\"",
+        "cidr = \"192.168.83.128/26\"\n\n[[block]]\ncidr = \"192.168.84.0/22\"",
+    );
+    let t = Instant::now();
+    c.start_daemon("node", Some(cfg))?;
+    let startup_s = t.elapsed().as_secs_f64();
+    let pin = c.bpffs.join("node");
+    let routes =
+        c.node("node")
+            .ipipd(&["routes", "-o", "json", "--pin-dir", &pin.to_string_lossy()])?;
+    let n_routes = serde_json::from_str::<Value>(&routes)?
+        .as_array()
+        .map_or(0, |a| a.len());
+    let eps = c.node("node").ipipd(&[
+        "endpoints",
+        "-o",
+        "json",
+        "--pin-dir",
+        &pin.to_string_lossy(),
+    ])?;
+    let n_eps = serde_json::from_str::<Value>(&eps)?
+        .as_array()
+        .map_or(0, |a| a.len());
+    if n_routes < plan.scale_blocks || n_eps < n {
+        bail!("the scaled daemon programmed {n_routes} routes and {n_eps} endpoints");
+    }
+
+    // One endpoint added at runtime, to the map entry being there.
+    let node = c.node_mut("node");
+    node.add_pod(
+        "bsc-p",
+        PodSpec {
+            address: Ipv4Addr::new(192, 168, 83, 140),
+            interface: "calibenchadd00".into(),
+        },
+    )?;
+    let state = c.dir.join("node/state");
+    let t = Instant::now();
+    c.node("node").ipipd(&[
+        "endpoint",
+        "add",
+        "--address",
+        "192.168.83.140",
+        "--interface",
+        "calibenchadd00",
+        "--state-dir",
+        &state.to_string_lossy(),
+    ])?;
+    let add_s = t.elapsed().as_secs_f64();
+    let eps = c.node("node").ipipd(&[
+        "endpoints",
+        "-o",
+        "json",
+        "--pin-dir",
+        &pin.to_string_lossy(),
+    ])?;
+    if !eps.contains("192.168.83.140") {
+        bail!("the endpoint added at runtime is not in the map: {eps}");
+    }
+    drop(c);
+    eprintln!(
+        "xtask bench: encap path cost with {} more remote blocks",
+        plan.scale_blocks
+    );
+    let big = testrun(plan, bench_bin, plan.scale_blocks)?;
+    Ok(json!({
+        "blocks": plan.scale_blocks,
+        "endpoints": n,
+        "routes_programmed": n_routes,
+        "endpoints_programmed": n_eps,
+        "create_veths_s": veths_s,
+        "startup_to_ready_s": startup_s,
+        "endpoint_add_s": add_s,
+        "testrun_at_scale": big,
+    }))
+}
+
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Option<Stat> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(Stat {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    })
+}
+
+fn sj(s: Option<Stat>) -> Value {
+    match s {
+        Some(s) => json!({"median": s.median, "min": s.min, "max": s.max}),
+        None => Value::Null,
+    }
+}
+
+fn report(
+    plan: &Plan,
+    runs: &BTreeMap<(Setup, Workload), Vec<Run>>,
+    testrun: Value,
+    scale: Value,
+) -> Value {
+    let get = |s: Setup, w: Workload| runs.get(&(s, w)).cloned().unwrap_or_default();
+    let mut throughput = serde_json::Map::new();
+    let mut ratios = serde_json::Map::new();
+    let mut cpu = serde_json::Map::new();
+    for w in WORKLOADS {
+        let mut per = serde_json::Map::new();
+        for s in [Setup::A, Setup::AXdp, Setup::B, Setup::C] {
+            let r = get(s, w);
+            per.insert(
+                s.key().into(),
+                json!({
+                    "rate": sj(stat(r.iter().map(|x| x.rate).collect())),
+                    "cpu_s_per_gb": sj(stat(r.iter().map(|x| x.cpu_s / (x.bytes / 1e9)).collect())),
+                    "cpu_s_per_mpkt": sj(stat(r.iter().map(|x| x.cpu_s / (x.packets / 1e6)).collect())),
+                }),
+            );
+        }
+        throughput.insert(w.key().into(), Value::Object(per));
+        // Ratios per round (runs of one round were alternated side by side).
+        let ratio = |a: Setup, b: Setup, f: &dyn Fn(&Run) -> f64| {
+            let (x, y) = (get(a, w), get(b, w));
+            stat(x.iter().zip(&y).map(|(p, q)| f(p) / f(q)).collect())
+        };
+        let rate = |r: &Run| r.rate;
+        let per_gb = |r: &Run| r.cpu_s / r.bytes;
+        ratios.insert(
+            w.key().into(),
+            json!({
+                "A/B": sj(ratio(Setup::A, Setup::B, &rate)),
+                "A/C": sj(ratio(Setup::A, Setup::C, &rate)),
+                "A_xdp/B": sj(ratio(Setup::AXdp, Setup::B, &rate)),
+                "A_xdp/C": sj(ratio(Setup::AXdp, Setup::C, &rate)),
+            }),
+        );
+        cpu.insert(
+            w.key().into(),
+            json!({
+                "A/B cpu per byte": sj(ratio(Setup::A, Setup::B, &per_gb)),
+                "A/C cpu per byte": sj(ratio(Setup::A, Setup::C, &per_gb)),
+            }),
+        );
+    }
+    // In-situ program cost over every A run (xdp off), per program, by round.
+    let mut insitu = serde_json::Map::new();
+    for s in [Setup::A, Setup::AXdp] {
+        let mut per_prog: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+        for w in WORKLOADS {
+            for r in get(s, w) {
+                for (name, v) in &r.progs {
+                    per_prog.entry(name.clone()).or_default().push(*v);
+                }
+            }
+        }
+        let mut m = serde_json::Map::new();
+        for (name, v) in per_prog {
+            let (t, n, b): (f64, f64, f64) = v
+                .iter()
+                .fold((0.0, 0.0, 0.0), |a, x| (a.0 + x.0, a.1 + x.1, a.2 + x.2));
+            m.insert(
+                name,
+                json!({
+                    "ns_per_run": sj(stat(v.iter().filter(|x| x.1 > 0.0).map(|x| x.0 / x.1).collect())),
+                    "runs": n,
+                    "ns_per_run_overall": if n > 0.0 { t / n } else { 0.0 },
+                    "bytes_per_run": if n > 0.0 { b / n } else { 0.0 },
+                }),
+            );
+        }
+        insitu.insert(s.key().into(), Value::Object(m));
+    }
+    let kvm = Path::new("/dev/kvm").exists();
+    json!({
+        "date": chrono_like_now(),
+        "kernel": kernel_release(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kvm_device": kvm,
+        "rounds": plan.rounds,
+        "seconds_per_run": plan.seconds,
+        "throughput": throughput,
+        "ratios": ratios,
+        "cpu_ratios": cpu,
+        "insitu": insitu,
+        "testrun": testrun,
+        "scale": scale,
+        "D_kernel_tunl0": if Path::new("/sys/module/ipip").exists() {
+            Value::String("ipip is loaded here but D is not measured by this bench".into())
+        } else {
+            Value::String(format!("not measured: kernel {} has no ipip module", kernel_release()))
+        },
+    })
+}
+
+fn chrono_like_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn f(v: &Value, digits: usize) -> String {
+    match v.get("median").and_then(Value::as_f64) {
+        Some(m) => {
+            let lo = v["min"].as_f64().unwrap_or(m);
+            let hi = v["max"].as_f64().unwrap_or(m);
+            if (hi - lo).abs() < f64::EPSILON {
+                format!("{m:.digits$}")
+            } else {
+                format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+            }
+        }
+        None => "–".into(),
+    }
+}
+
+fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
+    let mut s = String::new();
+    s += &format!(
+        "Measured {} on kernel {} ({} CPUs), {} round(s) of {} s per run, alternating setups; `cargo xtask bench{}` ({:.0} s). Medians, with (min–max) over rounds.\n\n",
+        r["date"].as_str().unwrap_or(""),
+        r["kernel"].as_str().unwrap_or(""),
+        r["cpus"],
+        plan.rounds,
+        plan.seconds,
+        if plan.rounds == 1 { " --quick" } else { "" },
+        took.as_secs_f64()
+    );
+    s += "| workload | A ipipd | A + XDP | B kernel routes | C node to node | A/B | A/C | A+XDP/C |\n|---|---|---|---|---|---|---|---|\n";
+    let units = [
+        ("tcp1", "Gbit/s", 2),
+        ("tcp4", "Gbit/s", 2),
+        ("udp64", "kpps", 0),
+        ("rr", "k trans/s", 1),
+    ];
+    for (w, unit, d) in units {
+        let t = &r["throughput"][w];
+        let scale = if unit == "Gbit/s" { 1.0 } else { 1e-3 };
+        let sc = |v: &Value| -> Value {
+            let g = |k: &str| v[k].as_f64().map(|x| x * scale);
+            match (g("median"), g("min"), g("max")) {
+                (Some(m), Some(a), Some(b)) => json!({"median": m, "min": a, "max": b}),
+                _ => Value::Null,
+            }
+        };
+        let name = WORKLOADS
+            .iter()
+            .find(|x| x.key() == w)
+            .map_or(w, |x| x.name());
+        s += &format!(
+            "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} |\n",
+            f(&sc(&t["A"]["rate"]), d),
+            f(&sc(&t["A_xdp"]["rate"]), d),
+            f(&sc(&t["B"]["rate"]), d),
+            f(&sc(&t["C"]["rate"]), d),
+            f(&r["ratios"][w]["A/B"], 2),
+            f(&r["ratios"][w]["A/C"], 2),
+            f(&r["ratios"][w]["A_xdp/C"], 2),
+        );
+    }
+    s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | A/B |\n|---|---|---|---|---|---|\n";
+    for (w, k, label) in [
+        ("tcp1", "cpu_s_per_gb", "TCP 1 stream, CPU s/GB"),
+        ("tcp4", "cpu_s_per_gb", "TCP 4 streams, CPU s/GB"),
+        ("udp64", "cpu_s_per_mpkt", "UDP 64 B, CPU s/Mpkt"),
+    ] {
+        let t = &r["throughput"][w];
+        // Per byte and per packet give the same ratio within one workload.
+        let ab = f(&r["cpu_ratios"][w]["A/B cpu per byte"], 2);
+        s += &format!(
+            "| {label} | {} | {} | {} | {} | {ab} |\n",
+            f(&t["A"][k], 2),
+            f(&t["A_xdp"][k], 2),
+            f(&t["B"][k], 2),
+            f(&t["C"][k], 2),
+        );
+    }
+    s += "\nIn-situ program cost (kernel.bpf_stats_enabled, over every A run; a GSO packet is one run):\n\n| program | ns per run (xdp off) | bytes per run | ns per run (xdp on) |\n|---|---|---|---|\n";
+    if let Some(m) = r["insitu"]["A"].as_object() {
+        for (name, v) in m {
+            s += &format!(
+                "| `{name}` | {} | {:.0} | {} |\n",
+                f(&v["ns_per_run"], 0),
+                v["bytes_per_run"].as_f64().unwrap_or(0.0),
+                f(&r["insitu"]["A_xdp"][name]["ns_per_run"], 0),
+            );
+        }
+    }
+    let tr = |t: &Value, title: &str| -> String {
+        let mut s = format!(
+            "\n{title} ({} routes in the map):\n\n| path | program | method | ns | floor | floor ns | / floor |\n|---|---|---|---|---|---|---|\n",
+            t["routes"]
+        );
+        for p in t["paths"].as_array().into_iter().flatten() {
+            s += &format!(
+                "| {} | `{}` | {} | {} | `{}` | {} | {} |\n",
+                p["path"].as_str().unwrap_or(""),
+                p["program"].as_str().unwrap_or(""),
+                p["method"].as_str().unwrap_or(""),
+                f(&p["ns"], 0),
+                p["floor"].as_str().unwrap_or(""),
+                f(&p["floor_ns"], 0),
+                f(&p["over_floor"], 2),
+            );
+        }
+        s
+    };
+    s += &tr(
+        &r["testrun"],
+        "BPF_PROG_TEST_RUN, ns per run minus a do-nothing program measured the same way",
+    );
+    let sc = &r["scale"];
+    s += &tr(&sc["testrun_at_scale"], "The same at scale");
+    s += &format!(
+        "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s (their {} veths took {:.2} s to create); one endpoint add took effect in {:.3} s (CLI round trip, then in the map).\n",
+        sc["blocks"],
+        sc["endpoints"],
+        sc["startup_to_ready_s"].as_f64().unwrap_or(0.0),
+        sc["endpoints"],
+        sc["create_veths_s"].as_f64().unwrap_or(0.0),
+        sc["endpoint_add_s"].as_f64().unwrap_or(0.0),
+    );
+    s += &format!(
+        "\nD (the kernel's tunl0): {}\n",
+        r["D_kernel_tunl0"].as_str().unwrap_or("")
+    );
+    s
+}
