@@ -32,6 +32,24 @@ use crate::setup;
 
 pub struct Opts {
     pub quick: bool,
+    /// Where bench.md and bench.json go.
+    pub out: std::path::PathBuf,
+    /// ipipd and ipipd-bench.
+    pub ipipd: std::path::PathBuf,
+    pub bench_bin: std::path::PathBuf,
+}
+
+/// Whether the running kernel has the ipip module loaded (setup D).
+fn kernel_has_ipip() -> bool {
+    Path::new("/sys/module/ipip").exists()
+}
+
+fn setups() -> Vec<Setup> {
+    let mut v = vec![Setup::A, Setup::AXdp, Setup::B, Setup::C];
+    if kernel_has_ipip() {
+        v.push(Setup::D);
+    }
+    v
 }
 
 struct Plan {
@@ -49,6 +67,8 @@ enum Setup {
     AXdp,
     B,
     C,
+    /// The kernel's own IPIP (`tunl0`, Calico's classic mode), where the kernel has ipip.
+    D,
 }
 
 impl Setup {
@@ -58,6 +78,7 @@ impl Setup {
             Setup::AXdp => "A ipipd + XDP",
             Setup::B => "B kernel routes, no tunnel",
             Setup::C => "C node to node",
+            Setup::D => "D kernel tunl0",
         }
     }
     fn key(self) -> &'static str {
@@ -66,6 +87,7 @@ impl Setup {
             Setup::AXdp => "A_xdp",
             Setup::B => "B",
             Setup::C => "C",
+            Setup::D => "D",
         }
     }
 }
@@ -116,9 +138,8 @@ struct Run {
     progs: BTreeMap<String, (f64, f64, f64)>,
 }
 
-pub fn run(root: &Path, opts: Opts) -> Result<()> {
+pub fn run(opts: Opts) -> Result<()> {
     setup::require_root("the bench creates network namespaces and loads BPF programs")?;
-    setup::install(&["iperf3"])?;
     let plan = if opts.quick {
         Plan {
             rounds: 1,
@@ -138,8 +159,7 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
             scale_endpoints: 1_000,
         }
     };
-    let ipipd = root.join("target/release/ipipd");
-    let bench_bin = root.join("target/release/ipipd-bench");
+    let (ipipd, bench_bin) = (opts.ipipd.clone(), opts.bench_bin.clone());
     // SAFETY: single-threaded here.
     unsafe { std::env::set_var("IPIPD_BIN", &ipipd) };
     let started = Instant::now();
@@ -150,7 +170,7 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
     let result = measure_all(&plan, &ipipd, &bench_bin);
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
     let report = result?;
-    let out = root.join("target/bench");
+    let out = opts.out;
     std::fs::create_dir_all(&out)?;
     let md = markdown(&report, &plan, started.elapsed());
     std::fs::write(out.join("bench.md"), &md)?;
@@ -169,7 +189,7 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
 }
 
 fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
-    let setups = [Setup::A, Setup::AXdp, Setup::B, Setup::C];
+    let setups = setups();
     let mut runs: BTreeMap<(Setup, Workload), Vec<Run>> = BTreeMap::new();
     for round in 0..plan.rounds {
         // Alternate the order so that drift of the machine spreads over every setup.
@@ -249,6 +269,17 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
                 c.node("node").pods[0].spec.address,
             )
         }
+        Setup::D => {
+            for (n, peer) in [("master", "node"), ("node", "master")] {
+                c.node(n).pods[0].ns.sh("ip link set eth0 mtu 1480")?;
+                kernel_ipip_node(&c, n, peer)?;
+            }
+            (
+                c.node("master").pods[0].ns.view(),
+                c.node("node").pods[0].ns.view(),
+                c.node("node").pods[0].spec.address,
+            )
+        }
         Setup::C => (
             c.node("master").ns.view(),
             c.node("node").ns.view(),
@@ -310,6 +341,38 @@ fn kernel_routes(c: &Cluster, name: &str, peer: &str) -> Result<()> {
             other.spec.block, other.spec.address
         ),
         format!("ip route add blackhole {}", me.spec.block),
+    ];
+    for p in &me.spec.pods {
+        script.push(format!(
+            "ip route add {}/32 dev {} scope link",
+            p.address, p.interface
+        ));
+        script.push(format!(
+            "sysctl -qw net.ipv4.conf.{i}.proxy_arp=1 net.ipv4.neigh.{i}.proxy_delay=0",
+            i = p.interface
+        ));
+    }
+    me.ns.sh(&script.join("\n"))?;
+    Ok(())
+}
+
+/// Setup D: the kernel's own IPIP as a Calico node in classic IPIP mode runs it (the seed's
+/// routes): tunl0 up with an address of the block, the peer's block via the peer dev tunl0
+/// onlink, proxy ARP on the pods' veths.
+fn kernel_ipip_node(c: &Cluster, name: &str, peer: &str) -> Result<()> {
+    let me = c.node(name);
+    let other = c.node(peer);
+    let first = me.spec.block.split('/').next().unwrap_or_default();
+    let mut script = vec![
+        "sysctl -qw net.ipv4.ip_forward=1".to_string(),
+        format!("ip link set tunl0 mtu {} up", me.spec.mtu - 20),
+        format!("ip addr add {first}/32 dev tunl0"),
+        format!(
+            "ip route add {} via {} dev tunl0 onlink",
+            other.spec.block, other.spec.address
+        ),
+        format!("ip route add blackhole {}", me.spec.block),
+        "ip route add 169.254.0.0/16 dev eth0 metric 1002".into(),
     ];
     for p in &me.spec.pods {
         script.push(format!(
@@ -721,7 +784,7 @@ fn report(
     let mut cpu = serde_json::Map::new();
     for w in WORKLOADS {
         let mut per = serde_json::Map::new();
-        for s in [Setup::A, Setup::AXdp, Setup::B, Setup::C] {
+        for s in setups() {
             let r = get(s, w);
             per.insert(
                 s.key().into(),
@@ -747,6 +810,7 @@ fn report(
                 "A/C": sj(ratio(Setup::A, Setup::C, &rate)),
                 "A_xdp/B": sj(ratio(Setup::AXdp, Setup::B, &rate)),
                 "A_xdp/C": sj(ratio(Setup::AXdp, Setup::C, &rate)),
+                "A/D": sj(ratio(Setup::A, Setup::D, &rate)),
             }),
         );
         cpu.insert(
@@ -754,6 +818,7 @@ fn report(
             json!({
                 "A/B cpu per byte": sj(ratio(Setup::A, Setup::B, &per_gb)),
                 "A/C cpu per byte": sj(ratio(Setup::A, Setup::C, &per_gb)),
+                "A/D cpu per byte": sj(ratio(Setup::A, Setup::D, &per_gb)),
             }),
         );
     }
@@ -799,10 +864,13 @@ fn report(
         "insitu": insitu,
         "testrun": testrun,
         "scale": scale,
-        "D_kernel_tunl0": if Path::new("/sys/module/ipip").exists() {
-            Value::String("ipip is loaded here but D is not measured by this bench".into())
+        "D_kernel_tunl0": if kernel_has_ipip() {
+            Value::String("measured (setup D; A/D in the ratios)".into())
         } else {
-            Value::String(format!("not measured: kernel {} has no ipip module", kernel_release()))
+            Value::String(format!(
+                "not measured: kernel {} has no ipip module (`cargo xtask bench --vm` measures it in the test VM)",
+                kernel_release()
+            ))
         },
     })
 }
@@ -843,7 +911,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         if plan.rounds == 1 { " --quick" } else { "" },
         took.as_secs_f64()
     );
-    s += "| workload | A ipipd | A + XDP | B kernel routes | C node to node | A/B | A/C | A+XDP/C |\n|---|---|---|---|---|---|---|---|\n";
+    s += "| workload | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/C | A+XDP/C | A/D |\n|---|---|---|---|---|---|---|---|---|---|\n";
     let units = [
         ("tcp1", "Gbit/s", 2),
         ("tcp4", "Gbit/s", 2),
@@ -865,17 +933,19 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             .find(|x| x.key() == w)
             .map_or(w, |x| x.name());
         s += &format!(
-            "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             f(&sc(&t["A"]["rate"]), d),
             f(&sc(&t["A_xdp"]["rate"]), d),
             f(&sc(&t["B"]["rate"]), d),
             f(&sc(&t["C"]["rate"]), d),
+            f(&sc(&t["D"]["rate"]), d),
             f(&r["ratios"][w]["A/B"], 2),
             f(&r["ratios"][w]["A/C"], 2),
             f(&r["ratios"][w]["A_xdp/C"], 2),
+            f(&r["ratios"][w]["A/D"], 2),
         );
     }
-    s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | A/B |\n|---|---|---|---|---|---|\n";
+    s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/D |\n|---|---|---|---|---|---|---|---|\n";
     for (w, k, label) in [
         ("tcp1", "cpu_s_per_gb", "TCP 1 stream, CPU s/GB"),
         ("tcp4", "cpu_s_per_gb", "TCP 4 streams, CPU s/GB"),
@@ -884,12 +954,14 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         let t = &r["throughput"][w];
         // Per byte and per packet give the same ratio within one workload.
         let ab = f(&r["cpu_ratios"][w]["A/B cpu per byte"], 2);
+        let ad = f(&r["cpu_ratios"][w]["A/D cpu per byte"], 2);
         s += &format!(
-            "| {label} | {} | {} | {} | {} | {ab} |\n",
+            "| {label} | {} | {} | {} | {} | {} | {ab} | {ad} |\n",
             f(&t["A"][k], 2),
             f(&t["A_xdp"][k], 2),
             f(&t["B"][k], 2),
             f(&t["C"][k], 2),
+            f(&t["D"][k], 2),
         );
     }
     s += "\nIn-situ program cost (kernel.bpf_stats_enabled, over every A run; a GSO packet is one run):\n\n| program | ns per run (xdp off) | bytes per run | ns per run (xdp on) |\n|---|---|---|---|\n";

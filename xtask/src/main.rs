@@ -76,6 +76,20 @@ enum Cmd {
         /// One round of short runs (under 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Run it in the kernel test VM (whose kernel has ipip: adds D, the kernel's tunl0).
+        /// Under TCG only the ratios mean anything.
+        #[arg(long)]
+        vm: bool,
+        #[command(flatten)]
+        vm_opts: VmArgs,
+    },
+    /// (Inside the VM) the bench, with these binaries; output under /tmp/bench.
+    #[command(hide = true)]
+    VmBench {
+        #[arg(long)]
+        quick: bool,
+        ipipd: PathBuf,
+        bench_bin: PathBuf,
     },
     /// (Inside the VM) the demo of `cargo xtask run`, with this ipipd binary.
     #[command(hide = true)]
@@ -113,9 +127,22 @@ fn under_ci() -> bool {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Cmd::VmDemo { ipipd } = &cli.command {
-        // Inside the VM: there is no source tree.
-        return demo::run(ipipd);
+    // Inside the VM: there is no source tree.
+    match &cli.command {
+        Cmd::VmDemo { ipipd } => return demo::run(ipipd),
+        Cmd::VmBench {
+            quick,
+            ipipd,
+            bench_bin,
+        } => {
+            return bench::run(bench::Opts {
+                quick: *quick,
+                out: PathBuf::from("/tmp/bench"),
+                ipipd: ipipd.clone(),
+                bench_bin: bench_bin.clone(),
+            });
+        }
+        _ => {}
     }
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
@@ -195,12 +222,21 @@ fn main() -> Result<()> {
                 }),
             )
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, vm, vm_opts } => {
             setup::all()?;
             build()?;
-            bench::run(&root, bench::Opts { quick })
+            if vm {
+                return vm::run_vm(&root, vm_opts.opts(vm::Job::Bench { quick }));
+            }
+            setup::install(&["iperf3"])?;
+            bench::run(bench::Opts {
+                quick,
+                out: root.join("target/bench"),
+                ipipd: root.join("target/release/ipipd"),
+                bench_bin: root.join("target/release/ipipd-bench"),
+            })
         }
-        Cmd::VmDemo { .. } => unreachable!("handled above"),
+        Cmd::VmDemo { .. } | Cmd::VmBench { .. } => unreachable!("handled above"),
     }
 }
 

@@ -28,6 +28,8 @@ const TOOLS: &[&str] = &["ip", "tc", "ping", "tcpdump", "traceroute", "ethtool"]
 /// Printed by the VM's init as its last line; the number is the suite's exit status.
 const STATUS_MARKER: &str = "IPIPD-VM-STATUS=";
 const PROBE_MARKER: &str = "IPIPD-VM-PROBE-OK";
+const BENCH_JSON_BEGIN: &str = "IPIPD-VM-BENCH-JSON-BEGIN";
+const BENCH_JSON_END: &str = "IPIPD-VM-BENCH-JSON-END";
 /// Where the project's files go inside the VM.
 const VM_DIR: &str = "/ipipd";
 
@@ -45,6 +47,9 @@ pub enum Job {
     Tests { args: Vec<String>, reduced: bool },
     /// `cargo xtask run` inside the VM.
     Demo,
+    /// `cargo xtask bench` inside the VM (adds D, the kernel's tunl0); its report is copied to
+    /// target/bench/vm-bench.{md,json}.
+    Bench { quick: bool },
 }
 
 pub struct Opts {
@@ -148,6 +153,31 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
             }
             commands
         }
+        Job::Bench { quick } => {
+            setup::install(&["iperf3"])?;
+            let iperf3 = which("iperf3").context("iperf3 is missing")?;
+            let at = iperf3.parent().unwrap().canonicalize()?.join("iperf3");
+            add_binary(&mut ar, &at.to_string_lossy(), &iperf3)?;
+            let xtask = std::env::current_exe()?;
+            add_binary(&mut ar, &format!("{VM_DIR}/xtask"), &xtask)?;
+            add_binary(
+                &mut ar,
+                &format!("{VM_DIR}/ipipd-bench"),
+                &root.join("target/release/ipipd-bench"),
+            )?;
+            let mut line = vec![format!("{VM_DIR}/xtask"), "vm-bench".into()];
+            if *quick {
+                line.push("--quick".into());
+            }
+            line.push(format!("{VM_DIR}/ipipd"));
+            line.push(format!("{VM_DIR}/ipipd-bench"));
+            vec![
+                line,
+                vec!["echo".into(), BENCH_JSON_BEGIN.into()],
+                vec!["cat".into(), "/tmp/bench/bench.json".into()],
+                vec!["echo".into(), BENCH_JSON_END.into()],
+            ]
+        }
         Job::Demo => {
             let xtask = std::env::current_exe()?;
             add_binary(&mut ar, &format!("{VM_DIR}/xtask"), &xtask)?;
@@ -167,7 +197,7 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
         size >> 20,
         if accel == Accel::Kvm { "KVM" } else { "TCG" }
     );
-    let status = Boot {
+    let (status, console) = Boot {
         accel,
         memory_mib: 3072,
         timeout: opts.timeout,
@@ -175,6 +205,9 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
         echo: true,
     }
     .run(&kernel, &initrd)?;
+    if let Job::Bench { .. } = opts.job {
+        save_vm_bench(root, &console, &kernel.release)?;
+    }
     match status {
         Some(0) => {
             eprintln!("xtask vm: passed on {}", kernel.release);
@@ -622,7 +655,7 @@ struct Boot {
 impl Boot {
     /// Boots, streams the console, and returns the number after `marker` (None if the VM stopped
     /// without printing it). The VM is killed after `timeout`.
-    fn run(&self, kernel: &Kernel, initrd: &Path) -> Result<Option<i32>> {
+    fn run(&self, kernel: &Kernel, initrd: &Path) -> Result<(Option<i32>, Vec<String>)> {
         let (timeout, marker) = (self.timeout, self.marker);
         let mut child = qemu(kernel, initrd, self.accel, self.memory_mib)
             .stdin(Stdio::null())
@@ -654,6 +687,7 @@ impl Boot {
         };
         let mut status = None;
         let (mut passed, mut failed) = (0u64, 0u64);
+        let mut console = Vec::new();
         let out = child.stdout.take().expect("piped");
         let mut reader = BufReader::new(out);
         let mut buf = Vec::new();
@@ -670,6 +704,7 @@ impl Boot {
             if let Some(n) = line.trim().strip_prefix(marker) {
                 status = Some(n.trim().parse().unwrap_or(-1));
             }
+            console.push(line.to_string());
             buf.clear();
         }
         let exit = child.wait()?;
@@ -689,7 +724,7 @@ impl Boot {
                 println!("xtask vm: {passed} passed, {failed} failed");
             }
         }
-        Ok(status)
+        Ok((status, console))
     }
 }
 
@@ -717,5 +752,36 @@ fn probe_kvm(kernel: &Kernel, work: &Path) -> Result<bool> {
         echo: false,
     }
     .run(kernel, &initrd);
-    Ok(matches!(booted, Ok(Some(0))))
+    Ok(matches!(booted, Ok((Some(0), _))))
+}
+
+/// The VM bench's JSON from the console, and its markdown rendered again on the host, under
+/// target/bench/vm-bench.{json,md}.
+fn save_vm_bench(root: &Path, console: &[String], release: &str) -> Result<()> {
+    let start = console
+        .iter()
+        .position(|l| l.trim() == BENCH_JSON_BEGIN)
+        .context("the VM printed no bench report")?;
+    let end = console[start..]
+        .iter()
+        .position(|l| l.trim() == BENCH_JSON_END)
+        .context("the VM's bench report is cut short")?;
+    let json = console[start + 1..start + end].join("\n");
+    let v: serde_json::Value = serde_json::from_str(&json).context("the VM's bench report")?;
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("vm-bench.json"), serde_json::to_string_pretty(&v)?)?;
+    let md = console
+        .iter()
+        .skip_while(|l| !l.starts_with("Measured "))
+        .take_while(|l| !l.starts_with("xtask bench: wrote"))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(out.join("vm-bench.md"), &md)?;
+    eprintln!(
+        "xtask vm: bench on {release} saved to {}",
+        out.join("vm-bench.md").display()
+    );
+    Ok(())
 }
