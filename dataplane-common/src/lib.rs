@@ -19,8 +19,10 @@ pub mod map_names {
     pub const CONFIG: &str = "ipipd_cfg_v1";
     pub const COUNTERS: &str = "ipipd_cnt_v1";
     pub const IP_ID: &str = "ipipd_ipid_v1";
+    /// The monitor's ring buffer of [`super::Event`]s (`ipipd monitor`).
+    pub const EVENTS: &str = "ipipd_events_v1";
     /// Every map that user space programs or reads, in one list.
-    pub const ALL: [&str; 5] = [ROUTES, ENDPOINTS, CONFIG, COUNTERS, IP_ID];
+    pub const ALL: [&str; 6] = [ROUTES, ENDPOINTS, CONFIG, COUNTERS, IP_ID, EVENTS];
 }
 
 /// Program names (the Rust function names in the object).
@@ -36,6 +38,8 @@ pub mod program_names {
 pub const MAX_ROUTES: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 16_384;
 pub const MAX_COUNTERS: u32 = 65_536;
+/// Bytes of the monitor's ring buffer (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// What a prefix in the routes trie stands for: the route table ipipd replaces.
 #[repr(u8)]
@@ -126,7 +130,56 @@ pub struct NodeConfig {
     pub mode: u8,
     /// 1 once user space has written this entry; the programs pass everything while it is 0.
     pub ready: u8,
+    /// A [`MonitorMode`] as u8: whether decisions go to the monitor's ring buffer. Checked
+    /// first, so that nothing is paid while nobody watches. (Was padding in the first layout,
+    /// always 0 there, which is `Off`: the layout is unchanged.)
+    pub monitor: u8,
+    pub _pad: u8,
+}
+
+/// What the programs send to the monitor's ring buffer.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MonitorMode {
+    Off = 0,
+    /// Every decision.
+    All = 1,
+    /// Drops only.
+    Drops = 2,
+}
+
+/// An IPv4 header's addresses and protocol, with the L4 ports when there are any.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    /// Network order.
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Network order; 0 without TCP/UDP.
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    /// 1 when the header was read (0: not IPv4, or cut short).
+    pub valid: u8,
     pub _pad: [u8; 2],
+}
+
+/// One packet decision, as the monitor sees it: where, what, and the packet's headers at that
+/// moment (for an encapsulated packet, `outer` is the tunnel header and `inner` the pod's).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub ifindex: u32,
+    /// The packet's length as the hook saw it.
+    pub len: u32,
+    /// A [`Hook`] as u8.
+    pub hook: u8,
+    /// A [`Reason`] as u8.
+    pub reason: u8,
+    /// The EtherType's high and low byte (0x0806 for ARP).
+    pub ethertype: [u8; 2],
+    pub outer: Tuple,
+    pub inner: Tuple,
 }
 
 /// Where a program runs: part of each counter's key.
@@ -300,6 +353,7 @@ mod user {
     unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for CounterValue {}
+    unsafe impl aya::Pod for Event {}
 }
 
 // The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION.

@@ -20,6 +20,7 @@ use dataplane_common::{Hook, NodeConfig, Reason, RouteValue};
 use crate::{
     csum,
     maps::{IP_ID, count},
+    monitor,
     packet::{
         ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TC_OK,
         TC_SHOT, dec_ttl, ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ip_words,
@@ -32,17 +33,24 @@ const AF_INET: u8 = 2;
 const OUTER_TTL: u8 = 64;
 const PACKET_HOST: u32 = 0;
 
+/// Records a decision: its counter, and, while someone watches, a monitor event.
+#[inline(always)]
+pub fn record(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
+    count(ifindex, hook, reason, bytes);
+    monitor::tc(ctx, ifindex, hook, reason, bytes);
+}
+
 /// Counts the decision on the hook's interface and hands the packet to the kernel unchanged.
 #[inline(always)]
 pub fn pass(ctx: &TcContext, hook: Hook, reason: Reason) -> i32 {
-    count(ifindex(ctx), hook, reason, ctx.len());
+    record(ctx, ifindex(ctx), hook, reason, ctx.len());
     TC_OK
 }
 
 /// Counts the drop on the hook's interface and drops the packet.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, hook: Hook, reason: Reason) -> i32 {
-    count(ifindex(ctx), hook, reason, ctx.len());
+    record(ctx, ifindex(ctx), hook, reason, ctx.len());
     TC_SHOT
 }
 
@@ -72,7 +80,7 @@ pub fn deliver_local(
             let _ = ctx.change_type(PACKET_HOST);
         }
     }
-    count(ep.ifindex, hook, reason, bytes);
+    record(ctx, ep.ifindex, hook, reason, bytes);
     // SAFETY: helper call with valid arguments; flags must be 0.
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }
@@ -218,7 +226,7 @@ pub fn encap_and_send(
     if let Err(e) = ctx.adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags) {
         // Rare (an skb that is already encapsulated, say): worth a line in the daemon's log.
         aya_log_ebpf::warn!(ctx, "encap: bpf_skb_adjust_room refused: {}", e);
-        count(ifindex(ctx), hook, Reason::DropEncapFailed, len);
+        record(ctx, ifindex(ctx), hook, Reason::DropEncapFailed, len);
         return TC_SHOT;
     }
 
@@ -252,7 +260,7 @@ pub fn encap_and_send(
             dec_ttl(&mut *inner);
         }
     }
-    count(ifindex(ctx), hook, Reason::Encap, len);
+    record(ctx, ifindex(ctx), hook, Reason::Encap, len);
     send(ctx, hook, &nh)
 }
 
@@ -269,6 +277,6 @@ pub fn forward_same_subnet(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, node_i
     };
     // SAFETY: bounds-checked above.
     unsafe { dec_ttl(&mut *ip) };
-    count(ifindex(ctx), hook, Reason::ForwardSameSubnet, len);
+    record(ctx, ifindex(ctx), hook, Reason::ForwardSameSubnet, len);
     send(ctx, hook, &nh)
 }

@@ -19,7 +19,7 @@ use dataplane_common::{
 
 use crate::{
     act::{self, drop, pass},
-    maps::{ENDPOINTS, config, count, route},
+    maps::{ENDPOINTS, config, route},
     packet::{
         ArpIpv4, ETH_LEN, EthHdr, L3, TC_OK, ensure_linear, ifindex, ipv4_sane, parse_l3, ptr_at,
     },
@@ -130,7 +130,7 @@ fn arp(ctx: &TcContext, ep: &Endpoint) -> i32 {
     eth.dst_addr = asker_mac;
     eth.src_addr = ep.host_mac;
     let ifindex = ifindex(ctx);
-    count(ifindex, HOOK, Reason::ArpReply, ctx.len());
+    act::record(ctx, ifindex, HOOK, Reason::ArpReply, ctx.len());
     // Out of the host-side veth's egress, that is, into the pod.
     // SAFETY: helper call.
     unsafe { bpf_redirect(ifindex, 0) as i32 }

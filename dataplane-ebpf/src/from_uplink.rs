@@ -22,7 +22,7 @@ use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind};
 use crate::{
     act::{self, drop, pass},
     csum,
-    maps::{config, count, route},
+    maps::{config, route},
     packet::{
         ETH_LEN, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, L3, TC_OK, ensure_linear, frag_field,
         ifindex, ihl_bytes, ip_words, ipv4_sane, parse_l3, ptr_at, set_tos, tot_len,
@@ -130,7 +130,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     // Act: decapsulate, then deliver or hand to the kernel.
     let len = ctx.len();
     if unused {
-        count(ifindex(ctx), HOOK, Reason::EcnUnusedCombination, len);
+        act::record(ctx, ifindex(ctx), HOOK, Reason::EcnUnusedCombination, len);
     }
     let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
     if let Err(e) = ctx.adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags) {
@@ -152,13 +152,13 @@ pub fn run(ctx: &TcContext) -> i32 {
     match (kind, rt) {
         (Some(RouteKind::LocalEndpoint), Some(rt)) => {
             if ttl <= 1 {
-                count(ifindex(ctx), HOOK, Reason::DecapTtlExpired, len);
+                act::record(ctx, ifindex(ctx), HOOK, Reason::DecapTtlExpired, len);
                 return TC_OK;
             }
             act::deliver_local(ctx, HOOK, Reason::DecapDeliver, rt, len)
         }
         _ => {
-            count(ifindex(ctx), HOOK, Reason::DecapToKernel, len);
+            act::record(ctx, ifindex(ctx), HOOK, Reason::DecapToKernel, len);
             TC_OK
         }
     }

@@ -16,6 +16,7 @@ mod csum;
 mod from_pod;
 mod from_uplink;
 mod maps;
+mod monitor;
 mod packet;
 mod to_uplink;
 mod xdp_uplink;

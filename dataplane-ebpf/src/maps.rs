@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    CounterKey, CounterValue, Endpoint, Hook, MAX_COUNTERS, MAX_ENDPOINTS, MAX_ROUTES, NodeConfig,
-    Reason, RouteValue,
+    CounterKey, CounterValue, EVENTS_BYTES, Endpoint, Hook, MAX_COUNTERS, MAX_ENDPOINTS,
+    MAX_ROUTES, NodeConfig, Reason, RouteValue,
 };
 
 /// Prefix → what it is (local endpoint, remote block, own block, peer node).
@@ -30,6 +30,11 @@ pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
 /// Per-CPU IPv4 Identification counter for outer headers with DF clear.
 #[map(name = "ipipd_ipid_v1")]
 pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor mode
+/// is on.
+#[map(name = "ipipd_events_v1")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// The node's settings, once user space has written them.
 #[inline(always)]

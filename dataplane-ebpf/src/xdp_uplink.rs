@@ -27,7 +27,9 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
 #[inline(always)]
 fn drop(ctx: &XdpContext, reason: Reason) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u32;
-    count(ctx.ingress_ifindex() as u32, Hook::XdpUplink, reason, len);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    count(ifindex, Hook::XdpUplink, reason, len);
+    crate::monitor::xdp(ctx, ifindex, reason, len);
     xdp_action::XDP_DROP
 }
 

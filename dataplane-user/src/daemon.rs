@@ -1,15 +1,22 @@
 //! `ipipd run`: the event loop. One thread, poll(2) over a signalfd (SIGHUP, SIGTERM, SIGINT),
-//! a netlink socket with link events, and the control socket. Every change goes through
-//! [`Dataplane::reconcile`].
+//! a netlink socket with link events, the control socket, and the connections of `ipipd
+//! monitor` clients (the programs emit events while one is connected). Every change goes through
+//! [`Dataplane::reconcile`]; /metrics, /healthz and /readyz are served on a thread of their own
+//! (see [`crate::metrics`]).
 
 use std::{
     io::{BufRead, BufReader, Write},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{fs::PermissionsExt, net::UnixListener},
+        unix::{
+            fs::PermissionsExt,
+            net::{UnixListener, UnixStream},
+        },
     },
     path::{Path, PathBuf},
 };
+
+use dataplane_common::MonitorMode;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -17,11 +24,19 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Config,
     dataplane::Dataplane,
+    metrics::{Health, SharedHealth},
     netlink::{LinkEvent, Netlink},
     state::{Change, RuntimeChanges},
 };
 
 pub const SOCKET: &str = "ipipd.sock";
+
+/// A control request that is not a change: it keeps its connection open.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Control {
+    /// `ipipd monitor`: emit events while this connection is open.
+    Monitor { drops_only: bool },
+}
 
 /// The answer to a control request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,6 +49,21 @@ pub struct Reply {
 /// The state directory of a node: runtime changes, the control socket, netlink filter records.
 pub fn default_state_dir(name: &str) -> PathBuf {
     PathBuf::from("/var/lib/ipipd").join(name)
+}
+
+fn block_signals() -> Result<()> {
+    // SAFETY: plain signal-mask calls on a zeroed sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            bail!("blocking signals: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn signalfd() -> Result<OwnedFd> {
@@ -90,12 +120,32 @@ pub struct Daemon {
     file: Config,
     runtime: RuntimeChanges,
     dp: Dataplane,
+    health: SharedHealth,
+    /// Connected `ipipd monitor` clients, and whether each wants drops only.
+    monitors: Vec<(UnixStream, bool)>,
 }
 
 impl Daemon {
     /// Validates everything, then brings the data plane up (rolling back on failure).
-    pub fn start(config_path: &Path, state_dir: &Path) -> Result<Self> {
+    pub fn start(
+        config_path: &Path,
+        state_dir: &Path,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> Result<Self> {
         let file = Config::load(config_path)?;
+        // Served from before the bring-up: /healthz answers at once, /readyz says not ready.
+        let health = SharedHealth::new(std::sync::Mutex::new(Health {
+            waiting_for: "starting".into(),
+            ..Default::default()
+        }));
+        if let Some(addr) = metrics {
+            // The signals the loop takes through its signalfd are blocked first: the metrics
+            // thread inherits the mask, so a SIGTERM is never delivered to it (whose default
+            // action would end the process without a teardown). One arriving during the
+            // bring-up waits for the loop.
+            block_signals()?;
+            crate::metrics::serve(addr, file.node.pin_dir.clone(), health.clone())?;
+        }
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
         let runtime = RuntimeChanges::load(state_dir)?;
@@ -120,7 +170,34 @@ impl Daemon {
             file,
             runtime,
             dp,
+            health,
+            monitors: Vec::new(),
         })
+    }
+
+    /// What /readyz and /metrics report, after every change.
+    fn publish(&self) {
+        let mut h = self.dp.health(&self.file);
+        h.monitors = self.monitors.len();
+        if let Ok(mut shared) = self.health.lock() {
+            *shared = h;
+        }
+    }
+
+    /// The programs' monitor mode for the connected clients: all decisions if one wants them.
+    fn update_monitor(&mut self) {
+        let mode = if self.monitors.is_empty() {
+            MonitorMode::Off
+        } else if self.monitors.iter().any(|(_, drops)| !drops) {
+            MonitorMode::All
+        } else {
+            MonitorMode::Drops
+        };
+        match self.dp.set_monitor(mode) {
+            Ok(()) => log::info!("monitor {mode:?} ({} client(s))", self.monitors.len()),
+            Err(e) => log::error!("setting the monitor mode: {e:#}"),
+        }
+        self.publish();
     }
 
     fn desired(&self) -> Result<Config> {
@@ -140,11 +217,13 @@ impl Daemon {
         // Interfaces may have come and gone while we started: look once more.
         let d = self.desired()?;
         self.dp.reconcile(&d)?;
+        // A monitor of a killed run is gone: nobody watches.
+        self.update_monitor();
         log::info!("ready; control socket {}", sock_path.display());
 
         let result = loop {
             let log_fd = self.dp.log_fd().unwrap_or(-1);
-            let mut fds = [
+            let mut fds = vec![
                 libc::pollfd {
                     fd: sig.as_raw_fd(),
                     events: libc::POLLIN,
@@ -167,6 +246,12 @@ impl Daemon {
                     revents: 0,
                 },
             ];
+            // Monitor clients: readable means gone (they send nothing after their request).
+            fds.extend(self.monitors.iter().map(|(s, _)| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }));
             // SAFETY: valid pollfd array.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, -1) };
             if n < 0 {
@@ -205,6 +290,7 @@ impl Daemon {
                         if let Err(e) = self.desired().and_then(|d| self.dp.reconcile(&d)) {
                             log::error!("reconciling after link events: {e:#}");
                         }
+                        self.publish();
                     }
                     Ok(_) => {}
                     Err(e) => log::error!("reading link events: {e:#}"),
@@ -213,12 +299,25 @@ impl Daemon {
             if fds[3].revents != 0 {
                 self.dp.flush_log();
             }
+            let gone: Vec<usize> = fds[4..]
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.revents != 0)
+                .map(|(i, _)| i)
+                .collect();
+            if !gone.is_empty() {
+                for i in gone.into_iter().rev() {
+                    self.monitors.remove(i);
+                }
+                self.update_monitor();
+            }
             if fds[2].revents != 0 {
                 while let Ok((stream, _)) = listener.accept() {
                     self.serve(stream);
                 }
             }
         };
+        self.monitors.clear();
         let _ = std::fs::remove_file(&sock_path);
         self.shutdown();
         result
@@ -254,11 +353,13 @@ impl Daemon {
             }
             Err(e) => log::error!("SIGHUP: applying the new config: {e:#}"),
         }
+        self.publish();
     }
 
-    fn serve(&mut self, stream: std::os::unix::net::UnixStream) {
+    fn serve(&mut self, stream: UnixStream) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut monitor = None;
         let reply = if !peer_is_root(&stream) {
             Reply {
                 ok: false,
@@ -267,6 +368,13 @@ impl Daemon {
         } else {
             let mut line = String::new();
             match BufReader::new(&stream).read_line(&mut line) {
+                Ok(_) if let Ok(Control::Monitor { drops_only }) = serde_json::from_str(&line) => {
+                    monitor = Some(drops_only);
+                    Reply {
+                        ok: true,
+                        error: String::new(),
+                    }
+                }
                 Ok(_) => match serde_json::from_str::<Change>(&line) {
                     Ok(change) => match self.change(&change) {
                         Ok(()) => Reply {
@@ -291,13 +399,19 @@ impl Daemon {
         };
         let mut s = &stream;
         let _ = writeln!(s, "{}", serde_json::to_string(&reply).unwrap_or_default());
+        if let Some(drops_only) = monitor {
+            self.monitors.push((stream, drops_only));
+            self.update_monitor();
+        }
     }
 
     /// A runtime change: validated whole with the file, applied, then persisted.
     fn change(&mut self, change: &Change) -> Result<()> {
         let rt = self.runtime.with(&self.file, change)?;
         let desired = rt.apply(&self.file)?;
-        self.dp.reconcile(&desired)?;
+        let applied = self.dp.reconcile(&desired);
+        self.publish();
+        applied?;
         rt.save(&self.dp.state_dir)?;
         self.runtime = rt;
         log::info!("applied {change:?}");

@@ -92,6 +92,13 @@ const FILTERS_FILE: &str = "tc-filters.json";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 impl Dataplane {
+    /// Turns the programs' decision monitor on or off (the config entry's `monitor` byte).
+    pub fn set_monitor(&mut self, mode: dataplane_common::MonitorMode) -> Result<()> {
+        let mut cfg = maps::config(&self.ebpf)?;
+        cfg.monitor = mode as u8;
+        maps::set_config(&mut self.ebpf, &cfg)
+    }
+
     /// Loads, pins and attaches for `cfg`, after clearing what a killed run left. On failure,
     /// everything attached so far is rolled back.
     pub fn start(cfg: &Config, state_dir: &Path) -> Result<Self> {
@@ -152,7 +159,8 @@ impl Dataplane {
                 mtu: self.mtu,
                 mode: cfg.node.mode as u8,
                 ready: 1,
-                _pad: [0; 2],
+                monitor: 0,
+                _pad: 0,
             },
         )?;
         let prev = std::fs::read_to_string(IP_FORWARD)
@@ -483,6 +491,45 @@ impl Dataplane {
         }
         self.plan = plan;
         Ok(())
+    }
+
+    /// Every attachment `cfg` asks for and whether it is in place; ready when all are (and the
+    /// maps were programmed, which `start` did before any attachment).
+    pub fn health(&self, cfg: &Config) -> crate::metrics::Health {
+        let mut want = vec![
+            (self.uplink.index, Hook::FromUplink),
+            (self.uplink.index, Hook::ToUplink),
+        ];
+        if cfg.node.xdp != CfgXdp::Off {
+            want.push((self.uplink.index, Hook::XdpUplink));
+        }
+        want.extend(self.plan.endpoints.keys().map(|i| (*i, Hook::FromPod)));
+        let attachments: Vec<crate::metrics::Attachment> = want
+            .into_iter()
+            .map(|(i, h)| crate::metrics::Attachment {
+                interface: crate::inspect::ifname(i),
+                hook: h.name(),
+                attached: self.attachments.contains_key(&(i, h as u8)),
+            })
+            .collect();
+        let missing: Vec<String> = attachments
+            .iter()
+            .filter(|a| !a.attached)
+            .map(|a| format!("{} on {}", a.hook, a.interface))
+            .collect();
+        crate::metrics::Health {
+            ready: missing.is_empty(),
+            waiting_for: missing.join(", "),
+            attachments,
+            pending: self
+                .plan
+                .pending
+                .iter()
+                .map(|(a, n)| (a.to_string(), n.clone()))
+                .collect(),
+            attach_mode: if self.tcx { "tcx" } else { "netlink" },
+            monitors: 0,
+        }
     }
 
     /// Detaches everything, removes the pins, the routes and the other kernel state `run` added.

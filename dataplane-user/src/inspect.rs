@@ -65,6 +65,33 @@ pub struct StatRow {
     pub bytes: u64,
 }
 
+/// (map, entries, capacity) of the maps that fill up.
+pub fn occupancy(pin_dir: &Path) -> Result<Vec<(&'static str, u64, u64)>> {
+    let routes: LpmTrie<MapData, [u8; 4], RouteValue> =
+        LpmTrie::try_from(Map::LpmTrie(open(pin_dir, map_names::ROUTES)?))?;
+    let eps: HashMap<MapData, u32, Endpoint> =
+        HashMap::try_from(Map::HashMap(open(pin_dir, map_names::ENDPOINTS)?))?;
+    let cnt: PerCpuHashMap<MapData, CounterKey, CounterValue> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(open(pin_dir, map_names::COUNTERS)?))?;
+    Ok(vec![
+        (
+            map_names::ROUTES,
+            routes.keys().count() as u64,
+            dataplane_common::MAX_ROUTES as u64,
+        ),
+        (
+            map_names::ENDPOINTS,
+            eps.keys().count() as u64,
+            dataplane_common::MAX_ENDPOINTS as u64,
+        ),
+        (
+            map_names::COUNTERS,
+            cnt.keys().count() as u64,
+            dataplane_common::MAX_COUNTERS as u64,
+        ),
+    ])
+}
+
 pub fn routes(pin_dir: &Path) -> Result<Vec<RouteRow>> {
     let trie: LpmTrie<MapData, [u8; 4], RouteValue> =
         LpmTrie::try_from(Map::LpmTrie(open(pin_dir, map_names::ROUTES)?))?;
@@ -115,7 +142,7 @@ pub fn endpoints(pin_dir: &Path) -> Result<Vec<EndpointRow>> {
     Ok(rows)
 }
 
-fn ifname(index: u32) -> String {
+pub fn ifname(index: u32) -> String {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buffer of IF_NAMESIZE as required.
     let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };

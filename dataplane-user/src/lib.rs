@@ -8,6 +8,8 @@ pub mod dataplane;
 pub mod inspect;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
+pub mod monitor;
 pub mod netlink;
 pub mod state;
 

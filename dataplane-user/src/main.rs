@@ -36,6 +36,9 @@ enum Command {
         /// (default /var/lib/ipipd/<node.name>).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Where /metrics (OpenMetrics text), /healthz and /readyz are served; `off` for none.
+        #[arg(long, default_value = "127.0.0.1:9097")]
+        metrics_addr: String,
     },
     /// Validate a config and print what `run` would do. Needs no privileges.
     Check {
@@ -56,6 +59,26 @@ enum Command {
     Endpoints(Read),
     /// The running node's counters, per interface, hook and reason.
     Stats(Read),
+    /// Stream the running node's packet decisions, one line each (the programs emit them only
+    /// while a monitor is connected).
+    Monitor {
+        #[command(flatten)]
+        node: Node,
+        /// Drops only.
+        #[arg(long)]
+        drops_only: bool,
+        /// Only packets from or to this address (outer or inner header).
+        #[arg(long)]
+        endpoint: Option<Ipv4Addr>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Stop after this many lines.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Load every program into the running kernel (the verifier runs), report, unload.
     Probe {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -184,11 +207,40 @@ fn print<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce(&T))
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Run { config, state_dir } => {
+        Command::Run {
+            config,
+            state_dir,
+            metrics_addr,
+        } => {
+            let metrics =
+                match metrics_addr.as_str() {
+                    "off" => None,
+                    a => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {
+                        anyhow!("--metrics-addr {a:?}: {e} (an address:port, or off)")
+                    })?),
+                };
             let cfg = Config::load(&config)?;
             let state_dir = state_dir.unwrap_or_else(|| daemon::default_state_dir(&cfg.node.name));
-            daemon::Daemon::start(&config, &state_dir)?.run()
+            daemon::Daemon::start(&config, &state_dir, metrics)?.run()
         }
+        Command::Monitor {
+            node,
+            drops_only,
+            endpoint,
+            output,
+            count,
+            seconds,
+        } => dataplane_user::monitor::run(
+            &node.state_dir()?,
+            &node.pin_dir()?,
+            &dataplane_user::monitor::Options {
+                drops_only,
+                endpoint,
+                json: matches!(output, Output::Json),
+                count,
+                duration: seconds.map(std::time::Duration::from_secs),
+            },
+        ),
         Command::Check { config } => check(&config),
         Command::Endpoint(EndpointCmd::Add {
             address,

@@ -59,6 +59,13 @@ pub fn put_endpoint(ebpf: &mut Ebpf, ifindex: u32, ep: &Endpoint) -> Result<()> 
         .with_context(|| format!("endpoints: inserting ifindex {ifindex}"))
 }
 
+/// The node's settings as written (index 0 of the config array).
+pub fn config(ebpf: &Ebpf) -> Result<NodeConfig> {
+    let m: Array<&MapData, NodeConfig> =
+        Array::try_from(ebpf.map(map_names::CONFIG).context("no config map")?)?;
+    Ok(m.get(&0, 0)?)
+}
+
 /// Writes the node's settings (index 0 of the config array).
 pub fn set_config(ebpf: &mut Ebpf, cfg: &NodeConfig) -> Result<()> {
     let mut arr: Array<&mut MapData, NodeConfig> =

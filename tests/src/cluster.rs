@@ -318,6 +318,13 @@ impl Node {
 
 impl Daemon {
     pub fn start(ns: &NetNs, config: &Path, state_dir: &Path, pin_dir: &Path) -> Result<Daemon> {
+        let mut d = Daemon::spawn(ns, config, state_dir, pin_dir)?;
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    /// Starts `ipipd run` without waiting for it to be ready.
+    pub fn spawn(ns: &NetNs, config: &Path, state_dir: &Path, pin_dir: &Path) -> Result<Daemon> {
         let bin = ipipd_binary()?;
         let log = state_dir.with_extension("log");
         let logf = std::fs::File::create(&log)?;
@@ -334,19 +341,18 @@ impl Daemon {
             .stderr(logf)
             .spawn()
             .context("starting ipipd")?;
-        let mut d = Daemon {
+        let d = Daemon {
             child,
             config: config.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
             pin_dir: pin_dir.to_path_buf(),
             log,
         };
-        d.wait_ready()?;
         Ok(d)
     }
 
     /// Waits (bounded) until the daemon logs that it is ready, or fails with its log.
-    fn wait_ready(&mut self) -> Result<()> {
+    pub fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();

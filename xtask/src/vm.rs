@@ -766,7 +766,13 @@ fn save_vm_bench(root: &Path, console: &[String], release: &str) -> Result<()> {
         .iter()
         .position(|l| l.trim() == BENCH_JSON_END)
         .context("the VM's bench report is cut short")?;
-    let json = console[start + 1..start + end].join("\n");
+    // The init announces each command it runs ("vm: running …"): not part of the report.
+    let json = console[start + 1..start + end]
+        .iter()
+        .filter(|l| !l.starts_with("vm: "))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
     let v: serde_json::Value = serde_json::from_str(&json).context("the VM's bench report")?;
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;

@@ -1,0 +1,123 @@
+//! The decision monitor (`ipipd monitor`): one [`Event`] per decision into a ring buffer, only
+//! while someone watches. The mode byte of the config entry is checked first: with the monitor
+//! off, a decision costs one load and one compare more.
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+use dataplane_common::{Event, Hook, MonitorMode, Reason, Tuple};
+
+use crate::{
+    maps::{CONFIG, EVENTS},
+    packet::{ETH_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+#[inline(always)]
+fn wanted(reason: Reason) -> bool {
+    match CONFIG.get(0) {
+        Some(c) if c.monitor == MonitorMode::All as u8 => true,
+        Some(c) if c.monitor == MonitorMode::Drops as u8 => reason.is_drop(),
+        _ => false,
+    }
+}
+
+/// The addresses, protocol and ports of the IPv4 header `h` (20 bytes read), with `ports`
+/// reading 4 bytes at an offset past the header.
+#[inline(always)]
+fn tuple(h: &[u8; 20], ports: impl Fn(usize) -> Option<[u8; 4]>) -> Tuple {
+    let mut t = Tuple::default();
+    if h[0] >> 4 != 4 {
+        return t;
+    }
+    t.src = [h[12], h[13], h[14], h[15]];
+    t.dst = [h[16], h[17], h[18], h[19]];
+    t.proto = h[9];
+    t.valid = 1;
+    let first_fragment = (h[6] & 0x1f) == 0 && h[7] == 0;
+    if first_fragment && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP) {
+        let ihl = ((h[0] & 0x0f) as usize) << 2;
+        if let Some(p) = ports(ihl & 0x3c) {
+            t.sport = [p[0], p[1]];
+            t.dport = [p[2], p[3]];
+        }
+    }
+    t
+}
+
+/// A tc hook's decision (the packet as it is when the decision is counted).
+#[inline(always)]
+pub fn tc(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
+    if !wanted(reason) {
+        return;
+    }
+    let mut ev = Event {
+        ifindex,
+        len,
+        hook: hook as u8,
+        reason: reason as u8,
+        ..Default::default()
+    };
+    if let Ok(et) = ctx.load::<[u8; 2]>(12) {
+        ev.ethertype = et;
+        if et == [0x08, 0x00] {
+            let at = |base: usize| {
+                ctx.load::<[u8; 20]>(base)
+                    .ok()
+                    .map(|h| tuple(&h, |off| ctx.load::<[u8; 4]>(base + off).ok()))
+            };
+            if let Some(o) = at(ETH_LEN) {
+                ev.outer = o;
+                if o.proto == IPPROTO_IPIP {
+                    ev.inner = at(ETH_LEN + 20).unwrap_or_default();
+                }
+            }
+        }
+    }
+    let _ = EVENTS.output::<Event>(&ev, 0);
+}
+
+/// XDP's drops (it passes everything else on to from_uplink).
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext, ifindex: u32, reason: Reason, len: u32) {
+    if !wanted(reason) {
+        return;
+    }
+    let read = |off: usize| -> Option<*const u8> {
+        if ctx.data() + off + 20 > ctx.data_end() {
+            None
+        } else {
+            Some((ctx.data() + off) as *const u8)
+        }
+    };
+    let mut ev = Event {
+        ifindex,
+        len,
+        hook: Hook::XdpUplink as u8,
+        reason: reason as u8,
+        ..Default::default()
+    };
+    let header = |base: usize| -> Option<Tuple> {
+        let p = read(base)?;
+        // SAFETY: 20 bytes at p are within the packet (checked by `read`).
+        let h: [u8; 20] = unsafe { *(p as *const [u8; 20]) };
+        Some(tuple(&h, |off| {
+            let q = base + off;
+            if ctx.data() + q + 4 > ctx.data_end() {
+                return None;
+            }
+            // SAFETY: bounds-checked just above.
+            Some(unsafe { *((ctx.data() + q) as *const [u8; 4]) })
+        }))
+    };
+    if let Some(p) = read(0) {
+        // SAFETY: at least 20 bytes from the frame's start.
+        ev.ethertype = unsafe { [*p.add(12), *p.add(13)] };
+        if ev.ethertype == [0x08, 0x00]
+            && let Some(o) = header(ETH_LEN)
+        {
+            ev.outer = o;
+            if o.proto == IPPROTO_IPIP {
+                ev.inner = header(ETH_LEN + 20).unwrap_or_default();
+            }
+        }
+    }
+    let _ = EVENTS.output::<Event>(&ev, 0);
+}

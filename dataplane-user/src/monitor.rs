@@ -1,0 +1,228 @@
+//! `ipipd monitor`: one line per packet decision, from the programs' ring buffer. The client
+//! asks the daemon (control socket) to turn the programs' monitor on and keeps that connection
+//! open; when it goes, however it goes, the daemon turns the monitor off again.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Map, MapData, RingBuf};
+use dataplane_common::{Event, Hook, Reason, Tuple, map_names};
+use serde::Serialize;
+
+use crate::daemon::{Control, Reply, SOCKET};
+
+pub struct Options {
+    pub drops_only: bool,
+    /// Only events whose outer or inner source or destination is this address.
+    pub endpoint: Option<Ipv4Addr>,
+    pub json: bool,
+    /// Stop after this many events.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Line {
+    pub interface: String,
+    pub hook: &'static str,
+    pub direction: &'static str,
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub len: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outer: Option<Flow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inner: Option<Flow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ethertype: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Flow {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+}
+
+fn flow(t: &Tuple) -> Option<Flow> {
+    if t.valid == 0 {
+        return None;
+    }
+    let ports = t.proto == 6 || t.proto == 17;
+    Some(Flow {
+        src: Ipv4Addr::from(t.src),
+        dst: Ipv4Addr::from(t.dst),
+        proto: t.proto,
+        sport: ports.then(|| u16::from_be_bytes(t.sport)),
+        dport: ports.then(|| u16::from_be_bytes(t.dport)),
+    })
+}
+
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            1 => "icmp".to_string(),
+            4 => "ipip".to_string(),
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            p => format!("proto {p}"),
+        };
+        match (self.sport, self.dport) {
+            (Some(s), Some(d)) => write!(f, "{}:{s} -> {}:{d} {proto}", self.src, self.dst),
+            _ => write!(f, "{} -> {} {proto}", self.src, self.dst),
+        }
+    }
+}
+
+fn line(ev: &Event) -> Line {
+    let hook = Hook::from_u8(ev.hook);
+    let reason = Reason::from_u8(ev.reason);
+    let reason_name = reason.map_or("?", Reason::name);
+    Line {
+        interface: crate::inspect::ifname(ev.ifindex),
+        hook: hook.map_or("?", Hook::name),
+        direction: match hook {
+            Some(Hook::FromPod) => "from pod",
+            Some(Hook::FromUplink | Hook::XdpUplink) => "from network",
+            Some(Hook::ToUplink) => "to network",
+            None => "?",
+        },
+        verdict: crate::metrics::verdict(reason_name, reason.is_some_and(Reason::is_drop)),
+        reason: reason_name,
+        len: ev.len,
+        outer: flow(&ev.outer),
+        inner: flow(&ev.inner),
+        ethertype: (ev.ethertype != [0x08, 0x00])
+            .then(|| format!("0x{:02x}{:02x}", ev.ethertype[0], ev.ethertype[1])),
+    }
+}
+
+fn matches(ev: &Event, endpoint: Option<Ipv4Addr>) -> bool {
+    let Some(ip) = endpoint else {
+        return true;
+    };
+    let o = ip.octets();
+    [&ev.outer, &ev.inner]
+        .iter()
+        .any(|t| t.valid != 0 && (t.src == o || t.dst == o))
+}
+
+pub fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
+    let path = pin_dir.join(map_names::EVENTS);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is ipipd running with this pin_dir?)",
+            path.display()
+        )
+    })?;
+    let mut ring: RingBuf<MapData> = RingBuf::try_from(Map::RingBuf(data))?;
+    // What an earlier client left unread is not this session's.
+    while ring.next().is_some() {}
+
+    let sock = state_dir.join(SOCKET);
+    let mut stream = std::os::unix::net::UnixStream::connect(&sock)
+        .with_context(|| format!("connecting to {} (is ipipd running?)", sock.display()))?;
+    writeln!(
+        stream,
+        "{}",
+        serde_json::to_string(&Control::Monitor {
+            drops_only: opts.drops_only
+        })?
+    )?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    let reply: Reply =
+        serde_json::from_str(&reply).with_context(|| format!("bad reply {reply:?}"))?;
+    if !reply.ok {
+        bail!("{}", reply.error);
+    }
+    if !opts.json {
+        eprintln!(
+            "monitoring {} (Ctrl-C to stop)",
+            if opts.drops_only {
+                "drops"
+            } else {
+                "every decision"
+            }
+        );
+    }
+
+    let started = Instant::now();
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: valid pollfd array.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                bail!("poll: {e}");
+            }
+        }
+        if fds[1].revents != 0 {
+            bail!("the daemon closed the monitor connection (did ipipd stop?)");
+        }
+        let mut out = stdout.lock();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the programs write whole `Event`s; read_unaligned copes with alignment.
+            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if !matches(&ev, opts.endpoint) {
+                continue;
+            }
+            let l = line(&ev);
+            if opts.json {
+                writeln!(out, "{}", serde_json::to_string(&l)?)?;
+            } else {
+                let mut text = format!(
+                    "{:<15} {:<11} {:<12} {:<7} {:<24} len {:<5}",
+                    l.interface, l.hook, l.direction, l.verdict, l.reason, l.len
+                );
+                if let Some(o) = &l.outer {
+                    text += &format!(" {o}");
+                }
+                if let Some(i) = &l.inner {
+                    text += &format!(" [inner {i}]");
+                }
+                if let Some(e) = &l.ethertype {
+                    text += &format!(" ethertype {e}");
+                }
+                writeln!(out, "{text}")?;
+            }
+            seen += 1;
+            if opts.count.is_some_and(|c| seen >= c) {
+                out.flush()?;
+                return Ok(());
+            }
+        }
+        out.flush()?;
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Observability: the counters in `ipipd stats -o json` and in /metrics (scraped over HTTP inside
+//! the node's namespace, parsed as Prometheus text) move exactly as a scripted traffic mix
+//! says; /readyz turns ready only after attach and lists pending endpoints; `ipipd monitor`
+//! shows a spoofed packet's drop with its reason.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ipipd_tests::{
+    NetNs,
+    cluster::{Cluster, Daemon, ipipd_binary, seed_nodes},
+    require_root,
+    traffic::{set_pmtudisc, tcp_transfer, udp_receive, udp_socket},
+};
+
+const M1: Ipv4Addr = Ipv4Addr::new(192, 168, 179, 2);
+const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 129);
+const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 130);
+/// ipipd's default --metrics-addr: every node namespace has its own loopback.
+const METRICS: &str = "127.0.0.1:9097";
+
+/// (status code, body) of a GET inside `ns`; None while nothing listens.
+fn get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
+    let path = path.to_string();
+    ns.enter(move || -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(METRICS).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((code, body))
+    })
+    .unwrap()
+}
+
+type Counters = BTreeMap<(String, String, String), (u64, u64)>;
+
+/// ipipd_packets_total / ipipd_bytes_total by (interface, hook, reason), from a Prometheus
+/// text parser.
+fn scrape(ns: &NetNs) -> Counters {
+    let (code, body) = get(ns, "/metrics").expect("metrics endpoint");
+    assert_eq!(code, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
+    let mut out = Counters::new();
+    for s in &parsed.samples {
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v as u64,
+            _ => continue,
+        };
+        let key = (
+            s.labels.get("interface").unwrap_or("").to_string(),
+            s.labels.get("hook").unwrap_or("").to_string(),
+            s.labels.get("reason").unwrap_or("").to_string(),
+        );
+        match s.metric.as_str() {
+            "ipipd_packets_total" => out.entry(key).or_default().0 = v,
+            "ipipd_bytes_total" => out.entry(key).or_default().1 = v,
+            _ => {}
+        }
+    }
+    assert!(!out.is_empty(), "no ipipd counters in /metrics:\n{body}");
+    out
+}
+
+fn stats(c: &Cluster, node: &str) -> Counters {
+    let pin = c.bpffs.join(node);
+    let out = c
+        .node(node)
+        .ipipd(&["stats", "-o", "json", "--pin-dir", pin.to_str().unwrap()])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["interface"].as_str().unwrap().to_string(),
+                    r["hook"].as_str().unwrap().to_string(),
+                    r["reason"].as_str().unwrap().to_string(),
+                ),
+                (r["packets"].as_u64().unwrap(), r["bytes"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// What moved for one reason, summed over interfaces and hooks.
+fn moved(before: &Counters, after: &Counters, reason: &str) -> (u64, u64) {
+    after
+        .iter()
+        .filter(|((_, _, r), _)| r == reason)
+        .map(|(k, (p, b))| {
+            let (p0, b0) = before.get(k).copied().unwrap_or_default();
+            (p - p0, b - b0)
+        })
+        .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
+}
+
+fn ping(ns: &NetNs, args: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sh",
+            "-c",
+            &format!("ping {args}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn stats_and_metrics_count_a_scripted_mix_exactly() {
+    require_root();
+    let mut c = Cluster::new("o-mix", &seed_nodes(2)).unwrap();
+    for n in ["master", "node"] {
+        c.start_daemon(n, None).unwrap();
+    }
+    let n1 = c.node("node").pod(N1).ns.view();
+    let m1 = c.node("master").pod(M1).ns.view();
+    let node = c.node("node").ns.view();
+    // Warm up (ARP for the gateway, the underlay's neighbours), then read the baseline.
+    let out = ping(&n1, &format!("-c 1 -W 2 {M1}"));
+    assert!(out.contains("1 received"), "{out}\n{}", c.logs());
+    let (s0, p0) = (stats(&c, "node"), scrape(&node));
+
+    // The mix: 5 pings across (5 requests encapsulated, 5 replies decapsulated), 7 UDP
+    // datagrams across (no reply), and 3 pings from a spoofed source (dropped at the pod).
+    let out = ping(&n1, &format!("-c 5 -i 0.1 -W 2 {M1}"));
+    assert!(out.contains("5 received"), "{out}");
+    let rx = udp_socket(&m1, M1, 5800).unwrap();
+    let tx = udp_socket(&n1, N1, 0).unwrap();
+    set_pmtudisc(&tx, false).unwrap();
+    for _ in 0..7 {
+        tx.send_to(&[9; 100], (M1, 5800)).unwrap();
+    }
+    assert_eq!(udp_receive(&rx, 7).len(), 7);
+    n1.sh(&format!("ip addr add {N2}/32 dev eth0")).unwrap();
+    let out = ping(&n1, &format!("-c 3 -i 0.1 -W 1 -I {N2} {M1}"));
+    assert!(out.contains(" 0 received"), "{out}");
+    n1.sh(&format!("ip addr del {N2}/32 dev eth0")).unwrap();
+
+    let (s1, p1) = (stats(&c, "node"), scrape(&node));
+    for (what, before, after) in [("stats", &s0, &s1), ("/metrics", &p0, &p1)] {
+        assert_eq!(
+            moved(before, after, "encap"),
+            (12, 5 * 98 + 7 * 142),
+            "{what}: encap (5 ICMP of 98 bytes + 7 UDP of 142 bytes, as the pod veth saw them)"
+        );
+        assert_eq!(
+            moved(before, after, "decap_deliver").0,
+            5,
+            "{what}: decapsulated replies"
+        );
+        assert_eq!(
+            moved(before, after, "drop_spoofed_source"),
+            (3, 3 * 98),
+            "{what}: spoofed pings"
+        );
+    }
+    // The two views agree on every counter of the mix.
+    let of_mix = |c: &Counters| -> Counters {
+        c.iter()
+            .filter(|((_, _, r), _)| {
+                ["encap", "decap_deliver", "drop_spoofed_source"].contains(&r.as_str())
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    assert_eq!(of_mix(&s1), of_mix(&p1), "ipipd stats and /metrics");
+
+    // TCP, by bytes: at least what was sent, through encap on the receiving side's peer.
+    let t = tcp_transfer(&m1, M1, 5801, &n1, 1 << 20).unwrap();
+    assert_eq!(t.sent, t.received);
+    let p2 = scrape(&node);
+    let (_, bytes) = moved(&p1, &p2, "encap");
+    assert!(bytes >= 1 << 20, "encap bytes {bytes} after 1 MiB of TCP");
+
+    // Map occupancy, attach state and build info are there too.
+    let (_, body) = get(&node, "/metrics").unwrap();
+    for needle in [
+        "ipipd_map_entries{map=\"ipipd_eps_v1\"} 2",
+        "ipipd_attached{",
+        "ipipd_ready 1",
+        "ipipd_build_info{",
+    ] {
+        assert!(body.contains(needle), "{needle} not in /metrics:\n{body}");
+    }
+}
+
+#[test]
+fn readyz_turns_ready_only_after_attach_and_lists_pending_endpoints() {
+    require_root();
+    let c = Cluster::new("o-ready", &seed_nodes(1)).unwrap();
+    // One endpoint whose interface does not exist: pending, and no reason to wait.
+    let cfg = c.config_for("node", "")
+        + "\n[[endpoint]]\naddress = \"192.168.83.150\"\ninterface = \"calilater00000\"\n";
+    let dir = c.dir.join("node");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ipipd.toml"), cfg).unwrap();
+    let node = c.node("node").ns.view();
+    let mut d = Daemon::spawn(
+        &node,
+        &dir.join("ipipd.toml"),
+        &dir.join("state"),
+        &c.bpffs.join("node"),
+    )
+    .unwrap();
+    // Every answer from the first one on, until ready (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answers: Vec<(u16, String)> = Vec::new();
+    while answers.last().is_none_or(|(code, _)| *code != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {answers:?}\n{}",
+            d.log_text()
+        );
+        if let Some(a) = get(&node, "/readyz") {
+            answers.push(a);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // /healthz answers while starting already, and the first /readyz answers were not ready.
+    let (first_code, first_body) = &answers[0];
+    assert_eq!(
+        *first_code, 503,
+        "the first /readyz answer came before the attach: {first_body}"
+    );
+    assert!(first_body.starts_with("not ready"), "{first_body}");
+    d.wait_ready().unwrap();
+    let (code, body) = get(&node, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    for line in [
+        "eth0 from_uplink attached",
+        "eth0 to_uplink attached",
+        "calin0000000 from_pod attached",
+        "pending endpoint 192.168.83.150 (waiting for calilater00000)",
+    ] {
+        assert!(body.contains(line), "{line:?} not in /readyz:\n{body}");
+    }
+    assert_eq!(get(&node, "/healthz").unwrap().0, 200);
+    let (_, metrics) = get(&node, "/metrics").unwrap();
+    assert!(metrics.contains("ipipd_endpoints_pending 1"), "{metrics}");
+    assert_eq!(d.stop().unwrap().code(), Some(0));
+}
+
+#[test]
+fn monitor_shows_a_spoofed_drop_with_its_reason() {
+    require_root();
+    let mut c = Cluster::new("o-mon", &seed_nodes(2)).unwrap();
+    for n in ["master", "node"] {
+        c.start_daemon(n, None).unwrap();
+    }
+    let node = c.node("node").ns.view();
+    let n1 = c.node("node").pod(N1).ns.view();
+    let state = c.node("node").daemon.as_ref().unwrap().state_dir.clone();
+    let pin = c.bpffs.join("node");
+    assert!(
+        get(&node, "/metrics")
+            .unwrap()
+            .1
+            .contains("ipipd_monitor_clients 0"),
+        "nobody watches at first"
+    );
+    let mut mon = Command::new("ip")
+        .args(["netns", "exec", &node.name])
+        .arg(ipipd_binary().unwrap())
+        .args(["monitor", "--drops-only", "-o", "json", "--count", "1"])
+        .arg("--seconds")
+        .arg("60")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--pin-dir")
+        .arg(&pin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Connected once the daemon counts it (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(&node, "/metrics")
+        .unwrap()
+        .1
+        .contains("ipipd_monitor_clients 1")
+    {
+        assert!(Instant::now() < deadline, "the monitor never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Traffic that is not dropped is not shown (drops only), then one spoofed ping.
+    let out = ping(&n1, &format!("-c 2 -i 0.1 -W 2 {M1}"));
+    assert!(out.contains("2 received"), "{out}");
+    n1.sh(&format!("ip addr add {N2}/32 dev eth0")).unwrap();
+    let out = ping(&n1, &format!("-c 1 -W 1 -I {N2} {M1}"));
+    assert!(out.contains(" 0 received"), "{out}");
+
+    let mut line = String::new();
+    BufReader::new(mon.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let status = mon.wait().unwrap();
+    let mut err = String::new();
+    let _ = mon.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success(), "ipipd monitor: {status}: {err}");
+    let ev: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(ev["reason"], "drop_spoofed_source", "{ev}");
+    assert_eq!(ev["verdict"], "drop", "{ev}");
+    assert_eq!(ev["hook"], "from_pod", "{ev}");
+    assert_eq!(ev["interface"], "calin0000000", "{ev}");
+    assert_eq!(ev["outer"]["src"], N2.to_string(), "{ev}");
+    assert_eq!(ev["outer"]["dst"], M1.to_string(), "{ev}");
+    assert_eq!(ev["outer"]["proto"], 1, "{ev}");
+    // The client is gone: the daemon turned the monitor off.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(&node, "/metrics")
+        .unwrap()
+        .1
+        .contains("ipipd_monitor_clients 0")
+    {
+        assert!(Instant::now() < deadline, "the monitor stayed on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
