@@ -176,7 +176,7 @@ pub fn run(opts: Opts) -> Result<()> {
     std::fs::write(out.join("bench.md"), &md)?;
     std::fs::write(
         out.join("bench.json"),
-        serde_json::to_string_pretty(&report)?,
+        serde_json::to_string_pretty(&report)? + "\n",
     )?;
     println!("{md}");
     println!(

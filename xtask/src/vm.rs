@@ -66,6 +66,7 @@ const REDUCED: &[(&str, &[&str])] = &[
     ("verifier_smoke", &[]),
     ("bpf_fixtures", &[]),
     ("interop", &[]),
+    ("observability", &[]),
     (
         "e2e",
         &[
@@ -770,7 +771,12 @@ fn save_vm_bench(root: &Path, console: &[String], release: &str) -> Result<()> {
     let json = console[start + 1..start + end]
         .iter()
         .filter(|l| !l.starts_with("vm: "))
-        .cloned()
+        .map(|l| {
+            l.split("vm: running")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect::<Vec<_>>()
         .join("\n");
     let v: serde_json::Value = serde_json::from_str(&json).context("the VM's bench report")?;
