@@ -51,7 +51,9 @@ pub fn default_state_dir(name: &str) -> PathBuf {
     PathBuf::from("/var/lib/ipipd").join(name)
 }
 
-fn block_signals() -> Result<()> {
+/// Blocks SIGHUP, SIGTERM and SIGINT in this thread (and the threads it spawns from now on);
+/// returns the set, for the signalfd.
+fn block_signals() -> Result<libc::sigset_t> {
     // SAFETY: plain signal-mask calls on a zeroed sigset.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -62,21 +64,14 @@ fn block_signals() -> Result<()> {
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             bail!("blocking signals: {}", std::io::Error::last_os_error());
         }
+        Ok(set)
     }
-    Ok(())
 }
 
 fn signalfd() -> Result<OwnedFd> {
-    // SAFETY: plain signal-mask calls on a zeroed sigset.
+    let set = block_signals()?;
+    // SAFETY: a valid sigset.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            bail!("blocking signals: {}", std::io::Error::last_os_error());
-        }
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         if fd < 0 {
             bail!("signalfd: {}", std::io::Error::last_os_error());

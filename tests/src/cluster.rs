@@ -278,6 +278,54 @@ impl Cluster {
 }
 
 impl Node {
+    /// The kernel's route table for this node's pods without ipipd, as Calico sets it up: a /32
+    /// per pod to its veth with proxy ARP on it (169.254.0.0/16 on eth0 is what lets proxy ARP
+    /// answer the pods' 169.254.1.1 gateway), a blackhole for the node's block, forwarding on.
+    /// `remote` says how the peer's block is reached.
+    fn kernel_routes(&self, remote: &str) -> Result<()> {
+        let mut script = vec![
+            "sysctl -qw net.ipv4.ip_forward=1".to_string(),
+            "ip route add 169.254.0.0/16 dev eth0 metric 1002".into(),
+            remote.to_string(),
+            format!("ip route add blackhole {}", self.spec.block),
+        ];
+        for p in &self.spec.pods {
+            script.push(format!(
+                "ip route add {}/32 dev {} scope link",
+                p.address, p.interface
+            ));
+            script.push(format!(
+                "sysctl -qw net.ipv4.conf.{i}.proxy_arp=1 net.ipv4.neigh.{i}.proxy_delay=0",
+                i = p.interface
+            ));
+        }
+        self.ns.sh(&script.join("\n"))?;
+        Ok(())
+    }
+
+    /// Calico without a tunnel: the peer's block via the peer on the underlay.
+    pub fn kernel_plain_routing(&self, peer: &Node) -> Result<()> {
+        self.kernel_routes(&format!(
+            "ip route add {} via {} dev eth0",
+            peer.spec.block, peer.spec.address
+        ))
+    }
+
+    /// Calico in classic IPIP mode, the kernel's own tunnel (needs ipip.ko, which puts a DOWN
+    /// fallback tunl0 in every namespace): tunl0 up at MTU - 20 with the block's first address,
+    /// and the peer's block via the peer dev tunl0 onlink, as in the seed.
+    pub fn kernel_tunl0(&self, peer: &Node) -> Result<()> {
+        let first = self.spec.block.split('/').next().unwrap_or_default();
+        self.ns.sh(&format!(
+            "ip link set tunl0 mtu {} up\nip addr add {first}/32 dev tunl0",
+            self.spec.mtu - 20
+        ))?;
+        self.kernel_routes(&format!(
+            "ip route add {} via {} dev tunl0 onlink",
+            peer.spec.block, peer.spec.address
+        ))
+    }
+
     /// Creates a pod namespace joined to this node by a `cali…` veth, as Calico's CNI does.
     pub fn add_pod(&mut self, tag: &str, spec: PodSpec) -> Result<()> {
         let ns = NetNs::new(tag)?;

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub mod cluster;
+pub mod counters;
 pub mod traffic;
 
 /// A number unique in this process, for file and namespace names.

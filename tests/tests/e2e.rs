@@ -1,11 +1,12 @@
 //! End to end: the seed's cluster in network namespaces, ipipd on the nodes, traffic between
 //! pods and hosts, and the underlay inspected on the wire.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, process::Command};
+use std::{net::Ipv4Addr, process::Command};
 
 use ipipd_tests::{
     NetNs,
     cluster::{Cluster, NodeSpec, PodSpec, seed_nodes},
+    counters::{moved, ping, stats},
     require_root,
     traffic::{Capture, Ip4, ipv4_frames, set_pmtudisc, tcp_transfer, udp_receive, udp_socket},
 };
@@ -25,44 +26,6 @@ fn seed_cluster(tag: &str, extra_node_keys: &str) -> Cluster {
     c
 }
 
-/// Counters of a node as (interface, hook, reason) → (packets, bytes).
-type Stats = BTreeMap<(String, String, String), (u64, u64)>;
-
-fn stats(c: &Cluster, node: &str) -> Stats {
-    let pin = c.bpffs.join(node);
-    let out = c
-        .node(node)
-        .ipipd(&["stats", "-o", "json", "--pin-dir", pin.to_str().unwrap()])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                (
-                    r["interface"].as_str().unwrap().to_string(),
-                    r["hook"].as_str().unwrap().to_string(),
-                    r["reason"].as_str().unwrap().to_string(),
-                ),
-                (r["packets"].as_u64().unwrap(), r["bytes"].as_u64().unwrap()),
-            )
-        })
-        .collect()
-}
-
-/// What moved between two readings, for one reason (summed over interfaces and hooks).
-fn moved(before: &Stats, after: &Stats, reason: &str) -> (u64, u64) {
-    after
-        .iter()
-        .filter(|((_, _, r), _)| r == reason)
-        .map(|(k, (p, b))| {
-            let (p0, b0) = before.get(k).copied().unwrap_or_default();
-            (p - p0, b - b0)
-        })
-        .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
-}
-
 /// The seed's nodes (one pod each) and a plain host on the underlay that is not a peer.
 fn cluster_with_attacker(tag: &str, extra_node_keys: &str) -> Cluster {
     let mut specs = seed_nodes(1);
@@ -77,25 +40,6 @@ fn cluster_with_attacker(tag: &str, extra_node_keys: &str) -> Cluster {
         c.start_daemon(n, Some(cfg)).unwrap();
     }
     c
-}
-
-fn ping(ns: &NetNs, args: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "sh",
-            "-c",
-            &format!("ping {args}"),
-        ])
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn pod(c: &Cluster, node: &str, ip: Ipv4Addr) -> NetNs {

@@ -3,61 +3,15 @@
 //! ipip module loaded (the kernel test VM loads Debian 6.1's `ipip.ko`); the host kernel of this
 //! project is built without it, so the test is ignored there and `cargo xtask vm` runs it.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
 
 use ipipd_tests::{
     NetNs,
     cluster::{Cluster, seed_nodes},
+    counters::ping,
     require_root,
     traffic::{Capture, Ip4, ipv4_frames, tcp_transfer},
 };
-
-fn ping(ns: &NetNs, args: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "sh",
-            "-c",
-            &format!("ping {args}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The kernel node's routes, as the seed shows them on a Calico IPIP node: the remote block via
-/// the ipipd node's IP dev tunl0 onlink, a /32 per local pod to its cali veth (proxy ARP on
-/// it), a blackhole for its own block, 169.254.0.0/16 on eth0 (what lets proxy ARP answer the
-/// pods' 169.254.1.1 gateway), and tunl0 up with an address from its block.
-fn kernel_ipip_node(c: &Cluster, name: &str, peer: &str) {
-    let me = c.node(name);
-    let other = c.node(peer);
-    let block: Vec<&str> = me.spec.block.split('/').collect();
-    let mut script = vec![
-        "sysctl -qw net.ipv4.ip_forward=1".to_string(),
-        format!("ip link set tunl0 mtu {} up", me.spec.mtu - 20),
-        format!("ip addr add {}/32 dev tunl0", block[0]),
-        format!(
-            "ip route add {} via {} dev tunl0 onlink",
-            other.spec.block, other.spec.address
-        ),
-        format!("ip route add blackhole {}", me.spec.block),
-        "ip route add 169.254.0.0/16 dev eth0 metric 1002".to_string(),
-    ];
-    for p in &me.spec.pods {
-        script.push(format!(
-            "ip route add {}/32 dev {} scope link",
-            p.address, p.interface
-        ));
-        script.push(format!(
-            "sysctl -qw net.ipv4.conf.{}.proxy_arp=1 net.ipv4.neigh.{}.proxy_delay=0",
-            p.interface, p.interface
-        ));
-    }
-    me.ns.sh(&script.join("\n")).unwrap();
-}
 
 /// (packets, up?) of a node's tunl0, from `ip -s -o link show tunl0`.
 fn tunl0(ns: &NetNs) -> (u64, u64, bool) {
@@ -92,7 +46,8 @@ fn ipipd_and_the_kernels_tunl0_reach_each_other() {
     // Loading ipip.ko gives every namespace a fallback tunl0, DOWN; ipipd's node has one too.
     let (_, _, up) = tunl0(&c.node("node").ns);
     assert!(!up, "the fallback tunl0 starts down");
-    kernel_ipip_node(&c, "master", "node");
+    // The master: the kernel's tunl0 with the seed's routes.
+    c.node("master").kernel_tunl0(c.node("node")).unwrap();
     c.start_daemon("node", None).unwrap();
 
     let master_pod = c.node("master").pods[0].ns.view();

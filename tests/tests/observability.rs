@@ -4,7 +4,6 @@
 //! shows a spoofed packet's drop with its reason.
 
 use std::{
-    collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
     process::{Command, Stdio},
@@ -14,6 +13,7 @@ use std::{
 use ipipd_tests::{
     NetNs,
     cluster::{Cluster, Daemon, ipipd_binary, seed_nodes},
+    counters::{Counters, moved, ping, stats},
     require_root,
     traffic::{set_pmtudisc, tcp_transfer, udp_receive, udp_socket},
 };
@@ -39,8 +39,6 @@ fn get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
     })
     .unwrap()
 }
-
-type Counters = BTreeMap<(String, String, String), (u64, u64)>;
 
 /// ipipd_packets_total / ipipd_bytes_total by (interface, hook, reason), from a Prometheus
 /// text parser.
@@ -68,56 +66,6 @@ fn scrape(ns: &NetNs) -> Counters {
     }
     assert!(!out.is_empty(), "no ipipd counters in /metrics:\n{body}");
     out
-}
-
-fn stats(c: &Cluster, node: &str) -> Counters {
-    let pin = c.bpffs.join(node);
-    let out = c
-        .node(node)
-        .ipipd(&["stats", "-o", "json", "--pin-dir", pin.to_str().unwrap()])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                (
-                    r["interface"].as_str().unwrap().to_string(),
-                    r["hook"].as_str().unwrap().to_string(),
-                    r["reason"].as_str().unwrap().to_string(),
-                ),
-                (r["packets"].as_u64().unwrap(), r["bytes"].as_u64().unwrap()),
-            )
-        })
-        .collect()
-}
-
-/// What moved for one reason, summed over interfaces and hooks.
-fn moved(before: &Counters, after: &Counters, reason: &str) -> (u64, u64) {
-    after
-        .iter()
-        .filter(|((_, _, r), _)| r == reason)
-        .map(|(k, (p, b))| {
-            let (p0, b0) = before.get(k).copied().unwrap_or_default();
-            (p - p0, b - b0)
-        })
-        .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
-}
-
-fn ping(ns: &NetNs, args: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "sh",
-            "-c",
-            &format!("ping {args}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

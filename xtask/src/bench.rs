@@ -261,8 +261,8 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
             )
         }
         Setup::B => {
-            kernel_routes(&c, "master", "node")?;
-            kernel_routes(&c, "node", "master")?;
+            c.node("master").kernel_plain_routing(c.node("node"))?;
+            c.node("node").kernel_plain_routing(c.node("master"))?;
             (
                 c.node("master").pods[0].ns.view(),
                 c.node("node").pods[0].ns.view(),
@@ -272,7 +272,7 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
         Setup::D => {
             for (n, peer) in [("master", "node"), ("node", "master")] {
                 c.node(n).pods[0].ns.sh("ip link set eth0 mtu 1480")?;
-                kernel_ipip_node(&c, n, peer)?;
+                c.node(n).kernel_tunl0(c.node(peer))?;
             }
             (
                 c.node("master").pods[0].ns.view(),
@@ -327,65 +327,6 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
     }
     drop(c);
     Ok(out)
-}
-
-/// Setup B: what the kernel's route table does for pods without a tunnel.
-fn kernel_routes(c: &Cluster, name: &str, peer: &str) -> Result<()> {
-    let me = c.node(name);
-    let other = c.node(peer);
-    let mut script = vec![
-        "sysctl -qw net.ipv4.ip_forward=1".to_string(),
-        "ip route add 169.254.0.0/16 dev eth0 metric 1002".into(),
-        format!(
-            "ip route add {} via {} dev eth0",
-            other.spec.block, other.spec.address
-        ),
-        format!("ip route add blackhole {}", me.spec.block),
-    ];
-    for p in &me.spec.pods {
-        script.push(format!(
-            "ip route add {}/32 dev {} scope link",
-            p.address, p.interface
-        ));
-        script.push(format!(
-            "sysctl -qw net.ipv4.conf.{i}.proxy_arp=1 net.ipv4.neigh.{i}.proxy_delay=0",
-            i = p.interface
-        ));
-    }
-    me.ns.sh(&script.join("\n"))?;
-    Ok(())
-}
-
-/// Setup D: the kernel's own IPIP as a Calico node in classic IPIP mode runs it (the seed's
-/// routes): tunl0 up with an address of the block, the peer's block via the peer dev tunl0
-/// onlink, proxy ARP on the pods' veths.
-fn kernel_ipip_node(c: &Cluster, name: &str, peer: &str) -> Result<()> {
-    let me = c.node(name);
-    let other = c.node(peer);
-    let first = me.spec.block.split('/').next().unwrap_or_default();
-    let mut script = vec![
-        "sysctl -qw net.ipv4.ip_forward=1".to_string(),
-        format!("ip link set tunl0 mtu {} up", me.spec.mtu - 20),
-        format!("ip addr add {first}/32 dev tunl0"),
-        format!(
-            "ip route add {} via {} dev tunl0 onlink",
-            other.spec.block, other.spec.address
-        ),
-        format!("ip route add blackhole {}", me.spec.block),
-        "ip route add 169.254.0.0/16 dev eth0 metric 1002".into(),
-    ];
-    for p in &me.spec.pods {
-        script.push(format!(
-            "ip route add {}/32 dev {} scope link",
-            p.address, p.interface
-        ));
-        script.push(format!(
-            "sysctl -qw net.ipv4.conf.{i}.proxy_arp=1 net.ipv4.neigh.{i}.proxy_delay=0",
-            i = p.interface
-        ));
-    }
-    me.ns.sh(&script.join("\n"))?;
-    Ok(())
 }
 
 fn iperf(
@@ -601,17 +542,19 @@ fn testrun(plan: &Plan, bench_bin: &Path, extra_blocks: usize) -> Result<Value> 
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let routes = c.node("node").ipipd(&[
-        "routes",
-        "-o",
-        "json",
-        "--pin-dir",
-        &c.bpffs.join("node").to_string_lossy(),
-    ])?;
-    let n_routes = serde_json::from_str::<Value>(&routes)?
-        .as_array()
-        .map_or(0, |a| a.len());
+    let n_routes = rows(&c, "routes")?;
     Ok(json!({"routes": n_routes, "paths": serde_json::from_slice::<Value>(&out.stdout)?}))
+}
+
+/// How many rows `ipipd <what> -o json` lists on the node "node".
+fn rows(c: &Cluster, what: &str) -> Result<usize> {
+    let pin = c.bpffs.join("node");
+    let out = c
+        .node("node")
+        .ipipd(&[what, "-o", "json", "--pin-dir", &pin.to_string_lossy()])?;
+    Ok(serde_json::from_str::<Value>(&out)?
+        .as_array()
+        .map_or(0, |a| a.len()))
 }
 
 /// `n` remote /26 blocks in 10.0.0.0/8, on 100 peers in the uplink's /20 (reachable, never
@@ -675,22 +618,7 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     c.start_daemon("node", Some(cfg))?;
     let startup_s = t.elapsed().as_secs_f64();
     let pin = c.bpffs.join("node");
-    let routes =
-        c.node("node")
-            .ipipd(&["routes", "-o", "json", "--pin-dir", &pin.to_string_lossy()])?;
-    let n_routes = serde_json::from_str::<Value>(&routes)?
-        .as_array()
-        .map_or(0, |a| a.len());
-    let eps = c.node("node").ipipd(&[
-        "endpoints",
-        "-o",
-        "json",
-        "--pin-dir",
-        &pin.to_string_lossy(),
-    ])?;
-    let n_eps = serde_json::from_str::<Value>(&eps)?
-        .as_array()
-        .map_or(0, |a| a.len());
+    let (n_routes, n_eps) = (rows(&c, "routes")?, rows(&c, "endpoints")?);
     if n_routes < plan.scale_blocks || n_eps < n {
         bail!("the scaled daemon programmed {n_routes} routes and {n_eps} endpoints");
     }
