@@ -135,12 +135,12 @@ fn record_del<T: Keyed>(
 ) -> bool {
     let was_added = added.iter().any(|e| e.address() == address);
     added.retain(|e| e.address() != address);
-    let in_file = file.iter().any(|e| e.address() == address);
-    if in_file && !deleted.contains(&address) {
+    // A file item deleted before (and not added again) is gone: deleting it twice is an error.
+    let live_in_file = file.iter().any(|e| e.address() == address) && !deleted.contains(&address);
+    if live_in_file {
         deleted.push(address);
-        return true;
     }
-    in_file || was_added
+    was_added || live_in_file
 }
 
 /// The file's items, less the deleted and the replaced ones, plus the added ones.

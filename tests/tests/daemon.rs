@@ -306,6 +306,19 @@ fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
         "recreated pod\n{}",
         c.logs()
     );
+
+    // A pod of the file deleted at runtime: the second delete says there is no such endpoint.
+    let second = c.node("node").spec.pods[0].address.to_string();
+    let del = |c: &Cluster| {
+        c.node("node")
+            .ipipd(&["endpoint", "del", "--address", &second, "--state-dir", &sd])
+    };
+    del(&c).unwrap();
+    let err = format!("{:#}", del(&c).unwrap_err());
+    assert!(
+        err.contains(&format!("no endpoint {second}")),
+        "second delete: {err}"
+    );
 }
 
 #[test]
