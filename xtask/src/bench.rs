@@ -37,6 +37,9 @@ pub struct Opts {
     /// ipipd and ipipd-bench.
     pub ipipd: std::path::PathBuf,
     pub bench_bin: std::path::PathBuf,
+    /// Record a system-wide `perf` profile of each setup's TCP 1-stream runs, into
+    /// `<out>/perf-<setup>.data`.
+    pub profile: bool,
 }
 
 /// Whether the running kernel has the ipip module loaded (setup D).
@@ -53,6 +56,8 @@ fn setups() -> Vec<Setup> {
 }
 
 struct Plan {
+    /// Where perf profiles go, when profiling.
+    profile: Option<std::path::PathBuf>,
     rounds: usize,
     seconds: u32,
     testrun_calls: u32,
@@ -142,6 +147,7 @@ pub fn run(opts: Opts) -> Result<()> {
     setup::require_root("the bench creates network namespaces and loads BPF programs")?;
     let plan = if opts.quick {
         Plan {
+            profile: None,
             rounds: 1,
             seconds: 2,
             testrun_calls: 20_000,
@@ -151,6 +157,7 @@ pub fn run(opts: Opts) -> Result<()> {
         }
     } else {
         Plan {
+            profile: None,
             rounds: 3,
             seconds: 5,
             testrun_calls: 100_000,
@@ -160,6 +167,11 @@ pub fn run(opts: Opts) -> Result<()> {
         }
     };
     let (ipipd, bench_bin) = (opts.ipipd.clone(), opts.bench_bin.clone());
+    let mut plan = plan;
+    if opts.profile {
+        std::fs::create_dir_all(&opts.out)?;
+        plan.profile = Some(opts.out.clone());
+    }
     // SAFETY: single-threaded here.
     unsafe { std::env::set_var("IPIPD_BIN", &ipipd) };
     let started = Instant::now();
@@ -302,6 +314,18 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
         } else {
             None
         };
+        let perf = match (&plan.profile, w) {
+            (Some(dir), Workload::Tcp1) => Some(
+                Command::new("perf")
+                    .args(["record", "-a", "-g", "-F", "999", "-q", "-o"])
+                    .arg(dir.join(format!("perf-{}.data", s.key())))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting perf record (Debian's linux-perf)")?,
+            ),
+            _ => None,
+        };
         let cpu0 = cpu_busy_s()?;
         let mut r = match w {
             Workload::Rr => rr(&client, &server, server_ip, 6000 + i as u16, plan.seconds)?,
@@ -315,6 +339,11 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
             )?,
         };
         r.cpu_s = cpu_busy_s()? - cpu0;
+        if let Some(mut p) = perf {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+            let _ = p.wait();
+        }
         if let Some((p0, h0)) = prog_before {
             let (p1, h1) = (progstats(bench_bin)?, hook_bytes(&c)?);
             for (name, (t1, n1)) in &p1 {

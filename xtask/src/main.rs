@@ -76,6 +76,10 @@ enum Cmd {
         /// One round of short runs (under 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Also record a system-wide perf profile of each setup's TCP 1-stream run
+        /// (target/bench/perf-<setup>.data; `perf report -i …`). Needs Debian's linux-perf.
+        #[arg(long)]
+        profile: bool,
         /// Run it in the kernel test VM (whose kernel has ipip: adds D, the kernel's tunl0).
         /// Under TCG only the ratios mean anything.
         #[arg(long)]
@@ -137,6 +141,7 @@ fn main() -> Result<()> {
         } => {
             return bench::run(bench::Opts {
                 quick: *quick,
+                profile: false,
                 out: PathBuf::from("/tmp/bench"),
                 ipipd: ipipd.clone(),
                 bench_bin: bench_bin.clone(),
@@ -222,15 +227,24 @@ fn main() -> Result<()> {
                 }),
             )
         }
-        Cmd::Bench { quick, vm, vm_opts } => {
+        Cmd::Bench {
+            quick,
+            profile,
+            vm,
+            vm_opts,
+        } => {
             setup::all()?;
             build()?;
             if vm {
                 return vm::run_vm(&root, vm_opts.opts(vm::Job::Bench { quick }));
             }
             setup::install(&["iperf3"])?;
+            if profile {
+                setup::install(&["linux-perf"])?;
+            }
             bench::run(bench::Opts {
                 quick,
+                profile,
                 out: root.join("target/bench"),
                 ipipd: root.join("target/release/ipipd"),
                 bench_bin: root.join("target/release/ipipd-bench"),
