@@ -15,8 +15,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
@@ -167,6 +167,31 @@ fn metrics_text(pin_dir: &std::path::Path, health: &Health) -> Result<String> {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One metric family: its descriptor, then one sample per label set.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One unlabelled gauge.
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let labels = |r: &inspect::StatRow| -> Labels {
@@ -177,79 +202,57 @@ impl Collector for Snapshot {
                 ("verdict", verdict(r.reason, r.drop).to_string()),
             ]
         };
-        {
-            let mut m = enc.encode_descriptor(
-                "ipipd_packets",
-                "Packets per decision of the data plane, by interface, hook and reason",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for r in &self.counters {
-                let l = labels(r);
-                ConstCounter::new(r.packets).encode(m.encode_family(&l)?)?;
-            }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "ipipd_bytes",
-                "Bytes per decision of the data plane (a GSO packet counts all its bytes)",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for r in &self.counters {
-                let l = labels(r);
-                ConstCounter::new(r.bytes).encode(m.encode_family(&l)?)?;
-            }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "ipipd_map_entries",
-                "Entries in each map",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for (name, used, _) in &self.maps {
-                let l: Labels = vec![("map", name.to_string())];
-                ConstGauge::new(*used as i64).encode(m.encode_family(&l)?)?;
-            }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "ipipd_map_capacity",
-                "Maximum entries of each map",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for (name, _, cap) in &self.maps {
-                let l: Labels = vec![("map", name.to_string())];
-                ConstGauge::new(*cap as i64).encode(m.encode_family(&l)?)?;
-            }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "ipipd_attached",
-                "1 when the program is attached where the config asks for it",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for a in &self.health.attachments {
+        family(
+            &mut enc,
+            "ipipd_packets",
+            "Packets per decision of the data plane, by interface, hook and reason",
+            MetricType::Counter,
+            self.counters
+                .iter()
+                .map(|r| (labels(r), ConstCounter::new(r.packets))),
+        )?;
+        family(
+            &mut enc,
+            "ipipd_bytes",
+            "Bytes per decision of the data plane (a GSO packet counts all its bytes)",
+            MetricType::Counter,
+            self.counters
+                .iter()
+                .map(|r| (labels(r), ConstCounter::new(r.bytes))),
+        )?;
+        let map = |name: &str| -> Labels { vec![("map", name.to_string())] };
+        family(
+            &mut enc,
+            "ipipd_map_entries",
+            "Entries in each map",
+            MetricType::Gauge,
+            self.maps
+                .iter()
+                .map(|(n, used, _)| (map(n), ConstGauge::new(*used as i64))),
+        )?;
+        family(
+            &mut enc,
+            "ipipd_map_capacity",
+            "Maximum entries of each map",
+            MetricType::Gauge,
+            self.maps
+                .iter()
+                .map(|(n, _, cap)| (map(n), ConstGauge::new(*cap as i64))),
+        )?;
+        family(
+            &mut enc,
+            "ipipd_attached",
+            "1 when the program is attached where the config asks for it",
+            MetricType::Gauge,
+            self.health.attachments.iter().map(|a| {
                 let l: Labels = vec![
                     ("interface", a.interface.clone()),
                     ("hook", a.hook.to_string()),
                     ("mode", self.health.attach_mode.to_string()),
                 ];
-                ConstGauge::new(i64::from(a.attached)).encode(m.encode_family(&l)?)?;
-            }
-        }
-        let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
-            let m = enc.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            ConstGauge::new(v).encode(m)
-        };
+                (l, ConstGauge::new(i64::from(a.attached)))
+            }),
+        )?;
         gauge(
             &mut enc,
             "ipipd_ready",
@@ -268,23 +271,19 @@ impl Collector for Snapshot {
             "ipipd monitor clients connected (the programs emit events while above 0)",
             self.health.monitors as i64,
         )?;
-        {
-            let m = enc.encode_descriptor(
-                "ipipd_build",
-                "Build and kernel information",
-                None,
-                prometheus_client::metrics::MetricType::Info,
-            )?;
-            let l: Labels = vec![
-                ("version", env!("CARGO_PKG_VERSION").to_string()),
-                ("aya", "0.14.0".to_string()),
-                ("kernel", self.kernel.clone()),
-                ("attach_mode", self.health.attach_mode.to_string()),
-            ];
-            let mut m = m;
-            m.encode_info(&l)?;
-        }
-        Ok(())
+        let mut m = enc.encode_descriptor(
+            "ipipd_build",
+            "Build and kernel information",
+            None,
+            MetricType::Info,
+        )?;
+        let l: Labels = vec![
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("aya", "0.14.0".to_string()),
+            ("kernel", self.kernel.clone()),
+            ("attach_mode", self.health.attach_mode.to_string()),
+        ];
+        m.encode_info(&l)
     }
 }
 
