@@ -133,12 +133,12 @@ impl Daemon {
             waiting_for: "starting".into(),
             ..Default::default()
         }));
+        // The signals the loop takes through its signalfd are blocked from here on: a thread
+        // spawned later (metrics) inherits the mask, so a SIGTERM is never delivered to it
+        // (whose default action would end the process without a teardown). One arriving
+        // during the bring-up waits for the loop, which then tears down.
+        block_signals()?;
         if let Some(addr) = metrics {
-            // The signals the loop takes through its signalfd are blocked first: the metrics
-            // thread inherits the mask, so a SIGTERM is never delivered to it (whose default
-            // action would end the process without a teardown). One arriving during the
-            // bring-up waits for the loop.
-            block_signals()?;
             crate::metrics::serve(addr, file.node.pin_dir.clone(), health.clone())?;
         }
         std::fs::create_dir_all(state_dir)
