@@ -238,6 +238,26 @@ macro_rules! reasons {
             pub const fn from_u8(v: u8) -> Option<Self> {
                 match v { $( $val => Some(Reason::$name), )* _ => None }
             }
+            /// What became of the packet: "drop", "pass" (to the kernel), "forward" (ipipd
+            /// sent it on: delivered, encapsulated, routed, answered), or "note" (counted beside
+            /// the decision it goes with).
+            pub const fn verdict(self) -> &'static str {
+                if self.is_drop() {
+                    return "drop";
+                }
+                match self {
+                    Reason::PassToKernel
+                    | Reason::PassTtlExpired
+                    | Reason::PassTooBig
+                    | Reason::PassNotIpv4
+                    | Reason::PassIpip
+                    | Reason::DecapToKernel
+                    | Reason::DecapTtlExpired
+                    | Reason::ArpPass => "pass",
+                    Reason::EcnUnusedCombination => "note",
+                    _ => "forward",
+                }
+            }
         }
     };
 }

@@ -7,7 +7,7 @@ use dataplane_common::{Event, Hook, MonitorMode, Reason, Tuple};
 
 use crate::{
     maps::{CONFIG, EVENTS},
-    packet::{ETH_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{ETH_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, xdp_ptr_at},
 };
 
 #[inline(always)]
@@ -42,12 +42,19 @@ fn tuple(h: &[u8; 20], ports: impl Fn(usize) -> Option<[u8; 4]>) -> Tuple {
     t
 }
 
-/// A tc hook's decision (the packet as it is when the decision is counted).
+/// Sends one event: the decision, and the frame's EtherType and IPv4 headers (outer, and inner
+/// for IPIP) read through `read20` / `read4`, which return the bytes at an offset when the
+/// frame has them.
 #[inline(always)]
-pub fn tc(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
-    if !wanted(reason) {
-        return;
-    }
+fn emit(
+    ifindex: u32,
+    hook: Hook,
+    reason: Reason,
+    len: u32,
+    read2: impl Fn(usize) -> Option<[u8; 2]>,
+    read20: impl Fn(usize) -> Option<[u8; 20]>,
+    read4: impl Fn(usize) -> Option<[u8; 4]>,
+) {
     let mut ev = Event {
         ifindex,
         len,
@@ -55,14 +62,10 @@ pub fn tc(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
         reason: reason as u8,
         ..Default::default()
     };
-    if let Ok(et) = ctx.load::<[u8; 2]>(12) {
+    if let Some(et) = read2(12) {
         ev.ethertype = et;
         if et == [0x08, 0x00] {
-            let at = |base: usize| {
-                ctx.load::<[u8; 20]>(base)
-                    .ok()
-                    .map(|h| tuple(&h, |off| ctx.load::<[u8; 4]>(base + off).ok()))
-            };
+            let at = |base: usize| read20(base).map(|h| tuple(&h, |off| read4(base + off)));
             if let Some(o) = at(ETH_LEN) {
                 ev.outer = o;
                 if o.proto == IPPROTO_IPIP {
@@ -74,50 +77,37 @@ pub fn tc(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
     let _ = EVENTS.output::<Event>(&ev, 0);
 }
 
+/// A tc hook's decision (the packet as it is when the decision is counted).
+#[inline(always)]
+pub fn tc(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
+    if !wanted(reason) {
+        return;
+    }
+    emit(
+        ifindex,
+        hook,
+        reason,
+        len,
+        |off| ctx.load(off).ok(),
+        |off| ctx.load(off).ok(),
+        |off| ctx.load(off).ok(),
+    );
+}
+
 /// XDP's drops (it passes everything else on to from_uplink).
 #[inline(always)]
 pub fn xdp(ctx: &XdpContext, ifindex: u32, reason: Reason, len: u32) {
     if !wanted(reason) {
         return;
     }
-    let read = |off: usize| -> Option<*const u8> {
-        if ctx.data() + off + 20 > ctx.data_end() {
-            None
-        } else {
-            Some((ctx.data() + off) as *const u8)
-        }
-    };
-    let mut ev = Event {
+    // SAFETY (each read): xdp_ptr_at bounds-checked the bytes against data_end.
+    emit(
         ifindex,
+        Hook::XdpUplink,
+        reason,
         len,
-        hook: Hook::XdpUplink as u8,
-        reason: reason as u8,
-        ..Default::default()
-    };
-    let header = |base: usize| -> Option<Tuple> {
-        let p = read(base)?;
-        // SAFETY: 20 bytes at p are within the packet (checked by `read`).
-        let h: [u8; 20] = unsafe { *(p as *const [u8; 20]) };
-        Some(tuple(&h, |off| {
-            let q = base + off;
-            if ctx.data() + q + 4 > ctx.data_end() {
-                return None;
-            }
-            // SAFETY: bounds-checked just above.
-            Some(unsafe { *((ctx.data() + q) as *const [u8; 4]) })
-        }))
-    };
-    if let Some(p) = read(0) {
-        // SAFETY: at least 20 bytes from the frame's start.
-        ev.ethertype = unsafe { [*p.add(12), *p.add(13)] };
-        if ev.ethertype == [0x08, 0x00]
-            && let Some(o) = header(ETH_LEN)
-        {
-            ev.outer = o;
-            if o.proto == IPPROTO_IPIP {
-                ev.inner = header(ETH_LEN + 20).unwrap_or_default();
-            }
-        }
-    }
-    let _ = EVENTS.output::<Event>(&ev, 0);
+        |off| xdp_ptr_at::<[u8; 2]>(ctx, off).map(|p| unsafe { *p }),
+        |off| xdp_ptr_at::<[u8; 20]>(ctx, off).map(|p| unsafe { *p }),
+        |off| xdp_ptr_at::<[u8; 4]>(ctx, off).map(|p| unsafe { *p }),
+    );
 }

@@ -43,6 +43,15 @@ pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
+/// A `T` at `off` in an XDP frame, when the frame holds it whole.
+#[inline(always)]
+pub fn xdp_ptr_at<T>(ctx: &aya_ebpf::programs::XdpContext, off: usize) -> Option<*const T> {
+    if ctx.data() + off + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((ctx.data() + off) as *const T)
+}
+
 /// Makes the first `len` bytes linear (pulling them in when the skb is paged), so that the
 /// direct packet access of [`ptr_at`] can reach them. False when the packet is shorter.
 #[inline(always)]

@@ -3,8 +3,6 @@
 //! from_uplink repeats every check, so correctness never depends on this program. Only its drops
 //! are counted (what it passes is counted by from_uplink).
 
-use core::mem::size_of;
-
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use dataplane_common::{Hook, Reason, RouteKind};
 
@@ -12,17 +10,9 @@ use crate::{
     maps::{config, count, route},
     packet::{
         ETH_LEN, ETH_P_IP, EthHdr, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, frag_field,
-        ihl_bytes, tot_len,
+        ihl_bytes, tot_len, xdp_ptr_at,
     },
 };
-
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
-    if ctx.data() + off + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((ctx.data() + off) as *const T)
-}
 
 #[inline(always)]
 fn drop(ctx: &XdpContext, reason: Reason) -> u32 {
@@ -37,7 +27,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(cfg) = config() else {
         return xdp_action::XDP_PASS;
     };
-    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)) else {
+    let (Some(eth), Some(ip)) = (
+        xdp_ptr_at::<EthHdr>(ctx, 0),
+        xdp_ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
+    ) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: both bounds-checked above.

@@ -199,6 +199,14 @@ impl Daemon {
         self.runtime.apply(&self.file)
     }
 
+    /// The one way a desired state is applied: the data plane reconciled, then what /readyz and
+    /// /metrics say updated, whether or not the reconcile went through.
+    fn reconcile(&mut self, desired: &Config) -> Result<()> {
+        let applied = self.dp.reconcile(desired);
+        self.publish();
+        applied
+    }
+
     /// Runs until SIGTERM or SIGINT, then tears the data plane down.
     pub fn run(mut self) -> Result<()> {
         let sig = signalfd()?;
@@ -210,10 +218,9 @@ impl Daemon {
         std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         // Interfaces may have come and gone while we started: look once more.
+        // (The bring-up wrote the config entry with the monitor off: nobody watches yet.)
         let d = self.desired()?;
-        self.dp.reconcile(&d)?;
-        // A monitor of a killed run is gone: nobody watches.
-        self.update_monitor();
+        self.reconcile(&d)?;
         log::info!("ready; control socket {}", sock_path.display());
 
         let result = loop {
@@ -282,10 +289,9 @@ impl Daemon {
                                 }
                             }
                         }
-                        if let Err(e) = self.desired().and_then(|d| self.dp.reconcile(&d)) {
+                        if let Err(e) = self.desired().and_then(|d| self.reconcile(&d)) {
                             log::error!("reconciling after link events: {e:#}");
                         }
-                        self.publish();
                     }
                     Ok(_) => {}
                     Err(e) => log::error!("reading link events: {e:#}"),
@@ -341,14 +347,13 @@ impl Daemon {
                 return;
             }
         };
-        match self.dp.reconcile(&desired) {
+        match self.reconcile(&desired) {
             Ok(()) => {
                 self.file = file;
                 log::info!("SIGHUP: config reloaded");
             }
             Err(e) => log::error!("SIGHUP: applying the new config: {e:#}"),
         }
-        self.publish();
     }
 
     fn serve(&mut self, stream: UnixStream) {
@@ -404,9 +409,7 @@ impl Daemon {
     fn change(&mut self, change: &Change) -> Result<()> {
         let rt = self.runtime.with(&self.file, change)?;
         let desired = rt.apply(&self.file)?;
-        let applied = self.dp.reconcile(&desired);
-        self.publish();
-        applied?;
+        self.reconcile(&desired)?;
         rt.save(&self.dp.state_dir)?;
         self.runtime = rt;
         log::info!("applied {change:?}");

@@ -61,6 +61,8 @@ pub struct StatRow {
     pub hook: &'static str,
     pub reason: &'static str,
     pub drop: bool,
+    /// [`Reason::verdict`]: drop, pass, forward or note.
+    pub verdict: &'static str,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -185,6 +187,7 @@ pub fn stats(pin_dir: &Path) -> Result<Vec<StatRow>> {
                 hook: Hook::from_u8(k.hook).map_or("?", Hook::name),
                 reason: reason.map_or("?", Reason::name),
                 drop: reason.is_some_and(Reason::is_drop),
+                verdict: reason.map_or("?", Reason::verdict),
                 packets: v.packets,
                 bytes: v.bytes,
             }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod netlink;
 pub mod state;
+pub mod testrun;
 
 /// The eBPF object built by build.rs (bpfel, BTF), aligned for the ELF parser.
 pub static EBPF_OBJECT: &[u8] =

@@ -199,7 +199,7 @@ impl Collector for Snapshot {
                 ("interface", r.interface.clone()),
                 ("hook", r.hook.to_string()),
                 ("reason", r.reason.to_string()),
-                ("verdict", verdict(r.reason, r.drop).to_string()),
+                ("verdict", r.verdict.to_string()),
             ]
         };
         family(
@@ -284,17 +284,5 @@ impl Collector for Snapshot {
             ("attach_mode", self.health.attach_mode.to_string()),
         ];
         m.encode_info(&l)
-    }
-}
-
-/// What happened to the packet, from its reason.
-pub fn verdict(reason: &str, drop: bool) -> &'static str {
-    match reason {
-        _ if drop => "drop",
-        "decap_to_kernel" | "decap_ttl_expired" | "arp_pass" => "pass",
-        r if r.starts_with("pass") => "pass",
-        // Counted beside the decision it goes with (RFC 6040's unused ECN combination).
-        "ecn_unused_combination" => "note",
-        _ => "forward",
     }
 }

@@ -98,7 +98,7 @@ fn line(ev: &Event) -> Line {
             Some(Hook::ToUplink) => "to network",
             None => "?",
         },
-        verdict: crate::metrics::verdict(reason_name, reason.is_some_and(Reason::is_drop)),
+        verdict: reason.map_or("?", Reason::verdict),
         reason: reason_name,
         len: ev.len,
         outer: flow(&ev.outer),
@@ -108,7 +108,7 @@ fn line(ev: &Event) -> Line {
     }
 }
 
-fn matches(ev: &Event, endpoint: Option<Ipv4Addr>) -> bool {
+fn involves(ev: &Event, endpoint: Option<Ipv4Addr>) -> bool {
     let Some(ip) = endpoint else {
         return true;
     };
@@ -192,7 +192,7 @@ pub fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
             }
             // SAFETY: the programs write whole `Event`s; read_unaligned copes with alignment.
             let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if !matches(&ev, opts.endpoint) {
+            if !involves(&ev, opts.endpoint) {
                 continue;
             }
             let l = line(&ev);

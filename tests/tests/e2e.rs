@@ -3,6 +3,7 @@
 
 use std::{net::Ipv4Addr, process::Command};
 
+use dataplane_user::testrun::checksum;
 use ipipd_tests::{
     NetNs,
     cluster::{Cluster, NodeSpec, PodSpec, seed_nodes},
@@ -387,28 +388,17 @@ fn send_ipip(ns: &NetNs, to: Ipv4Addr, inner: Vec<u8>, count: usize) {
 fn icmp_packet(src: Ipv4Addr, dst: Ipv4Addr, ihl: u8) -> Vec<u8> {
     let mut icmp = vec![8u8, 0, 0, 0, 0, 1, 0, 1];
     icmp.extend_from_slice(b"attacker-payload");
-    let c = csum(&icmp);
+    let c = checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let mut ip = vec![0x40 | ihl, 0, 0, 0, 0, 9, 0x40, 0, 64, 1, 0, 0];
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
     let len = (20 + icmp.len()) as u16;
     ip[2..4].copy_from_slice(&len.to_be_bytes());
-    let c = csum(&ip);
+    let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     ip.extend_from_slice(&icmp);
     ip
-}
-
-fn csum(b: &[u8]) -> u16 {
-    let mut s = 0u32;
-    for w in b.chunks(2) {
-        s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
 }
 
 #[test]

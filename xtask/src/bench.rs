@@ -145,33 +145,18 @@ struct Run {
 
 pub fn run(opts: Opts) -> Result<()> {
     setup::require_root("the bench creates network namespaces and loads BPF programs")?;
-    let plan = if opts.quick {
-        Plan {
-            profile: None,
-            rounds: 1,
-            seconds: 2,
-            testrun_calls: 20_000,
-            testrun_repeat: 200_000,
-            scale_blocks: 10_000,
-            scale_endpoints: 1_000,
-        }
-    } else {
-        Plan {
-            profile: None,
-            rounds: 3,
-            seconds: 5,
-            testrun_calls: 100_000,
-            testrun_repeat: 1_000_000,
-            scale_blocks: 10_000,
-            scale_endpoints: 1_000,
-        }
+    let quick = opts.quick;
+    let plan = Plan {
+        profile: opts.profile.then(|| opts.out.clone()),
+        rounds: if quick { 1 } else { 3 },
+        seconds: if quick { 2 } else { 5 },
+        testrun_calls: if quick { 20_000 } else { 100_000 },
+        testrun_repeat: if quick { 200_000 } else { 1_000_000 },
+        scale_blocks: 10_000,
+        scale_endpoints: 1_000,
     };
+    std::fs::create_dir_all(&opts.out)?;
     let (ipipd, bench_bin) = (opts.ipipd.clone(), opts.bench_bin.clone());
-    let mut plan = plan;
-    if opts.profile {
-        std::fs::create_dir_all(&opts.out)?;
-        plan.profile = Some(opts.out.clone());
-    }
     // SAFETY: single-threaded here.
     unsafe { std::env::set_var("IPIPD_BIN", &ipipd) };
     let started = Instant::now();
@@ -183,7 +168,6 @@ pub fn run(opts: Opts) -> Result<()> {
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
     let report = result?;
     let out = opts.out;
-    std::fs::create_dir_all(&out)?;
     let md = markdown(&report, &plan, started.elapsed());
     std::fs::write(out.join("bench.md"), &md)?;
     std::fs::write(

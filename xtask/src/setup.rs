@@ -12,6 +12,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo use.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
+    // sysctl, in the namespaces the tests build.
+    "procps",
     "ethtool",
     "tcpdump",
     "iputils-ping",

@@ -156,9 +156,7 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
         }
         Job::Bench { quick } => {
             setup::install(&["iperf3"])?;
-            let iperf3 = which("iperf3").context("iperf3 is missing")?;
-            let at = iperf3.parent().unwrap().canonicalize()?.join("iperf3");
-            add_binary(&mut ar, &at.to_string_lossy(), &iperf3)?;
+            add_tool(&mut ar, "iperf3")?;
             let xtask = std::env::current_exe()?;
             add_binary(&mut ar, &format!("{VM_DIR}/xtask"), &xtask)?;
             add_binary(
@@ -282,7 +280,7 @@ impl Kernel {
         })
     }
 
-    /// Adds the wanted modules and their dependencies; returns them in load order.
+    /// Adds the wanted modules and their dependencies; returns their paths in load order.
     fn modules_into(&self, ar: &mut Archive) -> Result<Vec<String>> {
         let Some(dir) = &self.modules else {
             return Ok(Vec::new());
@@ -295,9 +293,9 @@ impl Kernel {
             add_module(m, &files, &builtin, &mut order, 0)?;
         }
         let mut paths = Vec::new();
-        for (name, file) in &order {
+        for (name, bytes) in order {
             let vm = format!("/usr/lib/modules/{}/{name}.ko", self.release);
-            ar.bytes(&vm, module_bytes(file)?, 0o644)?;
+            ar.bytes(&vm, bytes, 0o644)?;
             paths.push(vm);
         }
         Ok(paths)
@@ -368,7 +366,7 @@ fn add_module(
     name: &str,
     files: &std::collections::HashMap<String, PathBuf>,
     builtin: &str,
-    order: &mut Vec<(String, PathBuf)>,
+    order: &mut Vec<(String, Vec<u8>)>,
     depth: usize,
 ) -> Result<()> {
     let name = normalize(name);
@@ -390,10 +388,12 @@ fn add_module(
     if depth > 32 {
         bail!("module dependency loop at {name}");
     }
-    for dep in depends(&module_bytes(file)?) {
+    // Read (and decompressed) once: for its dependencies, then for the initramfs.
+    let bytes = module_bytes(file)?;
+    for dep in depends(&bytes) {
         add_module(&dep, files, builtin, order, depth + 1)?;
     }
-    order.push((name, file.clone()));
+    order.push((name, bytes));
     Ok(())
 }
 
@@ -439,20 +439,33 @@ fn download_kernel_package(work: &Path) -> Result<PathBuf> {
     existing(&debs)?.with_context(|| format!("apt-get download {package} left no .deb"))
 }
 
-/// Installs a host file at the same place inside the VM, with the host's directory symlinks
-/// resolved (Debian's merged /usr: /lib → usr/lib).
-fn add_host_path(ar: &mut Archive, path: &Path) -> Result<()> {
+/// Where a host file goes inside the VM: the same path with the host's directory symlinks
+/// resolved (Debian's merged /usr: /lib → usr/lib), the file name kept (a library's soname).
+fn vm_path_of(path: &Path) -> Result<String> {
     let parent = path
         .parent()
         .context("a file path")?
         .canonicalize()
         .with_context(|| format!("resolving {}", path.display()))?;
-    let at = parent.join(path.file_name().context("a file name")?);
-    let at = at.to_string_lossy();
+    Ok(parent
+        .join(path.file_name().context("a file name")?)
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Installs a host file at the same place inside the VM (once).
+fn add_host_path(ar: &mut Archive, path: &Path) -> Result<()> {
+    let at = vm_path_of(path)?;
     if !ar.contains(&at) {
         ar.host_file(&at, path)?;
     }
     Ok(())
+}
+
+/// A host tool found on PATH, at its own place inside the VM, with its libraries.
+fn add_tool(ar: &mut Archive, tool: &str) -> Result<()> {
+    let p = which(tool).with_context(|| format!("{tool} is missing on this machine"))?;
+    add_binary(ar, &vm_path_of(&p)?, &p)
 }
 
 /// A dynamically linked binary at `vm_path`, and every library ldd lists for it.
@@ -512,14 +525,7 @@ fn base_system(ar: &mut Archive) -> Result<()> {
         ar.symlink(&format!("bb/{applet}"), "/usr/bin/busybox")?;
     }
     for tool in TOOLS {
-        let p = which(tool).with_context(|| format!("{tool} is missing on this machine"))?;
-        add_host_path(ar, &p)?;
-        let canon_parent = p.parent().unwrap().canonicalize()?;
-        add_binary(
-            ar,
-            &canon_parent.join(p.file_name().unwrap()).to_string_lossy(),
-            &p,
-        )?;
+        add_tool(ar, tool)?;
     }
     // tcpdump drops privileges to its own user; the tools look up protocols and services.
     for f in ["passwd", "group", "protocols", "services"] {

@@ -17,6 +17,7 @@ use aya::{
 };
 use clap::{Parser, Subcommand};
 use dataplane_common::program_names;
+use dataplane_user::testrun::{checksum, skb_ctx, xdp_ctx};
 use serde::Serialize;
 
 static FLOORS_OBJECT: &[u8] =
@@ -111,7 +112,6 @@ fn main() -> Result<()> {
 /// daemon's maps.
 struct Env {
     pod_if: u32,
-    pod2_if: u32,
     uplink: u32,
     uplink_mac: [u8; 6],
     node_ip: Ipv4Addr,
@@ -143,13 +143,7 @@ impl Env {
         uplink: &str,
     ) -> Result<Env> {
         let mut ebpf = dataplane_user::loader::open_object_pinned(pin_dir)?;
-        let cfg = {
-            let m: aya::maps::Array<_, dataplane_common::NodeConfig> = aya::maps::Array::try_from(
-                ebpf.map(dataplane_common::map_names::CONFIG)
-                    .context("config map")?,
-            )?;
-            m.get(&0, 0)?
-        };
+        let cfg = dataplane_user::maps::config(&ebpf)?;
         let (p, p2) = (ifindex(pod_if)?, ifindex(pod2_if)?);
         let eps = dataplane_user::maps::endpoints(&mut ebpf)?;
         let ep = eps
@@ -160,7 +154,6 @@ impl Env {
             .with_context(|| format!("no endpoint on {pod2_if}"))?;
         Ok(Env {
             pod_if: p,
-            pod2_if: p2,
             uplink: ifindex(uplink)?,
             uplink_mac: mac(uplink)?,
             node_ip: Ipv4Addr::from(cfg.node_ip),
@@ -170,24 +163,13 @@ impl Env {
     }
 }
 
-fn csum(b: &[u8]) -> u16 {
-    let mut s = 0u32;
-    for w in b.chunks(2) {
-        s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
 fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
     let len = (20 + payload.len()) as u16;
     let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
     h[2..4].copy_from_slice(&len.to_be_bytes());
     h.extend(src.octets());
     h.extend(dst.octets());
-    let c = csum(&h);
+    let c = checksum(&h);
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h.extend(payload);
     h
@@ -197,7 +179,7 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
 fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let mut m = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
     m.extend((0..56u8).collect::<Vec<_>>());
-    let c = csum(&m);
+    let c = checksum(&m);
     m[2..4].copy_from_slice(&c.to_be_bytes());
     ipv4(src, dst, 1, &m)
 }
@@ -348,24 +330,6 @@ fn paths(e: &Env, remote_pod: Ipv4Addr, peer: Ipv4Addr, stranger: Ipv4Addr) -> V
             kind: Kind::Unchanged,
         },
     ]
-    .into_iter()
-    .filter(|p| p.program != program_names::FROM_POD || e.pod2_if != 0)
-    .collect()
-}
-
-fn skb_ctx(ifindex: u32) -> Vec<u8> {
-    // struct __sk_buff is 192 bytes; ifindex at 40.
-    let mut ctx = vec![0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
-fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex (at 12), ...
-    let mut ctx = vec![0u8; 24];
-    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
 }
 
 /// One BPF_PROG_TEST_RUN: (verdict, ns per run as the kernel timed it).
@@ -386,7 +350,7 @@ fn run_once(ebpf: &Ebpf, prog: &str, p: &Path, repeat: u32) -> Result<(u32, u64)
         })
     } else {
         let c: &SchedClassifier = program.try_into()?;
-        let ctx = skb_ctx(p.ifindex);
+        let ctx = skb_ctx(p.ifindex, 0, 0);
         c.test_run(TestRunOptions {
             data_in: Some(&p.packet),
             data_out: Some(&mut out),
