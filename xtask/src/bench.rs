@@ -40,6 +40,19 @@ pub struct Opts {
     /// Record a system-wide `perf` profile of each setup's TCP 1-stream runs, into
     /// `<out>/perf-<setup>.data`.
     pub profile: bool,
+    /// The parts to run; empty: all.
+    pub only: Vec<Part>,
+}
+
+/// The bench's independent parts (`--only`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Throughput, CPU, latency and in-situ program cost (setups A, B, C, D).
+    Traffic,
+    /// BPF_PROG_TEST_RUN per path against its floor.
+    Testrun,
+    /// The control plane at scale.
+    Scale,
 }
 
 /// Whether the running kernel has the ipip module loaded (setup D).
@@ -49,6 +62,10 @@ fn kernel_has_ipip() -> bool {
 
 fn setups() -> Vec<Setup> {
     let mut v = vec![Setup::A, Setup::AXdp, Setup::B, Setup::C];
+    // The floors go first in the TCX chain, in front of ipipd's programs.
+    if ipipd_tests::kernel_has_tcx() {
+        v.push(Setup::AFloor);
+    }
     if kernel_has_ipip() {
         v.push(Setup::D);
     }
@@ -64,12 +81,21 @@ struct Plan {
     testrun_repeat: u32,
     scale_blocks: usize,
     scale_endpoints: usize,
+    only: Vec<Part>,
+}
+
+impl Plan {
+    fn runs(&self, p: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&p)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
 enum Setup {
     A,
     AXdp,
+    /// A with floor programs first on the data direction's hooks (in-situ floors).
+    AFloor,
     B,
     C,
     /// The kernel's own IPIP (`tunl0`, Calico's classic mode), where the kernel has ipip.
@@ -81,6 +107,7 @@ impl Setup {
         match self {
             Setup::A => "A ipipd",
             Setup::AXdp => "A ipipd + XDP",
+            Setup::AFloor => "A with the floors in front",
             Setup::B => "B kernel routes, no tunnel",
             Setup::C => "C node to node",
             Setup::D => "D kernel tunl0",
@@ -90,6 +117,7 @@ impl Setup {
         match self {
             Setup::A => "A",
             Setup::AXdp => "A_xdp",
+            Setup::AFloor => "A_floor",
             Setup::B => "B",
             Setup::C => "C",
             Setup::D => "D",
@@ -124,6 +152,25 @@ impl Workload {
     }
 }
 
+/// The data direction's paths in situ: (path, `<program>@<side>` in A, its floor in A_floor).
+const INSITU_PATHS: [(&str, &str, &str); 3] = [
+    (
+        "encap (sender's pod veth)",
+        "from_pod@sender",
+        "floor_encap@sender",
+    ),
+    (
+        "already IPIP (sender's uplink egress)",
+        "to_uplink@sender",
+        "noop_tc@sender",
+    ),
+    (
+        "decap (receiver's uplink)",
+        "from_uplink@receiver",
+        "floor_decap@receiver",
+    ),
+];
+
 const WORKLOADS: [Workload; 4] = [
     Workload::Tcp1,
     Workload::Tcp4,
@@ -154,6 +201,7 @@ pub fn run(opts: Opts) -> Result<()> {
         testrun_repeat: if quick { 200_000 } else { 1_000_000 },
         scale_blocks: 10_000,
         scale_endpoints: 1_000,
+        only: opts.only.clone(),
     };
     std::fs::create_dir_all(&opts.out)?;
     let (ipipd, bench_bin) = (opts.ipipd.clone(), opts.bench_bin.clone());
@@ -187,7 +235,12 @@ pub fn run(opts: Opts) -> Result<()> {
 fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     let setups = setups();
     let mut runs: BTreeMap<(Setup, Workload), Vec<Run>> = BTreeMap::new();
-    for round in 0..plan.rounds {
+    let rounds = if plan.runs(Part::Traffic) {
+        plan.rounds
+    } else {
+        0
+    };
+    for round in 0..rounds {
         // Alternate the order so that drift of the machine spreads over every setup.
         for i in 0..setups.len() {
             let s = setups[(i + round) % setups.len()];
@@ -202,13 +255,21 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
             }
         }
     }
-    eprintln!("xtask bench: BPF_PROG_TEST_RUN per path");
-    let testrun = testrun(plan, bench_bin, 0)?;
-    eprintln!(
-        "xtask bench: control plane at {} blocks / {} endpoints",
-        plan.scale_blocks, plan.scale_endpoints
-    );
-    let scale = scale(plan, ipipd, bench_bin)?;
+    let testrun = if plan.runs(Part::Testrun) {
+        eprintln!("xtask bench: BPF_PROG_TEST_RUN per path");
+        testrun(plan, bench_bin, 0)?
+    } else {
+        Value::Null
+    };
+    let scale = if plan.runs(Part::Scale) {
+        eprintln!(
+            "xtask bench: control plane at {} blocks / {} endpoints",
+            plan.scale_blocks, plan.scale_endpoints
+        );
+        scale(plan, ipipd, bench_bin)?
+    } else {
+        Value::Null
+    };
     Ok(report(plan, &runs, testrun, scale))
 }
 
@@ -238,9 +299,11 @@ fn cpu_busy_s() -> Result<f64> {
 /// Builds one setup, runs every workload on it, and tears it down.
 fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, Run)>> {
     let mut c = Cluster::new(&format!("b{}", s.key()), &seed_nodes(1))?;
+    // Program id -> which side of the data direction its ipipd runs on.
+    let mut roles: BTreeMap<u32, &'static str> = BTreeMap::new();
     let (client, server, server_ip) = match s {
-        Setup::A | Setup::AXdp => {
-            for n in ["master", "node"] {
+        Setup::A | Setup::AXdp | Setup::AFloor => {
+            for (n, role) in [("master", "sender"), ("node", "receiver")] {
                 c.node(n).pods[0].ns.sh("ip link set eth0 mtu 1480")?;
                 let extra = if s == Setup::AXdp {
                     "xdp = \"native\""
@@ -248,7 +311,13 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
                     ""
                 };
                 let cfg = c.config_for(n, extra);
+                let before = progstats(bench_bin)?;
                 c.start_daemon(n, Some(cfg))?;
+                for id in progstats(bench_bin)?.into_keys() {
+                    if !before.contains_key(&id) {
+                        roles.insert(id, role);
+                    }
+                }
             }
             (
                 c.node("master").pods[0].ns.view(),
@@ -291,9 +360,14 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
             c.logs()
         );
     }
+    let _floors = if s == Setup::AFloor {
+        Some(Floors::attach(&c, bench_bin, &mut roles)?)
+    } else {
+        None
+    };
     let mut out = Vec::new();
     for (i, w) in WORKLOADS.into_iter().enumerate() {
-        let prog_before = if matches!(s, Setup::A | Setup::AXdp) {
+        let prog_before = if matches!(s, Setup::A | Setup::AXdp | Setup::AFloor) {
             Some((progstats(bench_bin)?, hook_bytes(&c)?))
         } else {
             None
@@ -330,10 +404,15 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
         }
         if let Some((p0, h0)) = prog_before {
             let (p1, h1) = (progstats(bench_bin)?, hook_bytes(&c)?);
-            for (name, (t1, n1)) in &p1 {
-                let (t0, n0) = p0.get(name).copied().unwrap_or_default();
-                let b = h1.get(name).copied().unwrap_or(0.0) - h0.get(name).copied().unwrap_or(0.0);
-                r.progs.insert(name.clone(), (t1 - t0, n1 - n0, b));
+            for (id, (name, t1, n1)) in &p1 {
+                let Some(role) = roles.get(id) else { continue };
+                let key = format!("{name}@{role}");
+                let (_, t0, n0) = p0.get(id).cloned().unwrap_or_default();
+                let b = h1.get(&key).copied().unwrap_or(0.0) - h0.get(&key).copied().unwrap_or(0.0);
+                let e = r.progs.entry(key).or_default();
+                e.0 += t1 - t0;
+                e.1 += n1 - n0;
+                e.2 += b;
             }
         }
         out.push((w, r));
@@ -468,8 +547,8 @@ fn rr(client: &NetNs, server: &NetNs, server_ip: Ipv4Addr, port: u16, seconds: u
     })
 }
 
-/// run_time_ns and run_cnt of ipipd's programs (every loaded instance), by name.
-fn progstats(bench_bin: &Path) -> Result<BTreeMap<String, (f64, f64)>> {
+/// (name, run_time_ns, run_cnt) of every loaded program of ipipd's and the floors', by id.
+fn progstats(bench_bin: &Path) -> Result<BTreeMap<u32, (String, f64, f64)>> {
     let out = Command::new(bench_bin)
         .arg("progstats")
         .output()
@@ -484,29 +563,127 @@ fn progstats(bench_bin: &Path) -> Result<BTreeMap<String, (f64, f64)>> {
     Ok(v.as_object()
         .into_iter()
         .flatten()
-        .map(|(k, x)| {
-            (
-                k.clone(),
+        .filter_map(|(id, x)| {
+            Some((
+                id.parse().ok()?,
                 (
+                    x["name"].as_str()?.to_string(),
                     x["run_time_ns"].as_f64().unwrap_or(0.0),
                     x["run_cnt"].as_f64().unwrap_or(0.0),
                 ),
-            )
+            ))
         })
         .collect())
 }
 
-/// Bytes counted per hook on both nodes (`ipipd stats`).
+/// The floor programs of setup A_floor, attached first on the data direction's hooks (sender:
+/// the client pod's veth ingress and the uplink's egress; receiver: the uplink's ingress), each
+/// held by an `ipipd-bench floor` process until its standard input closes.
+struct Floors(Vec<std::process::Child>);
+
+impl Floors {
+    fn attach(
+        c: &Cluster,
+        bench_bin: &Path,
+        roles: &mut BTreeMap<u32, &'static str>,
+    ) -> Result<Floors> {
+        let (snd, rcv) = (c.node("master"), c.node("node"));
+        let mac = |ns: &NetNs, dev: &str| -> Result<String> {
+            Ok(ns
+                .sh(&format!("cat /sys/class/net/{dev}/address"))?
+                .trim()
+                .to_string())
+        };
+        let snd_pod_if = snd.pods[0].spec.interface.clone();
+        let rcv_pod_if = rcv.pods[0].spec.interface.clone();
+        let jobs: Vec<(&NetNs, &'static str, Vec<String>)> = vec![
+            (
+                &snd.ns,
+                "sender",
+                vec![
+                    "--prog=floor_encap".into(),
+                    format!("--iface={snd_pod_if}"),
+                    "--direction=ingress".into(),
+                    "--out-if=eth0".into(),
+                    format!("--src-ip={}", snd.spec.address),
+                    format!("--dst-ip={}", rcv.spec.address),
+                    format!("--smac={}", mac(&snd.ns, "eth0")?),
+                    format!("--dmac={}", mac(&rcv.ns, "eth0")?),
+                ],
+            ),
+            (
+                &snd.ns,
+                "sender",
+                vec![
+                    "--prog=noop_tc".into(),
+                    "--iface=eth0".into(),
+                    "--direction=egress".into(),
+                ],
+            ),
+            (
+                &rcv.ns,
+                "receiver",
+                vec![
+                    "--prog=floor_decap".into(),
+                    "--iface=eth0".into(),
+                    "--direction=ingress".into(),
+                    format!("--out-if={rcv_pod_if}"),
+                    format!("--smac={}", mac(&rcv.ns, &rcv_pod_if)?),
+                    format!("--dmac={}", mac(&rcv.pods[0].ns, "eth0")?),
+                ],
+            ),
+        ];
+        let mut floors = Floors(Vec::new());
+        for (ns, role, args) in jobs {
+            let before = progstats(bench_bin)?;
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .arg(bench_bin)
+                .arg("floor")
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("ipipd-bench floor")?;
+            let mut line = String::new();
+            let stdout = child.stdout.take().context("floor stdout")?;
+            floors.0.push(child);
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+            if !line.starts_with("attached") {
+                bail!("ipipd-bench floor {}: did not attach", args.join(" "));
+            }
+            for id in progstats(bench_bin)?.into_keys() {
+                if !before.contains_key(&id) {
+                    roles.insert(id, role);
+                }
+            }
+        }
+        Ok(floors)
+    }
+}
+
+impl Drop for Floors {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            drop(c.stdin.take());
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Bytes counted per hook on each side (`ipipd stats`), keyed `<hook>@<role>`.
 fn hook_bytes(c: &Cluster) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
-    for n in ["master", "node"] {
+    for (n, role) in [("master", "sender"), ("node", "receiver")] {
         let pin = c.bpffs.join(n);
         let text =
             c.node(n)
                 .ipipd(&["stats", "-o", "json", "--pin-dir", &pin.to_string_lossy()])?;
         let v: Value = serde_json::from_str(&text)?;
         for r in v.as_array().into_iter().flatten() {
-            *out.entry(r["hook"].as_str().unwrap_or("?").to_string())
+            *out.entry(format!("{}@{role}", r["hook"].as_str().unwrap_or("?")))
                 .or_insert(0.0) += r["bytes"].as_f64().unwrap_or(0.0);
         }
     }
@@ -763,9 +940,10 @@ fn report(
             }),
         );
     }
-    // In-situ program cost over every A run (xdp off), per program, by round.
+    // In-situ program cost per program and side (sender, receiver of the data), over every run
+    // of a setup.
     let mut insitu = serde_json::Map::new();
-    for s in [Setup::A, Setup::AXdp] {
+    for s in [Setup::A, Setup::AXdp, Setup::AFloor] {
         let mut per_prog: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
         for w in WORKLOADS {
             for r in get(s, w) {
@@ -791,6 +969,48 @@ fn report(
         }
         insitu.insert(s.key().into(), Value::Object(m));
     }
+    // Each data-direction path in situ against its floor in situ, per workload: ns per run in
+    // A over ns per run in A_floor, round by round.
+    let mut vs_floor = Vec::new();
+    for w in WORKLOADS {
+        for (path, prog, floor) in INSITU_PATHS {
+            let per_run = |r: &Run, k: &str| {
+                r.progs
+                    .get(k)
+                    .filter(|x| x.1 > 0.0)
+                    .map(|x| (x.0 / x.1, x.2 / x.1))
+            };
+            let (a, f) = (get(Setup::A, w), get(Setup::AFloor, w));
+            let ns = stat(
+                a.iter()
+                    .filter_map(|r| per_run(r, prog))
+                    .map(|x| x.0)
+                    .collect(),
+            );
+            let bytes = stat(
+                a.iter()
+                    .filter_map(|r| per_run(r, prog))
+                    .map(|x| x.1)
+                    .collect(),
+            );
+            let fl = stat(
+                f.iter()
+                    .filter_map(|r| per_run(r, floor))
+                    .map(|x| x.0)
+                    .collect(),
+            );
+            let ratio = stat(
+                a.iter()
+                    .zip(&f)
+                    .filter_map(|(p, q)| Some(per_run(p, prog)?.0 / per_run(q, floor)?.0))
+                    .collect(),
+            );
+            vs_floor.push(json!({
+                "workload": w.key(), "path": path, "program": prog, "floor": floor,
+                "ns": sj(ns), "bytes_per_run": sj(bytes), "floor_ns": sj(fl), "over_floor": sj(ratio),
+            }));
+        }
+    }
     let kvm = Path::new("/dev/kvm").exists();
     json!({
         "date": chrono_like_now(),
@@ -803,6 +1023,7 @@ fn report(
         "ratios": ratios,
         "cpu_ratios": cpu,
         "insitu": insitu,
+        "insitu_vs_floor": vs_floor,
         "testrun": testrun,
         "scale": scale,
         "D_kernel_tunl0": if kernel_has_ipip() {
@@ -852,67 +1073,83 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         if plan.rounds == 1 { " --quick" } else { "" },
         took.as_secs_f64()
     );
-    s += "| workload | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/C | A+XDP/C | A/D |\n|---|---|---|---|---|---|---|---|---|---|\n";
-    let units = [
-        ("tcp1", "Gbit/s", 2),
-        ("tcp4", "Gbit/s", 2),
-        ("udp64", "kpps", 0),
-        ("rr", "k trans/s", 1),
-    ];
-    for (w, unit, d) in units {
-        let t = &r["throughput"][w];
-        let scale = if unit == "Gbit/s" { 1.0 } else { 1e-3 };
-        let sc = |v: &Value| -> Value {
-            let g = |k: &str| v[k].as_f64().map(|x| x * scale);
-            match (g("median"), g("min"), g("max")) {
-                (Some(m), Some(a), Some(b)) => json!({"median": m, "min": a, "max": b}),
-                _ => Value::Null,
-            }
-        };
-        let name = WORKLOADS
-            .iter()
-            .find(|x| x.key() == w)
-            .map_or(w, |x| x.name());
-        s += &format!(
-            "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            f(&sc(&t["A"]["rate"]), d),
-            f(&sc(&t["A_xdp"]["rate"]), d),
-            f(&sc(&t["B"]["rate"]), d),
-            f(&sc(&t["C"]["rate"]), d),
-            f(&sc(&t["D"]["rate"]), d),
-            f(&r["ratios"][w]["A/B"], 2),
-            f(&r["ratios"][w]["A/C"], 2),
-            f(&r["ratios"][w]["A_xdp/C"], 2),
-            f(&r["ratios"][w]["A/D"], 2),
-        );
-    }
-    s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/D |\n|---|---|---|---|---|---|---|---|\n";
-    for (w, k, label) in [
-        ("tcp1", "cpu_s_per_gb", "TCP 1 stream, CPU s/GB"),
-        ("tcp4", "cpu_s_per_gb", "TCP 4 streams, CPU s/GB"),
-        ("udp64", "cpu_s_per_mpkt", "UDP 64 B, CPU s/Mpkt"),
-    ] {
-        let t = &r["throughput"][w];
-        // Per byte and per packet give the same ratio within one workload.
-        let ab = f(&r["cpu_ratios"][w]["A/B cpu per byte"], 2);
-        let ad = f(&r["cpu_ratios"][w]["A/D cpu per byte"], 2);
-        s += &format!(
-            "| {label} | {} | {} | {} | {} | {} | {ab} | {ad} |\n",
-            f(&t["A"][k], 2),
-            f(&t["A_xdp"][k], 2),
-            f(&t["B"][k], 2),
-            f(&t["C"][k], 2),
-            f(&t["D"][k], 2),
-        );
-    }
-    s += "\nIn-situ program cost (kernel.bpf_stats_enabled, over every A run; a GSO packet is one run):\n\n| program | ns per run (xdp off) | bytes per run | ns per run (xdp on) |\n|---|---|---|---|\n";
-    if let Some(m) = r["insitu"]["A"].as_object() {
-        for (name, v) in m {
+    if plan.runs(Part::Traffic) {
+        s += "| workload | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/C | A+XDP/C | A/D |\n|---|---|---|---|---|---|---|---|---|---|\n";
+        let units = [
+            ("tcp1", "Gbit/s", 2),
+            ("tcp4", "Gbit/s", 2),
+            ("udp64", "kpps", 0),
+            ("rr", "k trans/s", 1),
+        ];
+        for (w, unit, d) in units {
+            let t = &r["throughput"][w];
+            let scale = if unit == "Gbit/s" { 1.0 } else { 1e-3 };
+            let sc = |v: &Value| -> Value {
+                let g = |k: &str| v[k].as_f64().map(|x| x * scale);
+                match (g("median"), g("min"), g("max")) {
+                    (Some(m), Some(a), Some(b)) => json!({"median": m, "min": a, "max": b}),
+                    _ => Value::Null,
+                }
+            };
+            let name = WORKLOADS
+                .iter()
+                .find(|x| x.key() == w)
+                .map_or(w, |x| x.name());
             s += &format!(
-                "| `{name}` | {} | {:.0} | {} |\n",
-                f(&v["ns_per_run"], 0),
-                v["bytes_per_run"].as_f64().unwrap_or(0.0),
-                f(&r["insitu"]["A_xdp"][name]["ns_per_run"], 0),
+                "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                f(&sc(&t["A"]["rate"]), d),
+                f(&sc(&t["A_xdp"]["rate"]), d),
+                f(&sc(&t["B"]["rate"]), d),
+                f(&sc(&t["C"]["rate"]), d),
+                f(&sc(&t["D"]["rate"]), d),
+                f(&r["ratios"][w]["A/B"], 2),
+                f(&r["ratios"][w]["A/C"], 2),
+                f(&r["ratios"][w]["A_xdp/C"], 2),
+                f(&r["ratios"][w]["A/D"], 2),
+            );
+        }
+        s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/D |\n|---|---|---|---|---|---|---|---|\n";
+        for (w, k, label) in [
+            ("tcp1", "cpu_s_per_gb", "TCP 1 stream, CPU s/GB"),
+            ("tcp4", "cpu_s_per_gb", "TCP 4 streams, CPU s/GB"),
+            ("udp64", "cpu_s_per_mpkt", "UDP 64 B, CPU s/Mpkt"),
+        ] {
+            let t = &r["throughput"][w];
+            // Per byte and per packet give the same ratio within one workload.
+            let ab = f(&r["cpu_ratios"][w]["A/B cpu per byte"], 2);
+            let ad = f(&r["cpu_ratios"][w]["A/D cpu per byte"], 2);
+            s += &format!(
+                "| {label} | {} | {} | {} | {} | {} | {ab} | {ad} |\n",
+                f(&t["A"][k], 2),
+                f(&t["A_xdp"][k], 2),
+                f(&t["B"][k], 2),
+                f(&t["C"][k], 2),
+                f(&t["D"][k], 2),
+            );
+        }
+        s += "\nIn-situ program cost (kernel.bpf_stats_enabled), per program and side of the data direction (the iperf3 client's node sends), over every run; a GSO packet is one run:\n\n| program | ns per run (A) | bytes per run | ns per run (A + XDP) |\n|---|---|---|---|\n";
+        if let Some(m) = r["insitu"]["A"].as_object() {
+            for (name, v) in m {
+                s += &format!(
+                    "| `{name}` | {} | {:.0} | {} |\n",
+                    f(&v["ns_per_run"], 0),
+                    v["bytes_per_run"].as_f64().unwrap_or(0.0),
+                    f(&r["insitu"]["A_xdp"][name]["ns_per_run"], 0),
+                );
+            }
+        }
+        s += "\nEach data-direction path in situ against its floor in situ (setup A_floor: the floor programs first in the TCX chains of the same hooks, same flow), per workload:\n\n| workload | path | program | ns per run | bytes per run | floor | floor ns per run | / floor |\n|---|---|---|---|---|---|---|---|\n";
+        for p in r["insitu_vs_floor"].as_array().into_iter().flatten() {
+            s += &format!(
+                "| {} | {} | `{}` | {} | {} | `{}` | {} | {} |\n",
+                p["workload"].as_str().unwrap_or(""),
+                p["path"].as_str().unwrap_or(""),
+                p["program"].as_str().unwrap_or(""),
+                f(&p["ns"], 0),
+                f(&p["bytes_per_run"], 0),
+                p["floor"].as_str().unwrap_or(""),
+                f(&p["floor_ns"], 0),
+                f(&p["over_floor"], 2),
             );
         }
     }
@@ -935,21 +1172,25 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         }
         s
     };
-    s += &tr(
-        &r["testrun"],
-        "BPF_PROG_TEST_RUN, ns per run minus a do-nothing program measured the same way",
-    );
-    let sc = &r["scale"];
-    s += &tr(&sc["testrun_at_scale"], "The same at scale");
-    s += &format!(
-        "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s (their {} veths took {:.2} s to create); one endpoint add took effect in {:.3} s (CLI round trip, then in the map).\n",
-        sc["blocks"],
-        sc["endpoints"],
-        sc["startup_to_ready_s"].as_f64().unwrap_or(0.0),
-        sc["endpoints"],
-        sc["create_veths_s"].as_f64().unwrap_or(0.0),
-        sc["endpoint_add_s"].as_f64().unwrap_or(0.0),
-    );
+    if plan.runs(Part::Testrun) {
+        s += &tr(
+            &r["testrun"],
+            "BPF_PROG_TEST_RUN, ns per run minus a do-nothing program measured the same way",
+        );
+    }
+    if plan.runs(Part::Scale) {
+        let sc = &r["scale"];
+        s += &tr(&sc["testrun_at_scale"], "The same at scale");
+        s += &format!(
+            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s (their {} veths took {:.2} s to create); one endpoint add took effect in {:.3} s (CLI round trip, then in the map).\n",
+            sc["blocks"],
+            sc["endpoints"],
+            sc["startup_to_ready_s"].as_f64().unwrap_or(0.0),
+            sc["endpoints"],
+            sc["create_veths_s"].as_f64().unwrap_or(0.0),
+            sc["endpoint_add_s"].as_f64().unwrap_or(0.0),
+        );
+    }
     s += &format!(
         "\nD (the kernel's tunl0): {}\n",
         r["D_kernel_tunl0"].as_str().unwrap_or("")

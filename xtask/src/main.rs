@@ -84,6 +84,9 @@ enum Cmd {
         /// Under TCG only the ratios mean anything.
         #[arg(long)]
         vm: bool,
+        /// Only these parts (comma-separated): traffic, testrun, scale. Default: all.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Part>,
         #[command(flatten)]
         vm_opts: VmArgs,
     },
@@ -142,6 +145,7 @@ fn main() -> Result<()> {
             return bench::run(bench::Opts {
                 quick: *quick,
                 profile: false,
+                only: Vec::new(),
                 out: PathBuf::from("/tmp/bench"),
                 ipipd: ipipd.clone(),
                 bench_bin: bench_bin.clone(),
@@ -231,6 +235,7 @@ fn main() -> Result<()> {
             quick,
             profile,
             vm,
+            only,
             vm_opts,
         } => {
             setup::all()?;
@@ -245,6 +250,7 @@ fn main() -> Result<()> {
             bench::run(bench::Opts {
                 quick,
                 profile,
+                only,
                 out: root.join("target/bench"),
                 ipipd: root.join("target/release/ipipd"),
                 bench_bin: root.join("target/release/ipipd-bench"),

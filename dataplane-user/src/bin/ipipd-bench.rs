@@ -6,14 +6,19 @@
 //!   all measured the same way. ipipd's programs are loaded afresh on the daemon's pinned maps, so
 //!   they see its live routes, endpoints and neighbours.
 //! - `progstats`: run_time_ns and run_cnt (kernel.bpf_stats_enabled) of the loaded programs that
-//!   carry ipipd's program names, summed by name.
+//!   carry ipipd's or the floors' names, by program id.
+//! - `floor`: one floor program attached first on an interface (TCX), in front of ipipd's, so
+//!   that the bench measures the path and its floor in situ on the same flow.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp,
+        tc::TcAttachOptions,
+    },
 };
 use clap::{Parser, Subcommand};
 use dataplane_common::program_names;
@@ -61,8 +66,93 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
-    /// run_time_ns and run_cnt of ipipd's programs, summed by program name (JSON).
+    /// run_time_ns and run_cnt of every loaded program of ipipd's and of the floors, by
+    /// program id (JSON).
     Progstats,
+    /// Attaches one floor program first in an interface's TCX chain, in front of ipipd's, for
+    /// an in-situ comparison on one flow; detaches when standard input closes.
+    Floor {
+        /// floor_encap, floor_decap or noop_tc.
+        #[arg(long)]
+        prog: String,
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_parser = ["ingress", "egress"])]
+        direction: String,
+        /// Where the floor redirects to (encap: the uplink; decap: the pod's host-side veth).
+        #[arg(long)]
+        out_if: Option<String>,
+        /// The outer source and destination (encap).
+        #[arg(long)]
+        src_ip: Option<Ipv4Addr>,
+        #[arg(long)]
+        dst_ip: Option<Ipv4Addr>,
+        /// The MACs the floor writes (encap: the uplink's and the peer's; decap: the host
+        /// veth's and the pod's).
+        #[arg(long, value_parser = parse_mac)]
+        smac: Option<[u8; 6]>,
+        #[arg(long, value_parser = parse_mac)]
+        dmac: Option<[u8; 6]>,
+    },
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad MAC {s}: {e}"))?;
+    v.try_into().map_err(|_| format!("bad MAC {s}"))
+}
+
+/// Program names whose run time `progstats` reports.
+const FLOOR_NAMES: [&str; 3] = ["floor_encap", "floor_decap", "noop_tc"];
+
+fn floor(
+    prog: &str,
+    iface: &str,
+    direction: &str,
+    out_if: Option<&str>,
+    ips: (Option<Ipv4Addr>, Option<Ipv4Addr>),
+    macs: (Option<[u8; 6]>, Option<[u8; 6]>),
+) -> Result<()> {
+    if !FLOOR_NAMES.contains(&prog) {
+        bail!("--prog must be one of {FLOOR_NAMES:?}");
+    }
+    let out = match out_if {
+        Some(d) => ifindex(d)?,
+        None => 0,
+    };
+    let src = ips.0.map_or([0; 4], |a| a.octets());
+    let dst = ips.1.map_or([0; 4], |a| a.octets());
+    let smac = macs.0.unwrap_or_default();
+    let dmac = macs.1.unwrap_or_default();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("FLOOR_OUT_IFINDEX", &out, true)
+        .override_global("FLOOR_SRC_IP", &src, true)
+        .override_global("FLOOR_DST_IP", &dst, true)
+        .override_global("FLOOR_SMAC", &smac, true)
+        .override_global("FLOOR_DMAC", &dmac, true)
+        .load(FLOORS_OBJECT)
+        .context("loading the floors")?;
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("no program {prog}"))?
+        .try_into()?;
+    p.load()?;
+    let at = if direction == "ingress" {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    };
+    let link = p
+        .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::first()))
+        .with_context(|| format!("attaching {prog} first on {iface} {direction} (TCX)"))?;
+    println!("attached {prog} on {iface} {direction}");
+    // Held until the bench closes our standard input.
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    p.detach(link)?;
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -85,25 +175,43 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&results)?);
         }
         Cmd::Progstats => {
-            let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let mut by_id = BTreeMap::new();
             for info in aya::programs::loaded_programs() {
                 let info = info?;
                 let Some(name) = info.name_as_str() else {
                     continue;
                 };
-                if !program_names::ALL.contains(&name) {
+                if !program_names::ALL.contains(&name) && !FLOOR_NAMES.contains(&name) {
                     continue;
                 }
-                let e = by_name.entry(name.to_string()).or_default();
-                e.0 += info.run_time().as_nanos() as u64;
-                e.1 += info.run_count();
+                by_id.insert(
+                    info.id().to_string(),
+                    serde_json::json!({
+                        "name": name,
+                        "run_time_ns": info.run_time().as_nanos() as u64,
+                        "run_cnt": info.run_count(),
+                    }),
+                );
             }
-            let v: BTreeMap<_, _> = by_name
-                .into_iter()
-                .map(|(n, (t, c))| (n, serde_json::json!({"run_time_ns": t, "run_cnt": c})))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", serde_json::to_string_pretty(&by_id)?);
         }
+        Cmd::Floor {
+            prog,
+            iface,
+            direction,
+            out_if,
+            src_ip,
+            dst_ip,
+            smac,
+            dmac,
+        } => floor(
+            &prog,
+            &iface,
+            &direction,
+            out_if.as_deref(),
+            (src_ip, dst_ip),
+            (smac, dmac),
+        )?,
     }
     Ok(())
 }
