@@ -132,6 +132,14 @@ vec("pod-encap-no-neigh.toml", "No neighbour entry for the peer: encapsulated an
     "from_pod", POD1_IF, f, "redirect", [counter(POD1_IF, "from_pod", "encap", f)],
     raw(f)[:14].hex() + raw(encap(inner))[14:].hex(),
     setup=["ip neigh flush dev eth0", "ip neigh del 172.31.242.157 dev eth0 || true"])
+# The daemon caches the peer's MAC in the route (flag l2, from the neighbour table): the program
+# writes it without asking the FIB, so even with no neighbour entry the frame leaves with it.
+CACHED_MAC = "00:16:3e:01:aa:f9"
+CACHED_L2 = [dict(cidr="192.168.179.0/26", kind="remote_block", node=PEER_IP, flags=["encap"],
+                  next_hop_mac=CACHED_MAC, uplink_mac=NODE_MAC)]
+vec("pod-encap-cached-l2.toml", "The peer's L2 cached in the route: encapsulated with that MAC, no FIB lookup (none would find a neighbour)",
+    "from_pod", POD1_IF, f, "redirect", [counter(POD1_IF, "from_pod", "encap", f)], h(encap(inner, dmac=CACHED_MAC)),
+    setup=["ip neigh flush dev eth0", "ip neigh del 172.31.242.157 dev eth0 || true"], routes=CACHED_L2)
 vec("pod-encap-no-route.toml", "No route to the peer node: dropped before the packet is touched", "from_pod", POD1_IF, f, "shot",
     [counter(POD1_IF, "from_pod", "drop_no_route_to_peer", f)], setup=["ip neigh flush dev eth0", "ip addr flush dev eth0"])
 f = from_pod1(udp(POD1, REMOTE_POD, ttl=1))
@@ -299,6 +307,9 @@ inner = udp(NODE_IP, REMOTE_POD)
 f = Ether(src=NODE_MAC, dst=PEER_MAC) / inner
 vec("egress-host-to-remote-pod.toml", "Host traffic to a remote pod leaves encapsulated; the inner header is unchanged (no TTL-1)",
     "to_uplink", "eth0", f, "ok", [counter("eth0", "to_uplink", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0)))
+vec("egress-cached-l2.toml", "Host traffic to a remote pod, the peer's L2 cached in the route: encapsulated with that MAC at the uplink's own egress",
+    "to_uplink", "eth0", f, "ok", [counter("eth0", "to_uplink", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0, dmac=CACHED_MAC)),
+    setup=["ip neigh flush dev eth0", "ip neigh del 172.31.242.157 dev eth0 || true"], routes=CACHED_L2)
 # The slow path's route has mtu 1500 - 20, so the kernel's fragments carry at most 1456 data bytes.
 inner = IP(src=POD1, dst=REMOTE_POD, ttl=63, id=9, flags="MF", frag=0) / Raw(b"f" * 1456)
 f = Ether(src=NODE_MAC, dst=PEER_MAC) / inner
@@ -363,6 +374,10 @@ def write(v):
     if v.get("node"):
         n = v["node"]
         out.append(f"\n[node]\naddress = {toml_str(n['address'])}\nuplink = {toml_str(n['uplink'])}\nmtu = {n['mtu']}\nmode = {toml_str(n['mode'])}")
+    for r in v.get("routes", []):
+        out.append("\n[[route]]\n" + "\n".join(
+            f"{k} = {toml_str(r[k]) if isinstance(r[k], str) else '[' + ', '.join(toml_str(x) for x in r[k]) + ']'}"
+            for k in ["cidr", "kind", "node", "flags", "next_hop_mac", "uplink_mac"] if k in r))
     out.append(f"\n[expect]\nverdict = {toml_str(v['verdict'])}")
     if v["output"] is not None:
         out.append(f"output = {wrap(v['output'])}")

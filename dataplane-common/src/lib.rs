@@ -72,6 +72,12 @@ pub const ROUTE_F_ENCAP: u8 = 1 << 0;
 /// Route flag (cross-subnet mode): the owning node is on the uplink's subnet; traffic is routed
 /// to it with `node_ip` as the next hop, without encapsulation.
 pub const ROUTE_F_SAME_SUBNET: u8 = 1 << 1;
+/// Route flag (RemoteBlock / PeerNode): the next hop's L2 is known. `ifindex` is the output
+/// interface (the uplink), `pod_mac` the next hop's MAC (the new destination MAC) and
+/// `host_mac` the uplink's (the new source MAC), as user space read them from the kernel's
+/// neighbour table; without the flag the programs ask the FIB per packet. (The first layout
+/// never set this bit: it is unchanged.)
+pub const ROUTE_F_L2: u8 = 1 << 2;
 
 /// Value of the routes LPM trie, whose key is `Key<[u8; 4]>`: a prefix length and an IPv4
 /// address in network order.
@@ -83,13 +89,16 @@ pub struct RouteValue {
     /// `ROUTE_F_*`.
     pub flags: u8,
     pub _pad: [u8; 2],
-    /// LocalEndpoint: the host-side veth. Others: 0.
+    /// LocalEndpoint: the host-side veth. RemoteBlock / PeerNode with [`ROUTE_F_L2`]: the
+    /// output interface. Others: 0.
     pub ifindex: u32,
     /// RemoteBlock / PeerNode: the owning node's underlay address (network order).
     pub node_ip: [u8; 4],
-    /// LocalEndpoint: the pod side's MAC (the new destination MAC).
+    /// LocalEndpoint: the pod side's MAC (the new destination MAC). With [`ROUTE_F_L2`]: the
+    /// next hop's.
     pub pod_mac: [u8; 6],
-    /// LocalEndpoint: the host side's MAC (the new source MAC).
+    /// LocalEndpoint: the host side's MAC (the new source MAC). With [`ROUTE_F_L2`]: the
+    /// output interface's.
     pub host_mac: [u8; 6],
 }
 

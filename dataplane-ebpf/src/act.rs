@@ -15,7 +15,7 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use dataplane_common::{Hook, NodeConfig, Reason, RouteValue};
+use dataplane_common::{Hook, NodeConfig, ROUTE_F_L2, Reason, RouteValue};
 
 use crate::{
     csum,
@@ -85,23 +85,37 @@ pub fn deliver_local(
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }
 
-/// Where the outer (or next-hop) L2 comes from.
+/// The next hop toward a peer node: out of which interface, and with which L2.
 struct NextHop {
-    params: bpf_fib_lookup,
-    /// BPF_FIB_LKUP_RET_SUCCESS (MACs known) or BPF_FIB_LKUP_RET_NO_NEIGH (let the kernel resolve).
-    rc: u32,
+    ifindex: u32,
+    /// The MACs are known (cached in the route, or from the FIB): write them and redirect.
+    /// Otherwise `bpf_redirect_neigh` toward `gateway` lets the kernel resolve it.
+    resolved: bool,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    gateway: u32,
 }
 
-/// FIB lookup of `dst` from this node out of the uplink. None when the kernel has no usable
-/// route (blackhole, unreachable, forwarding disabled, …).
+/// The next hop toward the node of route `rt`: its cached L2 when user space has resolved it
+/// (ROUTE_F_L2), else a FIB lookup from this node out of the uplink. None when the kernel has no
+/// usable route (blackhole, unreachable, forwarding disabled, …).
 #[inline(always)]
-fn lookup_next_hop(ctx: &TcContext, cfg: &NodeConfig, dst: [u8; 4]) -> Option<NextHop> {
+fn next_hop(ctx: &TcContext, cfg: &NodeConfig, rt: &RouteValue) -> Option<NextHop> {
+    if rt.flags & ROUTE_F_L2 != 0 {
+        return Some(NextHop {
+            ifindex: rt.ifindex,
+            resolved: true,
+            dmac: rt.pod_mac,
+            smac: rt.host_mac,
+            gateway: 0,
+        });
+    }
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.ifindex = cfg.uplink_ifindex;
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.node_ip);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(rt.node_ip);
     // SAFETY: helper call with a correctly sized params struct on the stack.
     let rc = unsafe {
         fib_lookup(
@@ -111,46 +125,54 @@ fn lookup_next_hop(ctx: &TcContext, cfg: &NodeConfig, dst: [u8; 4]) -> Option<Ne
             BPF_FIB_LOOKUP_OUTPUT,
         )
     };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        Some(NextHop {
-            params,
-            rc: rc as u32,
-        })
-    } else {
-        None
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
     }
+    Some(NextHop {
+        ifindex: params.ifindex,
+        resolved: rc == BPF_FIB_LKUP_RET_SUCCESS as i64,
+        dmac: params.dmac,
+        smac: params.smac,
+        // SAFETY: the union member the FIB lookup filled (the gateway, or the destination).
+        gateway: unsafe { params.__bindgen_anon_4.ipv4_dst },
+    })
 }
 
-/// Sends the (already rewritten) frame toward `nh`: MACs from the FIB when the neighbour is
-/// known, `bpf_redirect_neigh` otherwise. At the uplink's own egress a known neighbour needs no
+/// Sends the (already rewritten) frame toward `nh`: with its MACs when they are known,
+/// `bpf_redirect_neigh` otherwise. At the uplink's own egress a known neighbour needs no
 /// redirect at all.
 #[inline(always)]
 fn send(ctx: &TcContext, hook: Hook, nh: &NextHop) -> i32 {
-    let out = nh.params.ifindex;
-    if nh.rc == BPF_FIB_LKUP_RET_SUCCESS {
+    if nh.resolved {
         let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
             return drop(ctx, hook, Reason::DropHelperFailed);
         };
         // SAFETY: bounds-checked above.
         unsafe {
-            (*eth).dst_addr = nh.params.dmac;
-            (*eth).src_addr = nh.params.smac;
+            (*eth).dst_addr = nh.dmac;
+            (*eth).src_addr = nh.smac;
         }
-        if hook == Hook::ToUplink && out == ifindex(ctx) {
+        if hook == Hook::ToUplink && nh.ifindex == ifindex(ctx) {
             return TC_OK;
         }
         // SAFETY: helper call.
-        return unsafe { bpf_redirect(out, 0) as i32 };
+        return unsafe { bpf_redirect(nh.ifindex, 0) as i32 };
     }
     let mut neigh = bpf_redir_neigh {
         nh_family: AF_INET as u32,
         __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-            // SAFETY: reading the union member the FIB lookup filled (the gateway, or the destination).
-            ipv4_nh: unsafe { nh.params.__bindgen_anon_4.ipv4_dst },
+            ipv4_nh: nh.gateway,
         },
     };
     // SAFETY: helper call with a correctly sized params struct.
-    unsafe { bpf_redirect_neigh(out, &mut neigh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
+    unsafe {
+        bpf_redirect_neigh(
+            nh.ifindex,
+            &mut neigh,
+            size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
 }
 
 /// The next outer IPv4 Identification for a DF-clear packet: a per-CPU counter with the CPU
@@ -193,8 +215,8 @@ pub fn too_big_for_tunnel(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> bo
     gso_size(ctx) == 0 && tot_len(ip) + IP_LEN > cfg.mtu as usize
 }
 
-/// Encapsulates the IPv4 packet at ETH_LEN in IP-in-IP toward `node_ip` and sends it out the
-/// uplink. `dec_ttl` is set when the packet is forwarded on the pod's behalf (from_pod), clear
+/// Encapsulates the IPv4 packet at ETH_LEN in IP-in-IP toward the node of route `rt` and sends
+/// it out the uplink. `dec_ttl` is set when the packet is forwarded on the pod's behalf (from_pod), clear
 /// for packets the kernel already routed (to_uplink). The caller has checked TTL and size.
 #[inline(always)]
 pub fn encap_and_send(
@@ -202,9 +224,10 @@ pub fn encap_and_send(
     cfg: &NodeConfig,
     hook: Hook,
     ip: &Ipv4Hdr,
-    node_ip: [u8; 4],
+    rt: &RouteValue,
     dec_ttl_inner: bool,
 ) -> i32 {
+    let node_ip = rt.node_ip;
     let len = ctx.len();
     // What the outer header copies, read before the packet changes (`ip` is invalid after).
     let (inner_tot, tos, frags, ihl, proto) =
@@ -212,7 +235,7 @@ pub fn encap_and_send(
 
     // L2 toward the peer node first: a node without a route to its peer drops the packet
     // unmodified instead of sending it half-built.
-    let Some(nh) = lookup_next_hop(ctx, cfg, node_ip) else {
+    let Some(nh) = next_hop(ctx, cfg, rt) else {
         return drop(ctx, hook, Reason::DropNoRouteToPeer);
     };
 
@@ -264,12 +287,12 @@ pub fn encap_and_send(
     send(ctx, hook, &nh)
 }
 
-/// Cross-subnet: routes the packet to a node on the uplink's subnet without encapsulation,
-/// with that node as the next hop. TTL - 1; the caller has checked TTL > 1.
+/// Cross-subnet: routes the packet to the node of route `rt`, on the uplink's subnet, without
+/// encapsulation, with that node as the next hop. TTL - 1; the caller has checked TTL > 1.
 #[inline(always)]
-pub fn forward_same_subnet(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, node_ip: [u8; 4]) -> i32 {
+pub fn forward_same_subnet(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, rt: &RouteValue) -> i32 {
     let len = ctx.len();
-    let Some(nh) = lookup_next_hop(ctx, cfg, node_ip) else {
+    let Some(nh) = next_hop(ctx, cfg, rt) else {
         return drop(ctx, hook, Reason::DropNoRouteToPeer);
     };
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {

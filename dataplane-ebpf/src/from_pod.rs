@@ -75,8 +75,8 @@ pub fn run(ctx: &TcContext) -> i32 {
     match next {
         Next::Deliver => act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, rt, ctx.len()),
         Next::Encap if act::too_big_for_tunnel(ctx, cfg, ip) => pass(ctx, HOOK, Reason::PassTooBig),
-        Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, rt.node_ip, true),
-        Next::Forward => act::forward_same_subnet(ctx, cfg, HOOK, rt.node_ip),
+        Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, rt, true),
+        Next::Forward => act::forward_same_subnet(ctx, cfg, HOOK, rt),
     }
 }
 

@@ -45,5 +45,5 @@ pub fn run(ctx: &TcContext) -> i32 {
     if act::too_big_for_tunnel(ctx, cfg, ip) {
         return drop(ctx, HOOK, Reason::DropTooBigEgress);
     }
-    act::encap_and_send(ctx, cfg, HOOK, ip, rt.node_ip, false)
+    act::encap_and_send(ctx, cfg, HOOK, ip, rt, false)
 }

@@ -47,6 +47,10 @@ pub struct Reply {
 }
 
 /// The state directory of a node: runtime changes, the control socket, netlink filter records.
+/// How often, without any event, the loop re-reads the peers' next-hop MACs (milliseconds).
+/// Neighbour and route events trigger the same check at once.
+const NEXT_HOP_RECHECK_MS: i32 = 5_000;
+
 pub fn default_state_dir(name: &str) -> PathBuf {
     PathBuf::from("/var/lib/ipipd").join(name)
 }
@@ -255,7 +259,11 @@ impl Daemon {
                 revents: 0,
             }));
             // SAFETY: valid pollfd array.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, NEXT_HOP_RECHECK_MS) };
+            if n == 0 {
+                self.refresh_next_hops();
+                continue;
+            }
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -287,9 +295,12 @@ impl Daemon {
                                 LinkEvent::Resync => {
                                     log::warn!("netlink dropped link events: resyncing")
                                 }
+                                LinkEvent::NextHops => {}
                             }
                         }
-                        if let Err(e) = self.desired().and_then(|d| self.reconcile(&d)) {
+                        if evs.iter().all(|e| matches!(e, LinkEvent::NextHops)) {
+                            self.refresh_next_hops();
+                        } else if let Err(e) = self.desired().and_then(|d| self.reconcile(&d)) {
                             log::error!("reconciling after link events: {e:#}");
                         }
                     }
@@ -322,6 +333,17 @@ impl Daemon {
         let _ = std::fs::remove_file(&sock_path);
         self.shutdown();
         result
+    }
+
+    /// Re-reads the peers' next-hop MACs from the kernel; reconciles when one changed.
+    fn refresh_next_hops(&mut self) {
+        let Ok(d) = self.desired() else { return };
+        if self.dp.next_hops_changed(&d) {
+            log::info!("a peer's next-hop L2 changed: updating the routes");
+            if let Err(e) = self.reconcile(&d) {
+                log::error!("reconciling after a next-hop change: {e:#}");
+            }
+        }
     }
 
     /// SIGHUP: re-read the file; replace only its part; an invalid file changes nothing.

@@ -20,8 +20,8 @@ use aya::{
     util::KernelVersion,
 };
 use dataplane_common::{
-    Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, RouteKind, RouteValue,
-    map_names, program_names,
+    Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_L2, ROUTE_F_SAME_SUBNET, RouteKind,
+    RouteValue, map_names, program_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -312,10 +312,11 @@ impl Dataplane {
 
     /// What `cfg` means for the maps and routes, given the interfaces as they are now.
     fn plan(&mut self, cfg: &Config, links: &[Link]) -> Result<Plan> {
+        let uplink_mac = links
+            .iter()
+            .find(|l| l.index == self.uplink.index)
+            .and_then(|l| l.mac);
         let links: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
-        let gateway = |nl: &mut Netlink, ip: Ipv4Addr| -> Ipv4Addr {
-            nl.route_get(ip).ok().and_then(|(gw, _)| gw).unwrap_or(ip)
-        };
         let mut p = Plan::default();
         let mtu = self.mtu;
         for b in &cfg.blocks {
@@ -335,11 +336,9 @@ impl Dataplane {
             } else {
                 ROUTE_F_ENCAP
             };
-            let (via, route_mtu) = if same_subnet {
-                (peer.address, mtu)
-            } else {
-                (gateway(&mut self.nl, peer.address), mtu - 20)
-            };
+            let route_mtu = if same_subnet { mtu } else { mtu - 20 };
+            let (via, next_hop_mac) = self.next_hop(peer.address, same_subnet);
+            let l2 = next_hop_mac.zip(uplink_mac);
             let targets =
                 std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
             for (i, net) in targets.enumerate() {
@@ -348,8 +347,14 @@ impl Dataplane {
                 } else {
                     RouteKind::RemoteBlock
                 };
-                p.routes
-                    .insert((net.addr, net.len), route_value(kind, flags, peer.address));
+                let mut v = route_value(kind, flags, peer.address);
+                if let Some((dmac, smac)) = l2 {
+                    v.flags |= ROUTE_F_L2;
+                    v.ifindex = self.uplink.index;
+                    v.pod_mac = dmac;
+                    v.host_mac = smac;
+                }
+                p.routes.insert((net.addr, net.len), v);
                 // The peer's own address too: pod packets to it that the kernel takes (too big, TTL)
                 // must meet the tunnel MTU there.
                 p.slow_path.insert(Route::Via {
@@ -407,6 +412,51 @@ impl Dataplane {
             });
         }
         Ok(p)
+    }
+
+    /// The next hop toward a peer node (the node itself when it shares the uplink's subnet in
+    /// cross-subnet mode, else whatever the kernel routes it via) and, when the kernel's
+    /// neighbour table holds its MAC on the uplink, that MAC: the programs then write the L2
+    /// from the route instead of asking the FIB per packet.
+    fn next_hop(&mut self, peer: Ipv4Addr, same_subnet: bool) -> (Ipv4Addr, Option<[u8; 6]>) {
+        let (gw, oif) = self.nl.route_get(peer).unwrap_or((None, None));
+        let via = if same_subnet {
+            peer
+        } else {
+            gw.unwrap_or(peer)
+        };
+        let mac = if oif == Some(self.uplink.index) {
+            self.nl.neighbour(via, self.uplink.index).unwrap_or(None)
+        } else {
+            None
+        };
+        (via, mac)
+    }
+
+    /// Whether a peer's next-hop L2 (its MAC, or the uplink's) is no longer what the routes
+    /// map holds: after neighbour and route events, and periodically.
+    pub fn next_hops_changed(&mut self, cfg: &Config) -> bool {
+        let uplink_mac = self
+            .nl
+            .links()
+            .ok()
+            .and_then(|ls| ls.into_iter().find(|l| l.index == self.uplink.index))
+            .and_then(|l| l.mac);
+        for peer in &cfg.peers {
+            let same_subnet = self.mode == Mode::CrossSubnet
+                && self.uplink_nets.iter().any(|n| n.contains(peer.address));
+            let want = self.next_hop(peer.address, same_subnet).1.zip(uplink_mac);
+            let have = self
+                .plan
+                .routes
+                .get(&(peer.address, 32))
+                .filter(|v| v.flags & ROUTE_F_L2 != 0)
+                .map(|v| (v.pod_mac, v.host_mac));
+            if want != have {
+                return true;
+            }
+        }
+        false
     }
 
     /// Makes maps, attachments and routes match `cfg`: inserts and updates what is missing,

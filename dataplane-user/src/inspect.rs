@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
 use dataplane_common::{
-    CounterKey, CounterValue, Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET,
-    Reason, RouteKind, RouteValue, map_names,
+    CounterKey, CounterValue, Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_L2,
+    ROUTE_F_SAME_SUBNET, Reason, RouteKind, RouteValue, map_names,
 };
 use serde::Serialize;
 
@@ -44,6 +44,9 @@ pub struct RouteRow {
     pub ifindex: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<Ipv4Addr>,
+    /// The next hop's MAC, when the route carries it (flag `l2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_hop_mac: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +111,9 @@ pub fn routes(pin_dir: &Path) -> Result<Vec<RouteRow>> {
         if v.flags & ROUTE_F_SAME_SUBNET != 0 {
             flags.push("same-subnet");
         }
+        if v.flags & ROUTE_F_L2 != 0 {
+            flags.push("l2");
+        }
         rows.push(RouteRow {
             prefix: format!("{}/{}", Ipv4Addr::from(k.data()), k.prefix_len()),
             kind: match kind {
@@ -121,6 +127,7 @@ pub fn routes(pin_dir: &Path) -> Result<Vec<RouteRow>> {
             ifindex: (kind == Some(RouteKind::LocalEndpoint)).then_some(v.ifindex),
             node: matches!(kind, Some(RouteKind::RemoteBlock | RouteKind::PeerNode))
                 .then(|| Ipv4Addr::from(v.node_ip)),
+            next_hop_mac: (v.flags & ROUTE_F_L2 != 0).then(|| fmt_mac(&v.pod_mac)),
         });
     }
     rows.sort_by(|a, b| a.prefix.cmp(&b.prefix));

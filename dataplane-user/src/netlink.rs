@@ -1,5 +1,6 @@
 //! A small rtnetlink client: links (with the veth peer's MAC across namespaces), IPv4
-//! addresses, route lookup, the slow-path routes ipipd owns, and link events.
+//! addresses, route and neighbour lookup, the slow-path routes ipipd owns, and link, neighbour
+//! and route events.
 //!
 //! ipipd's routes carry their own protocol number ([`RTPROT_IPIPD`]), so a restarted daemon finds
 //! every route a previous one left and reconciles them.
@@ -24,6 +25,14 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+const RTM_GETNEIGH: u16 = 30;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+/// NUD_VALID: PERMANENT | NOARP | REACHABLE | PROBE | STALE | DELAY, the states whose MAC the
+/// kernel itself would send to.
+const NUD_VALID: u16 = 0x80 | 0x40 | 0x02 | 0x10 | 0x04 | 0x08;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
@@ -50,6 +59,8 @@ const RT_SCOPE_LINK: u8 = 253;
 const RT_TABLE_MAIN: u8 = 254;
 const RTNH_F_ONLINK: u32 = 4;
 const RTMGRP_LINK: u32 = 1;
+const RTMGRP_NEIGH: u32 = 4;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const AF_INET: u8 = libc::AF_INET as u8;
 
 /// A network interface as the kernel reports it.
@@ -72,6 +83,8 @@ pub enum LinkEvent {
         index: u32,
         name: String,
     },
+    /// An IPv4 neighbour, or a route ipipd does not own, changed: next hops may have.
+    NextHops,
     /// The kernel dropped events (ENOBUFS): resync from a full dump.
     Resync,
 }
@@ -194,9 +207,9 @@ impl Netlink {
         Self::open(0)
     }
 
-    /// A socket subscribed to link events (RTMGRP_LINK), for [`Netlink::events`].
+    /// A socket subscribed to link, neighbour and IPv4 route events, for [`Netlink::events`].
     pub fn link_events() -> Result<Self> {
-        Self::open(RTMGRP_LINK)
+        Self::open(RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
     }
 
     fn open(groups: u32) -> Result<Self> {
@@ -392,6 +405,43 @@ impl Netlink {
         Ok((gw, oif))
     }
 
+    /// The MAC of neighbour `dst` on interface `ifindex`, when the kernel's entry is in a state
+    /// whose MAC it would use itself (reachable, stale, delay, probe, permanent).
+    pub fn neighbour(&mut self, dst: Ipv4Addr, ifindex: u32) -> Result<Option<[u8; 6]>> {
+        let mut req = vec![0u8; 12];
+        req[0] = AF_INET;
+        req[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        push_attr(&mut req, NDA_DST, &dst.octets());
+        let reply = match self.request(RTM_GETNEIGH, 0, &req) {
+            Ok(r) => r,
+            // No entry (or a kernel without the single-entry get, before 4.20).
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error()),
+                    Some(libc::ENOENT | libc::EINVAL | libc::EOPNOTSUPP)
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        for (ty, p) in reply {
+            if ty != RTM_NEWNEIGH || p.len() < 12 {
+                continue;
+            }
+            let state = u16::from_ne_bytes([p[8], p[9]]);
+            if state & NUD_VALID == 0 {
+                continue;
+            }
+            for (ty, d) in attrs(&p[12..]) {
+                if ty == NDA_LLADDR && d.len() == 6 {
+                    return Ok(Some(d.try_into()?));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn route_msg(route: &Route) -> Vec<u8> {
         let (dst, len) = route.dst();
         let (ty, scope, flags) = match route {
@@ -516,15 +566,36 @@ impl Netlink {
                 if len < 16 || off + len > n {
                     break;
                 }
-                if let Some(link) = parse_link(&buf[off + 16..off + len]) {
-                    match mty {
-                        RTM_NEWLINK => out.push(LinkEvent::New(link)),
-                        RTM_DELLINK => out.push(LinkEvent::Del {
-                            index: link.index,
-                            name: link.name,
-                        }),
-                        _ => {}
+                let payload = &buf[off + 16..off + len];
+                match mty {
+                    RTM_NEWLINK | RTM_DELLINK => {
+                        if let Some(link) = parse_link(payload) {
+                            out.push(if mty == RTM_NEWLINK {
+                                LinkEvent::New(link)
+                            } else {
+                                LinkEvent::Del {
+                                    index: link.index,
+                                    name: link.name,
+                                }
+                            });
+                        }
                     }
+                    RTM_NEWNEIGH | RTM_DELNEIGH if payload.first() == Some(&AF_INET) => {
+                        if !matches!(out.last(), Some(LinkEvent::NextHops)) {
+                            out.push(LinkEvent::NextHops);
+                        }
+                    }
+                    // rtmsg: family, dst_len, src_len, tos, table, protocol, …
+                    RTM_NEWROUTE | RTM_DELROUTE
+                        if payload.len() >= 12
+                            && payload[0] == AF_INET
+                            && payload[5] != RTPROT_IPIPD =>
+                    {
+                        if !matches!(out.last(), Some(LinkEvent::NextHops)) {
+                            out.push(LinkEvent::NextHops);
+                        }
+                    }
+                    _ => {}
                 }
                 off += align(len);
             }

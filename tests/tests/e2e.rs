@@ -588,3 +588,100 @@ fn native_xdp_drops_non_peers_early_and_passes_the_rest() {
         "and only there (from_uplink never saw them)"
     );
 }
+
+/// The routes to a peer carry its next hop's MAC from the kernel's neighbour table (flag `l2`),
+/// so that the programs need no FIB lookup per packet; when the kernel learns a new MAC for the
+/// peer the routes follow, and without a neighbour entry the kernel resolves it again.
+#[test]
+fn the_next_hop_mac_follows_the_neighbour_table() {
+    require_root();
+    let c = seed_cluster("e-l2", "");
+    let n1 = pod(&c, "node", N1);
+    let node = c.node("node");
+    let master_ns = c.node("master").ns.view();
+    let pin = c.bpffs.join("node").to_string_lossy().into_owned();
+    let mac_of = |ns: &NetNs| {
+        ns.sh("cat /sys/class/net/eth0/address")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // The cached MAC of the master's block, once the routes carry one.
+    let cached = || -> Option<String> {
+        let rows: serde_json::Value = serde_json::from_str(
+            &node
+                .ipipd(&["routes", "-o", "json", "--pin-dir", &pin])
+                .ok()?,
+        )
+        .ok()?;
+        rows.as_array()?
+            .iter()
+            .find(|r| r["prefix"] == "192.168.179.0/26")
+            .filter(|r| {
+                r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "l2"))
+            })
+            .and_then(|r| r["next_hop_mac"].as_str().map(str::to_string))
+    };
+    // Waits (at most 20 s, in steps of 100 ms) for the cached MAC to become `want`.
+    let wait_for = |want: &str| {
+        for _ in 0..200 {
+            if cached().as_deref() == Some(want) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "the route's next-hop MAC is {:?}, not {want}\n{}",
+            cached(),
+            c.logs()
+        );
+    };
+
+    let out = ping(&n1, &format!("-c 3 -i 0.2 -W 2 {M1}"));
+    assert!(out.contains("3 received"), "{out}\n{}", c.logs());
+    wait_for(&mac_of(&master_ns));
+
+    // The master's uplink gets a new MAC and the node's kernel learns it (as from a gratuitous
+    // ARP): the route follows, and the tunnel's frames carry the new MAC.
+    let new_mac = "02:00:5e:00:53:2a";
+    master_ns
+        .sh(&format!("ip link set eth0 address {new_mac}"))
+        .unwrap();
+    node.ns
+        .sh(&format!(
+            "ip neigh replace {MASTER} lladdr {new_mac} dev eth0 nud reachable"
+        ))
+        .unwrap();
+    wait_for(new_mac);
+    let cap = Capture::start(&master_ns, "eth0", &c.dir, "ip proto 4").unwrap();
+    let out = ping(&n1, &format!("-c 3 -i 0.2 -W 2 {M1}"));
+    let frames = cap.finish().unwrap();
+    assert!(out.contains("3 received"), "{out}\n{}", c.logs());
+    let to_master: Vec<String> = frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[26..30] == NODE.octets())
+        .map(|f| {
+            f[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        })
+        .collect();
+    assert_eq!(
+        to_master,
+        vec![new_mac.to_string(); 3],
+        "the tunnel's destination MACs"
+    );
+
+    // Without a neighbour entry the routes drop the cached L2; the kernel resolves the peer
+    // again for the first packet, and the routes carry the MAC once more.
+    node.ns
+        .sh(&format!("ip neigh del {MASTER} dev eth0"))
+        .unwrap();
+    let out = ping(&n1, &format!("-c 3 -i 0.2 -W 2 {M1}"));
+    assert!(out.contains("3 received"), "{out}\n{}", c.logs());
+    wait_for(new_mac);
+}
