@@ -21,8 +21,18 @@ pub mod map_names {
     pub const IP_ID: &str = "ipipd_ipid_v1";
     /// The monitor's ring buffer of [`super::Event`]s (`ipipd monitor`).
     pub const EVENTS: &str = "ipipd_events_v1";
+    /// The hot counters: a per-CPU array of [`super::CounterRow`]s.
+    pub const HOT_COUNTERS: &str = "ipipd_hot_v1";
     /// Every map that user space programs or reads, in one list.
-    pub const ALL: [&str; 6] = [ROUTES, ENDPOINTS, CONFIG, COUNTERS, IP_ID, EVENTS];
+    pub const ALL: [&str; 7] = [
+        ROUTES,
+        ENDPOINTS,
+        CONFIG,
+        COUNTERS,
+        IP_ID,
+        EVENTS,
+        HOT_COUNTERS,
+    ];
 }
 
 /// Program names (the Rust function names in the object).
@@ -373,6 +383,52 @@ pub struct CounterValue {
     pub bytes: u64,
 }
 
+/// The decisions of the forwarding paths, counted without a hash lookup: in a per-CPU array of
+/// [`CounterRow`]s indexed by `ifindex % HOT_ROWS`, whose row a CPU claims for the first
+/// ifindex it counts there. A decision that is not among these, or whose row another interface
+/// holds, goes to the counters hash. Readers add both; a counter lives in exactly one place per
+/// CPU at a time.
+pub const HOT: [(Hook, Reason); 12] = [
+    (Hook::FromPod, Reason::Encap),
+    (Hook::FromPod, Reason::DeliverPodToPod),
+    (Hook::FromUplink, Reason::DecapDeliver),
+    (Hook::FromUplink, Reason::DeliverFromUplink),
+    (Hook::FromPod, Reason::ForwardSameSubnet),
+    (Hook::ToUplink, Reason::PassIpip),
+    (Hook::FromUplink, Reason::PassToKernel),
+    (Hook::ToUplink, Reason::PassToKernel),
+    (Hook::ToUplink, Reason::Encap),
+    (Hook::FromPod, Reason::ArpReply),
+    (Hook::FromPod, Reason::PassToKernel),
+    (Hook::FromUplink, Reason::DecapToKernel),
+];
+
+/// Rows of the hot counters (a power of two).
+pub const HOT_ROWS: u32 = 1024;
+
+/// The column of (hook, reason) in a [`CounterRow`], when it is a hot decision.
+#[inline(always)]
+pub const fn hot_column(hook: Hook, reason: Reason) -> Option<usize> {
+    let mut i = 0;
+    while i < HOT.len() {
+        if HOT[i].0 as u8 == hook as u8 && HOT[i].1 as u8 == reason as u8 {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// One row of the hot counters: the interface it counts for (0: unclaimed on this CPU), and a
+/// cell per [`HOT`] decision.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterRow {
+    pub ifindex: u32,
+    pub _pad: u32,
+    pub cells: [CounterValue; HOT.len()],
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -382,6 +438,7 @@ mod user {
     unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for CounterValue {}
+    unsafe impl aya::Pod for CounterRow {}
     unsafe impl aya::Pod for Event {}
 }
 
@@ -392,4 +449,5 @@ const _: () = {
     assert!(core::mem::size_of::<NodeConfig>() == 16);
     assert!(core::mem::size_of::<CounterKey>() == 8);
     assert!(core::mem::size_of::<CounterValue>() == 16);
+    assert!(core::mem::size_of::<CounterRow>() == 8 + 16 * HOT.len());
 };

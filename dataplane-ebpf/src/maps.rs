@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
-    CounterKey, CounterValue, EVENTS_BYTES, Endpoint, Hook, MAX_COUNTERS, MAX_ENDPOINTS,
-    MAX_ROUTES, NodeConfig, Reason, RouteValue,
+    CounterKey, CounterRow, CounterValue, EVENTS_BYTES, Endpoint, HOT_ROWS, Hook, MAX_COUNTERS,
+    MAX_ENDPOINTS, MAX_ROUTES, NodeConfig, Reason, RouteValue, hot_column,
 };
 
 /// Prefix → what it is (local endpoint, remote block, own block, peer node).
@@ -26,6 +26,10 @@ pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 #[map(name = "ipipd_cnt_v1")]
 pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
     PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
+
+/// The forwarding decisions' counters, per CPU, a row per interface (see dataplane-common).
+#[map(name = "ipipd_hot_v1")]
+pub static HOT_COUNTERS: PerCpuArray<CounterRow> = PerCpuArray::with_max_entries(HOT_ROWS, 0);
 
 /// Per-CPU IPv4 Identification counter for outer headers with DF clear.
 #[map(name = "ipipd_ipid_v1")]
@@ -54,6 +58,22 @@ pub fn route(addr: [u8; 4]) -> Option<&'static RouteValue> {
 /// Counts one packet of `bytes` under (ifindex, hook, reason).
 #[inline(always)]
 pub fn count(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
+    // A forwarding decision: its cell in this interface's row, when the row is (or becomes) the
+    // interface's on this CPU.
+    if let Some(col) = hot_column(hook, reason)
+        && let Some(row) = HOT_COUNTERS.get_ptr_mut(ifindex & (HOT_ROWS - 1))
+    {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        let row = unsafe { &mut *row };
+        if row.ifindex == ifindex || row.ifindex == 0 {
+            row.ifindex = ifindex;
+            if let Some(c) = row.cells.get_mut(col) {
+                c.packets += 1;
+                c.bytes += bytes as u64;
+                return;
+            }
+        }
+    }
     let key = CounterKey {
         ifindex,
         hook: hook as u8,

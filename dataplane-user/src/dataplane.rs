@@ -523,6 +523,7 @@ impl Dataplane {
                 maps::endpoints(&mut self.ebpf)?
                     .remove(&i)
                     .with_context(|| format!("endpoints: removing {i}"))?;
+                maps::forget_counters(&mut self.ebpf, i)?;
             }
         }
 

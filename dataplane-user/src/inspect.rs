@@ -4,10 +4,10 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
 use dataplane_common::{
-    CounterKey, CounterValue, Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_L2,
-    ROUTE_F_SAME_SUBNET, Reason, RouteKind, RouteValue, map_names,
+    CounterKey, CounterRow, CounterValue, Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP,
+    ROUTE_F_L2, ROUTE_F_SAME_SUBNET, Reason, RouteKind, RouteValue, map_names,
 };
 use serde::Serialize;
 
@@ -164,22 +164,16 @@ pub fn ifname(index: u32) -> String {
         .into_owned()
 }
 
-/// Counters summed over the CPUs.
+/// Counters summed over the CPUs: the hash and the hot rows.
 pub fn counters(pin_dir: &Path) -> Result<BTreeMap<CounterKey, CounterValue>> {
     let map: PerCpuHashMap<MapData, CounterKey, CounterValue> =
         PerCpuHashMap::try_from(Map::PerCpuHashMap(open(pin_dir, map_names::COUNTERS)?))?;
-    let mut out = BTreeMap::new();
-    for e in map.iter() {
-        let (k, per_cpu) = e?;
-        let v = per_cpu
-            .iter()
-            .fold(CounterValue::default(), |a, v| CounterValue {
-                packets: a.packets + v.packets,
-                bytes: a.bytes + v.bytes,
-            });
-        out.insert(k, v);
-    }
-    Ok(out)
+    // A daemon from before the hot counters has no such pin: its hash holds everything.
+    let hot: Option<PerCpuArray<MapData, CounterRow>> = open(pin_dir, map_names::HOT_COUNTERS)
+        .ok()
+        .map(|m| PerCpuArray::try_from(Map::PerCpuArray(m)))
+        .transpose()?;
+    crate::maps::sum_counters(&map, hot.as_ref())
 }
 
 pub fn stats(pin_dir: &Path) -> Result<Vec<StatRow>> {

@@ -5,9 +5,14 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
 };
-use dataplane_common::{CounterKey, CounterValue, Endpoint, NodeConfig, RouteValue, map_names};
+use dataplane_common::{
+    CounterKey, CounterRow, CounterValue, Endpoint, HOT, HOT_ROWS, NodeConfig, RouteValue,
+    map_names,
+};
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name)
@@ -78,19 +83,88 @@ pub fn counters(ebpf: &Ebpf) -> Result<BTreeMap<CounterKey, CounterValue>> {
     let map = ebpf
         .map(map_names::COUNTERS)
         .ok_or_else(|| anyhow!("the object has no map {}", map_names::COUNTERS))?;
-    let map: PerCpuHashMap<&MapData, CounterKey, CounterValue> = PerCpuHashMap::try_from(map)?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
+    let hot = ebpf
+        .map(map_names::HOT_COUNTERS)
+        .ok_or_else(|| anyhow!("the object has no map {}", map_names::HOT_COUNTERS))?;
+    sum_counters(
+        &PerCpuHashMap::try_from(map)?,
+        Some(&PerCpuArray::try_from(hot)?),
+    )
+}
+
+/// The counters hash and the hot rows (see [`dataplane_common::HOT`]), summed over the CPUs,
+/// zero entries left out.
+pub fn sum_counters<H, A>(
+    hash: &PerCpuHashMap<H, CounterKey, CounterValue>,
+    hot: Option<&PerCpuArray<A, CounterRow>>,
+) -> Result<BTreeMap<CounterKey, CounterValue>>
+where
+    H: std::borrow::Borrow<MapData>,
+    A: std::borrow::Borrow<MapData>,
+{
+    let mut out: BTreeMap<CounterKey, CounterValue> = BTreeMap::new();
+    let mut add = |key: CounterKey, v: &CounterValue| {
+        if v.packets != 0 || v.bytes != 0 {
+            let e = out.entry(key).or_default();
+            e.packets += v.packets;
+            e.bytes += v.bytes;
+        }
+    };
+    for entry in hash.iter() {
         let (key, per_cpu) = entry.context("counters: reading")?;
-        let sum = per_cpu
-            .iter()
-            .fold(CounterValue::default(), |a, v| CounterValue {
-                packets: a.packets + v.packets,
-                bytes: a.bytes + v.bytes,
-            });
-        if sum.packets != 0 || sum.bytes != 0 {
-            out.insert(key, sum);
+        for v in per_cpu.iter() {
+            add(key, v);
+        }
+    }
+    if let Some(hot) = hot {
+        for i in 0..hot.len() {
+            let per_cpu = hot.get(&i, 0).context("hot counters: reading")?;
+            for row in per_cpu.iter().filter(|r| r.ifindex != 0) {
+                for ((hook, reason), v) in HOT.iter().zip(&row.cells) {
+                    let key = CounterKey {
+                        ifindex: row.ifindex,
+                        hook: *hook as u8,
+                        reason: *reason as u8,
+                        _pad: [0; 2],
+                    };
+                    add(key, v);
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// Forgets the counters of a removed interface: its hot row (on every CPU that holds it for
+/// that interface, so that another interface can take it) and its entries in the hash.
+pub fn forget_counters(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
+    let mut hot: PerCpuArray<&mut MapData, CounterRow> =
+        PerCpuArray::try_from(map_mut(ebpf, map_names::HOT_COUNTERS)?)?;
+    let i = ifindex & (HOT_ROWS - 1);
+    let rows = hot.get(&i, 0).context("hot counters: reading")?;
+    if rows.iter().any(|r| r.ifindex == ifindex) {
+        let cleared: Vec<CounterRow> = rows
+            .iter()
+            .map(|r| {
+                if r.ifindex == ifindex {
+                    CounterRow::default()
+                } else {
+                    *r
+                }
+            })
+            .collect();
+        hot.set(i, PerCpuValues::try_from(cleared)?, 0)
+            .context("hot counters: clearing a row")?;
+    }
+    let mut hash: PerCpuHashMap<&mut MapData, CounterKey, CounterValue> =
+        PerCpuHashMap::try_from(map_mut(ebpf, map_names::COUNTERS)?)?;
+    let keys: Vec<CounterKey> = hash
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k.ifindex == ifindex)
+        .collect();
+    for k in keys {
+        let _ = hash.remove(&k);
+    }
+    Ok(())
 }

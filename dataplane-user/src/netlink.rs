@@ -580,20 +580,15 @@ impl Netlink {
                             });
                         }
                     }
-                    RTM_NEWNEIGH | RTM_DELNEIGH if payload.first() == Some(&AF_INET) => {
-                        if !matches!(out.last(), Some(LinkEvent::NextHops)) {
-                            out.push(LinkEvent::NextHops);
-                        }
-                    }
-                    // rtmsg: family, dst_len, src_len, tos, table, protocol, …
-                    RTM_NEWROUTE | RTM_DELROUTE
-                        if payload.len() >= 12
-                            && payload[0] == AF_INET
-                            && payload[5] != RTPROT_IPIPD =>
+                    // An IPv4 neighbour, or (rtmsg: family, dst_len, src_len, tos, table,
+                    // protocol, …) an IPv4 route that is not one of ours; one event per batch.
+                    RTM_NEWNEIGH | RTM_DELNEIGH | RTM_NEWROUTE | RTM_DELROUTE
+                        if payload.first() == Some(&AF_INET)
+                            && (matches!(mty, RTM_NEWNEIGH | RTM_DELNEIGH)
+                                || payload.get(5) != Some(&RTPROT_IPIPD))
+                            && !matches!(out.last(), Some(LinkEvent::NextHops)) =>
                     {
-                        if !matches!(out.last(), Some(LinkEvent::NextHops)) {
-                            out.push(LinkEvent::NextHops);
-                        }
+                        out.push(LinkEvent::NextHops);
                     }
                     _ => {}
                 }
