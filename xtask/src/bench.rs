@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: ipipd side by side with the kernel's own paths, as ratios, in the seed's
 //! netns topology. Setups, alternated within each round:
 //! - A: ipipd IPIP (pods at MTU 1480, as Calico sets them for IPIP), xdp off; A+xdp: native XDP
-//!   on the uplinks;
+//!   on the uplinks; A_floor: A with the floor programs first in the TCX chains of the data
+//!   direction's hooks (the in-situ floors);
 //! - B: the kernel's route table without a tunnel (Calico without IPIP): /32 routes to the pods'
 //!   veths, proxy ARP, each block via its node on the underlay;
 //! - C: node to node on the underlay, the limit.
