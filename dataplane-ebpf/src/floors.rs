@@ -1,10 +1,14 @@
 //! Floors for `cargo xtask bench`: programs that do only what a path cannot avoid (its helper
 //! calls and the header bytes it must write, no lookups, checks or counters), measured with the
 //! same method as the path itself: under BPF_PROG_TEST_RUN, and in situ in front of ipipd's
-//! programs for one flow. Never loaded by ipipd; embedded in the
-//! `ipipd-bench` tool only.
+//! programs for one flow. Never loaded by ipipd; embedded in the `ipipd-bench` tool only.
 #![no_std]
 #![no_main]
+
+// The Internet checksum, shared with ipipd's programs.
+#[allow(dead_code)]
+#[path = "csum.rs"]
+mod csum;
 
 use aya_ebpf::{
     bindings::{
@@ -114,18 +118,14 @@ pub fn floor_encap(ctx: TcContext) -> i32 {
             d[2],
             d[3],
         ];
-        let mut sum = 0u32;
-        let mut i = 0;
-        while i < 20 {
-            sum += u16::from_be_bytes([hdr[i], hdr[i + 1]]) as u32;
-            i += 2;
-        }
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        let check = !(sum as u16);
+        let words: [u16; 10] =
+            core::array::from_fn(|i| u16::from_ne_bytes([hdr[2 * i], hdr[2 * i + 1]]));
         core::ptr::copy_nonoverlapping(hdr.as_ptr(), o, 20);
-        *o.add(10) = (check >> 8) as u8;
-        *o.add(11) = check as u8;
+        core::ptr::copy_nonoverlapping(
+            csum::ipv4_header(&words).to_ne_bytes().as_ptr(),
+            o.add(10),
+            2,
+        );
         core::ptr::copy_nonoverlapping(global(&FLOOR_DMAC).as_ptr(), p, 6);
         core::ptr::copy_nonoverlapping(global(&FLOOR_SMAC).as_ptr(), p.add(6), 6);
     }

@@ -46,11 +46,11 @@ pub struct Reply {
     pub error: String,
 }
 
-/// The state directory of a node: runtime changes, the control socket, netlink filter records.
-/// How often, without any event, the loop re-reads the peers' next-hop MACs (milliseconds).
+/// How often, without any event, the loop re-reads the peers' next hops (milliseconds).
 /// Neighbour and route events trigger the same check at once.
 const NEXT_HOP_RECHECK_MS: i32 = 5_000;
 
+/// The state directory of a node: runtime changes, the control socket, netlink filter records.
 pub fn default_state_dir(name: &str) -> PathBuf {
     PathBuf::from("/var/lib/ipipd").join(name)
 }
@@ -335,11 +335,11 @@ impl Daemon {
         result
     }
 
-    /// Re-reads the peers' next-hop MACs from the kernel; reconciles when one changed.
+    /// Re-reads the peers' next hops from the kernel; reconciles when one changed.
     fn refresh_next_hops(&mut self) {
         let Ok(d) = self.desired() else { return };
         if self.dp.next_hops_changed(&d) {
-            log::info!("a peer's next-hop L2 changed: updating the routes");
+            log::info!("a peer's next hop changed: updating the routes");
             if let Err(e) = self.reconcile(&d) {
                 log::error!("reconciling after a next-hop change: {e:#}");
             }

@@ -68,6 +68,17 @@ pub struct Plan {
     /// Endpoints still waiting for their interface (or its MAC).
     pub pending: BTreeMap<Ipv4Addr, String>,
     pub slow_path: BTreeSet<Route>,
+    /// Each peer's next hop, as the routes and slow-path routes above were built from.
+    pub next_hops: BTreeMap<Ipv4Addr, NextHop>,
+}
+
+/// A peer's next hop as the kernel routes it: the address packets go via (the peer itself, or
+/// a gateway) and, when the kernel's neighbour table knows it on the uplink, the L2 the programs
+/// write (its MAC, the uplink's) instead of asking the FIB per packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub via: Ipv4Addr,
+    pub l2: Option<([u8; 6], [u8; 6])>,
 }
 
 pub struct Dataplane {
@@ -312,10 +323,7 @@ impl Dataplane {
 
     /// What `cfg` means for the maps and routes, given the interfaces as they are now.
     fn plan(&mut self, cfg: &Config, links: &[Link]) -> Result<Plan> {
-        let uplink_mac = links
-            .iter()
-            .find(|l| l.index == self.uplink.index)
-            .and_then(|l| l.mac);
+        let next_hops = self.next_hops(cfg, links);
         let links: BTreeMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
         let mut p = Plan::default();
         let mtu = self.mtu;
@@ -329,16 +337,14 @@ impl Dataplane {
             });
         }
         for peer in &cfg.peers {
-            let same_subnet = self.mode == Mode::CrossSubnet
-                && self.uplink_nets.iter().any(|n| n.contains(peer.address));
+            let same_subnet = self.same_subnet(peer.address);
             let flags = if same_subnet {
                 ROUTE_F_SAME_SUBNET
             } else {
                 ROUTE_F_ENCAP
             };
             let route_mtu = if same_subnet { mtu } else { mtu - 20 };
-            let (via, next_hop_mac) = self.next_hop(peer.address, same_subnet);
-            let l2 = next_hop_mac.zip(uplink_mac);
+            let NextHop { via, l2 } = next_hops[&peer.address];
             let targets =
                 std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
             for (i, net) in targets.enumerate() {
@@ -411,52 +417,52 @@ impl Dataplane {
                 oif: link.index,
             });
         }
+        p.next_hops = next_hops;
         Ok(p)
     }
 
-    /// The next hop toward a peer node (the node itself when it shares the uplink's subnet in
-    /// cross-subnet mode, else whatever the kernel routes it via) and, when the kernel's
-    /// neighbour table holds its MAC on the uplink, that MAC: the programs then write the L2
-    /// from the route instead of asking the FIB per packet.
-    fn next_hop(&mut self, peer: Ipv4Addr, same_subnet: bool) -> (Ipv4Addr, Option<[u8; 6]>) {
-        let (gw, oif) = self.nl.route_get(peer).unwrap_or((None, None));
-        let via = if same_subnet {
-            peer
-        } else {
-            gw.unwrap_or(peer)
-        };
-        let mac = if oif == Some(self.uplink.index) {
-            self.nl.neighbour(via, self.uplink.index).unwrap_or(None)
-        } else {
-            None
-        };
-        (via, mac)
+    /// Whether a peer shares the uplink's subnet in cross-subnet mode (routed, not tunnelled).
+    fn same_subnet(&self, peer: Ipv4Addr) -> bool {
+        self.mode == Mode::CrossSubnet && self.uplink_nets.iter().any(|n| n.contains(peer))
     }
 
-    /// Whether a peer's next-hop L2 (its MAC, or the uplink's) is no longer what the routes
-    /// map holds: after neighbour and route events, and periodically.
-    pub fn next_hops_changed(&mut self, cfg: &Config) -> bool {
-        let uplink_mac = self
-            .nl
-            .links()
-            .ok()
-            .and_then(|ls| ls.into_iter().find(|l| l.index == self.uplink.index))
+    /// Every peer's next hop, from the kernel's routes and neighbours as they are now: via the
+    /// peer itself when it shares the uplink's subnet in cross-subnet mode, else via whatever
+    /// the kernel routes it through; its L2 when the neighbour table holds its MAC on the uplink.
+    fn next_hops(&mut self, cfg: &Config, links: &[Link]) -> BTreeMap<Ipv4Addr, NextHop> {
+        let uplink_mac = links
+            .iter()
+            .find(|l| l.index == self.uplink.index)
             .and_then(|l| l.mac);
-        for peer in &cfg.peers {
-            let same_subnet = self.mode == Mode::CrossSubnet
-                && self.uplink_nets.iter().any(|n| n.contains(peer.address));
-            let want = self.next_hop(peer.address, same_subnet).1.zip(uplink_mac);
-            let have = self
-                .plan
-                .routes
-                .get(&(peer.address, 32))
-                .filter(|v| v.flags & ROUTE_F_L2 != 0)
-                .map(|v| (v.pod_mac, v.host_mac));
-            if want != have {
-                return true;
-            }
+        let mut out = BTreeMap::new();
+        for peer in cfg.peers.iter().map(|p| p.address) {
+            let (gw, oif) = self.nl.route_get(peer).unwrap_or((None, None));
+            let via = if self.same_subnet(peer) {
+                peer
+            } else {
+                gw.unwrap_or(peer)
+            };
+            let mac = if oif == Some(self.uplink.index) {
+                self.nl.neighbour(via, self.uplink.index).unwrap_or(None)
+            } else {
+                None
+            };
+            out.insert(
+                peer,
+                NextHop {
+                    via,
+                    l2: mac.zip(uplink_mac),
+                },
+            );
         }
-        false
+        out
+    }
+
+    /// Whether a peer's next hop (its address, its MAC, or the uplink's) is no longer the one
+    /// the routes were built from: after neighbour and route events, and periodically.
+    pub fn next_hops_changed(&mut self, cfg: &Config) -> bool {
+        let links = self.nl.links().unwrap_or_default();
+        self.next_hops(cfg, &links) != self.plan.next_hops
     }
 
     /// Makes maps, attachments and routes match `cfg`: inserts and updates what is missing,

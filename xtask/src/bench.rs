@@ -153,6 +153,10 @@ impl Workload {
     }
 }
 
+/// The nodes of the seed cluster and their side of the data direction (the iperf3 client runs
+/// on the master's pod).
+const SIDES: [(&str, &str); 2] = [("master", "sender"), ("node", "receiver")];
+
 /// The data direction's paths in situ: (path, `<program>@<side>` in A, its floor in A_floor).
 const INSITU_PATHS: [(&str, &str, &str); 3] = [
     (
@@ -304,7 +308,7 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
     let mut roles: BTreeMap<u32, &'static str> = BTreeMap::new();
     let (client, server, server_ip) = match s {
         Setup::A | Setup::AXdp | Setup::AFloor => {
-            for (n, role) in [("master", "sender"), ("node", "receiver")] {
+            for (n, role) in SIDES {
                 c.node(n).pods[0].ns.sh("ip link set eth0 mtu 1480")?;
                 let extra = if s == Setup::AXdp {
                     "xdp = \"native\""
@@ -312,13 +316,7 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
                     ""
                 };
                 let cfg = c.config_for(n, extra);
-                let before = progstats(bench_bin)?;
-                c.start_daemon(n, Some(cfg))?;
-                for id in progstats(bench_bin)?.into_keys() {
-                    if !before.contains_key(&id) {
-                        roles.insert(id, role);
-                    }
-                }
+                loaded_by(bench_bin, &mut roles, role, || c.start_daemon(n, Some(cfg)))?;
             }
             (
                 c.node("master").pods[0].ns.view(),
@@ -577,6 +575,24 @@ fn progstats(bench_bin: &Path) -> Result<BTreeMap<u32, (String, f64, f64)>> {
         .collect())
 }
 
+/// Runs `load`, then gives every program it loaded (an id that was not loaded before) to
+/// `role`, the side of the data direction it runs on.
+fn loaded_by(
+    bench_bin: &Path,
+    roles: &mut BTreeMap<u32, &'static str>,
+    role: &'static str,
+    load: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let before = progstats(bench_bin)?;
+    load()?;
+    for id in progstats(bench_bin)?.into_keys() {
+        if !before.contains_key(&id) {
+            roles.insert(id, role);
+        }
+    }
+    Ok(())
+}
+
 /// The floor programs of setup A_floor, attached first on the data direction's hooks (sender:
 /// the client pod's veth ingress and the uplink's egress; receiver: the uplink's ingress), each
 /// held by an `ipipd-bench floor` process until its standard input closes.
@@ -636,28 +652,25 @@ impl Floors {
         ];
         let mut floors = Floors(Vec::new());
         for (ns, role, args) in jobs {
-            let before = progstats(bench_bin)?;
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &ns.name])
-                .arg(bench_bin)
-                .arg("floor")
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("ipipd-bench floor")?;
-            let mut line = String::new();
-            let stdout = child.stdout.take().context("floor stdout")?;
-            floors.0.push(child);
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-            if !line.starts_with("attached") {
-                bail!("ipipd-bench floor {}: did not attach", args.join(" "));
-            }
-            for id in progstats(bench_bin)?.into_keys() {
-                if !before.contains_key(&id) {
-                    roles.insert(id, role);
+            loaded_by(bench_bin, roles, role, || {
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", &ns.name])
+                    .arg(bench_bin)
+                    .arg("floor")
+                    .args(&args)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .context("ipipd-bench floor")?;
+                let mut line = String::new();
+                let stdout = child.stdout.take().context("floor stdout")?;
+                floors.0.push(child);
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+                if !line.starts_with("attached") {
+                    bail!("ipipd-bench floor {}: did not attach", args.join(" "));
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(floors)
     }
@@ -677,7 +690,7 @@ impl Drop for Floors {
 /// Bytes counted per hook on each side (`ipipd stats`), keyed `<hook>@<role>`.
 fn hook_bytes(c: &Cluster) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
-    for (n, role) in [("master", "sender"), ("node", "receiver")] {
+    for (n, role) in SIDES {
         let pin = c.bpffs.join(n);
         let text =
             c.node(n)

@@ -89,20 +89,11 @@ enum Cmd {
         dst_ip: Option<Ipv4Addr>,
         /// The MACs the floor writes (encap: the uplink's and the peer's; decap: the host
         /// veth's and the pod's).
-        #[arg(long, value_parser = parse_mac)]
+        #[arg(long, value_parser = dataplane_user::config::parse_mac)]
         smac: Option<[u8; 6]>,
-        #[arg(long, value_parser = parse_mac)]
+        #[arg(long, value_parser = dataplane_user::config::parse_mac)]
         dmac: Option<[u8; 6]>,
     },
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad MAC {s}: {e}"))?;
-    v.try_into().map_err(|_| format!("bad MAC {s}"))
 }
 
 /// Program names whose run time `progstats` reports.
@@ -235,12 +226,7 @@ fn ifindex(dev: &str) -> Result<u32> {
 
 fn mac(dev: &str) -> Result<[u8; 6]> {
     let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/address"))?;
-    let v: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16))
-        .collect::<Result<_, _>>()?;
-    v.try_into().map_err(|_| anyhow!("bad MAC of {dev}"))
+    dataplane_user::config::parse_mac(s.trim()).map_err(|e| anyhow!("{dev}: {e}"))
 }
 
 impl Env {
