@@ -24,7 +24,7 @@ use crate::{
     packet::{
         ETH_LEN, EthHdr, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TC_OK,
         TC_SHOT, dec_ttl, ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ip_words,
-        ptr_at, tot_len,
+        ptr_at, set_mac, tot_len,
     },
 };
 
@@ -72,8 +72,8 @@ pub fn deliver_local(
     // SAFETY: both pointers were bounds-checked against data_end just above.
     unsafe {
         dec_ttl(&mut *ip);
-        (*eth).dst_addr = ep.pod_mac;
-        (*eth).src_addr = ep.host_mac;
+        set_mac(&mut (*eth).dst_addr, &ep.pod_mac);
+        set_mac(&mut (*eth).src_addr, &ep.host_mac);
         // Packets from a tunnel or the wire may carry PACKET_OTHERHOST; kernels before 6.15 do not
         // reset it on redirect_peer.
         if (*ctx.skb.skb).pkt_type != PACKET_HOST {
@@ -149,8 +149,8 @@ fn send(ctx: &TcContext, hook: Hook, nh: &NextHop) -> i32 {
         };
         // SAFETY: bounds-checked above.
         unsafe {
-            (*eth).dst_addr = nh.dmac;
-            (*eth).src_addr = nh.smac;
+            set_mac(&mut (*eth).dst_addr, &nh.dmac);
+            set_mac(&mut (*eth).src_addr, &nh.smac);
         }
         if hook == Hook::ToUplink && nh.ifindex == ifindex(ctx) {
             return TC_OK;

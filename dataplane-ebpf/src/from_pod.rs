@@ -22,6 +22,7 @@ use crate::{
     maps::{ENDPOINTS, config, route},
     packet::{
         ArpIpv4, ETH_LEN, EthHdr, L3, TC_OK, ensure_linear, ifindex, ipv4_sane, parse_l3, ptr_at,
+        set_mac,
     },
 };
 
@@ -123,12 +124,12 @@ fn arp(ctx: &TcContext, ep: &Endpoint) -> i32 {
     let asker_ip = arp.spa;
     let wanted = arp.tpa;
     arp.oper = ARP_REPLY;
-    arp.sha = ep.host_mac;
+    set_mac(&mut arp.sha, &ep.host_mac);
     arp.spa = wanted;
     arp.tha = asker_mac;
     arp.tpa = asker_ip;
     eth.dst_addr = asker_mac;
-    eth.src_addr = ep.host_mac;
+    set_mac(&mut eth.src_addr, &ep.host_mac);
     let ifindex = ifindex(ctx);
     act::record(ctx, ifindex, HOOK, Reason::ArpReply, ctx.len());
     // Out of the host-side veth's egress, that is, into the pod.

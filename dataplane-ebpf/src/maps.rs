@@ -74,6 +74,13 @@ pub fn count(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
             }
         }
     }
+    count_hashed(ifindex, hook, reason, bytes);
+}
+
+/// The per-CPU hash's counter: every decision that has no cell of its own in the hot array.
+/// Out of line: one copy for the many decision sites.
+#[inline(never)]
+fn count_hashed(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
     let key = CounterKey {
         ifindex,
         hook: hook as u8,

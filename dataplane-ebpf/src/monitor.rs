@@ -77,12 +77,18 @@ fn emit(
     let _ = EVENTS.output::<Event>(&ev, 0);
 }
 
-/// A tc hook's decision (the packet as it is when the decision is counted).
+/// A tc hook's decision (the packet as it is when the decision is counted). The check is
+/// inlined at each decision; the event itself is one out-of-line subprogram, so that the dozens
+/// of decision sites do not each carry a copy of it.
 #[inline(always)]
 pub fn tc(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
-    if !wanted(reason) {
-        return;
+    if wanted(reason) {
+        tc_event(ctx, ifindex, hook, reason, len);
     }
+}
+
+#[inline(never)]
+fn tc_event(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
     emit(
         ifindex,
         hook,
@@ -94,7 +100,8 @@ pub fn tc(ctx: &TcContext, ifindex: u32, hook: Hook, reason: Reason, len: u32) {
     );
 }
 
-/// XDP's drops (it passes everything else on to from_uplink).
+/// XDP's drops (it passes everything else on to from_uplink). Inline: XDP has few decision
+/// sites, and its packet pointers do not survive a subprogram boundary.
 #[inline(always)]
 pub fn xdp(ctx: &XdpContext, ifindex: u32, reason: Reason, len: u32) {
     if !wanted(reason) {

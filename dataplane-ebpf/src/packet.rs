@@ -148,6 +148,15 @@ pub fn ipv4_sane(ip: &Ipv4Hdr, avail: usize) -> bool {
     (ip.vihl >> 4) == 4 && ihl >= IP_LEN && tot >= ihl && tot <= avail
 }
 
+/// Copies a MAC address into the packet. The source is never packet memory (a map value or
+/// the stack), so the copy is a memcpy, which LLVM expands in place; a plain assignment
+/// between the two pointers becomes a call to a byte-wise memmove.
+#[inline(always)]
+pub fn set_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    // SAFETY: both are valid for 6 bytes and, per the above, do not overlap.
+    unsafe { core::ptr::copy_nonoverlapping(src, dst, 1) }
+}
+
 /// Decrements the TTL, updating the header checksum incrementally.
 #[inline(always)]
 pub fn dec_ttl(ip: &mut Ipv4Hdr) {
