@@ -9,7 +9,8 @@
 //!
 //! Workloads: iperf3 TCP 1 and 4 streams, iperf3 UDP 64-byte datagrams, and TCP request/response
 //! (64 bytes each way). Whole-machine busy CPU from /proc/stat over each run, per GB and per
-//! million packets. In A, kernel.bpf_stats_enabled gives each program's in-situ ns per run.
+//! million packets, with kernel.bpf_stats_enabled off. In A, each workload then runs once more
+//! with it on, for each program's in-situ ns per run.
 //! Then BPF_PROG_TEST_RUN per path against its floor (`ipipd-bench testrun`), and the control
 //! plane at scale. Writes target/bench/bench.{md,json}.
 
@@ -38,8 +39,8 @@ pub struct Opts {
     /// ipipd and ipipd-bench.
     pub ipipd: std::path::PathBuf,
     pub bench_bin: std::path::PathBuf,
-    /// Record a system-wide `perf` profile of each setup's TCP 1-stream runs, into
-    /// `<out>/perf-<setup>.data`.
+    /// Record a system-wide `perf` profile of each setup's runs, one file per workload, into
+    /// `<out>/perf-<setup>-<workload>.data`.
     pub profile: bool,
     /// The parts to run; empty: all.
     pub only: Vec<Part>,
@@ -213,12 +214,9 @@ pub fn run(opts: Opts) -> Result<()> {
     // SAFETY: single-threaded here.
     unsafe { std::env::set_var("IPIPD_BIN", &ipipd) };
     let started = Instant::now();
-    let stats_was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-        .unwrap_or_else(|_| "0".into());
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("enabling kernel.bpf_stats_enabled")?;
+    let stats_was = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     let result = measure_all(&plan, &ipipd, &bench_bin);
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
+    let _ = std::fs::write(BPF_STATS, stats_was.trim());
     let report = result?;
     let out = opts.out;
     let md = markdown(&report, &plan, started.elapsed());
@@ -276,6 +274,15 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         Value::Null
     };
     Ok(report(plan, &runs, testrun, scale))
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// kernel.bpf_stats_enabled: each program's run time and count, at the price of two clock
+/// reads per run. On only while the programs' in-situ cost is measured.
+fn set_bpf_stats(on: bool) -> Result<()> {
+    std::fs::write(BPF_STATS, if on { "1" } else { "0" })
+        .with_context(|| format!("writing {BPF_STATS}"))
 }
 
 fn kernel_release() -> String {
@@ -366,43 +373,49 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
     };
     let mut out = Vec::new();
     for (i, w) in WORKLOADS.into_iter().enumerate() {
-        let prog_before = if matches!(s, Setup::A | Setup::AXdp | Setup::AFloor) {
-            Some((progstats(bench_bin)?, hook_bytes(&c)?))
-        } else {
-            None
+        let port = 5300 + 2 * i as u16;
+        let one_run = |port: u16| match w {
+            Workload::Rr => rr(&client, &server, server_ip, port, plan.seconds),
+            _ => iperf(&client, &server, server_ip, port, w, plan.seconds),
         };
-        let perf = match (&plan.profile, w) {
-            (Some(dir), Workload::Tcp1) => Some(
-                Command::new("perf")
-                    .args(["record", "-a", "-g", "-F", "999", "-q", "-o"])
-                    .arg(dir.join(format!("perf-{}.data", s.key())))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting perf record (Debian's linux-perf)")?,
-            ),
-            _ => None,
-        };
-        let cpu0 = cpu_busy_s()?;
-        let mut r = match w {
-            Workload::Rr => rr(&client, &server, server_ip, 6000 + i as u16, plan.seconds)?,
-            _ => iperf(
-                &client,
-                &server,
-                server_ip,
-                5300 + i as u16,
-                w,
-                plan.seconds,
-            )?,
-        };
-        r.cpu_s = cpu_busy_s()? - cpu0;
-        if let Some(mut p) = perf {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
-            let _ = p.wait();
+        // Throughput and CPU with kernel.bpf_stats_enabled off: B and C do not pay for the
+        // kernel's per-run accounting, so A must not either. (A_floor is measured for its
+        // program costs only.)
+        let mut r = Run::default();
+        if s != Setup::AFloor {
+            set_bpf_stats(false)?;
+            let perf = match &plan.profile {
+                Some(dir) => Some(
+                    Command::new("perf")
+                        .args(["record", "-a", "-g", "-F", "999", "-q", "-o"])
+                        .arg(dir.join(format!("perf-{}-{}.data", s.key(), w.key())))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting perf record (Debian's linux-perf)")?,
+                ),
+                None => None,
+            };
+            let cpu0 = cpu_busy_s()?;
+            r = one_run(port)?;
+            r.cpu_s = cpu_busy_s()? - cpu0;
+            if let Some(mut p) = perf {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+                let _ = p.wait();
+            }
         }
-        if let Some((p0, h0)) = prog_before {
+        // The programs' in-situ cost: the same workload again, with the accounting on.
+        if matches!(s, Setup::A | Setup::AXdp | Setup::AFloor) {
+            set_bpf_stats(true)?;
+            let (p0, h0) = (progstats(bench_bin)?, hook_bytes(&c)?);
+            let stats_run = one_run(port + 1);
             let (p1, h1) = (progstats(bench_bin)?, hook_bytes(&c)?);
+            set_bpf_stats(false)?;
+            let stats_run = stats_run?;
+            if s == Setup::AFloor {
+                r = stats_run;
+            }
             for (id, (name, t1, n1)) in &p1 {
                 let Some(role) = roles.get(id) else { continue };
                 let key = format!("{name}@{role}");

@@ -76,8 +76,8 @@ enum Cmd {
         /// One round of short runs (under 3 minutes).
         #[arg(long)]
         quick: bool,
-        /// Also record a system-wide perf profile of each setup's TCP 1-stream run
-        /// (target/bench/perf-<setup>.data; `perf report -i …`). Needs Debian's linux-perf.
+        /// Also record a system-wide perf profile of each setup's runs
+        /// (target/bench/perf-<setup>-<workload>.data; `perf report -i …`). Needs Debian's linux-perf.
         #[arg(long)]
         profile: bool,
         /// Run it in the kernel test VM (whose kernel has ipip: adds D, the kernel's tunl0).
