@@ -140,6 +140,25 @@ CACHED_L2 = [dict(cidr="192.168.179.0/26", kind="remote_block", node=PEER_IP, fl
 vec("pod-encap-cached-l2.toml", "The peer's L2 cached in the route: encapsulated with that MAC, no FIB lookup (none would find a neighbour)",
     "from_pod", POD1_IF, f, "redirect", [counter(POD1_IF, "from_pod", "encap", f)], h(encap(inner, dmac=CACHED_MAC)),
     setup=["ip neigh flush dev eth0", "ip neigh del 172.31.242.157 dev eth0 || true"], routes=CACHED_L2)
+# Route changes take effect on the next packet: the programs cache the trie's answers per CPU,
+# tagged with the route generation the daemon raises after each change (`then` steps rerun the
+# input after a change; the runner raises the generation as the daemon does).
+PEER2_IP, PEER2_MAC = "172.31.242.158", "00:16:3e:01:aa:f3"
+MASTER_BLOCK = "192.168.179.0/26"
+vec("pod-encap-route-changes.toml", "A remote block moves to another node, goes away and comes back: each change holds from the next packet on",
+    "from_pod", POD1_IF, f, "redirect", [counter(POD1_IF, "from_pod", "encap", f)], h(encap(inner)),
+    setup=[f"ip neigh replace {PEER2_IP} lladdr {PEER2_MAC} dev eth0 nud permanent"],
+    then=[
+        dict(name="the block moves to 172.31.242.158",
+             routes=[dict(cidr=MASTER_BLOCK, kind="remote_block", node=PEER2_IP, flags=["encap"])],
+             verdict="redirect", output=h(encap(inner, dst=PEER2_IP, dmac=PEER2_MAC)),
+             counters=[counter(POD1_IF, "from_pod", "encap", f)]),
+        dict(name="the block is removed", remove=[MASTER_BLOCK],
+             verdict="ok", output=None, counters=[counter(POD1_IF, "from_pod", "pass_to_kernel", f)]),
+        dict(name="the block is back on 172.31.242.157",
+             routes=[dict(cidr=MASTER_BLOCK, kind="remote_block", node=PEER_IP, flags=["encap"])],
+             verdict="redirect", output=h(encap(inner)), counters=[counter(POD1_IF, "from_pod", "encap", f)]),
+    ])
 vec("pod-encap-no-route.toml", "No route to the peer node: dropped before the packet is touched", "from_pod", POD1_IF, f, "shot",
     [counter(POD1_IF, "from_pod", "drop_no_route_to_peer", f)], setup=["ip neigh flush dev eth0", "ip addr flush dev eth0"])
 f = from_pod1(udp(POD1, REMOTE_POD, ttl=1))
@@ -240,6 +259,12 @@ for name, inner_tos, outer_tos, result_tos, extra in [
     cs = [counter(POD1_IF, "from_uplink", "decap_deliver", f)] + [counter("eth0", "from_uplink", r, f) for r in extra]
     vec(f"uplink-decap-{name}.toml", f"IPIP from the peer to a local pod: decapsulated, TTL-1, delivered (inner TOS {inner_tos:#04x}, outer {outer_tos:#04x} -> {result_tos:#04x}, RFC 6040)",
         "from_uplink", "eth0", f, "redirect", cs, h(out))
+f = tunnel(inner_to_pod1())
+vec("uplink-peer-removed.toml", "A peer node is removed: its tunnel packets are dropped from the next packet on",
+    "from_uplink", "eth0", f, "redirect", [counter(POD1_IF, "from_uplink", "decap_deliver", f)],
+    h(Ether(src=HOST_MAC, dst=POD1_MAC) / udp(REMOTE_POD, POD1, ttl=62)),
+    then=[dict(name="the peer's /32 is removed", remove=[PEER_IP + "/32"], verdict="shot", output=None,
+               counters=[counter("eth0", "from_uplink", "drop_ipip_unknown_peer", f)])])
 f = tunnel(inner_to_pod1(tos=0x00), tos=0x03)
 vec("uplink-ecn-ce-not-ect.toml", "RFC 6040: outer CE over a Not-ECT inner packet is dropped", "from_uplink", "eth0", f, "shot",
     [counter("eth0", "from_uplink", "drop_ecn_ce_not_ect", f)])
@@ -374,17 +399,31 @@ def write(v):
     if v.get("node"):
         n = v["node"]
         out.append(f"\n[node]\naddress = {toml_str(n['address'])}\nuplink = {toml_str(n['uplink'])}\nmtu = {n['mtu']}\nmode = {toml_str(n['mode'])}")
-    for r in v.get("routes", []):
-        out.append("\n[[route]]\n" + "\n".join(
+    routes(out, "route", v.get("routes", []))
+    expect(out, "expect", v)
+    for t in v.get("then", []):
+        out.append(f"\n[[then]]\nname = {toml_str(t['name'])}")
+        if t.get("remove"):
+            out.append("remove = [" + ", ".join(toml_str(c) for c in t["remove"]) + "]")
+        routes(out, "then.route", t.get("routes", []))
+        expect(out, "then.expect", t)
+    return "\n".join(out) + "\n"
+
+
+def routes(out, table, rs):
+    for r in rs:
+        out.append(f"\n[[{table}]]\n" + "\n".join(
             f"{k} = {toml_str(r[k]) if isinstance(r[k], str) else '[' + ', '.join(toml_str(x) for x in r[k]) + ']'}"
             for k in ["cidr", "kind", "node", "flags", "next_hop_mac", "uplink_mac"] if k in r))
-    out.append(f"\n[expect]\nverdict = {toml_str(v['verdict'])}")
+
+
+def expect(out, table, v):
+    out.append(f"\n[{table}]\nverdict = {toml_str(v['verdict'])}")
     if v["output"] is not None:
         out.append(f"output = {wrap(v['output'])}")
     for c in v["counters"]:
-        out.append("\n[[expect.counters]]\n" + "\n".join(
+        out.append(f"\n[[{table}.counters]]\n" + "\n".join(
             f"{k} = {toml_str(c[k]) if isinstance(c[k], str) else c[k]}" for k in ["interface", "hook", "reason", "packets", "bytes"]))
-    return "\n".join(out) + "\n"
 
 
 def main():

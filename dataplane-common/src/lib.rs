@@ -9,22 +9,24 @@
 #![no_std]
 
 /// Bumped whenever a key or value layout below changes. It is part of every map name.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names, as the eBPF object declares them and as they are pinned (`<pin_dir>/<name>`).
 /// The kernel keeps 15 characters of a map name; these fit.
 pub mod map_names {
-    pub const ROUTES: &str = "ipipd_routes_v1";
-    pub const ENDPOINTS: &str = "ipipd_eps_v1";
-    pub const CONFIG: &str = "ipipd_cfg_v1";
-    pub const COUNTERS: &str = "ipipd_cnt_v1";
-    pub const IP_ID: &str = "ipipd_ipid_v1";
+    pub const ROUTES: &str = "ipipd_routes_v2";
+    pub const ENDPOINTS: &str = "ipipd_eps_v2";
+    pub const CONFIG: &str = "ipipd_cfg_v2";
+    pub const COUNTERS: &str = "ipipd_cnt_v2";
+    pub const IP_ID: &str = "ipipd_ipid_v2";
     /// The monitor's ring buffer of [`super::Event`]s (`ipipd monitor`).
-    pub const EVENTS: &str = "ipipd_events_v1";
+    pub const EVENTS: &str = "ipipd_events_v2";
     /// The hot counters: a per-CPU array of [`super::CounterRow`]s.
-    pub const HOT_COUNTERS: &str = "ipipd_hot_v1";
+    pub const HOT_COUNTERS: &str = "ipipd_hot_v2";
+    /// The programs' route cache: a per-CPU array of [`super::RouteCacheSlot`]s.
+    pub const ROUTE_CACHE: &str = "ipipd_rcache_v2";
     /// Every map that user space programs or reads, in one list.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         ROUTES,
         ENDPOINTS,
         CONFIG,
@@ -32,6 +34,7 @@ pub mod map_names {
         IP_ID,
         EVENTS,
         HOT_COUNTERS,
+        ROUTE_CACHE,
     ];
 }
 
@@ -154,6 +157,31 @@ pub struct NodeConfig {
     /// always 0 there, which is `Off`: the layout is unchanged.)
     pub monitor: u8,
     pub _pad: u8,
+    /// The routes' generation: user space raises it after every change to the routes trie, so
+    /// that the programs' route cache entries of earlier generations are never used again.
+    /// Starts at 1 (the cache's empty slots carry 0). Written only by the daemon.
+    pub route_gen: u32,
+}
+
+/// Slots of the route cache per CPU (a power of two).
+pub const ROUTE_CACHE_SLOTS: u32 = 1024;
+
+/// One slot of the programs' route cache: the trie's answer for one address (a [`RouteValue`]
+/// with kind 0 for "no route"), valid while `generation` is the config's `route_gen`. Per CPU,
+/// direct-mapped by a hash of the address; written only by the programs, on a miss.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RouteCacheSlot {
+    /// The address (network order).
+    pub addr: [u8; 4],
+    pub generation: u32,
+    pub route: RouteValue,
+}
+
+/// The route cache slot of an address (network order): Fibonacci hashing of its bits.
+#[inline(always)]
+pub const fn route_cache_slot(addr: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(addr).wrapping_mul(0x9e37_79b1) >> (32 - ROUTE_CACHE_SLOTS.trailing_zeros())
 }
 
 /// What the programs send to the monitor's ring buffer.
@@ -436,17 +464,20 @@ mod user {
     unsafe impl aya::Pod for RouteValue {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for RouteCacheSlot {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for CounterValue {}
     unsafe impl aya::Pod for CounterRow {}
     unsafe impl aya::Pod for Event {}
 }
 
-// The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION.
+// The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION
+// (2: NodeConfig.route_gen and the route cache).
 const _: () = {
     assert!(core::mem::size_of::<RouteValue>() == 24);
     assert!(core::mem::size_of::<Endpoint>() == 16);
-    assert!(core::mem::size_of::<NodeConfig>() == 16);
+    assert!(core::mem::size_of::<NodeConfig>() == 20);
+    assert!(core::mem::size_of::<RouteCacheSlot>() == 32);
     assert!(core::mem::size_of::<CounterKey>() == 8);
     assert!(core::mem::size_of::<CounterValue>() == 16);
     assert!(core::mem::size_of::<CounterRow>() == 8 + 16 * HOT.len());

@@ -51,7 +51,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     }
 
     // Decide: the longest prefix that holds the destination, as the route table would.
-    let Some(rt) = route(ip.dst_addr) else {
+    let Some(rt) = route(cfg, ip.dst_addr) else {
         return pass(ctx, HOOK, Reason::PassToKernel);
     };
     let next = match RouteKind::from_u8(rt.kind) {
@@ -74,10 +74,10 @@ pub fn run(ctx: &TcContext) -> i32 {
 
     // Act.
     match next {
-        Next::Deliver => act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, rt, ctx.len()),
+        Next::Deliver => act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, &rt, ctx.len()),
         Next::Encap if act::too_big_for_tunnel(ctx, cfg, ip) => pass(ctx, HOOK, Reason::PassTooBig),
-        Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, rt, true),
-        Next::Forward => act::forward_same_subnet(ctx, cfg, HOOK, rt),
+        Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, &rt, true),
+        Next::Forward => act::forward_same_subnet(ctx, cfg, HOOK, &rt),
     }
 }
 

@@ -89,7 +89,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     if frag_field(outer) & IP_MF_OFFSET != 0 {
         return drop(ctx, HOOK, Reason::DropOuterFragment);
     }
-    match route(outer.src_addr) {
+    match route(cfg, outer.src_addr) {
         Some(rt) if rt.kind == RouteKind::PeerNode as u8 => {}
         _ => return drop(ctx, HOOK, Reason::DropIpipUnknownPeer),
     }
@@ -118,7 +118,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     let ttl = inner.ttl;
 
     // Decide on the inner destination.
-    let rt = route(inner.dst_addr);
+    let rt = route(cfg, inner.dst_addr);
     let kind = match rt {
         Some(rt) => RouteKind::from_u8(rt.kind),
         None => None,
@@ -155,7 +155,7 @@ pub fn run(ctx: &TcContext) -> i32 {
                 act::record(ctx, ifindex(ctx), HOOK, Reason::DecapTtlExpired, len);
                 return TC_OK;
             }
-            act::deliver_local(ctx, HOOK, Reason::DecapDeliver, rt, len)
+            act::deliver_local(ctx, HOOK, Reason::DecapDeliver, &rt, len)
         }
         _ => {
             act::record(ctx, ifindex(ctx), HOOK, Reason::DecapToKernel, len);
@@ -171,7 +171,7 @@ fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
     if cfg.mode != Mode::CrossSubnet as u8 {
         return pass(ctx, HOOK, Reason::PassToKernel);
     }
-    let Some(rt) = route(ip.dst_addr) else {
+    let Some(rt) = route(cfg, ip.dst_addr) else {
         return pass(ctx, HOOK, Reason::PassToKernel);
     };
     match RouteKind::from_u8(rt.kind) {
@@ -182,7 +182,7 @@ fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
             if ip.ttl <= 1 {
                 return pass(ctx, HOOK, Reason::PassTtlExpired);
             }
-            act::deliver_local(ctx, HOOK, Reason::DeliverFromUplink, rt, ctx.len())
+            act::deliver_local(ctx, HOOK, Reason::DeliverFromUplink, &rt, ctx.len())
         }
         Some(RouteKind::OwnBlock) => drop(ctx, HOOK, Reason::DropBlackhole),
         _ => pass(ctx, HOOK, Reason::PassToKernel),

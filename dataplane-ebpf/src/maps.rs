@@ -7,37 +7,43 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CounterKey, CounterRow, CounterValue, EVENTS_BYTES, Endpoint, HOT_ROWS, Hook, MAX_COUNTERS,
-    MAX_ENDPOINTS, MAX_ROUTES, NodeConfig, Reason, RouteValue, hot_column,
+    MAX_ENDPOINTS, MAX_ROUTES, NodeConfig, ROUTE_CACHE_SLOTS, Reason, RouteCacheSlot, RouteValue,
+    hot_column, route_cache_slot,
 };
 
 /// Prefix → what it is (local endpoint, remote block, own block, peer node).
-#[map(name = "ipipd_routes_v1")]
+#[map(name = "ipipd_routes_v2")]
 pub static ROUTES: LpmTrie<[u8; 4], RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
+/// The trie's recent answers, per CPU, direct-mapped by address (see [`route`]).
+#[map(name = "ipipd_rcache_v2")]
+pub static ROUTE_CACHE: PerCpuArray<RouteCacheSlot> =
+    PerCpuArray::with_max_entries(ROUTE_CACHE_SLOTS, 0);
+
 /// Host-side veth ifindex → the pod behind it.
-#[map(name = "ipipd_eps_v1")]
+#[map(name = "ipipd_eps_v2")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// The node's own settings, at index 0.
-#[map(name = "ipipd_cfg_v1")]
+#[map(name = "ipipd_cfg_v2")]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
 /// (ifindex, hook, reason) → packets, bytes; per CPU.
-#[map(name = "ipipd_cnt_v1")]
+#[map(name = "ipipd_cnt_v2")]
 pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
     PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
 
 /// The forwarding decisions' counters, per CPU, a row per interface (see dataplane-common).
-#[map(name = "ipipd_hot_v1")]
+#[map(name = "ipipd_hot_v2")]
 pub static HOT_COUNTERS: PerCpuArray<CounterRow> = PerCpuArray::with_max_entries(HOT_ROWS, 0);
 
 /// Per-CPU IPv4 Identification counter for outer headers with DF clear.
-#[map(name = "ipipd_ipid_v1")]
+#[map(name = "ipipd_ipid_v2")]
 pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor mode
 /// is on.
-#[map(name = "ipipd_events_v1")]
+#[map(name = "ipipd_events_v2")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// The node's settings, once user space has written them.
@@ -49,10 +55,49 @@ pub fn config() -> Option<&'static NodeConfig> {
     }
 }
 
-/// Longest-prefix match of an IPv4 address (network order).
+/// The route of an IPv4 address (network order): the longest prefix of the routes trie that
+/// holds it, as of the config's route generation.
+///
+/// The trie's answers are cached per CPU, one slot per address hash, tagged with the
+/// generation they were read under: a hit costs one cache line instead of a walk through the
+/// trie's nodes. User space raises the generation after it changes the trie, and the
+/// generation is read before the trie, so an answer is never used under a later generation
+/// than the one it was read under. A slot that two busy addresses share makes both walk the
+/// trie; nothing else changes.
 #[inline(always)]
-pub fn route(addr: [u8; 4]) -> Option<&'static RouteValue> {
-    ROUTES.get(Key::new(32, addr))
+pub fn route(cfg: &NodeConfig, addr: [u8; 4]) -> Option<RouteValue> {
+    // SAFETY: a field of a live map value. Volatile: the read must stay before the trie's.
+    let gen_now = unsafe { core::ptr::read_volatile(&cfg.route_gen) };
+    let Some(slot) = ROUTE_CACHE.get_ptr_mut(route_cache_slot(addr)) else {
+        return trie(addr);
+    };
+    // SAFETY: this CPU's slot; only this CPU writes it, and a program is not migrated.
+    let slot = unsafe { &mut *slot };
+    if slot.generation == gen_now && slot.addr == addr {
+        return (slot.route.kind != 0).then_some(slot.route);
+    }
+    let found = trie(addr);
+    slot.addr = addr;
+    slot.generation = gen_now;
+    slot.route = found.unwrap_or(NO_ROUTE);
+    found
+}
+
+/// A cached "no route" (kind 0 is no [`dataplane_common::RouteKind`]).
+const NO_ROUTE: RouteValue = RouteValue {
+    kind: 0,
+    flags: 0,
+    _pad: [0; 2],
+    ifindex: 0,
+    node_ip: [0; 4],
+    pod_mac: [0; 6],
+    host_mac: [0; 6],
+};
+
+/// Longest-prefix match in the routes trie itself.
+#[inline(always)]
+fn trie(addr: [u8; 4]) -> Option<RouteValue> {
+    ROUTES.get(Key::new(32, addr)).copied()
 }
 
 /// Counts one packet of `bytes` under (ifindex, hook, reason).

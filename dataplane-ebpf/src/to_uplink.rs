@@ -17,19 +17,20 @@ use crate::{
 const HOOK: Hook = Hook::ToUplink;
 
 pub fn run(ctx: &TcContext) -> i32 {
-    let Some(cfg) = config() else {
-        return TC_OK;
-    };
     let ip = match parse_l3(ctx) {
         L3::Ipv4(ip) => ip,
         L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
         L3::Arp | L3::Other => return pass(ctx, HOOK, Reason::PassNotIpv4),
     };
-    // Already a tunnel packet (ours, from from_pod): never encapsulated twice.
+    // Already a tunnel packet (ours, from from_pod, on its second pass here; or the host's
+    // own): never encapsulated twice. Decided before anything else is read.
     if ip.proto == IPPROTO_IPIP {
         return pass(ctx, HOOK, Reason::PassIpip);
     }
-    let Some(rt) = route(ip.dst_addr) else {
+    let Some(cfg) = config() else {
+        return TC_OK;
+    };
+    let Some(rt) = route(cfg, ip.dst_addr) else {
         return pass(ctx, HOOK, Reason::PassToKernel);
     };
     // A peer node's own address is tunnelled only for pod sources (so pod addresses never appear
@@ -45,5 +46,5 @@ pub fn run(ctx: &TcContext) -> i32 {
     if act::too_big_for_tunnel(ctx, cfg, ip) {
         return drop(ctx, HOOK, Reason::DropTooBigEgress);
     }
-    act::encap_and_send(ctx, cfg, HOOK, ip, rt, false)
+    act::encap_and_send(ctx, cfg, HOOK, ip, &rt, false)
 }

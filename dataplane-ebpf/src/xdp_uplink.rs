@@ -47,7 +47,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     if frag_field(ip) & IP_MF_OFFSET != 0 {
         return drop(ctx, Reason::DropOuterFragment);
     }
-    match route(ip.src_addr) {
+    match route(cfg, ip.src_addr) {
         Some(rt) if rt.kind == RouteKind::PeerNode as u8 => xdp_action::XDP_PASS,
         _ => drop(ctx, Reason::DropIpipUnknownPeer),
     }

@@ -21,7 +21,7 @@ use aya::{
 };
 use dataplane_common::{
     Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP, ROUTE_F_L2, ROUTE_F_SAME_SUBNET, RouteKind,
-    RouteValue, map_names, program_names,
+    RouteValue, program_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +110,15 @@ impl Dataplane {
         maps::set_config(&mut self.ebpf, &cfg)
     }
 
+    /// Raises the routes' generation, after a change to the routes trie: the programs' cached
+    /// answers of earlier generations are never used again.
+    fn next_route_gen(&mut self) -> Result<()> {
+        let mut cfg = maps::config(&self.ebpf)?;
+        // Skips 0, the generation of the cache's empty slots.
+        cfg.route_gen = cfg.route_gen.checked_add(1).unwrap_or(1);
+        maps::set_config(&mut self.ebpf, &cfg)
+    }
+
     /// Loads, pins and attaches for `cfg`, after clearing what a killed run left. On failure,
     /// everything attached so far is rolled back.
     pub fn start(cfg: &Config, state_dir: &Path) -> Result<Self> {
@@ -172,6 +181,7 @@ impl Dataplane {
                 ready: 1,
                 monitor: 0,
                 _pad: 0,
+                route_gen: 1,
             },
         )?;
         let prev = std::fs::read_to_string(IP_FORWARD)
@@ -485,15 +495,21 @@ impl Dataplane {
             .iter()
             .map(|e| e.map(|(k, v)| ((Ipv4Addr::from(k.data()), k.prefix_len() as u8), v)))
             .collect::<Result<_, _>>()?;
+        let mut routes_changed = false;
         for ((addr, len), v) in &plan.routes {
             if current_routes.get(&(*addr, *len)) != Some(v) {
+                routes_changed = true;
                 maps::put_route(&mut self.ebpf, addr.octets(), u32::from(*len), v)?;
             }
         }
         for (addr, len) in current_routes.keys() {
             if !plan.routes.contains_key(&(*addr, *len)) {
+                routes_changed = true;
                 maps::remove_route(&mut self.ebpf, addr.octets(), u32::from(*len))?;
             }
+        }
+        if routes_changed {
+            self.next_route_gen()?;
         }
 
         // Attachments: from_pod on every live endpoint's veth, nowhere else.
@@ -648,8 +664,13 @@ fn remove_pins(pin_dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(pin_dir.join("links"));
-    for n in map_names::ALL {
-        let _ = std::fs::remove_file(pin_dir.join(n));
+    // Every map pin of ours, of this layout or an older one (`ipipd_<map>_v<N>`).
+    if let Ok(rd) = std::fs::read_dir(pin_dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ipipd_") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
     let _ = std::fs::remove_dir(pin_dir);
 }
