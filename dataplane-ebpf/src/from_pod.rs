@@ -6,6 +6,7 @@
 //! |--------------------------------|--------------------------------------|----------------------------------------|
 //! | ARP for any address but its own | proxy_arp on cali*                  | ARP reply with the host veth's MAC     |
 //! | source not the pod's own       | (rp_filter / Calico iptables)        | drop_spoofed_source                    |
+//! | (a veth without an endpoint)   |                                      | drop_unknown_endpoint                  |
 //! | a pod on this node             | `<pod>/32 dev cali…`                 | TTL-1, MACs, redirect_peer             |
 //! | own block, no pod              | `blackhole <block>`                  | drop_blackhole                         |
 //! | remote block / peer node IP    | `<block> via <node> dev tunl0`       | encap, out the uplink                  |
@@ -14,7 +15,7 @@
 
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use dataplane_common::{
-    Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind,
+    Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind, RouteValue,
 };
 
 use crate::{
@@ -33,21 +34,36 @@ pub fn run(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_OK;
     };
-    // SAFETY: the value is copied out at once; user space replaces entries whole.
-    let Some(ep) = (unsafe { ENDPOINTS.get(ifindex(ctx)) }).copied() else {
-        return drop(ctx, HOOK, Reason::DropUnknownEndpoint);
-    };
+    let veth = ifindex(ctx);
     let ip = match parse_l3(ctx) {
         L3::Ipv4(ip) => ip,
-        L3::Arp => return arp(ctx, &ep),
-        L3::Other => return pass(ctx, HOOK, Reason::PassNotIpv4),
-        L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
+        other => {
+            // The rarer kinds need the endpoint entry itself (or its absence).
+            let Some(ep) = endpoint(veth) else {
+                return drop(ctx, HOOK, Reason::DropUnknownEndpoint);
+            };
+            return match other {
+                L3::Arp => arp(ctx, &ep),
+                L3::Truncated => drop(ctx, HOOK, Reason::DropTruncated),
+                _ => pass(ctx, HOOK, Reason::PassNotIpv4),
+            };
+        }
     };
+    // The source must be this veth's pod. Its /32 route says so (LocalEndpoint on this veth),
+    // found through the route cache like the destination's; only when it does not is the
+    // endpoint entry read, to tell an unknown veth from a spoofed source (or to accept a pod
+    // whose route is not written yet).
+    if !is_local_endpoint_on(route(cfg, ip.src_addr), veth) {
+        match endpoint(veth) {
+            None => return drop(ctx, HOOK, Reason::DropUnknownEndpoint),
+            Some(ep) if ep.pod_ip != ip.src_addr => {
+                return drop(ctx, HOOK, Reason::DropSpoofedSource);
+            }
+            Some(_) => {}
+        }
+    }
     if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
         return drop(ctx, HOOK, Reason::DropBadIpHeader);
-    }
-    if ip.src_addr != ep.pod_ip {
-        return drop(ctx, HOOK, Reason::DropSpoofedSource);
     }
 
     // Decide: the longest prefix that holds the destination, as the route table would.
@@ -79,6 +95,19 @@ pub fn run(ctx: &TcContext) -> i32 {
         Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, &rt, true),
         Next::Forward => act::forward_same_subnet(ctx, cfg, HOOK, &rt),
     }
+}
+
+/// The endpoint entry of host-side veth `veth`.
+#[inline(always)]
+fn endpoint(veth: u32) -> Option<Endpoint> {
+    // SAFETY: the value is copied out at once; user space replaces entries whole.
+    unsafe { ENDPOINTS.get(veth) }.copied()
+}
+
+/// Whether `rt` is the /32 route of the pod behind veth `ifindex`.
+#[inline(always)]
+fn is_local_endpoint_on(rt: Option<RouteValue>, ifindex: u32) -> bool {
+    matches!(rt, Some(rt) if rt.kind == RouteKind::LocalEndpoint as u8 && rt.ifindex == ifindex)
 }
 
 /// Where a pod's packet goes, once its route is known.
