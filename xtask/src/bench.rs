@@ -192,6 +192,8 @@ struct Run {
     bytes: f64,
     packets: f64,
     cpu_s: f64,
+    /// TCP: the sender's retransmitted segments (iperf3), per GB.
+    retransmits: f64,
     /// Per program: (Δrun_time_ns, Δrun_cnt, Δbytes counted by its hook).
     progs: BTreeMap<String, (f64, f64, f64)>,
 }
@@ -506,6 +508,7 @@ fn iperf(
             let sum = &end["sum_received"];
             let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
             Run {
+                retransmits: end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
                 rate: sum["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
                 bytes,
                 // Full-sized segments of the pod MTU: the packet count the bytes stand for.
@@ -937,6 +940,7 @@ fn report(
                     "rate": sj(stat(r.iter().map(|x| x.rate).collect())),
                     "cpu_s_per_gb": sj(stat(r.iter().map(|x| x.cpu_s / (x.bytes / 1e9)).collect())),
                     "cpu_s_per_mpkt": sj(stat(r.iter().map(|x| x.cpu_s / (x.packets / 1e6)).collect())),
+                    "tcp_retransmits_per_gb": sj(stat(r.iter().map(|x| x.retransmits / (x.bytes / 1e9)).collect())),
                 }),
             );
         }
@@ -1152,6 +1156,19 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 f(&t["B"][k], 2),
                 f(&t["C"][k], 2),
                 f(&t["D"][k], 2),
+            );
+        }
+        s += "\nTCP retransmissions per GB (iperf3's sender), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 |\n|---|---|---|---|---|---|\n";
+        for (w, label) in [("tcp1", "TCP 1 stream"), ("tcp4", "TCP 4 streams")] {
+            let t = &r["throughput"][w];
+            let k = "tcp_retransmits_per_gb";
+            s += &format!(
+                "| {label} | {} | {} | {} | {} | {} |\n",
+                f(&t["A"][k], 1),
+                f(&t["A_xdp"][k], 1),
+                f(&t["B"][k], 1),
+                f(&t["C"][k], 1),
+                f(&t["D"][k], 1),
             );
         }
         s += "\nIn-situ program cost (kernel.bpf_stats_enabled), per program and side of the data direction (the iperf3 client's node sends), over every run; a GSO packet is one run:\n\n| program | ns per run (A) | bytes per run | ns per run (A + XDP) |\n|---|---|---|---|\n";
