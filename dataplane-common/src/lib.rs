@@ -468,7 +468,6 @@ mod user {
     unsafe impl aya::Pod for RouteValue {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for NodeConfig {}
-    unsafe impl aya::Pod for RouteCacheSlot {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for CounterValue {}
     unsafe impl aya::Pod for CounterRow {}
