@@ -1077,6 +1077,21 @@ fn chrono_like_now() -> String {
         .unwrap_or_default()
 }
 
+/// The columns A, A + XDP, B, C, D of one workload's `key` (a median with its spread), scaled.
+fn setup_cells(per_setup: &Value, key: &str, scale: f64, digits: usize) -> String {
+    ["A", "A_xdp", "B", "C", "D"]
+        .map(|setup| {
+            let v = &per_setup[setup][key];
+            let g = |k: &str| v[k].as_f64().map(|x| x * scale);
+            let scaled = match (g("median"), g("min"), g("max")) {
+                (Some(m), Some(a), Some(b)) => json!({"median": m, "min": a, "max": b}),
+                _ => Value::Null,
+            };
+            f(&scaled, digits)
+        })
+        .join(" | ")
+}
+
 fn f(v: &Value, digits: usize) -> String {
     match v.get("median").and_then(Value::as_f64) {
         Some(m) => {
@@ -1113,26 +1128,14 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             ("rr", "k trans/s", 1),
         ];
         for (w, unit, d) in units {
-            let t = &r["throughput"][w];
             let scale = if unit == "Gbit/s" { 1.0 } else { 1e-3 };
-            let sc = |v: &Value| -> Value {
-                let g = |k: &str| v[k].as_f64().map(|x| x * scale);
-                match (g("median"), g("min"), g("max")) {
-                    (Some(m), Some(a), Some(b)) => json!({"median": m, "min": a, "max": b}),
-                    _ => Value::Null,
-                }
-            };
             let name = WORKLOADS
                 .iter()
                 .find(|x| x.key() == w)
                 .map_or(w, |x| x.name());
             s += &format!(
-                "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                f(&sc(&t["A"]["rate"]), d),
-                f(&sc(&t["A_xdp"]["rate"]), d),
-                f(&sc(&t["B"]["rate"]), d),
-                f(&sc(&t["C"]["rate"]), d),
-                f(&sc(&t["D"]["rate"]), d),
+                "| {name} ({unit}) | {} | {} | {} | {} | {} |\n",
+                setup_cells(&r["throughput"][w], "rate", scale, d),
                 f(&r["ratios"][w]["A/B"], 2),
                 f(&r["ratios"][w]["A/C"], 2),
                 f(&r["ratios"][w]["A_xdp/C"], 2),
@@ -1145,31 +1148,16 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             ("tcp4", "cpu_s_per_gb", "TCP 4 streams, CPU s/GB"),
             ("udp64", "cpu_s_per_mpkt", "UDP 64 B, CPU s/Mpkt"),
         ] {
-            let t = &r["throughput"][w];
             // Per byte and per packet give the same ratio within one workload.
             let ab = f(&r["cpu_ratios"][w]["A/B cpu per byte"], 2);
             let ad = f(&r["cpu_ratios"][w]["A/D cpu per byte"], 2);
-            s += &format!(
-                "| {label} | {} | {} | {} | {} | {} | {ab} | {ad} |\n",
-                f(&t["A"][k], 2),
-                f(&t["A_xdp"][k], 2),
-                f(&t["B"][k], 2),
-                f(&t["C"][k], 2),
-                f(&t["D"][k], 2),
-            );
+            let cells = setup_cells(&r["throughput"][w], k, 1.0, 2);
+            s += &format!("| {label} | {cells} | {ab} | {ad} |\n");
         }
         s += "\nTCP retransmissions per GB (iperf3's sender), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 |\n|---|---|---|---|---|---|\n";
         for (w, label) in [("tcp1", "TCP 1 stream"), ("tcp4", "TCP 4 streams")] {
-            let t = &r["throughput"][w];
-            let k = "tcp_retransmits_per_gb";
-            s += &format!(
-                "| {label} | {} | {} | {} | {} | {} |\n",
-                f(&t["A"][k], 1),
-                f(&t["A_xdp"][k], 1),
-                f(&t["B"][k], 1),
-                f(&t["C"][k], 1),
-                f(&t["D"][k], 1),
-            );
+            let cells = setup_cells(&r["throughput"][w], "tcp_retransmits_per_gb", 1.0, 1);
+            s += &format!("| {label} | {cells} |\n");
         }
         s += "\nIn-situ program cost (kernel.bpf_stats_enabled), per program and side of the data direction (the iperf3 client's node sends), over every run; a GSO packet is one run:\n\n| program | ns per run (A) | bytes per run | ns per run (A + XDP) |\n|---|---|---|---|\n";
         if let Some(m) = r["insitu"]["A"].as_object() {

@@ -15,14 +15,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp,
-        tc::TcAttachOptions,
-    },
+    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, tc::TcAttachOptions},
 };
 use clap::{Parser, Subcommand};
 use dataplane_common::program_names;
-use dataplane_user::testrun::{checksum, skb_ctx, xdp_ctx};
+use dataplane_user::testrun::{self, checksum};
 use serde::Serialize;
 
 static FLOORS_OBJECT: &[u8] =
@@ -429,31 +426,7 @@ fn paths(e: &Env, remote_pod: Ipv4Addr, peer: Ipv4Addr, stranger: Ipv4Addr) -> V
 /// One BPF_PROG_TEST_RUN: (verdict, ns per run as the kernel timed it).
 fn run_once(ebpf: &Ebpf, prog: &str, p: &Path, repeat: u32) -> Result<(u32, u64)> {
     let mut out = vec![0u8; p.packet.len() + 256];
-    let program = ebpf
-        .program(prog)
-        .with_context(|| format!("no program {prog}"))?;
-    let r = if prog == program_names::XDP_UPLINK || prog == "noop_xdp" {
-        let x: &Xdp = program.try_into()?;
-        let ctx = xdp_ctx(p.ifindex, p.packet.len());
-        x.test_run(TestRunOptions {
-            data_in: Some(&p.packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-    } else {
-        let c: &SchedClassifier = program.try_into()?;
-        let ctx = skb_ctx(p.ifindex, 0, 0);
-        c.test_run(TestRunOptions {
-            data_in: Some(&p.packet),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-    }
-    .map_err(|e: ProgramError| anyhow!("BPF_PROG_TEST_RUN of {prog}: {e}"))?;
+    let r = testrun::run(ebpf, prog, p.ifindex, (0, 0), &p.packet, &mut out, repeat)?;
     Ok((r.return_value, r.duration.as_nanos() as u64))
 }
 
