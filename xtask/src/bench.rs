@@ -34,6 +34,8 @@ use crate::setup;
 
 pub struct Opts {
     pub quick: bool,
+    /// Rounds of the traffic part; default 3 (1 when quick).
+    pub rounds: Option<u32>,
     /// Where bench.md and bench.json go.
     pub out: std::path::PathBuf,
     /// ipipd and ipipd-bench.
@@ -62,19 +64,39 @@ fn kernel_has_ipip() -> bool {
     Path::new("/sys/module/ipip").exists()
 }
 
-fn setups() -> Vec<Setup> {
-    let mut v = vec![Setup::A, Setup::AXdp, Setup::B, Setup::C];
+/// The setups, in groups that run back to back: A with A_floor, whose in-situ program costs
+/// are compared run for run, so that the machine's drift between the two stays small.
+fn setups() -> Vec<Vec<Setup>> {
+    let mut a = vec![Setup::A];
     // The floors go first in the TCX chain, in front of ipipd's programs.
     if ipipd_tests::kernel_has_tcx() {
-        v.push(Setup::AFloor);
+        a.push(Setup::AFloor);
     }
+    let mut v = vec![a, vec![Setup::AXdp], vec![Setup::B], vec![Setup::C]];
     if kernel_has_ipip() {
-        v.push(Setup::D);
+        v.push(vec![Setup::D]);
     }
     v
 }
 
+/// Round `round`'s order: the groups rotated by the round, and each group's own order reversed
+/// every other round, so that drift of the machine spreads over every setup.
+fn round_order(groups: &[Vec<Setup>], round: usize) -> Vec<Setup> {
+    let mut order = Vec::new();
+    for i in 0..groups.len() {
+        let g = &groups[(i + round) % groups.len()];
+        if round % 2 == 1 {
+            order.extend(g.iter().rev());
+        } else {
+            order.extend(g.iter());
+        }
+    }
+    order
+}
+
 struct Plan {
+    /// The options as given on the command line (for the report's reproduce line).
+    args: String,
     /// Where perf profiles go, when profiling.
     profile: Option<std::path::PathBuf>,
     rounds: usize,
@@ -203,7 +225,22 @@ pub fn run(opts: Opts) -> Result<()> {
     let quick = opts.quick;
     let plan = Plan {
         profile: opts.profile.then(|| opts.out.clone()),
-        rounds: if quick { 1 } else { 3 },
+        rounds: opts.rounds.unwrap_or(if quick { 1 } else { 3 }) as usize,
+        args: [
+            quick.then(|| " --quick".to_string()),
+            opts.rounds.map(|n| format!(" --rounds {n}")),
+            (!opts.only.is_empty()).then(|| {
+                let parts: Vec<String> = opts
+                    .only
+                    .iter()
+                    .map(|p| format!("{p:?}").to_lowercase())
+                    .collect();
+                format!(" --only {}", parts.join(","))
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         seconds: if quick { 2 } else { 5 },
         testrun_calls: if quick { 20_000 } else { 100_000 },
         testrun_repeat: if quick { 200_000 } else { 1_000_000 },
@@ -246,9 +283,7 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         0
     };
     for round in 0..rounds {
-        // Alternate the order so that drift of the machine spreads over every setup.
-        for i in 0..setups.len() {
-            let s = setups[(i + round) % setups.len()];
+        for s in round_order(&setups, round) {
             eprintln!(
                 "xtask bench: round {}/{}: {}",
                 round + 1,
@@ -932,7 +967,7 @@ fn report(
     let mut cpu = serde_json::Map::new();
     for w in WORKLOADS {
         let mut per = serde_json::Map::new();
-        for s in setups() {
+        for s in setups().into_iter().flatten() {
             let r = get(s, w);
             per.insert(
                 s.key().into(),
@@ -1116,7 +1151,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         r["cpus"],
         plan.rounds,
         plan.seconds,
-        if plan.rounds == 1 { " --quick" } else { "" },
+        plan.args,
         took.as_secs_f64()
     );
     if plan.runs(Part::Traffic) {

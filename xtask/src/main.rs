@@ -80,6 +80,10 @@ enum Cmd {
         /// (target/bench/perf-<setup>-<workload>.data; `perf report -i …`). Needs Debian's linux-perf.
         #[arg(long)]
         profile: bool,
+        /// Rounds of the traffic part (default: 3, or 1 with --quick). More rounds tighten the
+        /// spread of the in-situ ratios on a noisy machine.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: Option<u32>,
         /// Run it in the kernel test VM (whose kernel has ipip: adds D, the kernel's tunl0).
         /// Under TCG only the ratios mean anything.
         #[arg(long)]
@@ -144,6 +148,7 @@ fn main() -> Result<()> {
         } => {
             return bench::run(bench::Opts {
                 quick: *quick,
+                rounds: None,
                 profile: false,
                 only: Vec::new(),
                 out: PathBuf::from("/tmp/bench"),
@@ -234,6 +239,7 @@ fn main() -> Result<()> {
         Cmd::Bench {
             quick,
             profile,
+            rounds,
             vm,
             only,
             vm_opts,
@@ -249,6 +255,7 @@ fn main() -> Result<()> {
             }
             bench::run(bench::Opts {
                 quick,
+                rounds,
                 profile,
                 only,
                 out: root.join("target/bench"),
