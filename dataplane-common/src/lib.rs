@@ -9,22 +9,22 @@
 #![no_std]
 
 /// Bumped whenever a key or value layout below changes. It is part of every map name.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names, as the eBPF object declares them and as they are pinned (`<pin_dir>/<name>`).
 /// The kernel keeps 15 characters of a map name; these fit.
 pub mod map_names {
-    pub const ROUTES: &str = "ipipd_routes_v2";
-    pub const ENDPOINTS: &str = "ipipd_eps_v2";
-    pub const CONFIG: &str = "ipipd_cfg_v2";
-    pub const COUNTERS: &str = "ipipd_cnt_v2";
-    pub const IP_ID: &str = "ipipd_ipid_v2";
+    pub const ROUTES: &str = "ipipd_routes_v3";
+    pub const ENDPOINTS: &str = "ipipd_eps_v3";
+    pub const CONFIG: &str = "ipipd_cfg_v3";
+    pub const COUNTERS: &str = "ipipd_cnt_v3";
+    pub const IP_ID: &str = "ipipd_ipid_v3";
     /// The monitor's ring buffer of [`super::Event`]s (`ipipd monitor`).
-    pub const EVENTS: &str = "ipipd_events_v2";
+    pub const EVENTS: &str = "ipipd_events_v3";
     /// The hot counters: a per-CPU array of [`super::CounterRow`]s.
-    pub const HOT_COUNTERS: &str = "ipipd_hot_v2";
-    /// The programs' route cache: a per-CPU array of [`super::RouteCacheSlot`]s.
-    pub const ROUTE_CACHE: &str = "ipipd_rcache_v2";
+    pub const HOT_COUNTERS: &str = "ipipd_hot_v3";
+    /// The programs' route cache: a per-CPU array of one [`super::RouteCache`].
+    pub const ROUTE_CACHE: &str = "ipipd_rcache_v3";
     /// Every map that user space programs or reads, in one list.
     pub const ALL: [&str; 8] = [
         ROUTES,
@@ -163,7 +163,8 @@ pub struct NodeConfig {
     pub route_gen: u32,
 }
 
-/// Slots of the route cache per CPU (a power of two).
+/// Slots of the route cache per CPU (a power of two): 32 KiB, the largest per-CPU value the
+/// kernel allocates.
 pub const ROUTE_CACHE_SLOTS: u32 = 1024;
 
 /// One slot of the programs' route cache: the trie's answer for one address (a [`RouteValue`]
@@ -176,6 +177,15 @@ pub struct RouteCacheSlot {
     pub addr: [u8; 4],
     pub generation: u32,
     pub route: RouteValue,
+}
+
+/// One CPU's whole route cache: the route cache map's single per-CPU value. One value rather
+/// than an entry per slot: finding an entry of a per-CPU array reads its pointer from the map,
+/// a cache line per 8 entries that traffic evicts; this way every lookup reads the same one.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RouteCache {
+    pub slots: [RouteCacheSlot; ROUTE_CACHE_SLOTS as usize],
 }
 
 /// The route cache slot of an address (network order): Fibonacci hashing of its bits.
@@ -451,12 +461,18 @@ pub const fn hot_column(hook: Hook, reason: Reason) -> Option<usize> {
     None
 }
 
-/// One row of the hot counters: the interface it counts for (0: unclaimed on this CPU), and a
-/// cell per [`HOT`] decision.
+/// One row of the hot counters: the interface it counts for (0: unclaimed on this CPU), the
+/// source address the interface's last packet was checked for, and a cell per [`HOT`] decision.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CounterRow {
     pub ifindex: u32,
+    /// The programs' source check, remembered where the packet's counter is anyway: `src_addr`
+    /// (network order) passed it on this interface under routes generation `src_gen` (the
+    /// config's `route_gen`; 0: nothing remembered). A pod veth's row holds its pod's address,
+    /// the uplink's the last peer node that sent a tunnel packet.
+    pub src_gen: u32,
+    pub src_addr: [u8; 4],
     pub _pad: u32,
     pub cells: [CounterValue; HOT.len()],
 }
@@ -475,13 +491,15 @@ mod user {
 }
 
 // The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION
-// (2: NodeConfig.route_gen, the route cache, and the order of HOT).
+// (2: NodeConfig.route_gen, the route cache, and the order of HOT; 3: the route cache as one
+// value per CPU, the source check in CounterRow).
 const _: () = {
     assert!(core::mem::size_of::<RouteValue>() == 24);
     assert!(core::mem::size_of::<Endpoint>() == 16);
     assert!(core::mem::size_of::<NodeConfig>() == 20);
     assert!(core::mem::size_of::<RouteCacheSlot>() == 32);
+    assert!(core::mem::size_of::<RouteCache>() == 32 * ROUTE_CACHE_SLOTS as usize);
     assert!(core::mem::size_of::<CounterKey>() == 8);
     assert!(core::mem::size_of::<CounterValue>() == 16);
-    assert!(core::mem::size_of::<CounterRow>() == 8 + 16 * HOT.len());
+    assert!(core::mem::size_of::<CounterRow>() == 16 + 16 * HOT.len());
 };

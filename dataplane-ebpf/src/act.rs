@@ -194,15 +194,26 @@ fn next_ip_id() -> u16 {
     cpu.reverse_bits() ^ ctr
 }
 
-/// Length of the inner L3 + L4 headers of a GSO packet (what each segment repeats).
+/// Length of the inner L3 + L4 headers of a GSO packet (what each segment repeats). The TCP
+/// data offset is read in place when the header has no options and the linear data holds the
+/// TCP header (a local sender's skb does), with a helper copy otherwise; unreadable, it counts
+/// as the largest TCP header.
 #[inline(always)]
 fn inner_headers_len(ctx: &TcContext, ihl: usize, proto: u8) -> usize {
-    let l4 = ETH_LEN + ihl;
+    const DOFF_AT: usize = ETH_LEN + IP_LEN + 12;
     match proto {
-        IPPROTO_TCP => match ctx.load::<u8>(l4 + 12) {
-            Ok(doff) => ihl + (((doff >> 4) as usize) << 2),
-            Err(_) => ihl + 60,
-        },
+        IPPROTO_TCP => {
+            let direct = match ptr_at::<u8>(ctx, DOFF_AT) {
+                // SAFETY: bounds-checked against data_end (a constant offset, as the verifier
+                // requires).
+                Some(p) if ihl == IP_LEN => Some(unsafe { *p }),
+                _ => None,
+            };
+            match direct.map_or_else(|| ctx.load::<u8>(ETH_LEN + ihl + 12).ok(), Some) {
+                Some(doff) => ihl + (((doff >> 4) as usize) << 2),
+                None => ihl + 60,
+            }
+        }
         IPPROTO_UDP => ihl + 8,
         _ => ihl,
     }

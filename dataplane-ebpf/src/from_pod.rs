@@ -15,12 +15,12 @@
 
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use dataplane_common::{
-    Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind, RouteValue,
+    Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind,
 };
 
 use crate::{
     act::{self, drop, pass},
-    maps::{ENDPOINTS, config, route},
+    maps::{ENDPOINTS, config, route, source_ok},
     packet::{
         ArpIpv4, ETH_LEN, EthHdr, L3, TC_OK, ensure_linear, ifindex, ipv4_sane, parse_l3, ptr_at,
         set_mac,
@@ -53,7 +53,9 @@ pub fn run(ctx: &TcContext) -> i32 {
     // found through the route cache like the destination's; only when it does not is the
     // endpoint entry read, to tell an unknown veth from a spoofed source (or to accept a pod
     // whose route is not written yet).
-    if !is_local_endpoint_on(route(cfg, ip.src_addr), veth) {
+    if !source_ok(cfg, veth, ip.src_addr, |rt| {
+        rt.kind == RouteKind::LocalEndpoint as u8 && rt.ifindex == veth
+    }) {
         match endpoint(veth) {
             None => return drop(ctx, HOOK, Reason::DropUnknownEndpoint),
             Some(ep) if ep.pod_ip != ip.src_addr => {
@@ -102,12 +104,6 @@ pub fn run(ctx: &TcContext) -> i32 {
 fn endpoint(veth: u32) -> Option<Endpoint> {
     // SAFETY: the value is copied out at once; user space replaces entries whole.
     unsafe { ENDPOINTS.get(veth) }.copied()
-}
-
-/// Whether `rt` is the /32 route of the pod behind veth `ifindex`.
-#[inline(always)]
-fn is_local_endpoint_on(rt: Option<RouteValue>, ifindex: u32) -> bool {
-    matches!(rt, Some(rt) if rt.kind == RouteKind::LocalEndpoint as u8 && rt.ifindex == ifindex)
 }
 
 /// Where a pod's packet goes, once its route is known.

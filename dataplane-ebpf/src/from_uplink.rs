@@ -22,7 +22,7 @@ use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind};
 use crate::{
     act::{self, drop, pass},
     csum,
-    maps::{config, route},
+    maps::{config, route, source_ok},
     packet::{
         ETH_LEN, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, L3, TC_OK, ensure_linear, frag_field,
         ifindex, ihl_bytes, ip_words, ipv4_sane, parse_l3, ptr_at, set_tos, tot_len,
@@ -89,9 +89,11 @@ pub fn run(ctx: &TcContext) -> i32 {
     if frag_field(outer) & IP_MF_OFFSET != 0 {
         return drop(ctx, HOOK, Reason::DropOuterFragment);
     }
-    match route(cfg, outer.src_addr) {
-        Some(rt) if rt.kind == RouteKind::PeerNode as u8 => {}
-        _ => return drop(ctx, HOOK, Reason::DropIpipUnknownPeer),
+    let uplink = ifindex(ctx);
+    if !source_ok(cfg, uplink, outer.src_addr, |rt| {
+        rt.kind == RouteKind::PeerNode as u8
+    }) {
+        return drop(ctx, HOOK, Reason::DropIpipUnknownPeer);
     }
     let outer_ecn = outer.tos & 3;
 

@@ -7,43 +7,43 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CounterKey, CounterRow, CounterValue, EVENTS_BYTES, Endpoint, HOT_ROWS, Hook, MAX_COUNTERS,
-    MAX_ENDPOINTS, MAX_ROUTES, NodeConfig, ROUTE_CACHE_SLOTS, Reason, RouteCacheSlot, RouteValue,
+    MAX_ENDPOINTS, MAX_ROUTES, NodeConfig, ROUTE_CACHE_SLOTS, Reason, RouteCache, RouteValue,
     hot_column, route_cache_slot,
 };
 
 /// Prefix → what it is (local endpoint, remote block, own block, peer node).
-#[map(name = "ipipd_routes_v2")]
+#[map(name = "ipipd_routes_v3")]
 pub static ROUTES: LpmTrie<[u8; 4], RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
-/// The trie's recent answers, per CPU, direct-mapped by address (see [`route`]).
-#[map(name = "ipipd_rcache_v2")]
-pub static ROUTE_CACHE: PerCpuArray<RouteCacheSlot> =
-    PerCpuArray::with_max_entries(ROUTE_CACHE_SLOTS, 0);
+/// The trie's recent answers, per CPU, direct-mapped by address (see [`route`]): one entry,
+/// the CPU's whole cache.
+#[map(name = "ipipd_rcache_v3")]
+pub static ROUTE_CACHE: PerCpuArray<RouteCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Host-side veth ifindex → the pod behind it.
-#[map(name = "ipipd_eps_v2")]
+#[map(name = "ipipd_eps_v3")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// The node's own settings, at index 0.
-#[map(name = "ipipd_cfg_v2")]
+#[map(name = "ipipd_cfg_v3")]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
 /// (ifindex, hook, reason) → packets, bytes; per CPU.
-#[map(name = "ipipd_cnt_v2")]
+#[map(name = "ipipd_cnt_v3")]
 pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
     PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
 
 /// The forwarding decisions' counters, per CPU, a row per interface (see dataplane-common).
-#[map(name = "ipipd_hot_v2")]
+#[map(name = "ipipd_hot_v3")]
 pub static HOT_COUNTERS: PerCpuArray<CounterRow> = PerCpuArray::with_max_entries(HOT_ROWS, 0);
 
 /// Per-CPU IPv4 Identification counter for outer headers with DF clear.
-#[map(name = "ipipd_ipid_v2")]
+#[map(name = "ipipd_ipid_v3")]
 pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor mode
 /// is on.
-#[map(name = "ipipd_events_v2")]
+#[map(name = "ipipd_events_v3")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// The node's settings, once user space has written them.
@@ -68,11 +68,13 @@ pub fn config() -> Option<&'static NodeConfig> {
 pub fn route(cfg: &NodeConfig, addr: [u8; 4]) -> Option<RouteValue> {
     // SAFETY: a field of a live map value. Volatile: the read must stay before the trie's.
     let gen_now = unsafe { core::ptr::read_volatile(&cfg.route_gen) };
-    let Some(slot) = ROUTE_CACHE.get_ptr_mut(route_cache_slot(addr)) else {
+    let Some(cache) = ROUTE_CACHE.get_ptr_mut(0) else {
         return trie(addr);
     };
-    // SAFETY: this CPU's slot; only this CPU writes it, and a program is not migrated.
-    let slot = unsafe { &mut *slot };
+    let i = (route_cache_slot(addr) & (ROUTE_CACHE_SLOTS - 1)) as usize;
+    // SAFETY: this CPU's cache, and `i` is masked into its slots; only this CPU writes it, and
+    // a program is not migrated.
+    let slot = unsafe { (*cache).slots.get_unchecked_mut(i) };
     if slot.generation == gen_now && slot.addr == addr {
         return (slot.route.kind != 0).then_some(slot.route);
     }
@@ -98,6 +100,42 @@ const NO_ROUTE: RouteValue = RouteValue {
 #[inline(always)]
 fn trie(addr: [u8; 4]) -> Option<RouteValue> {
     ROUTES.get(Key::new(32, addr)).copied()
+}
+
+/// Whether `src` is a source that interface `ifindex` accepts, which `accepts` tells from the
+/// address's route: from_pod's anti-spoofing check (the veth's own pod) and from_uplink's peer
+/// check. A source that passed is remembered in the interface's hot-counter row on this CPU,
+/// tagged with the routes' generation, so that the next packet from it reads no route: the row
+/// is the line its counter updates anyway.
+#[inline(always)]
+pub fn source_ok(
+    cfg: &NodeConfig,
+    ifindex: u32,
+    src: [u8; 4],
+    accepts: impl Fn(&RouteValue) -> bool,
+) -> bool {
+    // SAFETY: a field of a live map value. Volatile, and before the route's lookup: an answer
+    // is never remembered under a later generation than the one it was read under.
+    let gen_now = unsafe { core::ptr::read_volatile(&cfg.route_gen) };
+    let row = HOT_COUNTERS.get_ptr_mut(ifindex & (HOT_ROWS - 1));
+    if let Some(row) = row {
+        // SAFETY: per-CPU value, only this CPU writes it (user space only clears rows).
+        let row = unsafe { &*row };
+        if row.ifindex == ifindex && row.src_gen == gen_now && row.src_addr == src {
+            return true;
+        }
+    }
+    let ok = matches!(route(cfg, src), Some(rt) if accepts(&rt));
+    if ok && let Some(row) = row {
+        // SAFETY: as above.
+        let row = unsafe { &mut *row };
+        if row.ifindex == ifindex || row.ifindex == 0 {
+            row.ifindex = ifindex;
+            row.src_gen = gen_now;
+            row.src_addr = src;
+        }
+    }
+    ok
 }
 
 /// Counts one packet of `bytes` under (ifindex, hook, reason).

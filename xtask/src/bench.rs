@@ -34,7 +34,7 @@ use crate::setup;
 
 pub struct Opts {
     pub quick: bool,
-    /// Rounds of the traffic part; default 3 (1 when quick).
+    /// Rounds of the traffic part; default 5 (1 when quick).
     pub rounds: Option<u32>,
     /// Where bench.md and bench.json go.
     pub out: std::path::PathBuf,
@@ -225,7 +225,7 @@ pub fn run(opts: Opts) -> Result<()> {
     let quick = opts.quick;
     let plan = Plan {
         profile: opts.profile.then(|| opts.out.clone()),
-        rounds: opts.rounds.unwrap_or(if quick { 1 } else { 3 }) as usize,
+        rounds: opts.rounds.unwrap_or(if quick { 1 } else { 5 }) as usize,
         args: [
             quick.then(|| " --quick".to_string()),
             opts.rounds.map(|n| format!(" --rounds {n}")),

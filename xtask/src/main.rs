@@ -80,7 +80,7 @@ enum Cmd {
         /// (target/bench/perf-<setup>-<workload>.data; `perf report -i …`). Needs Debian's linux-perf.
         #[arg(long)]
         profile: bool,
-        /// Rounds of the traffic part (default: 3, or 1 with --quick). More rounds tighten the
+        /// Rounds of the traffic part (default: 5, or 1 with --quick). More rounds tighten the
         /// spread of the in-situ ratios on a noisy machine.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
         rounds: Option<u32>,
