@@ -163,8 +163,8 @@ pub struct NodeConfig {
     pub route_gen: u32,
 }
 
-/// Slots of the route cache per CPU (a power of two): 32 KiB, the largest per-CPU value the
-/// kernel allocates.
+/// Slots of the route cache per CPU (a power of two). At 32 bytes each they make 32 KiB, the
+/// largest per-CPU value the kernel allocates.
 pub const ROUTE_CACHE_SLOTS: u32 = 1024;
 
 /// One slot of the programs' route cache: the trie's answer for one address (a [`RouteValue`]

@@ -195,9 +195,9 @@ fn next_ip_id() -> u16 {
 }
 
 /// Length of the inner L3 + L4 headers of a GSO packet (what each segment repeats). The TCP
-/// data offset is read in place when the header has no options and the linear data holds the
-/// TCP header (a local sender's skb does), with a helper copy otherwise; unreadable, it counts
-/// as the largest TCP header.
+/// data offset is read in place when the IPv4 header has no options and the linear data holds
+/// the TCP header (a local sender's skb does), with a helper copy otherwise; unreadable, it
+/// counts as the largest TCP header.
 #[inline(always)]
 fn inner_headers_len(ctx: &TcContext, ihl: usize, proto: u8) -> usize {
     const DOFF_AT: usize = ETH_LEN + IP_LEN + 12;

@@ -50,9 +50,10 @@ pub fn run(ctx: &TcContext) -> i32 {
         }
     };
     // The source must be this veth's pod. Its /32 route says so (LocalEndpoint on this veth),
-    // found through the route cache like the destination's; only when it does not is the
-    // endpoint entry read, to tell an unknown veth from a spoofed source (or to accept a pod
-    // whose route is not written yet).
+    // found through the route cache like the destination's, and remembered in the veth's
+    // counter row until the routes change; only when it does not is the endpoint entry read,
+    // to tell an unknown veth from a spoofed source (or to accept a pod whose route is not
+    // written yet).
     if !source_ok(cfg, veth, ip.src_addr, |rt| {
         rt.kind == RouteKind::LocalEndpoint as u8 && rt.ifindex == veth
     }) {

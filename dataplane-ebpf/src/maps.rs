@@ -121,7 +121,8 @@ pub fn source_ok(
     if let Some(row) = row {
         // SAFETY: per-CPU value, only this CPU writes it (user space only clears rows).
         let row = unsafe { &*row };
-        if row.ifindex == ifindex && row.src_gen == gen_now && row.src_addr == src {
+        // Generation 0 is a row's "nothing remembered" (the daemon starts at 1).
+        if gen_now != 0 && row.ifindex == ifindex && row.src_gen == gen_now && row.src_addr == src {
             return true;
         }
     }
