@@ -99,6 +99,8 @@ enum Cmd {
     VmBench {
         #[arg(long)]
         quick: bool,
+        #[arg(long)]
+        rounds: Option<u32>,
         ipipd: PathBuf,
         bench_bin: PathBuf,
     },
@@ -143,12 +145,13 @@ fn main() -> Result<()> {
         Cmd::VmDemo { ipipd } => return demo::run(ipipd),
         Cmd::VmBench {
             quick,
+            rounds,
             ipipd,
             bench_bin,
         } => {
             return bench::run(bench::Opts {
                 quick: *quick,
-                rounds: None,
+                rounds: *rounds,
                 profile: false,
                 only: Vec::new(),
                 out: PathBuf::from("/tmp/bench"),
@@ -244,10 +247,13 @@ fn main() -> Result<()> {
             only,
             vm_opts,
         } => {
+            if vm && (profile || !only.is_empty()) {
+                bail!("--profile and --only apply to the bench on this kernel, not to --vm");
+            }
             setup::all()?;
             build()?;
             if vm {
-                return vm::run_vm(&root, vm_opts.opts(vm::Job::Bench { quick }));
+                return vm::run_vm(&root, vm_opts.opts(vm::Job::Bench { quick, rounds }));
             }
             setup::install(&["iperf3"])?;
             if profile {

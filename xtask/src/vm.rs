@@ -49,7 +49,7 @@ pub enum Job {
     Demo,
     /// `cargo xtask bench` inside the VM (adds D, the kernel's tunl0); its report is copied to
     /// target/bench/vm-bench.{md,json}.
-    Bench { quick: bool },
+    Bench { quick: bool, rounds: Option<u32> },
 }
 
 pub struct Opts {
@@ -154,7 +154,7 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
             }
             commands
         }
-        Job::Bench { quick } => {
+        Job::Bench { quick, rounds } => {
             setup::install(&["iperf3"])?;
             add_tool(&mut ar, "iperf3")?;
             let xtask = std::env::current_exe()?;
@@ -167,6 +167,9 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
             let mut line = vec![format!("{VM_DIR}/xtask"), "vm-bench".into()];
             if *quick {
                 line.push("--quick".into());
+            }
+            if let Some(n) = rounds {
+                line.push(format!("--rounds={n}"));
             }
             line.push(format!("{VM_DIR}/ipipd"));
             line.push(format!("{VM_DIR}/ipipd-bench"));
