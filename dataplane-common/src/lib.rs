@@ -448,6 +448,13 @@ pub const HOT: [(Hook, Reason); 12] = [
 /// Rows of the hot counters (a power of two).
 pub const HOT_ROWS: u32 = 1024;
 
+/// The hot-counter row of interface `ifindex` (shared with any other ifindex of the same
+/// residue; the first to count on a CPU holds it there).
+#[inline(always)]
+pub const fn hot_row_index(ifindex: u32) -> u32 {
+    ifindex & (HOT_ROWS - 1)
+}
+
 /// The column of (hook, reason) in a [`CounterRow`], when it is a hot decision.
 #[inline(always)]
 pub const fn hot_column(hook: Hook, reason: Reason) -> Option<usize> {

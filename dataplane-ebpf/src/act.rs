@@ -227,8 +227,9 @@ pub fn too_big_for_tunnel(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> bo
 }
 
 /// Encapsulates the IPv4 packet at ETH_LEN in IP-in-IP toward the node of route `rt` and sends
-/// it out the uplink. `dec_ttl` is set when the packet is forwarded on the pod's behalf (from_pod), clear
-/// for packets the kernel already routed (to_uplink). The caller has checked TTL and size.
+/// it out the uplink. `dec_ttl_inner` is set when the packet is forwarded on the pod's behalf
+/// (from_pod), clear for packets the kernel already routed (to_uplink). The caller has checked
+/// TTL and size.
 #[inline(always)]
 pub fn encap_and_send(
     ctx: &TcContext,

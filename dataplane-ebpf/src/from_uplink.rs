@@ -132,7 +132,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     // Act: decapsulate, then deliver or hand to the kernel.
     let len = ctx.len();
     if unused {
-        act::record(ctx, ifindex(ctx), HOOK, Reason::EcnUnusedCombination, len);
+        act::record(ctx, uplink, HOOK, Reason::EcnUnusedCombination, len);
     }
     let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
     if let Err(e) = ctx.adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags) {
@@ -154,13 +154,13 @@ pub fn run(ctx: &TcContext) -> i32 {
     match (kind, rt) {
         (Some(RouteKind::LocalEndpoint), Some(rt)) => {
             if ttl <= 1 {
-                act::record(ctx, ifindex(ctx), HOOK, Reason::DecapTtlExpired, len);
+                act::record(ctx, uplink, HOOK, Reason::DecapTtlExpired, len);
                 return TC_OK;
             }
             act::deliver_local(ctx, HOOK, Reason::DecapDeliver, &rt, len)
         }
         _ => {
-            act::record(ctx, ifindex(ctx), HOOK, Reason::DecapToKernel, len);
+            act::record(ctx, uplink, HOOK, Reason::DecapToKernel, len);
             TC_OK
         }
     }

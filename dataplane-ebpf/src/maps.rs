@@ -8,7 +8,7 @@ use aya_ebpf::{
 use dataplane_common::{
     CounterKey, CounterRow, CounterValue, EVENTS_BYTES, Endpoint, HOT_ROWS, Hook, MAX_COUNTERS,
     MAX_ENDPOINTS, MAX_ROUTES, NodeConfig, ROUTE_CACHE_SLOTS, Reason, RouteCache, RouteValue,
-    hot_column, route_cache_slot,
+    hot_column, hot_row_index, route_cache_slot,
 };
 
 /// Prefix → what it is (local endpoint, remote block, own block, peer node).
@@ -66,8 +66,19 @@ pub fn config() -> Option<&'static NodeConfig> {
 /// trie; nothing else changes.
 #[inline(always)]
 pub fn route(cfg: &NodeConfig, addr: [u8; 4]) -> Option<RouteValue> {
-    // SAFETY: a field of a live map value. Volatile: the read must stay before the trie's.
-    let gen_now = unsafe { core::ptr::read_volatile(&cfg.route_gen) };
+    route_as_of(route_gen(cfg), addr)
+}
+
+/// The config's route generation. Volatile: read once, before any trie lookup made under it.
+#[inline(always)]
+fn route_gen(cfg: &NodeConfig) -> u32 {
+    // SAFETY: a field of a live map value.
+    unsafe { core::ptr::read_volatile(&cfg.route_gen) }
+}
+
+/// [`route`] under generation `gen_now`, read by the caller before this lookup.
+#[inline(always)]
+fn route_as_of(gen_now: u32, addr: [u8; 4]) -> Option<RouteValue> {
     let Some(cache) = ROUTE_CACHE.get_ptr_mut(0) else {
         return trie(addr);
     };
@@ -114,29 +125,35 @@ pub fn source_ok(
     src: [u8; 4],
     accepts: impl Fn(&RouteValue) -> bool,
 ) -> bool {
-    // SAFETY: a field of a live map value. Volatile, and before the route's lookup: an answer
-    // is never remembered under a later generation than the one it was read under.
-    let gen_now = unsafe { core::ptr::read_volatile(&cfg.route_gen) };
-    let row = HOT_COUNTERS.get_ptr_mut(ifindex & (HOT_ROWS - 1));
-    if let Some(row) = row {
-        // SAFETY: per-CPU value, only this CPU writes it (user space only clears rows).
-        let row = unsafe { &*row };
+    let gen_now = route_gen(cfg);
+    let row = hot_row(ifindex);
+    if let Some(row) = &row
         // Generation 0 is a row's "nothing remembered" (the daemon starts at 1).
-        if gen_now != 0 && row.ifindex == ifindex && row.src_gen == gen_now && row.src_addr == src {
-            return true;
-        }
+        && gen_now != 0
+        && row.ifindex == ifindex
+        && row.src_gen == gen_now
+        && row.src_addr == src
+    {
+        return true;
     }
-    let ok = matches!(route(cfg, src), Some(rt) if accepts(&rt));
+    let ok = matches!(route_as_of(gen_now, src), Some(rt) if accepts(&rt));
     if ok && let Some(row) = row {
-        // SAFETY: as above.
-        let row = unsafe { &mut *row };
-        if row.ifindex == ifindex || row.ifindex == 0 {
-            row.ifindex = ifindex;
-            row.src_gen = gen_now;
-            row.src_addr = src;
-        }
+        row.ifindex = ifindex;
+        row.src_gen = gen_now;
+        row.src_addr = src;
     }
     ok
+}
+
+/// This CPU's hot-counter row for interface `ifindex`: the row of its index when the
+/// interface holds it or nobody does yet (a writer then claims it by writing `ifindex`); None
+/// when another interface holds it.
+#[inline(always)]
+fn hot_row(ifindex: u32) -> Option<&'static mut CounterRow> {
+    let row = HOT_COUNTERS.get_ptr_mut(hot_row_index(ifindex))?;
+    // SAFETY: per-CPU value, only this CPU writes it (user space only clears rows).
+    let row = unsafe { &mut *row };
+    (row.ifindex == ifindex || row.ifindex == 0).then_some(row)
 }
 
 /// Counts one packet of `bytes` under (ifindex, hook, reason).
@@ -145,17 +162,13 @@ pub fn count(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
     // A forwarding decision: its cell in this interface's row, when the row is (or becomes) the
     // interface's on this CPU.
     if let Some(col) = hot_column(hook, reason)
-        && let Some(row) = HOT_COUNTERS.get_ptr_mut(ifindex & (HOT_ROWS - 1))
+        && let Some(row) = hot_row(ifindex)
     {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        let row = unsafe { &mut *row };
-        if row.ifindex == ifindex || row.ifindex == 0 {
-            row.ifindex = ifindex;
-            if let Some(c) = row.cells.get_mut(col) {
-                c.packets += 1;
-                c.bytes += bytes as u64;
-                return;
-            }
+        row.ifindex = ifindex;
+        if let Some(c) = row.cells.get_mut(col) {
+            c.packets += 1;
+            c.bytes += bytes as u64;
+            return;
         }
     }
     count_hashed(ifindex, hook, reason, bytes);

@@ -10,7 +10,7 @@ use aya::{
     },
 };
 use dataplane_common::{
-    CounterKey, CounterRow, CounterValue, Endpoint, HOT, HOT_ROWS, NodeConfig, RouteValue,
+    CounterKey, CounterRow, CounterValue, Endpoint, HOT, NodeConfig, RouteValue, hot_row_index,
     map_names,
 };
 
@@ -140,7 +140,7 @@ where
 pub fn forget_counters(ebpf: &mut Ebpf, ifindex: u32) -> Result<()> {
     let mut hot: PerCpuArray<&mut MapData, CounterRow> =
         PerCpuArray::try_from(map_mut(ebpf, map_names::HOT_COUNTERS)?)?;
-    let i = ifindex & (HOT_ROWS - 1);
+    let i = hot_row_index(ifindex);
     let rows = hot.get(&i, 0).context("hot counters: reading")?;
     if rows.iter().any(|r| r.ifindex == ifindex) {
         let cleared: Vec<CounterRow> = rows

@@ -214,7 +214,7 @@ struct Run {
     bytes: f64,
     packets: f64,
     cpu_s: f64,
-    /// TCP: the sender's retransmitted segments (iperf3), per GB.
+    /// TCP: the sender's retransmitted segments (iperf3) over the run.
     retransmits: f64,
     /// Per program: (Δrun_time_ns, Δrun_cnt, Δbytes counted by its hook).
     progs: BTreeMap<String, (f64, f64, f64)>,
@@ -233,7 +233,13 @@ pub fn run(opts: Opts) -> Result<()> {
                 let parts: Vec<String> = opts
                     .only
                     .iter()
-                    .map(|p| format!("{p:?}").to_lowercase())
+                    .filter_map(|p| {
+                        Some(
+                            clap::ValueEnum::to_possible_value(p)?
+                                .get_name()
+                                .to_string(),
+                        )
+                    })
                     .collect();
                 format!(" --only {}", parts.join(","))
             }),
@@ -1047,24 +1053,18 @@ fn report(
                     .map(|x| (x.0 / x.1, x.2 / x.1))
             };
             let (a, f) = (get(Setup::A, w), get(Setup::AFloor, w));
-            let ns = stat(
-                a.iter()
-                    .filter_map(|r| per_run(r, prog))
-                    .map(|x| x.0)
-                    .collect(),
-            );
-            let bytes = stat(
-                a.iter()
-                    .filter_map(|r| per_run(r, prog))
-                    .map(|x| x.1)
-                    .collect(),
-            );
-            let fl = stat(
-                f.iter()
-                    .filter_map(|r| per_run(r, floor))
-                    .map(|x| x.0)
-                    .collect(),
-            );
+            // ns (.0) or bytes (.1) per run of program `k`, over the runs of one setup.
+            let column = |runs: &[Run], k: &str, pick: fn((f64, f64)) -> f64| {
+                stat(
+                    runs.iter()
+                        .filter_map(|r| per_run(r, k))
+                        .map(pick)
+                        .collect(),
+                )
+            };
+            let ns = column(&a, prog, |x| x.0);
+            let bytes = column(&a, prog, |x| x.1);
+            let fl = column(&f, floor, |x| x.0);
             let ratio = stat(
                 a.iter()
                     .zip(&f)
