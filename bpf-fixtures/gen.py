@@ -27,6 +27,9 @@ STRANGER = "172.31.242.200"  # on the underlay, not a peer
 # Cross-subnet base: a far node behind the router, owning 192.168.200.0/26.
 FAR_NODE, FAR_POD = "10.0.5.7", "192.168.200.3"
 ROUTER_IP, ROUTER_MAC = "172.31.240.1", "00:16:3e:00:00:01"
+# The tunnel device the bases create (ipipd's stand-in for tunl0): a NOARP device, so the
+# kernel's frames into it carry its own MAC on both sides.
+TUNNEL_IF, TUNNEL_MAC = "ipipd0", "02:69:70:69:70:64"
 
 vectors = []
 
@@ -269,13 +272,13 @@ f = tunnel(inner_to_pod1(tos=0x00), tos=0x03)
 vec("uplink-ecn-ce-not-ect.toml", "RFC 6040: outer CE over a Not-ECT inner packet is dropped", "from_uplink", "eth0", f, "shot",
     [counter("eth0", "from_uplink", "drop_ecn_ce_not_ect", f)])
 f = tunnel(inner_to_pod1(ttl=1))
-out = Ether(src=PEER_MAC, dst=NODE_MAC) / inner_to_pod1(ttl=1)
-vec("uplink-decap-ttl1.toml", "Inner TTL 1: decapsulated and handed to the kernel (time exceeded)", "from_uplink", "eth0", f, "ok",
-    [counter("eth0", "from_uplink", "decap_ttl_expired", f)], h(out))
+out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / inner_to_pod1(ttl=1)
+vec("uplink-decap-ttl1.toml", "Inner TTL 1: decapsulated and handed to the kernel through the tunnel device (time exceeded)",
+    "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_ttl_expired", f)], h(out))
 f = tunnel(icmp(REMOTE_POD, NODE_IP))
-out = Ether(src=PEER_MAC, dst=NODE_MAC) / icmp(REMOTE_POD, NODE_IP)
-vec("uplink-decap-to-node.toml", "Inner destination is the node itself: decapsulated and handed to the kernel", "from_uplink", "eth0",
-    f, "ok", [counter("eth0", "from_uplink", "decap_to_kernel", f)], h(out))
+out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / icmp(REMOTE_POD, NODE_IP)
+vec("uplink-decap-to-node.toml", "Inner destination is the node itself: decapsulated and handed to the kernel as received on the tunnel device",
+    "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_to_kernel", f)], h(out))
 f = tunnel(icmp(REMOTE_POD, UNUSED_OWN))
 vec("uplink-blackhole.toml", "Inner destination in the own block without an endpoint: dropped", "from_uplink", "eth0", f, "shot",
     [counter("eth0", "from_uplink", "drop_blackhole", f)])
@@ -327,33 +330,48 @@ f = Ether(src=PEER_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=PEER_MAC, psr
 vec("uplink-arp.toml", "ARP on the uplink: passed untouched", "from_uplink", "eth0", f, "ok",
     [counter("eth0", "from_uplink", "pass_not_ipv4", f)])
 
-# ---------------------------------------------------------------- to_uplink
+# ---------------------------------------------------------------- to_tunnel
+# What the kernel routes into the tunnel device; everything leaves by the uplink or is dropped.
+def into_tunnel(inner):
+    return Ether(src=TUNNEL_MAC, dst=TUNNEL_MAC) / inner
+
+
 inner = udp(NODE_IP, REMOTE_POD)
-f = Ether(src=NODE_MAC, dst=PEER_MAC) / inner
-vec("egress-host-to-remote-pod.toml", "Host traffic to a remote pod leaves encapsulated; the inner header is unchanged (no TTL-1)",
-    "to_uplink", "eth0", f, "ok", [counter("eth0", "to_uplink", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0)))
-vec("egress-cached-l2.toml", "Host traffic to a remote pod, the peer's L2 cached in the route: encapsulated with that MAC at the uplink's own egress",
-    "to_uplink", "eth0", f, "ok", [counter("eth0", "to_uplink", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0, dmac=CACHED_MAC)),
+f = into_tunnel(inner)
+vec("egress-host-to-remote-pod.toml", "Host traffic to a remote pod leaves the uplink encapsulated; the inner header is unchanged (no TTL-1)",
+    "to_tunnel", TUNNEL_IF, f, "redirect", [counter(TUNNEL_IF, "to_tunnel", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0)))
+vec("egress-cached-l2.toml", "Host traffic to a remote pod, the peer's L2 cached in the route: encapsulated with that MAC",
+    "to_tunnel", TUNNEL_IF, f, "redirect", [counter(TUNNEL_IF, "to_tunnel", "encap", f)],
+    h(encap(inner, ttl_dec=False, ip_id=0, dmac=CACHED_MAC)),
     setup=["ip neigh flush dev eth0", "ip neigh del 172.31.242.157 dev eth0 || true"], routes=CACHED_L2)
-# The slow path's route has mtu 1500 - 20, so the kernel's fragments carry at most 1456 data bytes.
+# The tunnel device's MTU is 1500 - 20, so the kernel's fragments carry at most 1456 data bytes.
 inner = IP(src=POD1, dst=REMOTE_POD, ttl=63, id=9, flags="MF", frag=0) / Raw(b"f" * 1456)
-f = Ether(src=NODE_MAC, dst=PEER_MAC) / inner
-vec("egress-fragment.toml", "A fragment the kernel made of a DF-clear pod packet is encapsulated (outer DF clear)", "to_uplink",
-    "eth0", f, "ok", [counter("eth0", "to_uplink", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0)))
-f = encap(icmp(POD1, REMOTE_POD))
-vec("egress-own-ipip.toml", "IPIP that ipipd built passes untouched: never encapsulated twice", "to_uplink", "eth0", f, "ok",
-    [counter("eth0", "to_uplink", "pass_ipip", f)])
-f = Ether(src=NODE_MAC, dst=PEER_MAC) / udp(NODE_IP, PEER_IP)
-vec("egress-plain.toml", "Host traffic to another node: passed untouched", "to_uplink", "eth0", f, "ok",
-    [counter("eth0", "to_uplink", "pass_to_kernel", f)])
-f = Ether(src=NODE_MAC, dst=PEER_MAC) / IP(src=NODE_IP, dst=REMOTE_POD, id=10) / UDP(sport=1, dport=2) / Raw(b"x" * (1500 - 28))
-vec("egress-too-big.toml", "Needs encapsulation but would exceed the MTU (not GSO): dropped, never sent fragmented", "to_uplink",
-    "eth0", f, "shot", [counter("eth0", "to_uplink", "drop_too_big_egress", f)])
+f = into_tunnel(inner)
+vec("egress-fragment.toml", "A fragment the kernel made of a DF-clear pod packet is encapsulated (outer DF clear)", "to_tunnel",
+    TUNNEL_IF, f, "redirect", [counter(TUNNEL_IF, "to_tunnel", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0)))
+inner = IP(src=POD1, dst=PEER_IP, ttl=63, id=11, flags="MF", frag=0) / Raw(b"g" * 1456)
+f = into_tunnel(inner)
+vec("egress-pod-to-peer-node.toml", "A pod's packet to a peer node's own address that the kernel forwarded (a fragment): encapsulated, so the pod address never appears bare on the underlay",
+    "to_tunnel", TUNNEL_IF, f, "redirect", [counter(TUNNEL_IF, "to_tunnel", "encap", f)], h(encap(inner, ttl_dec=False, ip_id=0)))
+inner = udp(NODE_IP, PEER_IP)
+f = into_tunnel(inner)
+vec("egress-host-to-peer.toml", "The node's own traffic to a peer node (routed into the tunnel device by the peer's /32): sent plain out the uplink, only L2 rewritten",
+    "to_tunnel", TUNNEL_IF, f, "redirect", [counter(TUNNEL_IF, "to_tunnel", "host_to_peer", f)],
+    h(Ether(src=NODE_MAC, dst=PEER_MAC) / inner))
+f = into_tunnel(udp(NODE_IP, STRANGER))
+vec("egress-not-tunnelled.toml", "A destination without a tunnelled route (a route left pointing at the device): dropped, never sent into the peer",
+    "to_tunnel", TUNNEL_IF, f, "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_not_tunnelled", f)])
+f = Ether(src=TUNNEL_MAC, dst="33:33:00:00:00:02") / IPv6(src="fe80::1", dst="ff02::2") / Raw(b"rs")
+vec("egress-not-ipv4.toml", "Not IPv4 (the kernel's own IPv6, were it enabled on the device): dropped", "to_tunnel", TUNNEL_IF, f,
+    "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_not_tunnelled", f)])
+f = into_tunnel(IP(src=NODE_IP, dst=REMOTE_POD, id=10) / UDP(sport=1, dport=2) / Raw(b"x" * (1500 - 28)))
+vec("egress-too-big.toml", "Sent past the device's MTU (a raw socket, not GSO): the outer packet would exceed the MTU, dropped",
+    "to_tunnel", TUNNEL_IF, f, "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_too_big_egress", f)])
 inner = udp(NODE_IP, REMOTE_POD)
-f = Ether(src=NODE_MAC, dst=PEER_MAC) / inner
+f = into_tunnel(inner)
 e = encap(inner, ttl_dec=False, ip_id=0)
-vec("egress-no-neigh.toml", "No neighbour for the peer: encapsulated and handed to bpf_redirect_neigh", "to_uplink", "eth0", f,
-    "redirect", [counter("eth0", "to_uplink", "encap", f)], raw(f)[:14].hex() + raw(e)[14:].hex(),
+vec("egress-no-neigh.toml", "No neighbour for the peer: encapsulated and handed to bpf_redirect_neigh", "to_tunnel", TUNNEL_IF, f,
+    "redirect", [counter(TUNNEL_IF, "to_tunnel", "encap", f)], raw(f)[:14].hex() + raw(e)[14:].hex(),
     setup=["ip neigh flush dev eth0", "ip neigh del 172.31.242.157 dev eth0 || true"])
 
 # ---------------------------------------------------------------- xdp_uplink

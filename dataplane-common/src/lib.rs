@@ -9,22 +9,22 @@
 #![no_std]
 
 /// Bumped whenever a key or value layout below changes. It is part of every map name.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names, as the eBPF object declares them and as they are pinned (`<pin_dir>/<name>`).
 /// The kernel keeps 15 characters of a map name; these fit.
 pub mod map_names {
-    pub const ROUTES: &str = "ipipd_routes_v3";
-    pub const ENDPOINTS: &str = "ipipd_eps_v3";
-    pub const CONFIG: &str = "ipipd_cfg_v3";
-    pub const COUNTERS: &str = "ipipd_cnt_v3";
-    pub const IP_ID: &str = "ipipd_ipid_v3";
+    pub const ROUTES: &str = "ipipd_routes_v4";
+    pub const ENDPOINTS: &str = "ipipd_eps_v4";
+    pub const CONFIG: &str = "ipipd_cfg_v4";
+    pub const COUNTERS: &str = "ipipd_cnt_v4";
+    pub const IP_ID: &str = "ipipd_ipid_v4";
     /// The monitor's ring buffer of [`super::Event`]s (`ipipd monitor`).
-    pub const EVENTS: &str = "ipipd_events_v3";
+    pub const EVENTS: &str = "ipipd_events_v4";
     /// The hot counters: a per-CPU array of [`super::CounterRow`]s.
-    pub const HOT_COUNTERS: &str = "ipipd_hot_v3";
+    pub const HOT_COUNTERS: &str = "ipipd_hot_v4";
     /// The programs' route cache: a per-CPU array of one [`super::RouteCache`].
-    pub const ROUTE_CACHE: &str = "ipipd_rcache_v3";
+    pub const ROUTE_CACHE: &str = "ipipd_rcache_v4";
     /// Every map that user space programs or reads, in one list.
     pub const ALL: [&str; 8] = [
         ROUTES,
@@ -42,9 +42,9 @@ pub mod map_names {
 pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     pub const FROM_UPLINK: &str = "from_uplink";
-    pub const TO_UPLINK: &str = "to_uplink";
+    pub const TO_TUNNEL: &str = "to_tunnel";
     pub const XDP_UPLINK: &str = "xdp_uplink";
-    pub const ALL: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_UPLINK, XDP_UPLINK];
+    pub const ALL: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_TUNNEL, XDP_UPLINK];
 }
 
 /// Capacities of the maps.
@@ -161,6 +161,11 @@ pub struct NodeConfig {
     /// that the programs' route cache entries of earlier generations are never used again.
     /// Starts at 1 (the cache's empty slots carry 0). Written only by the daemon.
     pub route_gen: u32,
+    /// The tunnel device (ipipd's stand-in for tunl0): its ifindex and MAC. Decapsulated
+    /// packets for the node itself enter the kernel through it, as they would through tunl0.
+    pub tunnel_ifindex: u32,
+    pub tunnel_mac: [u8; 6],
+    pub _pad2: [u8; 2],
 }
 
 /// Slots of the route cache per CPU (a power of two). At 32 bytes each they make 32 KiB, the
@@ -245,7 +250,8 @@ pub struct Event {
 pub enum Hook {
     FromPod = 1,
     FromUplink = 2,
-    ToUplink = 3,
+    /// tc egress of the tunnel device: what the kernel itself routes to remote blocks.
+    ToTunnel = 3,
     XdpUplink = 4,
 }
 
@@ -253,14 +259,14 @@ impl Hook {
     pub const ALL: [Hook; 4] = [
         Hook::FromPod,
         Hook::FromUplink,
-        Hook::ToUplink,
+        Hook::ToTunnel,
         Hook::XdpUplink,
     ];
     pub const fn name(self) -> &'static str {
         match self {
             Hook::FromPod => "from_pod",
             Hook::FromUplink => "from_uplink",
-            Hook::ToUplink => "to_uplink",
+            Hook::ToTunnel => "to_tunnel",
             Hook::XdpUplink => "xdp_uplink",
         }
     }
@@ -268,7 +274,7 @@ impl Hook {
         match v {
             1 => Some(Hook::FromPod),
             2 => Some(Hook::FromUplink),
-            3 => Some(Hook::ToUplink),
+            3 => Some(Hook::ToTunnel),
             4 => Some(Hook::XdpUplink),
             _ => None,
         }
@@ -328,7 +334,8 @@ reasons! {
     /// Decapsulated and delivered to a local pod with `bpf_redirect_peer`.
     /// Counted on the destination pod's veth.
     DecapDeliver = 3, "decap_deliver", false;
-    /// Decapsulated; the inner destination is not a local pod, so the kernel takes it.
+    /// Decapsulated; the inner destination is not a local pod, so the kernel takes it, as
+    /// received on the tunnel device.
     DecapToKernel = 4, "decap_to_kernel", false;
     /// Cross-subnet: routed to a same-subnet node without encapsulation.
     ForwardSameSubnet = 5, "forward_same_subnet", false;
@@ -345,7 +352,7 @@ reasons! {
     PassTooBig = 10, "pass_too_big", false;
     /// Not IPv4 (IPv6, ARP on the uplink, …): the kernel takes it unchanged.
     PassNotIpv4 = 11, "pass_not_ipv4", false;
-    /// IP-in-IP already (built by ipipd, or not for us): never encapsulated twice.
+    /// IP-in-IP on the uplink that is not addressed to this node: the kernel takes it unchanged.
     PassIpip = 12, "pass_ipip", false;
     /// Decapsulated, inner TTL <= 1: the kernel takes the inner packet and answers time exceeded.
     DecapTtlExpired = 13, "decap_ttl_expired", false;
@@ -353,6 +360,9 @@ reasons! {
     EcnUnusedCombination = 14, "ecn_unused_combination", false;
     /// ARP that needs no answer from ipipd (a pod probing its own address, replies): the kernel takes it.
     ArpPass = 15, "arp_pass", false;
+    /// The node's own packet to a peer node's address, which the peer's /32 route sends into
+    /// the tunnel device (so that pods' packets to it are encapsulated): sent on plain.
+    HostToPeer = 16, "host_to_peer", false;
     /// The pod sent from an address that is not its own (anti-spoofing).
     DropSpoofedSource = 32, "drop_spoofed_source", true;
     /// Destination in this node's own block without an endpoint (the blackhole route).
@@ -389,10 +399,13 @@ reasons! {
     DropHelperFailed = 48, "drop_helper_failed", true;
     /// A pod's ARP request claims a sender address that is not its own.
     DropArpSpoofed = 49, "drop_arp_spoofed", true;
-    /// Leaving the uplink, needs encapsulation, but outer would exceed the MTU (not GSO).
+    /// Routed into the tunnel device, but the outer packet would exceed the MTU (not GSO).
     DropTooBigEgress = 50, "drop_too_big_egress", true;
     /// Frame too short for the headers its type announces.
     DropTruncated = 51, "drop_truncated", true;
+    /// Routed into the tunnel device but nothing ipipd tunnels: not IPv4, or a destination
+    /// without a tunnelled route (a route left pointing at the device).
+    DropNotTunnelled = 52, "drop_not_tunnelled", true;
 }
 
 /// Key of the per-CPU counters.
@@ -429,20 +442,20 @@ pub struct CounterValue {
 ///
 /// The busiest cells come first: a row's tag and its first cells share a cache line more often
 /// (a row starts wherever the per-CPU allocator puts it). A pod veth's row counts encap and
-/// decap deliveries, the uplink's the second pass of encapsulated packets.
+/// decap deliveries, the tunnel device's the host's own encapsulated packets.
 pub const HOT: [(Hook, Reason); 12] = [
     (Hook::FromPod, Reason::Encap),
-    (Hook::ToUplink, Reason::PassIpip),
+    (Hook::ToTunnel, Reason::Encap),
     (Hook::FromUplink, Reason::DecapDeliver),
     (Hook::FromPod, Reason::DeliverPodToPod),
     (Hook::FromUplink, Reason::DeliverFromUplink),
     (Hook::FromPod, Reason::ForwardSameSubnet),
     (Hook::FromUplink, Reason::PassToKernel),
-    (Hook::ToUplink, Reason::PassToKernel),
-    (Hook::ToUplink, Reason::Encap),
+    (Hook::ToTunnel, Reason::HostToPeer),
+    (Hook::FromUplink, Reason::DecapToKernel),
     (Hook::FromPod, Reason::ArpReply),
     (Hook::FromPod, Reason::PassToKernel),
-    (Hook::FromUplink, Reason::DecapToKernel),
+    (Hook::FromUplink, Reason::PassIpip),
 ];
 
 /// Rows of the hot counters (a power of two).
@@ -499,11 +512,12 @@ mod user {
 
 // The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION
 // (2: NodeConfig.route_gen, the route cache, and the order of HOT; 3: the route cache as one
-// value per CPU, the source check in CounterRow).
+// value per CPU, the source check in CounterRow; 4: the tunnel device in NodeConfig, the
+// to_tunnel hook and its hot cells).
 const _: () = {
     assert!(core::mem::size_of::<RouteValue>() == 24);
     assert!(core::mem::size_of::<Endpoint>() == 16);
-    assert!(core::mem::size_of::<NodeConfig>() == 20);
+    assert!(core::mem::size_of::<NodeConfig>() == 32);
     assert!(core::mem::size_of::<RouteCacheSlot>() == 32);
     assert!(core::mem::size_of::<RouteCache>() == 32 * ROUTE_CACHE_SLOTS as usize);
     assert!(core::mem::size_of::<CounterKey>() == 8);

@@ -6,7 +6,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        BPF_F_INGRESS, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{
@@ -139,8 +139,7 @@ fn next_hop(ctx: &TcContext, cfg: &NodeConfig, rt: &RouteValue) -> Option<NextHo
 }
 
 /// Sends the (already rewritten) frame toward `nh`: with its MACs when they are known,
-/// `bpf_redirect_neigh` otherwise. At the uplink's own egress a known neighbour needs no
-/// redirect at all.
+/// `bpf_redirect_neigh` otherwise.
 #[inline(always)]
 fn send(ctx: &TcContext, hook: Hook, nh: &NextHop) -> i32 {
     if nh.resolved {
@@ -151,9 +150,6 @@ fn send(ctx: &TcContext, hook: Hook, nh: &NextHop) -> i32 {
         unsafe {
             set_mac(&mut (*eth).dst_addr, &nh.dmac);
             set_mac(&mut (*eth).src_addr, &nh.smac);
-        }
-        if hook == Hook::ToUplink && nh.ifindex == ifindex(ctx) {
-            return TC_OK;
         }
         // SAFETY: helper call.
         return unsafe { bpf_redirect(nh.ifindex, 0) as i32 };
@@ -228,7 +224,7 @@ pub fn too_big_for_tunnel(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> bo
 
 /// Encapsulates the IPv4 packet at ETH_LEN in IP-in-IP toward the node of route `rt` and sends
 /// it out the uplink. `dec_ttl_inner` is set when the packet is forwarded on the pod's behalf
-/// (from_pod), clear for packets the kernel already routed (to_uplink). The caller has checked
+/// (from_pod), clear for packets the kernel already routed (to_tunnel). The caller has checked
 /// TTL and size.
 #[inline(always)]
 pub fn encap_and_send(
@@ -314,4 +310,36 @@ pub fn forward_same_subnet(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, rt: &R
     unsafe { dec_ttl(&mut *ip) };
     record(ctx, ifindex(ctx), hook, Reason::ForwardSameSubnet, len);
     send(ctx, hook, &nh)
+}
+
+/// The node's own packet to the peer node of route `rt` (a PeerNode route), which the kernel
+/// routed into the tunnel device: sent on plain out the uplink, only its L2 rewritten.
+#[inline(always)]
+pub fn send_to_peer(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, rt: &RouteValue) -> i32 {
+    let len = ctx.len();
+    let Some(nh) = next_hop(ctx, cfg, rt) else {
+        return drop(ctx, hook, Reason::DropNoRouteToPeer);
+    };
+    record(ctx, ifindex(ctx), hook, Reason::HostToPeer, len);
+    send(ctx, hook, &nh)
+}
+
+/// Hands a decapsulated packet to the kernel the way `tunl0` would: as received on the tunnel
+/// device (its destination MAC the device's, so that the kernel takes it as addressed to this
+/// host), where the routes back to remote pods point, so that reverse-path filtering and
+/// firewall rules see it on the interface its replies leave by. Without a tunnel device yet,
+/// on the uplink as it is.
+#[inline(always)]
+pub fn up_the_tunnel(ctx: &TcContext, cfg: &NodeConfig) -> i32 {
+    let tunnel = cfg.tunnel_ifindex;
+    if tunnel == 0 {
+        return TC_OK;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return TC_SHOT;
+    };
+    // SAFETY: bounds-checked above.
+    unsafe { set_mac(&mut (*eth).dst_addr, &cfg.tunnel_mac) };
+    // SAFETY: helper call.
+    unsafe { bpf_redirect(tunnel, BPF_F_INGRESS as u64) as i32 }
 }

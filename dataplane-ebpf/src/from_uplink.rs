@@ -5,9 +5,9 @@
 //! | packet                                            | here                                 |
 //! |---------------------------------------------------|--------------------------------------|
 //! | IPIP to the node IP from a peer, inner to a pod   | decap, RFC 6040 ECN, TTL-1, redirect_peer |
-//! | … inner TTL <= 1                                  | decap, kernel (time exceeded)        |
+//! | … inner TTL <= 1                                  | decap, kernel via the tunnel device (time exceeded) |
 //! | … inner to the own block, no pod                  | drop_blackhole                       |
-//! | … inner to anything else (the node itself)        | decap, kernel                        |
+//! | … inner to anything else (the node itself)        | decap, kernel via the tunnel device  |
 //! | IPIP from a non-peer, outer fragment, bad headers | a drop, each with its own reason     |
 //! | plain IPv4 to a local pod (cross-subnet)          | TTL-1, redirect_peer                 |
 //! | anything else                                     | the kernel, untouched                |
@@ -155,13 +155,13 @@ pub fn run(ctx: &TcContext) -> i32 {
         (Some(RouteKind::LocalEndpoint), Some(rt)) => {
             if ttl <= 1 {
                 act::record(ctx, uplink, HOOK, Reason::DecapTtlExpired, len);
-                return TC_OK;
+                return act::up_the_tunnel(ctx, cfg);
             }
             act::deliver_local(ctx, HOOK, Reason::DecapDeliver, &rt, len)
         }
         _ => {
             act::record(ctx, uplink, HOOK, Reason::DecapToKernel, len);
-            TC_OK
+            act::up_the_tunnel(ctx, cfg)
         }
     }
 }

@@ -4,7 +4,7 @@
 //! |---------------|----------------------------------|---------------------------------------------|
 //! | `from_pod`    | tc ingress, each pod's host veth | `<pod>/32 dev cali…`, `<block> via … tunl0`, proxy ARP, the blackhole |
 //! | `from_uplink` | tc ingress, the uplink           | `tunl0` receive, `<pod>/32 dev cali…`      |
-//! | `to_uplink`   | tc egress, the uplink            | `<block> via … dev tunl0` for host-originated and slow-path packets |
+//! | `to_tunnel`   | tc egress, the tunnel device     | `tunl0` itself: `<block> via … dev tunl0` for host-originated and slow-path packets |
 //! | `xdp_uplink`  | XDP, the uplink (optional)       | an early drop of tunnel traffic from non-peers |
 //!
 //! Each hook lives in its own module and reads parse → decide → act.
@@ -18,7 +18,7 @@ mod from_uplink;
 mod maps;
 mod monitor;
 mod packet;
-mod to_uplink;
+mod to_tunnel;
 mod xdp_uplink;
 
 use aya_ebpf::{
@@ -38,10 +38,10 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     from_uplink::run(&ctx)
 }
 
-/// tc egress on the uplink: packets the kernel sends toward remote blocks.
+/// tc egress on the tunnel device: packets the kernel routes toward remote blocks.
 #[classifier]
-pub fn to_uplink(ctx: TcContext) -> i32 {
-    to_uplink::run(&ctx)
+pub fn to_tunnel(ctx: TcContext) -> i32 {
+    to_tunnel::run(&ctx)
 }
 
 /// XDP on the uplink (optional): early drop of tunnel traffic from non-peers and of malformed

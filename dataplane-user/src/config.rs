@@ -121,6 +121,17 @@ pub struct Node {
     pub mtu: Option<u32>,
     pub xdp: XdpMode,
     pub pin_dir: PathBuf,
+    /// The tunnel device ipipd creates (its stand-in for tunl0; a veth whose peer is
+    /// `<tunnel>p`): the routes to remote blocks point at it.
+    pub tunnel: String,
+}
+
+/// The tunnel device's name when the config does not give one.
+pub const DEFAULT_TUNNEL: &str = "ipipd0";
+
+/// The name of the tunnel device's veth peer.
+pub fn tunnel_peer(tunnel: &str) -> String {
+    format!("{tunnel}p")
 }
 
 /// A validated config file.
@@ -158,6 +169,7 @@ struct RawNode {
     mtu: Option<Spanned<i64>>,
     xdp: Option<Spanned<String>>,
     pin_dir: Option<Spanned<String>>,
+    tunnel: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +398,26 @@ impl Config {
             }
             None => PathBuf::from("/sys/fs/bpf/ipipd").join(&name),
         };
+        let tunnel = match &n.tunnel {
+            Some(s) => {
+                lines.note(text, "node.tunnel".into(), s);
+                // Its peer's name adds a character.
+                if !valid_ifname(&tunnel_peer(s.get_ref())) {
+                    return Err(err(
+                        "node.tunnel",
+                        format!(
+                            "{:?} is not an interface name of at most 14 characters",
+                            s.get_ref()
+                        ),
+                    ));
+                }
+                s.get_ref().clone()
+            }
+            None => DEFAULT_TUNNEL.to_string(),
+        };
+        if tunnel == *n.uplink.get_ref() || tunnel_peer(&tunnel) == *n.uplink.get_ref() {
+            return Err(err("node.tunnel", "is the uplink (or its peer would be)"));
+        }
         let mut blocks = Vec::new();
         for (i, b) in raw.block.iter().enumerate() {
             blocks.push(net(&format!("block[{i}].cidr"), &b.cidr, lines)?);
@@ -436,6 +468,7 @@ impl Config {
                 mtu,
                 xdp,
                 pin_dir,
+                tunnel,
             },
             blocks,
             peers,
@@ -546,6 +579,12 @@ pub fn validate(cfg: &Config) -> Result<(), KeyError> {
         }
         if e.interface == cfg.node.uplink {
             return Err(err(format!("endpoint[{i}].interface"), "is the uplink"));
+        }
+        if e.interface == cfg.node.tunnel || e.interface == tunnel_peer(&cfg.node.tunnel) {
+            return Err(err(
+                format!("endpoint[{i}].interface"),
+                "is the tunnel device (node.tunnel) or its peer",
+            ));
         }
     }
     Ok(())

@@ -87,6 +87,8 @@ pub struct Dataplane {
     pub state_dir: PathBuf,
     nl: Netlink,
     pub uplink: Link,
+    /// The tunnel device, once created (see [`Dataplane::ensure_tunnel`]).
+    pub tunnel: Option<Link>,
     pub mtu: u32,
     mode: Mode,
     /// The uplink's subnets, for cross-subnet mode.
@@ -136,6 +138,7 @@ impl Dataplane {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
         clear_previous(&cfg.node.pin_dir, state_dir)?;
+        remove_previous_tunnel(&mut nl, &cfg.node.tunnel)?;
         std::fs::create_dir_all(cfg.node.pin_dir.join("links"))
             .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
 
@@ -149,6 +152,7 @@ impl Dataplane {
             state_dir: state_dir.to_path_buf(),
             nl,
             uplink,
+            tunnel: None,
             mtu,
             mode: cfg.node.mode,
             uplink_nets,
@@ -182,6 +186,9 @@ impl Dataplane {
                 monitor: 0,
                 _pad: 0,
                 route_gen: 1,
+                tunnel_ifindex: 0,
+                tunnel_mac: [0; 6],
+                _pad2: [0; 2],
             },
         )?;
         let prev = std::fs::read_to_string(IP_FORWARD)
@@ -201,16 +208,66 @@ impl Dataplane {
             TcAttachType::Ingress,
             Hook::FromUplink,
         )?;
-        self.attach_tc(
-            program_names::TO_UPLINK,
-            &up,
-            TcAttachType::Egress,
-            Hook::ToUplink,
-        )?;
         if cfg.node.xdp != CfgXdp::Off {
             self.attach_xdp(&up, cfg.node.xdp)?;
         }
         Ok(())
+    }
+
+    /// The tunnel device, ipipd's stand-in for tunl0, with to_tunnel on its egress: created
+    /// when missing (at start, or when someone deleted it), and named in the config entry for
+    /// the programs. A veth pair, both ends up and without ARP or IPv6; the routes to remote
+    /// blocks point at it, and nothing ever crosses to the peer: to_tunnel encapsulates or
+    /// drops everything the kernel sends into it.
+    fn ensure_tunnel(&mut self, cfg: &Config) -> Result<()> {
+        let name = &cfg.node.tunnel;
+        let links = self.nl.links()?;
+        if let Some(t) = &self.tunnel
+            && links.iter().any(|l| l.index == t.index && l.name == t.name)
+        {
+            return Ok(());
+        }
+        let peer = crate::config::tunnel_peer(name);
+        if links.iter().any(|l| l.name == *name || l.name == peer) {
+            bail!("node.tunnel: interface {name} or {peer} already exists; it is not ipipd's");
+        }
+        self.nl.veth_add_noarp(name, &peer, self.mtu - 20)?;
+        for n in [name.as_str(), &peer] {
+            // No IPv6 on either end (no link-local address, no neighbour discovery): only
+            // IPv4 is tunnelled. Absent when the kernel has no IPv6.
+            let f = format!("/proc/sys/net/ipv6/conf/{n}/disable_ipv6");
+            if std::path::Path::new(&f).exists() {
+                std::fs::write(&f, "1").with_context(|| format!("writing {f}"))?;
+            }
+        }
+        let links = self.nl.links()?;
+        let (Some(t), Some(p)) = (
+            links.iter().find(|l| l.name == *name).cloned(),
+            links.iter().find(|l| l.name == peer),
+        ) else {
+            bail!("node.tunnel: {name} vanished right after it was created");
+        };
+        self.nl.link_set_up(p.index)?;
+        self.nl.link_set_up(t.index)?;
+        let mac = t
+            .mac
+            .ok_or_else(|| anyhow!("node.tunnel: {name} has no MAC address"))?;
+        let mut nc = maps::config(&self.ebpf)?;
+        nc.tunnel_ifindex = t.index;
+        nc.tunnel_mac = mac;
+        maps::set_config(&mut self.ebpf, &nc)?;
+        log::info!(
+            "tunnel device {name} (#{}, mtu {}) created",
+            t.index,
+            self.mtu - 20
+        );
+        self.tunnel = Some(t.clone());
+        self.attach_tc(
+            program_names::TO_TUNNEL,
+            &t,
+            TcAttachType::Egress,
+            Hook::ToTunnel,
+        )
     }
 
     fn attach_tc(&mut self, prog: &str, link: &Link, at: TcAttachType, hook: Hook) -> Result<()> {
@@ -353,8 +410,8 @@ impl Dataplane {
             } else {
                 ROUTE_F_ENCAP
             };
-            let route_mtu = if same_subnet { mtu } else { mtu - 20 };
             let NextHop { via, l2 } = next_hops[&peer.address];
+            let tunnel = self.tunnel.as_ref().map(|t| t.index).unwrap_or(0);
             let targets =
                 std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
             for (i, net) in targets.enumerate() {
@@ -371,13 +428,22 @@ impl Dataplane {
                     v.host_mac = smac;
                 }
                 p.routes.insert((net.addr, net.len), v);
-                // The peer's own address too: pod packets to it that the kernel takes (too big, TTL)
-                // must meet the tunnel MTU there.
-                p.slow_path.insert(Route::Via {
-                    dst: (net.addr, net.len),
-                    gateway: via,
-                    oif: self.uplink.index,
-                    mtu: route_mtu,
+                // What the kernel itself sends there goes into the tunnel device, as into tunl0;
+                // the peer's own address too, so that pod packets to it that the kernel takes
+                // (too big, TTL) are encapsulated (the node's own are sent on plain).
+                p.slow_path.insert(if same_subnet {
+                    Route::Via {
+                        dst: (net.addr, net.len),
+                        gateway: via,
+                        oif: self.uplink.index,
+                        mtu,
+                    }
+                } else {
+                    Route::Tunnel {
+                        dst: (net.addr, net.len),
+                        oif: tunnel,
+                        src: cfg.node.address,
+                    }
                 });
             }
         }
@@ -446,7 +512,10 @@ impl Dataplane {
             .and_then(|l| l.mac);
         let mut out = BTreeMap::new();
         for peer in cfg.peers.iter().map(|p| p.address) {
-            let (gw, oif) = self.nl.route_get(peer).unwrap_or((None, None));
+            let (gw, oif) = self
+                .nl
+                .route_get(peer, self.uplink.index)
+                .unwrap_or((None, None));
             let via = if self.same_subnet(peer) {
                 peer
             } else {
@@ -457,6 +526,16 @@ impl Dataplane {
             } else {
                 None
             };
+            // Unknown: have the kernel resolve it now rather than on the first packet. A
+            // packet the tunnel device sends (with that device's route attached) toward an
+            // unresolved neighbour is lost while the kernel resolves it: its queue re-sends
+            // through the route's device. Its answer is a neighbour event: the next check
+            // caches the MAC.
+            if mac.is_none()
+                && let Err(e) = self.nl.neighbour_resolve(via, self.uplink.index)
+            {
+                log::debug!("{e:#}");
+            }
             out.insert(
                 peer,
                 NextHop {
@@ -478,6 +557,7 @@ impl Dataplane {
     /// Makes maps, attachments and routes match `cfg`: inserts and updates what is missing,
     /// removes what is stale (whoever left it).
     pub fn reconcile(&mut self, cfg: &Config) -> Result<()> {
+        self.ensure_tunnel(cfg)?;
         let links = self.nl.links()?;
         let plan = self.plan(cfg, &links)?;
 
@@ -569,10 +649,10 @@ impl Dataplane {
     /// Every attachment `cfg` asks for and whether it is in place; ready when all are (and the
     /// maps were programmed, which `start` did before any attachment).
     pub fn health(&self, cfg: &Config) -> crate::metrics::Health {
-        let mut want = vec![
-            (self.uplink.index, Hook::FromUplink),
-            (self.uplink.index, Hook::ToUplink),
-        ];
+        let mut want = vec![(self.uplink.index, Hook::FromUplink)];
+        if let Some(t) = &self.tunnel {
+            want.push((t.index, Hook::ToTunnel));
+        }
         if cfg.node.xdp != CfgXdp::Off {
             want.push((self.uplink.index, Hook::XdpUplink));
         }
@@ -617,6 +697,11 @@ impl Dataplane {
                     log::warn!("{e:#}");
                 }
             }
+        }
+        if let Some(t) = self.tunnel.take()
+            && let Err(e) = self.nl.link_delete(t.index)
+        {
+            log::warn!("{e:#}");
         }
         if let Some(prev) = self.forward_was.take() {
             let _ = std::fs::write(IP_FORWARD, prev);
@@ -678,6 +763,23 @@ fn remove_pins(pin_dir: &Path) {
 /// What a killed ipipd left: its pinned links (unpinning detaches them), its netlink filters
 /// (removed by their recorded handle), its pinned maps (recreated empty, then reconciled).
 /// Its routes carry ipipd's protocol and are reconciled by [`Dataplane::reconcile`].
+/// Deletes the tunnel device a killed run left (a veth of that name); refuses an interface of
+/// that name that is something else.
+fn remove_previous_tunnel(nl: &mut Netlink, name: &str) -> Result<()> {
+    let Some(l) = nl.link_by_name(name)? else {
+        return Ok(());
+    };
+    if l.kind.as_deref() != Some("veth") {
+        bail!(
+            "node.tunnel: {name} exists and is a {} device, not the veth ipipd creates; \
+             choose another name",
+            l.kind.as_deref().unwrap_or("physical")
+        );
+    }
+    log::warn!("found the tunnel device {name} of a previous run: replacing it");
+    nl.link_delete(l.index)
+}
+
 fn clear_previous(pin_dir: &Path, state_dir: &Path) -> Result<()> {
     if pin_dir.exists() {
         log::warn!(

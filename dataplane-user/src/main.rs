@@ -362,25 +362,28 @@ fn check(path: &std::path::Path) -> Result<()> {
         daemon::default_state_dir(&n.name).display()
     );
     println!(
-        "run would attach from_uplink (tc ingress) and to_uplink (tc egress) to {}, and program:",
-        n.uplink
+        "run would attach from_uplink (tc ingress) to {}, create the tunnel device {} (mtu {}) \
+         with to_tunnel on its egress, and program:",
+        n.uplink,
+        n.tunnel,
+        mtu - 20
     );
     for b in &cfg.blocks {
         println!("  {b:<20} own block: unused addresses dropped      (kernel: blackhole {b})");
     }
     for p in &cfg.peers {
         println!(
-            "  {:<20} peer node {}",
+            "  {:<20} peer node {} (kernel slow path: {}/32 dev {} src {})",
             format!("{}/32", p.address),
-            p.address
+            p.address,
+            p.address,
+            n.tunnel,
+            n.address
         );
         for b in &p.blocks {
             println!(
-                "  {b:<20} remote block via {} (kernel slow path: {b} via {} dev {} onlink mtu {})",
-                p.address,
-                p.address,
-                n.uplink,
-                mtu - 20
+                "  {b:<20} remote block via {} (kernel slow path: {b} dev {} src {})",
+                p.address, n.tunnel, n.address
             );
         }
     }

@@ -95,7 +95,7 @@ fn line(ev: &Event) -> Line {
         direction: match hook {
             Some(Hook::FromPod) => "from pod",
             Some(Hook::FromUplink | Hook::XdpUplink) => "from network",
-            Some(Hook::ToUplink) => "to network",
+            Some(Hook::ToTunnel) => "into tunnel",
             None => "?",
         },
         verdict: reason.map_or("?", Reason::verdict),

@@ -38,10 +38,17 @@ const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_EXCL: u16 = 0x200;
+const IFF_UP: u32 = libc::IFF_UP as u32;
+const IFF_NOARP: u32 = libc::IFF_NOARP as u32;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_TARGET_NETNSID: u16 = 46;
 const IFA_ADDRESS: u16 = 1;
@@ -49,6 +56,7 @@ const IFA_LOCAL: u16 = 2;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
 const RTA_METRICS: u16 = 8;
 const RTA_TABLE: u16 = 15;
 const RTAX_MTU: u16 = 2;
@@ -73,6 +81,8 @@ pub struct Link {
     /// The peer's ifindex (veth), in the namespace `link_netnsid` names.
     pub link: Option<u32>,
     pub link_netnsid: Option<i32>,
+    /// `ip -d link`'s kind ("veth", …), None for a device without one (a physical NIC).
+    pub kind: Option<String>,
 }
 
 /// A link event from [`Netlink::events`].
@@ -101,6 +111,13 @@ pub enum Route {
     },
     /// `<dst> dev <oif> scope link`
     Dev { dst: (Ipv4Addr, u8), oif: u32 },
+    /// `<dst> dev <tunnel> scope link src <src>`: into the tunnel device, from the node's
+    /// address (the device has none of its own).
+    Tunnel {
+        dst: (Ipv4Addr, u8),
+        oif: u32,
+        src: Ipv4Addr,
+    },
     /// `blackhole <dst>`
     Blackhole { dst: (Ipv4Addr, u8) },
 }
@@ -108,7 +125,10 @@ pub enum Route {
 impl Route {
     pub fn dst(&self) -> (Ipv4Addr, u8) {
         match self {
-            Route::Via { dst, .. } | Route::Dev { dst, .. } | Route::Blackhole { dst } => *dst,
+            Route::Via { dst, .. }
+            | Route::Dev { dst, .. }
+            | Route::Tunnel { dst, .. }
+            | Route::Blackhole { dst } => *dst,
         }
     }
 }
@@ -129,6 +149,9 @@ impl std::fmt::Display for Route {
                 )
             }
             Route::Dev { dst, oif } => write!(f, "{}/{} dev #{oif} scope link", dst.0, dst.1),
+            Route::Tunnel { dst, oif, src } => {
+                write!(f, "{}/{} dev #{oif} scope link src {src}", dst.0, dst.1)
+            }
             Route::Blackhole { dst } => write!(f, "blackhole {}/{}", dst.0, dst.1),
         }
     }
@@ -184,6 +207,7 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
         mtu: 0,
         link: None,
         link_netnsid: None,
+        kind: None,
     };
     for (ty, data) in attrs(&payload[16..]) {
         match ty {
@@ -196,6 +220,14 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
             IFLA_MTU => link.mtu = u32_of(data).unwrap_or(0),
             IFLA_LINK => link.link = u32_of(data),
             IFLA_LINK_NETNSID => link.link_netnsid = u32_of(data).map(|v| v as i32),
+            IFLA_LINKINFO => {
+                link.kind = attrs(data)
+                    .find(|(t, _)| *t == IFLA_INFO_KIND)
+                    .map(|(_, d)| {
+                        String::from_utf8_lossy(d.split(|b| *b == 0).next().unwrap_or_default())
+                            .into_owned()
+                    })
+            }
             _ => {}
         }
     }
@@ -332,6 +364,62 @@ impl Netlink {
         Ok(self.links()?.into_iter().find(|l| l.name == name))
     }
 
+    /// An ifinfomsg for link `index` (0: a new one), setting `flags` among those in `change`.
+    fn ifinfo(index: u32, flags: u32, change: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 16];
+        m[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+        m[8..12].copy_from_slice(&flags.to_ne_bytes());
+        m[12..16].copy_from_slice(&change.to_ne_bytes());
+        m
+    }
+
+    /// `ip link add <name> mtu <mtu> arp off type veth peer name <peer> mtu <mtu> arp off`,
+    /// both down. Fails when either name is taken.
+    pub fn veth_add_noarp(&mut self, name: &str, peer: &str, mtu: u32) -> Result<()> {
+        let named = |m: &mut Vec<u8>, n: &str| {
+            let mut z = n.as_bytes().to_vec();
+            z.push(0);
+            push_attr(m, IFLA_IFNAME, &z);
+            push_attr(m, IFLA_MTU, &mtu.to_ne_bytes());
+        };
+        let mut peer_msg = Self::ifinfo(0, IFF_NOARP, IFF_NOARP);
+        named(&mut peer_msg, peer);
+        let mut data = Vec::new();
+        push_attr(&mut data, VETH_INFO_PEER, &peer_msg);
+        let mut info = Vec::new();
+        push_attr(&mut info, IFLA_INFO_KIND, b"veth\0");
+        push_attr(&mut info, IFLA_INFO_DATA, &data);
+        let mut m = Self::ifinfo(0, IFF_NOARP, IFF_NOARP);
+        named(&mut m, name);
+        push_attr(&mut m, IFLA_LINKINFO, &info);
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &m)
+            .map(|_| ())
+            .map_err(|e| anyhow!("creating veth {name} (peer {peer}): {e}"))
+    }
+
+    /// `ip link set <index> up`.
+    pub fn link_set_up(&mut self, index: u32) -> Result<()> {
+        self.request(RTM_NEWLINK, 0, &Self::ifinfo(index, IFF_UP, IFF_UP))
+            .map(|_| ())
+            .map_err(|e| anyhow!("setting link #{index} up: {e}"))
+    }
+
+    /// `ip link del <index>`; a link that is already gone is fine.
+    pub fn link_delete(&mut self, index: u32) -> Result<()> {
+        match self.request(RTM_DELLINK, 0, &Self::ifinfo(index, 0, 0)) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error()),
+                    Some(libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(anyhow!("deleting link #{index}: {e}")),
+        }
+    }
+
     /// The MAC of a veth's peer, which may live in another namespace (the pod's): asked for by
     /// the peer's ifindex in the namespace the kernel names by `link_netnsid`.
     pub fn peer_mac(&mut self, link: &Link) -> Result<Option<[u8; 6]>> {
@@ -382,12 +470,18 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip route get <dst>`: the gateway (None when on-link) and the output interface.
-    pub fn route_get(&mut self, dst: Ipv4Addr) -> Result<(Option<Ipv4Addr>, Option<u32>)> {
+    /// `ip route get <dst> oif <oif>`: the gateway (None when on-link) and the output interface,
+    /// among the routes out of `oif` (so ipipd's own routes into the tunnel device are skipped).
+    pub fn route_get(
+        &mut self,
+        dst: Ipv4Addr,
+        oif: u32,
+    ) -> Result<(Option<Ipv4Addr>, Option<u32>)> {
         let mut req = vec![0u8; 12];
         req[0] = AF_INET;
         req[1] = 32;
         push_attr(&mut req, RTA_DST, &dst.octets());
+        push_attr(&mut req, RTA_OIF, &oif.to_ne_bytes());
         let mut gw = None;
         let mut oif = None;
         for (_, p) in self.request(RTM_GETROUTE, 0, &req)? {
@@ -442,11 +536,25 @@ impl Netlink {
         Ok(None)
     }
 
+    /// Asks the kernel to resolve neighbour `dst` on `ifindex` now (`NTF_USE`: as if a packet
+    /// were waiting for it, without one), so that the programs find its MAC.
+    pub fn neighbour_resolve(&mut self, dst: Ipv4Addr, ifindex: u32) -> Result<()> {
+        const NTF_USE: u8 = 0x01;
+        let mut req = vec![0u8; 12];
+        req[0] = AF_INET;
+        req[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        req[10] = NTF_USE;
+        push_attr(&mut req, NDA_DST, &dst.octets());
+        self.request(RTM_NEWNEIGH, NLM_F_CREATE, &req)
+            .map(|_| ())
+            .map_err(|e| anyhow!("resolving neighbour {dst} on #{ifindex}: {e}"))
+    }
+
     fn route_msg(route: &Route) -> Vec<u8> {
         let (dst, len) = route.dst();
         let (ty, scope, flags) = match route {
             Route::Via { .. } => (RTN_UNICAST, RT_SCOPE_UNIVERSE, RTNH_F_ONLINK),
-            Route::Dev { .. } => (RTN_UNICAST, RT_SCOPE_LINK, 0),
+            Route::Dev { .. } | Route::Tunnel { .. } => (RTN_UNICAST, RT_SCOPE_LINK, 0),
             Route::Blackhole { .. } => (RTN_BLACKHOLE, RT_SCOPE_UNIVERSE, 0),
         };
         let mut m = vec![AF_INET, len, 0, 0, RT_TABLE_MAIN, RTPROT_IPIPD, scope, ty];
@@ -464,6 +572,10 @@ impl Netlink {
                 push_attr(&mut m, RTA_METRICS, &metrics);
             }
             Route::Dev { oif, .. } => push_attr(&mut m, RTA_OIF, &oif.to_ne_bytes()),
+            Route::Tunnel { oif, src, .. } => {
+                push_attr(&mut m, RTA_OIF, &oif.to_ne_bytes());
+                push_attr(&mut m, RTA_PREFSRC, &src.octets());
+            }
             Route::Blackhole { .. } => {}
         }
         m
@@ -506,13 +618,17 @@ impl Netlink {
             if p.len() < 12 || p[5] != RTPROT_IPIPD {
                 continue;
             }
-            let (len, scope, ty) = (p[1], p[6], p[7]);
+            let (len, ty) = (p[1], p[7]);
             let (mut dst, mut gw, mut oif, mut mtu) = (Ipv4Addr::UNSPECIFIED, None, 0, 0);
+            let mut src = None;
             for (t, d) in attrs(&p[12..]) {
                 match t {
                     RTA_DST if d.len() == 4 => dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]),
                     RTA_GATEWAY if d.len() == 4 => gw = Some(Ipv4Addr::new(d[0], d[1], d[2], d[3])),
                     RTA_OIF => oif = u32_of(d).unwrap_or(0),
+                    RTA_PREFSRC if d.len() == 4 => {
+                        src = Some(Ipv4Addr::new(d[0], d[1], d[2], d[3]))
+                    }
                     RTA_METRICS => {
                         for (mt, md) in attrs(d) {
                             if mt == RTAX_MTU {
@@ -531,9 +647,10 @@ impl Netlink {
                     oif,
                     mtu,
                 },
-                _ if scope == RT_SCOPE_LINK => Route::Dev {
+                _ if let Some(src) = src => Route::Tunnel {
                     dst: (dst, len),
                     oif,
+                    src,
                 },
                 _ => Route::Dev {
                     dst: (dst, len),

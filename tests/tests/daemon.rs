@@ -145,13 +145,19 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
     );
     assert!(ping_ok(&c, "node", N1, N2, 3), "same node\n{}", c.logs());
 
-    // The slow path is in place while running, and no tunnel device exists.
+    // The slow path is in place while running: the remote block and the peer into ipipd's
+    // tunnel device (a veth at the tunnel MTU, no ARP), from the node's address; no IPIP device.
     let routes = c.node("node").ns.ip("route show proto 180").unwrap();
-    assert!(
-        routes.contains("192.168.179.0/26 via 172.31.242.157 dev eth0"),
-        "{routes}"
-    );
-    assert!(routes.contains("mtu 1480"), "{routes}");
+    for r in [
+        "192.168.179.0/26 dev ipipd0 scope link src 172.31.242.156",
+        "172.31.242.157 dev ipipd0 scope link src 172.31.242.156",
+    ] {
+        assert!(routes.contains(r), "{r:?} not in {routes}");
+    }
+    let dev = c.node("node").ns.ip("-d link show dev ipipd0").unwrap();
+    for word in ["mtu 1480", "NOARP", "veth"] {
+        assert!(dev.contains(word), "{word:?} not in {dev}");
+    }
     assert!(routes.contains("blackhole 192.168.83.128/26"), "{routes}");
     assert!(
         routes.contains("192.168.83.129 dev calin0000000"),
@@ -177,6 +183,11 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
             leftovers(&node.ns, &devs),
             Vec::<String>::new(),
             "{name} after SIGTERM"
+        );
+        let links = node.ns.ip("link show").unwrap();
+        assert!(
+            !links.contains("ipipd0"),
+            "the tunnel device is left: {links}"
         );
         assert!(!pin.exists(), "{} still exists", pin.display());
     }
@@ -375,7 +386,7 @@ fn kill_9_then_restart_leaves_no_stale_state() {
     let ns = &c.node("node").ns;
     for (dev, at) in [
         ("eth0", TcAttachType::Ingress),
-        ("eth0", TcAttachType::Egress),
+        ("ipipd0", TcAttachType::Egress),
         ("calin0000000", TcAttachType::Ingress),
     ] {
         let progs = attached(ns, dev, at);

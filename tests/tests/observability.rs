@@ -138,7 +138,7 @@ fn stats_and_metrics_count_a_scripted_mix_exactly() {
     // Map occupancy, attach state and build info are there too.
     let (_, body) = get(&node, "/metrics").unwrap();
     for needle in [
-        "ipipd_map_entries{map=\"ipipd_eps_v3\"} 2",
+        "ipipd_map_entries{map=\"ipipd_eps_v4\"} 2",
         "ipipd_attached{",
         "ipipd_ready 1",
         "ipipd_build_info{",
@@ -191,7 +191,7 @@ fn readyz_turns_ready_only_after_attach_and_lists_pending_endpoints() {
     assert_eq!(code, 200, "{body}");
     for line in [
         "eth0 from_uplink attached",
-        "eth0 to_uplink attached",
+        "ipipd0 to_tunnel attached",
         "calin0000000 from_pod attached",
         "pending endpoint 192.168.83.150 (waiting for calilater00000)",
     ] {

@@ -11,7 +11,8 @@ fn every_program_loads_and_attaches_to_a_veth() {
     let ns = NetNs::new("smoke").unwrap();
     ns.ip("link add up0 type veth peer name up0p").unwrap();
     ns.ip("link add cali0 type veth peer name cali0p").unwrap();
-    for dev in ["up0", "up0p", "cali0", "cali0p"] {
+    ns.ip("link add tun0 type veth peer name tun0p").unwrap();
+    for dev in ["up0", "up0p", "cali0", "cali0p", "tun0", "tun0p"] {
         ns.ip(&format!("link set {dev} up")).unwrap();
     }
 
@@ -30,7 +31,7 @@ fn every_program_loads_and_attaches_to_a_veth() {
         }
 
         // Netlink attach needs the clsact qdisc; TCX (6.6+) does not, and ignores it.
-        for dev in ["up0", "cali0"] {
+        for dev in ["up0", "cali0", "tun0"] {
             let _ = tc::qdisc_add_clsact(dev);
         }
         let attach = |ebpf: &mut aya::Ebpf, prog: &str, dev: &str, at: TcAttachType| {
@@ -52,8 +53,8 @@ fn every_program_loads_and_attaches_to_a_veth() {
         );
         attach(
             &mut ebpf,
-            program_names::TO_UPLINK,
-            "up0",
+            program_names::TO_TUNNEL,
+            "tun0",
             TcAttachType::Egress,
         );
         let xdp: &mut Xdp = ebpf
@@ -70,7 +71,7 @@ fn every_program_loads_and_attaches_to_a_veth() {
             for (dev, at, prog) in [
                 ("cali0", TcAttachType::Ingress, program_names::FROM_POD),
                 ("up0", TcAttachType::Ingress, program_names::FROM_UPLINK),
-                ("up0", TcAttachType::Egress, program_names::TO_UPLINK),
+                ("tun0", TcAttachType::Egress, program_names::TO_TUNNEL),
             ] {
                 let (_, progs) = SchedClassifier::query_tcx(dev, at).unwrap();
                 let ids: Vec<u32> = progs.iter().map(|p| p.id()).collect();

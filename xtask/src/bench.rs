@@ -181,16 +181,12 @@ impl Workload {
 const SIDES: [(&str, &str); 2] = [("master", "sender"), ("node", "receiver")];
 
 /// The data direction's paths in situ: (path, `<program>@<side>` in A, its floor in A_floor).
-const INSITU_PATHS: [(&str, &str, &str); 3] = [
+/// (The uplink's egress runs no program of ipipd's: the encapsulated packets leave with none.)
+const INSITU_PATHS: [(&str, &str, &str); 2] = [
     (
         "encap (sender's pod veth)",
         "from_pod@sender",
         "floor_encap@sender",
-    ),
-    (
-        "already IPIP (sender's uplink egress)",
-        "to_uplink@sender",
-        "noop_tc@sender",
     ),
     (
         "decap (receiver's uplink)",
@@ -683,15 +679,6 @@ impl Floors {
                     format!("--dst-ip={}", rcv.spec.address),
                     format!("--smac={}", mac(&snd.ns, "eth0")?),
                     format!("--dmac={}", mac(&rcv.ns, "eth0")?),
-                ],
-            ),
-            (
-                &snd.ns,
-                "sender",
-                vec![
-                    "--prog=noop_tc".into(),
-                    "--iface=eth0".into(),
-                    "--direction=egress".into(),
                 ],
             ),
             (

@@ -209,6 +209,8 @@ fn main() -> Result<()> {
 struct Env {
     pod_if: u32,
     uplink: u32,
+    /// The tunnel device (ifindex, MAC), as the daemon's config entry names it.
+    tunnel: (u32, [u8; 6]),
     uplink_mac: [u8; 6],
     node_ip: Ipv4Addr,
     pod: (Ipv4Addr, [u8; 6], [u8; 6]),
@@ -246,6 +248,7 @@ impl Env {
         Ok(Env {
             pod_if: p,
             uplink: ifindex(uplink)?,
+            tunnel: (cfg.tunnel_ifindex, cfg.tunnel_mac),
             uplink_mac: mac(uplink)?,
             node_ip: Ipv4Addr::from(cfg.node_ip),
             pod: (Ipv4Addr::from(ep.pod_ip), ep.pod_mac, ep.host_mac),
@@ -394,13 +397,18 @@ fn paths(e: &Env, remote_pod: Ipv4Addr, peer: Ipv4Addr, stranger: Ipv4Addr) -> V
             kind: Kind::Unchanged,
         },
         Path {
-            name: "pass: already IPIP (egress)",
-            program: program_names::TO_UPLINK,
-            floor: "noop_tc",
-            ifindex: e.uplink,
-            packet: on_uplink(ipip(e.node_ip, peer, icmp_echo(pod_ip, remote_pod))),
-            verdict: TC_OK,
-            kind: Kind::Unchanged,
+            name: "encap (host -> remote pod, tunnel device)",
+            program: program_names::TO_TUNNEL,
+            floor: "floor_encap",
+            ifindex: e.tunnel.0,
+            packet: eth(
+                e.tunnel.1,
+                e.tunnel.1,
+                0x0800,
+                &icmp_echo(e.node_ip, remote_pod),
+            ),
+            verdict: TC_REDIRECT,
+            kind: Kind::Changes,
         },
         Path {
             name: "XDP pass: IPIP from a peer",

@@ -1,0 +1,66 @@
+//! to_tunnel — tc egress on the tunnel device, ipipd's stand-in for `tunl0`.
+//!
+//! The kernel routes into it what it sends itself toward remote blocks: host-originated traffic
+//! to pods on other nodes, and what the slow path forwards (fragments of DF-clear packets that
+//! were too big for the tunnel, answers to pods). Pods' own packets never come here (from_pod
+//! encapsulates them and sends them straight out the uplink), so the uplink's egress runs no
+//! program of ipipd's. Nothing leaves the device itself: a packet is encapsulated (or sent on
+//! plain) out the uplink, or dropped.
+//!
+//! | destination (the kernel's route)        | here                                        |
+//! |-----------------------------------------|---------------------------------------------|
+//! | remote block (`<block> dev <tunnel>`)   | encap, out the uplink                       |
+//! | peer node, from a pod's address         | encap, out the uplink                       |
+//! | peer node, from the node's own address  | plain, out the uplink (host_to_peer)        |
+//! | anything else                           | drop_not_tunnelled                          |
+
+use aya_ebpf::programs::TcContext;
+use dataplane_common::{Hook, ROUTE_F_ENCAP, Reason, RouteKind};
+
+use crate::{
+    act::{self, drop},
+    maps::{config, route},
+    packet::{ETH_LEN, L3, ipv4_sane, parse_l3},
+};
+
+const HOOK: Hook = Hook::ToTunnel;
+
+pub fn run(ctx: &TcContext) -> i32 {
+    // Parse.
+    let ip = match parse_l3(ctx) {
+        L3::Ipv4(ip) => ip,
+        L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
+        L3::Arp | L3::Other => return drop(ctx, HOOK, Reason::DropNotTunnelled),
+    };
+    let Some(cfg) = config() else {
+        return drop(ctx, HOOK, Reason::DropNotTunnelled);
+    };
+
+    // Decide: the route that sent it here, as the routes trie holds it.
+    let Some(rt) = route(cfg, ip.dst_addr) else {
+        return drop(ctx, HOOK, Reason::DropNotTunnelled);
+    };
+    if rt.flags & ROUTE_F_ENCAP == 0 {
+        return drop(ctx, HOOK, Reason::DropNotTunnelled);
+    }
+    match RouteKind::from_u8(rt.kind) {
+        Some(RouteKind::RemoteBlock) => {}
+        // A peer node's own address is tunnelled only for pod sources (so pod addresses never
+        // appear bare on the underlay); the node's own traffic to its peers stays plain.
+        Some(RouteKind::PeerNode) if ip.src_addr == cfg.node_ip => {
+            return act::send_to_peer(ctx, cfg, HOOK, &rt);
+        }
+        Some(RouteKind::PeerNode) => {}
+        _ => return drop(ctx, HOOK, Reason::DropNotTunnelled),
+    }
+    if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
+        return drop(ctx, HOOK, Reason::DropBadIpHeader);
+    }
+    // The device's MTU is the tunnel's: only a packet sent past it (a raw socket, say) is larger.
+    if act::too_big_for_tunnel(ctx, cfg, ip) {
+        return drop(ctx, HOOK, Reason::DropTooBigEgress);
+    }
+
+    // Act: the kernel already routed it (and counted the hop): the inner TTL stays.
+    act::encap_and_send(ctx, cfg, HOOK, ip, &rt, false)
+}
