@@ -232,6 +232,15 @@ impl Dataplane {
             bail!("node.tunnel: interface {name} or {peer} already exists; it is not ipipd's");
         }
         self.nl.veth_add_noarp(name, &peer, self.mtu - 20)?;
+        let links = self.nl.links()?;
+        let (Some(t), Some(p)) = (
+            links.iter().find(|l| l.name == *name).cloned(),
+            links.iter().find(|l| l.name == peer),
+        ) else {
+            bail!("node.tunnel: {name} vanished right after it was created");
+        };
+        // Ours from here on: a failure below leaves it to teardown, which deletes it.
+        self.tunnel = Some(t.clone());
         for n in [name.as_str(), &peer] {
             // No IPv6 on either end (no link-local address, no neighbour discovery): only
             // IPv4 is tunnelled. Absent when the kernel has no IPv6.
@@ -240,13 +249,6 @@ impl Dataplane {
                 std::fs::write(&f, "1").with_context(|| format!("writing {f}"))?;
             }
         }
-        let links = self.nl.links()?;
-        let (Some(t), Some(p)) = (
-            links.iter().find(|l| l.name == *name).cloned(),
-            links.iter().find(|l| l.name == peer),
-        ) else {
-            bail!("node.tunnel: {name} vanished right after it was created");
-        };
         self.nl.link_set_up(p.index)?;
         self.nl.link_set_up(t.index)?;
         let mac = t
@@ -261,7 +263,6 @@ impl Dataplane {
             t.index,
             self.mtu - 20
         );
-        self.tunnel = Some(t.clone());
         self.attach_tc(
             program_names::TO_TUNNEL,
             &t,

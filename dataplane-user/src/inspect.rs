@@ -27,6 +27,10 @@ fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
 pub struct Status {
     pub node_ip: Ipv4Addr,
     pub uplink_ifindex: u32,
+    pub uplink: String,
+    /// The tunnel device (ifindex 0 until the daemon has made it).
+    pub tunnel_ifindex: u32,
+    pub tunnel: String,
     pub mtu: u32,
     pub tunnel_mtu: u32,
     pub mode: &'static str,
@@ -220,6 +224,9 @@ pub fn status(pin_dir: &Path) -> Result<Status> {
     Ok(Status {
         node_ip: Ipv4Addr::from(cfg.node_ip),
         uplink_ifindex: cfg.uplink_ifindex,
+        uplink: ifname(cfg.uplink_ifindex),
+        tunnel_ifindex: cfg.tunnel_ifindex,
+        tunnel: ifname(cfg.tunnel_ifindex),
         mtu: cfg.mtu,
         tunnel_mtu: cfg.mtu - 20,
         mode: if cfg.mode == Mode::CrossSubnet as u8 {

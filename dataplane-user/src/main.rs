@@ -279,8 +279,12 @@ fn run(cmd: Command) -> Result<()> {
             print(r.output, &s, |s| {
                 println!("node        {}", s.node_ip);
                 println!(
-                    "uplink      #{} (mtu {}, tunnel mtu {})",
-                    s.uplink_ifindex, s.mtu, s.tunnel_mtu
+                    "uplink      {} #{} (mtu {})",
+                    s.uplink, s.uplink_ifindex, s.mtu
+                );
+                println!(
+                    "tunnel      {} #{} (mtu {})",
+                    s.tunnel, s.tunnel_ifindex, s.tunnel_mtu
                 );
                 println!("mode        {}", s.mode);
                 println!("routes      {}", s.routes);

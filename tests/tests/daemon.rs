@@ -639,3 +639,38 @@ fn bad_config_is_rejected_with_a_clear_error() {
     let _ = check(Command::new("rm").arg("-rf").arg(&dir));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn a_deleted_tunnel_device_is_recreated_with_its_routes() {
+    require_root();
+    let mut c = Cluster::new("d-tun", &seed_nodes(1)).unwrap();
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
+    let host_ping = |c: &Cluster| {
+        c.node("node")
+            .ns
+            .sh(&format!(
+                "ping -c 2 -i 0.2 -W 2 {M1} >/dev/null && echo ok || true"
+            ))
+            .unwrap()
+            .contains("ok")
+    };
+    assert!(host_ping(&c), "host → remote pod\n{}", c.logs());
+    let ns = &c.node("node").ns;
+    let old = ns.ifindex("ipipd0").unwrap();
+    ns.ip("link del ipipd0").unwrap();
+    // The kernel took the device's routes with it; the daemon makes both again.
+    eventually("the tunnel device and its routes are back", || {
+        ns.ip("route show proto 180")
+            .unwrap()
+            .contains("192.168.179.0/26 dev ipipd0 scope link src 172.31.242.156")
+    });
+    assert_ne!(ns.ifindex("ipipd0").unwrap(), old);
+    assert_eq!(
+        attached(ns, "ipipd0", TcAttachType::Egress).len(),
+        1,
+        "to_tunnel on the new device"
+    );
+    assert!(host_ping(&c), "host → remote pod after\n{}", c.logs());
+    assert!(ping_ok(&c, "node", N1, M1, 2), "pod → remote pod after");
+}
