@@ -516,6 +516,18 @@ fn bad_config_is_rejected_with_a_clear_error() {
             "peer[0].address",
         ),
         (
+            "a tunnel name too long for its peer's",
+            format!("{node}tunnel = \"ipipd012345678x\"\n{block}"),
+            "node.tunnel",
+        ),
+        (
+            "an endpoint on the tunnel device",
+            format!(
+                "{node}{block}\n[[endpoint]]\naddress = \"192.168.83.129\"\ninterface = \"ipipd0\"\n"
+            ),
+            "endpoint[0].interface",
+        ),
+        (
             "two peers with one address",
             format!(
                 "{node}{block}{peer}\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.1.0/26\"]\n"
