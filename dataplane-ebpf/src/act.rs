@@ -205,7 +205,7 @@ fn inner_headers_len(ctx: &TcContext, ihl: usize, proto: u8) -> usize {
                 Some(p) if ihl == IP_LEN => Some(unsafe { *p }),
                 _ => None,
             };
-            match direct.map_or_else(|| ctx.load::<u8>(ETH_LEN + ihl + 12).ok(), Some) {
+            match direct.or_else(|| ctx.load::<u8>(ETH_LEN + ihl + 12).ok()) {
                 Some(doff) => ihl + (((doff >> 4) as usize) << 2),
                 None => ihl + 60,
             }
@@ -295,32 +295,31 @@ pub fn encap_and_send(
     send(ctx, hook, &nh)
 }
 
-/// Cross-subnet: routes the packet to the node of route `rt`, on the uplink's subnet, without
-/// encapsulation, with that node as the next hop. TTL - 1; the caller has checked TTL > 1.
+/// Sends the packet without encapsulation toward the node of route `rt` (that node, or the
+/// kernel's gateway to it, as the next hop), counted under `reason`: from_pod's cross-subnet
+/// forward to a same-subnet node (`dec_ttl`: forwarded on the pod's behalf; the caller has
+/// checked TTL > 1), or to_tunnel's `host_to_peer` (the node's own packet, already routed).
 #[inline(always)]
-pub fn forward_same_subnet(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, rt: &RouteValue) -> i32 {
+pub fn send_plain(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    hook: Hook,
+    rt: &RouteValue,
+    reason: Reason,
+    dec_ttl_ip: bool,
+) -> i32 {
     let len = ctx.len();
     let Some(nh) = next_hop(ctx, cfg, rt) else {
         return drop(ctx, hook, Reason::DropNoRouteToPeer);
     };
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return drop(ctx, hook, Reason::DropHelperFailed);
-    };
-    // SAFETY: bounds-checked above.
-    unsafe { dec_ttl(&mut *ip) };
-    record(ctx, ifindex(ctx), hook, Reason::ForwardSameSubnet, len);
-    send(ctx, hook, &nh)
-}
-
-/// The node's own packet to the peer node of route `rt` (a PeerNode route), which the kernel
-/// routed into the tunnel device: sent on plain out the uplink, only its L2 rewritten.
-#[inline(always)]
-pub fn send_to_peer(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, rt: &RouteValue) -> i32 {
-    let len = ctx.len();
-    let Some(nh) = next_hop(ctx, cfg, rt) else {
-        return drop(ctx, hook, Reason::DropNoRouteToPeer);
-    };
-    record(ctx, ifindex(ctx), hook, Reason::HostToPeer, len);
+    if dec_ttl_ip {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+            return drop(ctx, hook, Reason::DropHelperFailed);
+        };
+        // SAFETY: bounds-checked above.
+        unsafe { dec_ttl(&mut *ip) };
+    }
+    record(ctx, ifindex(ctx), hook, reason, len);
     send(ctx, hook, &nh)
 }
 
@@ -330,13 +329,13 @@ pub fn send_to_peer(ctx: &TcContext, cfg: &NodeConfig, hook: Hook, rt: &RouteVal
 /// firewall rules see it on the interface its replies leave by. Without a tunnel device yet,
 /// on the uplink as it is.
 #[inline(always)]
-pub fn up_the_tunnel(ctx: &TcContext, cfg: &NodeConfig) -> i32 {
+pub fn up_the_tunnel(ctx: &TcContext, cfg: &NodeConfig, hook: Hook) -> i32 {
     let tunnel = cfg.tunnel_ifindex;
     if tunnel == 0 {
         return TC_OK;
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return TC_SHOT;
+        return drop(ctx, hook, Reason::DropHelperFailed);
     };
     // SAFETY: bounds-checked above.
     unsafe { set_mac(&mut (*eth).dst_addr, &cfg.tunnel_mac) };

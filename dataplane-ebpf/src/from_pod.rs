@@ -96,7 +96,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         Next::Deliver => act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, &rt, ctx.len()),
         Next::Encap if act::too_big_for_tunnel(ctx, cfg, ip) => pass(ctx, HOOK, Reason::PassTooBig),
         Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, &rt, true),
-        Next::Forward => act::forward_same_subnet(ctx, cfg, HOOK, &rt),
+        Next::Forward => act::send_plain(ctx, cfg, HOOK, &rt, Reason::ForwardSameSubnet, true),
     }
 }
 

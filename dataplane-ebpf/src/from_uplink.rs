@@ -155,13 +155,13 @@ pub fn run(ctx: &TcContext) -> i32 {
         (Some(RouteKind::LocalEndpoint), Some(rt)) => {
             if ttl <= 1 {
                 act::record(ctx, uplink, HOOK, Reason::DecapTtlExpired, len);
-                return act::up_the_tunnel(ctx, cfg);
+                return act::up_the_tunnel(ctx, cfg, HOOK);
             }
             act::deliver_local(ctx, HOOK, Reason::DecapDeliver, &rt, len)
         }
         _ => {
             act::record(ctx, uplink, HOOK, Reason::DecapToKernel, len);
-            act::up_the_tunnel(ctx, cfg)
+            act::up_the_tunnel(ctx, cfg, HOOK)
         }
     }
 }

@@ -12,38 +12,38 @@ use dataplane_common::{
 };
 
 /// Prefix → what it is (local endpoint, remote block, own block, peer node).
-#[map(name = "ipipd_routes_v4")]
+#[map(name = "ipipd_routes_v5")]
 pub static ROUTES: LpmTrie<[u8; 4], RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
 /// The trie's recent answers, per CPU, direct-mapped by address (see [`route`]): one entry,
 /// the CPU's whole cache.
-#[map(name = "ipipd_rcache_v4")]
+#[map(name = "ipipd_rcache_v5")]
 pub static ROUTE_CACHE: PerCpuArray<RouteCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Host-side veth ifindex → the pod behind it.
-#[map(name = "ipipd_eps_v4")]
+#[map(name = "ipipd_eps_v5")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// The node's own settings, at index 0.
-#[map(name = "ipipd_cfg_v4")]
+#[map(name = "ipipd_cfg_v5")]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
 /// (ifindex, hook, reason) → packets, bytes; per CPU.
-#[map(name = "ipipd_cnt_v4")]
+#[map(name = "ipipd_cnt_v5")]
 pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
     PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
 
 /// The forwarding decisions' counters, per CPU, a row per interface (see dataplane-common).
-#[map(name = "ipipd_hot_v4")]
+#[map(name = "ipipd_hot_v5")]
 pub static HOT_COUNTERS: PerCpuArray<CounterRow> = PerCpuArray::with_max_entries(HOT_ROWS, 0);
 
 /// Per-CPU IPv4 Identification counter for outer headers with DF clear.
-#[map(name = "ipipd_ipid_v4")]
+#[map(name = "ipipd_ipid_v5")]
 pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor mode
 /// is on.
-#[map(name = "ipipd_events_v4")]
+#[map(name = "ipipd_events_v5")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// The node's settings, once user space has written them.

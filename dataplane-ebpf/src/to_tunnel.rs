@@ -48,7 +48,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         // A peer node's own address is tunnelled only for pod sources (so pod addresses never
         // appear bare on the underlay); the node's own traffic to its peers stays plain.
         Some(RouteKind::PeerNode) if ip.src_addr == cfg.node_ip => {
-            return act::send_to_peer(ctx, cfg, HOOK, &rt);
+            return act::send_plain(ctx, cfg, HOOK, &rt, Reason::HostToPeer, false);
         }
         Some(RouteKind::PeerNode) => {}
         _ => return drop(ctx, HOOK, Reason::DropNotTunnelled),

@@ -218,14 +218,14 @@ impl Dataplane {
     /// when missing (at start, or when someone deleted it), and named in the config entry for
     /// the programs. A veth pair, both ends up and without ARP or IPv6; the routes to remote
     /// blocks point at it, and nothing ever crosses to the peer: to_tunnel encapsulates or
-    /// drops everything the kernel sends into it.
-    fn ensure_tunnel(&mut self, cfg: &Config) -> Result<()> {
+    /// drops everything the kernel sends into it. `links` are the interfaces as they are now;
+    /// true when the device was (re)created, so that they are not any more.
+    fn ensure_tunnel(&mut self, cfg: &Config, links: &[Link]) -> Result<bool> {
         let name = &cfg.node.tunnel;
-        let links = self.nl.links()?;
         if let Some(t) = &self.tunnel
             && links.iter().any(|l| l.index == t.index && l.name == t.name)
         {
-            return Ok(());
+            return Ok(false);
         }
         let peer = crate::config::tunnel_peer(name);
         if links.iter().any(|l| l.name == *name || l.name == peer) {
@@ -268,7 +268,8 @@ impl Dataplane {
             &t,
             TcAttachType::Egress,
             Hook::ToTunnel,
-        )
+        )?;
+        Ok(true)
     }
 
     fn attach_tc(&mut self, prog: &str, link: &Link, at: TcAttachType, hook: Hook) -> Result<()> {
@@ -404,6 +405,7 @@ impl Dataplane {
                 dst: (b.addr, b.len),
             });
         }
+        let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
         for peer in &cfg.peers {
             let same_subnet = self.same_subnet(peer.address);
             let flags = if same_subnet {
@@ -412,7 +414,6 @@ impl Dataplane {
                 ROUTE_F_ENCAP
             };
             let NextHop { via, l2 } = next_hops[&peer.address];
-            let tunnel = self.tunnel.as_ref().map(|t| t.index).unwrap_or(0);
             let targets =
                 std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
             for (i, net) in targets.enumerate() {
@@ -558,8 +559,10 @@ impl Dataplane {
     /// Makes maps, attachments and routes match `cfg`: inserts and updates what is missing,
     /// removes what is stale (whoever left it).
     pub fn reconcile(&mut self, cfg: &Config) -> Result<()> {
-        self.ensure_tunnel(cfg)?;
-        let links = self.nl.links()?;
+        let mut links = self.nl.links()?;
+        if self.ensure_tunnel(cfg, &links)? {
+            links = self.nl.links()?;
+        }
         let plan = self.plan(cfg, &links)?;
 
         // Maps: write only what differs from what they hold, endpoints first (from_pod needs its
@@ -761,9 +764,6 @@ fn remove_pins(pin_dir: &Path) {
     let _ = std::fs::remove_dir(pin_dir);
 }
 
-/// What a killed ipipd left: its pinned links (unpinning detaches them), its netlink filters
-/// (removed by their recorded handle), its pinned maps (recreated empty, then reconciled).
-/// Its routes carry ipipd's protocol and are reconciled by [`Dataplane::reconcile`].
 /// Deletes the tunnel device a killed run left (a veth of that name); refuses an interface of
 /// that name that is something else.
 fn remove_previous_tunnel(nl: &mut Netlink, name: &str) -> Result<()> {
@@ -781,6 +781,9 @@ fn remove_previous_tunnel(nl: &mut Netlink, name: &str) -> Result<()> {
     nl.link_delete(l.index)
 }
 
+/// What a killed ipipd left: its pinned links (unpinning detaches them), its netlink filters
+/// (removed by their recorded handle), its pinned maps (recreated empty, then reconciled).
+/// Its routes carry ipipd's protocol and are reconciled by [`Dataplane::reconcile`].
 fn clear_previous(pin_dir: &Path, state_dir: &Path) -> Result<()> {
     if pin_dir.exists() {
         log::warn!(

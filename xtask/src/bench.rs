@@ -647,8 +647,8 @@ fn loaded_by(
 }
 
 /// The floor programs of setup A_floor, attached first on the data direction's hooks (sender:
-/// the client pod's veth ingress and the uplink's egress; receiver: the uplink's ingress), each
-/// held by an `ipipd-bench floor` process until its standard input closes.
+/// the client pod's veth ingress; receiver: the uplink's ingress), each held by an
+/// `ipipd-bench floor` process until its standard input closes.
 struct Floors(Vec<std::process::Child>);
 
 impl Floors {
