@@ -367,11 +367,9 @@ vec("egress-not-ipv4.toml", "Not IPv4 (the kernel's own IPv6, were it enabled on
 f = into_tunnel(IP(src=NODE_IP, dst=REMOTE_POD, id=10) / UDP(sport=1, dport=2) / Raw(b"x" * (1500 - 28)))
 vec("egress-too-big.toml", "Sent past the device's MTU (a raw socket, not GSO): the outer packet would exceed the MTU, dropped",
     "to_tunnel", TUNNEL_IF, f, "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_too_big_egress", f)])
-inner = udp(NODE_IP, REMOTE_POD)
-f = into_tunnel(inner)
-e = encap(inner, ttl_dec=False, ip_id=0)
-vec("egress-no-neigh.toml", "No neighbour for the peer: encapsulated and handed to bpf_redirect_neigh", "to_tunnel", TUNNEL_IF, f,
-    "redirect", [counter(TUNNEL_IF, "to_tunnel", "encap", f)], raw(f)[:14].hex() + raw(e)[14:].hex(),
+f = into_tunnel(udp(NODE_IP, REMOTE_POD))
+vec("egress-no-neigh.toml", "No neighbour for the peer: dropped and counted, not queued under the tunnel device's route (whose L2 the kernel would re-send it with)",
+    "to_tunnel", TUNNEL_IF, f, "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_next_hop_unresolved", f)],
     setup=["ip neigh flush dev eth0", "ip neigh del 172.31.242.157 dev eth0 || true"])
 
 # ---------------------------------------------------------------- xdp_uplink

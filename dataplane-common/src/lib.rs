@@ -406,6 +406,11 @@ reasons! {
     /// Routed into the tunnel device but nothing ipipd tunnels: not IPv4, or a destination
     /// without a tunnelled route (a route left pointing at the device).
     DropNotTunnelled = 52, "drop_not_tunnelled", true;
+    /// Routed into the tunnel device while the peer's next hop on the uplink is unresolved.
+    /// `bpf_redirect_neigh` would queue it under the tunnel device's route, and the kernel
+    /// would send the queue out the uplink addressed for the tunnel device once the MAC
+    /// arrives: dropped instead, while the daemon resolves the next hop.
+    DropNextHopUnresolved = 53, "drop_next_hop_unresolved", true;
 }
 
 /// Key of the per-CPU counters.

@@ -96,6 +96,24 @@ struct NextHop {
     gateway: u32,
 }
 
+/// The next hop of a packet from `hook` toward the node of route `rt`, or why it cannot go.
+/// An unresolved next hop is left to `bpf_redirect_neigh`, except for packets on the tunnel
+/// device: they carry the kernel's route through it, so the neighbour would queue them and,
+/// once resolved, send them by that route's L2 (the tunnel device's) out the uplink.
+#[inline(always)]
+fn next_hop_for(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    hook: Hook,
+    rt: &RouteValue,
+) -> Result<NextHop, Reason> {
+    match next_hop(ctx, cfg, rt) {
+        None => Err(Reason::DropNoRouteToPeer),
+        Some(nh) if !nh.resolved && hook == Hook::ToTunnel => Err(Reason::DropNextHopUnresolved),
+        Some(nh) => Ok(nh),
+    }
+}
+
 /// The next hop toward the node of route `rt`: its cached L2 when user space has resolved it
 /// (ROUTE_F_L2), else a FIB lookup from this node out of the uplink. None when the kernel has no
 /// usable route (blackhole, unreachable, forwarding disabled, …).
@@ -243,8 +261,9 @@ pub fn encap_and_send(
 
     // L2 toward the peer node first: a node without a route to its peer drops the packet
     // unmodified instead of sending it half-built.
-    let Some(nh) = next_hop(ctx, cfg, rt) else {
-        return drop(ctx, hook, Reason::DropNoRouteToPeer);
+    let nh = match next_hop_for(ctx, cfg, hook, rt) {
+        Ok(nh) => nh,
+        Err(reason) => return drop(ctx, hook, reason),
     };
 
     // FIXED_GSO only when the segments still fit once the outer header is added; otherwise the
@@ -309,8 +328,9 @@ pub fn send_plain(
     dec_ttl_ip: bool,
 ) -> i32 {
     let len = ctx.len();
-    let Some(nh) = next_hop(ctx, cfg, rt) else {
-        return drop(ctx, hook, Reason::DropNoRouteToPeer);
+    let nh = match next_hop_for(ctx, cfg, hook, rt) {
+        Ok(nh) => nh,
+        Err(reason) => return drop(ctx, hook, reason),
     };
     if dec_ttl_ip {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {

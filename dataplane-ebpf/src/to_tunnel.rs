@@ -13,6 +13,11 @@
 //! | peer node, from a pod's address         | encap, out the uplink                       |
 //! | peer node, from the node's own address  | plain, out the uplink (host_to_peer)        |
 //! | anything else                           | drop_not_tunnelled                          |
+//!
+//! The peer's next hop must be resolved (its MAC in the route, or the kernel's neighbour
+//! table): these packets carry the kernel's route through this device, so the neighbour's
+//! queue would re-send them with this device's L2. Until the daemon has it resolved, they are
+//! dropped (drop_next_hop_unresolved).
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{Hook, ROUTE_F_ENCAP, Reason, RouteKind};

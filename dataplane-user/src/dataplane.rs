@@ -529,10 +529,10 @@ impl Dataplane {
                 None
             };
             // Unknown: have the kernel resolve it now rather than on the first packet. A
-            // packet the tunnel device sends (with that device's route attached) toward an
-            // unresolved neighbour is lost while the kernel resolves it: its queue re-sends
-            // through the route's device. Its answer is a neighbour event: the next check
-            // caches the MAC.
+            // packet the tunnel device sends (with that device's route attached) cannot wait
+            // in the neighbour's queue, which would re-send it through the route's device:
+            // to_tunnel drops it (drop_next_hop_unresolved) until this resolves. Its answer
+            // is a neighbour event: the next check caches the MAC.
             if mac.is_none()
                 && let Err(e) = self.nl.neighbour_resolve(via, self.uplink.index)
             {

@@ -685,3 +685,107 @@ fn the_next_hop_mac_follows_the_neighbour_table() {
     assert!(out.contains("3 received"), "{out}\n{}", c.logs());
     wait_for(new_mac);
 }
+
+/// The node's own packets into the tunnel device while the peer's MAC is unknown are dropped
+/// and counted, not queued under the tunnel device's route (the kernel would send that queue out
+/// the uplink addressed for the tunnel device once the MAC arrives); the first packets after
+/// the peer answers go through.
+#[test]
+fn host_traffic_toward_an_unresolved_peer_is_a_counted_drop_not_a_stray_frame() {
+    require_root();
+    let c = seed_cluster("e-unres", "");
+    let master = c.node("master").ns.view();
+    let mac_of = |ns: &NetNs| {
+        ns.sh("cat /sys/class/net/eth0/address")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (master_mac, node_mac) = (mac_of(&master), mac_of(&c.node("node").ns));
+    let out = ping(&master, &format!("-c 2 -i 0.2 -W 2 {N1}"));
+    assert!(out.contains("2 received"), "{out}\n{}", c.logs());
+
+    // The node leaves the underlay and the master forgets its MAC: the daemon asks the kernel to
+    // resolve it again, which stays incomplete (20 probes a second apart) while the node is away.
+    let port = |up: bool| {
+        c.underlay
+            .sh(&format!(
+                "ip link set up1 {}",
+                if up { "up" } else { "down" }
+            ))
+            .unwrap()
+    };
+    master
+        .sh("sysctl -qw net.ipv4.neigh.eth0.mcast_solicit=20 net.ipv4.neigh.eth0.retrans_time_ms=1000")
+        .unwrap();
+    port(false);
+    master.sh(&format!("ip neigh del {NODE} dev eth0")).unwrap();
+    let pin = c.bpffs.join("master").to_string_lossy().into_owned();
+    let l2_cached = || {
+        let rows: serde_json::Value = serde_json::from_str(
+            &c.node("master")
+                .ipipd(&["routes", "-o", "json", "--pin-dir", &pin])
+                .unwrap(),
+        )
+        .unwrap();
+        rows.as_array().unwrap().iter().any(|r| {
+            r["prefix"] == "192.168.83.128/26"
+                && r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "l2"))
+        })
+    };
+    // At most 10 s, in steps of 100 ms, for the route to drop its cached MAC.
+    for _ in 0..100 {
+        if !l2_cached() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!l2_cached(), "the route kept its MAC\n{}", c.logs());
+
+    // Three datagrams from the node's own address, one packet each (the kernel reports the
+    // drop to the sender, which may retry; a datagram socket does not).
+    let cap = Capture::start(&c.underlay, "up0", &c.dir, "not arp").unwrap();
+    let tx = udp_socket(&master, MASTER, 0).unwrap();
+    let before = stats(&c, "master");
+    for i in 0..3u8 {
+        let _ = tx.send_to(&[i; 32], (N1, 5600));
+    }
+    let after = stats(&c, "master");
+    assert_eq!(
+        moved(&before, &after, "drop_next_hop_unresolved"),
+        (3, 3 * (14 + 20 + 8 + 32)),
+        "{after:?}"
+    );
+
+    // The node returns: the next probe is answered and the master's packets go through again
+    // (at most 20 tries of one second).
+    port(true);
+    let mut back = false;
+    for _ in 0..20 {
+        if ping(&master, &format!("-c 1 -W 1 {N1}")).contains("1 received") {
+            back = true;
+            break;
+        }
+    }
+    let frames = cap.finish().unwrap();
+    assert!(back, "no way back to {N1}\n{}", c.logs());
+    let mac = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    // Every frame on the master's port of the underlay is to the node (the way out) or to the
+    // master (the replies): none addressed for the tunnel device, none without an Ethernet header.
+    let dsts: Vec<String> = frames.iter().map(|f| mac(&f[..6])).collect();
+    assert!(
+        dsts.contains(&node_mac),
+        "nothing from the master on the wire"
+    );
+    assert!(
+        dsts.iter().all(|m| *m == node_mac || *m == master_mac),
+        "frames to {dsts:?}; the node is {node_mac}, the master {master_mac}"
+    );
+}

@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: ipipd side by side with the kernel's own paths, as ratios, in the seed's
 //! netns topology. Setups, alternated within each round:
-//! - A: ipipd IPIP (pods at MTU 1480, as Calico sets them for IPIP), xdp off; A+xdp: native XDP
+//! - A: ipipd IPIP (pods at the tunnel MTU, the uplink's - 20, as Calico sets them for IPIP), xdp
+//!   off; A+xdp: native XDP
 //!   on the uplinks; A_floor: A with the floor programs first in the TCX chains of the data
 //!   direction's hooks (the in-situ floors);
 //! - B: the kernel's route table without a tunnel (Calico without IPIP): /32 routes to the pods'
-//!   veths, proxy ARP, each block via its node on the underlay;
+//!   veths, proxy ARP, each block via its node on the underlay; B_mtu: the same with the pods at
+//!   A's MTU, which separates what the tunnel's 20 bytes cost the pods' TCP from what the path
+//!   costs;
 //! - C: node to node on the underlay, the limit.
 //!
 //! Workloads: iperf3 TCP 1 and 4 streams, iperf3 UDP 64-byte datagrams, and TCP request/response
@@ -46,6 +49,22 @@ pub struct Opts {
     pub profile: bool,
     /// The parts to run; empty: all.
     pub only: Vec<Part>,
+    /// The iperf3 runs' TCP congestion control; None: the namespaces' default (the host's).
+    pub cc: Option<String>,
+}
+
+/// `--cc`: a congestion control this kernel has.
+pub fn check_congestion_control(cc: &str) -> Result<()> {
+    const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
+    let available =
+        std::fs::read_to_string(AVAILABLE).with_context(|| format!("reading {AVAILABLE}"))?;
+    if !available.split_whitespace().any(|a| a == cc) {
+        bail!(
+            "--cc {cc}: not a TCP congestion control this kernel has (it has: {})",
+            available.trim()
+        );
+    }
+    Ok(())
 }
 
 /// The bench's independent parts (`--only`).
@@ -72,7 +91,12 @@ fn setups() -> Vec<Vec<Setup>> {
     if ipipd_tests::kernel_has_tcx() {
         a.push(Setup::AFloor);
     }
-    let mut v = vec![a, vec![Setup::AXdp], vec![Setup::B], vec![Setup::C]];
+    let mut v = vec![
+        a,
+        vec![Setup::AXdp],
+        vec![Setup::B, Setup::BMtu],
+        vec![Setup::C],
+    ];
     if kernel_has_ipip() {
         v.push(vec![Setup::D]);
     }
@@ -106,6 +130,7 @@ struct Plan {
     scale_blocks: usize,
     scale_endpoints: usize,
     only: Vec<Part>,
+    cc: Option<String>,
 }
 
 impl Plan {
@@ -121,6 +146,8 @@ enum Setup {
     /// A with floor programs first on the data direction's hooks (in-situ floors).
     AFloor,
     B,
+    /// B with the pods at A's MTU (the tunnel MTU).
+    BMtu,
     C,
     /// The kernel's own IPIP (`tunl0`, Calico's classic mode), where the kernel has ipip.
     D,
@@ -133,6 +160,7 @@ impl Setup {
             Setup::AXdp => "A ipipd + XDP",
             Setup::AFloor => "A with the floors in front",
             Setup::B => "B kernel routes, no tunnel",
+            Setup::BMtu => "B' kernel routes, pods at the tunnel MTU",
             Setup::C => "C node to node",
             Setup::D => "D kernel tunl0",
         }
@@ -143,6 +171,7 @@ impl Setup {
             Setup::AXdp => "A_xdp",
             Setup::AFloor => "A_floor",
             Setup::B => "B",
+            Setup::BMtu => "B_mtu",
             Setup::C => "C",
             Setup::D => "D",
         }
@@ -225,6 +254,7 @@ pub fn run(opts: Opts) -> Result<()> {
         args: [
             quick.then(|| " --quick".to_string()),
             opts.rounds.map(|n| format!(" --rounds {n}")),
+            opts.cc.as_ref().map(|cc| format!(" --cc {cc}")),
             (!opts.only.is_empty()).then(|| {
                 let parts: Vec<String> = opts
                     .only
@@ -249,6 +279,7 @@ pub fn run(opts: Opts) -> Result<()> {
         scale_blocks: 10_000,
         scale_endpoints: 1_000,
         only: opts.only.clone(),
+        cc: opts.cc.clone(),
     };
     std::fs::create_dir_all(&opts.out)?;
     let (ipipd, bench_bin) = (opts.ipipd.clone(), opts.bench_bin.clone());
@@ -315,6 +346,9 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     Ok(report(plan, &runs, testrun, scale))
 }
 
+/// The pods' TCP congestion control, as read in the first setup's client namespace.
+static CONGESTION_CONTROL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// kernel.bpf_stats_enabled: each program's run time and count, at the price of two clock
@@ -352,10 +386,18 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
     let mut c = Cluster::new(&format!("b{}", s.key()), &seed_nodes(1))?;
     // Program id -> which side of the data direction its ipipd runs on.
     let mut roles: BTreeMap<u32, &'static str> = BTreeMap::new();
+    // The pods' MTU where a tunnel's (or, in B_mtu, its MTU's) 20 bytes come off the uplink's.
+    let tunnel_mtu = |c: &Cluster, n: &str| -> Result<()> {
+        let node = c.node(n);
+        node.pods[0]
+            .ns
+            .sh(&format!("ip link set eth0 mtu {}", node.spec.mtu - 20))?;
+        Ok(())
+    };
     let (client, server, server_ip) = match s {
         Setup::A | Setup::AXdp | Setup::AFloor => {
             for (n, role) in SIDES {
-                c.node(n).pods[0].ns.sh("ip link set eth0 mtu 1480")?;
+                tunnel_mtu(&c, n)?;
                 let extra = if s == Setup::AXdp {
                     "xdp = \"native\""
                 } else {
@@ -370,7 +412,12 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
                 c.node("node").pods[0].spec.address,
             )
         }
-        Setup::B => {
+        Setup::B | Setup::BMtu => {
+            if s == Setup::BMtu {
+                for (n, _) in SIDES {
+                    tunnel_mtu(&c, n)?;
+                }
+            }
             c.node("master").kernel_plain_routing(c.node("node"))?;
             c.node("node").kernel_plain_routing(c.node("master"))?;
             (
@@ -381,7 +428,7 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
         }
         Setup::D => {
             for (n, peer) in [("master", "node"), ("node", "master")] {
-                c.node(n).pods[0].ns.sh("ip link set eth0 mtu 1480")?;
+                tunnel_mtu(&c, n)?;
                 c.node(n).kernel_tunl0(c.node(peer))?;
             }
             (
@@ -396,6 +443,15 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
             c.node("node").spec.address,
         ),
     };
+    // The senders' TCP congestion control (a namespace inherits the host's default): with BBR,
+    // TCP's throughput here depends on the MSS (see B_mtu).
+    if CONGESTION_CONTROL.get().is_none() {
+        let cc = match &plan.cc {
+            Some(cc) => cc.clone(),
+            None => client.sh("sysctl -n net.ipv4.tcp_congestion_control")?,
+        };
+        let _ = CONGESTION_CONTROL.set(cc.trim().to_string());
+    }
     // Warm up neighbours (and, in A, the programs) before measuring.
     let warm = client.sh(&format!("ping -c 2 -i 0.2 -W 2 {server_ip} >/dev/null"));
     if let Err(e) = warm {
@@ -415,7 +471,7 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
         let port = 5300 + 2 * i as u16;
         let one_run = |port: u16| match w {
             Workload::Rr => rr(&client, &server, server_ip, port, plan.seconds),
-            _ => iperf(&client, &server, server_ip, port, w, plan.seconds),
+            _ => iperf(&client, &server, server_ip, port, w, plan),
         };
         // Throughput and CPU with kernel.bpf_stats_enabled off: B and C do not pay for the
         // kernel's per-run accounting, so A must not either. (A_floor is measured for its
@@ -478,8 +534,9 @@ fn iperf(
     server_ip: Ipv4Addr,
     port: u16,
     w: Workload,
-    seconds: u32,
+    plan: &Plan,
 ) -> Result<Run> {
+    let seconds = plan.seconds;
     let mut srv = Command::new("ip")
         .args(["netns", "exec", &server.name, "timeout"])
         .arg((seconds + 30).to_string())
@@ -504,6 +561,9 @@ fn iperf(
         Workload::Tcp4 => args.extend(["-P".into(), "4".into()]),
         Workload::Udp64 => args.extend(["-u", "-b", "0", "-l", "64"].map(String::from)),
         _ => {}
+    }
+    if let (Workload::Tcp1 | Workload::Tcp4, Some(cc)) = (w, &plan.cc) {
+        args.extend(["-C".into(), cc.clone()]);
     }
     let mut last_err = String::new();
     let mut parsed = None;
@@ -984,6 +1044,7 @@ fn report(
             w.key().into(),
             json!({
                 "A/B": sj(ratio(Setup::A, Setup::B, &rate)),
+                "A/B_mtu": sj(ratio(Setup::A, Setup::BMtu, &rate)),
                 "A/C": sj(ratio(Setup::A, Setup::C, &rate)),
                 "A_xdp/B": sj(ratio(Setup::AXdp, Setup::B, &rate)),
                 "A_xdp/C": sj(ratio(Setup::AXdp, Setup::C, &rate)),
@@ -994,6 +1055,7 @@ fn report(
             w.key().into(),
             json!({
                 "A/B cpu per byte": sj(ratio(Setup::A, Setup::B, &per_gb)),
+                "A/B_mtu cpu per byte": sj(ratio(Setup::A, Setup::BMtu, &per_gb)),
                 "A/C cpu per byte": sj(ratio(Setup::A, Setup::C, &per_gb)),
                 "A/D cpu per byte": sj(ratio(Setup::A, Setup::D, &per_gb)),
             }),
@@ -1069,6 +1131,7 @@ fn report(
         "date": chrono_like_now(),
         "kernel": kernel_release(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "tcp_congestion_control": CONGESTION_CONTROL.get().cloned(),
         "kvm_device": kvm,
         "rounds": plan.rounds,
         "seconds_per_run": plan.seconds,
@@ -1099,9 +1162,9 @@ fn chrono_like_now() -> String {
         .unwrap_or_default()
 }
 
-/// The columns A, A + XDP, B, C, D of one workload's `key` (a median with its spread), scaled.
+/// The columns A, A + XDP, B, B_mtu, C, D of one workload's `key` (a median with its spread), scaled.
 fn setup_cells(per_setup: &Value, key: &str, scale: f64, digits: usize) -> String {
-    ["A", "A_xdp", "B", "C", "D"]
+    ["A", "A_xdp", "B", "B_mtu", "C", "D"]
         .map(|setup| {
             let v = &per_setup[setup][key];
             let g = |k: &str| v[k].as_f64().map(|x| x * scale);
@@ -1132,17 +1195,21 @@ fn f(v: &Value, digits: usize) -> String {
 fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
     let mut s = String::new();
     s += &format!(
-        "Measured {} on kernel {} ({} CPUs), {} round(s) of {} s per run, alternating setups; `cargo xtask bench{}` ({:.0} s). Medians, with (min–max) over rounds.\n\n",
+        "Measured {} on kernel {} ({} CPUs{}), {} round(s) of {} s per run, alternating setups; `cargo xtask bench{}` ({:.0} s). Medians, with (min–max) over rounds.\n\n",
         r["date"].as_str().unwrap_or(""),
         r["kernel"].as_str().unwrap_or(""),
         r["cpus"],
+        r["tcp_congestion_control"]
+            .as_str()
+            .map(|cc| format!(", TCP congestion control {cc}"))
+            .unwrap_or_default(),
         plan.rounds,
         plan.seconds,
         plan.args,
         took.as_secs_f64()
     );
     if plan.runs(Part::Traffic) {
-        s += "| workload | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/C | A+XDP/C | A/D |\n|---|---|---|---|---|---|---|---|---|---|\n";
+        s += "| workload | A ipipd | A + XDP | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 | A/B | A/B' | A/C | A+XDP/C | A/D |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         let units = [
             ("tcp1", "Gbit/s", 2),
             ("tcp4", "Gbit/s", 2),
@@ -1156,15 +1223,16 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 .find(|x| x.key() == w)
                 .map_or(w, |x| x.name());
             s += &format!(
-                "| {name} ({unit}) | {} | {} | {} | {} | {} |\n",
+                "| {name} ({unit}) | {} | {} | {} | {} | {} | {} |\n",
                 setup_cells(&r["throughput"][w], "rate", scale, d),
                 f(&r["ratios"][w]["A/B"], 2),
+                f(&r["ratios"][w]["A/B_mtu"], 2),
                 f(&r["ratios"][w]["A/C"], 2),
                 f(&r["ratios"][w]["A_xdp/C"], 2),
                 f(&r["ratios"][w]["A/D"], 2),
             );
         }
-        s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 | A/B | A/D |\n|---|---|---|---|---|---|---|---|\n";
+        s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 | A/B | A/B' | A/D |\n|---|---|---|---|---|---|---|---|---|---|\n";
         for (w, k, label) in [
             ("tcp1", "cpu_s_per_gb", "TCP 1 stream, CPU s/GB"),
             ("tcp4", "cpu_s_per_gb", "TCP 4 streams, CPU s/GB"),
@@ -1172,11 +1240,12 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         ] {
             // Per byte and per packet give the same ratio within one workload.
             let ab = f(&r["cpu_ratios"][w]["A/B cpu per byte"], 2);
+            let abm = f(&r["cpu_ratios"][w]["A/B_mtu cpu per byte"], 2);
             let ad = f(&r["cpu_ratios"][w]["A/D cpu per byte"], 2);
             let cells = setup_cells(&r["throughput"][w], k, 1.0, 2);
-            s += &format!("| {label} | {cells} | {ab} | {ad} |\n");
+            s += &format!("| {label} | {cells} | {ab} | {abm} | {ad} |\n");
         }
-        s += "\nTCP retransmissions per GB (iperf3's sender), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | C node to node | D kernel tunl0 |\n|---|---|---|---|---|---|\n";
+        s += "\nTCP retransmissions per GB (iperf3's sender), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 |\n|---|---|---|---|---|---|---|\n";
         for (w, label) in [("tcp1", "TCP 1 stream"), ("tcp4", "TCP 4 streams")] {
             let cells = setup_cells(&r["throughput"][w], "tcp_retransmits_per_gb", 1.0, 1);
             s += &format!("| {label} | {cells} |\n");

@@ -91,6 +91,11 @@ enum Cmd {
         /// Only these parts (comma-separated): traffic, testrun, scale. Default: all.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Part>,
+        /// The TCP congestion control of the iperf3 runs (iperf3 -C), one of the kernel's
+        /// net.ipv4.tcp_available_congestion_control. Default: the host's, which new namespaces
+        /// inherit.
+        #[arg(long, value_name = "NAME")]
+        cc: Option<String>,
         #[command(flatten)]
         vm_opts: VmArgs,
     },
@@ -154,6 +159,7 @@ fn main() -> Result<()> {
                 rounds: *rounds,
                 profile: false,
                 only: Vec::new(),
+                cc: None,
                 out: PathBuf::from("/tmp/bench"),
                 ipipd: ipipd.clone(),
                 bench_bin: bench_bin.clone(),
@@ -245,10 +251,14 @@ fn main() -> Result<()> {
             rounds,
             vm,
             only,
+            cc,
             vm_opts,
         } => {
-            if vm && (profile || !only.is_empty()) {
-                bail!("--profile and --only apply to the bench on this kernel, not to --vm");
+            if vm && (profile || !only.is_empty() || cc.is_some()) {
+                bail!("--profile, --only and --cc apply to the bench on this kernel, not to --vm");
+            }
+            if let Some(cc) = &cc {
+                bench::check_congestion_control(cc)?;
             }
             setup::all()?;
             build()?;
@@ -264,6 +274,7 @@ fn main() -> Result<()> {
                 rounds,
                 profile,
                 only,
+                cc,
                 out: root.join("target/bench"),
                 ipipd: root.join("target/release/ipipd"),
                 bench_bin: root.join("target/release/ipipd-bench"),
