@@ -1,9 +1,8 @@
 //! `cargo xtask bench`: ipipd side by side with the kernel's own paths, as ratios, in the seed's
 //! netns topology. Setups, alternated within each round:
-//! - A: ipipd IPIP (pods at the tunnel MTU, the uplink's - 20, as Calico sets them for IPIP), xdp
-//!   off; A+xdp: native XDP
-//!   on the uplinks; A_floor: A with the floor programs first in the TCX chains of the data
-//!   direction's hooks (the in-situ floors);
+//! - A: ipipd IPIP (pods at the tunnel MTU, the uplink's - 20, as Calico sets them for IPIP),
+//!   xdp off; A+xdp: native XDP on the uplinks; A_floor: A with the floor programs first in the
+//!   TCX chains of the data direction's hooks (the in-situ floors);
 //! - B: the kernel's route table without a tunnel (Calico without IPIP): /32 routes to the pods'
 //!   veths, proxy ARP, each block via its node on the underlay; B_mtu: the same with the pods at
 //!   A's MTU, which separates what the tunnel's 20 bytes cost the pods' TCP from what the path
@@ -130,7 +129,10 @@ struct Plan {
     scale_blocks: usize,
     scale_endpoints: usize,
     only: Vec<Part>,
+    /// `--cc`, passed to iperf3 (None: the namespaces' default).
     cc: Option<String>,
+    /// The congestion control the TCP runs use, for the report.
+    cc_used: String,
 }
 
 impl Plan {
@@ -280,6 +282,14 @@ pub fn run(opts: Opts) -> Result<()> {
         scale_endpoints: 1_000,
         only: opts.only.clone(),
         cc: opts.cc.clone(),
+        // A new namespace starts with the host's default.
+        cc_used: match &opts.cc {
+            Some(cc) => cc.clone(),
+            None => std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+                .context("reading net.ipv4.tcp_congestion_control")?
+                .trim()
+                .to_string(),
+        },
     };
     std::fs::create_dir_all(&opts.out)?;
     let (ipipd, bench_bin) = (opts.ipipd.clone(), opts.bench_bin.clone());
@@ -345,9 +355,6 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     };
     Ok(report(plan, &runs, testrun, scale))
 }
-
-/// The pods' TCP congestion control, as read in the first setup's client namespace.
-static CONGESTION_CONTROL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -443,15 +450,6 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
             c.node("node").spec.address,
         ),
     };
-    // The senders' TCP congestion control (a namespace inherits the host's default): with BBR,
-    // TCP's throughput here depends on the MSS (see B_mtu).
-    if CONGESTION_CONTROL.get().is_none() {
-        let cc = match &plan.cc {
-            Some(cc) => cc.clone(),
-            None => client.sh("sysctl -n net.ipv4.tcp_congestion_control")?,
-        };
-        let _ = CONGESTION_CONTROL.set(cc.trim().to_string());
-    }
     // Warm up neighbours (and, in A, the programs) before measuring.
     let warm = client.sh(&format!("ping -c 2 -i 0.2 -W 2 {server_ip} >/dev/null"));
     if let Err(e) = warm {
@@ -1131,7 +1129,8 @@ fn report(
         "date": chrono_like_now(),
         "kernel": kernel_release(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "tcp_congestion_control": CONGESTION_CONTROL.get().cloned(),
+        // With BBR, TCP's throughput here depends on the pods' MSS (see B_mtu).
+        "tcp_congestion_control": plan.cc_used,
         "kvm_device": kvm,
         "rounds": plan.rounds,
         "seconds_per_run": plan.seconds,
