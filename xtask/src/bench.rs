@@ -69,7 +69,7 @@ pub fn check_congestion_control(cc: &str) -> Result<()> {
 /// The bench's independent parts (`--only`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// Throughput, CPU, latency and in-situ program cost (setups A, B, C, D).
+    /// Throughput, CPU, latency and in-situ program cost (setups A, B, B', C, D).
     Traffic,
     /// BPF_PROG_TEST_RUN per path against its floor.
     Testrun,
