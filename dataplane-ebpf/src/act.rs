@@ -96,31 +96,21 @@ struct NextHop {
     gateway: u32,
 }
 
-/// The next hop of a packet from `hook` toward the node of route `rt`, or why it cannot go.
-/// An unresolved next hop is left to `bpf_redirect_neigh`, except for packets on the tunnel
-/// device: they carry the kernel's route through it, so the neighbour would queue them and,
-/// once resolved, send them by that route's L2 (the tunnel device's) out the uplink.
+/// The next hop of a packet from `hook` toward the node of route `rt`: its cached L2 when user
+/// space has resolved it (ROUTE_F_L2), else a FIB lookup from this node out of the uplink; or
+/// why it cannot go. No route: the kernel has none usable (blackhole, unreachable, forwarding
+/// disabled, …). An unresolved neighbour is left to `bpf_redirect_neigh`, except for packets
+/// on the tunnel device: they carry the kernel's route through it, so the neighbour would queue
+/// them and, once resolved, send them by that route's L2 (the tunnel device's) out the uplink.
 #[inline(always)]
-fn next_hop_for(
+fn next_hop(
     ctx: &TcContext,
     cfg: &NodeConfig,
     hook: Hook,
     rt: &RouteValue,
 ) -> Result<NextHop, Reason> {
-    match next_hop(ctx, cfg, rt) {
-        None => Err(Reason::DropNoRouteToPeer),
-        Some(nh) if !nh.resolved && hook == Hook::ToTunnel => Err(Reason::DropNextHopUnresolved),
-        Some(nh) => Ok(nh),
-    }
-}
-
-/// The next hop toward the node of route `rt`: its cached L2 when user space has resolved it
-/// (ROUTE_F_L2), else a FIB lookup from this node out of the uplink. None when the kernel has no
-/// usable route (blackhole, unreachable, forwarding disabled, …).
-#[inline(always)]
-fn next_hop(ctx: &TcContext, cfg: &NodeConfig, rt: &RouteValue) -> Option<NextHop> {
     if rt.flags & ROUTE_F_L2 != 0 {
-        return Some(NextHop {
+        return Ok(NextHop {
             ifindex: rt.ifindex,
             resolved: true,
             dmac: rt.pod_mac,
@@ -143,12 +133,16 @@ fn next_hop(ctx: &TcContext, cfg: &NodeConfig, rt: &RouteValue) -> Option<NextHo
             BPF_FIB_LOOKUP_OUTPUT,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return None;
+    let resolved = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
+    if !resolved && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Err(Reason::DropNoRouteToPeer);
     }
-    Some(NextHop {
+    if !resolved && hook == Hook::ToTunnel {
+        return Err(Reason::DropNextHopUnresolved);
+    }
+    Ok(NextHop {
         ifindex: params.ifindex,
-        resolved: rc == BPF_FIB_LKUP_RET_SUCCESS as i64,
+        resolved,
         dmac: params.dmac,
         smac: params.smac,
         // SAFETY: the union member the FIB lookup filled (the gateway, or the destination).
@@ -259,9 +253,9 @@ pub fn encap_and_send(
     let (inner_tot, tos, frags, ihl, proto) =
         (tot_len(ip), ip.tos, frag_field(ip), ihl_bytes(ip), ip.proto);
 
-    // L2 toward the peer node first: a node without a route to its peer drops the packet
-    // unmodified instead of sending it half-built.
-    let nh = match next_hop_for(ctx, cfg, hook, rt) {
+    // L2 toward the peer node first: a node without a route to its peer (or, from the tunnel
+    // device, without its MAC yet) drops the packet unmodified instead of sending it half-built.
+    let nh = match next_hop(ctx, cfg, hook, rt) {
         Ok(nh) => nh,
         Err(reason) => return drop(ctx, hook, reason),
     };
@@ -328,7 +322,7 @@ pub fn send_plain(
     dec_ttl_ip: bool,
 ) -> i32 {
     let len = ctx.len();
-    let nh = match next_hop_for(ctx, cfg, hook, rt) {
+    let nh = match next_hop(ctx, cfg, hook, rt) {
         Ok(nh) => nh,
         Err(reason) => return drop(ctx, hook, reason),
     };
@@ -347,16 +341,23 @@ pub fn send_plain(
 /// device (its destination MAC the device's, so that the kernel takes it as addressed to this
 /// host), where the routes back to remote pods point, so that reverse-path filtering and
 /// firewall rules see it on the interface its replies leave by. Without a tunnel device yet,
-/// on the uplink as it is.
+/// on the uplink as it is. Counted under `reason` with the length the hook received (`bytes`).
 #[inline(always)]
-pub fn up_the_tunnel(ctx: &TcContext, cfg: &NodeConfig, hook: Hook) -> i32 {
+pub fn up_the_tunnel(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    hook: Hook,
+    reason: Reason,
+    bytes: u32,
+) -> i32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return drop(ctx, hook, Reason::DropHelperFailed);
+    };
+    record(ctx, ifindex(ctx), hook, reason, bytes);
     let tunnel = cfg.tunnel_ifindex;
     if tunnel == 0 {
         return TC_OK;
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return drop(ctx, hook, Reason::DropHelperFailed);
-    };
     // SAFETY: bounds-checked above.
     unsafe { set_mac(&mut (*eth).dst_addr, &cfg.tunnel_mac) };
     // SAFETY: helper call.

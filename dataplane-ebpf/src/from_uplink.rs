@@ -154,15 +154,11 @@ pub fn run(ctx: &TcContext) -> i32 {
     match (kind, rt) {
         (Some(RouteKind::LocalEndpoint), Some(rt)) => {
             if ttl <= 1 {
-                act::record(ctx, uplink, HOOK, Reason::DecapTtlExpired, len);
-                return act::up_the_tunnel(ctx, cfg, HOOK);
+                return act::up_the_tunnel(ctx, cfg, HOOK, Reason::DecapTtlExpired, len);
             }
             act::deliver_local(ctx, HOOK, Reason::DecapDeliver, &rt, len)
         }
-        _ => {
-            act::record(ctx, uplink, HOOK, Reason::DecapToKernel, len);
-            act::up_the_tunnel(ctx, cfg, HOOK)
-        }
+        _ => act::up_the_tunnel(ctx, cfg, HOOK, Reason::DecapToKernel, len),
     }
 }
 

@@ -105,20 +105,23 @@ const FILTERS_FILE: &str = "tc-filters.json";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 impl Dataplane {
+    /// Changes the programs' config entry in place: read, `change`, written back.
+    fn update_config(&mut self, change: impl FnOnce(&mut NodeConfig)) -> Result<()> {
+        let mut cfg = maps::config(&self.ebpf)?;
+        change(&mut cfg);
+        maps::set_config(&mut self.ebpf, &cfg)
+    }
+
     /// Turns the programs' decision monitor on or off (the config entry's `monitor` byte).
     pub fn set_monitor(&mut self, mode: dataplane_common::MonitorMode) -> Result<()> {
-        let mut cfg = maps::config(&self.ebpf)?;
-        cfg.monitor = mode as u8;
-        maps::set_config(&mut self.ebpf, &cfg)
+        self.update_config(|c| c.monitor = mode as u8)
     }
 
     /// Raises the routes' generation, after a change to the routes trie: the programs' cached
     /// answers of earlier generations are never used again.
     fn next_route_gen(&mut self) -> Result<()> {
-        let mut cfg = maps::config(&self.ebpf)?;
         // Skips 0, the generation of the cache's empty slots.
-        cfg.route_gen = cfg.route_gen.checked_add(1).unwrap_or(1);
-        maps::set_config(&mut self.ebpf, &cfg)
+        self.update_config(|c| c.route_gen = c.route_gen.checked_add(1).unwrap_or(1))
     }
 
     /// Loads, pins and attaches for `cfg`, after clearing what a killed run left. On failure,
@@ -254,10 +257,10 @@ impl Dataplane {
         let mac = t
             .mac
             .ok_or_else(|| anyhow!("node.tunnel: {name} has no MAC address"))?;
-        let mut nc = maps::config(&self.ebpf)?;
-        nc.tunnel_ifindex = t.index;
-        nc.tunnel_mac = mac;
-        maps::set_config(&mut self.ebpf, &nc)?;
+        self.update_config(|c| {
+            c.tunnel_ifindex = t.index;
+            c.tunnel_mac = mac;
+        })?;
         log::info!(
             "tunnel device {name} (#{}, mtu {}) created",
             t.index,

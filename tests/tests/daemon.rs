@@ -11,6 +11,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use ipipd_tests::{
     NetNs, check,
     cluster::{Cluster, PodSpec, seed_nodes},
+    counters::ping,
     kernel_has_tcx, require_root,
 };
 
@@ -18,26 +19,22 @@ const M1: Ipv4Addr = Ipv4Addr::new(192, 168, 179, 2);
 const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 129);
 const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 130);
 
-/// `ping -c count` from a pod; Ok(true) when every reply came back.
+/// The seed's cluster with `pods_per_node` pods a node and ipipd running on both nodes.
+fn running(tag: &str, pods_per_node: usize) -> Cluster {
+    let mut c = Cluster::new(tag, &seed_nodes(pods_per_node)).unwrap();
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
+    c
+}
+
+/// `ping -c count` from a namespace; true when every reply came back.
+fn ping_all(ns: &NetNs, to: Ipv4Addr, count: u32) -> bool {
+    ping(ns, &format!("-c {count} -i 0.2 -W 2 {to}")).contains(&format!(" {count} received"))
+}
+
+/// `ping -c count` from a pod; true when every reply came back.
 fn ping_ok(c: &Cluster, node: &str, from: Ipv4Addr, to: Ipv4Addr, count: u32) -> bool {
-    let ns = &c.node(node).pod(from).ns;
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "ping",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-        ])
-        .arg(to.to_string())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!("{count} received"))
+    ping_all(&c.node(node).pod(from).ns, to, count)
 }
 
 fn json(c: &Cluster, node: &str, what: &str) -> serde_json::Value {
@@ -130,9 +127,7 @@ fn leftovers(ns: &NetNs, devices: &[&str]) -> Vec<String> {
 #[test]
 fn pods_reach_each_other_and_sigterm_leaves_nothing() {
     require_root();
-    let mut c = Cluster::new("d-basic", &seed_nodes(2)).unwrap();
-    c.start_daemon("master", None).unwrap();
-    c.start_daemon("node", None).unwrap();
+    let mut c = running("d-basic", 2);
     assert!(
         ping_ok(&c, "node", N1, M1, 3),
         "node → master pod\n{}",
@@ -196,9 +191,7 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
 #[test]
 fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
     require_root();
-    let mut c = Cluster::new("d-rt", &seed_nodes(1)).unwrap();
-    c.start_daemon("master", None).unwrap();
-    c.start_daemon("node", None).unwrap();
+    let mut c = running("d-rt", 1);
     let state = c.node("node").daemon.as_ref().unwrap().state_dir.clone();
     let sd = state.to_str().unwrap().to_string();
 
@@ -335,9 +328,7 @@ fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
 #[test]
 fn kill_9_then_restart_leaves_no_stale_state() {
     require_root();
-    let mut c = Cluster::new("d-k9", &seed_nodes(2)).unwrap();
-    c.start_daemon("master", None).unwrap();
-    c.start_daemon("node", None).unwrap();
+    let mut c = running("d-k9", 2);
     assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
     let d = c.node_mut("node").daemon.take().unwrap();
     let (cfg, pin, state_dir) = (d.config.clone(), d.pin_dir.clone(), d.state_dir.clone());
@@ -406,9 +397,7 @@ fn kill_9_then_restart_leaves_no_stale_state() {
 #[test]
 fn sighup_adds_a_peer_and_removes_an_endpoint_without_losing_a_ping() {
     require_root();
-    let mut c = Cluster::new("d-hup", &seed_nodes(2)).unwrap();
-    c.start_daemon("master", None).unwrap();
-    c.start_daemon("node", None).unwrap();
+    let c = running("d-hup", 2);
     assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
     let d = c.node("node").daemon.as_ref().unwrap();
     let cfg = d.config.clone();
@@ -655,19 +644,12 @@ fn bad_config_is_rejected_with_a_clear_error() {
 #[test]
 fn a_deleted_tunnel_device_is_recreated_with_its_routes() {
     require_root();
-    let mut c = Cluster::new("d-tun", &seed_nodes(1)).unwrap();
-    c.start_daemon("master", None).unwrap();
-    c.start_daemon("node", None).unwrap();
-    let host_ping = |c: &Cluster| {
-        c.node("node")
-            .ns
-            .sh(&format!(
-                "ping -c 2 -i 0.2 -W 2 {M1} >/dev/null && echo ok || true"
-            ))
-            .unwrap()
-            .contains("ok")
-    };
-    assert!(host_ping(&c), "host → remote pod\n{}", c.logs());
+    let c = running("d-tun", 1);
+    assert!(
+        ping_all(&c.node("node").ns, M1, 2),
+        "host → remote pod\n{}",
+        c.logs()
+    );
     let ns = &c.node("node").ns;
     let old = ns.ifindex("ipipd0").unwrap();
     ns.ip("link del ipipd0").unwrap();
@@ -683,6 +665,10 @@ fn a_deleted_tunnel_device_is_recreated_with_its_routes() {
         1,
         "to_tunnel on the new device"
     );
-    assert!(host_ping(&c), "host → remote pod after\n{}", c.logs());
+    assert!(
+        ping_all(&c.node("node").ns, M1, 2),
+        "host → remote pod after\n{}",
+        c.logs()
+    );
     assert!(ping_ok(&c, "node", N1, M1, 2), "pod → remote pod after");
 }

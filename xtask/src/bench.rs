@@ -129,10 +129,8 @@ struct Plan {
     scale_blocks: usize,
     scale_endpoints: usize,
     only: Vec<Part>,
-    /// `--cc`, passed to iperf3 (None: the namespaces' default).
-    cc: Option<String>,
-    /// The congestion control the TCP runs use, for the report.
-    cc_used: String,
+    /// The iperf3 TCP runs' congestion control (`-C`): `--cc`, or the host's default.
+    cc: String,
 }
 
 impl Plan {
@@ -281,9 +279,8 @@ pub fn run(opts: Opts) -> Result<()> {
         scale_blocks: 10_000,
         scale_endpoints: 1_000,
         only: opts.only.clone(),
-        cc: opts.cc.clone(),
         // A new namespace starts with the host's default.
-        cc_used: match &opts.cc {
+        cc: match &opts.cc {
             Some(cc) => cc.clone(),
             None => std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
                 .context("reading net.ipv4.tcp_congestion_control")?
@@ -560,8 +557,8 @@ fn iperf(
         Workload::Udp64 => args.extend(["-u", "-b", "0", "-l", "64"].map(String::from)),
         _ => {}
     }
-    if let (Workload::Tcp1 | Workload::Tcp4, Some(cc)) = (w, &plan.cc) {
-        args.extend(["-C".into(), cc.clone()]);
+    if matches!(w, Workload::Tcp1 | Workload::Tcp4) {
+        args.extend(["-C".into(), plan.cc.clone()]);
     }
     let mut last_err = String::new();
     let mut parsed = None;
@@ -1130,7 +1127,7 @@ fn report(
         "kernel": kernel_release(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         // With BBR, TCP's throughput here depends on the pods' MSS (see B_mtu).
-        "tcp_congestion_control": plan.cc_used,
+        "tcp_congestion_control": plan.cc,
         "kvm_device": kvm,
         "rounds": plan.rounds,
         "seconds_per_run": plan.seconds,
