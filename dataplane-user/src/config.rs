@@ -95,6 +95,7 @@ pub enum XdpMode {
 
 /// A peer node and the blocks it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Peer {
     pub address: Ipv4Addr,
     pub blocks: Vec<Ipv4Net>,
@@ -102,6 +103,7 @@ pub struct Peer {
 
 /// A local pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EndpointCfg {
     pub address: Ipv4Addr,
     pub interface: String,
@@ -479,8 +481,8 @@ impl Config {
 
     /// Checks against the running kernel: the uplink exists, the mtu fits it. Returns the
     /// effective underlay MTU.
-    pub fn check_kernel(&self, nl: &mut crate::netlink::Netlink) -> Result<u32> {
-        let Some(up) = nl.link_by_name(&self.node.uplink)? else {
+    pub async fn check_kernel(&self, nl: &crate::netlink::Netlink) -> Result<u32> {
+        let Some(up) = nl.link_by_name(&self.node.uplink).await? else {
             let msg = format!("no interface {:?} on this host", self.node.uplink);
             return Err(self.key_error("node.uplink", msg));
         };

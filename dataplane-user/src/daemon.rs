@@ -1,353 +1,268 @@
-//! `ipipd run`: the event loop. One thread, poll(2) over a signalfd (SIGHUP, SIGTERM, SIGINT),
-//! a netlink socket with link events, the control socket, and the connections of `ipipd
-//! monitor` clients (the programs emit events while one is connected). Every change goes through
-//! [`Dataplane::reconcile`]; /metrics, /healthz and /readyz are served on a thread of their own
-//! (see [`crate::metrics`]).
+//! `ipipd run`: the daemon, on tokio. One task, the owner, holds the data plane and is the only
+//! one that changes it; everything else sends it messages or wakes it:
+//!
+//! - signals (`tokio::signal::unix`): SIGHUP re-reads the file, SIGTERM/SIGINT stop;
+//! - the kernel's link, neighbour and route events (a netlink stream);
+//! - a 5 s interval that re-reads the peers' next hops;
+//! - the control socket: a task per connection (at most [`MAX_CLIENTS`], each with a deadline
+//!   for its request and a bound on its size) that forwards the request to the owner;
+//! - the programs' aya-log ring buffer (`AsyncFd`).
+//!
+//! /metrics, /healthz and /readyz are served by [`crate::metrics`] from what the owner
+//! publishes after every change.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{
-            fs::PermissionsExt,
-            net::{UnixListener, UnixStream},
-        },
-    },
+    collections::BTreeMap,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
 };
 
+use anyhow::{Context as _, Result, anyhow};
 use dataplane_common::MonitorMode;
-
-use anyhow::{Context as _, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
+use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio::{
+    io::unix::AsyncFd,
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::{Semaphore, mpsc, oneshot, watch},
+};
+use tokio_util::codec::Framed;
 
 use crate::{
+    apply::Dataplane,
     config::Config,
-    dataplane::Dataplane,
-    metrics::{Health, SharedHealth},
-    netlink::{LinkEvent, Netlink},
-    state::{Change, RuntimeChanges},
+    control::{self, Reply, Request},
+    desired::{Change, RuntimeChanges},
+    inspect,
+    metrics::{Attachment, Health},
+    netlink::{self, Event},
 };
 
-pub const SOCKET: &str = "ipipd.sock";
-
-/// A control request that is not a change: it keeps its connection open.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Control {
-    /// `ipipd monitor`: emit events while this connection is open.
-    Monitor { drops_only: bool },
-}
-
-/// The answer to a control request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub error: String,
-}
-
-/// How often, without any event, the loop re-reads the peers' next hops (milliseconds).
-/// Neighbour and route events trigger the same check at once.
-const NEXT_HOP_RECHECK_MS: i32 = 5_000;
+/// How often, without any event, the owner re-reads the peers' next hops. Neighbour and route
+/// events trigger the same check at once.
+const NEXT_HOP_RECHECK: Duration = Duration::from_secs(5);
+/// Control connections served at once; more are refused with an error reply.
+pub const MAX_CLIENTS: usize = 64;
+/// How long a control client may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The state directory of a node: runtime changes, the control socket, netlink filter records.
 pub fn default_state_dir(name: &str) -> PathBuf {
     PathBuf::from("/var/lib/ipipd").join(name)
 }
 
-/// Blocks SIGHUP, SIGTERM and SIGINT in this thread (and the threads it spawns from now on);
-/// returns the set, for the signalfd.
-fn block_signals() -> Result<libc::sigset_t> {
-    // SAFETY: plain signal-mask calls on a zeroed sigset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            bail!("blocking signals: {}", std::io::Error::last_os_error());
-        }
-        Ok(set)
-    }
+/// What the control socket's connection tasks ask of the owner.
+enum Command {
+    Change(Change, oneshot::Sender<Reply>),
+    /// A monitor client connected; its id comes back.
+    MonitorStart {
+        drops_only: bool,
+        id: oneshot::Sender<u64>,
+    },
+    MonitorEnd(u64),
 }
 
-fn signalfd() -> Result<OwnedFd> {
-    let set = block_signals()?;
-    // SAFETY: a valid sigset.
-    unsafe {
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            bail!("signalfd: {}", std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-fn read_signal(fd: &OwnedFd) -> Option<i32> {
-    // SAFETY: zeroed siginfo buffer of the right size.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let n = unsafe {
-        libc::read(
-            fd.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            std::mem::size_of::<libc::signalfd_siginfo>(),
-        )
-    };
-    (n == std::mem::size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo as i32)
-}
-
-/// Only root may change the node.
-fn peer_is_root(stream: &std::os::unix::net::UnixStream) -> bool {
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: valid fd and buffer.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && cred.uid == 0
-}
-
-pub struct Daemon {
+/// The owner of the data plane.
+struct Owner {
     config_path: PathBuf,
     file: Config,
     runtime: RuntimeChanges,
     dp: Dataplane,
-    health: SharedHealth,
+    health: watch::Sender<Health>,
     /// Connected `ipipd monitor` clients, and whether each wants drops only.
-    monitors: Vec<(UnixStream, bool)>,
+    monitors: BTreeMap<u64, bool>,
+    next_monitor: u64,
 }
 
-impl Daemon {
-    /// Validates everything, then brings the data plane up (rolling back on failure).
-    pub fn start(
-        config_path: &Path,
+/// Runs the daemon until SIGTERM or SIGINT, then tears the data plane down.
+pub async fn run(config_path: &Path, state_dir: &Path, metrics: Option<SocketAddr>) -> Result<()> {
+    let file = Config::load(config_path)?;
+    // From here on SIGTERM/SIGINT/SIGHUP are the owner's (not the default action, which would
+    // end the process without a teardown); one arriving during the bring-up waits for the loop.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // Served from before the bring-up: /healthz answers at once, /readyz says not ready.
+    let (health, health_rx) = watch::channel(Health {
+        waiting_for: "starting".into(),
+        ..Default::default()
+    });
+    if let Some(addr) = metrics {
+        crate::metrics::serve(addr, file.node.pin_dir.clone(), health_rx).await?;
+    }
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let runtime = RuntimeChanges::load(state_dir)?;
+    let desired = runtime.apply(&file).map_err(|e| {
+        anyhow!(
+            "{}: the runtime changes no longer fit the file: {e}",
+            state_dir.display()
+        )
+    })?;
+    let dp = Dataplane::start(&desired, state_dir).await?;
+    log::info!(
+        "node {} up: uplink {} (mtu {}), {} endpoints live, {} pending, {} peers",
+        file.node.name,
+        dp.uplink.name,
+        dp.mtu,
+        dp.plan.endpoints.len(),
+        dp.plan.pending.len(),
+        desired.peers.len()
+    );
+    let mut owner = Owner {
+        config_path: config_path.to_path_buf(),
+        file,
+        runtime,
+        dp,
+        health,
+        monitors: BTreeMap::new(),
+        next_monitor: 0,
+    };
+    let result = owner.serve(&mut term, &mut int, &mut hup, state_dir).await;
+    let _ = std::fs::remove_file(control::socket_path(state_dir));
+    owner.dp.teardown().await;
+    result
+}
+
+impl Owner {
+    async fn serve(
+        &mut self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+        hup: &mut tokio::signal::unix::Signal,
         state_dir: &Path,
-        metrics: Option<std::net::SocketAddr>,
-    ) -> Result<Self> {
-        let file = Config::load(config_path)?;
-        // Served from before the bring-up: /healthz answers at once, /readyz says not ready.
-        let health = SharedHealth::new(std::sync::Mutex::new(Health {
-            waiting_for: "starting".into(),
-            ..Default::default()
-        }));
-        // The signals the loop takes through its signalfd are blocked from here on: a thread
-        // spawned later (metrics) inherits the mask, so a SIGTERM is never delivered to it
-        // (whose default action would end the process without a teardown). One arriving
-        // during the bring-up waits for the loop, which then tears down.
-        block_signals()?;
-        if let Some(addr) = metrics {
-            crate::metrics::serve(addr, file.node.pin_dir.clone(), health.clone())?;
-        }
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
-        let runtime = RuntimeChanges::load(state_dir)?;
-        let desired = runtime.apply(&file).map_err(|e| {
-            anyhow!(
-                "{}: the runtime changes no longer fit the file: {e}",
-                state_dir.display()
-            )
-        })?;
-        let dp = Dataplane::start(&desired, state_dir)?;
-        log::info!(
-            "node {} up: uplink {} (mtu {}), {} endpoints live, {} pending, {} peers",
-            file.node.name,
-            dp.uplink.name,
-            dp.mtu,
-            dp.plan.endpoints.len(),
-            dp.plan.pending.len(),
-            desired.peers.len()
-        );
-        Ok(Daemon {
-            config_path: config_path.to_path_buf(),
-            file,
-            runtime,
-            dp,
-            health,
-            monitors: Vec::new(),
-        })
-    }
+    ) -> Result<()> {
+        let mut events = netlink::events()?;
+        let (tx, mut rx) = mpsc::channel::<Command>(MAX_CLIENTS);
+        let sock_path = control::socket_path(state_dir);
+        let _ = std::fs::remove_file(&sock_path);
+        let listener = UnixListener::bind(&sock_path)
+            .with_context(|| format!("binding {}", sock_path.display()))?;
+        std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+        let accept = tokio::spawn(accept_loop(listener, tx));
+        let mut log = self.dp.logger().and_then(|l| {
+            // SAFETY: the logger owns its ring buffer's fd, open and the same for its life.
+            unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+                .map_err(|e| log::warn!("the programs' log is not relayed: {e}"))
+                .ok()
+        });
+        // Interfaces may have come and gone while we started: look once more.
+        // (The bring-up wrote the config entry with the monitor off: nobody watches yet.)
+        let d = self.desired()?;
+        self.reconcile(&d).await?;
+        log::info!("ready; control socket {}", sock_path.display());
+        let mut tick = tokio::time::interval(NEXT_HOP_RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
 
-    /// What /readyz and /metrics report, after every change.
-    fn publish(&self) {
-        let mut h = self.dp.health(&self.file);
-        h.monitors = self.monitors.len();
-        if let Ok(mut shared) = self.health.lock() {
-            *shared = h;
-        }
-    }
-
-    /// The programs' monitor mode for the connected clients: all decisions if one wants them.
-    fn update_monitor(&mut self) {
-        let mode = if self.monitors.is_empty() {
-            MonitorMode::Off
-        } else if self.monitors.iter().any(|(_, drops)| !drops) {
-            MonitorMode::All
-        } else {
-            MonitorMode::Drops
+        let result = loop {
+            tokio::select! {
+                _ = term.recv() => { log::info!("SIGTERM: stopping"); break Ok(()); }
+                _ = int.recv() => { log::info!("SIGINT: stopping"); break Ok(()); }
+                _ = hup.recv() => self.reload().await,
+                ev = events.next() => {
+                    let Some(first) = ev else {
+                        break Err(anyhow!("the kernel's netlink event stream ended"));
+                    };
+                    // Everything already queued is one batch: one reconcile for all of it.
+                    let mut batch = vec![first];
+                    while let Some(Some(e)) = events.next().now_or_never() {
+                        batch.push(e);
+                    }
+                    self.on_events(&batch).await;
+                }
+                _ = tick.tick() => self.refresh_next_hops().await,
+                Some(cmd) = rx.recv() => self.command(cmd).await,
+                () = relay_log(&mut log) => {}
+            }
         };
-        match self.dp.set_monitor(mode) {
-            Ok(()) => log::info!("monitor {mode:?} ({} client(s))", self.monitors.len()),
-            Err(e) => log::error!("setting the monitor mode: {e:#}"),
-        }
-        self.publish();
+        accept.abort();
+        self.monitors.clear();
+        result
     }
 
     fn desired(&self) -> Result<Config> {
         self.runtime.apply(&self.file)
     }
 
+    /// What /readyz and /metrics report.
+    fn publish(&self) {
+        let wanted = self
+            .dp
+            .wanted(&self.desired().unwrap_or_else(|_| self.file.clone()));
+        let attachments: Vec<Attachment> = wanted
+            .iter()
+            .map(|w| Attachment {
+                interface: inspect::ifname(w.ifindex),
+                hook: w.hook.name(),
+                attached: w.attached,
+            })
+            .collect();
+        let missing: Vec<String> = attachments
+            .iter()
+            .filter(|a| !a.attached)
+            .map(|a| format!("{} on {}", a.hook, a.interface))
+            .collect();
+        self.health.send_replace(Health {
+            ready: missing.is_empty(),
+            waiting_for: missing.join(", "),
+            attachments,
+            pending: self
+                .dp
+                .plan
+                .pending
+                .iter()
+                .map(|(a, n)| (a.to_string(), n.clone()))
+                .collect(),
+            attach_mode: if self.dp.tcx() { "tcx" } else { "netlink" },
+            monitors: self.monitors.len(),
+        });
+    }
+
     /// The one way a desired state is applied: the data plane reconciled, then what /readyz and
     /// /metrics say updated, whether or not the reconcile went through.
-    fn reconcile(&mut self, desired: &Config) -> Result<()> {
-        let applied = self.dp.reconcile(desired);
+    async fn reconcile(&mut self, desired: &Config) -> Result<()> {
+        let applied = self.dp.reconcile(desired).await;
         self.publish();
         applied
     }
 
-    /// Runs until SIGTERM or SIGINT, then tears the data plane down.
-    pub fn run(mut self) -> Result<()> {
-        let sig = signalfd()?;
-        let mut events = Netlink::link_events()?;
-        let sock_path = self.dp.state_dir.join(SOCKET);
-        let _ = std::fs::remove_file(&sock_path);
-        let listener = UnixListener::bind(&sock_path)
-            .with_context(|| format!("binding {}", sock_path.display()))?;
-        std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
-        listener.set_nonblocking(true)?;
-        // Interfaces may have come and gone while we started: look once more.
-        // (The bring-up wrote the config entry with the monitor off: nobody watches yet.)
-        let d = self.desired()?;
-        self.reconcile(&d)?;
-        log::info!("ready; control socket {}", sock_path.display());
-
-        let result = loop {
-            let log_fd = self.dp.log_fd().unwrap_or(-1);
-            let mut fds = vec![
-                libc::pollfd {
-                    fd: sig.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: events.raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                // A negative fd is ignored by poll(2).
-                libc::pollfd {
-                    fd: log_fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // Monitor clients: readable means gone (they send nothing after their request).
-            fds.extend(self.monitors.iter().map(|(s, _)| libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }));
-            // SAFETY: valid pollfd array.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as u64, NEXT_HOP_RECHECK_MS) };
-            if n == 0 {
-                self.refresh_next_hops();
-                continue;
+    async fn on_events(&mut self, batch: &[Event]) {
+        for ev in batch {
+            match ev {
+                Event::LinkNew(l) => log::debug!("link {} ({}) is up or changed", l.name, l.index),
+                Event::LinkDel { index, name } => log::info!("link {name} ({index}) is gone"),
+                Event::Resync => log::warn!("netlink dropped events: resyncing"),
+                Event::NextHops => {}
             }
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                break Err(anyhow!("poll: {e}"));
-            }
-            if fds[0].revents != 0 {
-                match read_signal(&sig) {
-                    Some(libc::SIGHUP) => self.reload(),
-                    Some(s) => {
-                        log::info!("signal {s}: stopping");
-                        break Ok(());
-                    }
-                    None => {}
-                }
-            }
-            if fds[1].revents != 0 {
-                match events.events() {
-                    Ok(evs) if !evs.is_empty() => {
-                        for ev in &evs {
-                            match ev {
-                                LinkEvent::New(l) => {
-                                    log::debug!("link {} ({}) is up or changed", l.name, l.index)
-                                }
-                                LinkEvent::Del { index, name } => {
-                                    log::info!("link {name} ({index}) is gone")
-                                }
-                                LinkEvent::Resync => {
-                                    log::warn!("netlink dropped link events: resyncing")
-                                }
-                                LinkEvent::NextHops => {}
-                            }
-                        }
-                        if evs.iter().all(|e| matches!(e, LinkEvent::NextHops)) {
-                            self.refresh_next_hops();
-                        } else if let Err(e) = self.desired().and_then(|d| self.reconcile(&d)) {
-                            log::error!("reconciling after link events: {e:#}");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::error!("reading link events: {e:#}"),
-                }
-            }
-            if fds[3].revents != 0 {
-                self.dp.flush_log();
-            }
-            let gone: Vec<usize> = fds[4..]
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| f.revents != 0)
-                .map(|(i, _)| i)
-                .collect();
-            if !gone.is_empty() {
-                for i in gone.into_iter().rev() {
-                    self.monitors.remove(i);
-                }
-                self.update_monitor();
-            }
-            if fds[2].revents != 0 {
-                while let Ok((stream, _)) = listener.accept() {
-                    self.serve(stream);
-                }
-            }
-        };
-        self.monitors.clear();
-        let _ = std::fs::remove_file(&sock_path);
-        self.shutdown();
-        result
+        }
+        if batch.iter().all(|e| *e == Event::NextHops) {
+            self.refresh_next_hops().await;
+        } else if let Err(e) = async { self.reconcile(&self.desired()?).await }.await {
+            log::error!("reconciling after link events: {e:#}");
+        }
     }
 
-    /// Re-reads the peers' next hops from the kernel; reconciles when one changed.
-    fn refresh_next_hops(&mut self) {
+    /// Re-reads the peers' next hops; reconciles when one changed.
+    async fn refresh_next_hops(&mut self) {
         let Ok(d) = self.desired() else { return };
-        if self.dp.next_hops_changed(&d) {
-            log::info!("a peer's next hop changed: updating the routes");
-            if let Err(e) = self.reconcile(&d) {
-                log::error!("reconciling after a next-hop change: {e:#}");
+        match self.dp.next_hops_changed(&d).await {
+            Ok(true) => {
+                log::info!("a peer's next hop changed: updating the routes");
+                if let Err(e) = self.reconcile(&d).await {
+                    log::error!("reconciling after a next-hop change: {e:#}");
+                }
             }
+            Ok(false) => {}
+            Err(e) => log::warn!("reading the peers' next hops: {e:#}"),
         }
     }
 
     /// SIGHUP: re-read the file; replace only its part; an invalid file changes nothing.
-    fn reload(&mut self) {
+    async fn reload(&mut self) {
         let file = match Config::load(&self.config_path) {
             Ok(f) => f,
             Err(e) => {
@@ -369,7 +284,7 @@ impl Daemon {
                 return;
             }
         };
-        match self.reconcile(&desired) {
+        match self.reconcile(&desired).await {
             Ok(()) => {
                 self.file = file;
                 log::info!("SIGHUP: config reloaded");
@@ -378,85 +293,171 @@ impl Daemon {
         }
     }
 
-    fn serve(&mut self, stream: UnixStream) {
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-        let mut monitor = None;
-        let reply = if !peer_is_root(&stream) {
-            Reply {
-                ok: false,
-                error: "only root may change the node".into(),
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Change(change, reply) => {
+                let r = match self.change(&change).await {
+                    Ok(()) => Reply::ok(),
+                    Err(e) => Reply::error(format!("{e:#}")),
+                };
+                let _ = reply.send(r);
             }
-        } else {
-            let mut line = String::new();
-            match BufReader::new(&stream).read_line(&mut line) {
-                Ok(_) if let Ok(Control::Monitor { drops_only }) = serde_json::from_str(&line) => {
-                    monitor = Some(drops_only);
-                    Reply {
-                        ok: true,
-                        error: String::new(),
-                    }
+            Command::MonitorStart { drops_only, id } => {
+                self.next_monitor += 1;
+                self.monitors.insert(self.next_monitor, drops_only);
+                let _ = id.send(self.next_monitor);
+                self.update_monitor();
+            }
+            Command::MonitorEnd(id) => {
+                if self.monitors.remove(&id).is_some() {
+                    self.update_monitor();
                 }
-                Ok(_) => match serde_json::from_str::<Change>(&line) {
-                    Ok(change) => match self.change(&change) {
-                        Ok(()) => Reply {
-                            ok: true,
-                            error: String::new(),
-                        },
-                        Err(e) => Reply {
-                            ok: false,
-                            error: format!("{e:#}"),
-                        },
-                    },
-                    Err(e) => Reply {
-                        ok: false,
-                        error: format!("bad request: {e}"),
-                    },
-                },
-                Err(e) => Reply {
-                    ok: false,
-                    error: format!("reading the request: {e}"),
-                },
             }
-        };
-        let mut s = &stream;
-        let _ = writeln!(s, "{}", serde_json::to_string(&reply).unwrap_or_default());
-        if let Some(drops_only) = monitor {
-            self.monitors.push((stream, drops_only));
-            self.update_monitor();
         }
     }
 
     /// A runtime change: validated whole with the file, applied, then persisted.
-    fn change(&mut self, change: &Change) -> Result<()> {
+    async fn change(&mut self, change: &Change) -> Result<()> {
         let rt = self.runtime.with(&self.file, change)?;
         let desired = rt.apply(&self.file)?;
-        self.reconcile(&desired)?;
+        self.reconcile(&desired).await?;
         rt.save(&self.dp.state_dir)?;
         self.runtime = rt;
         log::info!("applied {change:?}");
         Ok(())
     }
 
-    /// The separate teardown step.
-    fn shutdown(mut self) {
-        self.dp.teardown();
+    /// The programs' monitor mode for the connected clients: all decisions if one wants them.
+    fn update_monitor(&mut self) {
+        let mode = if self.monitors.is_empty() {
+            MonitorMode::Off
+        } else if self.monitors.values().any(|drops| !drops) {
+            MonitorMode::All
+        } else {
+            MonitorMode::Drops
+        };
+        match self.dp.set_monitor(mode) {
+            Ok(()) => log::info!("monitor {mode:?} ({} client(s))", self.monitors.len()),
+            Err(e) => log::error!("setting the monitor mode: {e:#}"),
+        }
+        self.publish();
     }
 }
 
-/// Sends one change to a running daemon and returns its answer.
-pub fn request(state_dir: &Path, change: &Change) -> Result<()> {
-    let path = state_dir.join(SOCKET);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .with_context(|| format!("connecting to {} (is ipipd running?)", path.display()))?;
-    writeln!(stream, "{}", serde_json::to_string(change)?)?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let reply: Reply =
-        serde_json::from_str(&line).with_context(|| format!("bad reply {line:?}"))?;
-    if reply.ok {
-        Ok(())
-    } else {
-        bail!("{}", reply.error)
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Relays what the programs logged into this process's log, once their ring buffer has some.
+async fn relay_log(log: &mut Option<AsyncFd<Logger>>) {
+    let Some(l) = log.as_mut() else {
+        return std::future::pending().await;
+    };
+    match l.readable_mut().await {
+        Ok(mut g) => {
+            g.get_inner_mut().flush();
+            g.clear_ready();
+        }
+        Err(e) => {
+            log::warn!("the programs' log: {e}; no longer relayed");
+            *log = None;
+        }
+    }
+}
+
+/// Accepts control connections, each served by a task of its own; beyond [`MAX_CLIENTS`] at
+/// once, a connection gets an error reply and is closed.
+async fn accept_loop(listener: UnixListener, tx: mpsc::Sender<Command>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::warn!("control socket: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    connection(stream, tx).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut f = Framed::new(stream, control::codec());
+                    let busy = Reply::error(format!(
+                        "too many control clients ({MAX_CLIENTS}); try again"
+                    ));
+                    let _ = tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        f.send(serde_json::to_string(&busy).unwrap_or_default()),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+}
+
+/// One control connection: a request within [`REQUEST_TIMEOUT`], its reply; a monitor's
+/// connection then stays open until the client goes.
+async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
+    let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    let mut f = Framed::new(stream, control::codec());
+    let reply = |r: Reply| serde_json::to_string(&r).unwrap_or_default();
+    if !root {
+        let _ = f
+            .send(reply(Reply::error("only root may change the node")))
+            .await;
+        return;
+    }
+    let req = match tokio::time::timeout(REQUEST_TIMEOUT, f.next()).await {
+        Err(_) => {
+            let _ = f
+                .send(reply(Reply::error(format!(
+                    "no request within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                ))))
+                .await;
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(frame)) => control::decode(frame),
+    };
+    match req {
+        Err(e) => {
+            let _ = f.send(reply(Reply::error(e))).await;
+        }
+        Ok(Request::Change(change)) => {
+            let (rtx, rrx) = oneshot::channel();
+            let r = match tx.send(Command::Change(change, rtx)).await {
+                Ok(()) => rrx
+                    .await
+                    .unwrap_or_else(|_| Reply::error("the daemon is stopping")),
+                Err(_) => Reply::error("the daemon is stopping"),
+            };
+            let _ = f.send(reply(r)).await;
+        }
+        Ok(Request::Monitor { drops_only }) => {
+            let (itx, irx) = oneshot::channel();
+            if tx
+                .send(Command::MonitorStart {
+                    drops_only,
+                    id: itx,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let Ok(id) = irx.await else { return };
+            if f.send(reply(Reply::ok())).await.is_ok() {
+                // The client sends nothing more: anything from it, or its end, closes it.
+                let _ = f.next().await;
+            }
+            let _ = tx.send(Command::MonitorEnd(id)).await;
+        }
     }
 }

@@ -1,18 +1,29 @@
-//! ipipd's user space: config, the data plane's maps and attachments, the daemon, the CLI's
-//! read side, and the embedded eBPF object.
+//! ipipd's user space. The flow of a change, one direction:
+//!
+//! desired state ([`config`] + [`desired`]) → [`plan::KernelView::read`] (reads only) →
+//! [`plan::plan`] (pure) → [`apply`] (the only writer: maps, [`attach`]ments, routes,
+//! [`tunnel`] device).
+//!
+//! Around it: [`daemon`] (tokio: the owner task, signals, events, the [`control`] socket),
+//! [`metrics`] (hyper), [`netlink`] (rtnetlink), [`loader`] and [`pins`] (the object and
+//! bpffs), [`maps`] (typed map access), [`inspect`] and [`monitor`] (the CLI's read side).
 
-pub mod bpfsys;
+pub mod apply;
+pub mod attach;
 pub mod config;
+pub mod control;
 pub mod daemon;
-pub mod dataplane;
+pub mod desired;
 pub mod inspect;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod monitor;
 pub mod netlink;
-pub mod state;
+pub mod pins;
+pub mod plan;
 pub mod testrun;
+pub mod tunnel;
 
 /// The eBPF object built by build.rs (bpfel, BTF), aligned for the ELF parser.
 pub static EBPF_OBJECT: &[u8] =

@@ -1,26 +1,36 @@
 //! `ipipd run --metrics-addr`: HTTP `/metrics` (OpenMetrics text, which Prometheus scrapes),
 //! `/healthz` (the process is up) and `/readyz` (every configured interface attached and the
 //! maps programmed; endpoints still waiting for their interface are listed, and do not hold it
-//! back). One thread; each scrape reads the pinned maps, as `ipipd stats` does.
+//! back), served with hyper. Each connection is a task of its own with a deadline for its
+//! request head, and at most [`MAX_CONNECTIONS`] are served at once: an idle or slow client
+//! delays nobody else. Each scrape reads the pinned maps, as `ipipd stats` does.
 
 use std::{
-    fmt::Write as _,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
+    convert::Infallible, fmt::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
 };
 
 use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 
 use crate::inspect;
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One attachment the config asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +40,7 @@ pub struct Attachment {
     pub attached: bool,
 }
 
-/// What the daemon's loop last saw; the HTTP thread reads it.
+/// What the daemon last published; each request reads the newest.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     /// The maps are programmed and every configured attachment is in place.
@@ -46,97 +56,132 @@ pub struct Health {
     pub monitors: usize,
 }
 
-pub type SharedHealth = Arc<Mutex<Health>>;
-
 /// Binds `addr` (so a taken port fails the start, before anything is attached) and serves it
-/// on a thread for the life of the process.
-pub fn serve(addr: SocketAddr, pin_dir: PathBuf, health: SharedHealth) -> Result<()> {
-    let listener =
-        TcpListener::bind(addr).with_context(|| format!("--metrics-addr {addr}: binding"))?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = handle(stream, &pin_dir, &health) {
-                    log::debug!("metrics: {e:#}");
+/// on the runtime for the life of the process.
+pub async fn serve(
+    addr: SocketAddr,
+    pin_dir: PathBuf,
+    health: watch::Receiver<Health>,
+) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-addr {addr}: binding"))?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pin_dir = Arc::new(pin_dir);
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    log::debug!("metrics: accept: {e}");
+                    continue;
                 }
-            }
-        })?;
+            };
+            let (pin_dir, health) = (pin_dir.clone(), health.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let (pin_dir, health) = (pin_dir.clone(), health.borrow().clone());
+                    async move { Ok::<_, Infallible>(respond(req, pin_dir, health).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    log::debug!("metrics: {e}");
+                }
+                drop(permit);
+            });
+        }
+    });
     log::info!("metrics on http://{addr}/metrics (/healthz, /readyz)");
     Ok(())
 }
 
-fn handle(stream: TcpStream, pin_dir: &std::path::Path, health: &SharedHealth) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(&stream);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // The rest of the head, up to the empty line (bounded).
-    let mut line = String::new();
-    for _ in 0..100 {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-    }
-    let mut parts = request.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let h = health.lock().map(|h| h.clone()).unwrap_or_default();
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => match metrics_text(pin_dir, &h) {
-            Ok(text) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            ),
-            Err(e) => (
-                "500 Internal Server Error",
-                "text/plain",
-                format!("{e:#}\n"),
-            ),
-        },
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => {
-            let mut body = String::new();
-            if h.ready {
-                body += "ready\n";
-            } else {
-                let _ = writeln!(body, "not ready: {}", h.waiting_for);
-            }
-            for a in &h.attachments {
-                let _ = writeln!(
-                    body,
-                    "{} {} {}",
-                    a.interface,
-                    a.hook,
-                    if a.attached { "attached" } else { "missing" }
-                );
-            }
-            for (addr, ifc) in &h.pending {
-                let _ = writeln!(body, "pending endpoint {addr} (waiting for {ifc})");
-            }
-            let status = if h.ready {
-                "200 OK"
-            } else {
-                "503 Service Unavailable"
-            };
-            (status, "text/plain", body)
-        }
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    pin_dir: Arc<PathBuf>,
+    h: Health,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".to_string(),
-        ),
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            // The maps are read with blocking syscalls: off the runtime's workers.
+            let res = tokio::task::spawn_blocking(move || metrics_text(&pin_dir, &h)).await;
+            match res {
+                Ok(Ok(body)) => text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                ),
+                Ok(Err(e)) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e:#}\n"),
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            }
+        }
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let (status, body) = readyz(&h);
+            text(status, "text/plain", body)
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// /readyz's answer: 200 and "ready", or 503 and what is missing; then every attachment and
+/// every pending endpoint.
+pub fn readyz(h: &Health) -> (StatusCode, String) {
+    let mut body = String::new();
+    if h.ready {
+        body += "ready\n";
+    } else {
+        let _ = writeln!(body, "not ready: {}", h.waiting_for);
+    }
+    for a in &h.attachments {
+        let _ = writeln!(
+            body,
+            "{} {} {}",
+            a.interface,
+            a.hook,
+            if a.attached { "attached" } else { "missing" }
+        );
+    }
+    for (addr, ifc) in &h.pending {
+        let _ = writeln!(body, "pending endpoint {addr} (waiting for {ifc})");
+    }
+    let status = if h.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut s = &stream;
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(())
+    (status, body)
 }
 
 /// A snapshot of everything /metrics reports, taken when the scrape comes in.

@@ -2,20 +2,15 @@
 //! asks the daemon (control socket) to turn the programs' monitor on and keeps that connection
 //! open; when it goes, however it goes, the daemon turns the monitor off again.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::Ipv4Addr,
-    os::fd::AsRawFd as _,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{io::Write as _, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, RingBuf};
 use dataplane_common::{Event, Hook, Reason, Tuple, map_names};
 use serde::Serialize;
+use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::daemon::{Control, Reply, SOCKET};
+use crate::control::{Client, Request};
 
 pub struct Options {
     pub drops_only: bool,
@@ -118,7 +113,25 @@ fn involves(ev: &Event, endpoint: Option<Ipv4Addr>) -> bool {
         .any(|t| t.valid != 0 && (t.src == o || t.dst == o))
 }
 
-pub fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
+/// The text form of one decision.
+fn text(l: &Line) -> String {
+    let mut text = format!(
+        "{:<15} {:<11} {:<12} {:<7} {:<24} len {:<5}",
+        l.interface, l.hook, l.direction, l.verdict, l.reason, l.len
+    );
+    if let Some(o) = &l.outer {
+        text += &format!(" {o}");
+    }
+    if let Some(i) = &l.inner {
+        text += &format!(" [inner {i}]");
+    }
+    if let Some(e) = &l.ethertype {
+        text += &format!(" ethertype {e}");
+    }
+    text
+}
+
+pub async fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
     let path = pin_dir.join(map_names::EVENTS);
     let data = MapData::from_pin(&path).with_context(|| {
         format!(
@@ -129,24 +142,16 @@ pub fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
     let mut ring: RingBuf<MapData> = RingBuf::try_from(Map::RingBuf(data))?;
     // What an earlier client left unread is not this session's.
     while ring.next().is_some() {}
+    // SAFETY: the ring buffer owns its map's fd, open and the same for its life.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
 
-    let sock = state_dir.join(SOCKET);
-    let mut stream = std::os::unix::net::UnixStream::connect(&sock)
-        .with_context(|| format!("connecting to {} (is ipipd running?)", sock.display()))?;
-    writeln!(
-        stream,
-        "{}",
-        serde_json::to_string(&Control::Monitor {
-            drops_only: opts.drops_only
-        })?
-    )?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply)?;
-    let reply: Reply =
-        serde_json::from_str(&reply).with_context(|| format!("bad reply {reply:?}"))?;
-    if !reply.ok {
-        bail!("{}", reply.error);
-    }
+    let mut client = Client::connect(state_dir).await?;
+    client
+        .call(&Request::Monitor {
+            drops_only: opts.drops_only,
+        })
+        .await?;
     if !opts.json {
         eprintln!(
             "monitoring {} (Ctrl-C to stop)",
@@ -158,34 +163,17 @@ pub fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
         );
     }
 
-    let started = Instant::now();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut seen = 0u64;
-    let stdout = std::io::stdout();
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: ring.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: valid pollfd array.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                bail!("poll: {e}");
-            }
-        }
-        if fds[1].revents != 0 {
-            bail!("the daemon closed the monitor connection (did ipipd stop?)");
-        }
+        let mut guard = tokio::select! {
+            g = ring.readable_mut() => g?,
+            () = client.closed() => bail!("the daemon closed the monitor connection (did ipipd stop?)"),
+            () = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => return Ok(()),
+        };
+        let stdout = std::io::stdout();
         let mut out = stdout.lock();
+        let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if item.len() < size_of::<Event>() {
                 continue;
@@ -199,20 +187,7 @@ pub fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
             if opts.json {
                 writeln!(out, "{}", serde_json::to_string(&l)?)?;
             } else {
-                let mut text = format!(
-                    "{:<15} {:<11} {:<12} {:<7} {:<24} len {:<5}",
-                    l.interface, l.hook, l.direction, l.verdict, l.reason, l.len
-                );
-                if let Some(o) = &l.outer {
-                    text += &format!(" {o}");
-                }
-                if let Some(i) = &l.inner {
-                    text += &format!(" [inner {i}]");
-                }
-                if let Some(e) = &l.ethertype {
-                    text += &format!(" ethertype {e}");
-                }
-                writeln!(out, "{text}")?;
+                writeln!(out, "{}", text(&l))?;
             }
             seen += 1;
             if opts.count.is_some_and(|c| seen >= c) {
@@ -221,8 +196,6 @@ pub fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()> {
             }
         }
         out.flush()?;
-        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
-            return Ok(());
-        }
+        guard.clear_ready();
     }
 }

@@ -1,75 +1,33 @@
-//! A small rtnetlink client: links (with the veth peer's MAC across namespaces), IPv4
-//! addresses, route and neighbour lookup, the slow-path routes ipipd owns, and link, neighbour
-//! and route events.
+//! The kernel's network state, through the rust-netlink crates (`rtnetlink` for requests,
+//! `netlink-packet-route` for the messages): links (with a veth peer's MAC across namespaces),
+//! IPv4 addresses, route and neighbour lookups, the slow-path routes ipipd owns, and the link,
+//! neighbour and route events the daemon follows.
 //!
-//! ipipd's routes carry their own protocol number ([`RTPROT_IPIPD`]), so a restarted daemon finds
-//! every route a previous one left and reconciles them.
+//! ipipd's routes carry their own protocol number ([`RTPROT_IPIPD`]), so a restarted daemon
+//! finds every route a previous one left and reconciles them. The conversions between ipipd's
+//! [`Route`] and the kernel's message are pure functions ([`route_message`], [`parse_route`]).
 
-use std::{
-    io,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::{Result, anyhow};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::AddressAttribute,
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+        RouteScope, RouteType,
+    },
 };
-
-use anyhow::{Result, anyhow, bail};
+use rtnetlink::{
+    Handle, LinkMessageBuilder, LinkUnspec, MulticastGroup, RouteMessageBuilder,
+    packet_core::{NetlinkMessage, NetlinkPayload},
+};
 
 /// The `proto` of every route ipipd installs (`ip route show proto 180`).
 pub const RTPROT_IPIPD: u8 = 180;
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-pub const RTM_NEWLINK: u16 = 16;
-pub const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_GETADDR: u16 = 22;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_DELNEIGH: u16 = 29;
-const RTM_GETNEIGH: u16 = 30;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-/// NUD_VALID: PERMANENT | NOARP | REACHABLE | PROBE | STALE | DELAY, the states whose MAC the
-/// kernel itself would send to.
-const NUD_VALID: u16 = 0x80 | 0x40 | 0x02 | 0x10 | 0x04 | 0x08;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_EXCL: u16 = 0x200;
-const IFF_UP: u32 = libc::IFF_UP as u32;
-const IFF_NOARP: u32 = libc::IFF_NOARP as u32;
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINK: u16 = 5;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
-const VETH_INFO_PEER: u16 = 1;
-const IFLA_LINK_NETNSID: u16 = 37;
-const IFLA_TARGET_NETNSID: u16 = 46;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PREFSRC: u16 = 7;
-const RTA_METRICS: u16 = 8;
-const RTA_TABLE: u16 = 15;
-const RTAX_MTU: u16 = 2;
-const RTN_UNICAST: u8 = 1;
-const RTN_BLACKHOLE: u8 = 6;
-const RT_SCOPE_UNIVERSE: u8 = 0;
-const RT_SCOPE_LINK: u8 = 253;
-const RT_TABLE_MAIN: u8 = 254;
-const RTNH_F_ONLINK: u32 = 4;
-const RTMGRP_LINK: u32 = 1;
-const RTMGRP_NEIGH: u32 = 4;
-const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-const AF_INET: u8 = libc::AF_INET as u8;
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,17 +43,16 @@ pub struct Link {
     pub kind: Option<String>,
 }
 
-/// A link event from [`Netlink::events`].
-#[derive(Debug, Clone)]
-pub enum LinkEvent {
-    New(Link),
-    Del {
-        index: u32,
-        name: String,
-    },
+/// An event of the kernel's that the daemon acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A link appeared or changed.
+    LinkNew(Link),
+    /// A link went away.
+    LinkDel { index: u32, name: String },
     /// An IPv4 neighbour, or a route ipipd does not own, changed: next hops may have.
     NextHops,
-    /// The kernel dropped events (ENOBUFS): resync from a full dump.
+    /// The kernel dropped events (the socket's buffer overran): resync from a full dump.
     Resync,
 }
 
@@ -157,51 +114,96 @@ impl std::fmt::Display for Route {
     }
 }
 
-pub struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
-}
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(align(buf.len()), 0);
-}
-
-/// Iterates (type, data) over the attributes in `buf`.
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
+/// The kernel message that installs (or deletes) `route` in the main table, with ipipd's
+/// protocol.
+pub fn route_message(route: &Route) -> RouteMessage {
+    let (dst, len) = route.dst();
+    let b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, len)
+        .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
+        .protocol(RouteProtocol::Other(RTPROT_IPIPD));
+    match route {
+        Route::Via {
+            gateway, oif, mtu, ..
+        } => {
+            let mut b = b
+                .gateway(*gateway)
+                .output_interface(*oif)
+                .scope(RouteScope::Universe)
+                .onlink();
+            b.get_mut()
+                .attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(*mtu)]));
+            b.build()
         }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
+        Route::Dev { oif, .. } => b.output_interface(*oif).scope(RouteScope::Link).build(),
+        Route::Tunnel { oif, src, .. } => b
+            .output_interface(*oif)
+            .pref_source(*src)
+            .scope(RouteScope::Link)
+            .build(),
+        Route::Blackhole { .. } => b
+            .kind(RouteType::BlackHole)
+            .scope(RouteScope::Universe)
+            .build(),
+    }
+}
+
+/// ipipd's route in a kernel message: None when it is not an IPv4 route of the main table with
+/// ipipd's protocol.
+pub fn parse_route(m: &RouteMessage) -> Option<Route> {
+    let h = &m.header;
+    if h.address_family != AddressFamily::Inet
+        || h.protocol != RouteProtocol::Other(RTPROT_IPIPD)
+        || table_of(m) != u32::from(RouteHeader::RT_TABLE_MAIN)
+    {
+        return None;
+    }
+    let (mut dst, mut gw, mut oif, mut mtu, mut src) = (Ipv4Addr::UNSPECIFIED, None, 0, 0, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+            RouteAttribute::Oif(o) => oif = *o,
+            RouteAttribute::PrefSource(RouteAddress::Inet(s)) => src = Some(*s),
+            RouteAttribute::Metrics(ms) => {
+                for x in ms {
+                    if let RouteMetric::Mtu(v) = x {
+                        mtu = *v;
+                    }
+                }
+            }
+            _ => {}
         }
-        let data = &buf[4..len];
-        buf = &buf[align(len).min(buf.len())..];
-        Some((ty, data))
+    }
+    let dst = (dst, h.destination_prefix_length);
+    Some(match (h.kind, gw, src) {
+        (RouteType::BlackHole, _, _) => Route::Blackhole { dst },
+        (_, Some(gateway), _) => Route::Via {
+            dst,
+            gateway,
+            oif,
+            mtu,
+        },
+        (_, None, Some(src)) => Route::Tunnel { dst, oif, src },
+        (_, None, None) => Route::Dev { dst, oif },
     })
 }
 
-fn u32_of(d: &[u8]) -> Option<u32> {
-    Some(u32::from_ne_bytes(d.get(..4)?.try_into().ok()?))
+fn table_of(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
 }
 
-fn parse_link(payload: &[u8]) -> Option<Link> {
-    if payload.len() < 16 {
-        return None;
-    }
-    let index = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
+/// A link as ipipd reads it from the kernel's message.
+pub fn parse_link(m: &LinkMessage) -> Link {
     let mut link = Link {
-        index,
+        index: m.header.index,
         name: String::new(),
         mac: None,
         mtu: 0,
@@ -209,262 +211,199 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
         link_netnsid: None,
         kind: None,
     };
-    for (ty, data) in attrs(&payload[16..]) {
-        match ty {
-            IFLA_IFNAME => {
-                link.name =
-                    String::from_utf8_lossy(data.split(|b| *b == 0).next().unwrap_or_default())
-                        .into_owned()
-            }
-            IFLA_ADDRESS if data.len() == 6 => link.mac = data.try_into().ok(),
-            IFLA_MTU => link.mtu = u32_of(data).unwrap_or(0),
-            IFLA_LINK => link.link = u32_of(data),
-            IFLA_LINK_NETNSID => link.link_netnsid = u32_of(data).map(|v| v as i32),
-            IFLA_LINKINFO => {
-                link.kind = attrs(data)
-                    .find(|(t, _)| *t == IFLA_INFO_KIND)
-                    .map(|(_, d)| {
-                        String::from_utf8_lossy(d.split(|b| *b == 0).next().unwrap_or_default())
-                            .into_owned()
-                    })
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
+            LinkAttribute::Mtu(v) => link.mtu = *v,
+            LinkAttribute::Link(v) => link.link = Some(*v),
+            LinkAttribute::LinkNetNsId(v) => link.link_netnsid = Some(*v),
+            LinkAttribute::LinkInfo(infos) => {
+                link.kind = infos.iter().find_map(|i| match i {
+                    LinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                })
             }
             _ => {}
         }
     }
-    Some(link)
+    link
+}
+
+/// What a kernel notification means to the daemon, if anything: links, IPv4 neighbours, and
+/// IPv4 routes that are not ipipd's own (which may change a next hop).
+pub fn event_of(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<Event> {
+    match &msg.payload {
+        NetlinkPayload::InnerMessage(m) => match m {
+            RouteNetlinkMessage::NewLink(l) => Some(Event::LinkNew(parse_link(l))),
+            RouteNetlinkMessage::DelLink(l) => {
+                let l = parse_link(l);
+                Some(Event::LinkDel {
+                    index: l.index,
+                    name: l.name,
+                })
+            }
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n)
+                if n.header.family == AddressFamily::Inet =>
+            {
+                Some(Event::NextHops)
+            }
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r)
+                if r.header.address_family == AddressFamily::Inet
+                    && r.header.protocol != RouteProtocol::Other(RTPROT_IPIPD) =>
+            {
+                Some(Event::NextHops)
+            }
+            _ => None,
+        },
+        NetlinkPayload::Overrun(_) => Some(Event::Resync),
+        _ => None,
+    }
+}
+
+/// The errno of a netlink error answer, if that is what `e` is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// A netlink error as the operator should read it: the errno's text.
+fn describe(e: rtnetlink::Error) -> anyhow::Error {
+    match &e {
+        rtnetlink::Error::NetlinkError(m) => anyhow!(m.to_io()),
+        _ => anyhow!(e),
+    }
+}
+
+/// A request connection to the kernel's rtnetlink (its I/O task runs on the current tokio
+/// runtime). Cheap to clone.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
 }
 
 impl Netlink {
+    /// Opens a connection; needs a tokio runtime.
     pub fn new() -> Result<Self> {
-        Self::open(0)
-    }
-
-    /// A socket subscribed to link, neighbour and IPv4 route events, for [`Netlink::events`].
-    pub fn link_events() -> Result<Self> {
-        Self::open(RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
-    }
-
-    fn open(groups: u32) -> Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned from here on.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            bail!("netlink socket: {}", io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh valid fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: zeroed sockaddr_nl is valid; we set family and groups.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = groups;
-        // SAFETY: valid fd and sockaddr.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            bail!("netlink bind: {}", io::Error::last_os_error());
-        }
-        Ok(Netlink { fd, seq: 1 })
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    fn send(&mut self, ty: u16, flags: u16, payload: &[u8]) -> Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut msg = Vec::with_capacity(16 + payload.len());
-        msg.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-        msg.extend_from_slice(&ty.to_ne_bytes());
-        msg.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(payload);
-        // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if n < 0 {
-            bail!("netlink send: {}", io::Error::last_os_error());
-        }
-        Ok(self.seq)
-    }
-
-    fn recv(&self, buf: &mut [u8], flags: i32) -> io::Result<usize> {
-        // SAFETY: valid fd and buffer.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                flags,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Sends a request and collects the payloads of its answers until DONE, or the ACK.
-    fn request(&mut self, ty: u16, flags: u16, payload: &[u8]) -> Result<Vec<(u16, Vec<u8>)>> {
-        let seq = self.send(ty, flags | NLM_F_ACK, payload)?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = self.recv(&mut buf, 0)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
-                let mty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into()?);
-                let mseq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into()?);
-                if len < 16 || off + len > n {
-                    bail!("netlink: malformed message");
-                }
-                let payload = &buf[off + 16..off + len];
-                off += align(len);
-                if mseq != seq {
-                    continue;
-                }
-                match mty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(payload[..4].try_into()?);
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        return Err(io::Error::from_raw_os_error(-code).into());
-                    }
-                    _ => out.push((mty, payload.to_vec())),
-                }
-            }
-        }
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| anyhow!("netlink socket: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
     }
 
     /// Every link in this namespace.
-    pub fn links(&mut self) -> Result<Vec<Link>> {
-        let req = [0u8; 16];
-        Ok(self
-            .request(RTM_GETLINK, NLM_F_DUMP, &req)?
-            .iter()
-            .filter(|(t, _)| *t == RTM_NEWLINK)
-            .filter_map(|(_, p)| parse_link(p))
-            .collect())
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| describe(e).context("listing links"))?;
+        Ok(msgs.iter().map(parse_link).collect())
     }
 
-    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
-        Ok(self.links()?.into_iter().find(|l| l.name == name))
-    }
-
-    /// An ifinfomsg for link `index` (0: a new one), setting `flags` among those in `change`.
-    fn ifinfo(index: u32, flags: u32, change: u32) -> Vec<u8> {
-        let mut m = vec![0u8; 16];
-        m[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
-        m[8..12].copy_from_slice(&flags.to_ne_bytes());
-        m[12..16].copy_from_slice(&change.to_ne_bytes());
-        m
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut s = self.handle.link().get().match_name(name).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(parse_link)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(describe(e).context(format!("looking up link {name}"))),
+        }
     }
 
     /// `ip link add <name> mtu <mtu> arp off type veth peer name <peer> mtu <mtu> arp off`,
     /// both down. Fails when either name is taken.
-    pub fn veth_add_noarp(&mut self, name: &str, peer: &str, mtu: u32) -> Result<()> {
-        let named = |m: &mut Vec<u8>, n: &str| {
-            let mut z = n.as_bytes().to_vec();
-            z.push(0);
-            push_attr(m, IFLA_IFNAME, &z);
-            push_attr(m, IFLA_MTU, &mtu.to_ne_bytes());
-        };
-        let mut peer_msg = Self::ifinfo(0, IFF_NOARP, IFF_NOARP);
-        named(&mut peer_msg, peer);
-        let mut data = Vec::new();
-        push_attr(&mut data, VETH_INFO_PEER, &peer_msg);
-        let mut info = Vec::new();
-        push_attr(&mut info, IFLA_INFO_KIND, b"veth\0");
-        push_attr(&mut info, IFLA_INFO_DATA, &data);
-        let mut m = Self::ifinfo(0, IFF_NOARP, IFF_NOARP);
-        named(&mut m, name);
-        push_attr(&mut m, IFLA_LINKINFO, &info);
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &m)
-            .map(|_| ())
-            .map_err(|e| anyhow!("creating veth {name} (peer {peer}): {e}"))
+    pub async fn veth_add_noarp(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .arp(false)
+            .build();
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .mtu(mtu)
+            .arp(false)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| describe(e).context(format!("creating veth {name} (peer {peer})")))
     }
 
     /// `ip link set <index> up`.
-    pub fn link_set_up(&mut self, index: u32) -> Result<()> {
-        self.request(RTM_NEWLINK, 0, &Self::ifinfo(index, IFF_UP, IFF_UP))
-            .map(|_| ())
-            .map_err(|e| anyhow!("setting link #{index} up: {e}"))
+    pub async fn link_set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| describe(e).context(format!("setting link #{index} up")))
     }
 
     /// `ip link del <index>`; a link that is already gone is fine.
-    pub fn link_delete(&mut self, index: u32) -> Result<()> {
-        match self.request(RTM_DELLINK, 0, &Self::ifinfo(index, 0, 0)) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error()),
-                    Some(libc::ENODEV)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(anyhow!("deleting link #{index}: {e}")),
+    pub async fn link_delete(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(describe(e).context(format!("deleting link #{index}"))),
         }
     }
 
     /// The MAC of a veth's peer, which may live in another namespace (the pod's): asked for by
     /// the peer's ifindex in the namespace the kernel names by `link_netnsid`.
-    pub fn peer_mac(&mut self, link: &Link) -> Result<Option<[u8; 6]>> {
+    pub async fn peer_mac(&self, link: &Link) -> Result<Option<[u8; 6]>> {
         let Some(peer) = link.link else {
             return Ok(None);
         };
-        let mut req = vec![0u8; 16];
-        req[4..8].copy_from_slice(&(peer as i32).to_ne_bytes());
+        let mut req = self.handle.link().get().match_index(peer);
         if let Some(nsid) = link.link_netnsid {
-            push_attr(&mut req, IFLA_TARGET_NETNSID, &nsid.to_ne_bytes());
+            // IFLA_IF_NETNSID (= IFLA_TARGET_NETNSID): look the index up in that namespace.
+            req.message_mut()
+                .attributes
+                .push(LinkAttribute::IfNetnsId(nsid));
         }
-        let reply = match self.request(RTM_GETLINK, 0, &req) {
-            Ok(r) => r,
-            Err(e)
-                if e.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error())
-                    == Some(libc::ENODEV) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(reply
-            .iter()
-            .filter_map(|(_, p)| parse_link(p))
-            .find_map(|l| l.mac))
+        match req.execute().try_next().await {
+            Ok(m) => Ok(m.and_then(|m| parse_link(&m).mac)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(describe(e).context(format!("the peer of {}", link.name))),
+        }
     }
 
     /// IPv4 addresses of an interface, as (address, prefix length).
-    pub fn addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-        let mut req = vec![0u8; 8];
-        req[0] = AF_INET;
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| describe(e).context(format!("addresses of #{index}")))?;
         let mut out = Vec::new();
-        for (_, p) in self.request(RTM_GETADDR, NLM_F_DUMP, &req)? {
-            if p.len() < 8 || u32::from_ne_bytes(p[4..8].try_into()?) != index {
+        for m in msgs {
+            if m.header.family != AddressFamily::Inet {
                 continue;
             }
-            let prefix = p[1];
             let mut addr = None;
-            for (ty, d) in attrs(&p[8..]) {
-                if (ty == IFA_LOCAL || (ty == IFA_ADDRESS && addr.is_none())) && d.len() == 4 {
-                    addr = Some(Ipv4Addr::new(d[0], d[1], d[2], d[3]));
+            for a in &m.attributes {
+                match a {
+                    AddressAttribute::Local(std::net::IpAddr::V4(v)) => addr = Some(*v),
+                    AddressAttribute::Address(std::net::IpAddr::V4(v)) if addr.is_none() => {
+                        addr = Some(*v)
+                    }
+                    _ => {}
                 }
             }
             if let Some(a) = addr {
-                out.push((a, prefix));
+                out.push((a, m.header.prefix_len));
             }
         }
         Ok(out)
@@ -472,245 +411,244 @@ impl Netlink {
 
     /// `ip route get <dst> oif <oif>`: the gateway (None when on-link) and the output interface,
     /// among the routes out of `oif` (so ipipd's own routes into the tunnel device are skipped).
-    pub fn route_get(
-        &mut self,
+    pub async fn route_get(
+        &self,
         dst: Ipv4Addr,
         oif: u32,
     ) -> Result<(Option<Ipv4Addr>, Option<u32>)> {
-        let mut req = vec![0u8; 12];
-        req[0] = AF_INET;
-        req[1] = 32;
-        push_attr(&mut req, RTA_DST, &dst.octets());
-        push_attr(&mut req, RTA_OIF, &oif.to_ne_bytes());
-        let mut gw = None;
-        let mut oif = None;
-        for (_, p) in self.request(RTM_GETROUTE, 0, &req)? {
-            if p.len() < 12 {
-                continue;
-            }
-            for (ty, d) in attrs(&p[12..]) {
-                match ty {
-                    RTA_GATEWAY if d.len() == 4 => gw = Some(Ipv4Addr::new(d[0], d[1], d[2], d[3])),
-                    RTA_OIF => oif = u32_of(d),
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .output_interface(oif)
+            .build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| describe(e).context(format!("route get {dst} oif #{oif}")))?;
+        let (mut gw, mut out_if) = (None, None);
+        for m in &msgs {
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(o) => out_if = Some(*o),
                     _ => {}
                 }
             }
         }
-        Ok((gw, oif))
+        Ok((gw, out_if))
     }
 
-    /// The MAC of neighbour `dst` on interface `ifindex`, when the kernel's entry is in a state
-    /// whose MAC it would use itself (reachable, stale, delay, probe, permanent).
-    pub fn neighbour(&mut self, dst: Ipv4Addr, ifindex: u32) -> Result<Option<[u8; 6]>> {
-        let mut req = vec![0u8; 12];
-        req[0] = AF_INET;
-        req[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        push_attr(&mut req, NDA_DST, &dst.octets());
-        let reply = match self.request(RTM_GETNEIGH, 0, &req) {
-            Ok(r) => r,
-            // No entry (or a kernel without the single-entry get, before 4.20).
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error()),
-                    Some(libc::ENOENT | libc::EINVAL | libc::EOPNOTSUPP)
-                ) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        for (ty, p) in reply {
-            if ty != RTM_NEWNEIGH || p.len() < 12 {
+    /// The IPv4 neighbours on `ifindex` whose MAC the kernel itself would send to (reachable,
+    /// stale, delay, probe, permanent, noarp), by address.
+    pub async fn neighbours(&self, ifindex: u32) -> Result<BTreeMap<Ipv4Addr, [u8; 6]>> {
+        let msgs: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| describe(e).context("listing neighbours"))?;
+        let mut out = BTreeMap::new();
+        for m in msgs {
+            let valid = matches!(
+                m.header.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+                    | NeighbourState::Noarp
+            );
+            if m.header.ifindex != ifindex || !valid {
                 continue;
             }
-            let state = u16::from_ne_bytes([p[8], p[9]]);
-            if state & NUD_VALID == 0 {
-                continue;
-            }
-            for (ty, d) in attrs(&p[12..]) {
-                if ty == NDA_LLADDR && d.len() == 6 {
-                    return Ok(Some(d.try_into()?));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Asks the kernel to resolve neighbour `dst` on `ifindex` now (`NTF_USE`: as if a packet
-    /// were waiting for it, without one), so that the programs find its MAC.
-    pub fn neighbour_resolve(&mut self, dst: Ipv4Addr, ifindex: u32) -> Result<()> {
-        const NTF_USE: u8 = 0x01;
-        let mut req = vec![0u8; 12];
-        req[0] = AF_INET;
-        req[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        req[10] = NTF_USE;
-        push_attr(&mut req, NDA_DST, &dst.octets());
-        self.request(RTM_NEWNEIGH, NLM_F_CREATE, &req)
-            .map(|_| ())
-            .map_err(|e| anyhow!("resolving neighbour {dst} on #{ifindex}: {e}"))
-    }
-
-    fn route_msg(route: &Route) -> Vec<u8> {
-        let (dst, len) = route.dst();
-        let (ty, scope, flags) = match route {
-            Route::Via { .. } => (RTN_UNICAST, RT_SCOPE_UNIVERSE, RTNH_F_ONLINK),
-            Route::Dev { .. } | Route::Tunnel { .. } => (RTN_UNICAST, RT_SCOPE_LINK, 0),
-            Route::Blackhole { .. } => (RTN_BLACKHOLE, RT_SCOPE_UNIVERSE, 0),
-        };
-        let mut m = vec![AF_INET, len, 0, 0, RT_TABLE_MAIN, RTPROT_IPIPD, scope, ty];
-        m.extend_from_slice(&flags.to_ne_bytes());
-        push_attr(&mut m, RTA_TABLE, &(RT_TABLE_MAIN as u32).to_ne_bytes());
-        push_attr(&mut m, RTA_DST, &dst.octets());
-        match route {
-            Route::Via {
-                gateway, oif, mtu, ..
-            } => {
-                push_attr(&mut m, RTA_GATEWAY, &gateway.octets());
-                push_attr(&mut m, RTA_OIF, &oif.to_ne_bytes());
-                let mut metrics = Vec::new();
-                push_attr(&mut metrics, RTAX_MTU, &mtu.to_ne_bytes());
-                push_attr(&mut m, RTA_METRICS, &metrics);
-            }
-            Route::Dev { oif, .. } => push_attr(&mut m, RTA_OIF, &oif.to_ne_bytes()),
-            Route::Tunnel { oif, src, .. } => {
-                push_attr(&mut m, RTA_OIF, &oif.to_ne_bytes());
-                push_attr(&mut m, RTA_PREFSRC, &src.octets());
-            }
-            Route::Blackhole { .. } => {}
-        }
-        m
-    }
-
-    /// Installs (or replaces) one route.
-    pub fn route_replace(&mut self, route: &Route) -> Result<()> {
-        self.request(
-            RTM_NEWROUTE,
-            NLM_F_CREATE | NLM_F_REPLACE,
-            &Self::route_msg(route),
-        )
-        .map(|_| ())
-        .map_err(|e| anyhow!("route {route}: {e}"))
-    }
-
-    /// Removes one route; a route that is already gone is fine.
-    pub fn route_delete(&mut self, route: &Route) -> Result<()> {
-        match self.request(RTM_DELROUTE, 0, &Self::route_msg(route)) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error()),
-                    Some(libc::ESRCH) | Some(libc::ENODEV)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(anyhow!("deleting route {route}: {e}")),
-        }
-    }
-
-    /// Every IPv4 route in the main table with ipipd's protocol, as (destination, raw message),
-    /// for removal of what a previous run left.
-    pub fn owned_routes(&mut self) -> Result<Vec<Route>> {
-        let mut req = vec![0u8; 12];
-        req[0] = AF_INET;
-        let mut out = Vec::new();
-        for (_, p) in self.request(RTM_GETROUTE, NLM_F_DUMP, &req)? {
-            if p.len() < 12 || p[5] != RTPROT_IPIPD {
-                continue;
-            }
-            let (len, ty) = (p[1], p[7]);
-            let (mut dst, mut gw, mut oif, mut mtu) = (Ipv4Addr::UNSPECIFIED, None, 0, 0);
-            let mut src = None;
-            for (t, d) in attrs(&p[12..]) {
-                match t {
-                    RTA_DST if d.len() == 4 => dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]),
-                    RTA_GATEWAY if d.len() == 4 => gw = Some(Ipv4Addr::new(d[0], d[1], d[2], d[3])),
-                    RTA_OIF => oif = u32_of(d).unwrap_or(0),
-                    RTA_PREFSRC if d.len() == 4 => {
-                        src = Some(Ipv4Addr::new(d[0], d[1], d[2], d[3]))
-                    }
-                    RTA_METRICS => {
-                        for (mt, md) in attrs(d) {
-                            if mt == RTAX_MTU {
-                                mtu = u32_of(md).unwrap_or(0);
-                            }
-                        }
+            let (mut dst, mut mac) = (None, None);
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                    NeighbourAttribute::LinkLayerAddress(l) => {
+                        mac = <[u8; 6]>::try_from(l.as_slice()).ok()
                     }
                     _ => {}
                 }
             }
-            out.push(match (ty, gw) {
-                (RTN_BLACKHOLE, _) => Route::Blackhole { dst: (dst, len) },
-                (_, Some(gateway)) => Route::Via {
-                    dst: (dst, len),
-                    gateway,
-                    oif,
-                    mtu,
-                },
-                _ if let Some(src) = src => Route::Tunnel {
-                    dst: (dst, len),
-                    oif,
-                    src,
-                },
-                _ => Route::Dev {
-                    dst: (dst, len),
-                    oif,
-                },
-            });
+            if let (Some(d), Some(m)) = (dst, mac) {
+                out.insert(d, m);
+            }
         }
         Ok(out)
     }
 
-    /// Reads the pending link events (non-blocking). Call when the fd is readable.
-    pub fn events(&mut self) -> Result<Vec<LinkEvent>> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = match self.recv(&mut buf, libc::MSG_DONTWAIT) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
-                // The kernel dropped events (ENOBUFS): the caller resyncs from a full dump.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    out.push(LinkEvent::Resync);
-                    return Ok(out);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
-                let mty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into()?);
-                if len < 16 || off + len > n {
-                    break;
-                }
-                let payload = &buf[off + 16..off + len];
-                match mty {
-                    RTM_NEWLINK | RTM_DELLINK => {
-                        if let Some(link) = parse_link(payload) {
-                            out.push(if mty == RTM_NEWLINK {
-                                LinkEvent::New(link)
-                            } else {
-                                LinkEvent::Del {
-                                    index: link.index,
-                                    name: link.name,
-                                }
-                            });
-                        }
-                    }
-                    // An IPv4 neighbour, or (rtmsg: family, dst_len, src_len, tos, table,
-                    // protocol, …) an IPv4 route that is not one of ours; one event per batch.
-                    RTM_NEWNEIGH | RTM_DELNEIGH | RTM_NEWROUTE | RTM_DELROUTE
-                        if payload.first() == Some(&AF_INET)
-                            && (matches!(mty, RTM_NEWNEIGH | RTM_DELNEIGH)
-                                || payload.get(5) != Some(&RTPROT_IPIPD))
-                            && !matches!(out.last(), Some(LinkEvent::NextHops)) =>
-                    {
-                        out.push(LinkEvent::NextHops);
-                    }
-                    _ => {}
-                }
-                off += align(len);
-            }
+    /// Asks the kernel to resolve neighbour `dst` on `ifindex` now (`NTF_USE`: as if a packet
+    /// were waiting for it, without one), so that the programs find its MAC.
+    pub async fn neighbour_resolve(&self, dst: Ipv4Addr, ifindex: u32) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(ifindex, dst.into())
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| describe(e).context(format!("resolving neighbour {dst} on #{ifindex}")))
+    }
+
+    /// Installs (or replaces) one route.
+    pub async fn route_replace(&self, route: &Route) -> Result<()> {
+        self.handle
+            .route()
+            .add(route_message(route))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| describe(e).context(format!("route {route}")))
+    }
+
+    /// Removes one route; a route that is already gone is fine.
+    pub async fn route_delete(&self, route: &Route) -> Result<()> {
+        match self
+            .handle
+            .route()
+            .del(route_message(route))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
+            Err(e) => Err(describe(e).context(format!("deleting route {route}"))),
         }
+    }
+
+    /// Every IPv4 route in the main table with ipipd's protocol.
+    pub async fn owned_routes(&self) -> Result<Vec<Route>> {
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| describe(e).context("listing routes"))?;
+        Ok(msgs.iter().filter_map(parse_route).collect())
+    }
+}
+
+/// The kernel's link, neighbour and IPv4 route notifications, as the events the daemon acts on
+/// (its I/O task runs on the current tokio runtime).
+pub fn events() -> Result<impl Stream<Item = Event> + Unpin> {
+    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Neigh,
+        MulticastGroup::Ipv4Route,
+    ])
+    .map_err(|e| anyhow!("netlink event socket: {e}"))?;
+    tokio::spawn(conn);
+    Ok(messages.filter_map(|(m, _)| std::future::ready(event_of(&m))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::route::RouteFlags;
+
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn every_kind() -> Vec<Route> {
+        vec![
+            Route::Via {
+                dst: (a("192.168.179.0"), 26),
+                gateway: a("172.31.242.157"),
+                oif: 2,
+                mtu: 1480,
+            },
+            Route::Dev {
+                dst: (a("192.168.83.129"), 32),
+                oif: 7,
+            },
+            Route::Tunnel {
+                dst: (a("192.168.179.0"), 26),
+                oif: 9,
+                src: a("172.31.242.156"),
+            },
+            Route::Blackhole {
+                dst: (a("192.168.83.128"), 26),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_route_kind_survives_the_kernel_message() {
+        for r in every_kind() {
+            assert_eq!(parse_route(&route_message(&r)), Some(r));
+        }
+    }
+
+    #[test]
+    fn route_messages_carry_ipipds_protocol_scope_and_type() {
+        let [via, dev, tunnel, blackhole] = every_kind().try_into().unwrap();
+        let m = route_message(&via);
+        assert_eq!(m.header.protocol, RouteProtocol::Other(180));
+        assert_eq!(m.header.table, RouteHeader::RT_TABLE_MAIN);
+        assert!(m.header.flags.contains(RouteFlags::Onlink));
+        assert_eq!(m.header.scope, RouteScope::Universe);
+        assert_eq!(route_message(&dev).header.scope, RouteScope::Link);
+        assert_eq!(route_message(&tunnel).header.scope, RouteScope::Link);
+        let b = route_message(&blackhole);
+        assert_eq!(b.header.kind, RouteType::BlackHole);
+        assert!(
+            !b.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(_)))
+        );
+    }
+
+    #[test]
+    fn routes_of_others_are_not_ipipds() {
+        let mut m = route_message(&every_kind()[1]);
+        m.header.protocol = RouteProtocol::Kernel;
+        assert_eq!(parse_route(&m), None);
+        let mut m = route_message(&every_kind()[1]);
+        m.header.table = 100;
+        assert_eq!(parse_route(&m), None);
+    }
+
+    #[test]
+    fn events_that_matter() {
+        let mut link = LinkMessage::default();
+        link.header.index = 5;
+        link.attributes.push(LinkAttribute::IfName("cali1".into()));
+        link.attributes
+            .push(LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]));
+        let ev = |m: RouteNetlinkMessage| event_of(&NetlinkMessage::from(m));
+        match ev(RouteNetlinkMessage::NewLink(link.clone())) {
+            Some(Event::LinkNew(l)) => {
+                assert_eq!((l.index, l.name.as_str()), (5, "cali1"));
+                assert_eq!(l.mac, Some([2, 0, 0, 0, 0, 1]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ev(RouteNetlinkMessage::DelLink(link)),
+            Some(Event::LinkDel {
+                index: 5,
+                name: "cali1".into()
+            })
+        );
+        // Our own routes change nothing about next hops; others' may.
+        let ours = route_message(&every_kind()[0]);
+        assert_eq!(ev(RouteNetlinkMessage::NewRoute(ours.clone())), None);
+        let mut theirs = ours;
+        theirs.header.protocol = RouteProtocol::Boot;
+        assert_eq!(
+            ev(RouteNetlinkMessage::DelRoute(theirs)),
+            Some(Event::NextHops)
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The desired state: the config file's part plus the runtime changes made through the control
-//! socket, which are persisted in the state directory and re-applied on start.
+//! socket, which are persisted in the state directory and re-applied on start. (The datastore
+//! and the CNI plugin will be further sources of it.)
 
 use std::{net::Ipv4Addr, path::Path};
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, EndpointCfg, Peer, validate},
-    dataplane::write_atomic,
+    pins::write_atomic,
 };
 
 /// Changes made at runtime, over the file's part.
@@ -26,8 +27,8 @@ pub struct RuntimeChanges {
 }
 
 /// A change requested through the control socket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     EndpointAdd(EndpointCfg),
     EndpointDel { address: Ipv4Addr },

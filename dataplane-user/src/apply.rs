@@ -1,0 +1,368 @@
+//! The running data plane of one node and the only writer of its maps, attachments, slow-path
+//! routes and tunnel device: [`Dataplane::reconcile`] reads the kernel ([`KernelView::read`]),
+//! plans ([`plan::plan`], pure) and applies the difference; [`Dataplane::teardown`] is the
+//! separate step that removes it all.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{Ebpf, programs::TcAttachType, util::KernelVersion};
+use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, program_names};
+
+use crate::{
+    attach::{self, Attachments},
+    config::{Config, XdpMode as CfgXdp},
+    loader, maps,
+    netlink::{Link, Netlink},
+    pins,
+    plan::{self, KernelView, Plan, Underlay},
+    tunnel,
+};
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+pub struct Dataplane {
+    pub(crate) ebpf: Ebpf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub(crate) nl: Netlink,
+    pub uplink: Link,
+    /// The tunnel device, once created (see [`Dataplane::ensure_tunnel`]).
+    pub tunnel: Option<Link>,
+    pub mtu: u32,
+    pub(crate) attachments: Attachments,
+    forward_was: Option<String>,
+    /// What the last reconcile applied.
+    pub plan: Plan,
+}
+
+/// An attachment the config asks for, and whether it is in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub attached: bool,
+}
+
+impl Dataplane {
+    /// Changes the programs' config entry in place: read, `change`, written back.
+    pub(crate) fn update_config(&mut self, change: impl FnOnce(&mut NodeConfig)) -> Result<()> {
+        let mut cfg = maps::config(&self.ebpf)?;
+        change(&mut cfg);
+        maps::set_config(&mut self.ebpf, &cfg)
+    }
+
+    /// Turns the programs' decision monitor on or off (the config entry's `monitor` byte).
+    pub fn set_monitor(&mut self, mode: dataplane_common::MonitorMode) -> Result<()> {
+        self.update_config(|c| c.monitor = mode as u8)
+    }
+
+    /// Raises the routes' generation, after a change to the routes trie: the programs' cached
+    /// answers of earlier generations are never used again.
+    fn next_route_gen(&mut self) -> Result<()> {
+        // Skips 0, the generation of the cache's empty slots.
+        self.update_config(|c| c.route_gen = c.route_gen.checked_add(1).unwrap_or(1))
+    }
+
+    pub fn underlay(&self) -> Underlay {
+        Underlay {
+            uplink: self.uplink.index,
+            mtu: self.mtu,
+        }
+    }
+
+    /// Loads, pins and attaches for `cfg`, after clearing what a killed run left. On failure,
+    /// everything attached so far is rolled back.
+    pub async fn start(cfg: &Config, state_dir: &Path) -> Result<Self> {
+        let nl = Netlink::new()?;
+        let mtu = cfg.check_kernel(&nl).await?;
+        let uplink = nl
+            .link_by_name(&cfg.node.uplink)
+            .await?
+            .ok_or_else(|| anyhow!("node.uplink: no interface {:?}", cfg.node.uplink))?;
+        pins::ensure_bpffs(&cfg.node.pin_dir)?;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        clear_previous(&cfg.node.pin_dir, state_dir)?;
+        tunnel::remove_previous(&nl, &cfg.node.tunnel).await?;
+        std::fs::create_dir_all(cfg.node.pin_dir.join("links"))
+            .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
+
+        let ebpf = loader::open_object_pinned(&cfg.node.pin_dir)?;
+        let tcx = KernelVersion::current()
+            .map(|v| v >= KernelVersion::new(6, 6, 0))
+            .unwrap_or(false);
+        let mut dp = Dataplane {
+            ebpf,
+            pin_dir: cfg.node.pin_dir.clone(),
+            state_dir: state_dir.to_path_buf(),
+            nl,
+            uplink,
+            tunnel: None,
+            mtu,
+            attachments: Attachments::new(&cfg.node.pin_dir, state_dir, tcx),
+            forward_was: None,
+            plan: Plan::default(),
+        };
+        if let Err(e) = dp.bring_up(cfg).await {
+            dp.teardown().await;
+            return Err(e);
+        }
+        Ok(dp)
+    }
+
+    async fn bring_up(&mut self, cfg: &Config) -> Result<()> {
+        loader::load_all(&mut self.ebpf)?;
+        maps::set_config(
+            &mut self.ebpf,
+            &NodeConfig {
+                node_ip: cfg.node.address.octets(),
+                uplink_ifindex: self.uplink.index,
+                mtu: self.mtu,
+                mode: cfg.node.mode as u8,
+                ready: 1,
+                monitor: 0,
+                _pad: 0,
+                route_gen: 1,
+                tunnel_ifindex: 0,
+                tunnel_mac: [0; 6],
+                _pad2: [0; 2],
+            },
+        )?;
+        let prev = std::fs::read_to_string(IP_FORWARD)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if prev != "1" {
+            std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward")?;
+            self.forward_was = Some(prev);
+        }
+        // Maps first, then the attachments: a program never sees a half-programmed node.
+        self.reconcile(cfg).await?;
+        let up = self.uplink.clone();
+        self.attachments.tc(
+            &mut self.ebpf,
+            program_names::FROM_UPLINK,
+            &up,
+            TcAttachType::Ingress,
+            Hook::FromUplink,
+        )?;
+        if cfg.node.xdp != CfgXdp::Off {
+            self.attachments.xdp(&mut self.ebpf, &up, cfg.node.xdp)?;
+        }
+        Ok(())
+    }
+
+    /// The programs' aya-log ring buffer, to be relayed into this process's log.
+    pub fn logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("the programs' log is not relayed: {e}");
+                None
+            }
+        }
+    }
+
+    fn known_endpoints(&mut self) -> Result<BTreeMap<u32, Endpoint>> {
+        Ok(maps::endpoints(&mut self.ebpf)?
+            .iter()
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Makes maps, attachments and routes match `cfg`: read the kernel, plan, apply.
+    pub async fn reconcile(&mut self, cfg: &Config) -> Result<()> {
+        let links = self.nl.links().await?;
+        self.ensure_tunnel(cfg, &links).await?;
+        let known = self.known_endpoints()?;
+        let view = KernelView::read(&self.nl, cfg, self.underlay(), &known).await?;
+        let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
+        let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known)?;
+        self.apply(plan, &view, &known).await
+    }
+
+    /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then
+    /// routes), attachments, stale endpoints once detached, slow-path routes, and the explicit
+    /// resolution of unknown next hops.
+    async fn apply(
+        &mut self,
+        plan: Plan,
+        view: &KernelView,
+        known: &BTreeMap<u32, Endpoint>,
+    ) -> Result<()> {
+        for (ifindex, ep) in &plan.endpoints {
+            if known.get(ifindex) != Some(ep) {
+                maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
+            }
+        }
+        let current_routes: BTreeMap<(Ipv4Addr, u8), RouteValue> = maps::routes(&mut self.ebpf)?
+            .iter()
+            .map(|e| e.map(|(k, v)| ((Ipv4Addr::from(k.data()), k.prefix_len() as u8), v)))
+            .collect::<Result<_, _>>()?;
+        let mut routes_changed = false;
+        for ((addr, len), v) in &plan.routes {
+            if current_routes.get(&(*addr, *len)) != Some(v) {
+                routes_changed = true;
+                maps::put_route(&mut self.ebpf, addr.octets(), u32::from(*len), v)?;
+            }
+        }
+        for (addr, len) in current_routes.keys() {
+            if !plan.routes.contains_key(&(*addr, *len)) {
+                routes_changed = true;
+                maps::remove_route(&mut self.ebpf, addr.octets(), u32::from(*len))?;
+            }
+        }
+        if routes_changed {
+            self.next_route_gen()?;
+        }
+
+        // Attachments: from_pod on every live endpoint's veth, nowhere else; anything on an
+        // interface that is gone goes with it.
+        let stale: Vec<(u32, u8)> = self
+            .attachments
+            .keys()
+            .into_iter()
+            .filter(|(i, h)| {
+                if *h == Hook::FromPod as u8 {
+                    !plan.endpoints.contains_key(i)
+                } else {
+                    view.link_by_index(*i).is_none()
+                }
+            })
+            .collect();
+        for key in stale {
+            self.attachments.detach(key);
+        }
+        for ifindex in plan.endpoints.keys() {
+            if let Some(link) = view.link_by_index(*ifindex) {
+                self.attachments.tc(
+                    &mut self.ebpf,
+                    program_names::FROM_POD,
+                    link,
+                    TcAttachType::Ingress,
+                    Hook::FromPod,
+                )?;
+            }
+        }
+        for &i in known.keys() {
+            if !plan.endpoints.contains_key(&i) {
+                maps::endpoints(&mut self.ebpf)?
+                    .remove(&i)
+                    .with_context(|| format!("endpoints: removing {i}"))?;
+                maps::forget_counters(&mut self.ebpf, i)?;
+            }
+        }
+
+        // Slow-path routes, identified by their protocol.
+        for r in view.owned_routes.difference(&plan.slow_path) {
+            // A route whose device vanished is gone with it.
+            self.nl.route_delete(r).await?;
+        }
+        for r in plan.slow_path.difference(&view.owned_routes) {
+            self.nl.route_replace(r).await?;
+        }
+
+        for (addr, name) in &plan.pending {
+            if self.plan.pending.get(addr) != Some(name) {
+                log::info!("endpoint {addr}: waiting for interface {name}");
+            }
+        }
+        self.resolve(&plan.unresolved()).await;
+        self.plan = plan;
+        Ok(())
+    }
+
+    /// Asks the kernel to resolve these next hops on the uplink now (`NTF_USE`). A packet the
+    /// tunnel device sends toward an unresolved one is dropped (drop_next_hop_unresolved) until
+    /// then; the answer is a neighbour event, after which the next check caches the MAC.
+    async fn resolve(&self, vias: &BTreeSet<Ipv4Addr>) {
+        for via in vias {
+            if let Err(e) = self.nl.neighbour_resolve(*via, self.uplink.index).await {
+                log::debug!("{e:#}");
+            }
+        }
+    }
+
+    /// Re-reads the peers' next hops (after neighbour and route events, and periodically):
+    /// asks for the unknown ones to be resolved, and says whether one is no longer what the
+    /// routes were built from (its address, its MAC, or the uplink's).
+    pub async fn next_hops_changed(&mut self, cfg: &Config) -> Result<bool> {
+        let view = KernelView::read_next_hops(&self.nl, cfg, self.underlay()).await?;
+        let hops = plan::next_hops(cfg, self.underlay(), &view);
+        let unresolved = hops
+            .values()
+            .filter(|n| n.l2.is_none())
+            .map(|n| n.via)
+            .collect();
+        self.resolve(&unresolved).await;
+        Ok(hops != self.plan.next_hops)
+    }
+
+    /// Every attachment `cfg` asks for and whether it is in place.
+    pub fn wanted(&self, cfg: &Config) -> Vec<Wanted> {
+        let mut want = vec![(self.uplink.index, Hook::FromUplink)];
+        if let Some(t) = &self.tunnel {
+            want.push((t.index, Hook::ToTunnel));
+        }
+        if cfg.node.xdp != CfgXdp::Off {
+            want.push((self.uplink.index, Hook::XdpUplink));
+        }
+        want.extend(self.plan.endpoints.keys().map(|i| (*i, Hook::FromPod)));
+        want.into_iter()
+            .map(|(ifindex, hook)| Wanted {
+                ifindex,
+                hook,
+                attached: self.attachments.contains(ifindex, hook),
+            })
+            .collect()
+    }
+
+    pub fn tcx(&self) -> bool {
+        self.attachments.tcx
+    }
+
+    /// Detaches everything, removes the pins, the routes and the other kernel state `run` added.
+    pub async fn teardown(&mut self) {
+        self.attachments.detach_all();
+        if let Ok(routes) = self.nl.owned_routes().await {
+            for r in routes {
+                if let Err(e) = self.nl.route_delete(&r).await {
+                    log::warn!("{e:#}");
+                }
+            }
+        }
+        if let Some(t) = self.tunnel.take()
+            && let Err(e) = self.nl.link_delete(t.index).await
+        {
+            log::warn!("{e:#}");
+        }
+        if let Some(prev) = self.forward_was.take() {
+            let _ = std::fs::write(IP_FORWARD, prev);
+        }
+        pins::remove_pins(&self.pin_dir);
+        let _ = std::fs::remove_file(self.state_dir.join(attach::FILTERS_FILE));
+        log::info!("data plane removed from {}", self.pin_dir.display());
+    }
+}
+
+/// What a killed ipipd left: its pinned links (unpinning detaches them), its netlink filters
+/// (removed by their recorded handle), its pinned maps (recreated empty, then reconciled).
+/// Its routes carry ipipd's protocol and are reconciled by [`Dataplane::reconcile`].
+fn clear_previous(pin_dir: &Path, state_dir: &Path) -> Result<()> {
+    if pin_dir.exists() {
+        log::warn!(
+            "found the pins of a previous run in {}: replacing them",
+            pin_dir.display()
+        );
+        pins::remove_pins(pin_dir);
+    }
+    attach::remove_recorded_filters(state_dir);
+    if pin_dir.exists() {
+        anyhow::bail!("could not clear {}", pin_dir.display());
+    }
+    Ok(())
+}

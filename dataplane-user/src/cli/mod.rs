@@ -1,0 +1,132 @@
+//! The `ipipd` command line: one module per subcommand; [`output`] prints tables and JSON.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Result, anyhow};
+use clap::{Args, Parser, Subcommand};
+use dataplane_user::{
+    config::{Config, Ipv4Net},
+    daemon,
+};
+
+mod check;
+mod endpoint;
+mod endpoints;
+mod monitor;
+mod output;
+mod peer;
+mod probe;
+mod routes;
+mod run;
+mod stats;
+mod status;
+
+pub use output::Output;
+
+#[derive(Parser)]
+#[command(
+    name = "ipipd",
+    version,
+    about = "IP-in-IP pod networking in eBPF: the Calico IPIP route table, without tunl0"
+)]
+pub struct Cli {
+    /// Log level (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: log::LevelFilter,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the node daemon: load, attach, program the maps, and keep them matching the config
+    /// and the runtime changes until SIGTERM/SIGINT (SIGHUP re-reads the config).
+    Run(run::Run),
+    /// Validate a config and print what `run` would do. Needs no privileges.
+    Check(check::Check),
+    /// Add or delete a local pod on the running node.
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCmd),
+    /// Add or delete a peer node on the running node.
+    #[command(subcommand)]
+    Peer(peer::PeerCmd),
+    /// The running node's settings and attachments.
+    Status(Read),
+    /// The running node's routes map (what replaces the route table).
+    Routes(Read),
+    /// The running node's endpoints map.
+    Endpoints(Read),
+    /// The running node's counters, per interface, hook and reason.
+    Stats(Read),
+    /// Stream the running node's packet decisions, one line each (the programs emit them only
+    /// while a monitor is connected).
+    Monitor(monitor::Monitor),
+    /// Load every program into the running kernel (the verifier runs), report, unload.
+    Probe(probe::Probe),
+}
+
+/// Which node, for the commands that talk to a running daemon.
+#[derive(Args, Clone)]
+pub struct Node {
+    /// The node's config (its name and pin_dir select the node).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The node's state directory (holds the control socket).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// The node's pin directory (holds the maps).
+    #[arg(long, global = true)]
+    pin_dir: Option<PathBuf>,
+}
+
+/// The read-only commands: a node, and how to print.
+#[derive(Args)]
+pub struct Read {
+    #[command(flatten)]
+    node: Node,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+impl Node {
+    fn config(&self) -> Result<Option<Config>> {
+        self.config.as_ref().map(|p| Config::load(p)).transpose()
+    }
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.state_dir {
+            return Ok(d.clone());
+        }
+        match self.config()? {
+            Some(c) => Ok(daemon::default_state_dir(&c.node.name)),
+            None => Err(anyhow!("name the node: --config FILE or --state-dir DIR")),
+        }
+    }
+    pub fn pin_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.pin_dir {
+            return Ok(d.clone());
+        }
+        match self.config()? {
+            Some(c) => Ok(c.node.pin_dir),
+            None => Err(anyhow!("name the node: --config FILE or --pin-dir DIR")),
+        }
+    }
+}
+
+/// A peer's or endpoint's address and blocks, as the commands take them.
+pub type Addr = Ipv4Addr;
+pub type Block = Ipv4Net;
+
+pub async fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Run(r) => r.run().await,
+        Command::Check(c) => c.run().await,
+        Command::Endpoint(e) => e.run().await,
+        Command::Peer(p) => p.run().await,
+        Command::Status(r) => status::run(r),
+        Command::Routes(r) => routes::run(r),
+        Command::Endpoints(r) => endpoints::run(r),
+        Command::Stats(r) => stats::run(r),
+        Command::Monitor(m) => m.run().await,
+        Command::Probe(p) => p.run(),
+    }
+}

@@ -1,0 +1,46 @@
+//! `ipipd peer add|del`: a peer node, changed on the running node.
+
+use anyhow::Result;
+use clap::Subcommand;
+use dataplane_user::{config::Peer, control, desired::Change};
+
+use super::{Addr, Block, Node};
+
+#[derive(Subcommand)]
+pub enum PeerCmd {
+    /// Add (or replace) a peer node and the blocks it owns.
+    Add {
+        #[arg(long)]
+        address: Addr,
+        /// A block the peer owns (repeatable).
+        #[arg(long = "block")]
+        blocks: Vec<Block>,
+        #[command(flatten)]
+        node: Node,
+    },
+    /// Delete a peer node by its address.
+    Del {
+        #[arg(long)]
+        address: Addr,
+        #[command(flatten)]
+        node: Node,
+    },
+}
+
+impl PeerCmd {
+    pub async fn run(self) -> Result<()> {
+        match self {
+            PeerCmd::Add {
+                address,
+                blocks,
+                node,
+            } => {
+                let change = Change::PeerAdd(Peer { address, blocks });
+                control::request(&node.state_dir()?, change).await
+            }
+            PeerCmd::Del { address, node } => {
+                control::request(&node.state_dir()?, Change::PeerDel { address }).await
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The control protocol of a node's socket (`<state_dir>/ipipd.sock`, root only): one JSON
+//! request per line, one JSON reply per line, framed by `tokio-util`'s line codec with a bound
+//! on a line's length. A change gets its reply and the connection ends; `monitor` keeps its
+//! connection open, and the daemon turns the programs' monitor off when it closes.
+//!
+//! The one client, [`Client`], serves the CLI's changes and `ipipd monitor`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::{SinkExt as _, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
+
+use crate::desired::Change;
+
+/// The socket's file name in the state directory.
+pub const SOCKET: &str = "ipipd.sock";
+
+/// The longest request line the daemon reads (bytes); a longer one is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// A runtime change to the desired state.
+    Change(Change),
+    /// `ipipd monitor`: the programs emit decisions while this connection stays open.
+    Monitor { drops_only: bool },
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Reply {
+            ok: true,
+            error: String::new(),
+        }
+    }
+    pub fn error(e: impl std::fmt::Display) -> Self {
+        Reply {
+            ok: false,
+            error: e.to_string(),
+        }
+    }
+}
+
+/// The codec both ends use.
+pub fn codec() -> LinesCodec {
+    LinesCodec::new_with_max_length(MAX_REQUEST)
+}
+
+/// A request line as the daemon reads it: the request, or the error to answer with.
+pub fn decode(frame: Result<String, LinesCodecError>) -> Result<Request, String> {
+    match frame {
+        Ok(line) => serde_json::from_str(&line).map_err(|e| format!("bad request: {e}")),
+        Err(LinesCodecError::MaxLineLengthExceeded) => {
+            Err(format!("request refused: longer than {MAX_REQUEST} bytes"))
+        }
+        Err(LinesCodecError::Io(e)) => Err(format!("reading the request: {e}")),
+    }
+}
+
+/// The socket of the node whose state directory this is.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET)
+}
+
+/// A connection to a node's daemon.
+pub struct Client {
+    framed: Framed<UnixStream, LinesCodec>,
+}
+
+impl Client {
+    pub async fn connect(state_dir: &Path) -> Result<Self> {
+        let path = socket_path(state_dir);
+        let stream = UnixStream::connect(&path)
+            .await
+            .with_context(|| format!("connecting to {} (is ipipd running?)", path.display()))?;
+        Ok(Client {
+            framed: Framed::new(stream, codec()),
+        })
+    }
+
+    /// Sends a request and waits for its reply; an error reply is an error.
+    pub async fn call(&mut self, req: &Request) -> Result<()> {
+        self.framed.send(serde_json::to_string(req)?).await?;
+        let line = self
+            .framed
+            .next()
+            .await
+            .ok_or_else(|| anyhow!("the daemon closed the connection without a reply"))??;
+        let reply: Reply =
+            serde_json::from_str(&line).with_context(|| format!("bad reply {line:?}"))?;
+        if !reply.ok {
+            bail!("{}", reply.error);
+        }
+        Ok(())
+    }
+
+    /// Resolves when the daemon closes the connection (a monitor's end).
+    pub async fn closed(&mut self) {
+        while let Some(Ok(_)) = self.framed.next().await {}
+    }
+}
+
+/// Sends one change to a running daemon and returns its answer.
+pub async fn request(state_dir: &Path, change: Change) -> Result<()> {
+    Client::connect(state_dir)
+        .await?
+        .call(&Request::Change(change))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EndpointCfg, Peer};
+    use bytes::BytesMut;
+    use tokio_util::codec::{Decoder as _, Encoder as _};
+
+    fn frames(input: &[u8]) -> Vec<Result<Request, String>> {
+        let mut c = codec();
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match c.decode(&mut buf) {
+                Ok(Some(l)) => out.push(decode(Ok(l))),
+                Ok(None) => break,
+                Err(e) => out.push(decode(Err(e))),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_request_survives_the_wire() {
+        let reqs = [
+            Request::Change(Change::EndpointAdd(EndpointCfg {
+                address: "192.168.83.131".parse().unwrap(),
+                interface: "cali65bda6d8589".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+            })),
+            Request::Change(Change::EndpointDel {
+                address: "192.168.83.131".parse().unwrap(),
+            }),
+            Request::Change(Change::PeerAdd(Peer {
+                address: "172.31.242.158".parse().unwrap(),
+                blocks: vec!["192.168.200.0/26".parse().unwrap()],
+            })),
+            Request::Change(Change::PeerDel {
+                address: "172.31.242.158".parse().unwrap(),
+            }),
+            Request::Monitor { drops_only: true },
+        ];
+        let mut wire = BytesMut::new();
+        let mut c = codec();
+        for r in &reqs {
+            c.encode(serde_json::to_string(r).unwrap(), &mut wire)
+                .unwrap();
+        }
+        let got: Vec<Request> = frames(&wire).into_iter().map(Result::unwrap).collect();
+        assert_eq!(got, reqs);
+    }
+
+    #[test]
+    fn a_request_is_one_line_and_waits_for_its_newline() {
+        let line = br#"{"monitor":{"drops_only":false}}"#;
+        assert!(frames(line).is_empty());
+        let mut with_nl = line.to_vec();
+        with_nl.push(b'\n');
+        assert_eq!(
+            frames(&with_nl),
+            [Ok(Request::Monitor { drops_only: false })]
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_answered_not_fatal() {
+        let got = frames(b"not json\n{\"reboot\":{}}\n{\"monitor\":{\"drops_only\":1}}\n");
+        assert_eq!(got.len(), 3);
+        for g in &got {
+            let e = g.as_ref().unwrap_err();
+            assert!(e.starts_with("bad request: "), "{e}");
+        }
+        // An unknown field in a change is refused, not ignored.
+        let got = frames(
+            b"{\"change\":{\"op\":\"endpoint_del\",\"address\":\"10.0.0.1\",\"force\":true}}\n",
+        );
+        assert!(got[0].is_err());
+    }
+
+    #[test]
+    fn an_oversize_request_is_refused_without_buffering_it() {
+        let mut c = codec();
+        let mut buf = BytesMut::from(&vec![b'x'; MAX_REQUEST + 10][..]);
+        let e = c.decode(&mut buf).unwrap_err();
+        assert_eq!(
+            decode(Err(e)).unwrap_err(),
+            format!("request refused: longer than {MAX_REQUEST} bytes")
+        );
+        // What was read is not kept.
+        assert!(buf.len() <= MAX_REQUEST + 10);
+        buf.extend_from_slice(&vec![b'y'; 1 << 20]);
+        let _ = c.decode(&mut buf);
+        assert!(buf.is_empty(), "{} bytes kept", buf.len());
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            serde_json::to_string(&Reply::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Reply::error("no endpoint 10.0.0.1")).unwrap(),
+            r#"{"ok":false,"error":"no endpoint 10.0.0.1"}"#
+        );
+    }
+}

@@ -1,0 +1,641 @@
+//! The planner: what a desired state means for the maps and the kernel's slow-path routes,
+//! given the interfaces, routes and neighbours as [`KernelView::read`] found them.
+//!
+//! [`plan`] is pure (no I/O, no clock, no logging): the same inputs give the same [`Plan`], and
+//! the tests below pin it down. [`crate::apply`] is the only writer.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::{Result, anyhow};
+use dataplane_common::{
+    Endpoint, Mode, ROUTE_F_ENCAP, ROUTE_F_L2, ROUTE_F_SAME_SUBNET, RouteKind, RouteValue,
+};
+
+use crate::{
+    config::{Config, Ipv4Net},
+    netlink::{Link, Netlink, Route},
+};
+
+/// The kernel's state that a plan depends on, as read at one moment (reads only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelView {
+    /// Every interface.
+    pub links: Vec<Link>,
+    /// The uplink's IPv4 subnets (for cross-subnet mode).
+    pub uplink_nets: Vec<Ipv4Net>,
+    /// How the kernel routes each peer out of the uplink: (gateway, output interface).
+    pub peer_routes: BTreeMap<Ipv4Addr, (Option<Ipv4Addr>, Option<u32>)>,
+    /// The uplink's neighbours with a usable MAC.
+    pub neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// The pod-side MAC of endpoint veths whose MAC is neither configured nor already known,
+    /// by host-side ifindex.
+    pub pod_macs: BTreeMap<u32, [u8; 6]>,
+    /// The slow-path routes ipipd owns now (`proto 180`).
+    pub owned_routes: BTreeSet<Route>,
+}
+
+/// The node's facts fixed at start: the uplink's ifindex and the underlay MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Underlay {
+    pub uplink: u32,
+    pub mtu: u32,
+}
+
+impl KernelView {
+    /// Reads what planning `desired` needs. `known` are the endpoints the maps hold (a learnt
+    /// pod MAC is not asked for again).
+    pub async fn read(
+        nl: &Netlink,
+        desired: &Config,
+        underlay: Underlay,
+        known: &BTreeMap<u32, Endpoint>,
+    ) -> Result<Self> {
+        let mut view = Self::read_next_hops(nl, desired, underlay).await?;
+        for ep in desired.endpoints.iter().filter(|e| e.mac.is_none()) {
+            let Some(link) = view.link(&ep.interface) else {
+                continue;
+            };
+            if known
+                .get(&link.index)
+                .is_some_and(|k| k.pod_ip == ep.address.octets())
+            {
+                continue;
+            }
+            if let Ok(Some(mac)) = nl.peer_mac(link).await {
+                view.pod_macs.insert(link.index, mac);
+            }
+        }
+        view.owned_routes = nl.owned_routes().await?.into_iter().collect();
+        Ok(view)
+    }
+
+    /// Reads only what the peers' next hops depend on: the links (the uplink's MAC), the
+    /// uplink's subnets, the kernel's route to each peer, the uplink's neighbours.
+    pub async fn read_next_hops(
+        nl: &Netlink,
+        desired: &Config,
+        underlay: Underlay,
+    ) -> Result<Self> {
+        let links = nl.links().await?;
+        let uplink_nets = nl
+            .addresses(underlay.uplink)
+            .await?
+            .into_iter()
+            .map(|(a, l)| Ipv4Net::new(Ipv4Addr::from(u32::from(a) & mask(l)), l))
+            .collect();
+        let mut peer_routes = BTreeMap::new();
+        for p in &desired.peers {
+            let r = nl
+                .route_get(p.address, underlay.uplink)
+                .await
+                .unwrap_or((None, None));
+            peer_routes.insert(p.address, r);
+        }
+        let neighbours = nl.neighbours(underlay.uplink).await?;
+        Ok(KernelView {
+            links,
+            uplink_nets,
+            peer_routes,
+            neighbours,
+            ..KernelView::default()
+        })
+    }
+
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    pub fn link_by_index(&self, index: u32) -> Option<&Link> {
+        self.links.iter().find(|l| l.index == index)
+    }
+}
+
+/// What a desired state puts in the maps and routes, for one moment's kernel view.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub routes: BTreeMap<(Ipv4Addr, u8), RouteValue>,
+    /// Endpoints by host-side ifindex.
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    /// Endpoints still waiting for their interface (or its MAC): address → interface.
+    pub pending: BTreeMap<Ipv4Addr, String>,
+    pub slow_path: BTreeSet<Route>,
+    /// Each peer's next hop, as the routes and slow-path routes above were built from.
+    pub next_hops: BTreeMap<Ipv4Addr, NextHop>,
+}
+
+impl Plan {
+    /// The next hops whose MAC is unknown: the kernel is asked to resolve them (apply's
+    /// explicit step), so that the programs find it before the first packet needs it.
+    pub fn unresolved(&self) -> BTreeSet<Ipv4Addr> {
+        self.next_hops
+            .values()
+            .filter(|n| n.l2.is_none())
+            .map(|n| n.via)
+            .collect()
+    }
+}
+
+/// A peer's next hop as the kernel routes it: the address packets go via (the peer itself, or
+/// a gateway) and, when the kernel's neighbour table knows it on the uplink, the L2 the programs
+/// write (its MAC, the uplink's) instead of asking the FIB per packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub via: Ipv4Addr,
+    pub l2: Option<([u8; 6], [u8; 6])>,
+}
+
+pub fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+/// Whether a peer shares the uplink's subnet in cross-subnet mode (routed, not tunnelled).
+pub fn same_subnet(cfg: &Config, view: &KernelView, peer: Ipv4Addr) -> bool {
+    cfg.node.mode == Mode::CrossSubnet && view.uplink_nets.iter().any(|n| n.contains(peer))
+}
+
+/// Every peer's next hop: via the peer itself when it shares the uplink's subnet in
+/// cross-subnet mode, else via whatever the kernel routes it through; its L2 when the
+/// neighbour table holds its MAC on the uplink.
+pub fn next_hops(
+    cfg: &Config,
+    underlay: Underlay,
+    view: &KernelView,
+) -> BTreeMap<Ipv4Addr, NextHop> {
+    let uplink_mac = view.link_by_index(underlay.uplink).and_then(|l| l.mac);
+    cfg.peers
+        .iter()
+        .map(|p| {
+            let (gw, oif) = view
+                .peer_routes
+                .get(&p.address)
+                .copied()
+                .unwrap_or((None, None));
+            let via = if same_subnet(cfg, view, p.address) {
+                p.address
+            } else {
+                gw.unwrap_or(p.address)
+            };
+            let mac = (oif == Some(underlay.uplink))
+                .then(|| view.neighbours.get(&via).copied())
+                .flatten();
+            (
+                p.address,
+                NextHop {
+                    via,
+                    l2: mac.zip(uplink_mac),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A route value with no L2 and no interface.
+pub fn route_value(kind: RouteKind, flags: u8, node: Ipv4Addr) -> RouteValue {
+    RouteValue {
+        kind: kind as u8,
+        flags,
+        _pad: [0; 2],
+        ifindex: 0,
+        node_ip: node.octets(),
+        pod_mac: [0; 6],
+        host_mac: [0; 6],
+    }
+}
+
+/// What `cfg` means for the maps and routes. `tunnel` is the tunnel device's ifindex (the
+/// slow path's routes to remote blocks point at it); `known` the endpoints the maps hold (a
+/// recreated veth keeps the pod MAC learnt for its address).
+pub fn plan(
+    cfg: &Config,
+    underlay: Underlay,
+    tunnel: u32,
+    view: &KernelView,
+    known: &BTreeMap<u32, Endpoint>,
+) -> Result<Plan> {
+    let mut p = Plan {
+        next_hops: next_hops(cfg, underlay, view),
+        ..Plan::default()
+    };
+    for b in &cfg.blocks {
+        p.routes.insert(
+            (b.addr, b.len),
+            route_value(RouteKind::OwnBlock, 0, Ipv4Addr::UNSPECIFIED),
+        );
+        p.slow_path.insert(Route::Blackhole {
+            dst: (b.addr, b.len),
+        });
+    }
+    for peer in &cfg.peers {
+        let same_subnet = same_subnet(cfg, view, peer.address);
+        let flags = if same_subnet {
+            ROUTE_F_SAME_SUBNET
+        } else {
+            ROUTE_F_ENCAP
+        };
+        let NextHop { via, l2 } = p
+            .next_hops
+            .get(&peer.address)
+            .cloned()
+            .ok_or_else(|| anyhow!("no next hop for peer {}", peer.address))?;
+        let targets =
+            std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
+        for (i, net) in targets.enumerate() {
+            let kind = if i == 0 {
+                RouteKind::PeerNode
+            } else {
+                RouteKind::RemoteBlock
+            };
+            let mut v = route_value(kind, flags, peer.address);
+            if let Some((dmac, smac)) = l2 {
+                v.flags |= ROUTE_F_L2;
+                v.ifindex = underlay.uplink;
+                v.pod_mac = dmac;
+                v.host_mac = smac;
+            }
+            p.routes.insert((net.addr, net.len), v);
+            // What the kernel itself sends there goes into the tunnel device, as into tunl0;
+            // the peer's own address too, so that pod packets to it that the kernel takes
+            // (too big, TTL) are encapsulated (the node's own are sent on plain).
+            p.slow_path.insert(if same_subnet {
+                Route::Via {
+                    dst: (net.addr, net.len),
+                    gateway: via,
+                    oif: underlay.uplink,
+                    mtu: underlay.mtu,
+                }
+            } else {
+                Route::Tunnel {
+                    dst: (net.addr, net.len),
+                    oif: tunnel,
+                    src: cfg.node.address,
+                }
+            });
+        }
+    }
+    for ep in &cfg.endpoints {
+        let Some(link) = view.link(&ep.interface) else {
+            p.pending.insert(ep.address, ep.interface.clone());
+            continue;
+        };
+        // The configured MAC, else the one already learnt for this veth, else the kernel's.
+        let pod_mac = match (ep.mac, known.get(&link.index)) {
+            (Some(m), _) => Some(m),
+            (None, Some(k)) if k.pod_ip == ep.address.octets() => Some(k.pod_mac),
+            (None, _) => view.pod_macs.get(&link.index).copied(),
+        };
+        let (Some(pod_mac), Some(host_mac)) = (pod_mac, link.mac) else {
+            p.pending.insert(ep.address, ep.interface.clone());
+            continue;
+        };
+        p.endpoints.insert(
+            link.index,
+            Endpoint {
+                pod_ip: ep.address.octets(),
+                pod_mac,
+                host_mac,
+            },
+        );
+        p.routes.insert(
+            (ep.address, 32),
+            RouteValue {
+                kind: RouteKind::LocalEndpoint as u8,
+                flags: 0,
+                _pad: [0; 2],
+                ifindex: link.index,
+                node_ip: [0; 4],
+                pod_mac,
+                host_mac,
+            },
+        );
+        p.slow_path.insert(Route::Dev {
+            dst: (ep.address, 32),
+            oif: link.index,
+        });
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPLINK: u32 = 2;
+    const TUNNEL: u32 = 9;
+    const UPLINK_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x89, 0x75];
+    const MASTER_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x89, 0x76];
+    const UNDERLAY: Underlay = Underlay {
+        uplink: UPLINK,
+        mtu: 1500,
+    };
+
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    /// The seed's worker: 172.31.242.156 owns 192.168.83.128/26 with two pods; the master,
+    /// 172.31.242.157, owns 192.168.179.0/26.
+    fn worker(mode: &str) -> Config {
+        Config::parse(&format!(
+            r#"
+[node]
+name = "worker"
+uplink = "eth0"
+address = "172.31.242.156"
+mode = "{mode}"
+[[block]]
+cidr = "192.168.83.128/26"
+[[peer]]
+address = "172.31.242.157"
+blocks = ["192.168.179.0/26"]
+[[endpoint]]
+address = "192.168.83.129"
+interface = "cali513e7f6c556"
+[[endpoint]]
+address = "192.168.83.130"
+interface = "cali85f45a254f4"
+mac = "ee:ee:ee:ee:ee:02"
+"#
+        ))
+        .unwrap()
+    }
+
+    fn link(index: u32, name: &str, mac: [u8; 6]) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: Some(mac),
+            mtu: 1500,
+            link: None,
+            link_netnsid: None,
+            kind: Some("veth".into()),
+        }
+    }
+
+    /// The worker's kernel: the master on the uplink's /20, resolved; both pods' veths up.
+    fn view() -> KernelView {
+        KernelView {
+            links: vec![
+                link(UPLINK, "eth0", UPLINK_MAC),
+                link(TUNNEL, "ipipd0", [2, 0, 0, 0, 0, 9]),
+                link(11, "cali513e7f6c556", [0xee, 0xee, 0xee, 0xee, 0xee, 0xee]),
+                link(12, "cali85f45a254f4", [0xee, 0xee, 0xee, 0xee, 0xee, 0xef]),
+            ],
+            uplink_nets: vec!["172.31.240.0/20".parse().unwrap()],
+            peer_routes: [(a("172.31.242.157"), (None, Some(UPLINK)))].into(),
+            neighbours: [(a("172.31.242.157"), MASTER_MAC)].into(),
+            pod_macs: [(11, [0xee, 0xee, 0xee, 0xee, 0xee, 0x01])].into(),
+            owned_routes: BTreeSet::new(),
+        }
+    }
+
+    fn seed_plan(mode: &str, view: &KernelView) -> Plan {
+        plan(&worker(mode), UNDERLAY, TUNNEL, view, &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn the_seeds_worker_gets_calicos_route_table() {
+        let p = seed_plan("always", &view());
+        let master = a("172.31.242.157");
+        let remote = RouteValue {
+            kind: RouteKind::RemoteBlock as u8,
+            flags: ROUTE_F_ENCAP | ROUTE_F_L2,
+            _pad: [0; 2],
+            ifindex: UPLINK,
+            node_ip: master.octets(),
+            pod_mac: MASTER_MAC,
+            host_mac: UPLINK_MAC,
+        };
+        let expected: BTreeMap<(Ipv4Addr, u8), RouteValue> = [
+            (
+                (a("192.168.83.128"), 26),
+                route_value(RouteKind::OwnBlock, 0, Ipv4Addr::UNSPECIFIED),
+            ),
+            (
+                (master, 32),
+                RouteValue {
+                    kind: RouteKind::PeerNode as u8,
+                    ..remote
+                },
+            ),
+            ((a("192.168.179.0"), 26), remote),
+            (
+                (a("192.168.83.129"), 32),
+                RouteValue {
+                    kind: RouteKind::LocalEndpoint as u8,
+                    flags: 0,
+                    _pad: [0; 2],
+                    ifindex: 11,
+                    node_ip: [0; 4],
+                    pod_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x01],
+                    host_mac: [0xee; 6],
+                },
+            ),
+            (
+                (a("192.168.83.130"), 32),
+                RouteValue {
+                    kind: RouteKind::LocalEndpoint as u8,
+                    flags: 0,
+                    _pad: [0; 2],
+                    ifindex: 12,
+                    node_ip: [0; 4],
+                    pod_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x02],
+                    host_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0xef],
+                },
+            ),
+        ]
+        .into();
+        assert_eq!(p.routes, expected);
+        assert_eq!(
+            p.endpoints,
+            [
+                (
+                    11,
+                    Endpoint {
+                        pod_ip: a("192.168.83.129").octets(),
+                        pod_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x01],
+                        host_mac: [0xee; 6],
+                    }
+                ),
+                (
+                    12,
+                    Endpoint {
+                        pod_ip: a("192.168.83.130").octets(),
+                        pod_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x02],
+                        host_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0xef],
+                    }
+                ),
+            ]
+            .into()
+        );
+        let src = a("172.31.242.156");
+        let expected_slow: BTreeSet<Route> = [
+            Route::Blackhole {
+                dst: (a("192.168.83.128"), 26),
+            },
+            Route::Tunnel {
+                dst: (master, 32),
+                oif: TUNNEL,
+                src,
+            },
+            Route::Tunnel {
+                dst: (a("192.168.179.0"), 26),
+                oif: TUNNEL,
+                src,
+            },
+            Route::Dev {
+                dst: (a("192.168.83.129"), 32),
+                oif: 11,
+            },
+            Route::Dev {
+                dst: (a("192.168.83.130"), 32),
+                oif: 12,
+            },
+        ]
+        .into();
+        assert_eq!(p.slow_path, expected_slow);
+        assert!(p.pending.is_empty());
+        assert!(p.unresolved().is_empty());
+    }
+
+    #[test]
+    fn cross_subnet_routes_a_same_subnet_peer_without_the_tunnel() {
+        let p = seed_plan("cross-subnet", &view());
+        let master = a("172.31.242.157");
+        let r = p.routes[&(a("192.168.179.0"), 26)];
+        assert_eq!(r.flags, ROUTE_F_SAME_SUBNET | ROUTE_F_L2);
+        assert!(p.slow_path.contains(&Route::Via {
+            dst: (a("192.168.179.0"), 26),
+            gateway: master,
+            oif: UPLINK,
+            mtu: 1500,
+        }));
+        assert!(
+            !p.slow_path
+                .iter()
+                .any(|r| matches!(r, Route::Tunnel { .. }))
+        );
+    }
+
+    #[test]
+    fn cross_subnet_tunnels_a_peer_on_another_subnet_via_the_gateway() {
+        let mut v = view();
+        v.uplink_nets = vec!["10.0.0.0/24".parse().unwrap()];
+        v.peer_routes = [(a("172.31.242.157"), (Some(a("10.0.0.1")), Some(UPLINK)))].into();
+        v.neighbours = [(a("10.0.0.1"), [1, 2, 3, 4, 5, 6])].into();
+        let p = seed_plan("cross-subnet", &v);
+        let r = p.routes[&(a("192.168.179.0"), 26)];
+        assert_eq!(r.flags, ROUTE_F_ENCAP | ROUTE_F_L2);
+        assert_eq!(r.pod_mac, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(p.next_hops[&a("172.31.242.157")].via, a("10.0.0.1"));
+    }
+
+    #[test]
+    fn an_unresolved_next_hop_has_no_l2_and_is_to_be_resolved() {
+        let mut v = view();
+        v.neighbours.clear();
+        let p = seed_plan("always", &v);
+        let r = p.routes[&(a("192.168.179.0"), 26)];
+        assert_eq!(r.flags, ROUTE_F_ENCAP);
+        assert_eq!((r.ifindex, r.pod_mac, r.host_mac), (0, [0; 6], [0; 6]));
+        assert_eq!(p.unresolved(), [a("172.31.242.157")].into());
+    }
+
+    #[test]
+    fn a_peer_routed_out_of_another_interface_gets_no_l2() {
+        let mut v = view();
+        v.peer_routes = [(a("172.31.242.157"), (None, Some(77)))].into();
+        let p = seed_plan("always", &v);
+        assert_eq!(p.routes[&(a("192.168.179.0"), 26)].flags, ROUTE_F_ENCAP);
+    }
+
+    #[test]
+    fn a_moved_block_moves_its_route_and_slow_path() {
+        let mut cfg = worker("always");
+        cfg.peers.push(crate::config::Peer {
+            address: a("172.31.242.158"),
+            blocks: vec![],
+        });
+        let mut v = view();
+        v.peer_routes
+            .insert(a("172.31.242.158"), (None, Some(UPLINK)));
+        let before = plan(&cfg, UNDERLAY, TUNNEL, &v, &BTreeMap::new()).unwrap();
+        let moved = cfg.peers[0].blocks.remove(0);
+        cfg.peers[1].blocks.push(moved);
+        let after = plan(&cfg, UNDERLAY, TUNNEL, &v, &BTreeMap::new()).unwrap();
+        let key = (a("192.168.179.0"), 26);
+        assert_eq!(before.routes[&key].node_ip, a("172.31.242.157").octets());
+        assert_eq!(after.routes[&key].node_ip, a("172.31.242.158").octets());
+        assert_eq!(after.routes.len(), before.routes.len() + 0);
+        assert_eq!(after.slow_path, before.slow_path);
+    }
+
+    #[test]
+    fn a_removed_peer_leaves_nothing_behind() {
+        let mut cfg = worker("always");
+        cfg.peers.clear();
+        let p = plan(&cfg, UNDERLAY, TUNNEL, &view(), &BTreeMap::new()).unwrap();
+        assert!(p.next_hops.is_empty());
+        assert!(p.routes.values().all(|r| r.node_ip == [0; 4]));
+        assert!(
+            !p.slow_path
+                .iter()
+                .any(|r| matches!(r, Route::Tunnel { .. } | Route::Via { .. }))
+        );
+        assert_eq!(p.routes.len(), 3);
+    }
+
+    #[test]
+    fn an_endpoint_without_its_interface_or_mac_is_pending() {
+        let mut v = view();
+        v.links.retain(|l| l.name != "cali85f45a254f4");
+        v.pod_macs.clear();
+        let p = seed_plan("always", &v);
+        assert!(p.endpoints.is_empty());
+        assert_eq!(
+            p.pending,
+            [
+                (a("192.168.83.129"), "cali513e7f6c556".to_string()),
+                (a("192.168.83.130"), "cali85f45a254f4".to_string()),
+            ]
+            .into()
+        );
+        assert!(!p.routes.contains_key(&(a("192.168.83.129"), 32)));
+    }
+
+    #[test]
+    fn a_recreated_veth_keeps_the_learnt_pod_mac() {
+        let mut v = view();
+        v.pod_macs.clear();
+        let known = [(
+            11,
+            Endpoint {
+                pod_ip: a("192.168.83.129").octets(),
+                pod_mac: [9; 6],
+                host_mac: [0xee; 6],
+            },
+        )]
+        .into();
+        let p = plan(&worker("always"), UNDERLAY, TUNNEL, &v, &known).unwrap();
+        assert_eq!(p.endpoints[&11].pod_mac, [9; 6]);
+        // Another address on that ifindex does not inherit it.
+        let known = [(
+            11,
+            Endpoint {
+                pod_ip: a("192.168.83.140").octets(),
+                pod_mac: [9; 6],
+                host_mac: [0xee; 6],
+            },
+        )]
+        .into();
+        let p = plan(&worker("always"), UNDERLAY, TUNNEL, &v, &known).unwrap();
+        assert!(p.pending.contains_key(&a("192.168.83.129")));
+    }
+
+    #[test]
+    fn planning_is_deterministic() {
+        assert_eq!(seed_plan("always", &view()), seed_plan("always", &view()));
+    }
+}
