@@ -15,10 +15,9 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use dataplane_common::{Hook, NodeConfig, ROUTE_F_L2, Reason, RouteValue};
+use dataplane_common::{Hook, NodeConfig, ROUTE_F_L2, Reason, RouteValue, csum};
 
 use crate::{
-    csum,
     maps::{IP_ID, count},
     monitor,
     packet::{

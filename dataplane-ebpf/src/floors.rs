@@ -6,9 +6,7 @@
 #![no_main]
 
 // The Internet checksum, shared with ipipd's programs.
-#[allow(dead_code)]
-#[path = "csum.rs"]
-mod csum;
+use dataplane_common::csum;
 
 use aya_ebpf::{
     bindings::{

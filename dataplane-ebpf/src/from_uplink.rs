@@ -17,11 +17,10 @@ use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET},
     programs::TcContext,
 };
-use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind};
+use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind, csum, ecn};
 
 use crate::{
     act::{self, drop, pass},
-    csum,
     maps::{config, route, source_ok},
     packet::{
         ETH_LEN, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, L3, TC_OK, ensure_linear, frag_field,
@@ -30,31 +29,6 @@ use crate::{
 };
 
 const HOOK: Hook = Hook::FromUplink;
-
-const NOT_ECT: u8 = 0;
-const ECT_1: u8 = 1;
-const CE: u8 = 3;
-
-/// RFC 6040 §4.2 (Figure 4): the inner ECN field after decapsulation, or None to drop.
-/// The second value is set for the "currently unused" combinations, which are forwarded and
-/// counted.
-#[inline(always)]
-pub fn ecn_decap(inner: u8, outer: u8) -> (Option<u8>, bool) {
-    if inner == NOT_ECT {
-        return match outer {
-            CE => (None, false),
-            NOT_ECT => (Some(NOT_ECT), false),
-            _ => (Some(NOT_ECT), true),
-        };
-    }
-    if inner == CE || outer == CE {
-        return (Some(CE), inner == CE && outer == ECT_1);
-    }
-    if outer == ECT_1 {
-        return (Some(ECT_1), false);
-    }
-    (Some(inner), false)
-}
 
 pub fn run(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
@@ -112,7 +86,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     if !ipv4_sane(inner, outer_tot - IP_LEN) {
         return drop(ctx, HOOK, Reason::DropBadInnerLength);
     }
-    let (ecn, unused) = ecn_decap(inner.tos & 3, outer_ecn);
+    let (ecn, unused) = ecn::decap(inner.tos & 3, outer_ecn);
     let Some(ecn) = ecn else {
         return drop(ctx, HOOK, Reason::DropEcnCeNotEct);
     };

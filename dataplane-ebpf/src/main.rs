@@ -12,7 +12,6 @@
 #![no_main]
 
 mod act;
-mod csum;
 mod from_pod;
 mod from_uplink;
 mod maps;

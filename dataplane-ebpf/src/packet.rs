@@ -163,7 +163,7 @@ pub fn dec_ttl(ip: &mut Ipv4Hdr) {
     let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
     ip.ttl -= 1;
     let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
-    let check = crate::csum::replace(u16::from_ne_bytes(ip.check), old, new);
+    let check = dataplane_common::csum::replace(u16::from_ne_bytes(ip.check), old, new);
     ip.check = check.to_ne_bytes();
 }
 
@@ -173,7 +173,7 @@ pub fn set_tos(ip: &mut Ipv4Hdr, tos: u8) {
     let old = u16::from_ne_bytes([ip.vihl, ip.tos]);
     ip.tos = tos;
     let new = u16::from_ne_bytes([ip.vihl, ip.tos]);
-    let check = crate::csum::replace(u16::from_ne_bytes(ip.check), old, new);
+    let check = dataplane_common::csum::replace(u16::from_ne_bytes(ip.check), old, new);
     ip.check = check.to_ne_bytes();
 }
 

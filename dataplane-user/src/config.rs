@@ -597,3 +597,196 @@ impl fmt::Display for KeyError {
         write!(f, "{}: {}", self.key, self.msg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "[node]\nname = \"bad\"\nuplink = \"eth0\"\naddress = \"172.31.242.156\"\n";
+    const BLOCK: &str = "\n[[block]]\ncidr = \"192.168.83.128/26\"\n";
+    const PEER: &str =
+        "\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.179.0/26\"]\n";
+
+    fn endpoint(address: &str, interface: &str) -> String {
+        format!("\n[[endpoint]]\naddress = \"{address}\"\ninterface = \"{interface}\"\n")
+    }
+
+    /// The error `text` gets: (line, message).
+    fn rejected(text: &str) -> (Option<usize>, String) {
+        match Config::parse(text) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// One test per bad config: the exact line and message.
+    macro_rules! bad_config {
+        ($($name:ident: $text:expr => $line:expr, $msg:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                assert_eq!(rejected(&$text), ($line, $msg.to_string()));
+            }
+        )*};
+    }
+
+    bad_config! {
+        a_prefix_length_above_32:
+            format!("{NODE}\n[[block]]\ncidr = \"192.168.83.128/33\"\n")
+            => Some(7), "block[0].cidr: \"192.168.83.128/33\": prefix length must be 0..=32";
+        a_cidr_with_host_bits:
+            format!("{NODE}\n[[block]]\ncidr = \"192.168.83.129/26\"\n")
+            => Some(7), "block[0].cidr: \"192.168.83.129/26\" has host bits set (did you mean 192.168.83.128/26?)";
+        a_cidr_without_a_prefix:
+            format!("{NODE}\n[[block]]\ncidr = \"192.168.83.128\"\n")
+            => Some(7), "block[0].cidr: \"192.168.83.128\" is not a CIDR (address/prefix)";
+        an_invalid_node_address:
+            NODE.replace("172.31.242.156", "172.31.242.300")
+            => Some(4), "node.address: \"172.31.242.300\" is not an IPv4 address";
+        overlapping_blocks:
+            format!("{NODE}{BLOCK}\n[[block]]\ncidr = \"192.168.83.0/24\"\n")
+            => Some(10), "block[1].cidr: 192.168.83.0/24 overlaps block[0] 192.168.83.128/26";
+        an_endpoint_outside_the_blocks:
+            format!("{NODE}{BLOCK}{}", endpoint("10.1.1.1", "cali1"))
+            => Some(10), "endpoint[0].address: 10.1.1.1 is outside this node's blocks";
+        a_peer_block_overlapping_the_own:
+            format!("{NODE}{BLOCK}\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.83.128/27\"]\n")
+            => Some(11), "peer[0].blocks[0]: 192.168.83.128/27 overlaps this node's block 192.168.83.128/26";
+        a_peer_with_the_nodes_address:
+            format!("{NODE}{BLOCK}\n[[peer]]\naddress = \"172.31.242.156\"\n")
+            => Some(10), "peer[0].address: 172.31.242.156 is this node's own address";
+        a_peer_block_holding_a_node_address:
+            format!("{NODE}{BLOCK}\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"172.31.242.128/26\"]\n")
+            => Some(11), "peer[0].blocks[0]: 172.31.242.128/26 holds a node address";
+        two_peers_with_one_address:
+            format!("{NODE}{BLOCK}{PEER}\n[[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.1.0/26\"]\n")
+            => Some(14), "peer[1].address: 172.31.242.157 is also peer[0]";
+        a_block_claimed_by_two_peers:
+            format!("{NODE}{BLOCK}{PEER}\n[[peer]]\naddress = \"172.31.242.158\"\nblocks = [\"192.168.179.0/26\"]\n")
+            => Some(15), "peer[1].blocks[0]: 192.168.179.0/26 is also claimed by peer[0] (192.168.179.0/26)";
+        duplicate_endpoint_addresses:
+            format!("{NODE}{BLOCK}{}{}", endpoint("192.168.83.129", "cali1"), endpoint("192.168.83.129", "cali2"))
+            => Some(14), "endpoint[1].address: 192.168.83.129 is also endpoint[0]";
+        duplicate_endpoint_interfaces:
+            format!("{NODE}{BLOCK}{}{}", endpoint("192.168.83.129", "cali1"), endpoint("192.168.83.130", "cali1"))
+            => Some(15), "endpoint[1].interface: cali1 is also endpoint[0]'s interface";
+        an_endpoint_on_the_uplink:
+            format!("{NODE}{BLOCK}{}", endpoint("192.168.83.129", "eth0"))
+            => Some(11), "endpoint[0].interface: is the uplink";
+        an_endpoint_on_the_tunnel_device:
+            format!("{NODE}{BLOCK}{}", endpoint("192.168.83.129", "ipipd0"))
+            => Some(11), "endpoint[0].interface: is the tunnel device (node.tunnel) or its peer";
+        an_endpoint_on_the_tunnel_devices_peer:
+            format!("{NODE}{BLOCK}{}", endpoint("192.168.83.129", "ipipd0p"))
+            => Some(11), "endpoint[0].interface: is the tunnel device (node.tunnel) or its peer";
+        an_endpoint_interface_name_too_long:
+            format!("{NODE}{BLOCK}{}", endpoint("192.168.83.129", "cali0123456789abcdef"))
+            => Some(11), "endpoint[0].interface: \"cali0123456789abcdef\" is not an interface name";
+        an_endpoint_interface_name_with_a_slash:
+            format!("{NODE}{BLOCK}{}", endpoint("192.168.83.129", "a/b"))
+            => Some(11), "endpoint[0].interface: \"a/b\" is not an interface name";
+        a_bad_mac:
+            format!("{NODE}{BLOCK}{}mac = \"zz\"\n", endpoint("192.168.83.129", "cali1"))
+            => Some(12), "endpoint[0].mac: \"zz\" is not a MAC address (aa:bb:cc:dd:ee:ff)";
+        a_mac_with_a_bad_byte:
+            format!("{NODE}{BLOCK}{}mac = \"02:00:00:00:00:zz\"\n", endpoint("192.168.83.129", "cali1"))
+            => Some(12), "endpoint[0].mac: \"02:00:00:00:00:zz\" is not a MAC address";
+        a_tunnel_name_too_long_for_its_peers:
+            format!("{NODE}tunnel = \"ipipd012345678x\"\n{BLOCK}")
+            => Some(5), "node.tunnel: \"ipipd012345678x\" is not an interface name of at most 14 characters";
+        a_tunnel_named_like_the_uplink:
+            format!("{NODE}tunnel = \"eth0\"\n{BLOCK}")
+            => Some(5), "node.tunnel: is the uplink (or its peer would be)";
+        a_bad_mode:
+            format!("{NODE}mode = \"sometimes\"\n{BLOCK}")
+            => Some(5), "node.mode: \"sometimes\": expected \"always\" or \"cross-subnet\"";
+        a_bad_xdp_mode:
+            format!("{NODE}xdp = \"fast\"\n{BLOCK}")
+            => Some(5), "node.xdp: \"fast\": expected \"off\", \"native\" or \"generic\"";
+        an_mtu_out_of_range:
+            format!("{NODE}mtu = 100\n{BLOCK}")
+            => Some(5), "node.mtu: 100: must be 576..=65535";
+        a_relative_pin_dir:
+            format!("{NODE}pin_dir = \"bpf/ipipd\"\n{BLOCK}")
+            => Some(5), "node.pin_dir: \"bpf/ipipd\" is not an absolute path";
+        a_bad_node_name:
+            NODE.replace("\"bad\"", "\"a b\"")
+            => Some(2), "node.name: \"a b\": use letters, digits, '-', '_' and '.'";
+        a_bad_uplink_name:
+            NODE.replace("\"eth0\"", "\"eth/0\"")
+            => Some(3), "node.uplink: \"eth/0\" is not an interface name";
+    }
+
+    #[test]
+    fn an_unknown_key_names_itself_and_its_line() {
+        let (line, msg) = rejected(&format!("{NODE}colour = \"blue\"\n{BLOCK}"));
+        assert_eq!(line, Some(5));
+        assert!(msg.starts_with("unknown field `colour`"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_node_section_or_address_is_named() {
+        let (_, msg) = rejected(BLOCK);
+        assert!(msg.contains("missing field `node`"), "{msg}");
+        let (_, msg) = rejected("[node]\nuplink = \"eth0\"\n");
+        assert!(msg.contains("missing field `address`"), "{msg}");
+    }
+
+    #[test]
+    fn the_seeds_worker_parses_with_its_defaults() {
+        let c = Config::parse(&format!(
+            "{NODE}{BLOCK}{PEER}{}",
+            endpoint("192.168.83.129", "cali1")
+        ))
+        .unwrap();
+        assert_eq!(c.node.mode, Mode::Always);
+        assert_eq!(c.node.xdp, XdpMode::Off);
+        assert_eq!(c.node.mtu, None);
+        assert_eq!(c.node.tunnel, "ipipd0");
+        assert_eq!(c.node.pin_dir, PathBuf::from("/sys/fs/bpf/ipipd/bad"));
+        assert_eq!(c.peers[0].blocks, vec!["192.168.179.0/26".parse().unwrap()]);
+        assert_eq!(c.endpoints[0].mac, None);
+    }
+
+    #[test]
+    fn errors_from_a_file_name_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("ipipd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, format!("{NODE}mode = \"sometimes\"\n")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:5: node.mode: \"sometimes\": expected \"always\" or \"cross-subnet\"",
+                path.display()
+            )
+        );
+        let e = Config::load(&dir.join("absent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{}: ", dir.join("absent.toml").display())),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cidr_arithmetic() {
+        let n: Ipv4Net = "192.168.83.128/26".parse().unwrap();
+        assert!(n.contains("192.168.83.191".parse().unwrap()));
+        assert!(!n.contains("192.168.83.192".parse().unwrap()));
+        assert!(n.overlaps(&"192.168.83.0/24".parse().unwrap()));
+        assert!(!n.overlaps(&"192.168.83.192/26".parse().unwrap()));
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("255.255.255.255".parse().unwrap()));
+        assert_eq!(n.to_string(), "192.168.83.128/26");
+    }
+
+    #[test]
+    fn macs_parse_and_print() {
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Ok([2, 0, 10, 255, 0, 1]));
+        assert_eq!(fmt_mac(&[2, 0, 10, 255, 0, 1]), "02:00:0a:ff:00:01");
+        assert!(parse_mac("02:00:0a:ff:00").is_err());
+    }
+}

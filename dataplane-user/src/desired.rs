@@ -151,3 +151,158 @@ fn overlay<T: Keyed>(items: &mut Vec<T>, added: &[T], deleted: &[Ipv4Addr]) {
     });
     items.extend(added.iter().cloned());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Ipv4Net;
+
+    fn file() -> Config {
+        Config::parse(
+            "[node]\nname = \"n\"\nuplink = \"eth0\"\naddress = \"172.31.242.156\"\n\
+             [[block]]\ncidr = \"192.168.83.128/26\"\n\
+             [[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.179.0/26\"]\n\
+             [[endpoint]]\naddress = \"192.168.83.129\"\ninterface = \"cali1\"\n",
+        )
+        .unwrap()
+    }
+
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn ep(address: &str, interface: &str) -> EndpointCfg {
+        EndpointCfg {
+            address: a(address),
+            interface: interface.into(),
+            mac: None,
+        }
+    }
+
+    fn addrs(c: &Config) -> Vec<Ipv4Addr> {
+        c.endpoints.iter().map(|e| e.address).collect()
+    }
+
+    #[test]
+    fn an_added_endpoint_joins_the_files() {
+        let rt = RuntimeChanges::default()
+            .with(&file(), &Change::EndpointAdd(ep("192.168.83.130", "cali2")))
+            .unwrap();
+        assert_eq!(
+            addrs(&rt.apply(&file()).unwrap()),
+            [a("192.168.83.129"), a("192.168.83.130")]
+        );
+    }
+
+    #[test]
+    fn an_added_endpoint_replaces_the_files_with_its_address() {
+        let rt = RuntimeChanges::default()
+            .with(&file(), &Change::EndpointAdd(ep("192.168.83.129", "cali9")))
+            .unwrap();
+        let d = rt.apply(&file()).unwrap();
+        assert_eq!(d.endpoints, [ep("192.168.83.129", "cali9")]);
+    }
+
+    #[test]
+    fn deleting_a_file_endpoint_hides_it_and_twice_is_an_error() {
+        let rt = RuntimeChanges::default()
+            .with(
+                &file(),
+                &Change::EndpointDel {
+                    address: a("192.168.83.129"),
+                },
+            )
+            .unwrap();
+        assert!(rt.apply(&file()).unwrap().endpoints.is_empty());
+        let again = rt.with(
+            &file(),
+            &Change::EndpointDel {
+                address: a("192.168.83.129"),
+            },
+        );
+        assert_eq!(again.unwrap_err().to_string(), "no endpoint 192.168.83.129");
+    }
+
+    #[test]
+    fn re_adding_a_deleted_endpoint_undoes_the_deletion() {
+        let del = Change::EndpointDel {
+            address: a("192.168.83.129"),
+        };
+        let rt = RuntimeChanges::default()
+            .with(&file(), &del)
+            .unwrap()
+            .with(&file(), &Change::EndpointAdd(ep("192.168.83.129", "cali1")))
+            .unwrap();
+        assert!(rt.endpoints_deleted.is_empty());
+        assert_eq!(addrs(&rt.apply(&file()).unwrap()), [a("192.168.83.129")]);
+    }
+
+    #[test]
+    fn deleting_an_unknown_peer_or_endpoint_is_an_error() {
+        let e = RuntimeChanges::default()
+            .with(
+                &file(),
+                &Change::PeerDel {
+                    address: a("172.31.242.200"),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no peer 172.31.242.200");
+        let e = RuntimeChanges::default()
+            .with(
+                &file(),
+                &Change::EndpointDel {
+                    address: a("192.168.83.140"),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no endpoint 192.168.83.140");
+    }
+
+    #[test]
+    fn a_change_that_breaks_the_rules_is_refused_whole() {
+        // A peer claiming the master's block, and an endpoint outside the blocks.
+        let bad_peer = Change::PeerAdd(Peer {
+            address: a("172.31.242.158"),
+            blocks: vec!["192.168.179.0/26".parse::<Ipv4Net>().unwrap()],
+        });
+        let rt = RuntimeChanges::default().with(&file(), &bad_peer).unwrap();
+        assert_eq!(
+            rt.apply(&file()).unwrap_err().to_string(),
+            "peer[1].blocks[0]: 192.168.179.0/26 is also claimed by peer[0] (192.168.179.0/26)"
+        );
+        let rt = RuntimeChanges::default()
+            .with(&file(), &Change::EndpointAdd(ep("10.0.0.1", "cali3")))
+            .unwrap();
+        assert_eq!(
+            rt.apply(&file()).unwrap_err().to_string(),
+            "endpoint[1].address: 10.0.0.1 is outside this node's blocks"
+        );
+    }
+
+    #[test]
+    fn runtime_changes_persist_and_come_back() {
+        let dir = std::env::temp_dir().join(format!("ipipd-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            RuntimeChanges::load(&dir).unwrap(),
+            RuntimeChanges::default()
+        );
+        let rt = RuntimeChanges::default()
+            .with(&file(), &Change::EndpointAdd(ep("192.168.83.130", "cali2")))
+            .unwrap()
+            .with(
+                &file(),
+                &Change::PeerDel {
+                    address: a("172.31.242.157"),
+                },
+            )
+            .unwrap();
+        rt.save(&dir).unwrap();
+        assert_eq!(RuntimeChanges::load(&dir).unwrap(), rt);
+        std::fs::write(dir.join(RUNTIME_FILE), "{\"endpoints_added\": 3}").unwrap();
+        let e = RuntimeChanges::load(&dir).unwrap_err().to_string();
+        assert!(e.ends_with("runtime.json: not a runtime state file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

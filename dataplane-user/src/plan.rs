@@ -568,7 +568,7 @@ mac = "ee:ee:ee:ee:ee:02"
         let key = (a("192.168.179.0"), 26);
         assert_eq!(before.routes[&key].node_ip, a("172.31.242.157").octets());
         assert_eq!(after.routes[&key].node_ip, a("172.31.242.158").octets());
-        assert_eq!(after.routes.len(), before.routes.len() + 0);
+        assert_eq!(after.routes.len(), before.routes.len());
         assert_eq!(after.slow_path, before.slow_path);
     }
 
