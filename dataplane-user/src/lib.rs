@@ -28,3 +28,26 @@ pub mod tunnel;
 /// The eBPF object built by build.rs (bpfel, BTF), aligned for the ELF parser.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipipd-dataplane"));
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use dataplane_common::{map_names, program_names};
+
+    /// The object the binary embeds declares exactly the programs and maps dataplane-common
+    /// names (the floors and anything else of the bench's are not in it).
+    #[test]
+    fn the_embedded_object_matches_dataplane_commons_names() {
+        let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).expect("the embedded object parses");
+        let programs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert_eq!(programs, program_names::ALL.into_iter().collect());
+        let ours: BTreeSet<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| m.starts_with("ipipd_"))
+            .collect();
+        assert_eq!(ours, map_names::ALL.into_iter().collect());
+    }
+}

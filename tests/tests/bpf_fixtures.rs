@@ -9,7 +9,9 @@ use ipipd_tests::require_root;
 
 #[test]
 fn every_vector_passes() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let vectors = load_vectors().unwrap();
     assert!(!vectors.is_empty(), "no vectors in bpf-fixtures/vectors");
     let mut failures = Vec::new();
@@ -66,7 +68,9 @@ fn every_drop_reason_has_a_vector() {
 /// The runner fails when one expected byte is flipped or one map entry changed.
 #[test]
 fn runner_catches_a_flipped_byte_and_a_changed_map_entry() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let vectors = load_vectors().unwrap();
     let get = |file: &str| {
         vectors

@@ -49,7 +49,9 @@ fn pod(c: &Cluster, node: &str, ip: Ipv4Addr) -> NetNs {
 
 #[test]
 fn icmp_udp_tcp_between_pods_and_hosts() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = seed_cluster("e-basic", "");
     let cases = [
         ("node", N1, N2, "same node"),
@@ -104,7 +106,9 @@ fn icmp_udp_tcp_between_pods_and_hosts() {
 /// (the FIXED_GSO path), with TSO/GSO on and off on the pod veths and the uplinks.
 #[test]
 fn hundred_megabytes_across_nodes_arrive_intact() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = seed_cluster("e-bulk", "");
     let src = pod(&c, "node", N1);
     let dst = pod(&c, "master", M1);
@@ -143,7 +147,9 @@ fn is_pod(ip: Ipv4Addr) -> bool {
 /// and the counters equal to what was captured.
 #[test]
 fn the_underlay_carries_ipip_and_the_counters_match_it() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = seed_cluster("e-wire", "");
     let cap = Capture::start(&c.underlay, "up1", &c.dir, "").unwrap();
     let before = (stats(&c, "node"), stats(&c, "master"));
@@ -252,7 +258,9 @@ fn the_underlay_carries_ipip_and_the_counters_match_it() {
 
 #[test]
 fn path_mtu_ttl_blackhole_spoofing() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = seed_cluster("e-edge", "");
     let n1 = pod(&c, "node", N1);
     let m1 = pod(&c, "master", M1);
@@ -403,7 +411,9 @@ fn icmp_packet(src: Ipv4Addr, dst: Ipv4Addr, ihl: u8) -> Vec<u8> {
 
 #[test]
 fn ipip_from_a_non_peer_or_with_a_bad_inner_header_is_dropped() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = cluster_with_attacker("e-att", "");
     let attacker = c.node("attacker").ns.view();
     let victim = pod(&c, "node", N1);
@@ -451,7 +461,9 @@ fn ipip_from_a_non_peer_or_with_a_bad_inner_header_is_dropped() {
 /// path flushed, pods still reach each other.
 #[test]
 fn pod_traffic_needs_no_route_table() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = seed_cluster("e-noroute", "");
     for n in &c.nodes {
         n.ns.sh("ip route flush proto 180").unwrap();
@@ -481,7 +493,9 @@ fn pod_traffic_needs_no_route_table() {
 /// outer next hop = the router's MAC), one on the same subnet (not encapsulated).
 #[test]
 fn cross_subnet_encapsulates_only_across_the_router() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let far = Ipv4Addr::new(10, 0, 5, 7);
     let f1 = Ipv4Addr::new(192, 168, 200, 2);
     let mut specs = seed_nodes(1);
@@ -558,7 +572,9 @@ fn cross_subnet_encapsulates_only_across_the_router() {
 /// dropped by xdp_uplink before an skb exists.
 #[test]
 fn native_xdp_drops_non_peers_early_and_passes_the_rest() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = cluster_with_attacker("e-xdp", "xdp = \"native\"");
     let link = c.node("node").ns.ip("-d link show dev eth0").unwrap();
     assert!(link.contains("xdp"), "native XDP attached: {link}");
@@ -594,7 +610,9 @@ fn native_xdp_drops_non_peers_early_and_passes_the_rest() {
 /// peer the routes follow, and without a neighbour entry the kernel resolves it again.
 #[test]
 fn the_next_hop_mac_follows_the_neighbour_table() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = seed_cluster("e-l2", "");
     let n1 = pod(&c, "node", N1);
     let node = c.node("node");
@@ -692,7 +710,9 @@ fn the_next_hop_mac_follows_the_neighbour_table() {
 /// the peer answers go through.
 #[test]
 fn host_traffic_toward_an_unresolved_peer_is_a_counted_drop_not_a_stray_frame() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let c = seed_cluster("e-unres", "");
     let master = c.node("master").ns.view();
     let mac_of = |ns: &NetNs| {

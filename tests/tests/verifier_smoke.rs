@@ -7,7 +7,9 @@ use ipipd_tests::{NetNs, require_root};
 
 #[test]
 fn every_program_loads_and_attaches_to_a_veth() {
-    require_root();
+    if !require_root() {
+        return;
+    }
     let ns = NetNs::new("smoke").unwrap();
     ns.ip("link add up0 type veth peer name up0p").unwrap();
     ns.ip("link add cali0 type veth peer name cali0p").unwrap();
