@@ -26,21 +26,23 @@ pub fn ipv4_header(words: &[u16; 10]) -> u16 {
     fold(sum)
 }
 
+/// The checksum of any bytes, byte-wise (RFC 1071's definition: the complemented ones'
+/// complement sum of big-endian words, an odd byte padded), as a number: the reference the
+/// word-wise functions above are tested against, and what the host's tests and tools use.
+pub fn of_bytes(bytes: &[u8]) -> u16 {
+    let mut s = 0u32;
+    for w in bytes.chunks(2) {
+        s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The RFC 1071 reference: the complemented ones' complement sum of big-endian words.
-    fn reference(bytes: &[u8]) -> u16 {
-        let mut s = 0u32;
-        for w in bytes.chunks(2) {
-            s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
-        }
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        !(s as u16)
-    }
 
     /// Ten words as the programs see them: the header's bytes in wire order, read natively.
     fn words(h: &[u8; 20]) -> [u16; 10] {
@@ -69,7 +71,7 @@ mod tests {
     fn rfc1071_example() {
         // RFC 1071 §3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
         assert_eq!(
-            reference(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            of_bytes(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
             !0xddf2
         );
         assert_eq!(fold(0x0001 + 0xf203 + 0xf4f5 + 0xf6f7), !0xddf2);
@@ -79,7 +81,7 @@ mod tests {
     fn ipv4_header_matches_the_reference_and_verifies_to_zero() {
         for mut h in headers() {
             let c = ipv4_header(&words(&h));
-            assert_eq!(u16::from_be(c), reference(&h), "{h:02x?}");
+            assert_eq!(u16::from_be(c), of_bytes(&h), "{h:02x?}");
             h[10..12].copy_from_slice(&c.to_ne_bytes());
             assert_eq!(ipv4_header(&words(&h)), 0, "a correct header verifies to 0");
         }

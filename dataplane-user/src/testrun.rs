@@ -70,14 +70,5 @@ pub fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
     ctx
 }
 
-/// The Internet checksum (RFC 1071) of `b`, an odd last byte padded with zero.
-pub fn checksum(b: &[u8]) -> u16 {
-    let mut s = 0u32;
-    for w in b.chunks(2) {
-        s += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
+/// The Internet checksum of `b` as a number (RFC 1071), for the packets tests build.
+pub use dataplane_common::csum::of_bytes as checksum;
