@@ -295,15 +295,16 @@ impl Netlink {
 
     /// Every link in this namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
+        // Each message is reduced to a Link as it arrives: a full LinkMessage (statistics and
+        // all) is kilobytes, and a node has thousands of veths.
+        self.handle
             .link()
             .get()
             .execute()
+            .map_ok(|m| parse_link(&m))
             .try_collect()
             .await
-            .map_err(|e| describe(e).context("listing links"))?;
-        Ok(msgs.iter().map(parse_link).collect())
+            .map_err(|e| describe(e).context("listing links"))
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
@@ -526,15 +527,16 @@ impl Netlink {
 
     /// Every IPv4 route in the main table with ipipd's protocol.
     pub async fn owned_routes(&self) -> Result<Vec<Route>> {
-        let msgs: Vec<RouteMessage> = self
+        let routes: Vec<Option<Route>> = self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
+            .map_ok(|m| parse_route(&m))
             .try_collect()
             .await
             .map_err(|e| describe(e).context("listing routes"))?;
-        Ok(msgs.iter().filter_map(parse_route).collect())
+        Ok(routes.into_iter().flatten().collect())
     }
 }
 
