@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use aya::{Ebpf, programs::TcAttachType, util::KernelVersion};
 use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, program_names};
 
@@ -34,6 +34,7 @@ pub struct Dataplane {
     /// The tunnel device, once created (see [`Dataplane::ensure_tunnel`]).
     pub tunnel: Option<Link>,
     pub mtu: u32,
+    xdp: CfgXdp,
     pub(crate) attachments: Attachments,
     forward_was: Option<String>,
     /// What the last reconcile applied.
@@ -79,11 +80,7 @@ impl Dataplane {
     /// everything attached so far is rolled back.
     pub async fn start(cfg: &Config, state_dir: &Path) -> Result<Self> {
         let nl = Netlink::new()?;
-        let mtu = cfg.check_kernel(&nl).await?;
-        let uplink = nl
-            .link_by_name(&cfg.node.uplink)
-            .await?
-            .ok_or_else(|| anyhow!("node.uplink: no interface {:?}", cfg.node.uplink))?;
+        let (uplink, mtu) = cfg.check_kernel(&nl).await?;
         pins::ensure_bpffs(&cfg.node.pin_dir)?;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -104,6 +101,7 @@ impl Dataplane {
             uplink,
             tunnel: None,
             mtu,
+            xdp: cfg.node.xdp,
             attachments: Attachments::new(&cfg.node.pin_dir, state_dir, tcx),
             forward_was: None,
             plan: Plan::default(),
@@ -151,8 +149,8 @@ impl Dataplane {
             TcAttachType::Ingress,
             Hook::FromUplink,
         )?;
-        if cfg.node.xdp != CfgXdp::Off {
-            self.attachments.xdp(&mut self.ebpf, &up, cfg.node.xdp)?;
+        if self.xdp != CfgXdp::Off {
+            self.attachments.xdp(&mut self.ebpf, &up, self.xdp)?;
         }
         Ok(())
     }
@@ -176,12 +174,11 @@ impl Dataplane {
 
     /// Makes maps, attachments and routes match `cfg`: read the kernel, plan, apply.
     pub async fn reconcile(&mut self, cfg: &Config) -> Result<()> {
-        let links = self.nl.links().await?;
-        self.ensure_tunnel(cfg, &links).await?;
         let known = self.known_endpoints()?;
-        let view = KernelView::read(&self.nl, cfg, self.underlay(), &known).await?;
+        let mut view = KernelView::read(&self.nl, cfg, self.underlay(), &known).await?;
+        self.ensure_tunnel(cfg, &mut view.links).await?;
         let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
-        let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known)?;
+        let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known);
         self.apply(plan, &view, &known).await
     }
 
@@ -230,7 +227,7 @@ impl Dataplane {
                 if *h == Hook::FromPod as u8 {
                     !plan.endpoints.contains_key(i)
                 } else {
-                    view.link_by_index(*i).is_none()
+                    view.links.by_index(*i).is_none()
                 }
             })
             .collect();
@@ -238,7 +235,7 @@ impl Dataplane {
             self.attachments.detach(key);
         }
         for ifindex in plan.endpoints.keys() {
-            if let Some(link) = view.link_by_index(*ifindex) {
+            if let Some(link) = view.links.by_index(*ifindex) {
                 self.attachments.tc(
                     &mut self.ebpf,
                     program_names::FROM_POD,
@@ -293,22 +290,17 @@ impl Dataplane {
     pub async fn next_hops_changed(&mut self, cfg: &Config) -> Result<bool> {
         let view = KernelView::read_next_hops(&self.nl, cfg, self.underlay()).await?;
         let hops = plan::next_hops(cfg, self.underlay(), &view);
-        let unresolved = hops
-            .values()
-            .filter(|n| n.l2.is_none())
-            .map(|n| n.via)
-            .collect();
-        self.resolve(&unresolved).await;
+        self.resolve(&plan::unresolved(&hops)).await;
         Ok(hops != self.plan.next_hops)
     }
 
-    /// Every attachment `cfg` asks for and whether it is in place.
-    pub fn wanted(&self, cfg: &Config) -> Vec<Wanted> {
+    /// Every attachment the node needs and whether it is in place.
+    pub fn wanted(&self) -> Vec<Wanted> {
         let mut want = vec![(self.uplink.index, Hook::FromUplink)];
         if let Some(t) = &self.tunnel {
             want.push((t.index, Hook::ToTunnel));
         }
-        if cfg.node.xdp != CfgXdp::Off {
+        if self.xdp != CfgXdp::Off {
             want.push((self.uplink.index, Hook::XdpUplink));
         }
         want.extend(self.plan.endpoints.keys().map(|i| (*i, Hook::FromPod)));

@@ -37,6 +37,13 @@ impl Ipv4Net {
         let len = self.len.min(other.len);
         u32::from(self.addr) & Self::mask(len) == u32::from(other.addr) & Self::mask(len)
     }
+    /// The subnet an address with this prefix length lies in (host bits cleared).
+    pub fn containing(ip: Ipv4Addr, len: u8) -> Self {
+        Self {
+            addr: Ipv4Addr::from(u32::from(ip) & Self::mask(len)),
+            len,
+        }
+    }
     pub fn host(ip: Ipv4Addr) -> Self {
         Self { addr: ip, len: 32 }
     }
@@ -480,20 +487,24 @@ impl Config {
     }
 
     /// Checks against the running kernel: the uplink exists, the mtu fits it. Returns the
-    /// effective underlay MTU.
-    pub async fn check_kernel(&self, nl: &crate::netlink::Netlink) -> Result<u32> {
+    /// uplink and the effective underlay MTU.
+    pub async fn check_kernel(
+        &self,
+        nl: &crate::netlink::Netlink,
+    ) -> Result<(crate::netlink::Link, u32)> {
         let Some(up) = nl.link_by_name(&self.node.uplink).await? else {
             let msg = format!("no interface {:?} on this host", self.node.uplink);
             return Err(self.key_error("node.uplink", msg));
         };
-        match self.node.mtu {
+        let mtu = match self.node.mtu {
             Some(m) if m > up.mtu => {
                 let msg = format!("{m} is above the uplink {}'s MTU {}", up.name, up.mtu);
-                Err(self.key_error("node.mtu", msg))
+                return Err(self.key_error("node.mtu", msg));
             }
-            Some(m) => Ok(m),
-            None => Ok(up.mtu),
-        }
+            Some(m) => m,
+            None => up.mtu,
+        };
+        Ok((up, mtu))
     }
 }
 
@@ -781,6 +792,11 @@ mod tests {
         let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("255.255.255.255".parse().unwrap()));
         assert_eq!(n.to_string(), "192.168.83.128/26");
+        assert_eq!(
+            Ipv4Net::containing("192.168.83.150".parse().unwrap(), 26),
+            n
+        );
+        assert_eq!(Ipv4Net::containing("10.1.2.3".parse().unwrap(), 0), all);
     }
 
     #[test]

@@ -70,6 +70,9 @@ struct Owner {
     config_path: PathBuf,
     file: Config,
     runtime: RuntimeChanges,
+    /// The file with the runtime changes applied, validated: what the data plane is kept at.
+    /// Recomputed only when the file or the runtime changes do.
+    desired: Config,
     dp: Dataplane,
     health: watch::Sender<Health>,
     /// Connected `ipipd monitor` clients, and whether each wants drops only.
@@ -93,8 +96,6 @@ pub async fn run(config_path: &Path, state_dir: &Path, metrics: Option<SocketAdd
     if let Some(addr) = metrics {
         crate::metrics::serve(addr, file.node.pin_dir.clone(), health_rx).await?;
     }
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
     let runtime = RuntimeChanges::load(state_dir)?;
     let desired = runtime.apply(&file).map_err(|e| {
         anyhow!(
@@ -116,6 +117,7 @@ pub async fn run(config_path: &Path, state_dir: &Path, metrics: Option<SocketAdd
         config_path: config_path.to_path_buf(),
         file,
         runtime,
+        desired,
         dp,
         health,
         monitors: BTreeMap::new(),
@@ -151,8 +153,7 @@ impl Owner {
         });
         // Interfaces may have come and gone while we started: look once more.
         // (The bring-up wrote the config entry with the monitor off: nobody watches yet.)
-        let d = self.desired()?;
-        self.reconcile(&d).await?;
+        self.reconcile().await?;
         log::info!("ready; control socket {}", sock_path.display());
         let mut tick = tokio::time::interval(NEXT_HOP_RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,16 +185,11 @@ impl Owner {
         result
     }
 
-    fn desired(&self) -> Result<Config> {
-        self.runtime.apply(&self.file)
-    }
-
     /// What /readyz and /metrics report.
     fn publish(&self) {
-        let wanted = self
+        let attachments: Vec<Attachment> = self
             .dp
-            .wanted(&self.desired().unwrap_or_else(|_| self.file.clone()));
-        let attachments: Vec<Attachment> = wanted
+            .wanted()
             .iter()
             .map(|w| Attachment {
                 interface: inspect::ifname(w.ifindex),
@@ -222,10 +218,24 @@ impl Owner {
         });
     }
 
-    /// The one way a desired state is applied: the data plane reconciled, then what /readyz and
-    /// /metrics say updated, whether or not the reconcile went through.
-    async fn reconcile(&mut self, desired: &Config) -> Result<()> {
-        let applied = self.dp.reconcile(desired).await;
+    /// The data plane reconciled with the desired state it is kept at.
+    async fn reconcile(&mut self) -> Result<()> {
+        let applied = self.dp.reconcile(&self.desired).await;
+        self.settle(applied)
+    }
+
+    /// A new desired state (`runtime` over `file`), reconciled; kept when it went through.
+    async fn adopt(&mut self, file: Config, runtime: RuntimeChanges) -> Result<()> {
+        let desired = runtime.apply(&file)?;
+        let applied = self.dp.reconcile(&desired).await;
+        self.settle(applied)?;
+        (self.file, self.runtime, self.desired) = (file, runtime, desired);
+        Ok(())
+    }
+
+    /// After every reconcile, whether or not it went through: what /readyz and /metrics say
+    /// updated, and the heap trimmed.
+    fn settle(&self, applied: Result<()>) -> Result<()> {
         self.publish();
         // A reconcile's kernel dumps are transient (thousands of links and routes on a large
         // node): hand what they freed back to the system instead of keeping it in the heap.
@@ -245,18 +255,17 @@ impl Owner {
         }
         if batch.iter().all(|e| *e == Event::NextHops) {
             self.refresh_next_hops().await;
-        } else if let Err(e) = async { self.reconcile(&self.desired()?).await }.await {
+        } else if let Err(e) = self.reconcile().await {
             log::error!("reconciling after link events: {e:#}");
         }
     }
 
     /// Re-reads the peers' next hops; reconciles when one changed.
     async fn refresh_next_hops(&mut self) {
-        let Ok(d) = self.desired() else { return };
-        match self.dp.next_hops_changed(&d).await {
+        match self.dp.next_hops_changed(&self.desired).await {
             Ok(true) => {
                 log::info!("a peer's next hop changed: updating the routes");
-                if let Err(e) = self.reconcile(&d).await {
+                if let Err(e) = self.reconcile().await {
                     log::error!("reconciling after a next-hop change: {e:#}");
                 }
             }
@@ -279,21 +288,12 @@ impl Owner {
             log::error!("SIGHUP: [node] changed; that needs a restart. Keeping the running state.");
             return;
         }
-        let desired = match self.runtime.apply(&file) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!(
-                    "SIGHUP: config rejected with the runtime changes, keeping the running state: {e:#}"
-                );
-                return;
-            }
-        };
-        match self.reconcile(&desired).await {
-            Ok(()) => {
-                self.file = file;
-                log::info!("SIGHUP: config reloaded");
-            }
-            Err(e) => log::error!("SIGHUP: applying the new config: {e:#}"),
+        let runtime = self.runtime.clone();
+        match self.adopt(file, runtime).await {
+            Ok(()) => log::info!("SIGHUP: config reloaded"),
+            Err(e) => log::error!(
+                "SIGHUP: config rejected or not applied, keeping the running state: {e:#}"
+            ),
         }
     }
 
@@ -323,10 +323,8 @@ impl Owner {
     /// A runtime change: validated whole with the file, applied, then persisted.
     async fn change(&mut self, change: &Change) -> Result<()> {
         let rt = self.runtime.with(&self.file, change)?;
-        let desired = rt.apply(&self.file)?;
-        self.reconcile(&desired).await?;
-        rt.save(&self.dp.state_dir)?;
-        self.runtime = rt;
+        self.adopt(self.file.clone(), rt).await?;
+        self.runtime.save(&self.dp.state_dir)?;
         log::info!("applied {change:?}");
         Ok(())
     }

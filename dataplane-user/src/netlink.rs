@@ -26,6 +26,8 @@ use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
 };
 
+use crate::config::Ipv4Net;
+
 /// The `proto` of every route ipipd installs (`ip route show proto 180`).
 pub const RTPROT_IPIPD: u8 = 180;
 
@@ -277,6 +279,20 @@ fn describe(e: rtnetlink::Error) -> anyhow::Error {
     }
 }
 
+/// A request's outcome where the errnos in `absent` mean "not there" (None) rather than a
+/// failure; a failure says what was asked.
+fn unless_absent<T>(
+    r: Result<T, rtnetlink::Error>,
+    absent: &[i32],
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if errno(&e).is_some_and(|n| absent.contains(&n)) => Ok(None),
+        Err(e) => Err(describe(e).context(what())),
+    }
+}
+
 /// A request connection to the kernel's rtnetlink (its I/O task runs on the current tokio
 /// runtime). Cheap to clone.
 #[derive(Clone)]
@@ -308,12 +324,29 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut s = self.handle.link().get().match_name(name).execute();
-        match s.try_next().await {
-            Ok(m) => Ok(m.as_ref().map(parse_link)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(describe(e).context(format!("looking up link {name}"))),
-        }
+        let r = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await;
+        let m = unless_absent(r, &[libc::ENODEV], || format!("looking up link {name}"))?;
+        Ok(m.flatten().as_ref().map(parse_link))
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let r = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await;
+        let m = unless_absent(r, &[libc::ENODEV], || format!("looking up link #{index}"))?;
+        Ok(m.flatten().as_ref().map(parse_link))
     }
 
     /// `ip link add <name> mtu <mtu> arp off type veth peer name <peer> mtu <mtu> arp off`,
@@ -350,11 +383,8 @@ impl Netlink {
 
     /// `ip link del <index>`; a link that is already gone is fine.
     pub async fn link_delete(&self, index: u32) -> Result<()> {
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
-            Err(e) => Err(describe(e).context(format!("deleting link #{index}"))),
-        }
+        let r = self.handle.link().del(index).execute().await;
+        unless_absent(r, &[libc::ENODEV], || format!("deleting link #{index}")).map(|_| ())
     }
 
     /// The MAC of a veth's peer, which may live in another namespace (the pod's): asked for by
@@ -370,15 +400,13 @@ impl Netlink {
                 .attributes
                 .push(LinkAttribute::IfNetnsId(nsid));
         }
-        match req.execute().try_next().await {
-            Ok(m) => Ok(m.and_then(|m| parse_link(&m).mac)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(describe(e).context(format!("the peer of {}", link.name))),
-        }
+        let r = req.execute().try_next().await;
+        let m = unless_absent(r, &[libc::ENODEV], || format!("the peer of {}", link.name))?;
+        Ok(m.flatten().and_then(|m| parse_link(&m).mac))
     }
 
-    /// IPv4 addresses of an interface, as (address, prefix length).
-    pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+    /// The IPv4 subnets an interface's addresses lie in.
+    pub async fn subnets(&self, index: u32) -> Result<Vec<Ipv4Net>> {
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -404,7 +432,7 @@ impl Netlink {
                 }
             }
             if let Some(a) = addr {
-                out.push((a, m.header.prefix_len));
+                out.push(Ipv4Net::containing(a, m.header.prefix_len));
             }
         }
         Ok(out)
@@ -510,19 +538,18 @@ impl Netlink {
             .map_err(|e| describe(e).context(format!("route {route}")))
     }
 
-    /// Removes one route; a route that is already gone is fine.
+    /// Removes one route; a route that is already gone (or its device) is fine.
     pub async fn route_delete(&self, route: &Route) -> Result<()> {
-        match self
+        let r = self
             .handle
             .route()
             .del(route_message(route))
             .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
-            Err(e) => Err(describe(e).context(format!("deleting route {route}"))),
-        }
+            .await;
+        unless_absent(r, &[libc::ESRCH, libc::ENODEV], || {
+            format!("deleting route {route}")
+        })
+        .map(|_| ())
     }
 
     /// Every IPv4 route in the main table with ipipd's protocol.

@@ -9,7 +9,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use dataplane_common::{
     Endpoint, Mode, ROUTE_F_ENCAP, ROUTE_F_L2, ROUTE_F_SAME_SUBNET, RouteKind, RouteValue,
 };
@@ -19,11 +19,43 @@ use crate::{
     netlink::{Link, Netlink, Route},
 };
 
+/// The interfaces of a view, found by index or by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    by_index: BTreeMap<u32, Link>,
+    by_name: BTreeMap<String, u32>,
+}
+
+impl Links {
+    pub fn by_index(&self, index: u32) -> Option<&Link> {
+        self.by_index.get(&index)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Link> {
+        self.by_name.get(name).and_then(|i| self.by_index.get(i))
+    }
+
+    pub fn insert(&mut self, link: Link) {
+        self.by_name.insert(link.name.clone(), link.index);
+        self.by_index.insert(link.index, link);
+    }
+}
+
+impl FromIterator<Link> for Links {
+    fn from_iter<I: IntoIterator<Item = Link>>(links: I) -> Self {
+        let mut out = Links::default();
+        for l in links {
+            out.insert(l);
+        }
+        out
+    }
+}
+
 /// The kernel's state that a plan depends on, as read at one moment (reads only).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelView {
-    /// Every interface.
-    pub links: Vec<Link>,
+    /// The interfaces (every one, or only the uplink for [`KernelView::read_next_hops`]).
+    pub links: Links,
     /// The uplink's IPv4 subnets (for cross-subnet mode).
     pub uplink_nets: Vec<Ipv4Net>,
     /// How the kernel routes each peer out of the uplink: (gateway, output interface).
@@ -53,9 +85,10 @@ impl KernelView {
         underlay: Underlay,
         known: &BTreeMap<u32, Endpoint>,
     ) -> Result<Self> {
-        let mut view = Self::read_next_hops(nl, desired, underlay).await?;
+        let links = nl.links().await?.into_iter().collect();
+        let mut view = Self::next_hop_facts(nl, desired, underlay, links).await?;
         for ep in desired.endpoints.iter().filter(|e| e.mac.is_none()) {
-            let Some(link) = view.link(&ep.interface) else {
+            let Some(link) = view.links.by_name(&ep.interface) else {
                 continue;
             };
             if known
@@ -72,20 +105,24 @@ impl KernelView {
         Ok(view)
     }
 
-    /// Reads only what the peers' next hops depend on: the links (the uplink's MAC), the
-    /// uplink's subnets, the kernel's route to each peer, the uplink's neighbours.
+    /// Reads only what the peers' next hops depend on (the periodic check): the uplink (its
+    /// MAC), its subnets, the kernel's route to each peer, its neighbours.
     pub async fn read_next_hops(
         nl: &Netlink,
         desired: &Config,
         underlay: Underlay,
     ) -> Result<Self> {
-        let links = nl.links().await?;
-        let uplink_nets = nl
-            .addresses(underlay.uplink)
-            .await?
-            .into_iter()
-            .map(|(a, l)| Ipv4Net::new(Ipv4Addr::from(u32::from(a) & mask(l)), l))
-            .collect();
+        let uplink = nl.link_by_index(underlay.uplink).await?;
+        Self::next_hop_facts(nl, desired, underlay, uplink.into_iter().collect()).await
+    }
+
+    async fn next_hop_facts(
+        nl: &Netlink,
+        desired: &Config,
+        underlay: Underlay,
+        links: Links,
+    ) -> Result<Self> {
+        let uplink_nets = nl.subnets(underlay.uplink).await?;
         let mut peer_routes = BTreeMap::new();
         for p in &desired.peers {
             let r = nl
@@ -103,14 +140,6 @@ impl KernelView {
             ..KernelView::default()
         })
     }
-
-    pub fn link(&self, name: &str) -> Option<&Link> {
-        self.links.iter().find(|l| l.name == name)
-    }
-
-    pub fn link_by_index(&self, index: u32) -> Option<&Link> {
-        self.links.iter().find(|l| l.index == index)
-    }
 }
 
 /// What a desired state puts in the maps and routes, for one moment's kernel view.
@@ -127,14 +156,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The next hops whose MAC is unknown: the kernel is asked to resolve them (apply's
-    /// explicit step), so that the programs find it before the first packet needs it.
     pub fn unresolved(&self) -> BTreeSet<Ipv4Addr> {
-        self.next_hops
-            .values()
-            .filter(|n| n.l2.is_none())
-            .map(|n| n.via)
-            .collect()
+        unresolved(&self.next_hops)
     }
 }
 
@@ -147,8 +170,13 @@ pub struct NextHop {
     pub l2: Option<([u8; 6], [u8; 6])>,
 }
 
-pub fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+/// The next hops whose MAC is unknown: the kernel is asked to resolve them (apply's explicit
+/// step), so that the programs find it before the first packet needs it.
+pub fn unresolved(hops: &BTreeMap<Ipv4Addr, NextHop>) -> BTreeSet<Ipv4Addr> {
+    hops.values()
+        .filter(|n| n.l2.is_none())
+        .map(|n| n.via)
+        .collect()
 }
 
 /// Whether a peer shares the uplink's subnet in cross-subnet mode (routed, not tunnelled).
@@ -156,38 +184,37 @@ pub fn same_subnet(cfg: &Config, view: &KernelView, peer: Ipv4Addr) -> bool {
     cfg.node.mode == Mode::CrossSubnet && view.uplink_nets.iter().any(|n| n.contains(peer))
 }
 
-/// Every peer's next hop: via the peer itself when it shares the uplink's subnet in
-/// cross-subnet mode, else via whatever the kernel routes it through; its L2 when the
-/// neighbour table holds its MAC on the uplink.
+/// A peer's next hop: the peer itself when it shares the uplink's subnet (`same_subnet`), else
+/// whatever the kernel routes it through; its L2 when the neighbour table holds its MAC on the
+/// uplink.
+fn next_hop(underlay: Underlay, view: &KernelView, peer: Ipv4Addr, same_subnet: bool) -> NextHop {
+    let (gw, oif) = view.peer_routes.get(&peer).copied().unwrap_or((None, None));
+    let via = if same_subnet {
+        peer
+    } else {
+        gw.unwrap_or(peer)
+    };
+    let mac = (oif == Some(underlay.uplink))
+        .then(|| view.neighbours.get(&via).copied())
+        .flatten();
+    let uplink_mac = view.links.by_index(underlay.uplink).and_then(|l| l.mac);
+    NextHop {
+        via,
+        l2: mac.zip(uplink_mac),
+    }
+}
+
+/// Every peer's next hop.
 pub fn next_hops(
     cfg: &Config,
     underlay: Underlay,
     view: &KernelView,
 ) -> BTreeMap<Ipv4Addr, NextHop> {
-    let uplink_mac = view.link_by_index(underlay.uplink).and_then(|l| l.mac);
     cfg.peers
         .iter()
         .map(|p| {
-            let (gw, oif) = view
-                .peer_routes
-                .get(&p.address)
-                .copied()
-                .unwrap_or((None, None));
-            let via = if same_subnet(cfg, view, p.address) {
-                p.address
-            } else {
-                gw.unwrap_or(p.address)
-            };
-            let mac = (oif == Some(underlay.uplink))
-                .then(|| view.neighbours.get(&via).copied())
-                .flatten();
-            (
-                p.address,
-                NextHop {
-                    via,
-                    l2: mac.zip(uplink_mac),
-                },
-            )
+            let same = same_subnet(cfg, view, p.address);
+            (p.address, next_hop(underlay, view, p.address, same))
         })
         .collect()
 }
@@ -214,11 +241,8 @@ pub fn plan(
     tunnel: u32,
     view: &KernelView,
     known: &BTreeMap<u32, Endpoint>,
-) -> Result<Plan> {
-    let mut p = Plan {
-        next_hops: next_hops(cfg, underlay, view),
-        ..Plan::default()
-    };
+) -> Plan {
+    let mut p = Plan::default();
     for b in &cfg.blocks {
         p.routes.insert(
             (b.addr, b.len),
@@ -235,11 +259,9 @@ pub fn plan(
         } else {
             ROUTE_F_ENCAP
         };
-        let NextHop { via, l2 } = p
-            .next_hops
-            .get(&peer.address)
-            .cloned()
-            .ok_or_else(|| anyhow!("no next hop for peer {}", peer.address))?;
+        let hop = next_hop(underlay, view, peer.address, same_subnet);
+        let NextHop { via, l2 } = hop.clone();
+        p.next_hops.insert(peer.address, hop);
         let targets =
             std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
         for (i, net) in targets.enumerate() {
@@ -276,7 +298,7 @@ pub fn plan(
         }
     }
     for ep in &cfg.endpoints {
-        let Some(link) = view.link(&ep.interface) else {
+        let Some(link) = view.links.by_name(&ep.interface) else {
             p.pending.insert(ep.address, ep.interface.clone());
             continue;
         };
@@ -315,7 +337,7 @@ pub fn plan(
             oif: link.index,
         });
     }
-    Ok(p)
+    p
 }
 
 #[cfg(test)]
@@ -377,12 +399,14 @@ mac = "ee:ee:ee:ee:ee:02"
     /// The worker's kernel: the master on the uplink's /20, resolved; both pods' veths up.
     fn view() -> KernelView {
         KernelView {
-            links: vec![
+            links: [
                 link(UPLINK, "eth0", UPLINK_MAC),
                 link(TUNNEL, "ipipd0", [2, 0, 0, 0, 0, 9]),
                 link(11, "cali513e7f6c556", [0xee, 0xee, 0xee, 0xee, 0xee, 0xee]),
                 link(12, "cali85f45a254f4", [0xee, 0xee, 0xee, 0xee, 0xee, 0xef]),
-            ],
+            ]
+            .into_iter()
+            .collect(),
             uplink_nets: vec!["172.31.240.0/20".parse().unwrap()],
             peer_routes: [(a("172.31.242.157"), (None, Some(UPLINK)))].into(),
             neighbours: [(a("172.31.242.157"), MASTER_MAC)].into(),
@@ -392,7 +416,7 @@ mac = "ee:ee:ee:ee:ee:02"
     }
 
     fn seed_plan(mode: &str, view: &KernelView) -> Plan {
-        plan(&worker(mode), UNDERLAY, TUNNEL, view, &BTreeMap::new()).unwrap()
+        plan(&worker(mode), UNDERLAY, TUNNEL, view, &BTreeMap::new())
     }
 
     #[test]
@@ -561,10 +585,10 @@ mac = "ee:ee:ee:ee:ee:02"
         let mut v = view();
         v.peer_routes
             .insert(a("172.31.242.158"), (None, Some(UPLINK)));
-        let before = plan(&cfg, UNDERLAY, TUNNEL, &v, &BTreeMap::new()).unwrap();
+        let before = plan(&cfg, UNDERLAY, TUNNEL, &v, &BTreeMap::new());
         let moved = cfg.peers[0].blocks.remove(0);
         cfg.peers[1].blocks.push(moved);
-        let after = plan(&cfg, UNDERLAY, TUNNEL, &v, &BTreeMap::new()).unwrap();
+        let after = plan(&cfg, UNDERLAY, TUNNEL, &v, &BTreeMap::new());
         let key = (a("192.168.179.0"), 26);
         assert_eq!(before.routes[&key].node_ip, a("172.31.242.157").octets());
         assert_eq!(after.routes[&key].node_ip, a("172.31.242.158").octets());
@@ -576,7 +600,7 @@ mac = "ee:ee:ee:ee:ee:02"
     fn a_removed_peer_leaves_nothing_behind() {
         let mut cfg = worker("always");
         cfg.peers.clear();
-        let p = plan(&cfg, UNDERLAY, TUNNEL, &view(), &BTreeMap::new()).unwrap();
+        let p = plan(&cfg, UNDERLAY, TUNNEL, &view(), &BTreeMap::new());
         assert!(p.next_hops.is_empty());
         assert!(p.routes.values().all(|r| r.node_ip == [0; 4]));
         assert!(
@@ -590,7 +614,13 @@ mac = "ee:ee:ee:ee:ee:02"
     #[test]
     fn an_endpoint_without_its_interface_or_mac_is_pending() {
         let mut v = view();
-        v.links.retain(|l| l.name != "cali85f45a254f4");
+        v.links = v
+            .links
+            .by_index
+            .values()
+            .filter(|l| l.name != "cali85f45a254f4")
+            .cloned()
+            .collect();
         v.pod_macs.clear();
         let p = seed_plan("always", &v);
         assert!(p.endpoints.is_empty());
@@ -618,7 +648,7 @@ mac = "ee:ee:ee:ee:ee:02"
             },
         )]
         .into();
-        let p = plan(&worker("always"), UNDERLAY, TUNNEL, &v, &known).unwrap();
+        let p = plan(&worker("always"), UNDERLAY, TUNNEL, &v, &known);
         assert_eq!(p.endpoints[&11].pod_mac, [9; 6]);
         // Another address on that ifindex does not inherit it.
         let known = [(
@@ -630,7 +660,7 @@ mac = "ee:ee:ee:ee:ee:02"
             },
         )]
         .into();
-        let p = plan(&worker("always"), UNDERLAY, TUNNEL, &v, &known).unwrap();
+        let p = plan(&worker("always"), UNDERLAY, TUNNEL, &v, &known);
         assert!(p.pending.contains_key(&a("192.168.83.129")));
     }
 

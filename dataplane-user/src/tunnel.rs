@@ -9,30 +9,30 @@ use dataplane_common::{Hook, program_names};
 use crate::{
     apply::Dataplane,
     config::{Config, tunnel_peer},
-    netlink::{Link, Netlink},
+    netlink::Netlink,
+    plan::Links,
 };
 
 impl Dataplane {
     /// Creates the tunnel device when missing (at start, or when someone deleted it) and names
-    /// it in the config entry for the programs. `links` are the interfaces as they are now;
-    /// true when the device was (re)created, so that they are not any more.
-    pub(crate) async fn ensure_tunnel(&mut self, cfg: &Config, links: &[Link]) -> Result<bool> {
+    /// it in the config entry for the programs. `links` are the interfaces as they are now; the
+    /// device and its peer are added to them when created.
+    pub(crate) async fn ensure_tunnel(&mut self, cfg: &Config, links: &mut Links) -> Result<()> {
         let name = &cfg.node.tunnel;
         if let Some(t) = &self.tunnel
-            && links.iter().any(|l| l.index == t.index && l.name == t.name)
+            && links.by_index(t.index).is_some_and(|l| l.name == t.name)
         {
-            return Ok(false);
+            return Ok(());
         }
         let peer = tunnel_peer(name);
-        if links.iter().any(|l| l.name == *name || l.name == peer) {
+        if links.by_name(name).is_some() || links.by_name(&peer).is_some() {
             bail!("node.tunnel: interface {name} or {peer} already exists; it is not ipipd's");
         }
         let tunnel_mtu = self.mtu - 20;
         self.nl.veth_add_noarp(name, &peer, tunnel_mtu).await?;
-        let links = self.nl.links().await?;
         let (Some(t), Some(p)) = (
-            links.iter().find(|l| l.name == *name).cloned(),
-            links.iter().find(|l| l.name == peer),
+            self.nl.link_by_name(name).await?,
+            self.nl.link_by_name(&peer).await?,
         ) else {
             bail!("node.tunnel: {name} vanished right after it was created");
         };
@@ -66,7 +66,9 @@ impl Dataplane {
             TcAttachType::Egress,
             Hook::ToTunnel,
         )?;
-        Ok(true)
+        links.insert(t);
+        links.insert(p);
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ impl Check {
         let path = &self.config;
         let cfg = Config::load(path)?;
         let nl = Netlink::new()?;
-        let mtu = cfg.check_kernel(&nl).await?;
+        let (_, mtu) = cfg.check_kernel(&nl).await?;
         let n = &cfg.node;
         println!("config {} is valid.", path.display());
         println!(

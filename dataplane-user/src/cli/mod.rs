@@ -1,13 +1,10 @@
 //! The `ipipd` command line: one module per subcommand; [`output`] prints tables and JSON.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
 use clap::{Args, Parser, Subcommand};
-use dataplane_user::{
-    config::{Config, Ipv4Net},
-    daemon,
-};
+use dataplane_user::{config::Config, daemon};
 
 mod check;
 mod endpoint;
@@ -111,10 +108,6 @@ impl Node {
         }
     }
 }
-
-/// A peer's or endpoint's address and blocks, as the commands take them.
-pub type Addr = Ipv4Addr;
-pub type Block = Ipv4Net;
 
 pub async fn run(cmd: Command) -> Result<()> {
     match cmd {

@@ -1,27 +1,33 @@
 //! `ipipd peer add|del`: a peer node, changed on the running node.
 
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
 use clap::Subcommand;
-use dataplane_user::{config::Peer, control, desired::Change};
+use dataplane_user::{
+    config::{Ipv4Net, Peer},
+    control,
+    desired::Change,
+};
 
-use super::{Addr, Block, Node};
+use super::Node;
 
 #[derive(Subcommand)]
 pub enum PeerCmd {
     /// Add (or replace) a peer node and the blocks it owns.
     Add {
         #[arg(long)]
-        address: Addr,
+        address: Ipv4Addr,
         /// A block the peer owns (repeatable).
         #[arg(long = "block")]
-        blocks: Vec<Block>,
+        blocks: Vec<Ipv4Net>,
         #[command(flatten)]
         node: Node,
     },
     /// Delete a peer node by its address.
     Del {
         #[arg(long)]
-        address: Addr,
+        address: Ipv4Addr,
         #[command(flatten)]
         node: Node,
     },
