@@ -2,8 +2,9 @@
 //! `/healthz` (the process is up) and `/readyz` (every configured interface attached and the
 //! maps programmed; endpoints still waiting for their interface are listed, and do not hold it
 //! back), served with hyper. Each connection is a task of its own with a deadline for its
-//! request head, and at most [`MAX_CONNECTIONS`] are served at once: an idle or slow client
-//! delays nobody else. Each scrape reads the pinned maps, as `ipipd stats` does.
+//! request head and one for the whole exchange, and at most [`MAX_CONNECTIONS`] are served at
+//! once: an idle or slow client delays nobody else. Each scrape reads the pinned maps, as
+//! `ipipd stats` does.
 
 use std::{
     convert::Infallible, fmt::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
@@ -31,6 +32,9 @@ use crate::inspect;
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may hold its slot in all (a client that stops reading its answer
+/// would otherwise keep it for ever).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 
 /// One attachment the config asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +80,9 @@ pub async fn serve(
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    log::debug!("metrics: accept: {e}");
+                    // (Out of fds, say: wait rather than spin.)
+                    log::warn!("metrics: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
@@ -91,8 +97,10 @@ pub async fn serve(
                     .header_read_timeout(HEADER_TIMEOUT)
                     .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    log::debug!("metrics: {e}");
+                match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::debug!("metrics: {e}"),
+                    Err(_) => log::debug!("metrics: a connection outlived its deadline"),
                 }
                 drop(permit);
             });
