@@ -293,6 +293,18 @@ fn unless_absent<T>(
     }
 }
 
+/// The one link a get request names; None when there is none (ENODEV).
+async fn one_link(
+    req: rtnetlink::LinkGetRequest,
+    what: impl FnOnce() -> String,
+) -> Result<Option<Link>> {
+    let r = req.execute().try_next().await;
+    Ok(unless_absent(r, &[libc::ENODEV], what)?
+        .flatten()
+        .as_ref()
+        .map(parse_link))
+}
+
 /// A request connection to the kernel's rtnetlink (its I/O task runs on the current tokio
 /// runtime). Cheap to clone.
 #[derive(Clone)]
@@ -324,29 +336,13 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let r = self
-            .handle
-            .link()
-            .get()
-            .match_name(name)
-            .execute()
-            .try_next()
-            .await;
-        let m = unless_absent(r, &[libc::ENODEV], || format!("looking up link {name}"))?;
-        Ok(m.flatten().as_ref().map(parse_link))
+        let req = self.handle.link().get().match_name(name);
+        one_link(req, || format!("looking up link {name}")).await
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let r = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_next()
-            .await;
-        let m = unless_absent(r, &[libc::ENODEV], || format!("looking up link #{index}"))?;
-        Ok(m.flatten().as_ref().map(parse_link))
+        let req = self.handle.link().get().match_index(index);
+        one_link(req, || format!("looking up link #{index}")).await
     }
 
     /// `ip link add <name> mtu <mtu> arp off type veth peer name <peer> mtu <mtu> arp off`,
@@ -400,9 +396,8 @@ impl Netlink {
                 .attributes
                 .push(LinkAttribute::IfNetnsId(nsid));
         }
-        let r = req.execute().try_next().await;
-        let m = unless_absent(r, &[libc::ENODEV], || format!("the peer of {}", link.name))?;
-        Ok(m.flatten().and_then(|m| parse_link(&m).mac))
+        let peer = one_link(req, || format!("the peer of {}", link.name)).await?;
+        Ok(peer.and_then(|p| p.mac))
     }
 
     /// The IPv4 subnets an interface's addresses lie in.
