@@ -14,32 +14,48 @@ pub mod ecn;
 /// Bumped whenever a key or value layout below changes. It is part of every map name.
 pub const LAYOUT_VERSION: u32 = 5;
 
-/// Map names, as the eBPF object declares them and as they are pinned (`<pin_dir>/<name>`).
-/// The kernel keeps 15 characters of a map name; these fit.
-pub mod map_names {
-    pub const ROUTES: &str = "ipipd_routes_v5";
-    pub const ENDPOINTS: &str = "ipipd_eps_v5";
-    pub const CONFIG: &str = "ipipd_cfg_v5";
-    pub const COUNTERS: &str = "ipipd_cnt_v5";
-    pub const IP_ID: &str = "ipipd_ipid_v5";
-    /// The monitor's ring buffer of [`super::Event`]s (`ipipd monitor`).
-    pub const EVENTS: &str = "ipipd_events_v5";
-    /// The hot counters: a per-CPU array of [`super::CounterRow`]s.
-    pub const HOT_COUNTERS: &str = "ipipd_hot_v5";
-    /// The programs' route cache: a per-CPU array of one [`super::RouteCache`].
-    pub const ROUTE_CACHE: &str = "ipipd_rcache_v5";
-    /// Every map that user space programs or reads, in one list.
-    pub const ALL: [&str; 8] = [
-        ROUTES,
-        ENDPOINTS,
-        CONFIG,
-        COUNTERS,
-        IP_ID,
-        EVENTS,
-        HOT_COUNTERS,
-        ROUTE_CACHE,
-    ];
+/// Every map of the object, listed once: the identifier of its static in the eBPF crate and
+/// the name it is declared, pinned (`<pin_dir>/<name>`) and found by. The macro calls `$cb!`
+/// with the list; [`map_names`] here and the eBPF crate's declarations are both made from it,
+/// so the two sides cannot disagree on a name. The kernel keeps 15 characters of a map name;
+/// each carries [`LAYOUT_VERSION`] (a unit test checks both).
+#[macro_export]
+macro_rules! map_list {
+    ($cb:ident) => {
+        $cb! {
+            /// Prefix → what it is: the routes trie of [`RouteValue`]s.
+            ROUTES = "ipipd_routes_v5",
+            /// Host-side veth ifindex → the [`Endpoint`] behind it.
+            ENDPOINTS = "ipipd_eps_v5",
+            /// The node's [`NodeConfig`], at index 0.
+            CONFIG = "ipipd_cfg_v5",
+            /// (ifindex, hook, reason) → packets, bytes; per CPU.
+            COUNTERS = "ipipd_cnt_v5",
+            /// The per-CPU IPv4 Identification counter of outer headers.
+            IP_ID = "ipipd_ipid_v5",
+            /// The monitor's ring buffer of [`Event`]s (`ipipd monitor`).
+            EVENTS = "ipipd_events_v5",
+            /// The hot counters: a per-CPU array of [`CounterRow`]s.
+            HOT_COUNTERS = "ipipd_hot_v5",
+            /// The programs' route cache: a per-CPU array of one [`RouteCache`].
+            ROUTE_CACHE = "ipipd_rcache_v5",
+        }
+    };
 }
+
+macro_rules! name_consts {
+    ($( $(#[$doc:meta])* $id:ident = $name:literal, )*) => {
+        /// Map names, from [`map_list!`](crate::map_list).
+        pub mod map_names {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$doc])* pub const $id: &str = $name; )*
+            /// Every map, in one list.
+            pub const ALL: &[&str] = &[ $( $id, )* ];
+        }
+    };
+}
+map_list!(name_consts);
 
 /// Program names (the Rust function names in the object).
 pub mod program_names {
@@ -57,42 +73,15 @@ pub const MAX_COUNTERS: u32 = 65_536;
 /// Bytes of the monitor's ring buffer (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-/// What a prefix in the routes trie stands for: the route table ipipd replaces.
-#[repr(u8)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum RouteKind {
-    /// `<pod>/32 dev cali…`: a pod on this node, reached through its host-side veth.
-    LocalEndpoint = 1,
-    /// `<block>/26 via <node> dev tunl0`: a block owned by a peer node.
-    RemoteBlock = 2,
-    /// `blackhole <block>/26`: this node's own block (addresses without an endpoint).
-    OwnBlock = 3,
-    /// `<node>/32`: a peer node's own address. Also the allow-list of tunnel sources.
-    PeerNode = 4,
-}
-
-impl RouteKind {
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Self::LocalEndpoint),
-            2 => Some(Self::RemoteBlock),
-            3 => Some(Self::OwnBlock),
-            4 => Some(Self::PeerNode),
-            _ => None,
-        }
-    }
-}
-
 /// Route flag: traffic to this prefix is encapsulated (IP-in-IP) toward `node_ip`.
 pub const ROUTE_F_ENCAP: u8 = 1 << 0;
 /// Route flag (cross-subnet mode): the owning node is on the uplink's subnet; traffic is routed
 /// to it with `node_ip` as the next hop, without encapsulation.
 pub const ROUTE_F_SAME_SUBNET: u8 = 1 << 1;
 /// Route flag (RemoteBlock / PeerNode): the next hop's L2 is known. `ifindex` is the output
-/// interface (the uplink), `pod_mac` the next hop's MAC (the new destination MAC) and
-/// `host_mac` the uplink's (the new source MAC), as user space read them from the kernel's
-/// neighbour table; without the flag the programs ask the FIB per packet. (The first layout
-/// never set this bit: it is unchanged.)
+/// interface (the uplink), `dst_mac` the next hop's MAC and `src_mac` the uplink's, as user
+/// space read them from the kernel's neighbour table; without the flag the programs ask the
+/// FIB per packet.
 pub const ROUTE_F_L2: u8 = 1 << 2;
 
 /// Value of the routes LPM trie, whose key is `Key<[u8; 4]>`: a prefix length and an IPv4
@@ -110,12 +99,12 @@ pub struct RouteValue {
     pub ifindex: u32,
     /// RemoteBlock / PeerNode: the owning node's underlay address (network order).
     pub node_ip: [u8; 4],
-    /// LocalEndpoint: the pod side's MAC (the new destination MAC). With [`ROUTE_F_L2`]: the
-    /// next hop's.
-    pub pod_mac: [u8; 6],
-    /// LocalEndpoint: the host side's MAC (the new source MAC). With [`ROUTE_F_L2`]: the
-    /// output interface's.
-    pub host_mac: [u8; 6],
+    /// The destination MAC a forwarded frame gets. LocalEndpoint: the pod side's. With
+    /// [`ROUTE_F_L2`]: the next hop's.
+    pub dst_mac: [u8; 6],
+    /// The source MAC a forwarded frame gets. LocalEndpoint: the host side's. With
+    /// [`ROUTE_F_L2`]: the output interface's.
+    pub src_mac: [u8; 6],
 }
 
 /// Value of the endpoints map, keyed by the host-side veth's ifindex (u32).
@@ -128,16 +117,6 @@ pub struct Endpoint {
     pub pod_mac: [u8; 6],
     /// The host side's MAC: what ARP replies announce, and the source MAC of delivered frames.
     pub host_mac: [u8; 6],
-}
-
-/// Tunnel modes, as Calico names them.
-#[repr(u8)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Every remote block is encapsulated.
-    Always = 0,
-    /// Blocks of nodes on the uplink's own subnet are routed without encapsulation.
-    CrossSubnet = 1,
 }
 
 /// The node's own settings: the single entry (index 0) of the config array.
@@ -156,8 +135,7 @@ pub struct NodeConfig {
     /// 1 once user space has written this entry; the programs pass everything while it is 0.
     pub ready: u8,
     /// A [`MonitorMode`] as u8: whether decisions go to the monitor's ring buffer. Checked
-    /// first, so that nothing is paid while nobody watches. (Was padding in the first layout,
-    /// always 0 there, which is `Off`: the layout is unchanged.)
+    /// first, so that nothing is paid while nobody watches.
     pub monitor: u8,
     pub _pad: u8,
     /// The routes' generation: user space raises it after every change to the routes trie, so
@@ -245,6 +223,75 @@ pub struct Event {
     pub ethertype: [u8; 2],
     pub outer: Tuple,
     pub inner: Tuple,
+}
+
+/// What a prefix in the routes trie stands for: the route table ipipd replaces.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `<pod>/32 dev cali…`: a pod on this node, reached through its host-side veth.
+    LocalEndpoint = 1,
+    /// `<block>/26 via <node> dev tunl0`: a block owned by a peer node.
+    RemoteBlock = 2,
+    /// `blackhole <block>/26`: this node's own block (addresses without an endpoint).
+    OwnBlock = 3,
+    /// `<node>/32`: a peer node's own address. Also the allow-list of tunnel sources.
+    PeerNode = 4,
+}
+
+impl RouteKind {
+    pub const ALL: [RouteKind; 4] = [
+        RouteKind::LocalEndpoint,
+        RouteKind::RemoteBlock,
+        RouteKind::OwnBlock,
+        RouteKind::PeerNode,
+    ];
+    /// The snake_case name the CLI, the fixtures and the docs use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RouteKind::LocalEndpoint => "local_endpoint",
+            RouteKind::RemoteBlock => "remote_block",
+            RouteKind::OwnBlock => "own_block",
+            RouteKind::PeerNode => "peer_node",
+        }
+    }
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::LocalEndpoint),
+            2 => Some(Self::RemoteBlock),
+            3 => Some(Self::OwnBlock),
+            4 => Some(Self::PeerNode),
+            _ => None,
+        }
+    }
+}
+
+/// Tunnel modes, as Calico names them.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every remote block is encapsulated.
+    Always = 0,
+    /// Blocks of nodes on the uplink's own subnet are routed without encapsulation.
+    CrossSubnet = 1,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Always, Mode::CrossSubnet];
+    /// The name the config file and the CLI use (Calico's `ipipMode`, in kebab case).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Always => "always",
+            Mode::CrossSubnet => "cross-subnet",
+        }
+    }
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Mode::Always),
+            1 => Some(Mode::CrossSubnet),
+            _ => None,
+        }
+    }
 }
 
 /// Where a program runs: part of each counter's key.
@@ -518,10 +565,8 @@ mod user {
     unsafe impl aya::Pod for Event {}
 }
 
-// The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION
-// (2: NodeConfig.route_gen, the route cache, and the order of HOT; 3: the route cache as one
-// value per CPU, the source check in CounterRow; 4: the tunnel device in NodeConfig, the
-// to_tunnel hook and its hot cells; 5: eleven hot cells, the hot path's first).
+// The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION (the
+// history of the layouts is in CHANGELOG.md).
 const _: () = {
     assert!(core::mem::size_of::<RouteValue>() == 24);
     assert!(core::mem::size_of::<Endpoint>() == 16);
@@ -532,3 +577,43 @@ const _: () = {
     assert!(core::mem::size_of::<CounterValue>() == 16);
     assert!(core::mem::size_of::<CounterRow>() == 16 + 16 * HOT.len());
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_names_fit_the_kernel_and_carry_the_layout_version() {
+        let suffix = format!("_v{LAYOUT_VERSION}");
+        assert_eq!(map_names::ALL.len(), 8);
+        for name in map_names::ALL {
+            assert!(name.len() <= 15, "{name}: the kernel keeps 15 characters");
+            assert!(
+                name.starts_with("ipipd_") && name.ends_with(&suffix),
+                "{name}"
+            );
+        }
+        let mut sorted = map_names::ALL.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), map_names::ALL.len(), "a name twice");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in RouteKind::ALL {
+            assert_eq!(RouteKind::from_u8(k as u8), Some(k));
+        }
+        for m in Mode::ALL {
+            assert_eq!(Mode::from_u8(m as u8), Some(m));
+        }
+        for h in Hook::ALL {
+            assert_eq!(Hook::from_u8(h as u8), Some(h));
+        }
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u8(*r as u8), Some(*r));
+        }
+        assert_eq!(RouteKind::from_u8(0), None);
+        assert_eq!(Mode::from_u8(2), None);
+    }
+}

@@ -19,7 +19,12 @@ use dataplane_common::{
 };
 
 use crate::{
-    act::{self, drop, pass},
+    act::{
+        deliver,
+        encap::{encap_and_send, too_big_for_tunnel},
+        next_hop::{Forwarding, forward_plain},
+        verdict::{Verdict, drop, pass, record},
+    },
     maps::{ENDPOINTS, config, route, source_ok},
     packet::{
         ArpIpv4, ETH_LEN, EthHdr, L3, TC_OK, ensure_linear, ifindex, ipv4_sane, parse_l3, ptr_at,
@@ -30,21 +35,29 @@ use crate::{
 const HOOK: Hook = Hook::FromPod;
 
 pub fn run(ctx: &TcContext) -> i32 {
+    let len = ctx.len();
+    match try_run(ctx, len) {
+        Ok(action) => action,
+        Err(reason) => drop(ctx, HOOK, reason, len),
+    }
+}
+
+/// The hook's body; `len` is the packet's length as it arrived.
+#[inline(always)]
+fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     // Parse.
     let Some(cfg) = config() else {
-        return TC_OK;
+        return Ok(TC_OK);
     };
     let veth = ifindex(ctx);
     let ip = match parse_l3(ctx) {
         L3::Ipv4(ip) => ip,
         other => {
             // The rarer kinds need the endpoint entry itself (or its absence).
-            let Some(ep) = endpoint(veth) else {
-                return drop(ctx, HOOK, Reason::DropUnknownEndpoint);
-            };
+            let ep = endpoint(veth).ok_or(Reason::DropUnknownEndpoint)?;
             return match other {
                 L3::Arp => arp(ctx, &ep),
-                L3::Truncated => drop(ctx, HOOK, Reason::DropTruncated),
+                L3::Truncated => Err(Reason::DropTruncated),
                 _ => pass(ctx, HOOK, Reason::PassNotIpv4),
             };
         }
@@ -57,16 +70,13 @@ pub fn run(ctx: &TcContext) -> i32 {
     if !source_ok(cfg, veth, ip.src_addr, |rt| {
         rt.kind == RouteKind::LocalEndpoint as u8 && rt.ifindex == veth
     }) {
-        match endpoint(veth) {
-            None => return drop(ctx, HOOK, Reason::DropUnknownEndpoint),
-            Some(ep) if ep.pod_ip != ip.src_addr => {
-                return drop(ctx, HOOK, Reason::DropSpoofedSource);
-            }
-            Some(_) => {}
+        let ep = endpoint(veth).ok_or(Reason::DropUnknownEndpoint)?;
+        if ep.pod_ip != ip.src_addr {
+            return Err(Reason::DropSpoofedSource);
         }
     }
-    if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
-        return drop(ctx, HOOK, Reason::DropBadIpHeader);
+    if !ipv4_sane(ip, len as usize - ETH_LEN) {
+        return Err(Reason::DropBadIpHeader);
     }
 
     // Decide: the longest prefix that holds the destination, as the route table would.
@@ -75,7 +85,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     };
     let next = match RouteKind::from_u8(rt.kind) {
         Some(RouteKind::LocalEndpoint) => Next::Deliver,
-        Some(RouteKind::OwnBlock) => return drop(ctx, HOOK, Reason::DropBlackhole),
+        Some(RouteKind::OwnBlock) => return Err(Reason::DropBlackhole),
         Some(RouteKind::RemoteBlock | RouteKind::PeerNode) if rt.flags & ROUTE_F_ENCAP != 0 => {
             Next::Encap
         }
@@ -93,10 +103,17 @@ pub fn run(ctx: &TcContext) -> i32 {
 
     // Act.
     match next {
-        Next::Deliver => act::deliver_local(ctx, HOOK, Reason::DeliverPodToPod, &rt, ctx.len()),
-        Next::Encap if act::too_big_for_tunnel(ctx, cfg, ip) => pass(ctx, HOOK, Reason::PassTooBig),
-        Next::Encap => act::encap_and_send(ctx, cfg, HOOK, ip, &rt, true),
-        Next::Forward => act::send_plain(ctx, cfg, HOOK, &rt, Reason::ForwardSameSubnet, true),
+        Next::Deliver => deliver::to_pod(ctx, HOOK, Reason::DeliverPodToPod, &rt, len),
+        Next::Encap if too_big_for_tunnel(ctx, cfg, ip) => pass(ctx, HOOK, Reason::PassTooBig),
+        Next::Encap => encap_and_send(ctx, cfg, HOOK, ip, &rt, Forwarding::FOR_POD),
+        Next::Forward => forward_plain(
+            ctx,
+            cfg,
+            HOOK,
+            &rt,
+            Reason::ForwardSameSubnet,
+            Forwarding::FOR_POD,
+        ),
     }
 }
 
@@ -124,12 +141,12 @@ const ARP_PTYPE_IPV4: [u8; 2] = 0x0800u16.to_be_bytes();
 
 /// A pod's ARP: requests for any address but the pod's own are answered with the host-side
 /// veth's MAC (the pods' gateway 169.254.1.1 included), sent straight back into the pod.
-fn arp(ctx: &TcContext, ep: &Endpoint) -> i32 {
+fn arp(ctx: &TcContext, ep: &Endpoint) -> Verdict {
     if !ensure_linear(ctx, ETH_LEN + core::mem::size_of::<ArpIpv4>()) {
-        return drop(ctx, HOOK, Reason::DropTruncated);
+        return Err(Reason::DropTruncated);
     }
     let (Some(eth), Some(arp)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<ArpIpv4>(ctx, ETH_LEN)) else {
-        return drop(ctx, HOOK, Reason::DropTruncated);
+        return Err(Reason::DropTruncated);
     };
     // SAFETY: both bounds-checked above.
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
@@ -144,7 +161,7 @@ fn arp(ctx: &TcContext, ep: &Endpoint) -> i32 {
     }
     // A probe (sender 0.0.0.0) is fine; any other sender address must be the pod's.
     if arp.spa != ep.pod_ip && arp.spa != [0; 4] {
-        return drop(ctx, HOOK, Reason::DropArpSpoofed);
+        return Err(Reason::DropArpSpoofed);
     }
     let asker_mac = arp.sha;
     let asker_ip = arp.spa;
@@ -157,8 +174,8 @@ fn arp(ctx: &TcContext, ep: &Endpoint) -> i32 {
     eth.dst_addr = asker_mac;
     set_mac(&mut eth.src_addr, &ep.host_mac);
     let ifindex = ifindex(ctx);
-    act::record(ctx, ifindex, HOOK, Reason::ArpReply, ctx.len());
+    record(ctx, ifindex, HOOK, Reason::ArpReply, ctx.len());
     // Out of the host-side veth's egress, that is, into the pod.
     // SAFETY: helper call.
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
+    Ok(unsafe { bpf_redirect(ifindex, 0) as i32 })
 }

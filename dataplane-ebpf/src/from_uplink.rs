@@ -20,7 +20,10 @@ use aya_ebpf::{
 use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind, csum, ecn};
 
 use crate::{
-    act::{self, drop, pass},
+    act::{
+        deliver::{to_pod, up_the_tunnel},
+        verdict::{Verdict, drop, pass, record},
+    },
     maps::{config, route, source_ok},
     packet::{
         ETH_LEN, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, L3, TC_OK, ensure_linear, frag_field,
@@ -31,16 +34,26 @@ use crate::{
 const HOOK: Hook = Hook::FromUplink;
 
 pub fn run(ctx: &TcContext) -> i32 {
+    let len = ctx.len();
+    match try_run(ctx, len) {
+        Ok(action) => action,
+        Err(reason) => drop(ctx, HOOK, reason, len),
+    }
+}
+
+/// The hook's body; `len` is the packet's length as it arrived.
+#[inline(always)]
+fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     let Some(cfg) = config() else {
-        return TC_OK;
+        return Ok(TC_OK);
     };
     let outer = match parse_l3(ctx) {
         L3::Ipv4(ip) => ip,
-        L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
+        L3::Truncated => return Err(Reason::DropTruncated),
         L3::Arp | L3::Other => return pass(ctx, HOOK, Reason::PassNotIpv4),
     };
     if outer.proto != IPPROTO_IPIP {
-        return plain(ctx, cfg, outer);
+        return plain(ctx, cfg, outer, len);
     }
     if outer.dst_addr != cfg.node_ip {
         return pass(ctx, HOOK, Reason::PassIpip);
@@ -48,48 +61,46 @@ pub fn run(ctx: &TcContext) -> i32 {
 
     // Parse and validate the outer header as ip_rcv would.
     if (outer.vihl >> 4) != 4 || ihl_bytes(outer) < IP_LEN {
-        return drop(ctx, HOOK, Reason::DropBadOuterHeader);
+        return Err(Reason::DropBadOuterHeader);
     }
     if ihl_bytes(outer) != IP_LEN {
-        return drop(ctx, HOOK, Reason::DropOuterOptions);
+        return Err(Reason::DropOuterOptions);
     }
     let outer_tot = tot_len(outer);
-    if outer_tot < IP_LEN + IP_LEN || outer_tot > ctx.len() as usize - ETH_LEN {
-        return drop(ctx, HOOK, Reason::DropBadOuterLength);
+    if outer_tot < IP_LEN + IP_LEN || outer_tot > len as usize - ETH_LEN {
+        return Err(Reason::DropBadOuterLength);
     }
     if csum::ipv4_header(&ip_words(outer)) != 0 {
-        return drop(ctx, HOOK, Reason::DropBadOuterChecksum);
+        return Err(Reason::DropBadOuterChecksum);
     }
     if frag_field(outer) & IP_MF_OFFSET != 0 {
-        return drop(ctx, HOOK, Reason::DropOuterFragment);
+        return Err(Reason::DropOuterFragment);
     }
     let uplink = ifindex(ctx);
     if !source_ok(cfg, uplink, outer.src_addr, |rt| {
         rt.kind == RouteKind::PeerNode as u8
     }) {
-        return drop(ctx, HOOK, Reason::DropIpipUnknownPeer);
+        return Err(Reason::DropIpipUnknownPeer);
     }
     let outer_ecn = outer.tos & 3;
 
     // The inner header.
     if !ensure_linear(ctx, ETH_LEN + IP_LEN + IP_LEN) {
-        return drop(ctx, HOOK, Reason::DropBadInnerLength);
+        return Err(Reason::DropBadInnerLength);
     }
     let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN + IP_LEN) else {
-        return drop(ctx, HOOK, Reason::DropBadInnerLength);
+        return Err(Reason::DropBadInnerLength);
     };
     // SAFETY: bounds-checked above.
     let inner = unsafe { &*inner };
     if (inner.vihl >> 4) != 4 || ihl_bytes(inner) < IP_LEN {
-        return drop(ctx, HOOK, Reason::DropBadInnerHeader);
+        return Err(Reason::DropBadInnerHeader);
     }
     if !ipv4_sane(inner, outer_tot - IP_LEN) {
-        return drop(ctx, HOOK, Reason::DropBadInnerLength);
+        return Err(Reason::DropBadInnerLength);
     }
     let (ecn, unused) = ecn::decap(inner.tos & 3, outer_ecn);
-    let Some(ecn) = ecn else {
-        return drop(ctx, HOOK, Reason::DropEcnCeNotEct);
-    };
+    let ecn = ecn.ok_or(Reason::DropEcnCeNotEct)?;
     let new_tos = (inner.tos & !3) | ecn;
     let ttl = inner.ttl;
 
@@ -100,24 +111,23 @@ pub fn run(ctx: &TcContext) -> i32 {
         None => None,
     };
     if kind == Some(RouteKind::OwnBlock) {
-        return drop(ctx, HOOK, Reason::DropBlackhole);
+        return Err(Reason::DropBlackhole);
     }
 
     // Act: decapsulate, then deliver or hand to the kernel.
-    let len = ctx.len();
     if unused {
-        act::record(ctx, uplink, HOOK, Reason::EcnUnusedCombination, len);
+        record(ctx, uplink, HOOK, Reason::EcnUnusedCombination, len);
     }
     let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
     if let Err(e) = ctx.adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags) {
         aya_log_ebpf::warn!(ctx, "decap: bpf_skb_adjust_room refused: {}", e);
-        return drop(ctx, HOOK, Reason::DropDecapFailed);
+        return Err(Reason::DropDecapFailed);
     }
     if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
-        return drop(ctx, HOOK, Reason::DropHelperFailed);
+        return Err(Reason::DropHelperFailed);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return drop(ctx, HOOK, Reason::DropHelperFailed);
+        return Err(Reason::DropHelperFailed);
     };
     // SAFETY: bounds-checked above.
     unsafe {
@@ -126,20 +136,20 @@ pub fn run(ctx: &TcContext) -> i32 {
         }
     }
     match (kind, rt) {
-        (Some(RouteKind::LocalEndpoint), Some(rt)) => {
-            if ttl <= 1 {
-                return act::up_the_tunnel(ctx, cfg, HOOK, Reason::DecapTtlExpired, len);
-            }
-            act::deliver_local(ctx, HOOK, Reason::DecapDeliver, &rt, len)
+        (Some(RouteKind::LocalEndpoint), Some(rt)) if ttl > 1 => {
+            to_pod(ctx, HOOK, Reason::DecapDeliver, &rt, len)
         }
-        _ => act::up_the_tunnel(ctx, cfg, HOOK, Reason::DecapToKernel, len),
+        (Some(RouteKind::LocalEndpoint), Some(_)) => {
+            up_the_tunnel(ctx, cfg, HOOK, Reason::DecapTtlExpired, len)
+        }
+        _ => up_the_tunnel(ctx, cfg, HOOK, Reason::DecapToKernel, len),
     }
 }
 
 /// Plain IPv4 from the wire. In cross-subnet mode, same-subnet nodes send pod traffic
 /// unencapsulated: deliver it to the local pod directly.
 #[inline(always)]
-fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
+fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr, len: u32) -> Verdict {
     if cfg.mode != Mode::CrossSubnet as u8 {
         return pass(ctx, HOOK, Reason::PassToKernel);
     }
@@ -148,15 +158,15 @@ fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> i32 {
     };
     match RouteKind::from_u8(rt.kind) {
         Some(RouteKind::LocalEndpoint) => {
-            if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
-                return drop(ctx, HOOK, Reason::DropBadIpHeader);
+            if !ipv4_sane(ip, len as usize - ETH_LEN) {
+                return Err(Reason::DropBadIpHeader);
             }
             if ip.ttl <= 1 {
                 return pass(ctx, HOOK, Reason::PassTtlExpired);
             }
-            act::deliver_local(ctx, HOOK, Reason::DeliverFromUplink, &rt, ctx.len())
+            to_pod(ctx, HOOK, Reason::DeliverFromUplink, &rt, len)
         }
-        Some(RouteKind::OwnBlock) => drop(ctx, HOOK, Reason::DropBlackhole),
+        Some(RouteKind::OwnBlock) => Err(Reason::DropBlackhole),
         _ => pass(ctx, HOOK, Reason::PassToKernel),
     }
 }

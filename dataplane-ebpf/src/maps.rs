@@ -1,4 +1,6 @@
-//! The maps, named with the layout version (see dataplane-common).
+//! The maps, declared under the names dataplane-common lists (they carry the layout version),
+//! and the lookups every hook shares: the node's config, the routes with their cache, the
+//! source check and the counters.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -11,40 +13,58 @@ use dataplane_common::{
     hot_column, hot_row_index, route_cache_slot,
 };
 
-/// Prefix → what it is (local endpoint, remote block, own block, peer node).
-#[map(name = "ipipd_routes_v5")]
-pub static ROUTES: LpmTrie<[u8; 4], RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
-
-/// The trie's recent answers, per CPU, direct-mapped by address (see [`route`]): one entry,
-/// the CPU's whole cache.
-#[map(name = "ipipd_rcache_v5")]
-pub static ROUTE_CACHE: PerCpuArray<RouteCache> = PerCpuArray::with_max_entries(1, 0);
-
-/// Host-side veth ifindex → the pod behind it.
-#[map(name = "ipipd_eps_v5")]
-pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
-
-/// The node's own settings, at index 0.
-#[map(name = "ipipd_cfg_v5")]
-pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
-
-/// (ifindex, hook, reason) → packets, bytes; per CPU.
-#[map(name = "ipipd_cnt_v5")]
-pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
-    PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
-
-/// The forwarding decisions' counters, per CPU, a row per interface (see dataplane-common).
-#[map(name = "ipipd_hot_v5")]
-pub static HOT_COUNTERS: PerCpuArray<CounterRow> = PerCpuArray::with_max_entries(HOT_ROWS, 0);
-
-/// Per-CPU IPv4 Identification counter for outer headers with DF clear.
-#[map(name = "ipipd_ipid_v5")]
-pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-/// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor mode
-/// is on.
-#[map(name = "ipipd_events_v5")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+/// One map's declaration under the name dataplane-common's [`dataplane_common::map_list!`]
+/// gives it (an arm per map: a listed map without an arm here fails the build).
+macro_rules! declare_maps {
+    (@one ROUTES $name:tt) => {
+        /// Prefix → what it is (local endpoint, remote block, own block, peer node).
+        #[map(name = $name)]
+        pub static ROUTES: LpmTrie<[u8; 4], RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+    };
+    (@one ROUTE_CACHE $name:tt) => {
+        /// The trie's recent answers, per CPU, direct-mapped by address (see [`route`]): one
+        /// entry, the CPU's whole cache.
+        #[map(name = $name)]
+        pub static ROUTE_CACHE: PerCpuArray<RouteCache> = PerCpuArray::with_max_entries(1, 0);
+    };
+    (@one ENDPOINTS $name:tt) => {
+        /// Host-side veth ifindex → the pod behind it.
+        #[map(name = $name)]
+        pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+    };
+    (@one CONFIG $name:tt) => {
+        /// The node's own settings, at index 0.
+        #[map(name = $name)]
+        pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+    };
+    (@one COUNTERS $name:tt) => {
+        /// (ifindex, hook, reason) → packets, bytes; per CPU.
+        #[map(name = $name)]
+        pub static COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
+            PerCpuHashMap::with_max_entries(MAX_COUNTERS, 0);
+    };
+    (@one HOT_COUNTERS $name:tt) => {
+        /// The forwarding decisions' counters, per CPU, a row per interface (see
+        /// dataplane-common).
+        #[map(name = $name)]
+        pub static HOT_COUNTERS: PerCpuArray<CounterRow> = PerCpuArray::with_max_entries(HOT_ROWS, 0);
+    };
+    (@one IP_ID $name:tt) => {
+        /// Per-CPU IPv4 Identification counter for outer headers with DF clear.
+        #[map(name = $name)]
+        pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+    };
+    (@one EVENTS $name:tt) => {
+        /// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor
+        /// mode is on.
+        #[map(name = $name)]
+        pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+    };
+    ($( $(#[$doc:meta])* $id:ident = $name:tt, )*) => {
+        $( declare_maps!(@one $id $name); )*
+    };
+}
+dataplane_common::map_list!(declare_maps);
 
 /// The node's settings, once user space has written them.
 #[inline(always)]
@@ -103,8 +123,8 @@ const NO_ROUTE: RouteValue = RouteValue {
     _pad: [0; 2],
     ifindex: 0,
     node_ip: [0; 4],
-    pod_mac: [0; 6],
-    host_mac: [0; 6],
+    dst_mac: [0; 6],
+    src_mac: [0; 6],
 };
 
 /// Longest-prefix match in the routes trie itself.

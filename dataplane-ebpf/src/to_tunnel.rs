@@ -23,7 +23,11 @@ use aya_ebpf::programs::TcContext;
 use dataplane_common::{Hook, ROUTE_F_ENCAP, Reason, RouteKind};
 
 use crate::{
-    act::{self, drop},
+    act::{
+        encap::{encap_and_send, too_big_for_tunnel},
+        next_hop::{Forwarding, forward_plain},
+        verdict::{Verdict, drop},
+    },
     maps::{config, route},
     packet::{ETH_LEN, L3, ipv4_sane, parse_l3},
 };
@@ -31,41 +35,54 @@ use crate::{
 const HOOK: Hook = Hook::ToTunnel;
 
 pub fn run(ctx: &TcContext) -> i32 {
+    let len = ctx.len();
+    match try_run(ctx, len) {
+        Ok(action) => action,
+        Err(reason) => drop(ctx, HOOK, reason, len),
+    }
+}
+
+/// The hook's body; `len` is the packet's length as it arrived.
+#[inline(always)]
+fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     // Parse.
     let ip = match parse_l3(ctx) {
         L3::Ipv4(ip) => ip,
-        L3::Truncated => return drop(ctx, HOOK, Reason::DropTruncated),
-        L3::Arp | L3::Other => return drop(ctx, HOOK, Reason::DropNotTunnelled),
+        L3::Truncated => return Err(Reason::DropTruncated),
+        L3::Arp | L3::Other => return Err(Reason::DropNotTunnelled),
     };
-    let Some(cfg) = config() else {
-        return drop(ctx, HOOK, Reason::DropNotTunnelled);
-    };
+    let cfg = config().ok_or(Reason::DropNotTunnelled)?;
 
     // Decide: the route that sent it here, as the routes trie holds it.
-    let Some(rt) = route(cfg, ip.dst_addr) else {
-        return drop(ctx, HOOK, Reason::DropNotTunnelled);
-    };
+    let rt = route(cfg, ip.dst_addr).ok_or(Reason::DropNotTunnelled)?;
     if rt.flags & ROUTE_F_ENCAP == 0 {
-        return drop(ctx, HOOK, Reason::DropNotTunnelled);
+        return Err(Reason::DropNotTunnelled);
     }
     match RouteKind::from_u8(rt.kind) {
         Some(RouteKind::RemoteBlock) => {}
         // A peer node's own address is tunnelled only for pod sources (so pod addresses never
         // appear bare on the underlay); the node's own traffic to its peers stays plain.
         Some(RouteKind::PeerNode) if ip.src_addr == cfg.node_ip => {
-            return act::send_plain(ctx, cfg, HOOK, &rt, Reason::HostToPeer, false);
+            return forward_plain(
+                ctx,
+                cfg,
+                HOOK,
+                &rt,
+                Reason::HostToPeer,
+                Forwarding::KERNEL_ROUTED,
+            );
         }
         Some(RouteKind::PeerNode) => {}
-        _ => return drop(ctx, HOOK, Reason::DropNotTunnelled),
+        _ => return Err(Reason::DropNotTunnelled),
     }
-    if !ipv4_sane(ip, ctx.len() as usize - ETH_LEN) {
-        return drop(ctx, HOOK, Reason::DropBadIpHeader);
+    if !ipv4_sane(ip, len as usize - ETH_LEN) {
+        return Err(Reason::DropBadIpHeader);
     }
     // The device's MTU is the tunnel's: only a packet sent past it (a raw socket, say) is larger.
-    if act::too_big_for_tunnel(ctx, cfg, ip) {
-        return drop(ctx, HOOK, Reason::DropTooBigEgress);
+    if too_big_for_tunnel(ctx, cfg, ip) {
+        return Err(Reason::DropTooBigEgress);
     }
 
     // Act: the kernel already routed it (and counted the hop): the inner TTL stays.
-    act::encap_and_send(ctx, cfg, HOOK, ip, &rt, false)
+    encap_and_send(ctx, cfg, HOOK, ip, &rt, Forwarding::KERNEL_ROUTED)
 }

@@ -14,9 +14,9 @@ use crate::{
     },
 };
 
+/// The hook's one drop exit, counted with the frame's length.
 #[inline(always)]
-fn drop(ctx: &XdpContext, reason: Reason) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u32;
+fn drop(ctx: &XdpContext, reason: Reason, len: u32) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     count(ifindex, Hook::XdpUplink, reason, len);
     crate::monitor::xdp(ctx, ifindex, reason, len);
@@ -24,31 +24,41 @@ fn drop(ctx: &XdpContext, reason: Reason) -> u32 {
 }
 
 pub fn run(ctx: &XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    match try_run(ctx) {
+        Ok(action) => action,
+        Err(reason) => drop(ctx, reason, len),
+    }
+}
+
+/// The hook's body: the XDP action, or why the frame is dropped.
+#[inline(always)]
+fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let Some(cfg) = config() else {
-        return xdp_action::XDP_PASS;
+        return Ok(xdp_action::XDP_PASS);
     };
     let (Some(eth), Some(ip)) = (
         xdp_ptr_at::<EthHdr>(ctx, 0),
         xdp_ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
     ) else {
-        return xdp_action::XDP_PASS;
+        return Ok(xdp_action::XDP_PASS);
     };
     // SAFETY: both bounds-checked above.
     let (eth, ip) = unsafe { (&*eth, &*ip) };
     if eth.ether_type != ETH_P_IP || ip.proto != IPPROTO_IPIP || ip.dst_addr != cfg.node_ip {
-        return xdp_action::XDP_PASS;
+        return Ok(xdp_action::XDP_PASS);
     }
     if (ip.vihl >> 4) != 4 || ihl_bytes(ip) < IP_LEN {
-        return drop(ctx, Reason::DropBadOuterHeader);
+        return Err(Reason::DropBadOuterHeader);
     }
     if tot_len(ip) < IP_LEN + IP_LEN {
-        return drop(ctx, Reason::DropBadOuterLength);
+        return Err(Reason::DropBadOuterLength);
     }
     if frag_field(ip) & IP_MF_OFFSET != 0 {
-        return drop(ctx, Reason::DropOuterFragment);
+        return Err(Reason::DropOuterFragment);
     }
     match route(cfg, ip.src_addr) {
-        Some(rt) if rt.kind == RouteKind::PeerNode as u8 => xdp_action::XDP_PASS,
-        _ => drop(ctx, Reason::DropIpipUnknownPeer),
+        Some(rt) if rt.kind == RouteKind::PeerNode as u8 => Ok(xdp_action::XDP_PASS),
+        _ => Err(Reason::DropIpipUnknownPeer),
     }
 }

@@ -253,18 +253,10 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
 }
 
 pub fn parse_mode(s: &str) -> Result<Mode, String> {
-    match s {
-        "always" => Ok(Mode::Always),
-        "cross-subnet" => Ok(Mode::CrossSubnet),
-        _ => Err(format!("{s:?}: expected \"always\" or \"cross-subnet\"")),
-    }
-}
-
-pub fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Always => "always",
-        Mode::CrossSubnet => "cross-subnet",
-    }
+    Mode::ALL
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| format!("{s:?}: expected \"always\" or \"cross-subnet\""))
 }
 
 fn valid_ifname(s: &str) -> bool {

@@ -120,18 +120,12 @@ pub fn routes(pin_dir: &Path) -> Result<Vec<RouteRow>> {
         }
         rows.push(RouteRow {
             prefix: format!("{}/{}", Ipv4Addr::from(k.data()), k.prefix_len()),
-            kind: match kind {
-                Some(RouteKind::LocalEndpoint) => "local-endpoint",
-                Some(RouteKind::RemoteBlock) => "remote-block",
-                Some(RouteKind::OwnBlock) => "own-block (blackhole)",
-                Some(RouteKind::PeerNode) => "peer-node",
-                None => "?",
-            },
+            kind: kind.map_or("?", RouteKind::name),
             flags,
             ifindex: (kind == Some(RouteKind::LocalEndpoint)).then_some(v.ifindex),
             node: matches!(kind, Some(RouteKind::RemoteBlock | RouteKind::PeerNode))
                 .then(|| Ipv4Addr::from(v.node_ip)),
-            next_hop_mac: (v.flags & ROUTE_F_L2 != 0).then(|| fmt_mac(&v.pod_mac)),
+            next_hop_mac: (v.flags & ROUTE_F_L2 != 0).then(|| fmt_mac(&v.dst_mac)),
         });
     }
     rows.sort_by(|a, b| a.prefix.cmp(&b.prefix));
@@ -229,11 +223,7 @@ pub fn status(pin_dir: &Path) -> Result<Status> {
         tunnel: ifname(cfg.tunnel_ifindex),
         mtu: cfg.mtu,
         tunnel_mtu: cfg.mtu - 20,
-        mode: if cfg.mode == Mode::CrossSubnet as u8 {
-            "cross-subnet"
-        } else {
-            "always"
-        },
+        mode: Mode::from_u8(cfg.mode).map_or("?", Mode::name),
         attachments,
         routes: routes(pin_dir)?.len(),
         endpoints: endpoints(pin_dir)?.len(),

@@ -22,7 +22,6 @@ pub mod monitor;
 pub mod netlink;
 pub mod pins;
 pub mod plan;
-pub mod testrun;
 pub mod tunnel;
 
 /// The eBPF object built by build.rs (bpfel, BTF), aligned for the ELF parser.
@@ -36,7 +35,7 @@ mod tests {
     use dataplane_common::{map_names, program_names};
 
     /// The object the binary embeds declares exactly the programs and maps dataplane-common
-    /// names (the floors and anything else of the bench's are not in it).
+    /// names.
     #[test]
     fn the_embedded_object_matches_dataplane_commons_names() {
         let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).expect("the embedded object parses");
@@ -48,6 +47,6 @@ mod tests {
             .map(String::as_str)
             .filter(|m| m.starts_with("ipipd_"))
             .collect();
-        assert_eq!(ours, map_names::ALL.into_iter().collect());
+        assert_eq!(ours, map_names::ALL.iter().copied().collect());
     }
 }

@@ -227,8 +227,8 @@ pub fn route_value(kind: RouteKind, flags: u8, node: Ipv4Addr) -> RouteValue {
         _pad: [0; 2],
         ifindex: 0,
         node_ip: node.octets(),
-        pod_mac: [0; 6],
-        host_mac: [0; 6],
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
     }
 }
 
@@ -274,8 +274,8 @@ pub fn plan(
             if let Some((dmac, smac)) = l2 {
                 v.flags |= ROUTE_F_L2;
                 v.ifindex = underlay.uplink;
-                v.pod_mac = dmac;
-                v.host_mac = smac;
+                v.dst_mac = dmac;
+                v.src_mac = smac;
             }
             p.routes.insert((net.addr, net.len), v);
             // What the kernel itself sends there goes into the tunnel device, as into tunl0;
@@ -328,8 +328,8 @@ pub fn plan(
                 _pad: [0; 2],
                 ifindex: link.index,
                 node_ip: [0; 4],
-                pod_mac,
-                host_mac,
+                dst_mac: pod_mac,
+                src_mac: host_mac,
             },
         );
         p.slow_path.insert(Route::Dev {
@@ -429,8 +429,8 @@ mac = "ee:ee:ee:ee:ee:02"
             _pad: [0; 2],
             ifindex: UPLINK,
             node_ip: master.octets(),
-            pod_mac: MASTER_MAC,
-            host_mac: UPLINK_MAC,
+            dst_mac: MASTER_MAC,
+            src_mac: UPLINK_MAC,
         };
         let expected: BTreeMap<(Ipv4Addr, u8), RouteValue> = [
             (
@@ -453,8 +453,8 @@ mac = "ee:ee:ee:ee:ee:02"
                     _pad: [0; 2],
                     ifindex: 11,
                     node_ip: [0; 4],
-                    pod_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x01],
-                    host_mac: [0xee; 6],
+                    dst_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x01],
+                    src_mac: [0xee; 6],
                 },
             ),
             (
@@ -465,8 +465,8 @@ mac = "ee:ee:ee:ee:ee:02"
                     _pad: [0; 2],
                     ifindex: 12,
                     node_ip: [0; 4],
-                    pod_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x02],
-                    host_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0xef],
+                    dst_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0x02],
+                    src_mac: [0xee, 0xee, 0xee, 0xee, 0xee, 0xef],
                 },
             ),
         ]
@@ -552,7 +552,7 @@ mac = "ee:ee:ee:ee:ee:02"
         let p = seed_plan("cross-subnet", &v);
         let r = p.routes[&(a("192.168.179.0"), 26)];
         assert_eq!(r.flags, ROUTE_F_ENCAP | ROUTE_F_L2);
-        assert_eq!(r.pod_mac, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(r.dst_mac, [1, 2, 3, 4, 5, 6]);
         assert_eq!(p.next_hops[&a("172.31.242.157")].via, a("10.0.0.1"));
     }
 
@@ -563,7 +563,7 @@ mac = "ee:ee:ee:ee:ee:02"
         let p = seed_plan("always", &v);
         let r = p.routes[&(a("192.168.179.0"), 26)];
         assert_eq!(r.flags, ROUTE_F_ENCAP);
-        assert_eq!((r.ifindex, r.pod_mac, r.host_mac), (0, [0; 6], [0; 6]));
+        assert_eq!((r.ifindex, r.dst_mac, r.src_mac), (0, [0; 6], [0; 6]));
         assert_eq!(p.unresolved(), [a("172.31.242.157")].into());
     }
 

@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, process::Command};
 
-use dataplane_user::testrun::checksum;
+use ipipd_bench::testrun::checksum;
 use ipipd_tests::{
     NetNs,
     cluster::{Cluster, NodeSpec, PodSpec, seed_nodes},

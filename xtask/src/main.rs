@@ -261,7 +261,7 @@ fn main() -> Result<()> {
                 bench::check_congestion_control(cc)?;
             }
             setup::all()?;
-            build()?;
+            build_bench()?;
             if vm {
                 return vm::run_vm(&root, vm_opts.opts(vm::Job::Bench { quick, rounds }));
             }
@@ -304,6 +304,11 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The eBPF crates: they build only for bpfel-unknown-none, with the nightly (ipipd's programs,
+/// embedded by dataplane-user's build.rs, and the bench's floors, by ipipd-bench's).
+const EBPF_CRATES: [&str; 2] = ["dataplane-ebpf", "ipipd-bench-floors"];
+
+/// Builds ipipd (release), the product alone.
 fn build() -> Result<()> {
     run(cargo().args([
         "build",
@@ -314,39 +319,54 @@ fn build() -> Result<()> {
     ]))
 }
 
-fn lint() -> Result<()> {
-    run(cargo().args(["fmt", "--all", "--check"]))?;
+/// Builds ipipd and the bench's own tool, `ipipd-bench` (with the floor programs).
+fn build_bench() -> Result<()> {
     run(cargo().args([
-        "clippy",
+        "build",
         "--release",
         "--locked",
-        "--workspace",
-        "--exclude",
-        "dataplane-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    // The eBPF crate with the nightly, for its own target, with the cfg aya-build gives it.
-    run(Command::new("rustup")
-        .env("AYA_BPF_TARGET_ARCH", std::env::consts::ARCH)
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "clippy",
-            "--release",
-            "--locked",
-            "--package",
-            "dataplane-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-            "-Zbuild-std=core",
+        "--package",
+        "dataplane-user",
+        "--package",
+        "ipipd-bench",
+    ]))
+}
+
+/// `--workspace` without the eBPF crates.
+fn host_crates(cmd: &mut Command) -> &mut Command {
+    cmd.arg("--workspace");
+    for c in EBPF_CRATES {
+        cmd.args(["--exclude", c]);
+    }
+    cmd
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        host_crates(cargo().args(["clippy", "--release", "--locked"])).args([
+            "--all-targets",
             "--",
             "-D",
             "warnings",
-        ]))
+        ]),
+    )?;
+    // The eBPF crates with the nightly, for their own target, with the cfg aya-build gives them.
+    let mut clippy = Command::new("rustup");
+    clippy
+        .env("AYA_BPF_TARGET_ARCH", std::env::consts::ARCH)
+        .args(["run", "nightly", "cargo", "clippy", "--release", "--locked"]);
+    for c in EBPF_CRATES {
+        clippy.args(["--package", c]);
+    }
+    run(clippy.args([
+        "--target",
+        "bpfel-unknown-none",
+        "-Zbuild-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 fn test(test_args: &[String]) -> Result<()> {
@@ -354,16 +374,9 @@ fn test(test_args: &[String]) -> Result<()> {
     build()?;
     // Release: the same object as the shipped binary, and the e2e traffic runs at speed.
     let mut cmd = cargo();
-    // The eBPF crate only builds for the BPF target: its programs are tested through the object.
-    cmd.args([
-        "test",
-        "--release",
-        "--locked",
-        "--workspace",
-        "--exclude",
-        "dataplane-ebpf",
-        "--no-fail-fast",
-    ]);
+    // The eBPF crates only build for the BPF target: their programs are tested through the
+    // objects.
+    host_crates(cmd.args(["test", "--release", "--locked"])).arg("--no-fail-fast");
     if !test_args.is_empty() {
         cmd.arg("--").args(test_args);
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use dataplane_user::{
-    config::{Config, fmt_mac, mode_name},
+    config::{Config, fmt_mac},
     daemon,
     netlink::Netlink,
 };
@@ -30,7 +30,7 @@ impl Check {
             n.address,
             n.uplink,
             mtu - 20,
-            mode_name(n.mode),
+            n.mode.name(),
             n.xdp
         );
         println!(

@@ -19,7 +19,7 @@ use aya::{
 };
 use clap::{Parser, Subcommand};
 use dataplane_common::program_names;
-use dataplane_user::testrun::{self, checksum};
+use ipipd_bench::testrun::{self, checksum};
 use serde::Serialize;
 
 static FLOORS_OBJECT: &[u8] =
