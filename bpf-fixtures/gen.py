@@ -2,14 +2,14 @@
 """Writes bpf-fixtures/vectors/*.toml: inputs and expected outputs built with scapy.
 
 Frames come from the packet library, never from ipipd's code: scapy computes every checksum and
-length. Run `python3 bpf-fixtures/gen.py` (needs `pip install scapy`) after changing a vector
-here; the .toml files it writes are what the runner reads and what reviewers read. A vector can
-also be written by hand: the runner needs no Rust change for a new one.
+length. Run `python3 bpf-fixtures/gen.py` (needs scapy: Debian's python3-scapy, or pip) after
+changing a vector here; the .toml files it writes are what the runner reads and what reviewers
+read. A vector can also be written by hand: the runner needs no Rust change for a new one.
 """
 import os
 import sys
 
-from scapy.all import ARP, ICMP, IP, UDP, TCP, Ether, IPv6, Raw, raw  # noqa: E402
+from scapy.all import ARP, ICMP, IP, UDP, TCP, Dot1AD, Dot1Q, Ether, IPv6, Raw, raw  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "vectors")
@@ -226,6 +226,32 @@ bad[16:18] = (len(bad) - 14 + 1).to_bytes(2, "big")
 vec("pod-bad-totlen.toml", "Total length beyond the frame: dropped", "from_pod", POD1_IF, Ether(bytes(bad)), "shot",
     [{"interface": POD1_IF, "hook": "from_pod", "reason": "drop_bad_ip_header", "packets": 1, "bytes": len(bad)}])
 
+f = Ether(src=POD1_MAC, dst=HOST_MAC) / Dot1Q(vlan=7) / icmp(POD1, REMOTE_POD)
+vec("pod-vlan-tagged.toml", "An 802.1Q-tagged frame from a pod: dropped, never tunnelled with its tag", "from_pod", POD1_IF, f,
+    "shot", [counter(POD1_IF, "from_pod", "drop_vlan_tagged", f)])
+f = Ether(src=POD1_MAC, dst=HOST_MAC) / Dot1AD(vlan=100) / Dot1Q(vlan=7) / icmp(POD1, POD2)
+vec("pod-qinq-tagged.toml", "An 802.1ad (QinQ) frame from a pod to a local pod: dropped", "from_pod", POD1_IF, f,
+    "shot", [counter(POD1_IF, "from_pod", "drop_vlan_tagged", f)])
+f = Ether(src=POD1_MAC, dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=7) / ARP(op=1, hwsrc=POD1_MAC, psrc=POD1, pdst="169.254.1.1")
+vec("pod-vlan-tagged-arp.toml", "A tagged ARP request from a pod: dropped, not answered", "from_pod", POD1_IF, f,
+    "shot", [counter(POD1_IF, "from_pod", "drop_vlan_tagged", f)])
+f = from_pod1(icmp(POD1, REMOTE_POD, chksum=0x1234))
+vec("pod-bad-checksum.toml", "IPv4 header checksum wrong: dropped at the pod, as the kernel's forwarding would", "from_pod", POD1_IF,
+    f, "shot", [counter(POD1_IF, "from_pod", "drop_bad_ip_checksum", f)])
+f = from_pod1(icmp(POD1, POD2, chksum=0x1234))
+vec("pod-to-pod-bad-checksum.toml", "IPv4 header checksum wrong, to a local pod: dropped", "from_pod", POD1_IF,
+    f, "shot", [counter(POD1_IF, "from_pod", "drop_bad_ip_checksum", f)])
+opt = [b"\x94\x04\x00\x00"]  # Router Alert
+inner = icmp(POD1, REMOTE_POD, options=opt)
+f = from_pod1(inner)
+vec("pod-encap-options.toml", "A header with options and a good checksum: encapsulated as it is (options summed too)", "from_pod",
+    POD1_IF, f, "redirect", [counter(POD1_IF, "from_pod", "encap", f)], h(encap(inner)))
+bad = bytearray(raw(from_pod1(icmp(POD1, REMOTE_POD, options=opt))))
+bad[14 + 20] ^= 0x01  # an option byte changed after the checksum was computed
+f = Ether(bytes(bad))
+vec("pod-options-bad-checksum.toml", "A header whose options do not match its checksum: dropped", "from_pod", POD1_IF, f, "shot",
+    [counter(POD1_IF, "from_pod", "drop_bad_ip_checksum", f)])
+
 # ---------------------------------------------------------------- cross-subnet
 XS = "cross-subnet.toml"
 inner = icmp(POD1, REMOTE_POD)
@@ -242,6 +268,9 @@ f = Ether(src=PEER_MAC, dst=NODE_MAC) / udp(REMOTE_POD, POD1)
 out = Ether(src=HOST_MAC, dst=POD1_MAC) / udp(REMOTE_POD, POD1, ttl=63)
 vec("xs-uplink-plain-to-pod.toml", "Cross-subnet: plain IPv4 from the wire to a local pod is delivered with redirect_peer",
     "from_uplink", "eth0", f, "redirect", [counter(POD1_IF, "from_uplink", "deliver_from_uplink", f)], h(out), base=XS)
+f = Ether(src=PEER_MAC, dst=NODE_MAC) / udp(REMOTE_POD, POD1, chksum=0x1234)
+vec("xs-uplink-plain-bad-checksum.toml", "Cross-subnet: plain IPv4 to a local pod with a wrong header checksum: dropped",
+    "from_uplink", "eth0", f, "shot", [counter("eth0", "from_uplink", "drop_bad_ip_checksum", f)], base=XS)
 
 # ---------------------------------------------------------------- from_uplink
 def inner_to_pod1(ttl=63, tos=0):
@@ -317,6 +346,12 @@ inner[2:4] = (len(inner) + 8).to_bytes(2, "big")
 f = tunnel(Raw(bytes(inner)))
 vec("uplink-inner-truncated.toml", "Inner total length beyond what the outer carries, from a real peer: dropped", "from_uplink", "eth0",
     f, "shot", [counter("eth0", "from_uplink", "drop_bad_inner_length", f)])
+f = tunnel(udp(REMOTE_POD, POD1, ttl=63, chksum=0x1234))
+vec("uplink-inner-bad-checksum.toml", "Inner header checksum wrong, from a real peer: dropped, not delivered", "from_uplink", "eth0",
+    f, "shot", [counter("eth0", "from_uplink", "drop_bad_inner_checksum", f)])
+f = Ether(src=PEER_MAC, dst=NODE_MAC) / Dot1Q(vlan=7) / IP(src=PEER_IP, dst=NODE_IP, proto=4, ttl=63) / inner_to_pod1()
+vec("uplink-vlan-tagged-ipip.toml", "Tagged IPIP from a peer: the kernel's (a VLAN device's), never decapsulated to a pod",
+    "from_uplink", "eth0", f, "ok", [counter("eth0", "from_uplink", "pass_vlan_tagged", f)])
 f = tunnel(inner_to_pod1(), dst="172.31.242.99")
 vec("uplink-ipip-not-for-node.toml", "IPIP to another address: not ours, passed untouched", "from_uplink", "eth0", f, "ok",
     [counter("eth0", "from_uplink", "pass_ipip", f)])
@@ -364,6 +399,9 @@ vec("egress-not-tunnelled.toml", "A destination without a tunnelled route (a rou
 f = Ether(src=TUNNEL_MAC, dst="33:33:00:00:00:02") / IPv6(src="fe80::1", dst="ff02::2") / Raw(b"rs")
 vec("egress-not-ipv4.toml", "Not IPv4 (the kernel's own IPv6, were it enabled on the device): dropped", "to_tunnel", TUNNEL_IF, f,
     "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_not_tunnelled", f)])
+f = Ether(src=TUNNEL_MAC, dst=TUNNEL_MAC) / Dot1Q(vlan=7) / IP(src=NODE_IP, dst=REMOTE_POD, id=11) / UDP(sport=1, dport=2)
+vec("egress-vlan-tagged.toml", "A tagged frame routed into the tunnel device: dropped", "to_tunnel", TUNNEL_IF, f,
+    "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_vlan_tagged", f)])
 f = into_tunnel(IP(src=NODE_IP, dst=REMOTE_POD, id=10) / UDP(sport=1, dport=2) / Raw(b"x" * (1500 - 28)))
 vec("egress-too-big.toml", "Sent past the device's MTU (a raw socket, not GSO): the outer packet would exceed the MTU, dropped",
     "to_tunnel", TUNNEL_IF, f, "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_too_big_egress", f)])

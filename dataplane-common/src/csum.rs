@@ -15,15 +15,22 @@ pub fn replace(check: u16, old: u16, new: u16) -> u16 {
     fold((!check) as u32 + (!old) as u32 + new as u32)
 }
 
-/// The checksum of a 20-byte IPv4 header given as ten words (the checksum word itself included:
-/// 0 to compute one, the stored value to verify one, which then yields 0).
+/// The unfolded ones' complement sum of words (at most 65,537 of them, so that it cannot
+/// overflow), to be continued with more words and then [`fold`]ed.
 #[inline(always)]
-pub fn ipv4_header(words: &[u16; 10]) -> u16 {
+pub fn sum(words: &[u16]) -> u32 {
     let mut sum = 0u32;
     for w in words {
         sum += *w as u32;
     }
-    fold(sum)
+    sum
+}
+
+/// The checksum of a 20-byte IPv4 header given as ten words (the checksum word itself included:
+/// 0 to compute one, the stored value to verify one, which then yields 0).
+#[inline(always)]
+pub fn ipv4_header(words: &[u16; 10]) -> u16 {
+    fold(sum(words))
 }
 
 /// The checksum of any bytes, byte-wise (RFC 1071's definition: the complemented ones'
@@ -107,6 +114,36 @@ mod tests {
                     "{h:02x?} word {word}"
                 );
             }
+        }
+    }
+
+    /// A header with options verifies as its first ten words' sum continued over the option
+    /// words (how the programs check one), exactly when the byte-wise reference says so.
+    #[test]
+    fn a_header_with_options_verifies_word_by_word() {
+        for (n, mut h) in headers().enumerate() {
+            let opts = 4 * (1 + n % 10);
+            let mut full = h.to_vec();
+            full[0] = 0x40 | ((20 + opts) / 4) as u8;
+            full.extend((0..opts).map(|i| (n * 7 + i * 13) as u8));
+            let c = of_bytes(&full);
+            full[10..12].copy_from_slice(&c.to_be_bytes());
+            h.copy_from_slice(&full[..20]);
+            let rest: Vec<u16> = full[20..]
+                .chunks(2)
+                .map(|w| u16::from_ne_bytes([w[0], w[1]]))
+                .collect();
+            assert_eq!(fold(sum(&words(&h)) + sum(&rest)), 0, "header {n}");
+            full[20] ^= 0x10;
+            let rest: Vec<u16> = full[20..]
+                .chunks(2)
+                .map(|w| u16::from_ne_bytes([w[0], w[1]]))
+                .collect();
+            assert_ne!(
+                fold(sum(&words(&h)) + sum(&rest)),
+                0,
+                "header {n}, an option changed"
+            );
         }
     }
 }

@@ -366,7 +366,8 @@ macro_rules! reasons {
                     | Reason::PassIpip
                     | Reason::DecapToKernel
                     | Reason::DecapTtlExpired
-                    | Reason::ArpPass => "pass",
+                    | Reason::ArpPass
+                    | Reason::PassVlanTagged => "pass",
                     Reason::EcnUnusedCombination => "note",
                     _ => "forward",
                 }
@@ -413,6 +414,9 @@ reasons! {
     /// The node's own packet to a peer node's address, which the peer's /32 route sends into
     /// the tunnel device (so that pods' packets to it are encapsulated): sent on plain.
     HostToPeer = 16, "host_to_peer", false;
+    /// A VLAN-tagged frame on the uplink (in the skb's metadata or in the data): the kernel
+    /// takes it unchanged (a VLAN device's, if any); never decapsulated or delivered to a pod.
+    PassVlanTagged = 17, "pass_vlan_tagged", false;
     /// The pod sent from an address that is not its own (anti-spoofing).
     DropSpoofedSource = 32, "drop_spoofed_source", true;
     /// Destination in this node's own block without an endpoint (the blackhole route).
@@ -461,6 +465,14 @@ reasons! {
     /// would send the queue out the uplink addressed for the tunnel device once the MAC
     /// arrives: dropped instead, while the daemon resolves the next hop.
     DropNextHopUnresolved = 53, "drop_next_hop_unresolved", true;
+    /// A VLAN-tagged frame from a pod (or routed into the tunnel device): pods' traffic is
+    /// untagged, and a tag would otherwise travel on with the frame.
+    DropVlanTagged = 54, "drop_vlan_tagged", true;
+    /// An IPv4 header whose checksum does not verify, from a pod or plain from the uplink (the
+    /// kernel's forwarding would drop it too).
+    DropBadIpChecksum = 55, "drop_bad_ip_checksum", true;
+    /// The inner header of a tunnelled packet: its checksum does not verify.
+    DropBadInnerChecksum = 56, "drop_bad_inner_checksum", true;
 }
 
 /// Key of the per-CPU counters.

@@ -6,6 +6,8 @@
 //! |--------------------------------|--------------------------------------|----------------------------------------|
 //! | ARP for any address but its own | proxy_arp on cali*                  | ARP reply with the host veth's MAC     |
 //! | source not the pod's own       | (rp_filter / Calico iptables)        | drop_spoofed_source                    |
+//! | a VLAN-tagged frame            | (not forwarded)                      | drop_vlan_tagged                       |
+//! | a bad IPv4 header or checksum  | (ip_rcv drops it)                    | drop_bad_ip_header / _checksum         |
 //! | (a veth without an endpoint)   |                                      | drop_unknown_endpoint                  |
 //! | a pod on this node             | `<pod>/32 dev cali…`                 | TTL-1, MACs, redirect_peer             |
 //! | own block, no pod              | `blackhole <block>`                  | drop_blackhole                         |
@@ -27,8 +29,8 @@ use crate::{
     },
     maps::{ENDPOINTS, config, route, source_ok},
     packet::{
-        ArpIpv4, ETH_LEN, EthHdr, L3, TC_OK, ensure_linear, ifindex, ipv4_sane, parse_l3, ptr_at,
-        set_mac,
+        ArpIpv4, ETH_LEN, EthHdr, L3, TC_OK, ensure_linear, ifindex, ipv4_checksum_ok, ipv4_sane,
+        parse_l3, ptr_at, set_mac,
     },
 };
 
@@ -58,6 +60,7 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
             return match other {
                 L3::Arp => arp(ctx, &ep),
                 L3::Truncated => Err(Reason::DropTruncated),
+                L3::Tagged => Err(Reason::DropVlanTagged),
                 _ => pass(ctx, HOOK, Reason::PassNotIpv4),
             };
         }
@@ -77,6 +80,9 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     }
     if !ipv4_sane(ip, len as usize - ETH_LEN) {
         return Err(Reason::DropBadIpHeader);
+    }
+    if !ipv4_checksum_ok(ctx, ip, ETH_LEN) {
+        return Err(Reason::DropBadIpChecksum);
     }
 
     // Decide: the longest prefix that holds the destination, as the route table would.

@@ -9,6 +9,8 @@
 //! | … inner to the own block, no pod                  | drop_blackhole                       |
 //! | … inner to anything else (the node itself)        | decap, kernel via the tunnel device  |
 //! | IPIP from a non-peer, outer fragment, bad headers | a drop, each with its own reason     |
+//! | … an inner header with a bad checksum             | drop_bad_inner_checksum              |
+//! | a VLAN-tagged frame (metadata or data)            | pass_vlan_tagged: the kernel's, untouched |
 //! | plain IPv4 to a local pod (cross-subnet)          | TTL-1, redirect_peer                 |
 //! | anything else                                     | the kernel, untouched                |
 
@@ -27,7 +29,8 @@ use crate::{
     maps::{config, route, source_ok},
     packet::{
         ETH_LEN, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, L3, TC_OK, ensure_linear, frag_field,
-        ifindex, ihl_bytes, ip_words, ipv4_sane, parse_l3, ptr_at, set_tos, tot_len,
+        ifindex, ihl_bytes, ip_words, ipv4_checksum_ok, ipv4_sane, parse_l3, ptr_at, set_tos,
+        tot_len,
     },
 };
 
@@ -50,6 +53,7 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     let outer = match parse_l3(ctx) {
         L3::Ipv4(ip) => ip,
         L3::Truncated => return Err(Reason::DropTruncated),
+        L3::Tagged => return pass(ctx, HOOK, Reason::PassVlanTagged),
         L3::Arp | L3::Other => return pass(ctx, HOOK, Reason::PassNotIpv4),
     };
     if outer.proto != IPPROTO_IPIP {
@@ -98,6 +102,9 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     }
     if !ipv4_sane(inner, outer_tot - IP_LEN) {
         return Err(Reason::DropBadInnerLength);
+    }
+    if !ipv4_checksum_ok(ctx, inner, ETH_LEN + IP_LEN) {
+        return Err(Reason::DropBadInnerChecksum);
     }
     let (ecn, unused) = ecn::decap(inner.tos & 3, outer_ecn);
     let ecn = ecn.ok_or(Reason::DropEcnCeNotEct)?;
@@ -160,6 +167,9 @@ fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr, len: u32) -> Verdict {
         Some(RouteKind::LocalEndpoint) => {
             if !ipv4_sane(ip, len as usize - ETH_LEN) {
                 return Err(Reason::DropBadIpHeader);
+            }
+            if !ipv4_checksum_ok(ctx, ip, ETH_LEN) {
+                return Err(Reason::DropBadIpChecksum);
             }
             if ip.ttl <= 1 {
                 return pass(ctx, HOOK, Reason::PassTtlExpired);

@@ -3,7 +3,8 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
+use dataplane_common::csum;
 pub use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_LEN: usize = EthHdr::LEN;
@@ -11,6 +12,9 @@ pub const IP_LEN: usize = Ipv4Hdr::LEN;
 
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
 pub const ETH_P_ARP: u16 = 0x0806u16.to_be();
+/// VLAN tags in the data: 802.1Q, and 802.1ad (QinQ's outer tag).
+pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+pub const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -71,6 +75,10 @@ pub enum L3<'a> {
     /// changes the packet.
     Ipv4(&'a Ipv4Hdr),
     Arp,
+    /// A VLAN-tagged frame: the tag in the skb's metadata (where the kernel, or a device's
+    /// offload, moves it), or an 802.1Q / 802.1ad header in the data. Whatever it carries, it is
+    /// not ipipd's as it is: the route table never forwards a tagged frame into a tunnel or a pod.
+    Tagged,
     /// Anything else (IPv6, …).
     Other,
     /// Shorter than the headers its type announces.
@@ -80,6 +88,10 @@ pub enum L3<'a> {
 /// Parses the Ethernet header and, for IPv4, makes the IPv4 header linear.
 #[inline(always)]
 pub fn parse_l3<'a>(ctx: &TcContext) -> L3<'a> {
+    // SAFETY: reading a context field.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return L3::Tagged;
+    }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return L3::Truncated;
     };
@@ -87,6 +99,7 @@ pub fn parse_l3<'a>(ctx: &TcContext) -> L3<'a> {
     match unsafe { (*eth).ether_type } {
         ETH_P_IP => {}
         ETH_P_ARP => return L3::Arp,
+        ETH_P_8021Q | ETH_P_8021AD => return L3::Tagged,
         _ => return L3::Other,
     }
     if !ensure_linear(ctx, ETH_LEN + IP_LEN) {
@@ -146,6 +159,40 @@ pub fn ipv4_sane(ip: &Ipv4Hdr, avail: usize) -> bool {
     let ihl = ihl_bytes(ip);
     let tot = tot_len(ip);
     (ip.vihl >> 4) == 4 && ihl >= IP_LEN && tot >= ihl && tot <= avail
+}
+
+/// Whether the IPv4 header at `off`, whose IHL and total length [`ipv4_sane`] has accepted,
+/// carries a valid checksum, options included (as `ip_rcv` checks it). The header without
+/// options is summed in place; options (rare) are read four bytes at a time with
+/// `bpf_skb_load_bytes`, which leaves packet pointers (`ip` among them) valid and needs a
+/// constant length for the verifier.
+#[inline(always)]
+pub fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
+    let ihl = ihl_bytes(ip);
+    let mut sum = csum::sum(&ip_words(ip));
+    let mut at = IP_LEN;
+    // At most 40 bytes of options: ten 4-byte reads at constant offsets (the loop unrolls).
+    while at < 60 {
+        if at >= ihl {
+            break;
+        }
+        let mut w = [0u8; 4];
+        // SAFETY: helper call into a 4-byte stack buffer.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                (off + at) as u32,
+                w.as_mut_ptr() as *mut _,
+                4,
+            )
+        };
+        if rc != 0 {
+            return false;
+        }
+        sum += u16::from_ne_bytes([w[0], w[1]]) as u32 + u16::from_ne_bytes([w[2], w[3]]) as u32;
+        at += 4;
+    }
+    csum::fold(sum) == 0
 }
 
 /// Copies a MAC address into the packet. The source is never packet memory (a map value or

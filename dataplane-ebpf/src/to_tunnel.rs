@@ -49,6 +49,7 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     let ip = match parse_l3(ctx) {
         L3::Ipv4(ip) => ip,
         L3::Truncated => return Err(Reason::DropTruncated),
+        L3::Tagged => return Err(Reason::DropVlanTagged),
         L3::Arp | L3::Other => return Err(Reason::DropNotTunnelled),
     };
     let cfg = config().ok_or(Reason::DropNotTunnelled)?;

@@ -457,6 +457,159 @@ fn ipip_from_a_non_peer_or_with_a_bad_inner_header_is_dropped() {
     assert_eq!(at_pod.len(), 2);
 }
 
+/// Sends `frame` (Ethernet, as is) `count` times out of `dev` in `ns` through an AF_PACKET
+/// socket: frames no socket of the stack would build (a VLAN tag with no VLAN device).
+fn send_frames(ns: &NetNs, dev: &str, frame: Vec<u8>, count: usize) {
+    let ifindex = ns.ifindex(dev).unwrap();
+    ns.enter(move || {
+        // SAFETY: plain socket calls with valid buffers.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_ifindex = ifindex as i32;
+            sa.sll_halen = 6;
+            sa.sll_addr[..6].copy_from_slice(&frame[..6]);
+            for _ in 0..count {
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    n,
+                    frame.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    })
+    .unwrap();
+}
+
+/// The MAC of `dev` in `ns`.
+fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
+    let text = ns.sh(&format!("cat /sys/class/net/{dev}/address")).unwrap();
+    let b: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    b.try_into().unwrap()
+}
+
+/// An Ethernet frame carrying IPv4 `payload`, with an 802.1Q tag (VLAN 7) in the data.
+fn tagged_frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(dst);
+    f.extend(src);
+    f.extend([0x81, 0x00, 0x00, 0x07, 0x08, 0x00]);
+    f.extend(payload);
+    f
+}
+
+/// An IPv4 header (no options, checksum computed) in front of `inner`.
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, inner: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip[2..4].copy_from_slice(&((20 + inner.len()) as u16).to_be_bytes());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(inner);
+    ip
+}
+
+/// A frame's 802.1Q / 802.1ad tag, as captured (libpcap puts an offloaded tag back in the data).
+fn tagged(frame: &[u8]) -> bool {
+    matches!(frame.get(12..14), Some([0x81, 0x00] | [0x88, 0xa8]))
+}
+
+/// VLAN-tagged frames (the kernel moves the tag into the skb's metadata before tc sees them):
+/// a pod's are never tunnelled; a peer's tagged tunnel frames are the kernel's (for a VLAN
+/// device), never decapsulated to a pod. Each is counted under its own reason.
+#[test]
+fn vlan_tagged_frames_are_neither_tunnelled_nor_delivered() {
+    if !require_root() {
+        return;
+    }
+    let c = seed_cluster("e-vlan", "");
+    let n1 = pod(&c, "node", N1);
+    let m1 = pod(&c, "master", M1);
+    let node = c.node("node").ns.view();
+    let master = c.node("master").ns.view();
+
+    // Pod N1 sends tagged pings to M1, addressed to its gateway (the host veth).
+    let host_if = c.node("node").pod(N1).spec.interface.clone();
+    let ping = tagged_frame(
+        mac_of(&node, &host_if),
+        mac_of(&n1, "eth0"),
+        &icmp_packet(N1, M1, 5),
+    );
+    let wire = Capture::start(&c.underlay, "up1", &c.dir, "").unwrap();
+    let at_m1 = Capture::start(&m1, "eth0", &c.dir, "icmp").unwrap();
+    let before = stats(&c, "node");
+    send_frames(&n1, "eth0", ping, 3);
+    let on_wire = wire.finish().unwrap();
+    let after = stats(&c, "node");
+    assert_eq!(
+        moved(&before, &after, "drop_vlan_tagged").0,
+        3,
+        "the tagged frames dropped at the pod"
+    );
+    assert_eq!(moved(&before, &after, "encap").0, 0, "nothing tunnelled");
+    assert!(
+        !on_wire.iter().any(|f| tagged(f)),
+        "a tagged frame on the underlay"
+    );
+    assert!(at_m1.finish().unwrap().is_empty(), "M1 got a tagged ping");
+
+    // The master sends tagged IPIP to the node.
+    let tunnelled = ipv4(MASTER, NODE, 4, &icmp_packet(M1, N1, 5));
+    let frame = tagged_frame(mac_of(&node, "eth0"), mac_of(&master, "eth0"), &tunnelled);
+    let at_n1 = Capture::start(&n1, "eth0", &c.dir, "icmp").unwrap();
+    let before = stats(&c, "node");
+    send_frames(&master, "eth0", frame.clone(), 3);
+    let frames = at_n1.finish().unwrap();
+    let after = stats(&c, "node");
+    assert_eq!(
+        moved(&before, &after, "pass_vlan_tagged").0,
+        3,
+        "tagged tunnel frames left to the kernel"
+    );
+    assert_eq!(
+        moved(&before, &after, "decap_deliver").0,
+        0,
+        "none decapsulated"
+    );
+    assert!(
+        ipv4_frames(&frames).iter().all(|p| p.src != M1),
+        "a tagged tunnel frame reached the pod"
+    );
+    // The same frame untagged is delivered: the path itself works.
+    let mut untagged = frame[..12].to_vec();
+    untagged.extend(&frame[16..]);
+    let before = stats(&c, "node");
+    send_frames(&master, "eth0", untagged, 2);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let after = stats(&c, "node");
+    assert_eq!(
+        moved(&before, &after, "decap_deliver").0,
+        2,
+        "untagged ones delivered"
+    );
+}
+
 /// No route to a pod /32 or a remote block is consulted by pod-to-pod traffic: with the slow
 /// path flushed, pods still reach each other.
 #[test]
