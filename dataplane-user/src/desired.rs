@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, EndpointCfg, Peer, validate},
+    config::{Config, EndpointCfg, Node, Peer, validate},
     pins::write_atomic,
 };
 
@@ -38,6 +38,25 @@ pub enum Change {
 
 const RUNTIME_FILE: &str = "runtime.json";
 
+impl Change {
+    /// The added endpoint's or peer's own rules, the file's ([`EndpointCfg::check`],
+    /// [`Peer::check`]), on `node` when it is known (the daemon's; the CLI's with --config):
+    /// what the CLI checks before it sends a change and the daemon before it takes one. Its fit
+    /// with the rest (overlaps, duplicates) is [`RuntimeChanges::apply`]'s.
+    pub fn check(&self, node: Option<&Node>) -> Result<()> {
+        let r = match (self, node) {
+            (Change::EndpointAdd(ep), Some(n)) => ep.check(n).map_err(|(f, m)| (f.to_string(), m)),
+            (Change::EndpointAdd(ep), None) => {
+                ep.check_alone().map_err(|(f, m)| (f.to_string(), m))
+            }
+            (Change::PeerAdd(p), Some(n)) => p.check(n),
+            (Change::PeerAdd(p), None) => p.check_alone(),
+            (Change::EndpointDel { .. } | Change::PeerDel { .. }, _) => Ok(()),
+        };
+        r.map_err(|(f, m)| anyhow!("{f}: {m}"))
+    }
+}
+
 impl RuntimeChanges {
     pub fn load(state_dir: &Path) -> Result<Self> {
         let path = state_dir.join(RUNTIME_FILE);
@@ -56,8 +75,9 @@ impl RuntimeChanges {
         )
     }
 
-    /// The changes with `change` applied (not yet validated).
+    /// The changes with `change` applied: the change checked on its own, not yet with the rest.
     pub fn with(&self, file: &Config, change: &Change) -> Result<Self> {
+        change.check(Some(&file.node))?;
         let mut rt = self.clone();
         match change {
             Change::EndpointAdd(ep) => {
@@ -181,6 +201,58 @@ mod tests {
 
     fn addrs(c: &Config) -> Vec<Ipv4Addr> {
         c.endpoints.iter().map(|e| e.address).collect()
+    }
+
+    /// A change the file would refuse is refused over the socket too, with the file's
+    /// message, before anything is recorded.
+    #[test]
+    fn a_change_is_checked_by_the_files_rules() {
+        let cases = [
+            (
+                Change::EndpointAdd(ep("192.168.83.130", "cali0123456789abcdefghij")),
+                "interface: \"cali0123456789abcdefghij\" is not an interface name",
+            ),
+            (
+                Change::EndpointAdd(ep("192.168.83.130", "a/b")),
+                "interface: \"a/b\" is not an interface name",
+            ),
+            (
+                Change::EndpointAdd(ep("192.168.83.130", "lo")),
+                "interface: is the loopback device",
+            ),
+            (
+                Change::EndpointAdd(ep("192.168.83.130", "eth0")),
+                "interface: is the uplink",
+            ),
+            (
+                Change::PeerAdd(Peer {
+                    address: a("0.0.0.0"),
+                    blocks: vec![],
+                }),
+                "address: 0.0.0.0 is \"this network\" (0.0.0.0/8), not a unicast host address",
+            ),
+            (
+                Change::PeerAdd(Peer {
+                    address: a("172.31.242.158"),
+                    blocks: vec!["224.0.0.0/24".parse().unwrap()],
+                }),
+                "blocks[0]: 224.0.0.0/24 reaches into 224.0.0.0/4, multicast",
+            ),
+        ];
+        for (change, msg) in cases {
+            let e = RuntimeChanges::default()
+                .with(&file(), &change)
+                .expect_err("refused");
+            assert_eq!(e.to_string(), msg);
+        }
+        // Valid on its own, refused with the rest: the same rules as the file's.
+        let dup = RuntimeChanges::default()
+            .with(&file(), &Change::EndpointAdd(ep("192.168.83.130", "cali1")))
+            .unwrap();
+        assert_eq!(
+            dup.apply(&file()).unwrap_err().to_string(),
+            "endpoint[1].interface: cali1 is also endpoint[0]'s interface"
+        );
     }
 
     #[test]

@@ -329,6 +329,84 @@ fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
     );
 }
 
+/// Changes the file would refuse are refused over the socket (a client that bypasses the CLI)
+/// and by the CLI with the file's message, and nothing of them is recorded in runtime.json.
+#[test]
+fn runtime_changes_obey_the_files_rules() {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        os::unix::net::UnixStream,
+    };
+    if !require_root() {
+        return;
+    }
+    let c = running("d-val", 1);
+    let state = c.node("node").daemon.as_ref().unwrap().state_dir.clone();
+    let sd = state.to_str().unwrap().to_string();
+    let runtime = || std::fs::read_to_string(state.join("runtime.json")).unwrap_or_default();
+    let before = runtime();
+    let raw = |line: &str| -> String {
+        let mut s = UnixStream::connect(state.join("ipipd.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(&s).read_line(&mut reply).unwrap();
+        reply
+    };
+    let long = "cali0123456789abcdefghijk";
+    for (change, error) in [
+        (
+            format!(
+                r#"{{"change":{{"op":"endpoint_add","address":"192.168.83.150","interface":"{long}"}}}}"#
+            ),
+            format!(r#"interface: "{long}" is not an interface name"#),
+        ),
+        (
+            r#"{"change":{"op":"endpoint_add","address":"192.168.83.150","interface":"a/b"}}"#
+                .to_string(),
+            r#"interface: "a/b" is not an interface name"#.to_string(),
+        ),
+        (
+            r#"{"change":{"op":"endpoint_add","address":"192.168.83.150","interface":"lo"}}"#
+                .to_string(),
+            "interface: is the loopback device".to_string(),
+        ),
+        (
+            r#"{"change":{"op":"peer_add","address":"255.255.255.255","blocks":[]}}"#
+                .to_string(),
+            "address: 255.255.255.255 is reserved or broadcast (240.0.0.0/4), not a unicast host address"
+                .to_string(),
+        ),
+        (
+            r#"{"change":{"op":"peer_add","address":"127.0.0.1","blocks":[]}}"#.to_string(),
+            "address: 127.0.0.1 is loopback, not a unicast host address".to_string(),
+        ),
+    ] {
+        let reply: serde_json::Value = serde_json::from_str(&raw(&change)).unwrap();
+        assert_eq!(reply["ok"], false, "{change} accepted: {reply}");
+        assert_eq!(reply["error"].as_str().unwrap(), error, "{change}");
+    }
+    // The CLI refuses the same before it sends anything (the file's message).
+    let out = Command::new(ipipd_tests::cluster::ipipd_binary().unwrap())
+        .args(["endpoint", "add", "--address", "192.168.83.150"])
+        .args(["--interface", long, "--state-dir", &sd])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!(r#"interface: "{long}" is not an interface name"#)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(runtime(), before, "a refused change was recorded");
+    assert!(
+        ping_ok(&c, "node", N1, M1, 1),
+        "the node still forwards\n{}",
+        c.logs()
+    );
+}
+
 #[test]
 fn kill_9_then_restart_leaves_no_stale_state() {
     if !require_root() {

@@ -52,6 +52,8 @@ impl EndpointCmd {
                     interface,
                     mac,
                 });
+                // The file's rules, before anything is sent (the daemon checks again).
+                change.check(node.config()?.as_ref().map(|c| &c.node))?;
                 control::request(&node.state_dir()?, change).await
             }
             EndpointCmd::Del { address, node } => {

@@ -86,7 +86,7 @@ pub struct Read {
 }
 
 impl Node {
-    fn config(&self) -> Result<Option<Config>> {
+    pub fn config(&self) -> Result<Option<Config>> {
         self.config.as_ref().map(|p| Config::load(p)).transpose()
     }
     pub fn state_dir(&self) -> Result<PathBuf> {

@@ -42,6 +42,8 @@ impl PeerCmd {
                 node,
             } => {
                 let change = Change::PeerAdd(Peer { address, blocks });
+                // The file's rules, before anything is sent (the daemon checks again).
+                change.check(node.config()?.as_ref().map(|c| &c.node))?;
                 control::request(&node.state_dir()?, change).await
             }
             PeerCmd::Del { address, node } => {
