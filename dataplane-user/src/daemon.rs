@@ -78,6 +78,40 @@ struct Owner {
     /// Connected `ipipd monitor` clients, and whether each wants drops only.
     monitors: BTreeMap<u64, bool>,
     next_monitor: u64,
+    /// Reconciling after events, and reading the peers' next hops: a failure that repeats on
+    /// every event or check is logged when it starts, changes and ends, not each time.
+    reconciling: Condition,
+    reading_next_hops: Condition,
+}
+
+/// A failing condition, logged on its transitions only: the node's log grows with what
+/// happens to it, not with how often the daemon looks.
+#[derive(Default)]
+struct Condition(Option<String>);
+
+impl Condition {
+    fn failed(&mut self, what: &str, e: &anyhow::Error) {
+        let msg = format!("{what}: {e:#}");
+        if self.0.as_deref() == Some(msg.as_str()) {
+            log::debug!("still {msg}");
+        } else {
+            log::error!("{msg}");
+            self.0 = Some(msg);
+        }
+    }
+
+    fn ok(&mut self) {
+        if let Some(was) = self.0.take() {
+            log::info!("recovered: no longer {was}");
+        }
+    }
+
+    fn report(&mut self, what: &str, r: Result<()>) {
+        match r {
+            Ok(()) => self.ok(),
+            Err(e) => self.failed(what, &e),
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then tears the data plane down.
@@ -122,6 +156,8 @@ pub async fn run(config_path: &Path, state_dir: &Path, metrics: Option<SocketAdd
         health,
         monitors: BTreeMap::new(),
         next_monitor: 0,
+        reconciling: Condition::default(),
+        reading_next_hops: Condition::default(),
     };
     let result = owner.serve(&mut term, &mut int, &mut hup, state_dir).await;
     let _ = std::fs::remove_file(control::socket_path(state_dir));
@@ -255,22 +291,29 @@ impl Owner {
         }
         if batch.iter().all(|e| *e == Event::NextHops) {
             self.refresh_next_hops().await;
-        } else if let Err(e) = self.reconcile().await {
-            log::error!("reconciling after link events: {e:#}");
+        } else {
+            let r = self.reconcile().await;
+            self.reconciling.report("reconciling", r);
         }
     }
 
     /// Re-reads the peers' next hops; reconciles when one changed.
     async fn refresh_next_hops(&mut self) {
         match self.dp.next_hops_changed(&self.desired).await {
-            Ok(true) => {
-                log::info!("a peer's next hop changed: updating the routes");
-                if let Err(e) = self.reconcile().await {
-                    log::error!("reconciling after a next-hop change: {e:#}");
+            Ok(changed) => {
+                self.reading_next_hops.ok();
+                // A reconcile that failed is retried here too, not only at the next event.
+                if changed || self.reconciling.0.is_some() {
+                    if changed {
+                        log::info!("a peer's next hop changed: updating the routes");
+                    }
+                    let r = self.reconcile().await;
+                    self.reconciling.report("reconciling", r);
                 }
             }
-            Ok(false) => {}
-            Err(e) => log::warn!("reading the peers' next hops: {e:#}"),
+            Err(e) => self
+                .reading_next_hops
+                .failed("reading the peers' next hops", &e),
         }
     }
 

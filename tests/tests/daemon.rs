@@ -407,6 +407,67 @@ fn runtime_changes_obey_the_files_rules() {
     );
 }
 
+/// The log grows with what happens, not with how often the daemon reconciles: 500 endpoints
+/// waiting for their interfaces are each logged once across many reconciles, and one whose
+/// interface appears is attached once.
+#[test]
+fn waiting_endpoints_are_logged_once_not_at_every_reconcile() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Cluster::new("d-log", &seed_nodes(1)).unwrap();
+    let mut cfg = c.config_for("node", "");
+    cfg += "\n[[block]]\ncidr = \"10.99.0.0/22\"\n";
+    for i in 0..500u32 {
+        cfg += &format!(
+            "\n[[endpoint]]\naddress = \"10.99.{}.{}\"\ninterface = \"pend{i}\"\n",
+            i / 200,
+            i % 200 + 1
+        );
+    }
+    c.start_daemon("node", Some(cfg)).unwrap();
+    let node = c.node("node").ns.view();
+    // Twenty link changes, each a reconcile with the 500 still pending.
+    for i in 0..10 {
+        node.ip(&format!("link add churn{i} type veth peer name churn{i}p"))
+            .unwrap();
+        node.ip(&format!("link del churn{i}")).unwrap();
+    }
+    // One of them appears: attached, once.
+    node.ip("link add pend7 type veth peer name pend7p")
+        .unwrap();
+    node.ip("link set pend7 up").unwrap();
+    let daemon = c.node("node").daemon.as_ref().unwrap();
+    eventually("pend7 attached", || {
+        daemon.log_text().contains("from_pod to pend7")
+    });
+    let log = daemon.log_text();
+    let waiting = log.matches(": waiting for interface pend").count();
+    assert_eq!(
+        waiting,
+        500,
+        "each waiting endpoint logged once:\n{}",
+        tail(&log)
+    );
+    assert_eq!(
+        log.matches("from_pod to pend7").count(),
+        1,
+        "{}",
+        tail(&log)
+    );
+    let lines = log.lines().count();
+    assert!(
+        lines < 700,
+        "{lines} log lines for 500 pending endpoints and 20 link events:\n{}",
+        tail(&log)
+    );
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 #[test]
 fn kill_9_then_restart_leaves_no_stale_state() {
     if !require_root() {
