@@ -30,7 +30,11 @@ pub struct Dataplane {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub(crate) nl: Netlink,
+    /// The uplink as last seen. Followed by name: when it is deleted the data plane waits for
+    /// it ([`Dataplane::uplink_present`] false), and when an interface of that name comes back
+    /// (a new ifindex) everything keyed by it is re-keyed and re-attached.
     pub uplink: Link,
+    uplink_present: bool,
     /// The tunnel device, once created (see [`Dataplane::ensure_tunnel`]).
     pub tunnel: Option<Link>,
     pub mtu: u32,
@@ -71,9 +75,71 @@ impl Dataplane {
 
     pub fn underlay(&self) -> Underlay {
         Underlay {
-            uplink: self.uplink.index,
+            uplink: if self.uplink_present {
+                self.uplink.index
+            } else {
+                0
+            },
             mtu: self.mtu,
         }
+    }
+
+    /// Whether the uplink exists (see [`Dataplane::uplink`]).
+    pub fn uplink_present(&self) -> bool {
+        self.uplink_present
+    }
+
+    /// Follows the uplink by name in this reconcile's `links`: gone, back under a new ifindex
+    /// (the programs' config entry re-keyed, and the MTU re-read when the config does not fix
+    /// it), or the same (its MAC and MTU refreshed).
+    fn follow_uplink(&mut self, cfg: &Config, links: &plan::Links) -> Result<()> {
+        let Some(now) = links.by_name(&cfg.node.uplink) else {
+            if self.uplink_present {
+                log::warn!(
+                    "the uplink {} ({}) is gone: cross-node traffic stops until it is back",
+                    self.uplink.name,
+                    self.uplink.index
+                );
+                self.uplink_present = false;
+            }
+            return Ok(());
+        };
+        let mtu = cfg.node.mtu.unwrap_or(now.mtu).min(now.mtu);
+        if !self.uplink_present || now.index != self.uplink.index || mtu != self.mtu {
+            log::info!(
+                "the uplink {} is ifindex {} (was {}), MTU {mtu}",
+                now.name,
+                now.index,
+                self.uplink.index
+            );
+            self.update_config(|c| {
+                c.uplink_ifindex = now.index;
+                c.mtu = mtu;
+            })?;
+            self.mtu = mtu;
+        }
+        self.uplink = now.clone();
+        self.uplink_present = true;
+        Ok(())
+    }
+
+    /// from_uplink (and xdp_uplink when configured) on the uplink, when it is there.
+    fn attach_uplink(&mut self) -> Result<()> {
+        if !self.uplink_present {
+            return Ok(());
+        }
+        let up = self.uplink.clone();
+        self.attachments.tc(
+            &mut self.ebpf,
+            program_names::FROM_UPLINK,
+            &up,
+            TcAttachType::Ingress,
+            Hook::FromUplink,
+        )?;
+        if self.xdp != CfgXdp::Off {
+            self.attachments.xdp(&mut self.ebpf, &up, self.xdp)?;
+        }
+        Ok(())
     }
 
     /// Loads, pins and attaches for `cfg`, after clearing what a killed run left. On failure,
@@ -99,6 +165,7 @@ impl Dataplane {
             state_dir: state_dir.to_path_buf(),
             nl,
             uplink,
+            uplink_present: true,
             tunnel: None,
             mtu,
             xdp: cfg.node.xdp,
@@ -139,20 +206,9 @@ impl Dataplane {
             std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward")?;
             self.forward_was = Some(prev);
         }
-        // Maps first, then the attachments: a program never sees a half-programmed node.
-        self.reconcile(cfg).await?;
-        let up = self.uplink.clone();
-        self.attachments.tc(
-            &mut self.ebpf,
-            program_names::FROM_UPLINK,
-            &up,
-            TcAttachType::Ingress,
-            Hook::FromUplink,
-        )?;
-        if self.xdp != CfgXdp::Off {
-            self.attachments.xdp(&mut self.ebpf, &up, self.xdp)?;
-        }
-        Ok(())
+        // Maps first, then the attachments (the uplink's last): a program never sees a
+        // half-programmed node.
+        self.reconcile(cfg).await
     }
 
     /// The programs' aya-log ring buffer, to be relayed into this process's log.
@@ -175,11 +231,14 @@ impl Dataplane {
     /// Makes maps, attachments and routes match `cfg`: read the kernel, plan, apply.
     pub async fn reconcile(&mut self, cfg: &Config) -> Result<()> {
         let known = self.known_endpoints()?;
-        let mut view = KernelView::read(&self.nl, cfg, self.underlay(), &known).await?;
+        let links: plan::Links = self.nl.links().await?.into_iter().collect();
+        self.follow_uplink(cfg, &links)?;
+        let mut view = KernelView::read(&self.nl, cfg, self.underlay(), links, &known).await?;
         self.ensure_tunnel(cfg, &mut view.links).await?;
         let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
         let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known);
-        self.apply(plan, &view, &known).await
+        self.apply(plan, &view, &known).await?;
+        self.attach_uplink()
     }
 
     /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then

@@ -134,6 +134,9 @@ impl Attachments {
 
     /// Attaches xdp_uplink to `link`: a pinned bpf_link.
     pub fn xdp(&mut self, ebpf: &mut Ebpf, link: &Link, mode: CfgXdp) -> Result<()> {
+        if self.map.contains_key(&(link.index, Hook::XdpUplink as u8)) {
+            return Ok(());
+        }
         let p: &mut Xdp = ebpf
             .program_mut(program_names::XDP_UPLINK)
             .ok_or_else(|| anyhow!("no xdp program"))?

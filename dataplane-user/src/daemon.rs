@@ -233,11 +233,16 @@ impl Owner {
                 attached: w.attached,
             })
             .collect();
-        let missing: Vec<String> = attachments
-            .iter()
-            .filter(|a| !a.attached)
-            .map(|a| format!("{} on {}", a.hook, a.interface))
-            .collect();
+        let mut missing: Vec<String> = Vec::new();
+        if !self.dp.uplink_present() {
+            missing.push(format!("the uplink {} (gone)", self.dp.uplink.name));
+        }
+        missing.extend(
+            attachments
+                .iter()
+                .filter(|a| !a.attached)
+                .map(|a| format!("{} on {}", a.hook, a.interface)),
+        );
         self.health.send_replace(Health {
             ready: missing.is_empty(),
             waiting_for: missing.join(", "),

@@ -401,6 +401,21 @@ impl Netlink {
     }
 
     /// The IPv4 subnets an interface's addresses lie in.
+    /// Whether `addr` is assigned to an interface of this namespace (a route with it as its
+    /// preferred source is refused while it is not).
+    pub async fn has_address(&self, addr: Ipv4Addr) -> Result<bool> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_address_filter(std::net::IpAddr::V4(addr))
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| describe(e).context(format!("looking for address {addr}")))?;
+        Ok(!msgs.is_empty())
+    }
+
     pub async fn subnets(&self, index: u32) -> Result<Vec<Ipv4Net>> {
         let msgs: Vec<_> = self
             .handle

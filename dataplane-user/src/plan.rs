@@ -67,9 +67,13 @@ pub struct KernelView {
     pub pod_macs: BTreeMap<u32, [u8; 6]>,
     /// The slow-path routes ipipd owns now (`proto 180`).
     pub owned_routes: BTreeSet<Route>,
+    /// The node's address is on no interface (the uplink is back but not yet addressed): the
+    /// kernel refuses routes with it as their source.
+    pub node_address_missing: bool,
 }
 
-/// The node's facts fixed at start: the uplink's ifindex and the underlay MTU.
+/// The node's underlay: the uplink's ifindex (0 while the uplink is gone: then nothing is
+/// routed out of it) and the underlay MTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Underlay {
     pub uplink: u32,
@@ -77,15 +81,16 @@ pub struct Underlay {
 }
 
 impl KernelView {
-    /// Reads what planning `desired` needs. `known` are the endpoints the maps hold (a learnt
-    /// pod MAC is not asked for again).
+    /// Reads what planning `desired` needs, given the node's `links` (one dump, read first:
+    /// the uplink is found in it). `known` are the endpoints the maps hold (a learnt pod MAC is
+    /// not asked for again).
     pub async fn read(
         nl: &Netlink,
         desired: &Config,
         underlay: Underlay,
+        links: Links,
         known: &BTreeMap<u32, Endpoint>,
     ) -> Result<Self> {
-        let links = nl.links().await?.into_iter().collect();
         let mut view = Self::next_hop_facts(nl, desired, underlay, links).await?;
         for ep in desired.endpoints.iter().filter(|e| e.mac.is_none()) {
             let Some(link) = view.links.by_name(&ep.interface) else {
@@ -122,6 +127,13 @@ impl KernelView {
         underlay: Underlay,
         links: Links,
     ) -> Result<Self> {
+        if underlay.uplink == 0 {
+            // No uplink: no subnets, routes or neighbours out of it.
+            return Ok(KernelView {
+                links,
+                ..KernelView::default()
+            });
+        }
         let uplink_nets = nl.subnets(underlay.uplink).await?;
         let mut peer_routes = BTreeMap::new();
         for p in &desired.peers {
@@ -132,11 +144,13 @@ impl KernelView {
             peer_routes.insert(p.address, r);
         }
         let neighbours = nl.neighbours(underlay.uplink).await?;
+        let node_address_missing = !nl.has_address(desired.node.address).await?;
         Ok(KernelView {
             links,
             uplink_nets,
             peer_routes,
             neighbours,
+            node_address_missing,
             ..KernelView::default()
         })
     }
@@ -254,6 +268,10 @@ pub fn plan(
     }
     for peer in &cfg.peers {
         let same_subnet = same_subnet(cfg, view, peer.address);
+        // Without an uplink (it is gone until it comes back), or without the node's address on
+        // it yet, the kernel cannot send to a peer: no slow-path routes toward it (they carry
+        // the node's address as their source), and the maps' routes carry no next hop.
+        let routed = underlay.uplink != 0 && !view.node_address_missing;
         let flags = if same_subnet {
             ROUTE_F_SAME_SUBNET
         } else {
@@ -278,6 +296,9 @@ pub fn plan(
                 v.src_mac = smac;
             }
             p.routes.insert((net.addr, net.len), v);
+            if !routed {
+                continue;
+            }
             // What the kernel itself sends there goes into the tunnel device, as into tunl0;
             // the peer's own address too, so that pod packets to it that the kernel takes
             // (too big, TTL) are encapsulated (the node's own are sent on plain).
@@ -412,6 +433,7 @@ mac = "ee:ee:ee:ee:ee:02"
             neighbours: [(a("172.31.242.157"), MASTER_MAC)].into(),
             pod_macs: [(11, [0xee, 0xee, 0xee, 0xee, 0xee, 0x01])].into(),
             owned_routes: BTreeSet::new(),
+            node_address_missing: false,
         }
     }
 
@@ -667,5 +689,52 @@ mac = "ee:ee:ee:ee:ee:02"
     #[test]
     fn planning_is_deterministic() {
         assert_eq!(seed_plan("always", &view()), seed_plan("always", &view()));
+    }
+
+    /// The uplink gone (ifindex 0) or the node's address not on it yet: the peers' map routes
+    /// stay (without a next hop's L2), and no slow-path route toward a peer is planned (the
+    /// kernel would refuse its source); the node's own block and pods are unaffected.
+    #[test]
+    fn without_the_uplink_no_slow_path_toward_peers() {
+        let full = seed_plan("always", &view());
+        for (underlay, view) in [
+            (
+                Underlay {
+                    uplink: 0,
+                    mtu: 1500,
+                },
+                KernelView {
+                    uplink_nets: vec![],
+                    peer_routes: BTreeMap::new(),
+                    neighbours: BTreeMap::new(),
+                    ..view()
+                },
+            ),
+            (
+                Underlay {
+                    uplink: UPLINK,
+                    mtu: 1500,
+                },
+                KernelView {
+                    node_address_missing: true,
+                    ..view()
+                },
+            ),
+        ] {
+            let cfg = worker("always");
+            let p = plan(&cfg, underlay, TUNNEL, &view, &BTreeMap::new());
+            assert_eq!(
+                p.routes.keys().collect::<Vec<_>>(),
+                full.routes.keys().collect::<Vec<_>>()
+            );
+            assert!(
+                p.slow_path
+                    .iter()
+                    .all(|r| matches!(r, Route::Blackhole { .. } | Route::Dev { .. })),
+                "{:?}",
+                p.slow_path
+            );
+            assert_eq!(p.endpoints, full.endpoints);
+        }
     }
 }

@@ -378,3 +378,75 @@ fn idle_and_oversize_clients_delay_nobody() {
     // And the daemon still answers.
     assert_eq!(get(&node, "/healthz"), Some((200, "ok\n".to_string())));
 }
+
+/// Polls `f` every 50 ms for at most 20 s; the last value when it never held.
+fn within_20s<T>(mut f: impl FnMut() -> T, ok: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = f();
+        if ok(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The uplink deleted: /readyz says so. Created again with its name and address (a new
+/// ifindex): from_uplink is attached to it, the programs are re-keyed, /readyz is ready again
+/// and pods talk across nodes both ways.
+#[test]
+fn a_recreated_uplink_is_attached_again_and_readyz_follows() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Cluster::new("o-upl", &seed_nodes(1)).unwrap();
+    for n in ["master", "node"] {
+        let cfg = c.config_for(n, "");
+        c.start_daemon(n, Some(cfg)).unwrap();
+    }
+    let node = c.node("node").ns.view();
+    let n1 = c.node("node").pod(N1).ns.view();
+    let m1 = c.node("master").pod(M1).ns.view();
+    let before = ping(&n1, &format!("-c 2 -i 0.2 -W 1 {M1}"));
+    assert!(before.contains(" 0% packet loss"), "{before}");
+    let old = node.ifindex("eth0").unwrap();
+
+    node.ip("link del eth0").unwrap();
+    let (code, body) = within_20s(
+        || get(&node, "/readyz").unwrap_or_default(),
+        |(code, body)| *code == 503 && body.contains("the uplink eth0 (gone)"),
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the uplink eth0 (gone)"), "{body}");
+
+    // Back: the same name, address and bridge port, a new ifindex.
+    let i = c.nodes.iter().position(|n| n.spec.name == "node").unwrap();
+    let spec = c.node("node").spec.clone();
+    c.underlay
+        .sh(&format!(
+            "ip link add up{i} mtu {mtu} type veth peer name eth0 netns {ns}; \
+             ip link set up{i} master br{b} up",
+            mtu = spec.mtu,
+            ns = node.name,
+            b = spec.bridge
+        ))
+        .unwrap();
+    node.sh(&format!(
+        "ip link set eth0 mtu {} up; ip addr add {}/{} dev eth0",
+        spec.mtu, spec.address, spec.prefix_len
+    ))
+    .unwrap();
+    assert_ne!(node.ifindex("eth0").unwrap(), old, "a new ifindex");
+    let (code, body) = within_20s(
+        || get(&node, "/readyz").unwrap_or_default(),
+        |(code, _)| *code == 200,
+    );
+    assert_eq!(code, 200, "{body}\n{}", c.logs());
+    assert!(body.contains("eth0 from_uplink attached"), "{body}");
+    let out = ping(&n1, &format!("-c 3 -i 0.2 -W 2 {M1}"));
+    assert!(out.contains(" 0% packet loss"), "{out}\n{}", c.logs());
+    let out = ping(&m1, &format!("-c 3 -i 0.2 -W 2 {N1}"));
+    assert!(out.contains(" 0% packet loss"), "{out}\n{}", c.logs());
+    let log = c.node("node").daemon.as_ref().unwrap().log_text();
+    assert!(!log.contains("Invalid argument"), "{log}");
+}
