@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, programs::TcAttachType, util::KernelVersion};
-use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, program_names};
+use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, map_names, program_names};
 
 use crate::{
     attach::{self, Attachments},
@@ -121,6 +121,38 @@ impl Dataplane {
         self.uplink = now.clone();
         self.uplink_present = true;
         Ok(())
+    }
+
+    /// Puts back what was removed from the pin directory under the running daemon: the
+    /// directories, the maps' pins (the daemon still holds the maps: they are pinned again, as
+    /// they are) and the links' (a link whose pin went was released and its program detached:
+    /// it is forgotten here, and the reconcile that follows attaches it again). Says what was
+    /// missing, nothing when all is there.
+    pub fn repair_pins(&mut self) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        let links = self.pin_dir.join("links");
+        if !links.is_dir() {
+            std::fs::create_dir_all(&links)
+                .with_context(|| format!("creating {}", links.display()))?;
+            missing.push(links.display().to_string());
+        }
+        for name in map_names::ALL {
+            let path = self.pin_dir.join(name);
+            if path.exists() {
+                continue;
+            }
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("no map {name}"))?
+                .pin(&path)
+                .with_context(|| format!("pinning {name} again at {}", path.display()))?;
+            missing.push(format!("map {name}"));
+        }
+        for (ifindex, hook) in self.attachments.forget_unpinned() {
+            let hook = Hook::from_u8(hook).map_or("?", Hook::name);
+            missing.push(format!("{hook} on #{ifindex}"));
+        }
+        Ok(missing)
     }
 
     /// from_uplink (and xdp_uplink when configured) on the uplink, when it is there.

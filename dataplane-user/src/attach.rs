@@ -177,6 +177,22 @@ impl Attachments {
         let _ = self.save_filters();
     }
 
+    /// Forgets the pinned links whose pin is gone (removed under the running daemon: the
+    /// kernel released the link, so the program is detached) and returns them as
+    /// `(ifindex, hook)`; the next reconcile attaches them again.
+    pub fn forget_unpinned(&mut self) -> Vec<(u32, u8)> {
+        let gone: Vec<(u32, u8)> = self
+            .map
+            .iter()
+            .filter(|(_, a)| matches!(a, Attachment::Pinned(pin) if !pin.exists()))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &gone {
+            self.map.remove(k);
+        }
+        gone
+    }
+
     pub fn detach_all(&mut self) {
         for k in self.keys() {
             self.detach(k);

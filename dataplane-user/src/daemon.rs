@@ -191,6 +191,7 @@ impl Owner {
         // (The bring-up wrote the config entry with the monitor off: nobody watches yet.)
         self.reconcile().await?;
         log::info!("ready; control socket {}", sock_path.display());
+        let mut pins = crate::pins::PinWatch::new(&self.dp.pin_dir)?;
         let mut tick = tokio::time::interval(NEXT_HOP_RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
@@ -211,7 +212,17 @@ impl Owner {
                     }
                     self.on_events(&batch).await;
                 }
-                _ = tick.tick() => self.refresh_next_hops().await,
+                r = pins.removed() => {
+                    if let Err(e) = r {
+                        break Err(e.context("watching the pin directory"));
+                    }
+                    self.repair_pins(&pins).await;
+                }
+                _ = tick.tick() => {
+                    // Also here, should a removal have gone unnoticed.
+                    self.repair_pins(&pins).await;
+                    self.refresh_next_hops().await;
+                }
                 Some(cmd) = rx.recv() => self.command(cmd).await,
                 () = relay_log(&mut log) => {}
             }
@@ -299,6 +310,33 @@ impl Owner {
         } else {
             let r = self.reconcile().await;
             self.reconciling.report("reconciling", r);
+        }
+    }
+
+    /// Puts back pins removed under the daemon (see [`Dataplane::repair_pins`]) and
+    /// re-attaches what lost its link, then watches the new directories.
+    async fn repair_pins(&mut self, watch: &crate::pins::PinWatch) {
+        match self.dp.repair_pins() {
+            Ok(missing) if missing.is_empty() => {}
+            Ok(missing) => {
+                log::warn!(
+                    "removed from {} under the running daemon, put back: {}",
+                    self.dp.pin_dir.display(),
+                    missing.join(", ")
+                );
+                let r = self.reconcile().await;
+                self.reconciling.report("reconciling", r);
+                if let Err(e) = watch.watch() {
+                    log::warn!("{e:#}");
+                }
+            }
+            Err(e) => {
+                self.health.send_modify(|h| {
+                    h.ready = false;
+                    h.waiting_for = format!("the pin directory: {e:#}");
+                });
+                log::error!("repairing the pin directory: {e:#}");
+            }
         }
     }
 

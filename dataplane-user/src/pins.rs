@@ -1,9 +1,18 @@
 //! The pin directory on bpffs: mounting bpffs when it is missing, removing what ipipd pinned,
 //! and the state directory's atomic file writes.
 
-use std::{ffi::CString, io, path::Path};
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use tokio::io::{Interest, unix::AsyncFd};
 
 /// The filesystem magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -88,4 +97,66 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
+}
+
+/// Watches the pin directory and its `links/` for removals (inotify), so that a pin deleted
+/// under the running daemon is put back at once: a link's pin is its only reference, and the
+/// kernel detaches the program when it goes.
+pub struct PinWatch {
+    fd: AsyncFd<OwnedFd>,
+    pin_dir: PathBuf,
+}
+
+impl PinWatch {
+    pub fn new(pin_dir: &Path) -> Result<Self> {
+        // SAFETY: plain syscall; the fd is owned just below.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            bail!("inotify_init1: {}", io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: the OwnedFd is the watch's for its whole life, open and the same fd.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        let w = PinWatch {
+            fd,
+            pin_dir: pin_dir.to_path_buf(),
+        };
+        w.watch()?;
+        Ok(w)
+    }
+
+    /// (Re)adds the watches: after a repair the directories may be new ones.
+    pub fn watch(&self) -> Result<()> {
+        let mask =
+            libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_MOVED_FROM | libc::IN_MOVE_SELF;
+        for dir in [self.pin_dir.clone(), self.pin_dir.join("links")] {
+            let c = CString::new(dir.as_os_str().as_bytes())?;
+            // SAFETY: a valid fd and C string.
+            if unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
+                bail!("watching {}: {}", dir.display(), io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until something under the pin directory is removed. The events are drained, not
+    /// read one by one: what matters is to look at the pins again.
+    pub async fn removed(&mut self) -> Result<()> {
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            let mut buf = [0u8; 4096];
+            let fd = guard.get_inner().as_raw_fd();
+            // SAFETY: reading into a valid buffer of its length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(anyhow!("reading inotify events: {e}"));
+            }
+            guard.clear_ready();
+        }
+    }
 }

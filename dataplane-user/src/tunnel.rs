@@ -19,10 +19,17 @@ impl Dataplane {
     /// device and its peer are added to them when created.
     pub(crate) async fn ensure_tunnel(&mut self, cfg: &Config, links: &mut Links) -> Result<()> {
         let name = &cfg.node.tunnel;
-        if let Some(t) = &self.tunnel
+        if let Some(t) = self.tunnel.clone()
             && links.by_index(t.index).is_some_and(|l| l.name == t.name)
         {
-            return Ok(());
+            // There: to_tunnel on it (again, when its pinned link was removed).
+            return self.attachments.tc(
+                &mut self.ebpf,
+                program_names::TO_TUNNEL,
+                &t,
+                TcAttachType::Egress,
+                Hook::ToTunnel,
+            );
         }
         let peer = tunnel_peer(name);
         if links.by_name(name).is_some() || links.by_name(&peer).is_some() {

@@ -468,6 +468,87 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// The pin directory removed under the running daemon (a careless `rm -rf`) is put back: the
+/// maps pinned again as they are, the programs whose links went with their pins attached again.
+/// Pods talk, the counters read through the pins keep counting, and a later endpoint add works,
+/// all without a restart.
+#[test]
+fn a_removed_pin_directory_is_put_back() {
+    if !require_root() {
+        return;
+    }
+    let mut c = running("d-pin", 1);
+    let pin = c.node("node").daemon.as_ref().unwrap().pin_dir.clone();
+    let state = c.node("node").daemon.as_ref().unwrap().state_dir.clone();
+    let pins = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let (maps_before, links_before) = (pins(&pin), pins(&pin.join("links")));
+    // TCX links are pinned (before TCX, netlink filters are not: only the maps are).
+    assert_eq!(
+        links_before.is_empty(),
+        !kernel_has_tcx(),
+        "pinned links: {links_before:?}"
+    );
+    assert!(ping_ok(&c, "node", N1, M1, 1), "{}", c.logs());
+
+    std::fs::remove_dir_all(&pin).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pins(&pin) != maps_before || pins(&pin.join("links")) != links_before {
+        assert!(
+            Instant::now() < deadline,
+            "the pins were not put back: {:?} {:?}\n{}",
+            pins(&pin),
+            pins(&pin.join("links")),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ping_ok(&c, "node", N1, M1, 3), "{}", c.logs());
+    assert!(ping_ok(&c, "master", M1, N1, 3), "{}", c.logs());
+    let encap: u64 = json(&c, "node", "stats")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "encap")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum();
+    assert!(
+        encap >= 4,
+        "the counters, read through the pins: {encap} encap"
+    );
+
+    // A later endpoint add.
+    let new = PodSpec {
+        address: Ipv4Addr::new(192, 168, 83, 150),
+        interface: "calipin0000001".into(),
+    };
+    c.node_mut("node").add_pod("d-pin-p", new.clone()).unwrap();
+    c.node("node")
+        .ipipd(&[
+            "endpoint",
+            "add",
+            "--address",
+            "192.168.83.150",
+            "--interface",
+            &new.interface,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(ping_ok(&c, "master", M1, new.address, 2), "{}", c.logs());
+    let log = c.node("node").daemon.as_ref().unwrap().log_text();
+    assert!(log.contains("under the running daemon, put back"), "{log}");
+}
+
 #[test]
 fn kill_9_then_restart_leaves_no_stale_state() {
     if !require_root() {

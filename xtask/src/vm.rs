@@ -77,6 +77,7 @@ const REDUCED: &[(&str, &[&str])] = &[
             "pod_traffic_needs_no_route_table",
             "cross_subnet_encapsulates_only_across_the_router",
             "native_xdp_drops_non_peers_early_and_passes_the_rest",
+            "vlan_tagged_frames_are_neither_tunnelled_nor_delivered",
         ],
     ),
     (
@@ -84,6 +85,7 @@ const REDUCED: &[(&str, &[&str])] = &[
         &[
             "pods_reach_each_other_and_sigterm_leaves_nothing",
             "kill_9_then_restart_leaves_no_stale_state",
+            "a_removed_pin_directory_is_put_back",
         ],
     ),
 ];
