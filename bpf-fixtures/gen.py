@@ -399,6 +399,9 @@ vec("egress-not-tunnelled.toml", "A destination without a tunnelled route (a rou
 f = Ether(src=TUNNEL_MAC, dst="33:33:00:00:00:02") / IPv6(src="fe80::1", dst="ff02::2") / Raw(b"rs")
 vec("egress-not-ipv4.toml", "Not IPv4 (the kernel's own IPv6, were it enabled on the device): dropped", "to_tunnel", TUNNEL_IF, f,
     "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_not_tunnelled", f)])
+f = into_tunnel(IP(src=NODE_IP, dst=REMOTE_POD, id=12, chksum=0x1234) / UDP(sport=1, dport=2) / Raw(b"x" * 16))
+vec("egress-bad-checksum.toml", "A packet with a bad header checksum sent into the tunnel device (a raw socket): dropped, never tunnelled",
+    "to_tunnel", TUNNEL_IF, f, "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_bad_ip_checksum", f)])
 f = Ether(src=TUNNEL_MAC, dst=TUNNEL_MAC) / Dot1Q(vlan=7) / IP(src=NODE_IP, dst=REMOTE_POD, id=11) / UDP(sport=1, dport=2)
 vec("egress-vlan-tagged.toml", "A tagged frame routed into the tunnel device: dropped", "to_tunnel", TUNNEL_IF, f,
     "shot", [counter(TUNNEL_IF, "to_tunnel", "drop_vlan_tagged", f)])

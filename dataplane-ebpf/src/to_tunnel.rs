@@ -29,7 +29,7 @@ use crate::{
         verdict::{Verdict, drop},
     },
     maps::{config, route},
-    packet::{ETH_LEN, L3, ipv4_sane, parse_l3},
+    packet::{ETH_LEN, L3, ipv4_checksum_ok, ipv4_sane, parse_l3},
 };
 
 const HOOK: Hook = Hook::ToTunnel;
@@ -53,6 +53,14 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
         L3::Arp | L3::Other => return Err(Reason::DropNotTunnelled),
     };
     let cfg = config().ok_or(Reason::DropNotTunnelled)?;
+    if !ipv4_sane(ip, len as usize - ETH_LEN) {
+        return Err(Reason::DropBadIpHeader);
+    }
+    // The kernel's own packets carry good checksums; anything else sent past it (a raw
+    // socket on the device) is not sent on with a bad one.
+    if !ipv4_checksum_ok(ctx, ip, ETH_LEN) {
+        return Err(Reason::DropBadIpChecksum);
+    }
 
     // Decide: the route that sent it here, as the routes trie holds it.
     let rt = route(cfg, ip.dst_addr).ok_or(Reason::DropNotTunnelled)?;
@@ -75,9 +83,6 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
         }
         Some(RouteKind::PeerNode) => {}
         _ => return Err(Reason::DropNotTunnelled),
-    }
-    if !ipv4_sane(ip, len as usize - ETH_LEN) {
-        return Err(Reason::DropBadIpHeader);
     }
     // The device's MTU is the tunnel's: only a packet sent past it (a raw socket, say) is larger.
     if too_big_for_tunnel(ctx, cfg, ip) {

@@ -277,7 +277,7 @@ pub fn run(opts: Opts) -> Result<()> {
         testrun_calls: if quick { 20_000 } else { 100_000 },
         testrun_repeat: if quick { 200_000 } else { 1_000_000 },
         scale_blocks: 10_000,
-        scale_endpoints: 1_000,
+        scale_endpoints: 10_000,
         only: opts.only.clone(),
         // A new namespace starts with the host's default.
         cc: match &opts.cc {
@@ -885,6 +885,40 @@ fn scale_peers(n: usize) -> String {
     s
 }
 
+/// This process's soft limit of open files lowered (and inherited by what it starts) until
+/// dropped.
+struct NoFileLimit(libc::rlimit);
+
+impl NoFileLimit {
+    fn set_soft(soft: u64) -> Result<Self> {
+        let mut was = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid pointers to rlimit structs.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut was) != 0 {
+                bail!("getrlimit: {}", std::io::Error::last_os_error());
+            }
+            let now = libc::rlimit {
+                rlim_cur: soft.min(was.rlim_max),
+                rlim_max: was.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &now) != 0 {
+                bail!("setrlimit: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(NoFileLimit(was))
+    }
+}
+
+impl Drop for NoFileLimit {
+    fn drop(&mut self) {
+        // SAFETY: a valid rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.0) };
+    }
+}
+
 /// The control plane at scale: time to program `scale_blocks` remote blocks and
 /// `scale_endpoints` endpoints, one endpoint add, and the encap path's cost at that size.
 fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
@@ -908,18 +942,30 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     let veths_s = t.elapsed().as_secs_f64();
     let mut cfg = c.config_for("node", "");
     cfg += &scale_peers(plan.scale_blocks);
+    // The node's own block must hold its endpoints (10.128.0.0/17: 32,768 addresses, apart from
+    // the remote blocks in 10.0.0.0/12).
+    let base = u32::from(Ipv4Addr::new(10, 128, 0, 0));
+    if n > 32_000 {
+        bail!("{n} endpoints do not fit the bench's endpoint block");
+    }
     for i in 0..n {
-        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 84, 0)) + i as u32);
+        let ip = Ipv4Addr::from(base + 1 + i as u32);
         cfg += &format!("\n[[endpoint]]\naddress = \"{ip}\"\ninterface = \"cbx{i:07}\"\n");
     }
-    // The node's own block must hold its endpoints.
     cfg = cfg.replace(
         "cidr = \"192.168.83.128/26\"",
-        "cidr = \"192.168.83.128/26\"\n\n[[block]]\ncidr = \"192.168.84.0/22\"",
+        "cidr = \"192.168.83.128/26\"\n\n[[block]]\ncidr = \"10.128.0.0/17\"",
     );
+    // The daemon runs under the common default soft limit of open files (1,024): a node with
+    // ten times as many endpoints must not need more.
+    let limit = NoFileLimit::set_soft(1024)?;
     let t = Instant::now();
-    c.start_daemon("node", Some(cfg))?;
+    let started = c.start_daemon("node", Some(cfg));
     let startup_s = t.elapsed().as_secs_f64();
+    drop(limit);
+    started?;
+    let pid = c.node("node").daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
+    let daemon_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     let pin = c.bpffs.join("node");
     let (n_routes, n_eps) = (rows(&c, "routes")?, rows(&c, "endpoints")?);
     if n_routes < plan.scale_blocks || n_eps < n {
@@ -971,6 +1017,8 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         "endpoints_programmed": n_eps,
         "create_veths_s": veths_s,
         "startup_to_ready_s": startup_s,
+        "nofile_soft_limit": 1024,
+        "daemon_fds": daemon_fds,
         "endpoint_add_s": add_s,
         "testrun_at_scale": big,
     }))
@@ -1301,10 +1349,12 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         let sc = &r["scale"];
         s += &tr(&sc["testrun_at_scale"], "The same at scale");
         s += &format!(
-            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s (their {} veths took {:.2} s to create); one endpoint add took effect in {:.3} s (CLI round trip, then in the map).\n",
+            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s, under a soft limit of {} open files (the daemon then held {} fds; their {} veths took {:.2} s to create); one endpoint add took effect in {:.3} s (CLI round trip, then in the map).\n",
             sc["blocks"],
             sc["endpoints"],
             sc["startup_to_ready_s"].as_f64().unwrap_or(0.0),
+            sc["nofile_soft_limit"],
+            sc["daemon_fds"],
             sc["endpoints"],
             sc["create_veths_s"].as_f64().unwrap_or(0.0),
             sc["endpoint_add_s"].as_f64().unwrap_or(0.0),

@@ -58,6 +58,17 @@ enum Cmd {
     },
     /// `cargo fmt --check`, and clippy with -D warnings on the host crates and on the eBPF crate.
     Lint,
+    /// Set up, build, then run the packet fuzzer long: mutated and random frames through every
+    /// program on a running daemon's maps, invariants checked on each (tests/tests/fuzz.rs;
+    /// `cargo xtask test` runs a 20,000-frame slice of it). Needs root.
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// The generator's seed (the same seed and count give the same frames).
+        #[arg(long, default_value_t = 0x1b1d_2003)]
+        seed: u64,
+    },
     /// Set up, build, then boot a kernel test VM (Debian's 6.1 LTS cloud kernel unless --kernel
     /// says otherwise) with qemu and run the test suite inside it. Needs root.
     Vm {
@@ -226,6 +237,16 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Cmd::Fuzz { frames, seed } => {
+            setup::require_root("the fuzzer runs a daemon in a namespace and loads BPF programs")?;
+            setup::all()?;
+            build()?;
+            run(cargo()
+                .env("IPIPD_FUZZ_FRAMES", frames.to_string())
+                .env("IPIPD_FUZZ_SEED", seed.to_string())
+                .args(["test", "--release", "--locked", "-p", "ipipd-tests"])
+                .args(["--test", "fuzz", "--", "--nocapture"]))
+        }
         Cmd::Lint => {
             setup::all()?;
             lint()
@@ -300,6 +321,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Where the fuzz test leaves its report (its CARGO_TARGET_TMPDIR).
+const FUZZ_REPORT: &str = "target/tmp/fuzz-report.txt";
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -370,6 +394,7 @@ fn lint() -> Result<()> {
 }
 
 fn test(test_args: &[String]) -> Result<()> {
+    let _ = std::fs::remove_file(workspace_root().join(FUZZ_REPORT));
     // The end-to-end tests run the ipipd binary itself.
     build()?;
     // Release: the same object as the shipped binary, and the e2e traffic runs at speed.
@@ -396,6 +421,10 @@ fn test(test_args: &[String]) -> Result<()> {
     }
     let status = child.wait()?;
     println!("xtask: {passed} passed, {failed} failed");
+    // The fuzzer's slice says what it ran (its seed, its count, what the programs decided).
+    if let Ok(report) = std::fs::read_to_string(workspace_root().join(FUZZ_REPORT)) {
+        println!("{report}");
+    }
     if !status.success() {
         bail!("cargo test failed: {status}");
     }

@@ -65,6 +65,7 @@ pub struct Opts {
 const REDUCED: &[(&str, &[&str])] = &[
     ("verifier_smoke", &[]),
     ("bpf_fixtures", &[]),
+    ("fuzz", &[]),
     ("interop", &[]),
     ("observability", &[]),
     (
