@@ -127,9 +127,10 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct VmArgs {
-    /// A Debian linux-image .deb, or a bare bzImage (modules then must be built in). Default:
-    /// `apt-get download` of Debian's linux-image-cloud-amd64 (6.1 LTS on bookworm).
-    #[arg(long, value_name = "DEB_OR_BZIMAGE")]
+    /// A Debian cloud kernel by version (`6.1`, `6.12`: the newest of that line, downloaded
+    /// with apt-get), a Debian linux-image .deb, or a bare bzImage (modules then must be built
+    /// in). Default: 6.1, Debian's linux-image-cloud-amd64 on bookworm.
+    #[arg(long, value_name = "VERSION_DEB_OR_BZIMAGE")]
     kernel: Option<PathBuf>,
     /// auto: a probe boot under KVM, falling back to TCG (software emulation) when it fails.
     #[arg(long, value_enum, default_value = "auto")]
@@ -220,14 +221,29 @@ fn main() -> Result<()> {
             if no_vm {
                 return host;
             }
-            // The VM run goes on after a host failure, so one CI run shows both.
-            let in_vm = vm::run_vm(
+            // The VM runs go on after a host failure, so one CI run shows all: the reduced list
+            // on 6.1 (netlink attachments, no TCX), then, unless --kernel names one kernel, the
+            // verifier and interop tests on 6.12 (TCX and the ipip module).
+            let mut in_vm = vm::run_vm(
                 &root,
                 vm_opts.opts(vm::Job::Tests {
                     args: Vec::new(),
-                    reduced: true,
+                    list: Some(vm::REDUCED),
                 }),
             );
+            if vm_opts.kernel.is_none() {
+                let mut second = vm_opts.opts(vm::Job::Tests {
+                    args: Vec::new(),
+                    list: Some(vm::SECOND_KERNEL),
+                });
+                second.kernel = Some(PathBuf::from("6.12"));
+                let r = vm::run_vm(&root, second).context("on 6.12");
+                in_vm = match (in_vm, r) {
+                    (Ok(()), r) => r,
+                    (Err(e), Ok(())) => Err(e),
+                    (Err(e), Err(f)) => Err(e.context(format!("and {f:#}"))),
+                };
+            }
             match (host, in_vm) {
                 (Ok(()), Ok(())) => Ok(()),
                 (Err(e), Ok(())) => Err(e),
@@ -262,7 +278,7 @@ fn main() -> Result<()> {
                 &root,
                 vm_opts.opts(vm::Job::Tests {
                     args: test_args,
-                    reduced,
+                    list: reduced.then_some(vm::REDUCED),
                 }),
             )
         }

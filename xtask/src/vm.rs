@@ -19,6 +19,20 @@ use crate::{cargo, cpio::Archive, run, setup};
 
 /// Debian's metapackage for its cloud kernel; on bookworm, 6.1 LTS.
 const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// The Debian meta-package whose newest `linux-image-*` a `--kernel MAJOR.MINOR` names:
+/// bookworm's default cloud kernel for 6.1, `linux-image-<v>-cloud-amd64` otherwise (6.12).
+fn kernel_meta_package(version: &str) -> Option<String> {
+    let (major, minor) = version.split_once('.')?;
+    if major.parse::<u32>().is_err() || minor.parse::<u32>().is_err() {
+        return None;
+    }
+    Some(if version == "6.1" {
+        DEFAULT_KERNEL_PACKAGE.to_string()
+    } else {
+        format!("linux-image-{version}-cloud-amd64")
+    })
+}
 /// Modules the data plane and the tests use (dependencies are added from each module's
 /// `depends=`): veth pairs, the underlay bridges, clsact + cls_bpf for the netlink (pre-TCX)
 /// attach path, and the kernel's own IPIP for the interop test.
@@ -42,9 +56,13 @@ pub enum Accel {
 }
 
 pub enum Job {
-    /// The test binaries of the workspace. `reduced`: the short case list `cargo xtask test`
-    /// closes with; `args` go to every test binary (a name filter, `--nocapture`, …).
-    Tests { args: Vec<String>, reduced: bool },
+    /// The test binaries of the workspace. `list`: only these binaries and cases (what
+    /// `cargo xtask test` closes with, [`REDUCED`] and [`SECOND_KERNEL`]); otherwise every
+    /// binary, with `args` (a name filter, `--nocapture`, …).
+    Tests {
+        args: Vec<String>,
+        list: Option<CaseList>,
+    },
     /// `cargo xtask run` inside the VM.
     Demo,
     /// `cargo xtask bench` inside the VM (adds D, the kernel's tunl0); its report is copied to
@@ -59,13 +77,19 @@ pub struct Opts {
     pub job: Job,
 }
 
+/// Test binaries, each with the cases to run (none named: all of them).
+pub type CaseList = &'static [(&'static str, &'static [&'static str])];
+
+/// What `cargo xtask test` runs on the second kernel (6.12: TCX and the ipip module together):
+/// the programs through its verifier, and the interop test against its own tunl0.
+pub const SECOND_KERNEL: CaseList = &[("verifier_smoke", &[]), ("interop", &[])];
+
 /// The reduced case list: what `cargo xtask test` runs in the VM after the host suite (about
 /// 3 minutes under TCG here). Every binary runs; left out are the 100 MB transfers and the
 /// daemon's runtime-change tests, which `cargo xtask vm` runs.
-const REDUCED: &[(&str, &[&str])] = &[
+pub const REDUCED: CaseList = &[
     ("verifier_smoke", &[]),
     ("bpf_fixtures", &[]),
-    ("fuzz", &[]),
     ("interop", &[]),
     ("observability", &[]),
     (
@@ -120,7 +144,7 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
     let ipipd = root.join("target/release/ipipd");
     add_binary(&mut ar, &format!("{VM_DIR}/ipipd"), &ipipd)?;
     let commands = match &opts.job {
-        Job::Tests { args, reduced } => {
+        Job::Tests { args, list } => {
             let bins = test_binaries()?;
             ar.host_tree(
                 &format!("{VM_DIR}/bpf-fixtures"),
@@ -133,8 +157,8 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
                 // Tests the host cannot run (they need the VM kernel's ipip) are #[ignore]d
                 // there, and run here.
                 let mut line = vec![vm_path, "--include-ignored".to_string()];
-                if *reduced {
-                    let Some((_, cases)) = REDUCED.iter().find(|(b, _)| b == name) else {
+                if let Some(list) = list {
+                    let Some((_, cases)) = list.iter().find(|(b, _)| b == name) else {
                         continue;
                     };
                     if !cases.is_empty() {
@@ -146,8 +170,8 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
                 }
                 commands.push(line);
             }
-            if *reduced {
-                for (b, _) in REDUCED {
+            if let Some(list) = list {
+                for (b, _) in list.iter() {
                     if !bins.iter().any(|(n, _)| n == b) {
                         bail!(
                             "the reduced VM case list names test binary {b}, which cargo did not build"
@@ -235,6 +259,10 @@ impl Kernel {
     fn get(given: Option<&Path>, work: &Path) -> Result<Kernel> {
         let deb = match given {
             Some(p) if p.extension().is_some_and(|e| e == "deb") => p.to_path_buf(),
+            Some(p) if !p.exists() && kernel_meta_package(&p.to_string_lossy()).is_some() => {
+                let meta = kernel_meta_package(&p.to_string_lossy()).expect("checked");
+                download_kernel_package(work, &meta)?
+            }
             Some(p) => {
                 // A bare bzImage: only what is built in.
                 if !p.is_file() {
@@ -250,7 +278,7 @@ impl Kernel {
                     release: p.display().to_string(),
                 });
             }
-            None => download_kernel_package(work)?,
+            None => download_kernel_package(work, DEFAULT_KERNEL_PACKAGE)?,
         };
         let stem = deb
             .file_stem()
@@ -403,12 +431,13 @@ fn add_module(
     Ok(())
 }
 
-fn download_kernel_package(work: &Path) -> Result<PathBuf> {
+/// The newest `linux-image-*` that Debian's meta-package `meta` depends on, downloaded (once).
+fn download_kernel_package(work: &Path, meta: &str) -> Result<PathBuf> {
     let debs = work.join("debs");
     std::fs::create_dir_all(&debs)?;
     let depends = || {
         Command::new("apt-cache")
-            .args(["depends", DEFAULT_KERNEL_PACKAGE])
+            .args(["depends", meta])
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -418,14 +447,14 @@ fn download_kernel_package(work: &Path) -> Result<PathBuf> {
         Some(o) => o,
         None => {
             run(Command::new("apt-get").args(["update", "-qq"]))?;
-            depends().with_context(|| format!("apt-cache depends {DEFAULT_KERNEL_PACKAGE}"))?
+            depends().with_context(|| format!("apt-cache depends {meta}"))?
         }
     };
     let package = out
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
-        .with_context(|| format!("{DEFAULT_KERNEL_PACKAGE} depends on no linux-image-*"))?
+        .with_context(|| format!("{meta} depends on no linux-image-*"))?
         .to_string();
     let existing = |debs: &Path| -> Result<Option<PathBuf>> {
         Ok(std::fs::read_dir(debs)?
