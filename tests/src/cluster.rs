@@ -263,6 +263,17 @@ impl Cluster {
 
     /// Writes the node's config (or `config`) and starts ipipd on it; returns when it is ready.
     pub fn start_daemon(&mut self, name: &str, config: Option<String>) -> Result<()> {
+        self.start_daemon_within(name, config, Duration::from_secs(60))
+    }
+
+    /// [`Cluster::start_daemon`], failing when the daemon is not ready within `deadline` (a
+    /// large node takes longer: the kernel spends ~10 ms on each TCX attach).
+    pub fn start_daemon_within(
+        &mut self,
+        name: &str,
+        config: Option<String>,
+        deadline: Duration,
+    ) -> Result<()> {
         let text = config.unwrap_or_else(|| self.config_for(name, ""));
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -271,7 +282,8 @@ impl Cluster {
         let state_dir = dir.join("state");
         let pin_dir = self.bpffs.join(name);
         let node = self.node_mut(name);
-        let d = Daemon::start(&node.ns, &cfg, &state_dir, &pin_dir)?;
+        let mut d = Daemon::spawn(&node.ns, &cfg, &state_dir, &pin_dir)?;
+        d.wait_ready_within(deadline)?;
         node.daemon = Some(d);
         Ok(())
     }
@@ -401,7 +413,12 @@ impl Daemon {
 
     /// Waits (bounded) until the daemon logs that it is ready, or fails with its log.
     pub fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_ready_within(Duration::from_secs(60))
+    }
+
+    /// Waits until the daemon logs that it is ready, failing after `within`.
+    pub fn wait_ready_within(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
         loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             if log.contains("ready; control socket") {
@@ -411,7 +428,7 @@ impl Daemon {
                 bail!("ipipd exited ({status}) before it was ready:\n{log}");
             }
             if Instant::now() > deadline {
-                bail!("ipipd was not ready within 60 s:\n{log}");
+                bail!("ipipd was not ready within {within:?}:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

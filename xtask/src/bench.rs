@@ -960,7 +960,7 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     // ten times as many endpoints must not need more.
     let limit = NoFileLimit::set_soft(1024)?;
     let t = Instant::now();
-    let started = c.start_daemon("node", Some(cfg));
+    let started = c.start_daemon_within("node", Some(cfg), Duration::from_secs(900));
     let startup_s = t.elapsed().as_secs_f64();
     drop(limit);
     started?;
