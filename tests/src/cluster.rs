@@ -385,10 +385,42 @@ impl Daemon {
 
     /// Starts `ipipd run` without waiting for it to be ready.
     pub fn spawn(ns: &NetNs, config: &Path, state_dir: &Path, pin_dir: &Path) -> Result<Daemon> {
+        Self::spawn_limited(ns, config, state_dir, pin_dir, None)
+    }
+
+    /// [`Daemon::spawn`], with the soft limit of open files set to `nofile` when given.
+    pub fn spawn_limited(
+        ns: &NetNs,
+        config: &Path,
+        state_dir: &Path,
+        pin_dir: &Path,
+        nofile: Option<u64>,
+    ) -> Result<Daemon> {
+        use std::os::unix::process::CommandExt as _;
         let bin = ipipd_binary()?;
         let log = state_dir.with_extension("log");
         let logf = std::fs::File::create(&log)?;
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if let Some(n) = nofile {
+            // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut r = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    r.rlim_cur = n.min(r.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["netns", "exec", &ns.name])
             .arg(&bin)
             .args(["run", "--log-level", "debug", "--config"])

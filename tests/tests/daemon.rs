@@ -553,6 +553,84 @@ fn a_removed_pin_directory_is_put_back() {
     assert!(log.contains("under the running daemon, put back"), "{log}");
 }
 
+/// A node with more endpoints than its soft limit of open files: its fds do not grow with
+/// its endpoints (pinned links, their fds closed), so 300 endpoints run under a limit of 64.
+#[test]
+fn more_endpoints_than_the_open_file_limit_allows() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new("d-fd", &seed_nodes(1)).unwrap();
+    let node = c.node("node").ns.view();
+    let batch: String = (0..300)
+        .map(|i| {
+            format!("link add cfd{i:04} type veth peer name pfd{i:04}\nlink set cfd{i:04} up\n")
+        })
+        .collect();
+    let file = c.dir.join("fd-veths.batch");
+    std::fs::write(&file, batch).unwrap();
+    check(
+        Command::new("ip")
+            .args(["-n", &node.name, "-batch"])
+            .arg(&file),
+    )
+    .unwrap();
+    let mut cfg = c.config_for("node", "") + "\n[[block]]\ncidr = \"10.99.0.0/22\"\n";
+    for i in 0..300u32 {
+        cfg += &format!(
+            "\n[[endpoint]]\naddress = \"10.99.{}.{}\"\ninterface = \"cfd{i:04}\"\n",
+            i / 200,
+            i % 200 + 1
+        );
+    }
+    let dir = c.dir.join("node");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ipipd.toml"), cfg).unwrap();
+    let mut d = ipipd_tests::cluster::Daemon::spawn_limited(
+        &node,
+        &dir.join("ipipd.toml"),
+        &dir.join("state"),
+        &c.bpffs.join("node"),
+        Some(64),
+    )
+    .unwrap();
+    d.wait_ready_within(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("64")),
+        "{limits}"
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .count();
+    assert!(fds < 64, "{fds} fds");
+    let pin = c.bpffs.join("node");
+    let out = c
+        .node("node")
+        .ipipd(&[
+            "endpoints",
+            "-o",
+            "json",
+            "--pin-dir",
+            pin.to_str().unwrap(),
+        ])
+        .unwrap();
+    let n = serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, 301, "every endpoint programmed (300 and the seed's pod)");
+    assert!(
+        !d.log_text().contains("Too many open files"),
+        "{}",
+        d.log_text()
+    );
+}
+
 #[test]
 fn kill_9_then_restart_leaves_no_stale_state() {
     if !require_root() {
