@@ -16,7 +16,9 @@ use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, map_names, progra
 use crate::{
     attach::{self, Attachments},
     config::{Config, XdpMode as CfgXdp},
-    loader, maps,
+    loader,
+    lock::NodeLock,
+    maps,
     netlink::{Link, Netlink},
     pins,
     plan::{self, KernelView, Plan, Underlay},
@@ -43,6 +45,8 @@ pub struct Dataplane {
     forward_was: Option<String>,
     /// What the last reconcile applied.
     pub plan: Plan,
+    /// One daemon per node, for as long as this one runs.
+    lock: NodeLock,
 }
 
 /// An attachment the config asks for, and whether it is in place.
@@ -130,6 +134,13 @@ impl Dataplane {
     /// missing, nothing when all is there.
     pub fn repair_pins(&mut self) -> Result<Vec<String>> {
         let mut missing = Vec::new();
+        if !self.pin_dir.is_dir() {
+            std::fs::create_dir_all(&self.pin_dir)
+                .with_context(|| format!("creating {}", self.pin_dir.display()))?;
+            // The lock was on the directory that went.
+            self.lock.relock_pins(&self.pin_dir)?;
+            missing.push(self.pin_dir.display().to_string());
+        }
         let links = self.pin_dir.join("links");
         if !links.is_dir() {
             std::fs::create_dir_all(&links)
@@ -182,6 +193,10 @@ impl Dataplane {
         pins::ensure_bpffs(&cfg.node.pin_dir)?;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
+        std::fs::create_dir_all(&cfg.node.pin_dir)
+            .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
+        // Nothing is touched before this: a second daemon for the node stops here.
+        let lock = NodeLock::take(state_dir, &cfg.node.pin_dir)?;
         clear_previous(&cfg.node.pin_dir, state_dir)?;
         tunnel::remove_previous(&nl, &cfg.node.tunnel).await?;
         std::fs::create_dir_all(cfg.node.pin_dir.join("links"))
@@ -204,6 +219,7 @@ impl Dataplane {
             attachments: Attachments::new(&cfg.node.pin_dir, state_dir, tcx),
             forward_was: None,
             plan: Plan::default(),
+            lock,
         };
         if let Err(e) = dp.bring_up(cfg).await {
             dp.teardown().await;
@@ -436,15 +452,15 @@ impl Dataplane {
 /// (removed by their recorded handle), its pinned maps (recreated empty, then reconciled).
 /// Its routes carry ipipd's protocol and are reconciled by [`Dataplane::reconcile`].
 fn clear_previous(pin_dir: &Path, state_dir: &Path) -> Result<()> {
-    if pin_dir.exists() {
+    if pins::has_pins(pin_dir) {
         log::warn!(
             "found the pins of a previous run in {}: replacing them",
             pin_dir.display()
         );
-        pins::remove_pins(pin_dir);
+        pins::clear_pins(pin_dir);
     }
     attach::remove_recorded_filters(state_dir);
-    if pin_dir.exists() {
+    if pins::has_pins(pin_dir) {
         anyhow::bail!("could not clear {}", pin_dir.display());
     }
     Ok(())

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod desired;
 pub mod inspect;
 pub mod loader;
+pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod monitor;

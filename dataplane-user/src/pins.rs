@@ -73,6 +73,25 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 
 /// Removes the link and map pins under `pin_dir`, and the directory.
 pub fn remove_pins(pin_dir: &Path) {
+    clear_pins(pin_dir);
+    let _ = std::fs::remove_dir(pin_dir);
+}
+
+/// Whether `pin_dir` holds any pin of ipipd's (links, or maps of any layout).
+pub fn has_pins(pin_dir: &Path) -> bool {
+    let ours = |d: &Path| {
+        std::fs::read_dir(d).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("ipipd_"))
+        })
+    };
+    let links = std::fs::read_dir(pin_dir.join("links")).is_ok_and(|mut rd| rd.next().is_some());
+    links || ours(pin_dir)
+}
+
+/// Removes ipipd's pins from `pin_dir` (its links, then its maps), keeping the directory (a
+/// running daemon holds its lock on it).
+pub fn clear_pins(pin_dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(pin_dir.join("links")) {
         for e in rd.flatten() {
             let _ = std::fs::remove_file(e.path());
@@ -87,7 +106,6 @@ pub fn remove_pins(pin_dir: &Path) {
             }
         }
     }
-    let _ = std::fs::remove_dir(pin_dir);
 }
 
 /// Writes `data` to `path` through a temporary file and a rename: a reader sees the old

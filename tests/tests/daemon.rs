@@ -631,6 +631,111 @@ fn more_endpoints_than_the_open_file_limit_allows() {
     );
 }
 
+/// A second daemon for a node — the same config, another name in the same namespace, the same
+/// pin directory or the same state directory from another namespace — exits non-zero naming
+/// the holder, before touching anything: the first keeps forwarding (no ping lost), with its
+/// pins, tunnel device and routes as they were.
+#[test]
+fn a_second_daemon_for_the_node_is_refused_and_the_first_is_untouched() {
+    if !require_root() {
+        return;
+    }
+    let c = running("d-two", 1);
+    let node = c.node("node");
+    let first = node.daemon.as_ref().unwrap();
+    let pid = first.pid();
+    let cfg = std::fs::read_to_string(&first.config).unwrap();
+    let snapshot = || {
+        let mut pins: Vec<String> = std::fs::read_dir(&first.pin_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        pins.sort();
+        (
+            pins,
+            node.ns.ifindex("ipipd0").unwrap(),
+            node.ns.ip("route show proto 180").unwrap(),
+        )
+    };
+    let before = snapshot();
+    // Pings across nodes all along.
+    let pod = node.pod(N1).ns.view();
+    let pinger = std::thread::spawn(move || ping_all(&pod, M1, 200));
+
+    let other_ns = NetNs::new("d-two-x").unwrap();
+    other_ns
+        .ip("link add eth0 mtu 1500 type veth peer name eth1")
+        .unwrap();
+    other_ns.ip("link set eth0 up").unwrap();
+    let dir = c.dir.join("second");
+    std::fs::create_dir_all(&dir).unwrap();
+    let renamed = cfg.replacen("name = \"", "name = \"other-", 1);
+    let own_pins = format!("pin_dir = \"{}\"", c.bpffs.join("other").display());
+    let pin_line = cfg
+        .lines()
+        .find(|l| l.starts_with("pin_dir"))
+        .unwrap()
+        .to_string();
+    let cases = [
+        (
+            "the same config",
+            &node.ns,
+            cfg.clone(),
+            first.state_dir.clone(),
+            format!("(pid {pid})"),
+        ),
+        (
+            "another name, the same namespace",
+            &node.ns,
+            renamed.replace(&pin_line, &own_pins),
+            dir.join("state-a"),
+            format!("another ipipd runs in this network namespace (pid {pid})"),
+        ),
+        (
+            "the same pin directory, another namespace",
+            &other_ns,
+            renamed.clone(),
+            dir.join("state-b"),
+            format!("is in use by another ipipd (pid {pid})"),
+        ),
+        (
+            "the same state directory, another namespace",
+            &other_ns,
+            renamed.replace(&pin_line, &own_pins),
+            first.state_dir.clone(),
+            format!("is in use by another ipipd (pid {pid})"),
+        ),
+    ];
+    for (i, (what, ns, text, state, expect)) in cases.iter().enumerate() {
+        let path = dir.join(format!("ipipd-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("timeout")
+            .args(["30", "ip", "netns", "exec", &ns.name])
+            .arg(ipipd_tests::cluster::ipipd_binary().unwrap())
+            .args(["run", "--metrics-addr", "off", "--config"])
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(state)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what}: the second daemon ran\n{err}"
+        );
+        assert_ne!(
+            out.status.code(),
+            Some(124),
+            "{what}: still running after 30 s\n{err}"
+        );
+        assert!(err.contains(expect.as_str()), "{what}: {err}");
+    }
+    assert!(pinger.join().unwrap(), "pings were lost\n{}", c.logs());
+    assert_eq!(snapshot(), before, "the first daemon's data plane changed");
+    let log = first.log_text();
+    assert!(!log.contains("previous run"), "{log}");
+}
+
 #[test]
 fn kill_9_then_restart_leaves_no_stale_state() {
     if !require_root() {
