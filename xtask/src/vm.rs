@@ -111,7 +111,6 @@ pub const REDUCED: CaseList = &[
             "pods_reach_each_other_and_sigterm_leaves_nothing",
             "kill_9_then_restart_leaves_no_stale_state",
             "a_removed_pin_directory_is_put_back",
-            "a_second_daemon_for_the_node_is_refused_and_the_first_is_untouched",
         ],
     ),
 ];
