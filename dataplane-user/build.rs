@@ -1,34 +1,7 @@
-//! Builds the eBPF object (dataplane-ebpf) for bpfel-unknown-none with the nightly toolchain and
-//! bpf-linker, with BTF, and leaves it in OUT_DIR for `include_bytes_aligned!`.
+//! Builds the eBPF object (dataplane-ebpf) and leaves it in OUT_DIR for `include_bytes_aligned!`.
 
-use anyhow::{Context as _, anyhow};
+mod build_ebpf;
 
 fn main() -> anyhow::Result<()> {
-    if which::which("bpf-linker").is_err() {
-        return Err(anyhow!(
-            "bpf-linker is not on PATH: run `cargo xtask setup` (it installs bpf-linker against the \
-             nightly toolchain's LLVM and the nightly's rust-src)"
-        ));
-    }
-    let meta = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
-    let pkg = meta
-        .packages
-        .into_iter()
-        .find(|p| p.name.as_str() == "dataplane-ebpf")
-        .ok_or_else(|| anyhow!("dataplane-ebpf is not in the workspace"))?;
-    let root = pkg
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("dataplane-ebpf has no manifest directory"))?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: pkg.name.as_str(),
-            root_dir: root.as_str(),
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+    build_ebpf::build_ebpf("dataplane-ebpf")
 }

@@ -346,3 +346,16 @@ pub fn ipv4_frames(frames: &[Vec<u8>]) -> Vec<Ip4> {
         .filter_map(|f| parse_ip(&f[14..], f[..6].try_into().unwrap()))
         .collect()
 }
+
+/// An IPv4 packet: a header without options (ID 1, DF, TTL 64, its checksum computed) in
+/// front of `inner`, for the frames tests build by hand.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, tos: u8, inner: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x45, tos, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    h.extend(src.octets());
+    h.extend(dst.octets());
+    h[2..4].copy_from_slice(&((20 + inner.len()).min(0xffff) as u16).to_be_bytes());
+    let c = dataplane_common::csum::of_bytes(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend(inner);
+    h
+}

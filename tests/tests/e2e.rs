@@ -9,7 +9,9 @@ use ipipd_tests::{
     cluster::{Cluster, NodeSpec, PodSpec, seed_nodes},
     counters::{moved, ping, stats},
     require_root,
-    traffic::{Capture, Ip4, ipv4_frames, set_pmtudisc, tcp_transfer, udp_receive, udp_socket},
+    traffic::{
+        Capture, Ip4, ipv4_frames, ipv4_packet, set_pmtudisc, tcp_transfer, udp_receive, udp_socket,
+    },
 };
 
 const MASTER: Ipv4Addr = Ipv4Addr::new(172, 31, 242, 157);
@@ -518,18 +520,6 @@ fn tagged_frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// An IPv4 header (no options, checksum computed) in front of `inner`.
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, inner: &[u8]) -> Vec<u8> {
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    ip[2..4].copy_from_slice(&((20 + inner.len()) as u16).to_be_bytes());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend_from_slice(inner);
-    ip
-}
-
 /// A frame's 802.1Q / 802.1ad tag, as captured (libpcap puts an offloaded tag back in the data).
 fn tagged(frame: &[u8]) -> bool {
     matches!(frame.get(12..14), Some([0x81, 0x00] | [0x88, 0xa8]))
@@ -575,7 +565,7 @@ fn vlan_tagged_frames_are_neither_tunnelled_nor_delivered() {
     assert!(at_m1.finish().unwrap().is_empty(), "M1 got a tagged ping");
 
     // The master sends tagged IPIP to the node.
-    let tunnelled = ipv4(MASTER, NODE, 4, &icmp_packet(M1, N1, 5));
+    let tunnelled = ipv4_packet(MASTER, NODE, 4, 0, &icmp_packet(M1, N1, 5));
     let frame = tagged_frame(mac_of(&node, "eth0"), mac_of(&master, "eth0"), &tunnelled);
     let at_n1 = Capture::start(&n1, "eth0", &c.dir, "icmp").unwrap();
     let before = stats(&c, "node");

@@ -26,6 +26,7 @@ use ipipd_bench::testrun;
 use ipipd_tests::{
     cluster::{Cluster, seed_nodes},
     require_root,
+    traffic::ipv4_packet,
 };
 
 const NODE: Ipv4Addr = Ipv4Addr::new(172, 31, 242, 156);
@@ -128,18 +129,6 @@ fn fix_checksum(f: &mut [u8], ip: usize) {
     f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// An IPv4 header (no options, checksum computed) around `inner`.
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, tos: u8, inner: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x45, tos, 0, 0, 0, 7, 0x40, 0, 64, proto, 0, 0];
-    h.extend(src.octets());
-    h.extend(dst.octets());
-    h[2..4].copy_from_slice(&((20 + inner.len()).min(0xffff) as u16).to_be_bytes());
-    let c = testrun::checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h.extend(inner);
-    h
-}
-
 /// One mutation of `f`, chosen by `rng`.
 fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
     let ip = ip_at(f);
@@ -208,7 +197,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
             if let Some(ip) = ip {
                 let src = [MASTER, MASTER, STRANGER, M1, address(rng)][rng.below(5)];
                 let dst = [NODE, NODE, address(rng)][rng.below(3)];
-                let outer = ipv4(src, dst, 4, rng.byte() & 3, &f[ip..]);
+                let outer = ipv4_packet(src, dst, 4, rng.byte() & 3, &f[ip..]);
                 f.truncate(ip);
                 f.extend(outer);
             }
@@ -255,7 +244,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
         }
         // A well-formed packet between interesting addresses, in IP-in-IP or not.
         9 => {
-            let inner = ipv4(
+            let inner = ipv4_packet(
                 address(rng),
                 address(rng),
                 [1, 6, 17][rng.below(3)],
@@ -263,7 +252,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
                 &[0; 16],
             );
             let payload = if rng.chance(2) {
-                ipv4(address(rng), address(rng), 4, rng.byte() & 3, &inner)
+                ipv4_packet(address(rng), address(rng), 4, rng.byte() & 3, &inner)
             } else {
                 inner
             };
