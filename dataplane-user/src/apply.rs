@@ -1,7 +1,12 @@
 //! The running data plane of one node and the only writer of its maps, attachments, slow-path
 //! routes and tunnel device: [`Dataplane::reconcile`] reads the kernel ([`KernelView::read`]),
-//! plans ([`plan::plan`], pure) and applies the difference; [`Dataplane::teardown`] is the
-//! separate step that removes it all.
+//! plans ([`plan::plan`], pure) and applies the difference; [`teardown`] is the separate step
+//! that removes it all and puts back what it replaced.
+//!
+//! The data plane outlives the daemon: a daemon that exits (or dies) leaves the programs
+//! attached, the maps pinned and the routes in place, and the next [`Dataplane::start`] adopts
+//! them: the maps as they are when their layout is this build's, its programs swapped onto the
+//! adopted links in place, then one reconcile for the difference.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,8 +15,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, programs::TcAttachType, util::KernelVersion};
-use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, map_names, program_names};
+use aya::{Ebpf, util::KernelVersion};
+use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, map_names};
 
 use crate::{
     attach::{self, Attachments},
@@ -22,7 +27,7 @@ use crate::{
     netlink::{Link, Netlink},
     pins,
     plan::{self, KernelView, Plan, Underlay},
-    tunnel,
+    record::{self, NodeRecord, ReplacedRoute},
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -42,11 +47,15 @@ pub struct Dataplane {
     pub mtu: u32,
     xdp: CfgXdp,
     pub(crate) attachments: Attachments,
-    forward_was: Option<String>,
     /// What the last reconcile applied.
     pub plan: Plan,
     /// One daemon per node, for as long as this one runs.
     lock: NodeLock,
+    /// What ipipd found and made on the node (the state directory's `node.json`).
+    pub(crate) record: NodeRecord,
+    /// This start found a data plane in place (pins of a previous run): a failed start leaves
+    /// it as it was instead of rolling back.
+    adopting: bool,
 }
 
 /// An attachment the config asks for, and whether it is in place.
@@ -166,27 +175,11 @@ impl Dataplane {
         Ok(missing)
     }
 
-    /// from_uplink (and xdp_uplink when configured) on the uplink, when it is there.
-    fn attach_uplink(&mut self) -> Result<()> {
-        if !self.uplink_present {
-            return Ok(());
-        }
-        let up = self.uplink.clone();
-        self.attachments.tc(
-            &mut self.ebpf,
-            program_names::FROM_UPLINK,
-            &up,
-            TcAttachType::Ingress,
-            Hook::FromUplink,
-        )?;
-        if self.xdp != CfgXdp::Off {
-            self.attachments.xdp(&mut self.ebpf, &up, self.xdp)?;
-        }
-        Ok(())
-    }
-
-    /// Loads, pins and attaches for `cfg`, after clearing what a killed run left. On failure,
-    /// everything attached so far is rolled back.
+    /// Loads, pins and attaches for `cfg`, adopting what a previous run left: the maps as
+    /// they are when their layout is this build's (else new maps, built from `cfg`, and the old
+    /// ones removed once no program uses them), the attachments updated in place to this
+    /// build's programs, the tunnel device and the routes reconciled. A failed first start
+    /// rolls back what it did; a failed adopting start leaves the running data plane alone.
     pub async fn start(cfg: &Config, state_dir: &Path) -> Result<Self> {
         let nl = Netlink::new()?;
         let (uplink, mtu) = cfg.check_kernel(&nl).await?;
@@ -197,8 +190,8 @@ impl Dataplane {
             .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
         // Nothing is touched before this: a second daemon for the node stops here.
         let lock = NodeLock::take(state_dir, &cfg.node.pin_dir)?;
-        clear_previous(&cfg.node.pin_dir, state_dir)?;
-        tunnel::remove_previous(&nl, &cfg.node.tunnel).await?;
+        let record = NodeRecord::load(state_dir)?;
+        let found = pins::set_aside_other_layouts(&cfg.node.pin_dir)?;
         std::fs::create_dir_all(cfg.node.pin_dir.join("links"))
             .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
 
@@ -206,6 +199,21 @@ impl Dataplane {
         let tcx = KernelVersion::current()
             .map(|v| v >= KernelVersion::new(6, 6, 0))
             .unwrap_or(false);
+        let mut attachments = Attachments::new(&cfg.node.pin_dir, state_dir, tcx);
+        let adopted = attachments.adopt(&cfg.node.uplink);
+        match &found {
+            pins::Found::Nothing if adopted == 0 => {}
+            pins::Found::Nothing | pins::Found::SameLayout => log::info!(
+                "adopting the data plane in {} ({adopted} attachments): maps kept as they are",
+                cfg.node.pin_dir.display()
+            ),
+            pins::Found::OtherLayout(old) => log::info!(
+                "upgrading the data plane in {} ({adopted} attachments): maps of another \
+                 layout ({}) are rebuilt from the config",
+                cfg.node.pin_dir.display(),
+                old.join(", ")
+            ),
+        }
         let mut dp = Dataplane {
             ebpf,
             pin_dir: cfg.node.pin_dir.clone(),
@@ -216,13 +224,18 @@ impl Dataplane {
             tunnel: None,
             mtu,
             xdp: cfg.node.xdp,
-            attachments: Attachments::new(&cfg.node.pin_dir, state_dir, tcx),
-            forward_was: None,
+            attachments,
             plan: Plan::default(),
             lock,
+            record,
+            adopting: found != pins::Found::Nothing || adopted > 0,
         };
         if let Err(e) = dp.bring_up(cfg).await {
-            dp.teardown().await;
+            if dp.adopting {
+                log::error!("the start failed: the data plane in place is left as it is");
+            } else {
+                dp.teardown(cfg).await;
+            }
             return Err(e);
         }
         Ok(dp)
@@ -230,13 +243,15 @@ impl Dataplane {
 
     async fn bring_up(&mut self, cfg: &Config) -> Result<()> {
         loader::load_all(&mut self.ebpf)?;
-        maps::set_config(
-            &mut self.ebpf,
-            &NodeConfig {
-                node_ip: cfg.node.address.octets(),
-                uplink_ifindex: self.uplink.index,
-                mtu: self.mtu,
-                mode: cfg.node.mode as u8,
+        // An adopted config entry keeps its route generation (raised: the cache's answers were
+        // the old programs') and its tunnel device; the rest is the config's.
+        let mut c = maps::config(&self.ebpf)?;
+        if c.ready == 0 {
+            c = NodeConfig {
+                node_ip: [0; 4],
+                uplink_ifindex: 0,
+                mtu: 0,
+                mode: 0,
                 ready: 1,
                 monitor: 0,
                 _pad: 0,
@@ -244,19 +259,57 @@ impl Dataplane {
                 tunnel_ifindex: 0,
                 tunnel_mac: [0; 6],
                 _pad2: [0; 2],
-            },
-        )?;
-        let prev = std::fs::read_to_string(IP_FORWARD)
+            };
+        } else {
+            c.route_gen = c.route_gen.checked_add(1).unwrap_or(1);
+        }
+        c.node_ip = cfg.node.address.octets();
+        c.uplink_ifindex = self.uplink.index;
+        c.mtu = self.mtu;
+        c.mode = cfg.node.mode as u8;
+        c.monitor = 0;
+        maps::set_config(&mut self.ebpf, &c)?;
+
+        let xdp = match cfg.node.xdp {
+            CfgXdp::Off => None,
+            CfgXdp::Generic => Some("generic".to_string()),
+            CfgXdp::Native => Some("native".to_string()),
+        };
+        if self.record.xdp != xdp {
+            // An XDP link keeps its mode: a new mode is a new attachment.
+            for key in self.attachments.keys() {
+                if key.1 == Hook::XdpUplink as u8 {
+                    self.attachments.detach(key);
+                }
+            }
+            self.record.xdp = xdp;
+            self.record.save(&self.state_dir)?;
+        }
+        let now = std::fs::read_to_string(IP_FORWARD)
             .unwrap_or_default()
             .trim()
             .to_string();
-        if prev != "1" {
+        if now != "1" {
+            if self.record.ip_forward.is_none() {
+                self.record.ip_forward = Some(now);
+                self.record.save(&self.state_dir)?;
+            }
             std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward")?;
-            self.forward_was = Some(prev);
         }
         // Maps first, then the attachments (the uplink's last): a program never sees a
         // half-programmed node.
-        self.reconcile(cfg).await
+        self.reconcile(cfg).await?;
+        // Every adopted link runs this build's programs now: the old maps can go, and a tunnel
+        // device of another name (the config changed it) too.
+        pins::remove_previous(&self.pin_dir);
+        if let Some(old) = self.record.tunnel.clone()
+            && old != cfg.node.tunnel
+        {
+            crate::tunnel::remove(&self.nl, &old).await?;
+            self.record.tunnel = Some(cfg.node.tunnel.clone());
+            self.record.save(&self.state_dir)?;
+        }
+        Ok(())
     }
 
     /// The programs' aya-log ring buffer, to be relayed into this process's log.
@@ -285,8 +338,7 @@ impl Dataplane {
         self.ensure_tunnel(cfg, &mut view.links).await?;
         let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
         let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known);
-        self.apply(plan, &view, &known).await?;
-        self.attach_uplink()
+        self.apply(plan, &view, &known).await
     }
 
     /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then
@@ -324,33 +376,34 @@ impl Dataplane {
             self.next_route_gen()?;
         }
 
-        // Attachments: from_pod on every live endpoint's veth, nowhere else; anything on an
-        // interface that is gone goes with it.
-        let stale: Vec<(u32, u8)> = self
-            .attachments
+        // Attachments: exactly the wanted ones. What is not wanted goes first, the adopted
+        // ones run this build's programs next, then the missing ones are attached (the pods',
+        // the tunnel device's, then the uplink's).
+        let mut want: Vec<(Link, Hook)> = plan
+            .endpoints
             .keys()
-            .into_iter()
-            .filter(|(i, h)| {
-                if *h == Hook::FromPod as u8 {
-                    !plan.endpoints.contains_key(i)
-                } else {
-                    view.links.by_index(*i).is_none()
-                }
-            })
+            .filter_map(|i| view.links.by_index(*i))
+            .map(|l| (l.clone(), Hook::FromPod))
             .collect();
-        for key in stale {
-            self.attachments.detach(key);
+        if let Some(t) = &self.tunnel {
+            want.push((t.clone(), Hook::ToTunnel));
         }
-        for ifindex in plan.endpoints.keys() {
-            if let Some(link) = view.links.by_index(*ifindex) {
-                self.attachments.tc(
-                    &mut self.ebpf,
-                    program_names::FROM_POD,
-                    link,
-                    TcAttachType::Ingress,
-                    Hook::FromPod,
-                )?;
+        if self.uplink_present {
+            want.push((self.uplink.clone(), Hook::FromUplink));
+            if self.xdp != CfgXdp::Off {
+                want.push((self.uplink.clone(), Hook::XdpUplink));
             }
+        }
+        let keys: BTreeSet<(u32, u8)> = want.iter().map(|(l, h)| (l.index, *h as u8)).collect();
+        for key in self.attachments.keys() {
+            if !keys.contains(&key) {
+                self.attachments.detach(key);
+            }
+        }
+        self.attachments.swap_adopted(&mut self.ebpf);
+        for (link, hook) in &want {
+            self.attachments
+                .attach(&mut self.ebpf, link, *hook, self.xdp)?;
         }
         for &i in known.keys() {
             if !plan.endpoints.contains_key(&i) {
@@ -361,12 +414,44 @@ impl Dataplane {
             }
         }
 
-        // Slow-path routes, identified by their protocol.
+        // Slow-path routes, identified by their protocol. A route ipipd no longer wants
+        // whose prefix had a route before ipipd took it over gets that route back (when its
+        // device is still there); a route of someone else's that ipipd's replaces is recorded
+        // first, for the same reason and for `ipipd teardown`.
+        let planned: BTreeSet<(Ipv4Addr, u8)> = plan.slow_path.iter().map(|r| r.dst()).collect();
+        let mut record_changed = false;
         for r in view.owned_routes.difference(&plan.slow_path) {
+            let key = record::prefix_key(r.dst());
+            if !planned.contains(&r.dst())
+                && let Some(orig) = self.record.replaced.remove(&key)
+            {
+                record_changed = true;
+                if device_is_there(&orig, &view.links) {
+                    log::info!("route {key}: ipipd's no more, {} is back", orig.summary);
+                    self.nl.route_restore(&orig.message()?).await?;
+                    continue;
+                }
+            }
             // A route whose device vanished is gone with it.
             self.nl.route_delete(r).await?;
         }
-        for r in plan.slow_path.difference(&view.owned_routes) {
+        let adding: Vec<&crate::netlink::Route> = plan.slow_path.difference(&view.owned_routes).collect();
+        for r in &adding {
+            let key = record::prefix_key(r.dst());
+            if let Some(m) = view.other_routes.get(&r.dst())
+                && !self.record.replaced.contains_key(&key)
+            {
+                let orig = ReplacedRoute::new(m, |i| view.links.by_index(i).map(|l| l.name.clone()));
+                log::info!("route {key}: {} is replaced by ipipd's (recorded)", orig.summary);
+                self.record.replaced.insert(key, orig);
+                record_changed = true;
+            }
+        }
+        if record_changed {
+            // Before the routes change: a crash in between forgets nothing.
+            self.record.save(&self.state_dir)?;
+        }
+        for r in adding {
             self.nl.route_replace(r).await?;
         }
 
@@ -424,44 +509,84 @@ impl Dataplane {
         self.attachments.tcx
     }
 
-    /// Detaches everything, removes the pins, the routes and the other kernel state `run` added.
-    pub async fn teardown(&mut self) {
+    /// Before the daemon exits without a teardown: the programs stop emitting monitor events
+    /// nobody reads. Everything else stays and keeps forwarding.
+    pub fn leave(&mut self) {
+        if let Err(e) = self.set_monitor(dataplane_common::MonitorMode::Off) {
+            log::warn!("{e:#}");
+        }
+        log::info!(
+            "the data plane in {} keeps forwarding (`ipipd teardown` removes it)",
+            self.pin_dir.display()
+        );
+    }
+
+    /// [`teardown`], for `run --teardown-on-exit` and a failed first start.
+    pub async fn teardown(&mut self, cfg: &Config) {
         self.attachments.detach_all();
-        if let Ok(routes) = self.nl.owned_routes().await {
+        self.tunnel = None;
+        teardown(&self.nl, cfg, &self.state_dir).await;
+    }
+}
+
+fn device_is_there(r: &ReplacedRoute, links: &plan::Links) -> bool {
+    match &r.device {
+        Some((name, index)) => links.by_index(*index).is_some_and(|l| &l.name == name),
+        None => true,
+    }
+}
+
+/// Removes everything ipipd made on the node and puts back what it replaced: the attachments
+/// (link pins, recorded filters), the routes (a route ipipd replaced comes back in place of
+/// ipipd's, the others of ipipd's go), the tunnel device, `ip_forward`, the map pins and the
+/// state directory's records. What cannot be removed is logged, the rest goes on.
+pub async fn teardown(nl: &Netlink, cfg: &Config, state_dir: &Path) {
+    let pin_dir = &cfg.node.pin_dir;
+    let mut attachments = Attachments::new(pin_dir, state_dir, true);
+    attachments.adopt(&cfg.node.uplink);
+    attachments.detach_all();
+    let record = NodeRecord::load(state_dir).unwrap_or_else(|e| {
+        log::warn!("{e:#}: nothing is restored");
+        NodeRecord::default()
+    });
+    let links: plan::Links = nl.links().await.unwrap_or_default().into_iter().collect();
+    for (prefix, r) in &record.replaced {
+        if !device_is_there(r, &links) {
+            log::info!("route {prefix}: {} is not restored, its device is gone", r.summary);
+            continue;
+        }
+        match r.message() {
+            Ok(m) => match nl.route_restore(&m).await {
+                Ok(()) => log::info!("route {prefix}: {} restored", r.summary),
+                Err(e) => log::warn!("{e:#}"),
+            },
+            Err(e) => log::warn!("route {prefix}: the record is damaged: {e:#}"),
+        }
+    }
+    match nl.owned_routes().await {
+        Ok(routes) => {
             for r in routes {
-                if let Err(e) = self.nl.route_delete(&r).await {
+                if let Err(e) = nl.route_delete(&r).await {
                     log::warn!("{e:#}");
                 }
             }
         }
-        if let Some(t) = self.tunnel.take()
-            && let Err(e) = self.nl.link_delete(t.index).await
-        {
+        Err(e) => log::warn!("{e:#}"),
+    }
+    let mut tunnels = vec![cfg.node.tunnel.clone()];
+    tunnels.extend(record.tunnel.clone().filter(|t| *t != cfg.node.tunnel));
+    for t in tunnels {
+        if let Err(e) = crate::tunnel::remove(nl, &t).await {
             log::warn!("{e:#}");
         }
-        if let Some(prev) = self.forward_was.take() {
-            let _ = std::fs::write(IP_FORWARD, prev);
-        }
-        pins::remove_pins(&self.pin_dir);
-        let _ = std::fs::remove_file(self.state_dir.join(attach::FILTERS_FILE));
-        log::info!("data plane removed from {}", self.pin_dir.display());
     }
-}
-
-/// What a killed ipipd left: its pinned links (unpinning detaches them), its netlink filters
-/// (removed by their recorded handle), its pinned maps (recreated empty, then reconciled).
-/// Its routes carry ipipd's protocol and are reconciled by [`Dataplane::reconcile`].
-fn clear_previous(pin_dir: &Path, state_dir: &Path) -> Result<()> {
-    if pins::has_pins(pin_dir) {
-        log::warn!(
-            "found the pins of a previous run in {}: replacing them",
-            pin_dir.display()
-        );
-        pins::clear_pins(pin_dir);
+    if let Some(prev) = &record.ip_forward
+        && let Err(e) = std::fs::write(IP_FORWARD, prev)
+    {
+        log::warn!("restoring net.ipv4.ip_forward to {prev}: {e}");
     }
+    pins::remove_pins(pin_dir);
     attach::remove_recorded_filters(state_dir);
-    if pins::has_pins(pin_dir) {
-        anyhow::bail!("could not clear {}", pin_dir.display());
-    }
-    Ok(())
+    NodeRecord::remove(state_dir);
+    log::info!("data plane removed from {}", pin_dir.display());
 }

@@ -114,11 +114,26 @@ impl Condition {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then tears the data plane down.
-pub async fn run(config_path: &Path, state_dir: &Path, metrics: Option<SocketAddr>) -> Result<()> {
+/// How `run` ends on SIGTERM/SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    /// The data plane stays and keeps forwarding; the next start adopts it.
+    Leave,
+    /// Everything is removed, as `ipipd teardown` does (tests and demos).
+    Teardown,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; then, by `on_exit`, leaves the data plane
+/// forwarding or tears it down.
+pub async fn run(
+    config_path: &Path,
+    state_dir: &Path,
+    metrics: Option<SocketAddr>,
+    on_exit: OnExit,
+) -> Result<()> {
     let file = Config::load(config_path)?;
     // From here on SIGTERM/SIGINT/SIGHUP are the owner's (not the default action, which would
-    // end the process without a teardown); one arriving during the bring-up waits for the loop.
+    // end the process mid-change); one arriving during the bring-up waits for the loop.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -161,7 +176,10 @@ pub async fn run(config_path: &Path, state_dir: &Path, metrics: Option<SocketAdd
     };
     let result = owner.serve(&mut term, &mut int, &mut hup, state_dir).await;
     let _ = std::fs::remove_file(control::socket_path(state_dir));
-    owner.dp.teardown().await;
+    match on_exit {
+        OnExit::Leave => owner.dp.leave(),
+        OnExit::Teardown => owner.dp.teardown(&owner.desired).await,
+    }
     result
 }
 

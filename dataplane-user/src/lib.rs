@@ -23,6 +23,7 @@ pub mod monitor;
 pub mod netlink;
 pub mod pins;
 pub mod plan;
+pub mod record;
 pub mod tunnel;
 
 /// The eBPF object built by build.rs (bpfel, BTF), aligned for the ELF parser.

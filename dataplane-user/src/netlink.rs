@@ -564,17 +564,102 @@ impl Netlink {
 
     /// Every IPv4 route in the main table with ipipd's protocol.
     pub async fn owned_routes(&self) -> Result<Vec<Route>> {
-        let routes: Vec<Option<Route>> = self
+        Ok(self.main_routes().await?.0)
+    }
+
+    /// One dump of the main table's IPv4 routes: ipipd's, and the others that a route of
+    /// ipipd's to the same prefix would replace (metric 0, TOS 0), by prefix.
+    pub async fn main_routes(&self) -> Result<(Vec<Route>, BTreeMap<(Ipv4Addr, u8), RouteMessage>)> {
+        let msgs: Vec<RouteMessage> = self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
-            .map_ok(|m| parse_route(&m))
             .try_collect()
             .await
             .map_err(|e| describe(e).context("listing routes"))?;
-        Ok(routes.into_iter().flatten().collect())
+        let mut owned = Vec::new();
+        let mut others = BTreeMap::new();
+        for m in msgs {
+            if let Some(r) = parse_route(&m) {
+                owned.push(r);
+            } else if let Some(dst) = replaceable(&m) {
+                others.insert(dst, m);
+            }
+        }
+        Ok((owned, others))
     }
+
+    /// Puts a route back as it was dumped (replacing ipipd's to the same prefix, if any).
+    pub async fn route_restore(&self, m: &RouteMessage) -> Result<()> {
+        self.handle
+            .route()
+            .add(m.clone())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| describe(e).context(format!("restoring route {}", route_summary(m))))
+    }
+
+    /// `ip link set <index> mtu <mtu>`.
+    pub async fn link_set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| describe(e).context(format!("setting the MTU of link #{index}")))
+    }
+}
+
+/// The prefix of a main-table IPv4 route that is not ipipd's and that ipipd's route to the
+/// same prefix would replace (the kernel keys a route by prefix, TOS, metric and table).
+pub fn replaceable(m: &RouteMessage) -> Option<(Ipv4Addr, u8)> {
+    let h = &m.header;
+    let metric = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Priority(p) => Some(*p),
+        _ => None,
+    });
+    let dst = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    (h.address_family == AddressFamily::Inet
+        && h.protocol != RouteProtocol::Other(RTPROT_IPIPD)
+        && table_of(m) == u32::from(RouteHeader::RT_TABLE_MAIN)
+        && h.tos == 0
+        && metric.unwrap_or(0) == 0
+        && matches!(h.kind, RouteType::Unicast | RouteType::BlackHole | RouteType::Unreachable | RouteType::Prohibit))
+    .then_some((dst, h.destination_prefix_length))
+}
+
+/// A route as `ip route` would print it, roughly: for logs and the state record.
+pub fn route_summary(m: &RouteMessage) -> String {
+    let h = &m.header;
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut s = String::new();
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => s += &format!(" via {g}"),
+            RouteAttribute::Oif(o) => s += &format!(" dev #{o}"),
+            RouteAttribute::PrefSource(RouteAddress::Inet(p)) => s += &format!(" src {p}"),
+            _ => {}
+        }
+    }
+    let kind = match h.kind {
+        RouteType::Unicast => String::new(),
+        k => format!("{k:?} ").to_lowercase(),
+    };
+    format!(
+        "{kind}{dst}/{}{s} proto {:?} scope {:?}",
+        h.destination_prefix_length, h.protocol, h.scope
+    )
+    .to_lowercase()
 }
 
 /// The kernel's link, neighbour and IPv4 route notifications, as the events the daemon acts on

@@ -2,6 +2,7 @@
 //! and the state directory's atomic file writes.
 
 use std::{
+    collections::BTreeMap,
     ffi::CString,
     io,
     os::{
@@ -98,6 +99,7 @@ pub fn clear_pins(pin_dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(pin_dir.join("links"));
+    remove_previous(pin_dir);
     // Every map pin of ours, of this layout or an older one (`ipipd_<map>_v<N>`).
     if let Ok(rd) = std::fs::read_dir(pin_dir) {
         for e in rd.flatten() {
@@ -177,4 +179,101 @@ impl PinWatch {
             guard.clear_ready();
         }
     }
+}
+
+/// Where [`set_aside_other_layouts`] moves the map pins this run cannot use.
+pub const PREVIOUS: &str = "previous";
+
+/// A map's shape as the kernel reports it: type, key size, value size, entries, flags.
+type Shape = (u32, u32, u32, u32, u32);
+
+/// The shapes the embedded object declares for ipipd's maps.
+fn declared_shapes() -> Result<BTreeMap<String, Shape>> {
+    let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).context("parsing the embedded object")?;
+    Ok(obj
+        .maps
+        .iter()
+        .filter(|(n, _)| n.starts_with("ipipd_"))
+        .map(|(n, m)| {
+            (
+                n.clone(),
+                (
+                    m.map_type(),
+                    m.key_size(),
+                    m.value_size(),
+                    m.max_entries(),
+                    m.map_flags(),
+                ),
+            )
+        })
+        .collect())
+}
+
+fn pinned_shape(path: &Path) -> Option<Shape> {
+    let i = aya::maps::MapInfo::from_pin(path).ok()?;
+    let t = i.map_type().ok()? as u32;
+    Some((t, i.key_size(), i.value_size(), i.max_entries(), i.map_flags()))
+}
+
+/// What the pin directory holds of ipipd's maps, before this run loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No map pins: a first start (or one after a teardown).
+    Nothing,
+    /// Every map of this layout, of the shape this build declares: adopted as they are.
+    SameLayout,
+    /// Map pins of another layout (an older `_v<N>` in their names), or of this one in another
+    /// shape: moved aside to `previous/`; this run builds new maps from the desired state.
+    OtherLayout(Vec<String>),
+}
+
+/// Looks at the map pins in `pin_dir` and moves the ones this build cannot use to
+/// `<pin_dir>/previous/` (bpffs renames in place: the programs of the running data plane keep
+/// them until their links are updated, and [`remove_previous`] removes them after). A map of
+/// this layout that is missing is created by the loader, empty.
+pub fn set_aside_other_layouts(pin_dir: &Path) -> Result<Found> {
+    let declared = declared_shapes()?;
+    let mut ours = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(pin_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ipipd_") {
+                ours.push(name);
+            }
+        }
+    }
+    if ours.is_empty() {
+        return Ok(Found::Nothing);
+    }
+    let mut aside = Vec::new();
+    for name in ours {
+        let path = pin_dir.join(&name);
+        let fits = declared
+            .get(&name)
+            .is_some_and(|want| pinned_shape(&path).as_ref() == Some(want));
+        if fits {
+            continue;
+        }
+        let prev = pin_dir.join(PREVIOUS);
+        std::fs::create_dir_all(&prev).with_context(|| format!("creating {}", prev.display()))?;
+        std::fs::rename(&path, prev.join(&name))
+            .with_context(|| format!("moving {} aside", path.display()))?;
+        aside.push(name);
+    }
+    Ok(if aside.is_empty() {
+        Found::SameLayout
+    } else {
+        Found::OtherLayout(aside)
+    })
+}
+
+/// Removes the pins [`set_aside_other_layouts`] moved aside (once no program uses them).
+pub fn remove_previous(pin_dir: &Path) {
+    let prev = pin_dir.join(PREVIOUS);
+    if let Ok(rd) = std::fs::read_dir(&prev) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(prev);
 }

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
+use netlink_packet_route::route::RouteMessage;
 use dataplane_common::{
     Endpoint, Mode, ROUTE_F_ENCAP, ROUTE_F_L2, ROUTE_F_SAME_SUBNET, RouteKind, RouteValue,
 };
@@ -67,6 +68,9 @@ pub struct KernelView {
     pub pod_macs: BTreeMap<u32, [u8; 6]>,
     /// The slow-path routes ipipd owns now (`proto 180`).
     pub owned_routes: BTreeSet<Route>,
+    /// The main table's other routes that a route of ipipd's to the same prefix replaces (a
+    /// CNI's pod route, a routing daemon's blackhole), by prefix: recorded before they are.
+    pub other_routes: BTreeMap<(Ipv4Addr, u8), RouteMessage>,
     /// The node's address is on no interface (the uplink is back but not yet addressed): the
     /// kernel refuses routes with it as their source.
     pub node_address_missing: bool,
@@ -106,7 +110,9 @@ impl KernelView {
                 view.pod_macs.insert(link.index, mac);
             }
         }
-        view.owned_routes = nl.owned_routes().await?.into_iter().collect();
+        let (owned, others) = nl.main_routes().await?;
+        view.owned_routes = owned.into_iter().collect();
+        view.other_routes = others;
         Ok(view)
     }
 
@@ -433,6 +439,7 @@ mac = "ee:ee:ee:ee:ee:02"
             neighbours: [(a("172.31.242.157"), MASTER_MAC)].into(),
             pod_macs: [(11, [0xee, 0xee, 0xee, 0xee, 0xee, 0x01])].into(),
             owned_routes: BTreeSet::new(),
+            other_routes: BTreeMap::new(),
             node_address_missing: false,
         }
     }

@@ -75,7 +75,10 @@ pub struct Daemon {
     pub config: PathBuf,
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
+    /// The node's log: every run of the daemon appends to it.
     pub log: PathBuf,
+    /// Where this run's part of the log starts.
+    log_from: usize,
 }
 
 pub struct Cluster {
@@ -212,7 +215,7 @@ impl Cluster {
             .filter_map(|n| {
                 n.daemon
                     .as_ref()
-                    .map(|d| format!("--- {} ---\n{}", n.spec.name, d.log_text()))
+                    .map(|d| format!("--- {} ---\n{}", n.spec.name, d.full_log()))
             })
             .collect()
     }
@@ -286,6 +289,48 @@ impl Cluster {
         d.wait_ready_within(deadline)?;
         node.daemon = Some(d);
         Ok(())
+    }
+}
+
+impl Cluster {
+    /// SIGTERM to the node's daemon; its exit status.
+    pub fn stop_daemon(&mut self, name: &str) -> Result<std::process::ExitStatus> {
+        let d = self
+            .node_mut(name)
+            .daemon
+            .take()
+            .with_context(|| format!("no daemon on {name}"))?;
+        d.stop()
+    }
+
+    /// SIGKILL to the node's daemon.
+    pub fn kill_daemon(&mut self, name: &str) -> Result<()> {
+        let d = self
+            .node_mut(name)
+            .daemon
+            .take()
+            .with_context(|| format!("no daemon on {name}"))?;
+        d.kill9()
+    }
+
+    /// Starts the node's daemon again on the config it last ran with.
+    pub fn restart_daemon(&mut self, name: &str) -> Result<()> {
+        let cfg = self.dir.join(name).join("ipipd.toml");
+        let text = std::fs::read_to_string(&cfg)?;
+        self.start_daemon(name, Some(text))
+    }
+
+    /// `ipipd teardown` for the node (its daemon stopped).
+    pub fn teardown(&self, name: &str) -> Result<String> {
+        let dir = self.dir.join(name);
+        let (cfg, state) = (dir.join("ipipd.toml"), dir.join("state"));
+        self.node(name).ipipd(&[
+            "teardown",
+            "--config",
+            &cfg.to_string_lossy(),
+            "--state-dir",
+            &state.to_string_lossy(),
+        ])
     }
 }
 
@@ -399,7 +444,11 @@ impl Daemon {
         use std::os::unix::process::CommandExt as _;
         let bin = ipipd_binary()?;
         let log = state_dir.with_extension("log");
-        let logf = std::fs::File::create(&log)?;
+        let logf = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let log_from = logf.metadata()?.len() as usize;
         let mut cmd = Command::new("ip");
         if let Some(n) = nofile {
             // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
@@ -439,6 +488,7 @@ impl Daemon {
             state_dir: state_dir.to_path_buf(),
             pin_dir: pin_dir.to_path_buf(),
             log,
+            log_from,
         };
         Ok(d)
     }
@@ -452,7 +502,7 @@ impl Daemon {
     pub fn wait_ready_within(&mut self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let log = self.log_text();
             if log.contains("ready; control socket") {
                 return Ok(());
             }
@@ -502,8 +552,20 @@ impl Daemon {
         }
     }
 
+    /// This run's log.
     pub fn log_text(&self) -> String {
+        let all = self.full_log();
+        all.get(self.log_from..).unwrap_or_default().to_string()
+    }
+
+    /// The log of every run of the node's daemon so far.
+    pub fn full_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's open file descriptors.
+    pub fn open_fds(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
     }
 }
 

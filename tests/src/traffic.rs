@@ -60,6 +60,20 @@ pub fn tcp_transfer(
     client: &NetNs,
     bytes: u64,
 ) -> Result<Transfer> {
+    tcp_stream(server, server_addr, port, client, bytes, Duration::ZERO, &|| true)
+}
+
+/// A TCP stream from `client` to `server_addr:port` in `server`: 64 KiB writes, `pause` apart,
+/// while `go()` holds and at most `bytes` in all; both sides' byte counts and hashes returned.
+pub fn tcp_stream(
+    server: &NetNs,
+    server_addr: Ipv4Addr,
+    port: u16,
+    client: &NetNs,
+    bytes: u64,
+    pause: Duration,
+    go: &(dyn Fn() -> bool + Sync),
+) -> Result<Transfer> {
     let listener =
         server.enter(move || TcpListener::bind(SocketAddrV4::new(server_addr, port)))??;
     std::thread::scope(|s| {
@@ -91,15 +105,18 @@ pub fn tcp_transfer(
             let mut state = 0x1234_5678u64;
             let mut buf = vec![0u8; 1 << 16];
             let mut left = bytes;
-            while left > 0 {
+            while left > 0 && go() {
                 let k = left.min(buf.len() as u64) as usize;
                 fill(&mut buf[..k], &mut state);
                 conn.write_all(&buf[..k]).context("sending")?;
                 h.update(&buf[..k]);
                 left -= k as u64;
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
             conn.shutdown(std::net::Shutdown::Write)?;
-            Ok((bytes, h.value()))
+            Ok((bytes - left, h.value()))
         })?;
         let received = rx
             .join()
@@ -358,4 +375,84 @@ pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, tos: u8, inner: &[u8
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h.extend(inner);
     h
+}
+
+/// What a ping run reported: packets sent and replies received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pings {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Pings {
+    /// From ping's summary line (iputils' or busybox's).
+    pub fn parse(text: &str) -> Option<Pings> {
+        let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+        let mut nums = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .map(|w| w.parse::<u64>());
+        Some(Pings {
+            sent: nums.next()?.ok()?,
+            received: nums.next()?.ok()?,
+        })
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.sent - self.received
+    }
+}
+
+/// Pings `to` from `ns` in rounds of `count` at `interval` (each round a bounded `ping -c`)
+/// while `go()` holds, at most `max_rounds`; the sum of the rounds and each round's output.
+pub fn ping_while(
+    ns: &NetNs,
+    to: Ipv4Addr,
+    count: u32,
+    interval: &str,
+    max_rounds: u32,
+    go: &(dyn Fn() -> bool + Sync),
+) -> Result<(Pings, Vec<String>)> {
+    let mut total = Pings::default();
+    let mut outputs = Vec::new();
+    for _ in 0..max_rounds {
+        if !go() {
+            break;
+        }
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ping", "-n", "-q", "-c"])
+            .arg(count.to_string())
+            .args(["-i", interval, "-W", "1"])
+            .arg(to.to_string())
+            .output()
+            .context("running ping")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = Pings::parse(&text).with_context(|| format!("no ping summary in {text}"))?;
+        total.sent += p.sent;
+        total.received += p.received;
+        outputs.push(text);
+    }
+    Ok((total, outputs))
+}
+
+/// A TCP counter of the namespace's (`TcpExt` in /proc/net/netstat, e.g. "TCPTimeouts": the
+/// retransmission timeouts that fired).
+pub fn tcp_ext(ns: &NetNs, name: &str) -> Result<u64> {
+    let text = ns.enter(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))??;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no TcpExt in /proc/net/netstat");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .with_context(|| format!("no TcpExt {name}"))?
+        .1
+        .parse()
+        .context("a number")
 }

@@ -124,12 +124,48 @@ fn leftovers(ns: &NetNs, devices: &[&str]) -> Vec<String> {
     out
 }
 
+/// What a CNI (Calico's) set up for the node's pods before ipipd came: a /32 per pod to its veth
+/// and a blackhole for the block, each with its own protocol; forwarding off.
+fn cni_routes(c: &Cluster, node: &str) -> Vec<String> {
+    let n = c.node(node);
+    let mut cmds = vec![format!("ip route add blackhole {} proto 12", n.spec.block)];
+    for p in &n.spec.pods {
+        cmds.push(format!(
+            "ip route add {}/32 dev {} proto static scope link",
+            p.address, p.interface
+        ));
+    }
+    cmds.push("sysctl -qw net.ipv4.ip_forward=0".into());
+    n.ns.sh(&cmds.join("\n")).unwrap();
+    route_lines(c, node)
+}
+
+/// The node's routes to its pods and its block, as `ip -d route` prints them.
+fn route_lines(c: &Cluster, node: &str) -> Vec<String> {
+    let n = c.node(node);
+    let mut prefixes = vec![n.spec.block.clone()];
+    prefixes.extend(n.spec.pods.iter().map(|p| format!("{}/32", p.address)));
+    prefixes
+        .iter()
+        .map(|p| {
+            n.ns.ip(&format!("-d route show {p} table main"))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
-fn pods_reach_each_other_and_sigterm_leaves_nothing() {
+fn sigterm_leaves_pods_talking_and_teardown_puts_the_node_back() {
     if !require_root() {
         return;
     }
-    let mut c = running("d-basic", 2);
+    let mut c = Cluster::new("d-basic", &seed_nodes(2)).unwrap();
+    let found = cni_routes(&c, "node");
+    assert!(found.iter().all(|r| !r.is_empty()), "{found:?}");
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
     assert!(
         ping_ok(&c, "node", N1, M1, 3),
         "node → master pod\n{}",
@@ -144,10 +180,13 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
 
     // The slow path is in place while running: the remote block and the peer into ipipd's
     // tunnel device (a veth at the tunnel MTU, no ARP), from the node's address; no IPIP device.
+    // The CNI's routes to the same prefixes are ipipd's now.
     let routes = c.node("node").ns.ip("route show proto 180").unwrap();
     for r in [
         "192.168.179.0/26 dev ipipd0 scope link src 172.31.242.156",
         "172.31.242.157 dev ipipd0 scope link src 172.31.242.156",
+        "blackhole 192.168.83.128/26",
+        "192.168.83.129 dev calin0000000",
     ] {
         assert!(routes.contains(r), "{r:?} not in {routes}");
     }
@@ -155,31 +194,53 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
     for word in ["mtu 1480", "NOARP", "veth"] {
         assert!(dev.contains(word), "{word:?} not in {dev}");
     }
-    assert!(routes.contains("blackhole 192.168.83.128/26"), "{routes}");
-    assert!(
-        routes.contains("192.168.83.129 dev calin0000000"),
-        "{routes}"
-    );
     let tunnels = c.node("node").ns.ipip_devices_in_use().unwrap();
     assert!(tunnels.is_empty(), "a tunnel device in use: {tunnels:?}");
-
-    for name in ["master", "node"] {
-        let d = c.node_mut(name).daemon.take().unwrap();
-        let pin = d.pin_dir.clone();
-        let status = d.stop().unwrap();
-        assert!(status.success(), "{name} exited {status}");
-        let node = c.node(name);
-        let mut devs: Vec<&str> = node
+    let devs = |c: &Cluster, name: &str| -> Vec<String> {
+        let mut d: Vec<String> = c
+            .node(name)
             .spec
             .pods
             .iter()
-            .map(|p| p.interface.as_str())
+            .map(|p| p.interface.clone())
             .collect();
-        devs.push("eth0");
+        d.push("eth0".into());
+        d.push("ipipd0".into());
+        d
+    };
+
+    // SIGTERM leaves the data plane: with no daemon on either node, pods still talk across
+    // nodes and on the node, through the same programs.
+    let before = leftovers(&c.node("node").ns, &["eth0", "ipipd0", "calin0000000"]);
+    for name in ["master", "node"] {
+        let status = c.stop_daemon(name).unwrap();
+        assert!(status.success(), "{name} exited {status}");
+    }
+    assert_eq!(
+        leftovers(&c.node("node").ns, &["eth0", "ipipd0", "calin0000000"]),
+        before,
+        "SIGTERM changed the data plane"
+    );
+    assert!(ping_ok(&c, "node", N1, M1, 3), "no daemon: node → master pod");
+    assert!(ping_ok(&c, "master", M1, N1, 3), "no daemon: master → node pod");
+    assert!(ping_ok(&c, "node", N1, N2, 3), "no daemon: same node");
+
+    // A restart in between: the record of what was found survives it.
+    c.restart_daemon("node").unwrap();
+    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
+    c.stop_daemon("node").unwrap();
+
+    // `ipipd teardown`: nothing of ipipd's is left, and the node is as it was found.
+    for name in ["master", "node"] {
+        let pin = c.bpffs.join(name);
+        c.teardown(name).unwrap();
+        let node = c.node(name);
+        let d = devs(&c, name);
+        let d: Vec<&str> = d.iter().map(String::as_str).collect();
         assert_eq!(
-            leftovers(&node.ns, &devs),
+            leftovers(&node.ns, &d),
             Vec::<String>::new(),
-            "{name} after SIGTERM"
+            "{name} after teardown"
         );
         let links = node.ns.ip("link show").unwrap();
         assert!(
@@ -188,6 +249,11 @@ fn pods_reach_each_other_and_sigterm_leaves_nothing() {
         );
         assert!(!pin.exists(), "{} still exists", pin.display());
     }
+    assert_eq!(route_lines(&c, "node"), found, "the CNI's routes are not back");
+    let fwd = c.node("node").ns.sh("sysctl -n net.ipv4.ip_forward").unwrap();
+    assert_eq!(fwd.trim(), "0", "ip_forward");
+    // A teardown with nothing left to remove is not an error.
+    c.teardown("node").unwrap();
 }
 
 #[test]

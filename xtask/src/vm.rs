@@ -108,7 +108,7 @@ pub const REDUCED: CaseList = &[
     (
         "daemon",
         &[
-            "pods_reach_each_other_and_sigterm_leaves_nothing",
+            "sigterm_leaves_pods_talking_and_teardown_puts_the_node_back",
             "kill_9_then_restart_leaves_no_stale_state",
             "a_removed_pin_directory_is_put_back",
         ],

@@ -17,6 +17,7 @@ mod routes;
 mod run;
 mod stats;
 mod status;
+mod teardown;
 
 pub use output::Output;
 
@@ -36,9 +37,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the node daemon: load, attach, program the maps, and keep them matching the config
-    /// and the runtime changes until SIGTERM/SIGINT (SIGHUP re-reads the config).
+    /// Run the node daemon: load (or adopt what a previous run left), attach, program the
+    /// maps, and keep them matching the config and the runtime changes until SIGTERM/SIGINT
+    /// (SIGHUP re-reads the config). The data plane keeps forwarding after it exits.
     Run(run::Run),
+    /// Remove a node's data plane (no daemon may run): programs, pins, filters, the tunnel
+    /// device, ipipd's routes, ip_forward; the routes ipipd replaced are put back.
+    Teardown(teardown::Teardown),
     /// Validate a config and print what `run` would do. Needs no privileges.
     Check(check::Check),
     /// Add or delete a local pod on the running node.
@@ -112,6 +117,7 @@ impl Node {
 pub async fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Run(r) => r.run().await,
+        Command::Teardown(t) => t.run().await,
         Command::Check(c) => c.run().await,
         Command::Endpoint(e) => e.run().await,
         Command::Peer(p) => p.run().await,

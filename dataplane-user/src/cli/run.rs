@@ -17,6 +17,10 @@ pub struct Run {
     /// Where /metrics (OpenMetrics text), /healthz and /readyz are served; `off` for none.
     #[arg(long, default_value = "127.0.0.1:9097")]
     metrics_addr: String,
+    /// On SIGTERM/SIGINT, remove the data plane as `ipipd teardown` does, instead of leaving it
+    /// forwarding for the next start to adopt (tests and demos).
+    #[arg(long)]
+    teardown_on_exit: bool,
 }
 
 impl Run {
@@ -32,6 +36,11 @@ impl Run {
         let state_dir = self
             .state_dir
             .unwrap_or_else(|| daemon::default_state_dir(&cfg.node.name));
-        daemon::run(&self.config, &state_dir, metrics).await
+        let on_exit = if self.teardown_on_exit {
+            daemon::OnExit::Teardown
+        } else {
+            daemon::OnExit::Leave
+        };
+        daemon::run(&self.config, &state_dir, metrics, on_exit).await
     }
 }
