@@ -435,14 +435,19 @@ impl Dataplane {
             // A route whose device vanished is gone with it.
             self.nl.route_delete(r).await?;
         }
-        let adding: Vec<&crate::netlink::Route> = plan.slow_path.difference(&view.owned_routes).collect();
+        let adding: Vec<&crate::netlink::Route> =
+            plan.slow_path.difference(&view.owned_routes).collect();
         for r in &adding {
             let key = record::prefix_key(r.dst());
             if let Some(m) = view.other_routes.get(&r.dst())
                 && !self.record.replaced.contains_key(&key)
             {
-                let orig = ReplacedRoute::new(m, |i| view.links.by_index(i).map(|l| l.name.clone()));
-                log::info!("route {key}: {} is replaced by ipipd's (recorded)", orig.summary);
+                let orig =
+                    ReplacedRoute::new(m, |i| view.links.by_index(i).map(|l| l.name.clone()));
+                log::info!(
+                    "route {key}: {} is replaced by ipipd's (recorded)",
+                    orig.summary
+                );
                 self.record.replaced.insert(key, orig);
                 record_changed = true;
             }
@@ -552,7 +557,10 @@ pub async fn teardown(nl: &Netlink, cfg: &Config, state_dir: &Path) {
     let links: plan::Links = nl.links().await.unwrap_or_default().into_iter().collect();
     for (prefix, r) in &record.replaced {
         if !device_is_there(r, &links) {
-            log::info!("route {prefix}: {} is not restored, its device is gone", r.summary);
+            log::info!(
+                "route {prefix}: {} is not restored, its device is gone",
+                r.summary
+            );
             continue;
         }
         match r.message() {

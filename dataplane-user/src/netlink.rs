@@ -569,7 +569,9 @@ impl Netlink {
 
     /// One dump of the main table's IPv4 routes: ipipd's, and the others that a route of
     /// ipipd's to the same prefix would replace (metric 0, TOS 0), by prefix.
-    pub async fn main_routes(&self) -> Result<(Vec<Route>, BTreeMap<(Ipv4Addr, u8), RouteMessage>)> {
+    pub async fn main_routes(
+        &self,
+    ) -> Result<(Vec<Route>, BTreeMap<(Ipv4Addr, u8), RouteMessage>)> {
         let msgs: Vec<RouteMessage> = self
             .handle
             .route()
@@ -633,7 +635,13 @@ pub fn replaceable(m: &RouteMessage) -> Option<(Ipv4Addr, u8)> {
         && table_of(m) == u32::from(RouteHeader::RT_TABLE_MAIN)
         && h.tos == 0
         && metric.unwrap_or(0) == 0
-        && matches!(h.kind, RouteType::Unicast | RouteType::BlackHole | RouteType::Unreachable | RouteType::Prohibit))
+        && matches!(
+            h.kind,
+            RouteType::Unicast
+                | RouteType::BlackHole
+                | RouteType::Unreachable
+                | RouteType::Prohibit
+        ))
     .then_some((dst, h.destination_prefix_length))
 }
 
@@ -741,6 +749,38 @@ mod tests {
         let mut m = route_message(&every_kind()[1]);
         m.header.table = 100;
         assert_eq!(parse_route(&m), None);
+    }
+
+    /// The routes of others that ipipd's route to the same prefix would replace (and that are
+    /// recorded for teardown first): main table, metric 0, TOS 0; never ipipd's own.
+    #[test]
+    fn what_ipipds_route_would_replace() {
+        let dst = (a("192.168.83.129"), 32);
+        let theirs = || {
+            let mut m = route_message(&Route::Dev { dst, oif: 7 });
+            m.header.protocol = RouteProtocol::Static;
+            m
+        };
+        assert_eq!(replaceable(&theirs()), Some(dst));
+        let mut blackhole = route_message(&Route::Blackhole {
+            dst: (a("192.168.83.128"), 26),
+        });
+        blackhole.header.protocol = RouteProtocol::Other(12);
+        assert_eq!(replaceable(&blackhole), Some((a("192.168.83.128"), 26)));
+        assert_eq!(
+            replaceable(&route_message(&Route::Dev { dst, oif: 7 })),
+            None,
+            "ipipd's"
+        );
+        let mut m = theirs();
+        m.attributes.push(RouteAttribute::Priority(100));
+        assert_eq!(replaceable(&m), None, "another metric");
+        let mut m = theirs();
+        m.header.tos = 16;
+        assert_eq!(replaceable(&m), None, "another TOS");
+        let mut m = theirs();
+        m.header.table = 100;
+        assert_eq!(replaceable(&m), None, "another table");
     }
 
     #[test]

@@ -212,7 +212,13 @@ fn declared_shapes() -> Result<BTreeMap<String, Shape>> {
 fn pinned_shape(path: &Path) -> Option<Shape> {
     let i = aya::maps::MapInfo::from_pin(path).ok()?;
     let t = i.map_type().ok()? as u32;
-    Some((t, i.key_size(), i.value_size(), i.max_entries(), i.map_flags()))
+    Some((
+        t,
+        i.key_size(),
+        i.value_size(),
+        i.max_entries(),
+        i.map_flags(),
+    ))
 }
 
 /// What the pin directory holds of ipipd's maps, before this run loads.

@@ -10,10 +10,10 @@ use std::{
 };
 
 use anyhow::Result;
-use netlink_packet_route::route::RouteMessage;
 use dataplane_common::{
     Endpoint, Mode, ROUTE_F_ENCAP, ROUTE_F_L2, ROUTE_F_SAME_SUBNET, RouteKind, RouteValue,
 };
+use netlink_packet_route::route::RouteMessage;
 
 use crate::{
     config::{Config, Ipv4Net},

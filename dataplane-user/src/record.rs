@@ -80,7 +80,7 @@ impl ReplacedRoute {
                     .ok_or_else(|| anyhow!("not hex"))
             })
             .collect::<Result<Vec<u8>>>()?;
-        RouteMessage::parse(&bytes.as_slice()).map_err(|e| anyhow!("{e}"))
+        RouteMessage::parse(bytes.as_slice()).map_err(|e| anyhow!("{e}"))
     }
 }
 
@@ -150,7 +150,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(FILE), "{ not json").unwrap();
         let e = NodeRecord::load(&dir).unwrap_err();
-        assert!(format!("{e:#}").contains("not ipipd's node record"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("not ipipd's node record"),
+            "{e:#}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(NodeRecord::load(&dir).unwrap(), NodeRecord::default());
     }

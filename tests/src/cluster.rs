@@ -277,6 +277,17 @@ impl Cluster {
         config: Option<String>,
         deadline: Duration,
     ) -> Result<()> {
+        self.start_daemon_binary(name, config, deadline, &ipipd_binary()?)
+    }
+
+    /// [`Cluster::start_daemon_within`] with another ipipd binary (an older release).
+    pub fn start_daemon_binary(
+        &mut self,
+        name: &str,
+        config: Option<String>,
+        deadline: Duration,
+        bin: &Path,
+    ) -> Result<()> {
         let text = config.unwrap_or_else(|| self.config_for(name, ""));
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -285,7 +296,7 @@ impl Cluster {
         let state_dir = dir.join("state");
         let pin_dir = self.bpffs.join(name);
         let node = self.node_mut(name);
-        let mut d = Daemon::spawn(&node.ns, &cfg, &state_dir, &pin_dir)?;
+        let mut d = Daemon::spawn_binary(bin, &node.ns, &cfg, &state_dir, &pin_dir, None)?;
         d.wait_ready_within(deadline)?;
         node.daemon = Some(d);
         Ok(())
@@ -441,8 +452,19 @@ impl Daemon {
         pin_dir: &Path,
         nofile: Option<u64>,
     ) -> Result<Daemon> {
+        Self::spawn_binary(&ipipd_binary()?, ns, config, state_dir, pin_dir, nofile)
+    }
+
+    /// [`Daemon::spawn_limited`] with another ipipd binary (an older release).
+    pub fn spawn_binary(
+        bin: &Path,
+        ns: &NetNs,
+        config: &Path,
+        state_dir: &Path,
+        pin_dir: &Path,
+        nofile: Option<u64>,
+    ) -> Result<Daemon> {
         use std::os::unix::process::CommandExt as _;
-        let bin = ipipd_binary()?;
         let log = state_dir.with_extension("log");
         let logf = std::fs::File::options()
             .create(true)
@@ -471,7 +493,7 @@ impl Daemon {
         }
         let child = cmd
             .args(["netns", "exec", &ns.name])
-            .arg(&bin)
+            .arg(bin)
             .args(["run", "--log-level", "debug", "--config"])
             .arg(config)
             .arg("--state-dir")

@@ -60,7 +60,15 @@ pub fn tcp_transfer(
     client: &NetNs,
     bytes: u64,
 ) -> Result<Transfer> {
-    tcp_stream(server, server_addr, port, client, bytes, Duration::ZERO, &|| true)
+    tcp_stream(
+        server,
+        server_addr,
+        port,
+        client,
+        bytes,
+        Duration::ZERO,
+        &|| true,
+    )
 }
 
 /// A TCP stream from `client` to `server_addr:port` in `server`: 64 KiB writes, `pause` apart,

@@ -224,8 +224,14 @@ fn sigterm_leaves_pods_talking_and_teardown_puts_the_node_back() {
         before,
         "SIGTERM changed the data plane"
     );
-    assert!(ping_ok(&c, "node", N1, M1, 3), "no daemon: node → master pod");
-    assert!(ping_ok(&c, "master", M1, N1, 3), "no daemon: master → node pod");
+    assert!(
+        ping_ok(&c, "node", N1, M1, 3),
+        "no daemon: node → master pod"
+    );
+    assert!(
+        ping_ok(&c, "master", M1, N1, 3),
+        "no daemon: master → node pod"
+    );
     assert!(ping_ok(&c, "node", N1, N2, 3), "no daemon: same node");
 
     // A restart in between: the record of what was found survives it.
@@ -252,8 +258,16 @@ fn sigterm_leaves_pods_talking_and_teardown_puts_the_node_back() {
         );
         assert!(!pin.exists(), "{} still exists", pin.display());
     }
-    assert_eq!(route_lines(&c, "node"), found, "the CNI's routes are not back");
-    let fwd = c.node("node").ns.sh("sysctl -n net.ipv4.ip_forward").unwrap();
+    assert_eq!(
+        route_lines(&c, "node"),
+        found,
+        "the CNI's routes are not back"
+    );
+    let fwd = c
+        .node("node")
+        .ns
+        .sh("sysctl -n net.ipv4.ip_forward")
+        .unwrap();
     assert_eq!(fwd.trim(), "0", "ip_forward");
     // A teardown with nothing left to remove is not an error.
     c.teardown("node").unwrap();
@@ -1247,7 +1261,10 @@ fn restarts_and_kill_9_lose_no_packet_and_keep_the_counters() {
                 let now = stats(&c, "node");
                 for (k, v) in &last {
                     if now.get(k).is_none_or(|n| n.0 < v.0) {
-                        problems.push(format!("restart {i}: {k:?} went from {v:?} to {:?}", now.get(k)));
+                        problems.push(format!(
+                            "restart {i}: {k:?} went from {v:?} to {:?}",
+                            now.get(k)
+                        ));
                     }
                 }
                 last = now;
@@ -1317,7 +1334,10 @@ fn start_stop_cycles_leak_no_kernel_object_and_no_fd() {
     let mut c = running("d-cycles", 1);
     let pin = c.bpffs.join("node");
     let first = objects(&pin);
-    assert_eq!(first.pinned_maps.len(), dataplane_common::map_names::ALL.len());
+    assert_eq!(
+        first.pinned_maps.len(),
+        dataplane_common::map_names::ALL.len()
+    );
     // Four programs (one per hook), whatever the kernel's attachment kind.
     assert_eq!(first.programs, 4, "{first:?}");
     let fds = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
@@ -1330,7 +1350,10 @@ fn start_stop_cycles_leak_no_kernel_object_and_no_fd() {
         assert_eq!(now, fds, "cycle {i}: open files");
     }
     for dev in ["eth0", "calin0000000"] {
-        assert_eq!(attached(&c.node("node").ns, dev, TcAttachType::Ingress).len(), 1);
+        assert_eq!(
+            attached(&c.node("node").ns, dev, TcAttachType::Ingress).len(),
+            1
+        );
     }
     assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
 }
@@ -1406,7 +1429,10 @@ fn node_settings_change_across_restarts_without_a_gap() {
         "{}",
         seen[3]
     );
-    assert!(ns.ifindex("ipipd0").is_err(), "the old tunnel device is left");
+    assert!(
+        ns.ifindex("ipipd0").is_err(),
+        "the old tunnel device is left"
+    );
     assert_eq!(lost, Vec::<String>::new(), "pings lost\n{}", c.logs());
     assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
 }
@@ -1451,3 +1477,59 @@ fn a_layout_upgrade_rebuilds_the_maps_without_losing_a_packet() {
     );
 }
 
+/// The upgrade from release v0.1.0 (built from its commit) to this tree's ipipd, under the same
+/// traffic as the restarts: v0.1.0 tears its data plane down on SIGTERM, so it is stopped with
+/// SIGKILL (an orchestrator's forced stop); the new daemon adopts the maps (the layout is the
+/// same) and moves every attachment onto its programs. The pings lost are reported; none is
+/// expected.
+#[test]
+fn an_upgrade_from_v0_1_0_under_traffic_loses_no_packet() {
+    if !require_root() {
+        return;
+    }
+    let Some(old) = ipipd_tests::v0_1_0_binary() else {
+        return;
+    };
+    let mut c = Cluster::new("d-upgrade", &seed_nodes(1)).unwrap();
+    for n in ["master", "node"] {
+        c.start_daemon_binary(n, None, Duration::from_secs(60), &old)
+            .unwrap();
+    }
+    assert!(ping_ok(&c, "node", N1, M1, 2), "v0.1.0\n{}", c.logs());
+    let before = stats(&c, "node");
+    let (r, there, back) = pinging_while(&mut c, |c| -> anyhow::Result<()> {
+        for n in ["node", "master"] {
+            c.kill_daemon(n)?;
+            c.restart_daemon(n)?;
+        }
+        Ok(())
+    });
+    r.unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    eprintln!(
+        "upgrade v0.1.0 → this tree, both nodes: {} of {} pings lost there, {} of {} back",
+        there.lost(),
+        there.sent,
+        back.lost(),
+        back.sent
+    );
+    for n in ["master", "node"] {
+        let log = c.node(n).daemon.as_ref().unwrap().log_text();
+        assert!(log.contains("adopting the data plane"), "{n}: {log}");
+    }
+    // v0.1.0's counters go on counting in the adopted maps.
+    let after = stats(&c, "node");
+    for (k, v) in &before {
+        assert!(
+            after.get(k).is_some_and(|a| a.0 >= v.0),
+            "{k:?}: {v:?} → {:?}",
+            after.get(k)
+        );
+    }
+    assert_eq!(
+        (there.lost(), back.lost()),
+        (0, 0),
+        "pings lost across the upgrade\n{}",
+        c.logs()
+    );
+    assert!(ping_ok(&c, "master", M1, N1, 2), "{}", c.logs());
+}

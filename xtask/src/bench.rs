@@ -75,6 +75,8 @@ pub enum Part {
     Testrun,
     /// The control plane at scale.
     Scale,
+    /// Pod traffic across daemon restarts and a layout upgrade (1 kHz ping).
+    Restart,
 }
 
 /// Whether the running kernel has the ipip module loaded (setup D).
@@ -350,7 +352,135 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     } else {
         Value::Null
     };
-    Ok(report(plan, &runs, testrun, scale))
+    let restart = if plan.runs(Part::Restart) {
+        eprintln!("xtask bench: a 1 kHz ping across 10 restarts and a layout upgrade");
+        restart()?
+    } else {
+        Value::Null
+    };
+    let mut r = report(plan, &runs, testrun, scale);
+    r["restart"] = restart;
+    Ok(r)
+}
+
+/// What a 1 kHz ping (`-i 0.001`: as fast as ping goes, about that) saw while `during` ran:
+/// the replies that never came (the `icmp_seq`s missing below the last one answered: the tail
+/// is in flight when ping is stopped) and the longest time between two replies (`-D`
+/// timestamps), in ms.
+fn ping_1khz<T>(
+    from: &NetNs,
+    to: Ipv4Addr,
+    during: impl FnOnce() -> Result<T>,
+) -> Result<(T, Value)> {
+    use std::io::Read as _;
+    let mut child = Command::new("ip")
+        .args([
+            "netns", "exec", &from.name, "ping", "-n", "-D", "-i", "0.001", "-W", "1",
+        ])
+        .args(["-c", "600000", "-w", "600"])
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting ping")?;
+    // Read as it comes: a full pipe would stop ping.
+    let mut stdout = child.stdout.take().context("ping's stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let r = during();
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait()?;
+    let out = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("ping reader panicked"))??;
+    let replies: BTreeMap<u64, f64> = out
+        .lines()
+        .filter_map(|l| {
+            let ts = l
+                .strip_prefix('[')?
+                .split(']')
+                .next()?
+                .parse::<f64>()
+                .ok()?;
+            let seq = l
+                .split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((seq, ts))
+        })
+        .collect();
+    let last = replies.keys().next_back().copied().unwrap_or(0);
+    let lost = (1..=last).filter(|s| !replies.contains_key(s)).count();
+    let mut times: Vec<f64> = replies.values().copied().collect();
+    times.sort_by(f64::total_cmp);
+    let longest = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+    let span = times.last().zip(times.first()).map_or(0.0, |(l, f)| l - f);
+    Ok((
+        r?,
+        json!({
+            "sent": last,
+            "lost": lost,
+            "longest_gap_ms": longest * 1e3,
+            "rate_per_s": if span > 0.0 { times.len() as f64 / span } else { 0.0 },
+            "during_s": took.as_secs_f64(),
+        }),
+    ))
+}
+
+/// Pod traffic across the node's daemon being restarted (SIGTERM, start) ten times, then across
+/// a layout upgrade (the map pins renamed to an older layout while no daemon runs, as an older
+/// build's would be): a 1 kHz ping from a pod of the node to a pod of the other node.
+fn restart() -> Result<Value> {
+    let mut c = Cluster::new("brs", &seed_nodes(1))?;
+    c.start_daemon("master", None)?;
+    c.start_daemon("node", None)?;
+    let from = c.node("node").pods[0].ns.view();
+    let to = c.node("master").pods[0].spec.address;
+    let mut took = Vec::new();
+    let (_, restarts) = ping_1khz(&from, to, || {
+        for _ in 0..10 {
+            let t = Instant::now();
+            c.stop_daemon("node")?;
+            c.restart_daemon("node")?;
+            took.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    })?;
+    let pin = c.bpffs.join("node");
+    let version = format!("_v{}", dataplane_common::LAYOUT_VERSION);
+    let older = format!("_v{}", dataplane_common::LAYOUT_VERSION - 1);
+    let (_, upgrade) = ping_1khz(&from, to, || {
+        c.stop_daemon("node")?;
+        for name in dataplane_common::map_names::ALL {
+            std::fs::rename(pin.join(name), pin.join(name.replace(&version, &older)))?;
+        }
+        c.restart_daemon("node")
+    })?;
+    let log = c
+        .node("node")
+        .daemon
+        .as_ref()
+        .map(|d| d.log_text())
+        .unwrap_or_default();
+    if !log.contains("upgrading the data plane") {
+        bail!("the upgrade did not rebuild the maps:\n{log}");
+    }
+    Ok(json!({
+        "restarts": took.len(),
+        "restart_ms": sj(stat(took)),
+        "during_restarts": restarts,
+        "during_upgrade": upgrade,
+    }))
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -1358,6 +1488,28 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             sc["endpoints"],
             sc["create_veths_s"].as_f64().unwrap_or(0.0),
             sc["endpoint_add_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    if plan.runs(Part::Restart) {
+        let rs = &r["restart"];
+        let row = |what: &str, v: &Value| {
+            format!(
+                "| {what} | {:.1} s | {} at {:.0}/s | {} | {:.1} ms |\n",
+                v["during_s"].as_f64().unwrap_or(0.0),
+                v["sent"],
+                v["rate_per_s"].as_f64().unwrap_or(0.0),
+                v["lost"],
+                v["longest_gap_ms"].as_f64().unwrap_or(0.0),
+            )
+        };
+        s += &format!(
+            "\nRestart: a 1 kHz ping from a pod of the node to a pod of the other node (each restart, SIGTERM to ready: {} ms). The longest gap is the longest time between two replies.\n\n| during | for | pings | lost | longest gap |\n|---|---|---|---|---|\n{}{}",
+            f(&rs["restart_ms"], 0),
+            row(
+                &format!("{} restarts", rs["restarts"]),
+                &rs["during_restarts"]
+            ),
+            row("one layout upgrade", &rs["during_upgrade"]),
         );
     }
     s += &format!(

@@ -348,6 +348,35 @@ fn cargo() -> Command {
 /// embedded by dataplane-user's build.rs, and the bench's floors, by ipipd-bench's).
 const EBPF_CRATES: [&str; 2] = ["dataplane-ebpf", "ipipd-bench-floors"];
 
+/// Release v0.1.0, the data plane before the hitless lifecycle, named by its commit (a tag may
+/// not travel with a clone): the upgrade test starts from it.
+pub const V0_1_0: &str = "2ac99f6465b2baa2c9f3ba99a41126df030bf861";
+
+/// Builds ipipd v0.1.0 from its commit, in a git worktree under target/v0.1.0 with its own
+/// target directory (its lock file, its build); cargo makes a second call a no-op.
+pub fn build_v0_1_0() -> Result<PathBuf> {
+    let root = workspace_root();
+    let dir = root.join("target/v0.1.0");
+    let src = dir.join("src");
+    if !src.join("Cargo.toml").is_file() {
+        let _ = Command::new("git")
+            .current_dir(&root)
+            .args(["worktree", "prune"])
+            .status();
+        run(Command::new("git")
+            .current_dir(&root)
+            .args(["worktree", "add", "--detach", "--force"])
+            .arg(&src)
+            .arg(V0_1_0))?;
+    }
+    run(cargo()
+        .current_dir(&src)
+        .args(["build", "--release", "--locked", "-p", "dataplane-user"])
+        .arg("--target-dir")
+        .arg(dir.join("target")))?;
+    Ok(dir.join("target/release/ipipd"))
+}
+
 /// Builds ipipd (release), the product alone.
 fn build() -> Result<()> {
     run(cargo().args([
@@ -411,10 +440,12 @@ fn lint() -> Result<()> {
 
 fn test(test_args: &[String]) -> Result<()> {
     let _ = std::fs::remove_file(workspace_root().join(FUZZ_REPORT));
-    // The end-to-end tests run the ipipd binary itself.
+    // The end-to-end tests run the ipipd binary itself, and the upgrade test v0.1.0's.
     build()?;
+    let old = build_v0_1_0()?;
     // Release: the same object as the shipped binary, and the e2e traffic runs at speed.
     let mut cmd = cargo();
+    cmd.env("IPIPD_V010_BIN", old);
     // The eBPF crates only build for the BPF target: their programs are tested through the
     // objects.
     host_crates(cmd.args(["test", "--release", "--locked"])).arg("--no-fail-fast");

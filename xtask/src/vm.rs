@@ -111,6 +111,10 @@ pub const REDUCED: CaseList = &[
             "sigterm_leaves_pods_talking_and_teardown_puts_the_node_back",
             "kill_9_then_restart_leaves_no_stale_state",
             "a_removed_pin_directory_is_put_back",
+            "restarts_and_kill_9_lose_no_packet_and_keep_the_counters",
+            "start_stop_cycles_leak_no_kernel_object_and_no_fd",
+            "an_upgrade_from_v0_1_0_under_traffic_loses_no_packet",
+            "a_layout_upgrade_rebuilds_the_maps_without_losing_a_packet",
         ],
     ),
 ];
@@ -146,6 +150,11 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
     let commands = match &opts.job {
         Job::Tests { args, list } => {
             let bins = test_binaries()?;
+            add_binary(
+                &mut ar,
+                &format!("{VM_DIR}/ipipd-v0.1.0"),
+                &crate::build_v0_1_0()?,
+            )?;
             ar.host_tree(
                 &format!("{VM_DIR}/bpf-fixtures"),
                 &root.join("bpf-fixtures"),
@@ -606,7 +615,7 @@ ip link set lo up
         kernel.release
     ));
     s.push_str(&format!(
-        "export IPIPD_BIN={VM_DIR}/ipipd IPIPD_FIXTURES={VM_DIR}/bpf-fixtures\ncd /tmp\nstatus=0\n"
+        "export IPIPD_BIN={VM_DIR}/ipipd IPIPD_V010_BIN={VM_DIR}/ipipd-v0.1.0 IPIPD_FIXTURES={VM_DIR}/bpf-fixtures\ncd /tmp\nstatus=0\n"
     ));
     for c in commands {
         let line: Vec<String> = c.iter().map(|a| quote(a)).collect();
