@@ -63,7 +63,17 @@ pub mod program_names {
     pub const FROM_UPLINK: &str = "from_uplink";
     pub const TO_TUNNEL: &str = "to_tunnel";
     pub const XDP_UPLINK: &str = "xdp_uplink";
-    pub const ALL: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_TUNNEL, XDP_UPLINK];
+    /// xdp_uplink for `xdp = "generic"`: the same program without multi-buffer support. The
+    /// kernel copies a packet for a multi-buffer program in generic mode and the copy loses its
+    /// MAC header length, so tc then sees the packet without its Ethernet header; a program
+    /// without frags gets the packet linearized in place instead.
+    pub const XDP_UPLINK_SKB: &str = "xdp_uplink_skb";
+    pub const ALL: [&str; 5] = [FROM_POD, FROM_UPLINK, TO_TUNNEL, XDP_UPLINK, XDP_UPLINK_SKB];
+
+    /// Whether the program is one of the XDP ones.
+    pub fn is_xdp(name: &str) -> bool {
+        name == XDP_UPLINK || name == XDP_UPLINK_SKB
+    }
 }
 
 /// Capacities of the maps.

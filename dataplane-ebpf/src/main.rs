@@ -5,7 +5,7 @@
 //! | `from_pod`    | tc ingress, each pod's host veth | `<pod>/32 dev cali…`, `<block> via … tunl0`, proxy ARP, the blackhole |
 //! | `from_uplink` | tc ingress, the uplink           | `tunl0` receive, `<pod>/32 dev cali…`      |
 //! | `to_tunnel`   | tc egress, the tunnel device     | `tunl0` itself: `<block> via … dev tunl0` for host-originated and slow-path packets |
-//! | `xdp_uplink`  | XDP, the uplink (optional)       | an early drop of tunnel traffic from non-peers |
+//! | `xdp_uplink`  | XDP, the uplink (optional)       | an early drop of tunnel traffic from non-peers (`xdp_uplink_skb` in generic mode) |
 //!
 //! Each hook lives in its own module and reads parse → decide → act.
 #![no_std]
@@ -47,6 +47,13 @@ pub fn to_tunnel(ctx: TcContext) -> i32 {
 /// outer headers. Reads only the linear head; from_uplink keeps every check.
 #[xdp(frags)]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
+    xdp_uplink::run(&ctx)
+}
+
+/// xdp_uplink for generic (skb) mode: the same, without multi-buffer support (see
+/// `program_names::XDP_UPLINK_SKB`).
+#[xdp]
+pub fn xdp_uplink_skb(ctx: XdpContext) -> u32 {
     xdp_uplink::run(&ctx)
 }
 

@@ -400,7 +400,7 @@ impl Dataplane {
                 self.attachments.detach(key);
             }
         }
-        self.attachments.swap_adopted(&mut self.ebpf);
+        self.attachments.swap_adopted(&mut self.ebpf, self.xdp);
         for (link, hook) in &want {
             self.attachments
                 .attach(&mut self.ebpf, link, *hook, self.xdp)?;

@@ -98,12 +98,13 @@ pub struct Attachments {
     adopted: BTreeSet<(u32, u8)>,
 }
 
-/// The program each hook runs.
-fn program_of(hook: Hook) -> &'static str {
+/// The program each hook runs (the uplink's XDP: by its mode).
+fn program_of(hook: Hook, xdp: CfgXdp) -> &'static str {
     match hook {
         Hook::FromPod => program_names::FROM_POD,
         Hook::FromUplink => program_names::FROM_UPLINK,
         Hook::ToTunnel => program_names::TO_TUNNEL,
+        Hook::XdpUplink if xdp == CfgXdp::Generic => program_names::XDP_UPLINK_SKB,
         Hook::XdpUplink => program_names::XDP_UPLINK,
     }
 }
@@ -188,16 +189,17 @@ impl Attachments {
 
     /// Puts this run's programs on every adopted attachment, in place. One that cannot be
     /// updated (its interface went while no daemon ran) is removed: the reconcile attaches
-    /// afresh where one is wanted. Returns how many were swapped.
-    pub fn swap_adopted(&mut self, ebpf: &mut Ebpf) -> usize {
+    /// afresh where one is wanted. `xdp` is the XDP mode (which program the uplink's XDP link
+    /// runs). Returns how many were swapped.
+    pub fn swap_adopted(&mut self, ebpf: &mut Ebpf, xdp: CfgXdp) -> usize {
         let mut swapped = 0;
         for key in std::mem::take(&mut self.adopted) {
             let Some(hook) = Hook::from_u8(key.1) else {
                 continue;
             };
             let r = match self.map.get(&key) {
-                Some(Attachment::Pinned(pin)) => swap_pinned(ebpf, hook, pin),
-                Some(Attachment::Filter(rec)) => swap_filter(ebpf, hook, rec),
+                Some(Attachment::Pinned(pin)) => swap_pinned(ebpf, program_of(hook, xdp), pin),
+                Some(Attachment::Filter(rec)) => swap_filter(ebpf, program_of(hook, xdp), rec),
                 None => continue,
             };
             match r {
@@ -232,7 +234,7 @@ impl Attachments {
     }
 
     fn tc(&mut self, ebpf: &mut Ebpf, link: &Link, hook: Hook) -> Result<()> {
-        let prog = program_of(hook);
+        let prog = program_of(hook, CfgXdp::Off);
         let at = attach_type_of(hook);
         if !self.tcx {
             // Netlink needs the clsact qdisc; "exists" is fine.
@@ -280,9 +282,10 @@ impl Attachments {
 
     /// Attaches xdp_uplink to `link`: a pinned bpf_link.
     fn xdp(&mut self, ebpf: &mut Ebpf, link: &Link, mode: CfgXdp) -> Result<()> {
+        let prog = program_of(Hook::XdpUplink, mode);
         let p: &mut Xdp = ebpf
-            .program_mut(program_names::XDP_UPLINK)
-            .ok_or_else(|| anyhow!("no xdp program"))?
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("no program {prog}"))?
             .try_into()?;
         let m = if mode == CfgXdp::Native {
             XdpMode::Driver
@@ -291,7 +294,7 @@ impl Attachments {
         };
         let id = p
             .attach(&link.name, m)
-            .with_context(|| format!("attaching xdp_uplink to {}", link.name))?;
+            .with_context(|| format!("attaching {prog} to {}", link.name))?;
         let l = p.take_link(id)?;
         // aya attaches XDP with a bpf_link on every kernel that can load xdp_uplink (it needs
         // xdp.frags, 5.18; XDP links came in 5.9).
@@ -303,7 +306,7 @@ impl Attachments {
             .with_context(|| format!("pinning xdp_uplink's link at {}", pin.display()))?;
         self.map
             .insert((link.index, Hook::XdpUplink as u8), Attachment::Pinned(pin));
-        log::info!("attached xdp_uplink to {} ({mode:?})", link.name);
+        log::info!("attached {prog} to {} ({mode:?})", link.name);
         Ok(())
     }
 
@@ -367,16 +370,15 @@ fn ifindex_of(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
-/// `BPF_LINK_UPDATE` of the pinned link at `pin` to this run's program for `hook`.
-fn swap_pinned(ebpf: &mut Ebpf, hook: Hook, pin: &Path) -> Result<()> {
+/// `BPF_LINK_UPDATE` of the pinned link at `pin` to this run's program `prog`.
+fn swap_pinned(ebpf: &mut Ebpf, prog: &str, pin: &Path) -> Result<()> {
     let link: FdLink = PinnedLink::from_pin(pin)
         .with_context(|| format!("opening {}", pin.display()))?
         .into();
-    let prog = program_of(hook);
     let p = ebpf
         .program_mut(prog)
         .ok_or_else(|| anyhow!("no program {prog}"))?;
-    if hook == Hook::XdpUplink {
+    if program_names::is_xdp(prog) {
         let p: &mut Xdp = p.try_into()?;
         let l = XdpLink::try_from(link).map_err(|e| anyhow!("not an XDP link: {e}"))?;
         let id = p.attach_to_link(l).context("updating the XDP link")?;
@@ -391,12 +393,12 @@ fn swap_pinned(ebpf: &mut Ebpf, hook: Hook, pin: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the recorded cls_bpf filter's program in place (same handle and priority).
-fn swap_filter(ebpf: &mut Ebpf, hook: Hook, rec: &FilterRecord) -> Result<()> {
+/// Replaces the recorded cls_bpf filter's program with `prog` in place (same handle and
+/// priority).
+fn swap_filter(ebpf: &mut Ebpf, prog: &str, rec: &FilterRecord) -> Result<()> {
     let link = rec
         .link()
         .ok_or_else(|| anyhow!("{} is gone", rec.ifname))?;
-    let prog = program_of(hook);
     let p: &mut SchedClassifier = ebpf
         .program_mut(prog)
         .ok_or_else(|| anyhow!("no program {prog}"))?

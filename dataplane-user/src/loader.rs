@@ -56,7 +56,7 @@ fn load_one(ebpf: &mut Ebpf, name: &'static str) -> Result<LoadedProgram> {
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("the object has no program {name}"))?;
-    let info = if name == program_names::XDP_UPLINK {
+    let info = if program_names::is_xdp(name) {
         let p: &mut Xdp = prog.try_into()?;
         p.load().map_err(|e| verifier_error(name, e))?;
         p.info()?

@@ -34,6 +34,11 @@ impl Dataplane {
                     }
                 }
                 log::info!("tunnel device {name} (#{}) adopted", t.index);
+                if self.record.tunnel.is_none() {
+                    // Left by a run before the record (v0.1.0): ipipd's all the same.
+                    self.record.tunnel = Some(name.clone());
+                    self.record.save(&self.state_dir)?;
+                }
                 (t, p)
             }
             (None, None) => {

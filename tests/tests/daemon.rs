@@ -10,6 +10,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use dataplane_common::program_names;
 use ipipd_tests::{
     NetNs, check,
     cluster::{Cluster, PodSpec, seed_nodes},
@@ -1338,8 +1339,8 @@ fn start_stop_cycles_leak_no_kernel_object_and_no_fd() {
         first.pinned_maps.len(),
         dataplane_common::map_names::ALL.len()
     );
-    // Four programs (one per hook), whatever the kernel's attachment kind.
-    assert_eq!(first.programs, 4, "{first:?}");
+    // The object's programs, whatever the kernel's attachment kind.
+    assert_eq!(first.programs, program_names::ALL.len(), "{first:?}");
     let fds = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
     for i in 0..cycles {
         let status = c.stop_daemon("node").unwrap();
@@ -1379,7 +1380,7 @@ fn pinging_while<T>(c: &mut Cluster, during: impl FnOnce(&mut Cluster) -> T) -> 
 }
 
 /// `[node]` changes take effect on a restart, without a gap in pod traffic: the MTU (the tunnel
-/// device adopted and set to the new MTU, not recreated), native XDP on and off, and another tunnel
+/// device adopted and set to the new MTU, not recreated), generic then native XDP, then off, and another tunnel
 /// device name (the new device made, the old one removed).
 #[test]
 fn node_settings_change_across_restarts_without_a_gap() {
@@ -1398,6 +1399,7 @@ fn node_settings_change_across_restarts_without_a_gap() {
     };
     let steps = [
         ("mtu = 1400", "link show dev ipipd0"),
+        ("mtu = 1400\nxdp = \"generic\"", "link show dev eth0"),
         ("mtu = 1400\nxdp = \"native\"", "link show dev eth0"),
         ("mtu = 1400", "link show dev eth0"),
         ("mtu = 1400\ntunnel = \"ipipd1\"", "route show proto 180"),
@@ -1422,12 +1424,17 @@ fn node_settings_change_across_restarts_without_a_gap() {
         Some(()),
         "the renamed tunnel device"
     );
-    assert!(seen[1].contains("xdp"), "XDP on: {}", seen[1]);
-    assert!(!seen[2].contains("xdp"), "XDP off: {}", seen[2]);
+    assert!(seen[1].contains("xdpgeneric"), "generic XDP on: {}", seen[1]);
     assert!(
-        seen[3].contains("192.168.179.0/26 dev ipipd1") && !seen[3].contains("ipipd0"),
+        seen[2].contains("xdp") && !seen[2].contains("xdpgeneric"),
+        "native XDP on: {}",
+        seen[2]
+    );
+    assert!(!seen[3].contains("xdp"), "XDP off: {}", seen[3]);
+    assert!(
+        seen[4].contains("192.168.179.0/26 dev ipipd1") && !seen[4].contains("ipipd0"),
         "{}",
-        seen[3]
+        seen[4]
     );
     assert!(
         ns.ifindex("ipipd0").is_err(),
@@ -1468,7 +1475,7 @@ fn a_layout_upgrade_rebuilds_the_maps_without_losing_a_packet() {
         .filter(|n| n.contains(&older) || n == "previous")
         .collect();
     assert_eq!(left, Vec::<String>::new(), "old pins left");
-    assert_eq!(objects(&pin).programs, 4);
+    assert_eq!(objects(&pin).programs, program_names::ALL.len());
     assert_eq!(
         (there.lost(), back.lost()),
         (0, 0),

@@ -1134,6 +1134,15 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     if !eps.contains("192.168.83.140") {
         bail!("the endpoint added at runtime is not in the map: {eps}");
     }
+    // A restart at that size: SIGTERM, then a start that adopts everything.
+    let limit = NoFileLimit::set_soft(1024)?;
+    let t = Instant::now();
+    c.stop_daemon("node")?;
+    let cfg_text = std::fs::read_to_string(c.dir.join("node/ipipd.toml"))?;
+    let restarted = c.start_daemon_within("node", Some(cfg_text), Duration::from_secs(900));
+    let restart_s = t.elapsed().as_secs_f64();
+    drop(limit);
+    restarted?;
     drop(c);
     eprintln!(
         "xtask bench: encap path cost with {} more remote blocks",
@@ -1150,6 +1159,7 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         "nofile_soft_limit": 1024,
         "daemon_fds": daemon_fds,
         "endpoint_add_s": add_s,
+        "restart_to_ready_s": restart_s,
         "testrun_at_scale": big,
     }))
 }
@@ -1479,7 +1489,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         let sc = &r["scale"];
         s += &tr(&sc["testrun_at_scale"], "The same at scale");
         s += &format!(
-            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s, under a soft limit of {} open files (the daemon then held {} fds; their {} veths took {:.2} s to create); one endpoint add took effect in {:.3} s (CLI round trip, then in the map).\n",
+            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s, under a soft limit of {} open files (the daemon then held {} fds; their {} veths took {:.2} s to create); one endpoint add took effect in {:.3} s (CLI round trip, then in the map); a restart (SIGTERM, then a start that adopts it all) was ready in {:.2} s.\n",
             sc["blocks"],
             sc["endpoints"],
             sc["startup_to_ready_s"].as_f64().unwrap_or(0.0),
@@ -1488,6 +1498,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             sc["endpoints"],
             sc["create_veths_s"].as_f64().unwrap_or(0.0),
             sc["endpoint_add_s"].as_f64().unwrap_or(0.0),
+            sc["restart_to_ready_s"].as_f64().unwrap_or(0.0),
         );
     }
     if plan.runs(Part::Restart) {
