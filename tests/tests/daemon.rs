@@ -1424,7 +1424,11 @@ fn node_settings_change_across_restarts_without_a_gap() {
         Some(()),
         "the renamed tunnel device"
     );
-    assert!(seen[1].contains("xdpgeneric"), "generic XDP on: {}", seen[1]);
+    assert!(
+        seen[1].contains("xdpgeneric"),
+        "generic XDP on: {}",
+        seen[1]
+    );
     assert!(
         seen[2].contains("xdp") && !seen[2].contains("xdpgeneric"),
         "native XDP on: {}",

@@ -105,7 +105,10 @@ pub fn run(ipipd: &Path) -> Result<()> {
     section("restarting ipipd on node under a 100/s ping from node's pod to master's");
     let from = c.node("node").pod(pairs[0].1).ns.view();
     let pinger = std::thread::spawn(move || {
-        from.sh(&format!("ping -n -q -c 300 -i 0.01 -W 1 {} || true", pairs[0].2))
+        from.sh(&format!(
+            "ping -n -q -c 300 -i 0.01 -W 1 {} || true",
+            pairs[0].2
+        ))
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     for i in 1..=3 {
@@ -113,7 +116,12 @@ pub fn run(ipipd: &Path) -> Result<()> {
         c.stop_daemon("node")?;
         c.restart_daemon("node")?;
         let took = t.elapsed().as_millis();
-        let log = c.node("node").daemon.as_ref().map(|d| d.log_text()).unwrap_or_default();
+        let log = c
+            .node("node")
+            .daemon
+            .as_ref()
+            .map(|d| d.log_text())
+            .unwrap_or_default();
         let how = log
             .lines()
             .find(|l| l.contains("the data plane in"))
@@ -148,7 +156,10 @@ pub fn run(ipipd: &Path) -> Result<()> {
         .unwrap_or("no reply")
         .to_string();
     failed += usize::from(!summary.contains(" 0% packet loss"));
-    println!("  {} -> {} with no daemon: {summary}", pairs[0].1, pairs[0].2);
+    println!(
+        "  {} -> {} with no daemon: {summary}",
+        pairs[0].1, pairs[0].2
+    );
 
     section("ipipd teardown on each node: nothing of ipipd's is left");
     for name in ["master", "node"] {
@@ -157,9 +168,17 @@ pub fn run(ipipd: &Path) -> Result<()> {
         let tunnel = c.node(name).ns.ip("link show dev ipipd0").is_ok();
         println!(
             "  {name:<7} routes proto 180: {}, tunnel device: {}, pins: {}",
-            if routes.trim().is_empty() { "none" } else { "LEFT" },
+            if routes.trim().is_empty() {
+                "none"
+            } else {
+                "LEFT"
+            },
             if tunnel { "LEFT" } else { "gone" },
-            if c.bpffs.join(name).exists() { "LEFT" } else { "gone" }
+            if c.bpffs.join(name).exists() {
+                "LEFT"
+            } else {
+                "gone"
+            }
         );
     }
     drop(c);
