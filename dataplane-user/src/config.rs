@@ -117,6 +117,13 @@ pub struct EndpointCfg {
     /// The pod side's MAC; found through the veth when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<[u8; 6]>,
+    /// `namespace/name` of the pod, when its CNI ADD said (shown by `ipipd endpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The container runtime's attachment that created it (CNI ADD); DEL and GC find it by
+    /// this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<crate::ipam::Attachment>,
 }
 
 /// The node section.
@@ -585,6 +592,8 @@ impl Config {
                 address,
                 interface: e.interface.get_ref().clone(),
                 mac,
+                pod: None,
+                attachment: None,
             });
         }
         Ok(Config {

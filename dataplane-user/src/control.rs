@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 
-use crate::desired::Change;
+use crate::{
+    config::Ipv4Net,
+    desired::Change,
+    ipam::{Allocation, Attachment},
+};
 
 /// The socket's file name in the state directory.
 pub const SOCKET: &str = "ipipd.sock";
@@ -29,6 +33,82 @@ pub enum Request {
     Change(Change),
     /// `ipipd monitor`: the programs emit decisions while this connection stays open.
     Monitor { drops_only: bool },
+    /// The node as the CNI plugin needs it ([`Answer::Node`]).
+    Node,
+    /// An address from the node's blocks for an attachment ([`Answer::Address`]); the one it
+    /// holds when it has one.
+    Allocate {
+        owner: Attachment,
+        #[serde(default)]
+        pod: Option<String>,
+    },
+    /// Forget an attachment: its endpoint goes, its address is released
+    /// ([`Answer::Detached`]). Nothing to forget is not an error (CNI DEL is idempotent).
+    Detach { owner: Attachment },
+    /// What the daemon has for an attachment ([`Answer::Attachment`]; CNI CHECK).
+    Lookup { owner: Attachment },
+    /// CNI GC: every runtime attachment not in `valid` is detached ([`Answer::Collected`]).
+    Gc { valid: Vec<Attachment> },
+}
+
+/// The node, for the CNI plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ready: bool,
+    #[serde(default)]
+    pub waiting_for: String,
+    /// The pods' MTU: the tunnel's (the node's MTU less the outer header's 20 bytes).
+    pub pod_mtu: u32,
+    pub blocks: Vec<Ipv4Net>,
+    /// Addresses the allocator can still hand out.
+    pub free: usize,
+}
+
+/// An endpoint as the daemon holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointState {
+    pub address: std::net::Ipv4Addr,
+    pub interface: String,
+    /// Attached and in the maps (not waiting for its interface).
+    pub live: bool,
+}
+
+/// What the daemon has for an attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    pub allocated: Option<std::net::Ipv4Addr>,
+    pub endpoint: Option<EndpointState>,
+}
+
+/// A reply's content, by request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Node(NodeInfo),
+    Address(std::net::Ipv4Addr),
+    /// An endpoint added: whether it is live at once.
+    Endpoint { live: bool },
+    Detached {
+        released: Option<std::net::Ipv4Addr>,
+        endpoint: Option<std::net::Ipv4Addr>,
+    },
+    Attachment(AttachmentInfo),
+    Collected {
+        released: Vec<Allocation>,
+        /// The attachments whose endpoints went (their veths are the plugin's to delete).
+        endpoints: Vec<Attachment>,
+    },
+}
+
+/// Why a request was refused, where a client acts on the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The node's blocks have no free address.
+    NoAddress,
+    /// The daemon is not ready (still starting, or stopping).
+    NotReady,
 }
 
 /// The answer to a request.
@@ -37,6 +117,10 @@ pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
 }
 
 impl Reply {
@@ -44,12 +128,28 @@ impl Reply {
         Reply {
             ok: true,
             error: String::new(),
+            reason: None,
+            answer: None,
+        }
+    }
+    pub fn answer(a: Answer) -> Self {
+        Reply {
+            answer: Some(a),
+            ..Reply::ok()
         }
     }
     pub fn error(e: impl std::fmt::Display) -> Self {
         Reply {
             ok: false,
             error: e.to_string(),
+            reason: None,
+            answer: None,
+        }
+    }
+    pub fn refused(reason: Reason, e: impl std::fmt::Display) -> Self {
+        Reply {
+            reason: Some(reason),
+            ..Reply::error(e)
         }
     }
 }
@@ -82,8 +182,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(state_dir: &Path) -> Result<Self> {
-        let path = socket_path(state_dir);
-        let stream = UnixStream::connect(&path)
+        Self::connect_to(&socket_path(state_dir)).await
+    }
+
+    pub async fn connect_to(path: &Path) -> Result<Self> {
+        let stream = UnixStream::connect(path)
             .await
             .with_context(|| format!("connecting to {} (is ipipd running?)", path.display()))?;
         Ok(Client {
@@ -91,20 +194,24 @@ impl Client {
         })
     }
 
-    /// Sends a request and waits for its reply; an error reply is an error.
-    pub async fn call(&mut self, req: &Request) -> Result<()> {
+    /// Sends a request and waits for its reply, whatever it says.
+    pub async fn ask(&mut self, req: &Request) -> Result<Reply> {
         self.framed.send(serde_json::to_string(req)?).await?;
         let line = self
             .framed
             .next()
             .await
             .ok_or_else(|| anyhow!("the daemon closed the connection without a reply"))??;
-        let reply: Reply =
-            serde_json::from_str(&line).with_context(|| format!("bad reply {line:?}"))?;
+        serde_json::from_str(&line).with_context(|| format!("bad reply {line:?}"))
+    }
+
+    /// Sends a request and waits for its reply; an error reply is an error.
+    pub async fn call(&mut self, req: &Request) -> Result<Option<Answer>> {
+        let reply = self.ask(req).await?;
         if !reply.ok {
             bail!("{}", reply.error);
         }
-        Ok(())
+        Ok(reply.answer)
     }
 
     /// Resolves when the daemon closes the connection (a monitor's end).
@@ -114,7 +221,7 @@ impl Client {
 }
 
 /// Sends one change to a running daemon and returns its answer.
-pub async fn request(state_dir: &Path, change: Change) -> Result<()> {
+pub async fn request(state_dir: &Path, change: Change) -> Result<Option<Answer>> {
     Client::connect(state_dir)
         .await?
         .call(&Request::Change(change))
@@ -149,6 +256,8 @@ mod tests {
                 address: "192.168.83.131".parse().unwrap(),
                 interface: "cali65bda6d8589".into(),
                 mac: Some([2, 0, 0, 0, 0, 1]),
+                pod: Some("shop/web-0".into()),
+                attachment: Some(Attachment::new("c0ffee", "eth0")),
             })),
             Request::Change(Change::EndpointDel {
                 address: "192.168.83.131".parse().unwrap(),
@@ -161,6 +270,20 @@ mod tests {
                 address: "172.31.242.158".parse().unwrap(),
             }),
             Request::Monitor { drops_only: true },
+            Request::Node,
+            Request::Allocate {
+                owner: Attachment::new("c0ffee", "eth0"),
+                pod: None,
+            },
+            Request::Detach {
+                owner: Attachment::new("c0ffee", "eth0"),
+            },
+            Request::Lookup {
+                owner: Attachment::new("c0ffee", "eth0"),
+            },
+            Request::Gc {
+                valid: vec![Attachment::new("c0ffee", "eth0")],
+            },
         ];
         let mut wire = BytesMut::new();
         let mut c = codec();

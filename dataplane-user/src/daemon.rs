@@ -12,7 +12,7 @@
 //! publishes after every change.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -34,9 +34,12 @@ use tokio_util::codec::Framed;
 use crate::{
     apply::Dataplane,
     config::Config,
-    control::{self, Reply, Request},
+    control::{
+        self, Answer, AttachmentInfo, EndpointState, NodeInfo, Reason, Reply, Request,
+    },
     desired::{Change, RuntimeChanges},
     inspect,
+    ipam::{self, Ipam},
     metrics::{Attachment, Health},
     netlink::{self, Event},
 };
@@ -56,7 +59,8 @@ pub fn default_state_dir(name: &str) -> PathBuf {
 
 /// What the control socket's connection tasks ask of the owner.
 enum Command {
-    Change(Change, oneshot::Sender<Reply>),
+    /// A change, or one of the CNI plugin's requests.
+    Request(Request, oneshot::Sender<Reply>),
     /// A monitor client connected; its id comes back.
     MonitorStart {
         drops_only: bool,
@@ -74,6 +78,8 @@ struct Owner {
     /// Recomputed only when the file or the runtime changes do.
     desired: Config,
     dp: Dataplane,
+    /// The addresses handed out from the node's blocks (CNI ADD, `endpoint add`).
+    ipam: Ipam,
     health: watch::Sender<Health>,
     /// Connected `ipipd monitor` clients, and whether each wants drops only.
     monitors: BTreeMap<u64, bool>,
@@ -152,6 +158,7 @@ pub async fn run(
             state_dir.display()
         )
     })?;
+    let ipam = Ipam::load(state_dir)?;
     let dp = Dataplane::start(&desired, state_dir).await?;
     log::info!(
         "node {} up: uplink {} (mtu {}), {} endpoints live, {} pending, {} peers",
@@ -168,6 +175,7 @@ pub async fn run(
         runtime,
         desired,
         dp,
+        ipam,
         health,
         monitors: BTreeMap::new(),
         next_monitor: 0,
@@ -403,11 +411,8 @@ impl Owner {
 
     async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Change(change, reply) => {
-                let r = match self.change(&change).await {
-                    Ok(()) => Reply::ok(),
-                    Err(e) => Reply::error(format!("{e:#}")),
-                };
+            Command::Request(req, reply) => {
+                let r = self.request(req).await;
                 let _ = reply.send(r);
             }
             Command::MonitorStart { drops_only, id } => {
@@ -424,6 +429,49 @@ impl Owner {
         }
     }
 
+    /// A control request (not a monitor's): its reply.
+    async fn request(&mut self, req: Request) -> Reply {
+        let r = match req {
+            Request::Change(change) => self.change_request(change).await,
+            Request::Node => Ok(Reply::answer(Answer::Node(self.node_info()))),
+            Request::Allocate { owner, pod } => return self.allocate(&owner, pod),
+            Request::Detach { owner } => self.detach(&owner).await,
+            Request::Lookup { owner } => Ok(Reply::answer(Answer::Attachment(self.lookup(&owner)))),
+            Request::Gc { valid } => self.gc(valid).await,
+            Request::Monitor { .. } => Ok(Reply::error("monitor is not a change")),
+        };
+        r.unwrap_or_else(|e| Reply::error(format!("{e:#}")))
+    }
+
+    /// A change; an added endpoint's reply says whether it is live.
+    async fn change_request(&mut self, change: Change) -> Result<Reply> {
+        if let Change::EndpointAdd(ep) = &change
+            && let Some(holder) = self.ipam.holder(ep.address)
+            && Some(&holder.owner) != ep.attachment.as_ref()
+        {
+            anyhow::bail!(
+                "{} is allocated to {}: delete that first",
+                ep.address,
+                holder.owner
+            );
+        }
+        self.change(&change).await?;
+        match change {
+            Change::EndpointAdd(ep) => Ok(Reply::answer(Answer::Endpoint {
+                live: !self.dp.plan.pending.contains_key(&ep.address),
+            })),
+            Change::EndpointDel { address } => {
+                // An address `endpoint add` allocated goes with its endpoint.
+                if let Some(owner) = self.ipam.release_address_if(address, |o| !o.is_cli()) {
+                    self.ipam.save(&self.dp.state_dir)?;
+                    log::info!("released {address} ({owner})");
+                }
+                Ok(Reply::ok())
+            }
+            _ => Ok(Reply::ok()),
+        }
+    }
+
     /// A runtime change: validated whole with the file, applied, then persisted.
     async fn change(&mut self, change: &Change) -> Result<()> {
         let rt = self.runtime.with(&self.file, change)?;
@@ -431,6 +479,146 @@ impl Owner {
         self.runtime.save(&self.dp.state_dir)?;
         log::info!("applied {change:?}");
         Ok(())
+    }
+
+    /// Addresses of the desired endpoints not allocated to `except`: not to be handed out.
+    fn in_use(&self, except: Option<&ipam::Attachment>) -> BTreeSet<std::net::Ipv4Addr> {
+        self.desired
+            .endpoints
+            .iter()
+            .filter(|e| except.is_none() || e.attachment.as_ref() != except)
+            .map(|e| e.address)
+            .collect()
+    }
+
+    fn node_info(&self) -> NodeInfo {
+        let h = self.health.borrow();
+        let taken: BTreeSet<_> = self
+            .ipam
+            .allocations
+            .iter()
+            .map(|a| a.address)
+            .chain(self.in_use(None))
+            .collect();
+        let free = self
+            .desired
+            .blocks
+            .iter()
+            .flat_map(ipam::usable)
+            .filter(|a| !taken.contains(a))
+            .count();
+        NodeInfo {
+            name: self.file.node.name.clone(),
+            ready: h.ready,
+            waiting_for: h.waiting_for.clone(),
+            pod_mtu: self.dp.mtu - 20,
+            blocks: self.desired.blocks.clone(),
+            free,
+        }
+    }
+
+    fn allocate(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
+        let before = self.ipam.clone();
+        let in_use = self.in_use(Some(owner));
+        match self
+            .ipam
+            .allocate(owner, pod, &self.desired.blocks, &in_use)
+        {
+            Ok(address) => {
+                if self.ipam != before {
+                    if let Err(e) = self.ipam.save(&self.dp.state_dir) {
+                        // Not saved, not handed out.
+                        self.ipam = before;
+                        return Reply::error(format!("{e:#}"));
+                    }
+                    log::info!("allocated {address} to {owner}");
+                }
+                Reply::answer(Answer::Address(address))
+            }
+            Err(e) => Reply::refused(Reason::NoAddress, e),
+        }
+    }
+
+    /// The runtime endpoints of these attachments removed in one change; their addresses.
+    async fn remove_endpoints(
+        &mut self,
+        of: impl Fn(&ipam::Attachment) -> bool,
+    ) -> Result<Vec<(ipam::Attachment, std::net::Ipv4Addr)>> {
+        let gone: Vec<(ipam::Attachment, std::net::Ipv4Addr)> = self
+            .desired
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                e.attachment
+                    .as_ref()
+                    .filter(|a| of(a))
+                    .map(|a| (a.clone(), e.address))
+            })
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let mut rt = self.runtime.clone();
+        for (_, address) in &gone {
+            rt = rt.with(&self.file, &Change::EndpointDel { address: *address })?;
+        }
+        self.adopt(self.file.clone(), rt).await?;
+        self.runtime.save(&self.dp.state_dir)?;
+        for (a, address) in &gone {
+            log::info!("removed endpoint {address} of {a}");
+        }
+        Ok(gone)
+    }
+
+    /// CNI DEL: the attachment's endpoint removed, then its address released.
+    async fn detach(&mut self, owner: &ipam::Attachment) -> Result<Reply> {
+        let gone = self.remove_endpoints(|a| a == owner).await?;
+        let released = self.ipam.release(owner);
+        if let Some(a) = released {
+            self.ipam.save(&self.dp.state_dir)?;
+            log::info!("released {a} ({owner})");
+        }
+        Ok(Reply::answer(Answer::Detached {
+            released,
+            endpoint: gone.first().map(|(_, a)| *a),
+        }))
+    }
+
+    fn lookup(&self, owner: &ipam::Attachment) -> AttachmentInfo {
+        let endpoint = self
+            .desired
+            .endpoints
+            .iter()
+            .find(|e| e.attachment.as_ref() == Some(owner))
+            .map(|e| EndpointState {
+                address: e.address,
+                interface: e.interface.clone(),
+                live: !self.dp.plan.pending.contains_key(&e.address),
+            });
+        AttachmentInfo {
+            allocated: self.ipam.of(owner).map(|a| a.address),
+            endpoint,
+        }
+    }
+
+    /// CNI GC: the runtime's attachments not in `valid` are forgotten (`endpoint add`'s are
+    /// not the runtime's).
+    async fn gc(&mut self, valid: Vec<ipam::Attachment>) -> Result<Reply> {
+        let valid: BTreeSet<ipam::Attachment> = valid.into_iter().collect();
+        let gone = self
+            .remove_endpoints(|a| !a.is_cli() && !valid.contains(a))
+            .await?;
+        let released = self.ipam.collect(&valid);
+        if !released.is_empty() {
+            self.ipam.save(&self.dp.state_dir)?;
+        }
+        for r in &released {
+            log::info!("GC: released {} ({})", r.address, r.owner);
+        }
+        Ok(Reply::answer(Answer::Collected {
+            released,
+            endpoints: gone.into_iter().map(|(a, _)| a).collect(),
+        }))
     }
 
     /// The programs' monitor mode for the connected clients: all decisions if one wants them.
@@ -536,13 +724,18 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
         Err(e) => {
             let _ = f.send(reply(Reply::error(e))).await;
         }
-        Ok(Request::Change(change)) => {
+        Ok(req @ (Request::Change(_)
+        | Request::Node
+        | Request::Allocate { .. }
+        | Request::Detach { .. }
+        | Request::Lookup { .. }
+        | Request::Gc { .. })) => {
             let (rtx, rrx) = oneshot::channel();
-            let r = match tx.send(Command::Change(change, rtx)).await {
+            let r = match tx.send(Command::Request(req, rtx)).await {
                 Ok(()) => rrx
                     .await
-                    .unwrap_or_else(|_| Reply::error("the daemon is stopping")),
-                Err(_) => Reply::error("the daemon is stopping"),
+                    .unwrap_or_else(|_| Reply::refused(Reason::NotReady, "the daemon is stopping")),
+                Err(_) => Reply::refused(Reason::NotReady, "the daemon is stopping"),
             };
             let _ = f.send(reply(r)).await;
         }

@@ -193,6 +193,8 @@ mod tests {
 
     fn ep(address: &str, interface: &str) -> EndpointCfg {
         EndpointCfg {
+            pod: None,
+            attachment: None,
             address: a(address),
             interface: interface.into(),
             mac: None,

@@ -56,9 +56,14 @@ pub struct RouteRow {
 #[derive(Debug, Serialize)]
 pub struct EndpointRow {
     pub ifindex: u32,
+    /// The host-side veth's name (`#<ifindex>` when it is gone).
+    pub interface: String,
     pub address: Ipv4Addr,
     pub pod_mac: String,
     pub host_mac: String,
+    /// `namespace/name` of the pod, from its CNI ADD (known when the state directory is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,6 +145,8 @@ pub fn endpoints(pin_dir: &Path) -> Result<Vec<EndpointRow>> {
         let (i, ep) = e?;
         rows.push(EndpointRow {
             ifindex: i,
+            interface: ifname(i),
+            pod: None,
             address: Ipv4Addr::from(ep.pod_ip),
             pod_mac: fmt_mac(&ep.pod_mac),
             host_mac: fmt_mac(&ep.host_mac),

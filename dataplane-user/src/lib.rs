@@ -6,15 +6,18 @@
 //!
 //! Around it: [`daemon`] (tokio: the owner task, signals, events, the [`control`] socket),
 //! [`metrics`] (hyper), [`netlink`] (rtnetlink), [`loader`] and [`pins`] (the object and
-//! bpffs), [`maps`] (typed map access), [`inspect`] and [`monitor`] (the CLI's read side).
+//! bpffs), [`maps`] (typed map access), [`inspect`] and [`monitor`] (the CLI's read side),
+//! [`ipam`] (pod addresses from the node's blocks) and [`cni`] (the `ipipd-cni` plugin).
 
 pub mod apply;
 pub mod attach;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod desired;
 pub mod inspect;
+pub mod ipam;
 pub mod loader;
 pub mod lock;
 pub mod maps;

@@ -43,6 +43,8 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     /// `ip -d link`'s kind ("veth", …), None for a device without one (a physical NIC).
     pub kind: Option<String>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
 }
 
 /// An event of the kernel's that the daemon acts on.
@@ -212,6 +214,7 @@ pub fn parse_link(m: &LinkMessage) -> Link {
         link: None,
         link_netnsid: None,
         kind: None,
+        up: m.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
     };
     for a in &m.attributes {
         match a {
@@ -321,6 +324,11 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The rtnetlink handle, for requests this module has no wrapper for.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Every link in this namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
         // Each message is reduced to a Link as it arrives: a full LinkMessage (statistics and
@@ -400,7 +408,6 @@ impl Netlink {
         Ok(peer.and_then(|p| p.mac))
     }
 
-    /// The IPv4 subnets an interface's addresses lie in.
     /// Whether `addr` is assigned to an interface of this namespace (a route with it as its
     /// preferred source is refused while it is not).
     pub async fn has_address(&self, addr: Ipv4Addr) -> Result<bool> {
@@ -416,7 +423,18 @@ impl Netlink {
         Ok(!msgs.is_empty())
     }
 
+    /// The IPv4 subnets an interface's addresses lie in.
     pub async fn subnets(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        Ok(self
+            .subnets_exact(index)
+            .await?
+            .into_iter()
+            .map(|(a, l)| Ipv4Net::containing(a, l))
+            .collect())
+    }
+
+    /// An interface's IPv4 addresses with their prefix lengths.
+    pub async fn subnets_exact(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -442,7 +460,7 @@ impl Netlink {
                 }
             }
             if let Some(a) = addr {
-                out.push(Ipv4Net::containing(a, m.header.prefix_len));
+                out.push((a, m.header.prefix_len));
             }
         }
         Ok(out)

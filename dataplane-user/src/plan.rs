@@ -420,6 +420,7 @@ mac = "ee:ee:ee:ee:ee:02"
             link: None,
             link_netnsid: None,
             kind: Some("veth".into()),
+            up: true,
         }
     }
 

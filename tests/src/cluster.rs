@@ -145,6 +145,18 @@ pub fn ipipd_binary() -> Result<PathBuf> {
     )
 }
 
+/// The `ipipd-cni` plugin built next to ipipd.
+pub fn cni_binary() -> Result<PathBuf> {
+    let p = ipipd_binary()?.with_file_name("ipipd-cni");
+    if !p.is_file() {
+        bail!(
+            "no {} (build it: cargo build --release -p dataplane-user)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 impl Cluster {
     /// Builds the underlay and the nodes with their pods; no daemon yet.
     pub fn new(tag: &str, specs: &[NodeSpec]) -> Result<Cluster> {

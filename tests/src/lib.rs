@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub mod cluster;
+pub mod cni;
 pub mod counters;
 pub mod traffic;
 
@@ -100,6 +101,14 @@ impl NetNs {
         ns.sh("ip link set lo up; \
                sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
         Ok(ns)
+    }
+
+    /// A namespace someone else made and removes (`/run/netns/<name>`: a container's).
+    pub fn existing(name: &str) -> NetNs {
+        NetNs {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     /// A handle to the same namespace that does not remove it.

@@ -18,6 +18,12 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "iputils-ping",
     "traceroute",
+    // The CNI plugin's tests: a real container runtime (podman with its CNI backend, runc),
+    // the reference plugins (host-local, loopback) and a busybox root filesystem.
+    "podman",
+    "containernetworking-plugins",
+    "runc",
+    "busybox-static",
 ];
 
 pub fn all() -> Result<()> {

@@ -2,22 +2,25 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use dataplane_user::{
     config::{EndpointCfg, parse_mac},
-    control,
+    control::{self, Answer, Request},
     desired::Change,
+    ipam::Attachment,
 };
 
 use super::Node;
 
 #[derive(Subcommand)]
 pub enum EndpointCmd {
-    /// Add (or replace) a local pod: its address and its host-side veth.
+    /// Add (or replace) a local pod: its address and its host-side veth. Without --address
+    /// the daemon allocates one from the node's blocks (as for a CNI ADD) and it is printed;
+    /// `endpoint del` releases it.
     Add {
         #[arg(long)]
-        address: Ipv4Addr,
+        address: Option<Ipv4Addr>,
         #[arg(long)]
         interface: String,
         /// The pod side's MAC (found through the veth when absent).
@@ -47,17 +50,53 @@ impl EndpointCmd {
                 let mac = mac
                     .map(|m| parse_mac(&m).map_err(|e| anyhow!("--mac: {e}")))
                     .transpose()?;
-                let change = Change::EndpointAdd(EndpointCfg {
-                    address,
-                    interface,
-                    mac,
-                });
-                // The file's rules, before anything is sent (the daemon checks again).
-                change.check(node.config()?.as_ref().map(|c| &c.node))?;
-                control::request(&node.state_dir()?, change).await
+                let state_dir = node.state_dir()?;
+                let check = |address, attachment| -> Result<Change> {
+                    let change = Change::EndpointAdd(EndpointCfg {
+                        address,
+                        interface: interface.clone(),
+                        mac,
+                        pod: None,
+                        attachment,
+                    });
+                    // The file's rules, before anything is sent (the daemon checks again).
+                    change
+                        .check(node.config()?.as_ref().map(|c| &c.node))
+                        .map(|()| change)
+                };
+                let Some(address) = address else {
+                    // Checked with a stand-in address before one is taken.
+                    let owner = Attachment::cli(&interface);
+                    check(Ipv4Addr::new(10, 0, 0, 1), Some(owner.clone()))?;
+                    let mut c = control::Client::connect(&state_dir).await?;
+                    let address = match c
+                        .call(&Request::Allocate {
+                            owner: owner.clone(),
+                            pod: None,
+                        })
+                        .await?
+                    {
+                        Some(Answer::Address(a)) => a,
+                        other => bail!("the daemon gave no address: {other:?}"),
+                    };
+                    let change = check(address, Some(owner.clone()))?;
+                    if let Err(e) = control::request(&state_dir, change).await {
+                        // Nothing half-applied: the address goes back.
+                        let _ = control::Client::connect(&state_dir)
+                            .await?
+                            .call(&Request::Detach { owner })
+                            .await;
+                        return Err(e);
+                    }
+                    println!("{address}");
+                    return Ok(());
+                };
+                control::request(&state_dir, check(address, None)?).await?;
+                Ok(())
             }
             EndpointCmd::Del { address, node } => {
-                control::request(&node.state_dir()?, Change::EndpointDel { address }).await
+                control::request(&node.state_dir()?, Change::EndpointDel { address }).await?;
+                Ok(())
             }
         }
     }

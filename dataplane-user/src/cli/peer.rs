@@ -44,10 +44,10 @@ impl PeerCmd {
                 let change = Change::PeerAdd(Peer { address, blocks });
                 // The file's rules, before anything is sent (the daemon checks again).
                 change.check(node.config()?.as_ref().map(|c| &c.node))?;
-                control::request(&node.state_dir()?, change).await
+                control::request(&node.state_dir()?, change).await.map(drop)
             }
             PeerCmd::Del { address, node } => {
-                control::request(&node.state_dir()?, Change::PeerDel { address }).await
+                control::request(&node.state_dir()?, Change::PeerDel { address }).await.map(drop)
             }
         }
     }

@@ -1,0 +1,405 @@
+//! `ipipd-cni`, the CNI plugin: every command and error code invoked as the spec defines
+//! (environment + stdin), and containers of a real runtime (podman with its CNI backend) on
+//! two nodes running ipipd.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use ipipd_tests::{
+    NetNs,
+    cluster::{Cluster, NodeSpec, seed_nodes},
+    cni::{Outcome, Plugin, Podman},
+    counters::ping,
+    require_root,
+    traffic::tcp_stream,
+};
+use serde_json::{Value, json};
+
+/// The seed's two nodes, no pods, ipipd on both; `node`'s block is `node_block`.
+fn cluster(tag: &str, node_block: &str) -> Cluster {
+    let mut specs: Vec<NodeSpec> = seed_nodes(0);
+    specs[1].block = node_block.into();
+    let mut c = Cluster::new(tag, &specs).unwrap();
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
+    c
+}
+
+fn ping_ok(ns: &NetNs, to: Ipv4Addr) -> bool {
+    ping(ns, &format!("-c 2 -i 0.2 -W 2 {to}")).contains(" 2 received")
+}
+
+/// The node's IPAM file's allocations: (container, ifname, address).
+fn allocations(c: &Cluster, node: &str) -> Vec<(String, String, String)> {
+    let p = c.dir.join(node).join("state").join("ipam.json");
+    let Ok(t) = std::fs::read_to_string(&p) else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&t).unwrap();
+    v["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["container_id"].as_str().unwrap().to_string(),
+                a["ifname"].as_str().unwrap().to_string(),
+                a["address"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `ipipd endpoints -o json` of the node (its state directory gives the pods' names).
+fn endpoints(c: &Cluster, node: &str) -> Vec<Value> {
+    let out = c
+        .node(node)
+        .ipipd(&[
+            "endpoints",
+            "-o",
+            "json",
+            "--pin-dir",
+            &c.bpffs.join(node).to_string_lossy(),
+            "--state-dir",
+            &c.dir.join(node).join("state").to_string_lossy(),
+        ])
+        .unwrap();
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The node's links whose names start with `cali`.
+fn cali_links(c: &Cluster, node: &str) -> BTreeSet<String> {
+    c.node(node)
+        .ns
+        .ip("-o link show")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with("cali"))
+        .collect()
+}
+
+/// ipipd's routes (proto 180) on the node, one line each.
+fn ipipd_routes(c: &Cluster, node: &str) -> String {
+    c.node(node).ns.ip("route show proto 180").unwrap()
+}
+
+#[test]
+fn every_version_adds_checks_and_deletes_a_pod_that_talks() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("cni-ver", "192.168.83.128/26");
+    let node = Plugin::new(&c, "node").unwrap();
+    let master = Plugin::new(&c, "master").unwrap();
+
+    // VERSION lists the four versions.
+    let v = node.call("VERSION", "", None, "", &json!({"cniVersion": "1.1.0"}), &[]);
+    assert!(v.ok(), "{v}");
+    assert_eq!(
+        v.out["supportedVersions"],
+        json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+
+    // A pod on master to reach across the tunnel.
+    let far = NetNs::new("cni-ver-far").unwrap();
+    let m = master.call(
+        "ADD",
+        "far0",
+        Some(&far.name),
+        "eth0",
+        &master.conf("1.0.0"),
+        &[],
+    );
+    assert!(m.ok(), "{m}\n{}", c.logs());
+    let far_addr = m.address().unwrap();
+
+    let mut pods = Vec::new();
+    for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let ns = NetNs::new("cni-ver-p").unwrap();
+        let id = format!("ctr{i}");
+        let conf = node.conf(version);
+        let args = [("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")];
+        let r = node.call("ADD", &id, Some(&ns.name), "eth0", &conf, &args);
+        assert!(r.ok(), "ADD {version}: {r}\n{}", c.logs());
+        assert_eq!(r.out["cniVersion"], version);
+        let addr = r.address().unwrap();
+        // In the node's block 192.168.83.128/26, neither its first nor its last.
+        let [a, b, c3, d] = addr.octets();
+        assert!(
+            [a, b, c3] == [192, 168, 83] && (129..=190).contains(&d),
+            "{addr} outside the node's block or reserved"
+        );
+        // The format of the version asked for.
+        let old = version == "0.3.1" || version == "0.4.0";
+        assert_eq!(r.out["ips"][0]["version"] == "4", old, "{}", r.out);
+        assert_eq!(r.out["ips"][0]["interface"], 1);
+        assert_eq!(
+            r.out["interfaces"][1].get("mtu").is_some(),
+            version == "1.1.0"
+        );
+        assert_eq!(r.out["interfaces"][1]["name"], "eth0");
+        assert_eq!(
+            r.out["interfaces"][1]["sandbox"],
+            format!("/run/netns/{}", ns.name)
+        );
+        assert_eq!(r.out["routes"][1]["gw"], "169.254.1.1");
+        // The pod as Calico's: /32, the tunnel's MTU, the on-link gateway.
+        let pod_link = ns.ip("-o link show eth0").unwrap();
+        assert!(pod_link.contains("mtu 1480"), "{pod_link}");
+        assert!(
+            ns.ip("-o addr show eth0")
+                .unwrap()
+                .contains(&format!("{addr}/32")),
+        );
+        let routes = ns.ip("route").unwrap();
+        assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
+        assert!(
+            routes
+                .lines()
+                .any(|l| l.starts_with("169.254.1.1 dev eth0 ") && l.contains("scope link")),
+            "{routes}"
+        );
+        let mac = r.out["interfaces"][1]["mac"].as_str().unwrap().to_string();
+        assert!(pod_link.contains(&mac), "{pod_link} vs {mac}");
+        // The node: the host veth, ipipd's /32 to it, the endpoint with its pod.
+        let host = r.host_veth().unwrap();
+        assert!(host.starts_with("cali") && host.len() == 15, "{host}");
+        assert!(
+            ipipd_routes(&c, "node").contains(&format!("{addr} dev {host}")),
+            "{}",
+            ipipd_routes(&c, "node")
+        );
+        let eps = endpoints(&c, "node");
+        let ep = eps
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} not in {eps:?}"));
+        assert_eq!(ep["pod"], "shop/web-0");
+        assert_eq!(ep["interface"], host);
+        // It talks: across the tunnel and to the pods before it on this node.
+        assert!(ping_ok(&ns, far_addr), "{addr} → {far_addr}\n{}", c.logs());
+        for (_, _, _, other) in &pods {
+            assert!(ping_ok(&ns, *other), "{addr} → {other}");
+        }
+        // CHECK (0.4.0 on) agrees; before 0.4.0 it is not a command.
+        let mut check_conf = conf.clone();
+        check_conf["prevResult"] = r.out.clone();
+        let ch = node.call("CHECK", &id, Some(&ns.name), "eth0", &check_conf, &[]);
+        if old && version == "0.3.1" {
+            assert_eq!(ch.error_code(), Some(1), "{ch}");
+        } else {
+            assert!(ch.ok(), "CHECK {version}: {ch}");
+        }
+        pods.push((ns, id, check_conf, addr));
+    }
+
+    // CHECK finds what was broken.
+    let (ns, id, conf, _) = &pods[3];
+    ns.ip("route del default").unwrap();
+    let ch = node.call("CHECK", id, Some(&ns.name), "eth0", conf, &[]);
+    assert_eq!(ch.error_code(), Some(104), "{ch}");
+    assert!(ch.out["msg"].as_str().unwrap().contains("default route"), "{ch}");
+
+    // DEL, twice: the pod is gone from the node each time; the second finds nothing to do.
+    let before = cali_links(&c, "node").len();
+    for (ns, id, conf, addr) in &pods {
+        for round in 0..2 {
+            let d = node.call("DEL", id, Some(&ns.name), "eth0", conf, &[]);
+            assert!(d.ok(), "DEL {round}: {d}");
+            assert_eq!(d.out, Value::Null);
+        }
+        assert!(!ipipd_routes(&c, "node").contains(&format!("{addr} ")));
+        assert!(
+            !endpoints(&c, "node")
+                .iter()
+                .any(|e| e["address"] == addr.to_string())
+        );
+        assert!(ns.ip("-o link show eth0").is_err(), "eth0 still in the pod");
+    }
+    assert_eq!(cali_links(&c, "node").len(), before - pods.len());
+    assert!(allocations(&c, "node").is_empty(), "{:?}", allocations(&c, "node"));
+}
+
+#[test]
+fn bad_input_gets_the_specs_error_codes_and_a_failed_add_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let mut c = cluster("cni-err", "192.168.83.128/29");
+    let node = Plugin::new(&c, "node").unwrap();
+    let conf = node.conf("1.0.0");
+    let pod = NetNs::new("cni-err-p").unwrap();
+
+    // 4: the environment, naming what is missing.
+    let e = node.call("ADD", "", Some(&pod.name), "eth0", &conf, &[]);
+    assert_eq!(e.error_code(), Some(4), "{e}");
+    assert!(e.out["msg"].as_str().unwrap().contains("CNI_CONTAINERID"), "{e}");
+    let e = node.call("ADD", "x1", None, "eth0", &conf, &[]);
+    assert_eq!(e.error_code(), Some(4), "{e}");
+    assert!(e.out["msg"].as_str().unwrap().contains("CNI_NETNS"), "{e}");
+    let e = node.call(
+        "ADD",
+        "x1",
+        Some("ipipd-no-such-netns"),
+        "eth0",
+        &conf,
+        &[],
+    );
+    assert_eq!(e.error_code(), Some(4), "{e}");
+    // 6: stdin is not JSON; 7: a key is wrong; 1: a version not spoken.
+    let env = |cmd: &str| -> Vec<(String, String)> {
+        vec![
+            ("CNI_COMMAND".into(), cmd.into()),
+            ("CNI_CONTAINERID".into(), "x1".into()),
+            ("CNI_NETNS".into(), format!("/run/netns/{}", pod.name)),
+            ("CNI_IFNAME".into(), "eth0".into()),
+        ]
+    };
+    let e = node.raw(&env("ADD"), b"{not json");
+    assert_eq!(e.error_code(), Some(6), "{e}");
+    let mut bad = conf.clone();
+    bad["socket"] = json!("relative/ipipd.sock");
+    assert_eq!(node.raw(&env("ADD"), bad.to_string().as_bytes()).error_code(), Some(7));
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("0.2.0");
+    let e = node.raw(&env("ADD"), old.to_string().as_bytes());
+    assert_eq!(e.error_code(), Some(1), "{e}");
+    // STATUS and GC are 1.1.0's.
+    let e = node.call("STATUS", "", None, "", &conf, &[]);
+    assert_eq!(e.error_code(), Some(1), "{e}");
+    assert!(allocations(&c, "node").is_empty());
+
+    // A full block: a /29 has 6 addresses to hand out (first and last reserved).
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let ns = NetNs::new("cni-err-f").unwrap();
+        let r = node.call("ADD", &format!("f{i}"), Some(&ns.name), "eth0", &conf, &[]);
+        assert!(r.ok(), "{r}\n{}", c.logs());
+        held.push((ns, r.address().unwrap()));
+    }
+    let addrs: BTreeSet<Ipv4Addr> = held.iter().map(|h| h.1).collect();
+    assert_eq!(addrs.len(), 6);
+    assert!(!addrs.contains(&"192.168.83.128".parse().unwrap()));
+    assert!(!addrs.contains(&"192.168.83.135".parse().unwrap()));
+    let links = cali_links(&c, "node");
+    let full = node.call("ADD", "f6", Some(&pod.name), "eth0", &conf, &[]);
+    assert_eq!(full.error_code(), Some(101), "{full}");
+    assert!(full.out["msg"].as_str().unwrap().contains("no free address"), "{full}");
+    let status = node.call("STATUS", "", None, "", &node.conf("1.1.0"), &[]);
+    assert_eq!(status.error_code(), Some(50), "{status}");
+    assert_eq!(cali_links(&c, "node"), links, "a failed ADD left a veth");
+    assert_eq!(allocations(&c, "node").len(), 6);
+    assert!(pod.ip("-o link show eth0").is_err());
+
+    // CNI_IFNAME taken in the pod: an error, and nothing of this attachment is left.
+    let d = node.call("DEL", "f5", Some(&held[5].0.name), "eth0", &conf, &[]);
+    assert!(d.ok(), "{d}");
+    let dup = node.call("ADD", "dup", Some(&held[0].0.name), "eth0", &conf, &[]);
+    assert_eq!(dup.error_code(), Some(102), "{dup}");
+    assert_eq!(allocations(&c, "node").len(), 5);
+    assert!(ping_ok(&held[0].0, held[1].1), "the first pod was disturbed");
+
+    // The daemon down: ADD is "try again" (11) and leaves nothing; STATUS says 50; DEL
+    // removes the veth and asks to be retried (the address is the daemon's to release).
+    c.stop_daemon("node").unwrap();
+    let links = cali_links(&c, "node");
+    let down = node.call("ADD", "late", Some(&pod.name), "eth0", &conf, &[]);
+    assert_eq!(down.error_code(), Some(11), "{down}");
+    assert_eq!(cali_links(&c, "node"), links);
+    assert!(pod.ip("-o link show eth0").is_err());
+    let status = node.call("STATUS", "", None, "", &node.conf("1.1.0"), &[]);
+    assert_eq!(status.error_code(), Some(50), "{status}");
+    // The pods keep talking with no daemon (the data plane stays).
+    assert!(ping_ok(&held[0].0, held[1].1));
+    c.restart_daemon("node").unwrap();
+    assert_eq!(allocations(&c, "node").len(), 5);
+    let status = node.call("STATUS", "", None, "", &node.conf("1.1.0"), &[]);
+    assert!(status.ok(), "{status}");
+    let late = node.call("ADD", "late", Some(&pod.name), "eth0", &conf, &[]);
+    assert!(late.ok(), "{late}\n{}", c.logs());
+    assert!(ping_ok(&pod, held[0].1));
+    for (i, (ns, _)) in held.iter().enumerate().take(5) {
+        assert!(node.call("DEL", &format!("f{i}"), Some(&ns.name), "eth0", &conf, &[]).ok());
+    }
+    assert!(node.call("DEL", "late", Some(&pod.name), "eth0", &conf, &[]).ok());
+    assert!(allocations(&c, "node").is_empty());
+    assert!(endpoints(&c, "node").is_empty());
+}
+
+#[test]
+fn del_without_netns_gc_and_a_restart_between_add_and_del() {
+    if !require_root() {
+        return;
+    }
+    let mut c = cluster("cni-gc", "192.168.83.128/26");
+    let node = Plugin::new(&c, "node").unwrap();
+    let conf = node.conf("1.1.0");
+    let mut pods = Vec::new();
+    for id in ["a", "b", "c", "d"] {
+        let ns = NetNs::new("cni-gc-p").unwrap();
+        let r = node.call("ADD", id, Some(&ns.name), "eth0", &conf, &[]);
+        assert!(r.ok(), "{r}\n{}", c.logs());
+        pods.push((ns, id, r));
+    }
+    let before: Vec<_> = allocations(&c, "node");
+
+    // A restart between ADD and DEL loses no allocation, and CHECK still agrees.
+    c.stop_daemon("node").unwrap();
+    c.restart_daemon("node").unwrap();
+    assert_eq!(allocations(&c, "node"), before);
+    let mut check = conf.clone();
+    check["prevResult"] = pods[0].2.out.clone();
+    let ch = node.call("CHECK", "a", Some(&pods[0].0.name), "eth0", &check, &[]);
+    assert!(ch.ok(), "{ch}");
+
+    // DEL with the netns already gone and no CNI_NETNS, no prevResult.
+    let (ns_a, _, ra) = pods.remove(0);
+    drop(ns_a);
+    let d = node.call("DEL", "a", None, "eth0", &conf, &[]);
+    assert!(d.ok(), "{d}");
+    assert!(!cali_links(&c, "node").contains(&ra.host_veth().unwrap()));
+    assert!(!allocations(&c, "node").iter().any(|x| x.0 == "a"));
+
+    // GC with a partial list: b stays, c and d go (endpoint, route, veth, address).
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "b", "ifname": "eth0"}]);
+    let g = node.call("GC", "", None, "", &gc, &[]);
+    assert!(g.ok(), "{g}");
+    let left: Vec<String> = allocations(&c, "node").into_iter().map(|x| x.0).collect();
+    assert_eq!(left, ["b"]);
+    let eps = endpoints(&c, "node");
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(eps[0]["address"], pods[0].2.address().unwrap().to_string());
+    let links = cali_links(&c, "node");
+    assert_eq!(links, [pods[0].2.host_veth().unwrap()].into());
+    for (_, _, r) in &pods[1..] {
+        assert!(!ipipd_routes(&c, "node").contains(&format!("{} ", r.address().unwrap())));
+    }
+    // b still talks to master's node address through its gateway.
+    assert!(ping_ok(&pods[0].0, "172.31.242.156".parse().unwrap()));
+    // Delegated IPAM: the reference host-local, inside the node's block.
+    let pod = NetNs::new("cni-gc-hl").unwrap();
+    let mut hl = conf.clone();
+    hl["cniVersion"] = json!("1.0.0");
+    hl["ipam"] = json!({
+        "type": "host-local",
+        "dataDir": c.dir.join("host-local"),
+        "ranges": [[{"subnet": "192.168.83.128/26", "rangeStart": "192.168.83.180", "rangeEnd": "192.168.83.189"}]],
+    });
+    let r = node.call("ADD", "hl", Some(&pod.name), "eth0", &hl, &[]);
+    assert!(r.ok(), "{r}\n{}", c.logs());
+    let a = r.address().unwrap();
+    assert!((180..=189).contains(&a.octets()[3]), "{a}");
+    assert!(ping_ok(&pod, pods[0].2.address().unwrap()));
+    assert!(!allocations(&c, "node").iter().any(|x| x.0 == "hl"));
+    assert!(node.call("DEL", "hl", Some(&pod.name), "eth0", &hl, &[]).ok());
+    assert!(node.call("DEL", "hl", Some(&pod.name), "eth0", &hl, &[]).ok());
+    let hl_dir = c.dir.join("host-local").join("pods");
+    assert!(!hl_dir.join(a.to_string()).exists(), "host-local kept {a}");
+    assert_eq!(endpoints(&c, "node").len(), 1);
+}
