@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 use ipipd_tests::{
     NetNs,
     cluster::{Cluster, NodeSpec, seed_nodes},
-    cni::{Outcome, Plugin, Podman},
+    cni::{Plugin, Podman},
     counters::ping,
     require_root,
     traffic::tcp_stream,
@@ -402,4 +402,122 @@ fn del_without_netns_gc_and_a_restart_between_add_and_del() {
     let hl_dir = c.dir.join("host-local").join("pods");
     assert!(!hl_dir.join(a.to_string()).exists(), "host-local kept {a}");
     assert_eq!(endpoints(&c, "node").len(), 1);
+}
+
+/// The veth of a podman container on the node: the one whose endpoint has its address.
+fn veth_of(c: &Cluster, node: &str, addr: Ipv4Addr) -> String {
+    endpoints(c, node)
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .and_then(|e| e["interface"].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no endpoint {addr} on {node}"))
+}
+
+#[test]
+fn podman_containers_talk_across_nodes_and_rm_removes_them() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("cni-pm", "192.168.83.128/26");
+    let pm_master = Podman::new(&c, "master", "1.0.0").unwrap();
+    let pm_node = Podman::new(&c, "node", "1.0.0").unwrap();
+    let logs = || format!("{}\n{}\n{}", c.logs(), pm_node.plugin_log(), pm_master.plugin_log());
+    pm_master.run("m1").unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    pm_node.run("n1").unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    pm_node.run("n2").unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    let m1 = pm_master.address("m1").unwrap();
+    let (n1, n2) = (pm_node.address("n1").unwrap(), pm_node.address("n2").unwrap());
+    assert_eq!(m1.octets()[..3], [192, 168, 179], "{m1}");
+    assert_eq!(n1.octets()[..3], [192, 168, 83], "{n1}");
+    assert_ne!(n1, n2);
+    let (m1_ns, n1_ns) = (pm_master.netns("m1").unwrap(), pm_node.netns("n1").unwrap());
+    // Across the nodes, both ways, and on one node; busybox's ping inside the container too.
+    assert!(ping_ok(&n1_ns, m1), "n1 → m1\n{}", logs());
+    assert!(ping_ok(&m1_ns, n2), "m1 → n2\n{}", logs());
+    assert!(ping_ok(&n1_ns, n2), "n1 → n2\n{}", logs());
+    let inside = pm_node
+        .exec("n2", &format!("ping -c 2 -W 2 {m1}"))
+        .unwrap();
+    assert!(inside.contains("2 packets received"), "{inside}");
+    // TCP across the tunnel, intact.
+    let before = ipipd_tests::counters::stats(&c, "node");
+    let t = tcp_stream(
+        &m1_ns,
+        m1,
+        5201,
+        &n1_ns,
+        16 << 20,
+        Duration::ZERO,
+        &|| true,
+    )
+    .unwrap();
+    assert_eq!(t.sent, t.received, "{t:?}");
+    assert_eq!(t.sent.0, 16 << 20, "{t:?}");
+    // `ipipd stats` shows it on n1's veth; `ipipd endpoints` names the containers (podman
+    // passes K8S_POD_NAME).
+    let after = ipipd_tests::counters::stats(&c, "node");
+    let veth = veth_of(&c, "node", n1);
+    let encap = (veth.clone(), "from_pod".to_string(), "encap".to_string());
+    let sent = after.get(&encap).map_or(0, |a| a.1) - before.get(&encap).map_or(0, |b| b.1);
+    assert!(sent >= 16 << 20, "{sent} bytes encapsulated from {veth}: {after:?}");
+    let eps = endpoints(&c, "node");
+    let names: BTreeSet<&str> = eps.iter().filter_map(|e| e["pod"].as_str()).collect();
+    assert_eq!(names, ["n1", "n2"].into(), "{eps:?}");
+
+    // podman rm: the endpoint, the veth, the address and the route go.
+    pm_node.rm("n1").unwrap();
+    assert!(!cali_links(&c, "node").contains(&veth));
+    assert!(!ipipd_routes(&c, "node").contains(&format!("{n1} ")));
+    assert!(!endpoints(&c, "node").iter().any(|e| e["address"] == n1.to_string()));
+    let held: Vec<String> = allocations(&c, "node").into_iter().map(|a| a.2).collect();
+    assert_eq!(held, [n2.to_string()]);
+    assert!(ping_ok(&m1_ns, n2), "m1 → n2 after n1 went");
+}
+
+#[test]
+fn ten_parallel_podman_runs_then_create_remove_cycles_leak_nothing() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("cni-par", "192.168.83.128/26");
+    let pm = Podman::new(&c, "node", "1.0.0").unwrap();
+    let logs = || format!("{}\n{}", c.logs(), pm.plugin_log());
+    let master = &c.node("master").ns;
+    let fds = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
+    let links = cali_links(&c, "node");
+
+    // 10 at once: 10 distinct addresses, all reachable from the other node.
+    let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    std::thread::scope(|s| {
+        for n in &names {
+            let pm = &pm;
+            s.spawn(move || pm.run(n).unwrap_or_else(|e| panic!("{n}: {e:#}")));
+        }
+    });
+    let addrs: BTreeSet<Ipv4Addr> = names.iter().map(|n| pm.address(n).unwrap()).collect();
+    assert_eq!(addrs.len(), 10, "{addrs:?}\n{}", logs());
+    for a in &addrs {
+        assert!(ping_ok(master, *a), "master → {a}\n{}", logs());
+    }
+    assert_eq!(allocations(&c, "node").len(), 10);
+    for n in &names {
+        pm.rm(n).unwrap();
+    }
+
+    // Create/remove cycles (podman run --rm: ADD then DEL).
+    let cycles: usize = std::env::var("IPIPD_CNI_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for i in 0..cycles {
+        pm.run_once(&format!("cycle{i}"))
+            .unwrap_or_else(|e| panic!("cycle {i}: {e:#}\n{}", logs()));
+    }
+    assert_eq!(cali_links(&c, "node"), links, "veths left");
+    assert!(allocations(&c, "node").is_empty(), "{:?}", allocations(&c, "node"));
+    assert!(endpoints(&c, "node").is_empty(), "{:?}", endpoints(&c, "node"));
+    let routes = ipipd_routes(&c, "node");
+    assert!(!routes.contains(" dev cali"), "pod routes left: {routes}");
+    let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
+    assert_eq!(after, fds, "the daemon's fds grew");
 }
