@@ -37,6 +37,45 @@ pub struct Line {
     pub inner: Option<Flow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ethertype: Option<String>,
+    /// The pod behind the interface (`namespace/name`), when its CNI ADD named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// The pods' names by host-side interface, from the node's runtime changes; read again
+/// (at most once a second) when an interface not seen before shows up.
+struct Pods {
+    state_dir: std::path::PathBuf,
+    by_interface: std::collections::HashMap<String, Option<String>>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl Pods {
+    fn new(state_dir: &Path) -> Self {
+        Pods {
+            state_dir: state_dir.to_path_buf(),
+            by_interface: Default::default(),
+            read_at: None,
+        }
+    }
+
+    fn of(&mut self, interface: &str) -> Option<String> {
+        if let Some(p) = self.by_interface.get(interface) {
+            return p.clone();
+        }
+        if self
+            .read_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.read_at = Some(std::time::Instant::now());
+            if let Ok(rt) = crate::desired::RuntimeChanges::load(&self.state_dir) {
+                for e in rt.endpoints_added {
+                    self.by_interface.insert(e.interface, e.pod);
+                }
+            }
+        }
+        self.by_interface.get(interface).cloned().flatten()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +139,7 @@ fn line(ev: &Event) -> Line {
         inner: flow(&ev.inner),
         ethertype: (ev.ethertype != [0x08, 0x00])
             .then(|| format!("0x{:02x}{:02x}", ev.ethertype[0], ev.ethertype[1])),
+        pod: None,
     }
 }
 
@@ -127,6 +167,9 @@ fn text(l: &Line) -> String {
     }
     if let Some(e) = &l.ethertype {
         text += &format!(" ethertype {e}");
+    }
+    if let Some(p) = &l.pod {
+        text += &format!(" pod {p}");
     }
     text
 }
@@ -163,6 +206,7 @@ pub async fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()>
         );
     }
 
+    let mut pods = Pods::new(state_dir);
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut seen = 0u64;
     loop {
@@ -183,7 +227,8 @@ pub async fn run(state_dir: &Path, pin_dir: &Path, opts: &Options) -> Result<()>
             if !involves(&ev, opts.endpoint) {
                 continue;
             }
-            let l = line(&ev);
+            let mut l = line(&ev);
+            l.pod = pods.of(&l.interface);
             if opts.json {
                 writeln!(out, "{}", serde_json::to_string(&l)?)?;
             } else {

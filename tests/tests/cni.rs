@@ -464,6 +464,40 @@ fn podman_containers_talk_across_nodes_and_rm_removes_them() {
     let names: BTreeSet<&str> = eps.iter().filter_map(|e| e["pod"].as_str()).collect();
     assert_eq!(names, ["n1", "n2"].into(), "{eps:?}");
 
+    // `ipipd monitor` names the container behind the veth.
+    let n2_veth = veth_of(&c, "node", n2);
+    let mon = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.node("node").ns.name))
+        .arg(ipipd_tests::cluster::ipipd_binary().unwrap())
+        .args(["monitor", "-o", "json", "--count", "6", "--seconds", "30"])
+        .args(["--endpoint", &n2.to_string()])
+        .arg("--state-dir")
+        .arg(c.dir.join("node").join("state"))
+        .arg("--pin-dir")
+        .arg(c.bpffs.join("node"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mon = std::thread::scope(|s| {
+        let h = s.spawn(|| mon.wait_with_output().unwrap());
+        for _ in 0..60 {
+            if h.is_finished() {
+                break;
+            }
+            ping(&m1_ns, &format!("-c 1 -W 1 {n2}"));
+        }
+        h.join().unwrap()
+    });
+    let text = String::from_utf8_lossy(&mon.stdout);
+    assert!(
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| e["interface"] == n2_veth && e["pod"] == "n2"),
+        "no event of n2 on {n2_veth}: {text}{}",
+        String::from_utf8_lossy(&mon.stderr)
+    );
+
     // podman rm: the endpoint, the veth, the address and the route go.
     pm_node.rm("n1").unwrap();
     assert!(!cali_links(&c, "node").contains(&veth));
