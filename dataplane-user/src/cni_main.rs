@@ -37,7 +37,10 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => finish(
-            Err(CniError::new(code::IO, format!("starting the runtime: {e}"))),
+            Err(CniError::new(
+                code::IO,
+                format!("starting the runtime: {e}"),
+            )),
             &version,
         ),
     };
@@ -80,7 +83,10 @@ fn init_log(conf: &NetConf) {
     b.filter_level(log::LevelFilter::Info)
         .parse_env(env_logger::Env::new().filter("IPIPD_CNI_LOG"));
     if let Some(p) = &conf.log_file
-        && let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(p)
+        && let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
     {
         b.target(env_logger::Target::Pipe(Box::new(f)));
     }

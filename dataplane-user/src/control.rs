@@ -88,7 +88,9 @@ pub enum Answer {
     Node(NodeInfo),
     Address(std::net::Ipv4Addr),
     /// An endpoint added: whether it is live at once.
-    Endpoint { live: bool },
+    Endpoint {
+        live: bool,
+    },
     Detached {
         released: Option<std::net::Ipv4Addr>,
         endpoint: Option<std::net::Ipv4Addr>,

@@ -34,9 +34,7 @@ use tokio_util::codec::Framed;
 use crate::{
     apply::Dataplane,
     config::Config,
-    control::{
-        self, Answer, AttachmentInfo, EndpointState, NodeInfo, Reason, Reply, Request,
-    },
+    control::{self, Answer, AttachmentInfo, EndpointState, NodeInfo, Reason, Reply, Request},
     desired::{Change, RuntimeChanges},
     inspect,
     ipam::{self, Ipam},
@@ -724,12 +722,14 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
         Err(e) => {
             let _ = f.send(reply(Reply::error(e))).await;
         }
-        Ok(req @ (Request::Change(_)
-        | Request::Node
-        | Request::Allocate { .. }
-        | Request::Detach { .. }
-        | Request::Lookup { .. }
-        | Request::Gc { .. })) => {
+        Ok(
+            req @ (Request::Change(_)
+            | Request::Node
+            | Request::Allocate { .. }
+            | Request::Detach { .. }
+            | Request::Lookup { .. }
+            | Request::Gc { .. }),
+        ) => {
             let (rtx, rrx) = oneshot::channel();
             let r = match tx.send(Command::Request(req, rtx)).await {
                 Ok(()) => rrx

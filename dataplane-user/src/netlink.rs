@@ -214,7 +214,10 @@ pub fn parse_link(m: &LinkMessage) -> Link {
         link: None,
         link_netnsid: None,
         kind: None,
-        up: m.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
+        up: m
+            .header
+            .flags
+            .contains(netlink_packet_route::link::LinkFlags::Up),
     };
     for a in &m.attributes {
         match a {

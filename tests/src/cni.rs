@@ -62,7 +62,11 @@ impl Outcome {
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {} stdout {} stderr {}", self.code, self.out, self.stderr)
+        write!(
+            f,
+            "exit {} stdout {} stderr {}",
+            self.code, self.out, self.stderr
+        )
     }
 }
 
@@ -136,30 +140,31 @@ impl Plugin {
 
     /// An invocation with exactly this environment and stdin.
     pub fn raw(&self, env: &[(String, String)], stdin: &[u8]) -> Outcome {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.node_ns))
-            .arg(&self.bin)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        // Spawned from a thread inside the node's namespace: the plugin starts there, as it
+        // would from a runtime on the node.
+        let node = NetNs::existing(&self.node_ns);
+        let out = node
+            .enter(|| -> std::io::Result<std::process::Output> {
+                let mut child = Command::new(&self.bin)
+                    .env_clear()
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                child.stdin.take().expect("piped").write_all(stdin)?;
+                child.wait_with_output()
+            })
+            .expect("entering the node's namespace")
             .expect("running ipipd-cni");
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(stdin)
-            .expect("writing the plugin's stdin");
-        let out = child.wait_with_output().expect("waiting for ipipd-cni");
         let text = String::from_utf8_lossy(&out.stdout);
         Outcome {
             code: out.status.code().unwrap_or(-1),
             out: if text.trim().is_empty() {
                 Value::Null
             } else {
-                serde_json::from_str(&text).unwrap_or_else(|e| json!({"unparsable": e.to_string(), "text": text}))
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|e| json!({"unparsable": e.to_string(), "text": text}))
             },
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
@@ -182,7 +187,9 @@ pub const NETWORK: &str = "ipipd";
 impl Podman {
     pub fn new(c: &Cluster, node: &str, cni_version: &str) -> Result<Podman> {
         if which("podman").is_none() {
-            bail!("podman is missing: install podman, runc, containernetworking-plugins (cargo xtask setup)");
+            bail!(
+                "podman is missing: install podman, runc, containernetworking-plugins (cargo xtask setup)"
+            );
         }
         let dir = c.dir.join(format!("podman-{node}"));
         for d in ["net.d", "tmp", "root", "runroot"] {
@@ -311,13 +318,17 @@ impl Podman {
             &format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}"),
             name,
         ])?;
-        a.parse()
-            .with_context(|| format!("{name}'s address {a:?}"))
+        a.parse().with_context(|| format!("{name}'s address {a:?}"))
     }
 
     /// The container's network namespace (podman's `/run/netns/netns-…`), not ours to remove.
     pub fn netns(&self, name: &str) -> Result<NetNs> {
-        let key = self.podman(&["inspect", "--format", "{{.NetworkSettings.SandboxKey}}", name])?;
+        let key = self.podman(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+            name,
+        ])?;
         let n = Path::new(&key)
             .file_name()
             .with_context(|| format!("{name}'s sandbox key {key:?}"))?;

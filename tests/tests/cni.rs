@@ -98,7 +98,14 @@ fn every_version_adds_checks_and_deletes_a_pod_that_talks() {
     let master = Plugin::new(&c, "master").unwrap();
 
     // VERSION lists the four versions.
-    let v = node.call("VERSION", "", None, "", &json!({"cniVersion": "1.1.0"}), &[]);
+    let v = node.call(
+        "VERSION",
+        "",
+        None,
+        "",
+        &json!({"cniVersion": "1.1.0"}),
+        &[],
+    );
     assert!(v.ok(), "{v}");
     assert_eq!(
         v.out["supportedVersions"],
@@ -123,7 +130,10 @@ fn every_version_adds_checks_and_deletes_a_pod_that_talks() {
         let ns = NetNs::new("cni-ver-p").unwrap();
         let id = format!("ctr{i}");
         let conf = node.conf(version);
-        let args = [("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")];
+        let args = [(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0",
+        )];
         let r = node.call("ADD", &id, Some(&ns.name), "eth0", &conf, &args);
         assert!(r.ok(), "ADD {version}: {r}\n{}", c.logs());
         assert_eq!(r.out["cniVersion"], version);
@@ -157,7 +167,10 @@ fn every_version_adds_checks_and_deletes_a_pod_that_talks() {
                 .contains(&format!("{addr}/32")),
         );
         let routes = ns.ip("route").unwrap();
-        assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
+        assert!(
+            routes.contains("default via 169.254.1.1 dev eth0"),
+            "{routes}"
+        );
         assert!(
             routes
                 .lines()
@@ -203,7 +216,10 @@ fn every_version_adds_checks_and_deletes_a_pod_that_talks() {
     ns.ip("route del default").unwrap();
     let ch = node.call("CHECK", id, Some(&ns.name), "eth0", conf, &[]);
     assert_eq!(ch.error_code(), Some(104), "{ch}");
-    assert!(ch.out["msg"].as_str().unwrap().contains("default route"), "{ch}");
+    assert!(
+        ch.out["msg"].as_str().unwrap().contains("default route"),
+        "{ch}"
+    );
 
     // DEL, twice: the pod is gone from the node each time; the second finds nothing to do.
     let before = cali_links(&c, "node").len();
@@ -222,7 +238,11 @@ fn every_version_adds_checks_and_deletes_a_pod_that_talks() {
         assert!(ns.ip("-o link show eth0").is_err(), "eth0 still in the pod");
     }
     assert_eq!(cali_links(&c, "node").len(), before - pods.len());
-    assert!(allocations(&c, "node").is_empty(), "{:?}", allocations(&c, "node"));
+    assert!(
+        allocations(&c, "node").is_empty(),
+        "{:?}",
+        allocations(&c, "node")
+    );
 }
 
 #[test]
@@ -238,18 +258,14 @@ fn bad_input_gets_the_specs_error_codes_and_a_failed_add_leaves_nothing() {
     // 4: the environment, naming what is missing.
     let e = node.call("ADD", "", Some(&pod.name), "eth0", &conf, &[]);
     assert_eq!(e.error_code(), Some(4), "{e}");
-    assert!(e.out["msg"].as_str().unwrap().contains("CNI_CONTAINERID"), "{e}");
+    assert!(
+        e.out["msg"].as_str().unwrap().contains("CNI_CONTAINERID"),
+        "{e}"
+    );
     let e = node.call("ADD", "x1", None, "eth0", &conf, &[]);
     assert_eq!(e.error_code(), Some(4), "{e}");
     assert!(e.out["msg"].as_str().unwrap().contains("CNI_NETNS"), "{e}");
-    let e = node.call(
-        "ADD",
-        "x1",
-        Some("ipipd-no-such-netns"),
-        "eth0",
-        &conf,
-        &[],
-    );
+    let e = node.call("ADD", "x1", Some("ipipd-no-such-netns"), "eth0", &conf, &[]);
     assert_eq!(e.error_code(), Some(4), "{e}");
     // 6: stdin is not JSON; 7: a key is wrong; 1: a version not spoken.
     let env = |cmd: &str| -> Vec<(String, String)> {
@@ -264,7 +280,11 @@ fn bad_input_gets_the_specs_error_codes_and_a_failed_add_leaves_nothing() {
     assert_eq!(e.error_code(), Some(6), "{e}");
     let mut bad = conf.clone();
     bad["socket"] = json!("relative/ipipd.sock");
-    assert_eq!(node.raw(&env("ADD"), bad.to_string().as_bytes()).error_code(), Some(7));
+    assert_eq!(
+        node.raw(&env("ADD"), bad.to_string().as_bytes())
+            .error_code(),
+        Some(7)
+    );
     let mut old = conf.clone();
     old["cniVersion"] = json!("0.2.0");
     let e = node.raw(&env("ADD"), old.to_string().as_bytes());
@@ -289,7 +309,13 @@ fn bad_input_gets_the_specs_error_codes_and_a_failed_add_leaves_nothing() {
     let links = cali_links(&c, "node");
     let full = node.call("ADD", "f6", Some(&pod.name), "eth0", &conf, &[]);
     assert_eq!(full.error_code(), Some(101), "{full}");
-    assert!(full.out["msg"].as_str().unwrap().contains("no free address"), "{full}");
+    assert!(
+        full.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("no free address"),
+        "{full}"
+    );
     let status = node.call("STATUS", "", None, "", &node.conf("1.1.0"), &[]);
     assert_eq!(status.error_code(), Some(50), "{status}");
     assert_eq!(cali_links(&c, "node"), links, "a failed ADD left a veth");
@@ -302,7 +328,10 @@ fn bad_input_gets_the_specs_error_codes_and_a_failed_add_leaves_nothing() {
     let dup = node.call("ADD", "dup", Some(&held[0].0.name), "eth0", &conf, &[]);
     assert_eq!(dup.error_code(), Some(102), "{dup}");
     assert_eq!(allocations(&c, "node").len(), 5);
-    assert!(ping_ok(&held[0].0, held[1].1), "the first pod was disturbed");
+    assert!(
+        ping_ok(&held[0].0, held[1].1),
+        "the first pod was disturbed"
+    );
 
     // The daemon down: ADD is "try again" (11) and leaves nothing; STATUS says 50; DEL
     // removes the veth and asks to be retried (the address is the daemon's to release).
@@ -324,9 +353,15 @@ fn bad_input_gets_the_specs_error_codes_and_a_failed_add_leaves_nothing() {
     assert!(late.ok(), "{late}\n{}", c.logs());
     assert!(ping_ok(&pod, held[0].1));
     for (i, (ns, _)) in held.iter().enumerate().take(5) {
-        assert!(node.call("DEL", &format!("f{i}"), Some(&ns.name), "eth0", &conf, &[]).ok());
+        assert!(
+            node.call("DEL", &format!("f{i}"), Some(&ns.name), "eth0", &conf, &[])
+                .ok()
+        );
     }
-    assert!(node.call("DEL", "late", Some(&pod.name), "eth0", &conf, &[]).ok());
+    assert!(
+        node.call("DEL", "late", Some(&pod.name), "eth0", &conf, &[])
+            .ok()
+    );
     assert!(allocations(&c, "node").is_empty());
     assert!(endpoints(&c, "node").is_empty());
 }
@@ -397,8 +432,14 @@ fn del_without_netns_gc_and_a_restart_between_add_and_del() {
     assert!((180..=189).contains(&a.octets()[3]), "{a}");
     assert!(ping_ok(&pod, pods[0].2.address().unwrap()));
     assert!(!allocations(&c, "node").iter().any(|x| x.0 == "hl"));
-    assert!(node.call("DEL", "hl", Some(&pod.name), "eth0", &hl, &[]).ok());
-    assert!(node.call("DEL", "hl", Some(&pod.name), "eth0", &hl, &[]).ok());
+    assert!(
+        node.call("DEL", "hl", Some(&pod.name), "eth0", &hl, &[])
+            .ok()
+    );
+    assert!(
+        node.call("DEL", "hl", Some(&pod.name), "eth0", &hl, &[])
+            .ok()
+    );
     let hl_dir = c.dir.join("host-local").join("pods");
     assert!(!hl_dir.join(a.to_string()).exists(), "host-local kept {a}");
     assert_eq!(endpoints(&c, "node").len(), 1);
@@ -421,12 +462,28 @@ fn podman_containers_talk_across_nodes_and_rm_removes_them() {
     let c = cluster("cni-pm", "192.168.83.128/26");
     let pm_master = Podman::new(&c, "master", "1.0.0").unwrap();
     let pm_node = Podman::new(&c, "node", "1.0.0").unwrap();
-    let logs = || format!("{}\n{}\n{}", c.logs(), pm_node.plugin_log(), pm_master.plugin_log());
-    pm_master.run("m1").unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
-    pm_node.run("n1").unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
-    pm_node.run("n2").unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    let logs = || {
+        format!(
+            "{}\n{}\n{}",
+            c.logs(),
+            pm_node.plugin_log(),
+            pm_master.plugin_log()
+        )
+    };
+    pm_master
+        .run("m1")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    pm_node
+        .run("n1")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    pm_node
+        .run("n2")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     let m1 = pm_master.address("m1").unwrap();
-    let (n1, n2) = (pm_node.address("n1").unwrap(), pm_node.address("n2").unwrap());
+    let (n1, n2) = (
+        pm_node.address("n1").unwrap(),
+        pm_node.address("n2").unwrap(),
+    );
     assert_eq!(m1.octets()[..3], [192, 168, 179], "{m1}");
     assert_eq!(n1.octets()[..3], [192, 168, 83], "{n1}");
     assert_ne!(n1, n2);
@@ -435,22 +492,11 @@ fn podman_containers_talk_across_nodes_and_rm_removes_them() {
     assert!(ping_ok(&n1_ns, m1), "n1 → m1\n{}", logs());
     assert!(ping_ok(&m1_ns, n2), "m1 → n2\n{}", logs());
     assert!(ping_ok(&n1_ns, n2), "n1 → n2\n{}", logs());
-    let inside = pm_node
-        .exec("n2", &format!("ping -c 2 -W 2 {m1}"))
-        .unwrap();
+    let inside = pm_node.exec("n2", &format!("ping -c 2 -W 2 {m1}")).unwrap();
     assert!(inside.contains("2 packets received"), "{inside}");
     // TCP across the tunnel, intact.
     let before = ipipd_tests::counters::stats(&c, "node");
-    let t = tcp_stream(
-        &m1_ns,
-        m1,
-        5201,
-        &n1_ns,
-        16 << 20,
-        Duration::ZERO,
-        &|| true,
-    )
-    .unwrap();
+    let t = tcp_stream(&m1_ns, m1, 5201, &n1_ns, 16 << 20, Duration::ZERO, &|| true).unwrap();
     assert_eq!(t.sent, t.received, "{t:?}");
     assert_eq!(t.sent.0, 16 << 20, "{t:?}");
     // `ipipd stats` shows it on n1's veth; `ipipd endpoints` names the containers (podman
@@ -459,7 +505,10 @@ fn podman_containers_talk_across_nodes_and_rm_removes_them() {
     let veth = veth_of(&c, "node", n1);
     let encap = (veth.clone(), "from_pod".to_string(), "encap".to_string());
     let sent = after.get(&encap).map_or(0, |a| a.1) - before.get(&encap).map_or(0, |b| b.1);
-    assert!(sent >= 16 << 20, "{sent} bytes encapsulated from {veth}: {after:?}");
+    assert!(
+        sent >= 16 << 20,
+        "{sent} bytes encapsulated from {veth}: {after:?}"
+    );
     let eps = endpoints(&c, "node");
     let names: BTreeSet<&str> = eps.iter().filter_map(|e| e["pod"].as_str()).collect();
     assert_eq!(names, ["n1", "n2"].into(), "{eps:?}");
@@ -502,7 +551,11 @@ fn podman_containers_talk_across_nodes_and_rm_removes_them() {
     pm_node.rm("n1").unwrap();
     assert!(!cali_links(&c, "node").contains(&veth));
     assert!(!ipipd_routes(&c, "node").contains(&format!("{n1} ")));
-    assert!(!endpoints(&c, "node").iter().any(|e| e["address"] == n1.to_string()));
+    assert!(
+        !endpoints(&c, "node")
+            .iter()
+            .any(|e| e["address"] == n1.to_string())
+    );
     let held: Vec<String> = allocations(&c, "node").into_iter().map(|a| a.2).collect();
     assert_eq!(held, [n2.to_string()]);
     assert!(ping_ok(&m1_ns, n2), "m1 → n2 after n1 went");
@@ -548,8 +601,16 @@ fn ten_parallel_podman_runs_then_create_remove_cycles_leak_nothing() {
             .unwrap_or_else(|e| panic!("cycle {i}: {e:#}\n{}", logs()));
     }
     assert_eq!(cali_links(&c, "node"), links, "veths left");
-    assert!(allocations(&c, "node").is_empty(), "{:?}", allocations(&c, "node"));
-    assert!(endpoints(&c, "node").is_empty(), "{:?}", endpoints(&c, "node"));
+    assert!(
+        allocations(&c, "node").is_empty(),
+        "{:?}",
+        allocations(&c, "node")
+    );
+    assert!(
+        endpoints(&c, "node").is_empty(),
+        "{:?}",
+        endpoints(&c, "node")
+    );
     let routes = ipipd_routes(&c, "node");
     assert!(!routes.contains(" dev cali"), "pod routes left: {routes}");
     let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();

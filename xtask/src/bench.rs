@@ -77,6 +77,8 @@ pub enum Part {
     Scale,
     /// Pod traffic across daemon restarts and a layout upgrade (1 kHz ping).
     Restart,
+    /// CNI ADD and DEL, plugin process start to result.
+    Cni,
 }
 
 /// Whether the running kernel has the ipip module loaded (setup D).
@@ -358,8 +360,15 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     } else {
         Value::Null
     };
+    let cni = if plan.runs(Part::Cni) {
+        eprintln!("xtask bench: {CNI_PODS} CNI ADDs and DELs");
+        cni()?
+    } else {
+        Value::Null
+    };
     let mut r = report(plan, &runs, testrun, scale);
     r["restart"] = restart;
+    r["cni"] = cni;
     Ok(r)
 }
 
@@ -481,6 +490,54 @@ fn restart() -> Result<Value> {
         "during_restarts": restarts,
         "during_upgrade": upgrade,
     }))
+}
+
+/// Pods the CNI part adds and deletes.
+const CNI_PODS: usize = 100;
+
+/// The median and the 99th percentile (nearest rank) of `v`.
+fn median_p99(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return Value::Null;
+    }
+    let p99 = v[(v.len() * 99).div_ceil(100) - 1];
+    json!({"median": v[v.len() / 2], "p99": p99, "n": v.len()})
+}
+
+/// CNI ADD then DEL of [`CNI_PODS`] pods on a node running ipipd, each timed from the plugin
+/// process's start to its result (the daemon's allocation, the veth, the pod's address and
+/// routes, the endpoint attached and in the maps; DEL: the reverse).
+fn cni() -> Result<Value> {
+    // A /25 for the node: 126 addresses to hand out, more than the pods.
+    let mut specs = seed_nodes(0);
+    specs[1].block = "192.168.83.0/25".into();
+    let mut c = Cluster::new("bcni", &specs)?;
+    c.start_daemon("master", None)?;
+    c.start_daemon("node", None)?;
+    let plugin = ipipd_tests::cni::Plugin::new(&c, "node")?;
+    let conf = plugin.conf("1.0.0");
+    let pods: Vec<ipipd_tests::NetNs> = (0..CNI_PODS)
+        .map(|_| ipipd_tests::NetNs::new("bcni-p"))
+        .collect::<Result<_>>()?;
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for (i, p) in pods.iter().enumerate() {
+        let t = Instant::now();
+        let r = plugin.call("ADD", &format!("b{i}"), Some(&p.name), "eth0", &conf, &[]);
+        add.push(t.elapsed().as_secs_f64() * 1e3);
+        if !r.ok() {
+            bail!("ADD {i}: {r}");
+        }
+    }
+    for (i, p) in pods.iter().enumerate() {
+        let t = Instant::now();
+        let r = plugin.call("DEL", &format!("b{i}"), Some(&p.name), "eth0", &conf, &[]);
+        del.push(t.elapsed().as_secs_f64() * 1e3);
+        if !r.ok() {
+            bail!("DEL {i}: {r}");
+        }
+    }
+    Ok(json!({"add_ms": median_p99(add), "del_ms": median_p99(del)}))
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -1521,6 +1578,24 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 &rs["during_restarts"]
             ),
             row("one layout upgrade", &rs["during_upgrade"]),
+        );
+    }
+    if plan.runs(Part::Cni) {
+        let cn = &r["cni"];
+        let row = |what: &str, v: &Value| {
+            format!(
+                "| {what} | {:.1} ms | {:.1} ms |\n",
+                v["median"].as_f64().unwrap_or(0.0),
+                v["p99"].as_f64().unwrap_or(0.0)
+            )
+        };
+        s += &format!(
+            "\nCNI: `ipipd-cni` invoked as a runtime does, {CNI_PODS} pods on a node running ipipd, from the plugin's process start to its result.\n\n| command | median | p99 |\n|---|---|---|\n{}{}",
+            row(
+                "ADD (address, veth, pod's routes, endpoint attached)",
+                &cn["add_ms"]
+            ),
+            row("DEL", &cn["del_ms"]),
         );
     }
     s += &format!(

@@ -47,7 +47,9 @@ impl PeerCmd {
                 control::request(&node.state_dir()?, change).await.map(drop)
             }
             PeerCmd::Del { address, node } => {
-                control::request(&node.state_dir()?, Change::PeerDel { address }).await.map(drop)
+                control::request(&node.state_dir()?, Change::PeerDel { address })
+                    .await
+                    .map(drop)
             }
         }
     }

@@ -94,7 +94,10 @@ fn need_version(conf: &NetConf, min: &str, what: &str) -> CniResult<()> {
     } else {
         Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
-            format!("config version {} does not allow {what} (needs {min})", conf.version),
+            format!(
+                "config version {} does not allow {what} (needs {min})",
+                conf.version
+            ),
         ))
     }
 }
@@ -110,10 +113,12 @@ impl Daemon {
     /// is ipipd's own error.
     async fn ask(&self, req: Request) -> CniResult<Option<Answer>> {
         let r = tokio::time::timeout(DAEMON_TIMEOUT, async {
-            let mut c = control::Client::connect_to(&self.socket).await.map_err(|e| {
-                CniError::new(code::TRY_AGAIN, "the node's ipipd is not reachable")
-                    .with_details(format!("{e:#}"))
-            })?;
+            let mut c = control::Client::connect_to(&self.socket)
+                .await
+                .map_err(|e| {
+                    CniError::new(code::TRY_AGAIN, "the node's ipipd is not reachable")
+                        .with_details(format!("{e:#}"))
+                })?;
             c.ask(&req).await.map_err(|e| {
                 CniError::new(code::TRY_AGAIN, "the node's ipipd did not answer")
                     .with_details(format!("{e:#}"))
@@ -163,12 +168,8 @@ fn unexpected(a: Option<Answer>) -> CniError {
 // ---- namespaces
 
 fn open_netns(path: &Path) -> CniResult<File> {
-    File::open(path).map_err(|e| {
-        CniError::new(
-            code::BAD_ENV,
-            format!("CNI_NETNS {}: {e}", path.display()),
-        )
-    })
+    File::open(path)
+        .map_err(|e| CniError::new(code::BAD_ENV, format!("CNI_NETNS {}: {e}", path.display())))
 }
 
 fn setns(f: &File) -> std::io::Result<()> {
@@ -212,7 +213,10 @@ async fn add(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<Value> {
     if !node.ready {
         return Err(CniError::new(
             code::TRY_AGAIN,
-            format!("the node's ipipd is not ready: waiting for {}", node.waiting_for),
+            format!(
+                "the node's ipipd is not ready: waiting for {}",
+                node.waiting_for
+            ),
         ));
     }
     let netns_path = env.netns.as_deref().expect("checked by Env::parse");
@@ -226,11 +230,7 @@ async fn add(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<Value> {
     {
         return Err(CniError::new(
             code::IFNAME_TAKEN,
-            format!(
-                "{} already exists in {}",
-                env.ifname,
-                netns_path.display()
-            ),
+            format!("{} already exists in {}", env.ifname, netns_path.display()),
         ));
     }
     let owner = env.attachment();
@@ -248,7 +248,10 @@ async fn add(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<Value> {
         Ipam::Delegate(t) => {
             let r = delegate(t, env, conf, "ADD").await?;
             let r = r.ok_or_else(|| {
-                CniError::new(code::IPAM_PLUGIN, format!("IPAM plugin {t} returned no result"))
+                CniError::new(
+                    code::IPAM_PLUGIN,
+                    format!("IPAM plugin {t} returned no result"),
+                )
             })?;
             spec::first_ipv4(&r).map(|(a, _)| a).ok_or_else(|| {
                 CniError::new(
@@ -303,7 +306,12 @@ async fn wire(
         .add(msg)
         .execute()
         .await
-        .map_err(|e| net(format!("creating veth {host_name} ({} in the pod)", env.ifname), rtnl(e)))?;
+        .map_err(|e| {
+            net(
+                format!("creating veth {host_name} ({} in the pod)", env.ifname),
+                rtnl(e),
+            )
+        })?;
     let host = node_nl
         .link_by_name(&host_name)
         .await
@@ -313,9 +321,7 @@ async fn wire(
         .link_by_name(&env.ifname)
         .await
         .map_err(|e| net(&env.ifname, e))?
-        .ok_or_else(|| {
-            CniError::new(code::NETWORK, format!("{} is not in the pod", env.ifname))
-        })?;
+        .ok_or_else(|| CniError::new(code::NETWORK, format!("{} is not in the pod", env.ifname)))?;
     let h = pod_nl.handle();
     let in_pod = |what: &str, e: rtnetlink::Error| net(format!("in the pod: {what}"), rtnl(e));
     h.address()
@@ -359,7 +365,10 @@ async fn wire(
         pod: env.pod(),
         attachment: Some(env.attachment()),
     };
-    match daemon.ask(Request::Change(Change::EndpointAdd(endpoint))).await? {
+    match daemon
+        .ask(Request::Change(Change::EndpointAdd(endpoint)))
+        .await?
+    {
         Some(Answer::Endpoint { live: true }) => {}
         Some(Answer::Endpoint { live: false }) => {
             return Err(CniError::new(
@@ -449,7 +458,12 @@ async fn check(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<()> {
         other => return Err(unexpected(other)),
     };
     match &info.endpoint {
-        None => return Err(fail(format!("the daemon has no endpoint for {}", env.attachment()))),
+        None => {
+            return Err(fail(format!(
+                "the daemon has no endpoint for {}",
+                env.attachment()
+            )));
+        }
         Some(ep) if ep.address != address || ep.interface != host_name => {
             return Err(fail(format!(
                 "the daemon has {} on {}, prevResult says {address} on {host_name}",
@@ -457,7 +471,9 @@ async fn check(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<()> {
             )));
         }
         Some(ep) if !ep.live => {
-            return Err(fail(format!("the daemon's endpoint {address} is not attached")));
+            return Err(fail(format!(
+                "the daemon's endpoint {address} is not attached"
+            )));
         }
         Some(_) => {}
     }
@@ -505,7 +521,10 @@ async fn check(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<()> {
     }
     let routes = pod_routes(&pod_nl, pod.index).await?;
     if !routes.contains(&(Some((GATEWAY, 32)), None)) {
-        return Err(fail(format!("the pod has no route to {GATEWAY} on {}", env.ifname)));
+        return Err(fail(format!(
+            "the pod has no route to {GATEWAY} on {}",
+            env.ifname
+        )));
     }
     if !routes.contains(&(None, Some(GATEWAY))) {
         return Err(fail(format!("the pod has no default route via {GATEWAY}")));
@@ -560,7 +579,10 @@ async fn status(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<()> {
     };
     if !node.ready {
         return Err(unavailable(
-            format!("the node's ipipd is not ready: waiting for {}", node.waiting_for),
+            format!(
+                "the node's ipipd is not ready: waiting for {}",
+                node.waiting_for
+            ),
             String::new(),
         ));
     }
@@ -577,12 +599,10 @@ async fn status(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<()> {
 // ---- GC
 
 async fn gc(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<()> {
-    let valid = conf.valid_attachments.clone().ok_or_else(|| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "GC needs cni.dev/valid-attachments",
-        )
-    })?;
+    let valid = conf
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "GC needs cni.dev/valid-attachments"))?;
     let collected = match daemon.ask(Request::Gc { valid }).await? {
         Some(Answer::Collected { endpoints, .. }) => endpoints,
         other => return Err(unexpected(other)),
@@ -633,9 +653,7 @@ async fn delegate(t: &str, env: &Env, conf: &NetConf, command: &str) -> CniResul
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            CniError::new(code::IPAM_PLUGIN, format!("running {}: {e}", bin.display()))
-        })?;
+        .map_err(|e| CniError::new(code::IPAM_PLUGIN, format!("running {}: {e}", bin.display())))?;
     let mut stdin = child.stdin.take().expect("piped");
     let raw = conf.raw.clone();
     let feed = tokio::spawn(async move {
@@ -646,7 +664,10 @@ async fn delegate(t: &str, env: &Env, conf: &NetConf, command: &str) -> CniResul
         .map_err(|_| {
             CniError::new(
                 code::IPAM_PLUGIN,
-                format!("IPAM plugin {t} ran longer than {}s", DELEGATE_TIMEOUT.as_secs()),
+                format!(
+                    "IPAM plugin {t} ran longer than {}s",
+                    DELEGATE_TIMEOUT.as_secs()
+                ),
             )
         })?
         .map_err(|e| CniError::new(code::IPAM_PLUGIN, format!("IPAM plugin {t}: {e}")))?;
@@ -656,8 +677,11 @@ async fn delegate(t: &str, env: &Env, conf: &NetConf, command: &str) -> CniResul
         None
     } else {
         Some(serde_json::from_str(&text).map_err(|e| {
-            CniError::new(code::IPAM_PLUGIN, format!("IPAM plugin {t} printed no JSON: {e}"))
-                .with_details(text.trim())
+            CniError::new(
+                code::IPAM_PLUGIN,
+                format!("IPAM plugin {t} printed no JSON: {e}"),
+            )
+            .with_details(text.trim())
         })?)
     };
     if !out.status.success() {

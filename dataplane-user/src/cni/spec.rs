@@ -123,7 +123,9 @@ impl Env {
             Some(other) => {
                 return Err(CniError::new(
                     code::BAD_ENV,
-                    format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
+                    format!(
+                        "CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"
+                    ),
                 ));
             }
             None => return Err(CniError::new(code::BAD_ENV, "CNI_COMMAND is not set")),
@@ -148,7 +150,10 @@ impl Env {
         if !missing.is_empty() {
             return Err(CniError::new(
                 code::BAD_ENV,
-                format!("required environment variables missing: {}", missing.join(", ")),
+                format!(
+                    "required environment variables missing: {}",
+                    missing.join(", ")
+                ),
             ));
         }
         if per_container {
@@ -202,10 +207,12 @@ impl Env {
     /// it is given (podman passes `K8S_POD_NAME`).
     pub fn pod(&self) -> Option<String> {
         let name = self.args.get("K8S_POD_NAME").filter(|n| !n.is_empty())?;
-        Some(match self.args.get("K8S_POD_NAMESPACE").filter(|n| !n.is_empty()) {
-            Some(ns) => format!("{ns}/{name}"),
-            None => name.clone(),
-        })
+        Some(
+            match self.args.get("K8S_POD_NAMESPACE").filter(|n| !n.is_empty()) {
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.clone(),
+            },
+        )
     }
 }
 
@@ -243,7 +250,11 @@ pub struct NetConf {
 pub fn version_of(raw: &[u8]) -> String {
     serde_json::from_slice::<Value>(raw)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(String::from))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .unwrap_or_else(|| SUPPORTED[SUPPORTED.len() - 1].to_string())
 }
 
@@ -535,7 +546,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.ipam, Ipam::Delegate("host-local".into()));
-        assert_eq!(c.valid_attachments, Some(vec![Attachment::new("a", "eth0")]));
+        assert_eq!(
+            c.valid_attachments,
+            Some(vec![Attachment::new("a", "eth0")])
+        );
         let d = NetConf::parse(br#"{"cniVersion":"0.3.1","ipam":{"type":"ipipd"}}"#).unwrap();
         assert_eq!(d.ipam, Ipam::Node);
         assert_eq!(version_of(br#"{"cniVersion":"0.4.0","x":"#), "1.1.0");
