@@ -157,6 +157,10 @@ pub struct Config {
     pub blocks: Vec<Ipv4Net>,
     pub peers: Vec<Peer>,
     pub endpoints: Vec<EndpointCfg>,
+    /// `[datastore]`: peers and blocks come from etcd.
+    pub datastore: Option<crate::datastore::DatastoreCfg>,
+    /// `[[pool]]`: created in the datastore when missing.
+    pub pools: Vec<crate::datastore::model::Pool>,
     /// The file and where its keys stand, for errors found later (against the kernel).
     pub origin: Option<(PathBuf, Lines)>,
 }
@@ -173,6 +177,26 @@ struct RawConfig {
     peer: Vec<RawPeer>,
     #[serde(default)]
     endpoint: Vec<RawEndpoint>,
+    datastore: Option<Spanned<RawDatastore>>,
+    #[serde(default)]
+    pool: Vec<RawPool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatastore {
+    etcd: Spanned<Vec<String>>,
+    prefix: Option<Spanned<String>>,
+    ca: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    cidr: Spanned<String>,
+    block_size: Spanned<i64>,
 }
 
 #[derive(Deserialize)]
@@ -596,6 +620,64 @@ impl Config {
                 attachment: None,
             });
         }
+        let datastore = match &raw.datastore {
+            Some(d) => {
+                lines.note(text, "datastore".into(), d);
+                let d = d.get_ref();
+                lines.note(text, "datastore.etcd".into(), &d.etcd);
+                let path = |k: &str, v: &Option<Spanned<String>>, lines: &mut Lines| {
+                    v.as_ref().map(|s| {
+                        lines.note(text, k.to_string(), s);
+                        PathBuf::from(s.get_ref())
+                    })
+                };
+                let prefix = match &d.prefix {
+                    Some(p) => {
+                        lines.note(text, "datastore.prefix".into(), p);
+                        p.get_ref().trim_end_matches('/').to_string()
+                    }
+                    None => crate::datastore::DEFAULT_PREFIX.to_string(),
+                };
+                let ds = crate::datastore::DatastoreCfg {
+                    endpoints: d.etcd.get_ref().clone(),
+                    prefix,
+                    ca: path("datastore.ca", &d.ca, lines),
+                    cert: path("datastore.cert", &d.cert, lines),
+                    key: path("datastore.key", &d.key, lines),
+                };
+                ds.check().map_err(|(k, m)| err(k, m))?;
+                Some(ds)
+            }
+            None => None,
+        };
+        let mut pools = Vec::new();
+        for (i, p) in raw.pool.iter().enumerate() {
+            let cidr = net(&format!("pool[{i}].cidr"), &p.cidr, lines)?;
+            let key = format!("pool[{i}].block_size");
+            lines.note(text, key.clone(), &p.block_size);
+            let bs = *p.block_size.get_ref();
+            if !(1..=32).contains(&bs) {
+                return Err(err(key, format!("{bs}: must be 1..=32")));
+            }
+            let pool = crate::datastore::model::Pool {
+                cidr,
+                block_size: bs as u8,
+            };
+            pool.check().map_err(|m| err(key, m))?;
+            pools.push(pool);
+        }
+        if datastore.is_none() && !pools.is_empty() {
+            return Err(err(
+                "pool[0].cidr",
+                "[[pool]] needs a [datastore] to keep it in",
+            ));
+        }
+        if datastore.is_some() && !peers.is_empty() {
+            return Err(err(
+                "peer[0].address",
+                "[[peer]] is not allowed with [datastore]: peers come from the datastore",
+            ));
+        }
         Ok(Config {
             node: Node {
                 name,
@@ -610,6 +692,8 @@ impl Config {
             blocks,
             peers,
             endpoints,
+            datastore,
+            pools,
             origin: None,
         })
     }
@@ -663,7 +747,9 @@ pub fn validate(cfg: &Config) -> Result<(), KeyError> {
     for (i, e) in cfg.endpoints.iter().enumerate() {
         e.check(&cfg.node)
             .map_err(|(f, m)| err(format!("endpoint[{i}].{f}"), m))?;
-        if !cfg.blocks.iter().any(|b| b.contains(e.address)) {
+        // (With a datastore the node's blocks may not be claimed yet when the file is read.)
+        let unclaimed = cfg.datastore.is_some() && cfg.blocks.is_empty();
+        if !unclaimed && !cfg.blocks.iter().any(|b| b.contains(e.address)) {
             return Err(err(
                 format!("endpoint[{i}].address"),
                 format!("{} is outside this node's blocks", e.address),
@@ -916,6 +1002,50 @@ mod tests {
         a_block_inside_another_peers_block_listed_first:
             format!("{NODE}{BLOCK}{PEER}\n[[peer]]\naddress = \"172.31.242.158\"\nblocks = [\"192.168.0.0/16\"]\n")
             => Some(15), "peer[1].blocks[0]: 192.168.0.0/16 overlaps this node's block 192.168.83.128/26";
+    }
+
+    const DS: &str = "\n[datastore]\netcd = [\"http://10.9.0.1:2379\"]\n";
+
+    bad_config! {
+        a_peer_with_a_datastore:
+            format!("{NODE}{DS}{PEER}")
+            => Some(10), "peer[0].address: [[peer]] is not allowed with [datastore]: peers come from the datastore";
+        a_datastore_without_members:
+            format!("{NODE}\n[datastore]\netcd = []\n")
+            => Some(7), "datastore.etcd: lists no member";
+        a_member_that_is_not_a_url:
+            format!("{NODE}\n[datastore]\netcd = [\"10.9.0.1:2379\"]\n")
+            => Some(7), "datastore.etcd: \"10.9.0.1:2379\": not http://HOST:PORT or https://HOST:PORT";
+        a_relative_prefix:
+            format!("{NODE}{DS}prefix = \"ipipd\"\n")
+            => Some(8), "datastore.prefix: \"ipipd\": must start with / and name something";
+        a_cert_without_its_key:
+            format!("{NODE}\n[datastore]\netcd = [\"https://10.9.0.1:2379\"]\ncert = \"/etc/ipipd/c.pem\"\n")
+            => Some(8), "datastore.cert: cert and key go together";
+        tls_files_for_plain_http:
+            format!("{NODE}{DS}ca = \"/etc/ipipd/ca.pem\"\n")
+            => Some(7), "datastore.etcd: TLS files are given but no member is https://";
+        a_pool_without_a_datastore:
+            format!("{NODE}\n[[pool]]\ncidr = \"10.244.0.0/16\"\nblock_size = 26\n")
+            => Some(7), "pool[0].cidr: [[pool]] needs a [datastore] to keep it in";
+        a_block_size_wider_than_the_pool:
+            format!("{NODE}{DS}\n[[pool]]\ncidr = \"10.244.0.0/16\"\nblock_size = 12\n")
+            => Some(11), "pool[0].block_size: block_size 12 must be between the pool's /16 and /30";
+    }
+
+    /// With a datastore, blocks and peers may be absent, and an endpoint waits for the
+    /// node's claimed blocks to be checked against them.
+    #[test]
+    fn a_datastore_node_needs_no_blocks_or_peers() {
+        let c = Config::parse(&format!(
+            "{NODE}{DS}prefix = \"/ipipd/test/\"\n\n[[pool]]\ncidr = \"10.244.0.0/16\"\nblock_size = 26\n{}",
+            endpoint("10.244.0.5", "cali1")
+        ))
+        .unwrap();
+        let d = c.datastore.unwrap();
+        assert_eq!(d.prefix, "/ipipd/test");
+        assert_eq!(c.pools.len(), 1);
+        assert!(c.blocks.is_empty() && c.peers.is_empty());
     }
 
     /// A large node: 100,000 endpoints and 2,000 peers check, and an error deep in it names

@@ -38,7 +38,7 @@ use crate::{
     desired::{Change, RuntimeChanges},
     inspect,
     ipam::{self, Ipam},
-    metrics::{Attachment, Health},
+    metrics::{Attachment, DatastoreHealth, Health},
     netlink::{self, Event},
 };
 
@@ -78,6 +78,10 @@ struct Owner {
     dp: Dataplane,
     /// The addresses handed out from the node's blocks (CNI ADD, `endpoint add`).
     ipam: Ipam,
+    /// With a datastore: the cluster as it last said (the node's blocks, its peers), and
+    /// whether it is reachable now.
+    ds_view: Option<crate::datastore::model::View>,
+    ds_health: Option<DatastoreHealth>,
     health: watch::Sender<Health>,
     /// Connected `ipipd monitor` clients, and whether each wants drops only.
     monitors: BTreeMap<u64, bool>,
@@ -150,7 +154,17 @@ pub async fn run(
         crate::metrics::serve(addr, file.node.pin_dir.clone(), health_rx).await?;
     }
     let runtime = RuntimeChanges::load(state_dir)?;
-    let desired = runtime.apply(&file).map_err(|e| {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let ds_view = match &file.datastore {
+        Some(d) => Some(datastore_start(d, &file, state_dir).await?),
+        None => None,
+    };
+    let base = match &ds_view {
+        Some(v) => crate::datastore::sync::overlay(&file, v),
+        None => file.clone(),
+    };
+    let desired = runtime.apply(&base).map_err(|e| {
         anyhow!(
             "{}: the runtime changes no longer fit the file: {e}",
             state_dir.display()
@@ -174,19 +188,86 @@ pub async fn run(
         desired,
         dp,
         ipam,
+        ds_health: ds_view.as_ref().map(|_| DatastoreHealth {
+            up: true,
+            reason: String::new(),
+        }),
+        ds_view,
         health,
         monitors: BTreeMap::new(),
         next_monitor: 0,
         reconciling: Condition::default(),
         reading_next_hops: Condition::default(),
     };
-    let result = owner.serve(&mut term, &mut int, &mut hup, state_dir).await;
+    let mut ds_rx = owner.file.datastore.clone().map(|d| {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(crate::datastore::sync::run(
+            d,
+            owner.file.node.name.clone(),
+            owner.file.node.address,
+            tx,
+        ));
+        rx
+    });
+    let result = owner
+        .serve(&mut term, &mut int, &mut hup, state_dir, &mut ds_rx)
+        .await;
     let _ = std::fs::remove_file(control::socket_path(state_dir));
     match on_exit {
         OnExit::Leave => owner.dp.leave(),
         OnExit::Teardown => owner.dp.teardown(&owner.desired).await,
     }
     result
+}
+
+/// The datastore at start: pools ensured, the node's blocks claimed, its registration written,
+/// the view cached. Unreachable: the cached view of an earlier run, when there is one (the
+/// node then forwards on what it last knew, and the datastore task keeps trying); else an
+/// error, before anything is attached.
+async fn datastore_start(
+    d: &crate::datastore::DatastoreCfg,
+    file: &Config,
+    state_dir: &Path,
+) -> Result<crate::datastore::model::View> {
+    use crate::datastore::{Store, bootstrap, sync};
+    let r = async {
+        let store = Store::connect(d).await?;
+        bootstrap(
+            &store,
+            &file.node.name,
+            file.node.address,
+            &file.blocks,
+            &file.pools,
+        )
+        .await
+    }
+    .await;
+    match r {
+        Ok(v) => {
+            sync::save_cache(state_dir, &v)?;
+            log::info!(
+                "datastore: node {} owns {}; {} nodes in the cluster",
+                file.node.name,
+                v.blocks_of(&file.node.name)
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                v.nodes.len()
+            );
+            Ok(v)
+        }
+        Err(e) => match sync::load_cache(state_dir) {
+            Some(v) if !v.blocks_of(&file.node.name).is_empty() => {
+                log::warn!(
+                    "datastore: {e:#}; starting from the last known state in {}",
+                    state_dir.display()
+                );
+                Ok(v)
+            }
+            _ => Err(e.context("datastore")),
+        },
+    }
 }
 
 impl Owner {
@@ -196,6 +277,7 @@ impl Owner {
         int: &mut tokio::signal::unix::Signal,
         hup: &mut tokio::signal::unix::Signal,
         state_dir: &Path,
+        ds_rx: &mut Option<mpsc::Receiver<crate::datastore::sync::Msg>>,
     ) -> Result<()> {
         let mut events = netlink::events()?;
         let (tx, mut rx) = mpsc::channel::<Command>(MAX_CLIENTS);
@@ -248,6 +330,12 @@ impl Owner {
                     self.refresh_next_hops().await;
                 }
                 Some(cmd) = rx.recv() => self.command(cmd).await,
+                Some(m) = async {
+                    match ds_rx.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_datastore(m).await,
                 () = relay_log(&mut log) => {}
             }
         };
@@ -269,6 +357,9 @@ impl Owner {
             })
             .collect();
         let mut missing: Vec<String> = Vec::new();
+        if let Some(d) = self.ds_health.as_ref().filter(|d| !d.up) {
+            missing.push(format!("the datastore ({})", d.reason));
+        }
         if !self.dp.uplink_present() {
             missing.push(format!("the uplink {} (gone)", self.dp.uplink.name));
         }
@@ -291,6 +382,7 @@ impl Owner {
                 .collect(),
             attach_mode: if self.dp.tcx() { "tcx" } else { "netlink" },
             monitors: self.monitors.len(),
+            datastore: self.ds_health.clone(),
         });
     }
 
@@ -302,7 +394,7 @@ impl Owner {
 
     /// A new desired state (`runtime` over `file`), reconciled; kept when it went through.
     async fn adopt(&mut self, file: Config, runtime: RuntimeChanges) -> Result<()> {
-        let desired = runtime.apply(&file)?;
+        let desired = runtime.apply(&self.base(&file))?;
         let applied = self.dp.reconcile(&desired).await;
         self.settle(applied)?;
         (self.file, self.runtime, self.desired) = (file, runtime, desired);
@@ -470,9 +562,69 @@ impl Owner {
         }
     }
 
+    /// The file with what the datastore says (its blocks, its peers), when there is one.
+    fn base(&self, file: &Config) -> Config {
+        match &self.ds_view {
+            Some(v) => crate::datastore::sync::overlay(file, v),
+            None => file.clone(),
+        }
+    }
+
+    /// The datastore task's news: a new view is applied like a changed file (an invalid one
+    /// changes nothing); reachability is reported, logged on its changes only.
+    async fn on_datastore(&mut self, m: crate::datastore::sync::Msg) {
+        use crate::datastore::sync::Msg;
+        let was = self.ds_health.clone().unwrap_or_default();
+        match m {
+            Msg::View(v) => {
+                if !was.up {
+                    log::info!("datastore: reachable again; resynchronising");
+                }
+                self.ds_health = Some(DatastoreHealth {
+                    up: true,
+                    reason: String::new(),
+                });
+                if self.ds_view.as_ref() != Some(&v) {
+                    let old = self.ds_view.replace(v.clone());
+                    let (file, rt) = (self.file.clone(), self.runtime.clone());
+                    match self.adopt(file, rt).await {
+                        Ok(()) => {
+                            if let Err(e) =
+                                crate::datastore::sync::save_cache(&self.dp.state_dir, &v)
+                            {
+                                log::warn!("datastore: caching the view: {e:#}");
+                            }
+                            log::info!(
+                                "datastore: {} nodes, {} peers, {} blocks of this node",
+                                v.nodes.len(),
+                                self.desired.peers.len(),
+                                v.blocks_of(&self.file.node.name).len()
+                            );
+                        }
+                        Err(e) => {
+                            self.ds_view = old;
+                            log::error!("datastore: the cluster's state is not applied: {e:#}");
+                        }
+                    }
+                }
+            }
+            Msg::Down(reason) => {
+                if was.up || was.reason != reason {
+                    log::warn!(
+                        "datastore: not reachable ({reason}); forwarding on the last state, retrying"
+                    );
+                }
+                self.ds_health = Some(DatastoreHealth { up: false, reason });
+            }
+        }
+        if self.ds_health != Some(was) {
+            self.publish();
+        }
+    }
+
     /// A runtime change: validated whole with the file, applied, then persisted.
     async fn change(&mut self, change: &Change) -> Result<()> {
-        let rt = self.runtime.with(&self.file, change)?;
+        let rt = self.runtime.with(&self.base(&self.file), change)?;
         self.adopt(self.file.clone(), rt).await?;
         self.runtime.save(&self.dp.state_dir)?;
         log::info!("applied {change:?}");

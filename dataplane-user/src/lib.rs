@@ -15,6 +15,7 @@ pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod datastore;
 pub mod desired;
 pub mod inspect;
 pub mod ipam;

@@ -58,6 +58,15 @@ pub struct Health {
     pub attach_mode: &'static str,
     /// `ipipd monitor` clients connected.
     pub monitors: usize,
+    /// With a datastore: whether it is reachable, and why not.
+    pub datastore: Option<DatastoreHealth>,
+}
+
+/// The datastore's state, as /readyz and /metrics report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatastoreHealth {
+    pub up: bool,
+    pub reason: String,
 }
 
 /// Binds `addr` (so a taken port fails the start, before anything is attached) and serves it
@@ -318,6 +327,14 @@ impl Collector for Snapshot {
             "Endpoints waiting for their interface",
             self.health.pending.len() as i64,
         )?;
+        if let Some(d) = &self.health.datastore {
+            gauge(
+                &mut enc,
+                "ipipd_datastore_up",
+                "1 while the datastore (etcd) is reachable and the node's view of it is current",
+                i64::from(d.up),
+            )?;
+        }
         gauge(
             &mut enc,
             "ipipd_monitor_clients",

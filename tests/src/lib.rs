@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 pub mod cluster;
 pub mod cni;
 pub mod counters;
+pub mod etcd;
 pub mod traffic;
 
 /// A number unique in this process, for file and namespace names.

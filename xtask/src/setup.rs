@@ -24,6 +24,12 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "runc",
     "busybox-static",
+    // The datastore: etcd-client's protos are compiled with protoc (and its well-known types);
+    // the tests start Debian's etcd and use etcdctl.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-server",
+    "etcd-client",
 ];
 
 pub fn all() -> Result<()> {

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use dataplane_user::{config::Config, daemon};
 
 mod check;
+mod cluster;
 mod endpoint;
 mod endpoints;
 mod monitor;
@@ -65,6 +66,16 @@ pub enum Command {
     Monitor(monitor::Monitor),
     /// Load every program into the running kernel (the verifier runs), report, unload.
     Probe(probe::Probe),
+    /// The cluster's nodes in the datastore: address, whether the daemon is up, blocks.
+    Nodes(cluster::Cluster),
+    /// The claimed blocks in the datastore and their owners.
+    Blocks(cluster::Cluster),
+    /// The datastore's address pools.
+    #[command(subcommand)]
+    Pool(cluster::PoolCmd),
+    /// A node in the datastore.
+    #[command(subcommand)]
+    Node(cluster::NodeCmd),
 }
 
 /// Which node, for the commands that talk to a running daemon.
@@ -127,5 +138,9 @@ pub async fn run(cmd: Command) -> Result<()> {
         Command::Stats(r) => stats::run(r),
         Command::Monitor(m) => m.run().await,
         Command::Probe(p) => p.run(),
+        Command::Nodes(c) => cluster::nodes(c).await,
+        Command::Blocks(c) => cluster::blocks(c).await,
+        Command::Pool(p) => p.run().await,
+        Command::Node(n) => n.run().await,
     }
 }

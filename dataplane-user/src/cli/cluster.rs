@@ -1,0 +1,199 @@
+//! The datastore's commands: `ipipd nodes`, `ipipd blocks`, `ipipd pool add|list|del`,
+//! `ipipd node remove`, against the datastore the node's config names.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand};
+use dataplane_user::{
+    config::{Config, Ipv4Net},
+    datastore::{Store, model::Pool},
+};
+use serde::Serialize;
+
+use super::{Output, output::print};
+
+/// A config whose `[datastore]` names the cluster.
+#[derive(Args)]
+pub struct Cluster {
+    /// A node's config (its [datastore] section is used).
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+impl Cluster {
+    async fn store(&self) -> Result<Store> {
+        let cfg = Config::load(&self.config)?;
+        let d = cfg
+            .datastore
+            .ok_or_else(|| anyhow!("{}: has no [datastore] section", self.config.display()))?;
+        Store::connect(&d).await
+    }
+}
+
+#[derive(Serialize)]
+struct NodeRow {
+    name: String,
+    address: Ipv4Addr,
+    alive: bool,
+    blocks: Vec<Ipv4Net>,
+}
+
+/// `ipipd nodes`: every registered node, whether its daemon is up, its blocks.
+pub async fn nodes(c: Cluster) -> Result<()> {
+    let (view, _) = c.store().await?.list().await?;
+    let rows: Vec<NodeRow> = view
+        .nodes
+        .values()
+        .map(|n| NodeRow {
+            name: n.name.clone(),
+            address: n.address,
+            alive: view.alive.contains(&n.name),
+            blocks: view.blocks_of(&n.name),
+        })
+        .collect();
+    print(c.output, &rows, |rows| {
+        println!("{:<24} {:<16} {:<6} BLOCKS", "NAME", "ADDRESS", "ALIVE");
+        for r in rows {
+            let b: Vec<String> = r.blocks.iter().map(|b| b.to_string()).collect();
+            println!(
+                "{:<24} {:<16} {:<6} {}",
+                r.name,
+                r.address,
+                if r.alive { "yes" } else { "no" },
+                b.join(",")
+            );
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct BlockRow {
+    cidr: Ipv4Net,
+    node: String,
+}
+
+/// `ipipd blocks`: every claimed block and its owner.
+pub async fn blocks(c: Cluster) -> Result<()> {
+    let (view, _) = c.store().await?.list().await?;
+    let rows: Vec<BlockRow> = view
+        .blocks
+        .iter()
+        .map(|(b, n)| BlockRow {
+            cidr: *b,
+            node: n.clone(),
+        })
+        .collect();
+    print(c.output, &rows, |rows| {
+        println!("{:<20} NODE", "BLOCK");
+        for r in rows {
+            println!("{:<20} {}", r.cidr.to_string(), r.node);
+        }
+    })
+}
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    /// Add a pool nodes claim blocks from.
+    Add {
+        #[arg(long)]
+        cidr: Ipv4Net,
+        #[arg(long, default_value_t = 26)]
+        block_size: u8,
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+    /// The pools, with how many of their blocks are claimed.
+    List {
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+    /// Delete a pool none of whose blocks is claimed.
+    Del {
+        #[arg(long)]
+        cidr: Ipv4Net,
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+}
+
+#[derive(Serialize)]
+struct PoolRow {
+    cidr: Ipv4Net,
+    block_size: u8,
+    blocks: u64,
+    claimed: usize,
+}
+
+impl PoolCmd {
+    pub async fn run(self) -> Result<()> {
+        match self {
+            PoolCmd::Add {
+                cidr,
+                block_size,
+                cluster,
+            } => {
+                let pool = Pool { cidr, block_size };
+                if !cluster.store().await?.ensure_pool(&pool).await? {
+                    println!("pool {cidr} exists");
+                }
+                Ok(())
+            }
+            PoolCmd::List { cluster } => {
+                let (view, _) = cluster.store().await?.list().await?;
+                let rows: Vec<PoolRow> = view
+                    .pools
+                    .values()
+                    .map(|p| PoolRow {
+                        cidr: p.cidr,
+                        block_size: p.block_size,
+                        blocks: 1u64 << (p.block_size - p.cidr.len),
+                        claimed: view.blocks.keys().filter(|b| p.cidr.overlaps(b)).count(),
+                    })
+                    .collect();
+                print(cluster.output, &rows, |rows| {
+                    println!(
+                        "{:<20} {:<10} {:<8} CLAIMED",
+                        "CIDR", "BLOCK_SIZE", "BLOCKS"
+                    );
+                    for r in rows {
+                        println!(
+                            "{:<20} {:<10} {:<8} {}",
+                            r.cidr.to_string(),
+                            r.block_size,
+                            r.blocks,
+                            r.claimed
+                        );
+                    }
+                })
+            }
+            PoolCmd::Del { cidr, cluster } => cluster.store().await?.delete_pool(&cidr).await,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Delete a node's registration and release its blocks: every other node drops it as a
+    /// peer.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+}
+
+impl NodeCmd {
+    pub async fn run(self) -> Result<()> {
+        match self {
+            NodeCmd::Remove { name, cluster } => {
+                let blocks = cluster.store().await?.remove_node(&name).await?;
+                let b: Vec<String> = blocks.iter().map(|b| b.to_string()).collect();
+                println!("removed node {name}; released {}", b.join(", "));
+                Ok(())
+            }
+        }
+    }
+}

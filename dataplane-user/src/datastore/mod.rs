@@ -1,0 +1,391 @@
+//! The cluster datastore on etcd: nodes register themselves, claim blocks from pools, and
+//! learn every other node as a peer ([`model`] is what is stored and what it means; [`Store`]
+//! the etcd I/O; [`sync`] the daemon's task that keeps a node's view current).
+
+pub mod model;
+pub mod sync;
+
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp,
+};
+
+use crate::config::Ipv4Net;
+use model::{Block, Keys, NodeRecord, Pool, View};
+
+/// The `[datastore]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreCfg {
+    /// The members' client URLs (`http://…` or `https://…`).
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// TLS: the CA that signed the members' certificates, and this node's client certificate
+    /// and key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+pub const DEFAULT_PREFIX: &str = "/ipipd/v1";
+
+/// How long a connection, and each request, may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl DatastoreCfg {
+    /// The section's own rules: (key, message) of the first one broken.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.endpoints.is_empty() {
+            return Err(("datastore.etcd", "lists no member".into()));
+        }
+        for e in &self.endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .ok_or((
+                    "datastore.etcd",
+                    format!("{e:?}: not http://HOST:PORT or https://HOST:PORT"),
+                ))?;
+            if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+                return Err(("datastore.etcd", format!("{e:?}: not http://HOST:PORT")));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            return Err((
+                "datastore.prefix",
+                format!("{:?}: must start with / and name something", self.prefix),
+            ));
+        }
+        for (k, p) in [
+            ("datastore.ca", &self.ca),
+            ("datastore.cert", &self.cert),
+            ("datastore.key", &self.key),
+        ] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err((k, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(("datastore.cert", "cert and key go together".into()));
+        }
+        let tls = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if (self.ca.is_some() || self.cert.is_some()) && !tls {
+            return Err((
+                "datastore.etcd",
+                "TLS files are given but no member is https://".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A connection to the datastore.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    pub keys: Keys,
+}
+
+fn read(p: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("datastore.{what}: reading {}", p.display()))
+}
+
+/// Retries a request while etcd says it may work a moment later (`Unavailable`, a leader
+/// change), within [`REQUEST_TIMEOUT`] each and a few attempts in all: the client does not.
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut last = None;
+    for _ in 0..5 {
+        match tokio::time::timeout(REQUEST_TIMEOUT, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => last = Some(anyhow!("{e}")),
+            Err(_) => last = Some(anyhow!("no answer within {}s", REQUEST_TIMEOUT.as_secs())),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+    Err(last
+        .unwrap_or_else(|| anyhow!("failed"))
+        .context(what.to_string()))
+}
+
+impl Store {
+    /// Connects (within [`REQUEST_TIMEOUT`]) and checks that a member answers.
+    pub async fn connect(cfg: &DatastoreCfg) -> Result<Store> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &cfg.ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "ca")?));
+            }
+            if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
+                tls = tls.identity(Identity::from_pem(read(c, "cert")?, read(k, "key")?));
+            }
+            opts = opts.with_tls(tls);
+        }
+        let members = cfg.endpoints.join(", ");
+        let mut client = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            Client::connect(cfg.endpoints.clone(), Some(opts)),
+        )
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "etcd at {members}: no connection within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| anyhow!("etcd at {members}: {e}"))?;
+        // A request, so that a refused certificate or a dead member shows here.
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.get("/", Some(GetOptions::new().with_count_only())),
+        )
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "etcd at {members}: no answer within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| anyhow!("etcd at {members}: {e}"))?;
+        Ok(Store {
+            client,
+            keys: Keys::new(&cfg.prefix),
+        })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Everything under the prefix, and the revision it was read at.
+    pub async fn list(&self) -> Result<(View, i64)> {
+        let c = self.client.clone();
+        let prefix = self.keys.all();
+        let resp = retry("listing the datastore", || {
+            let mut c = c.clone();
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let mut view = View::default();
+        for kv in resp.kvs() {
+            view.apply(
+                &self.keys,
+                &String::from_utf8_lossy(kv.key()),
+                Some(kv.value()),
+            );
+        }
+        Ok((view, rev))
+    }
+
+    /// Creates `key` with `value` unless it exists; whether it did.
+    async fn create(&self, key: String, value: Vec<u8>, lease: Option<i64>) -> Result<bool> {
+        let c = self.client.clone();
+        let r = retry(&format!("creating {key}"), || {
+            let mut c = c.clone();
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let put = match lease {
+                    Some(l) => {
+                        TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(l)))
+                    }
+                    None => TxnOp::put(key.clone(), value, None),
+                };
+                c.txn(
+                    Txn::new()
+                        .when([Compare::version(key, CompareOp::Equal, 0)])
+                        .and_then([put]),
+                )
+                .await
+            }
+        })
+        .await?;
+        Ok(r.succeeded())
+    }
+
+    async fn put(&self, key: String, value: Vec<u8>, lease: Option<i64>) -> Result<()> {
+        let c = self.client.clone();
+        retry(&format!("writing {key}"), || {
+            let mut c = c.clone();
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, lease.map(|l| PutOptions::new().with_lease(l)))
+                    .await
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn delete(&self, key: String) -> Result<()> {
+        let c = self.client.clone();
+        retry(&format!("deleting {key}"), || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Creates a pool unless one with that CIDR exists (a different block size there is an
+    /// error); whether it was created.
+    pub async fn ensure_pool(&self, pool: &Pool) -> Result<bool> {
+        pool.check()
+            .map_err(|e| anyhow!("pool {}: {e}", pool.cidr))?;
+        let (view, _) = self.list().await?;
+        if let Some(other) = view.pools.values().find(|p| p.cidr.overlaps(&pool.cidr)) {
+            if other == pool {
+                return Ok(false);
+            }
+            bail!(
+                "pool {} /{} overlaps pool {} /{} in the datastore",
+                pool.cidr,
+                pool.block_size,
+                other.cidr,
+                other.block_size
+            );
+        }
+        self.create(self.keys.pool(&pool.cidr), serde_json::to_vec(pool)?, None)
+            .await
+    }
+
+    /// Deletes a pool; refused while a node owns one of its blocks.
+    pub async fn delete_pool(&self, cidr: &Ipv4Net) -> Result<()> {
+        let (view, _) = self.list().await?;
+        if !view.pools.contains_key(cidr) {
+            bail!("no pool {cidr}");
+        }
+        if let Some((b, n)) = view.blocks.iter().find(|(b, _)| cidr.overlaps(b)) {
+            bail!("pool {cidr} is in use: node {n} owns its block {b}");
+        }
+        self.delete(self.keys.pool(cidr)).await
+    }
+
+    /// Claims `block` for `node`: created if nobody owns it (a transaction: of two nodes
+    /// claiming it at once, one wins); fine if `node` owns it already; an error naming the
+    /// owner otherwise.
+    pub async fn claim(&self, block: &Ipv4Net, node: &str) -> Result<()> {
+        let value = serde_json::to_vec(&Block {
+            cidr: *block,
+            node: node.to_string(),
+        })?;
+        if self.create(self.keys.block(block), value, None).await? {
+            return Ok(());
+        }
+        let (view, _) = self.list().await?;
+        match view.blocks.get(block) {
+            Some(owner) if owner == node => Ok(()),
+            Some(owner) => bail!("block {block} is owned by node {owner} in the datastore"),
+            // Released in between: try once more.
+            None => Box::pin(self.claim(block, node)).await,
+        }
+    }
+
+    /// Claims the first free block of the pools for `node`: each candidate by a transaction
+    /// that fails when another node won it, then the next.
+    pub async fn claim_any(&self, node: &str) -> Result<Ipv4Net> {
+        let (view, _) = self.list().await?;
+        if view.pools.is_empty() {
+            bail!("the datastore has no pool to claim a block from (ipipd pool add, or [[pool]])");
+        }
+        let value = |b: &Ipv4Net| {
+            serde_json::to_vec(&Block {
+                cidr: *b,
+                node: node.to_string(),
+            })
+        };
+        for b in view.free_blocks().collect::<Vec<_>>() {
+            if self.create(self.keys.block(&b), value(&b)?, None).await? {
+                return Ok(b);
+            }
+        }
+        let pools: Vec<String> = view.pools.keys().map(|p| p.to_string()).collect();
+        bail!("no free block left in the pools {}", pools.join(", "))
+    }
+
+    /// Writes the node's registration.
+    pub async fn register(&self, node: &NodeRecord) -> Result<()> {
+        self.put(self.keys.node(&node.name), serde_json::to_vec(node)?, None)
+            .await
+    }
+
+    /// A lease of `ttl` seconds and the liveness key under it.
+    pub async fn alive(&self, name: &str, ttl: i64) -> Result<i64> {
+        let c = self.client.clone();
+        let lease = retry("granting a lease", || {
+            let mut c = c.clone();
+            async move { c.lease_grant(ttl, None).await }
+        })
+        .await?
+        .id();
+        let v = serde_json::to_vec(&serde_json::json!({"pid": std::process::id()}))?;
+        self.put(self.keys.alive(name), v, Some(lease)).await?;
+        Ok(lease)
+    }
+
+    /// `ipipd node remove`: the registration, the liveness key and every block of the node.
+    pub async fn remove_node(&self, name: &str) -> Result<Vec<Ipv4Net>> {
+        let (view, _) = self.list().await?;
+        if !view.nodes.contains_key(name) && view.blocks_of(name).is_empty() {
+            bail!("no node {name} in the datastore");
+        }
+        self.delete(self.keys.node(name)).await?;
+        self.delete(self.keys.alive(name)).await?;
+        let blocks = view.blocks_of(name);
+        for b in &blocks {
+            self.delete(self.keys.block(b)).await?;
+        }
+        Ok(blocks)
+    }
+}
+
+/// What a node's start gets from the datastore: its blocks (claimed), its registration
+/// written, and the view.
+pub async fn bootstrap(
+    store: &Store,
+    name: &str,
+    address: Ipv4Addr,
+    file_blocks: &[Ipv4Net],
+    pools: &[Pool],
+) -> Result<View> {
+    for p in pools {
+        if store.ensure_pool(p).await? {
+            log::info!(
+                "datastore: created pool {} (blocks /{})",
+                p.cidr,
+                p.block_size
+            );
+        }
+    }
+    for b in file_blocks {
+        store.claim(b, name).await?;
+    }
+    let (view, _) = store.list().await?;
+    if view.blocks_of(name).is_empty() {
+        let b = store.claim_any(name).await?;
+        log::info!("datastore: claimed block {b}");
+    }
+    store
+        .register(&NodeRecord {
+            name: name.to_string(),
+            address,
+        })
+        .await?;
+    Ok(store.list().await?.0)
+}

@@ -1,0 +1,367 @@
+//! The cluster datastore on etcd (Debian's etcd-server, started by each test inside a
+//! namespace of its own on the underlay): nodes with no peers or blocks in their files claim
+//! distinct blocks, learn each other, follow a node that joins and one that is removed, and
+//! keep forwarding while etcd is away.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use dataplane_user::datastore::{DatastoreCfg, Store, model::Pool};
+use ipipd_tests::{
+    NetNs,
+    cluster::{Cluster, NodeSpec},
+    cni::Plugin,
+    counters::ping,
+    etcd::Etcd,
+    require_root,
+    traffic::ping_while,
+};
+use serde_json::Value;
+
+const ETCD_HOST: Ipv4Addr = Ipv4Addr::new(172, 31, 242, 10);
+const PREFIX: &str = "/ipipd-test";
+
+/// `n` nodes (no blocks, no pods) and the etcd host, all on one underlay.
+fn nodes(tag: &str, n: usize) -> Cluster {
+    let mut specs = vec![NodeSpec::host("etcd", ETCD_HOST, 20)];
+    for i in 0..n {
+        specs.push(NodeSpec::host(
+            &format!("n{i}"),
+            Ipv4Addr::new(172, 31, 242, 151 + i as u8),
+            20,
+        ));
+    }
+    Cluster::new(tag, &specs).unwrap()
+}
+
+/// A node's file: [node], [datastore] and the pool; no peers, no blocks.
+fn config(c: &Cluster, node: &str, etcd: &Etcd) -> String {
+    let n = c.node(node);
+    format!(
+        "[node]\nname = \"{node}\"\nuplink = \"eth0\"\naddress = \"{a}\"\npin_dir = \"{pins}\"\n\n\
+         [datastore]\netcd = [\"{url}\"]\nprefix = \"{PREFIX}\"\n\n\
+         [[pool]]\ncidr = \"10.244.0.0/22\"\nblock_size = 26\n",
+        a = n.spec.address,
+        pins = c.bpffs.join(node).display(),
+        url = etcd.url,
+    )
+}
+
+fn start(c: &mut Cluster, node: &str, etcd: &Etcd) {
+    let cfg = config(c, node, etcd);
+    c.start_daemon(node, Some(cfg))
+        .unwrap_or_else(|e| panic!("{node}: {e:#}\n{}\n{}", c.logs(), etcd.log_text()));
+}
+
+fn cfg_path(c: &Cluster, node: &str) -> String {
+    c.dir
+        .join(node)
+        .join("ipipd.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `ipipd blocks -o json` through a node's config: (block, owner).
+fn blocks(c: &Cluster, node: &str) -> Vec<(String, String)> {
+    let out = c
+        .node(node)
+        .ipipd(&["blocks", "--config", &cfg_path(c, node), "-o", "json"])
+        .unwrap();
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["cidr"].as_str().unwrap().to_string(),
+                b["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The prefixes of a node's routes map.
+fn route_prefixes(c: &Cluster, node: &str) -> BTreeSet<String> {
+    let out = c
+        .node(node)
+        .ipipd(&[
+            "routes",
+            "-o",
+            "json",
+            "--pin-dir",
+            &c.bpffs.join(node).to_string_lossy(),
+        ])
+        .unwrap();
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls (bounded) until `f` holds; the bound is a deadline for failure, not a measurement.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A pod on `node` through the CNI plugin (its address from the node's claimed block).
+fn pod(c: &Cluster, node: &str, id: &str) -> (NetNs, Ipv4Addr) {
+    let ns = NetNs::new(&format!("ds-pod-{id}")).unwrap();
+    let p = Plugin::new(c, node).unwrap();
+    let r = p.call("ADD", id, Some(&ns.name), "eth0", &p.conf("1.0.0"), &[]);
+    assert!(r.ok(), "ADD on {node}: {r}\n{}", c.logs());
+    let a = r.address().unwrap();
+    (ns, a)
+}
+
+fn ping_ok(ns: &NetNs, to: Ipv4Addr) -> bool {
+    ping(ns, &format!("-c 2 -i 0.2 -W 2 {to}")).contains(" 2 received")
+}
+
+#[test]
+fn nodes_claim_distinct_blocks_learn_each_other_and_follow_a_join_and_a_removal() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-3", 4);
+    let etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    for n in ["n0", "n1", "n2"] {
+        start(&mut c, n, &etcd);
+    }
+    let owned = blocks(&c, "n0");
+    assert_eq!(owned.len(), 3, "{owned:?}");
+    let cidrs: BTreeSet<&String> = owned.iter().map(|(b, _)| b).collect();
+    assert_eq!(cidrs.len(), 3, "a block twice: {owned:?}");
+    let owners: BTreeSet<&String> = owned.iter().map(|(_, n)| n).collect();
+    assert_eq!(owners.len(), 3, "{owned:?}");
+    // `ipipd nodes` shows them up.
+    let out = c
+        .node("n0")
+        .ipipd(&["nodes", "--config", &cfg_path(&c, "n0"), "-o", "json"])
+        .unwrap();
+    let nodes: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 3);
+    assert!(
+        nodes.as_array().unwrap().iter().all(|n| n["alive"] == true),
+        "{nodes}"
+    );
+
+    // Pods on every node reach each other across all of them.
+    let pods: Vec<(NetNs, Ipv4Addr)> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|n| pod(&c, n, &format!("p{n}")))
+        .collect();
+    for (i, (ns, _)) in pods.iter().enumerate() {
+        for (j, (_, to)) in pods.iter().enumerate() {
+            if i != j {
+                assert!(ping_ok(ns, *to), "pod {i} → pod {j} ({to})\n{}", c.logs());
+            }
+        }
+    }
+
+    // A fourth node joins: every node learns it, no file changes.
+    start(&mut c, "n3", &etcd);
+    let (p3, a3) = pod(&c, "n3", "pn3");
+    let b3 = blocks(&c, "n0")
+        .into_iter()
+        .find(|(_, n)| n == "n3")
+        .map(|(b, _)| b)
+        .expect("n3 claimed a block");
+    for n in ["n0", "n1", "n2"] {
+        eventually(&format!("{n} routes n3's block {b3}"), || {
+            route_prefixes(&c, n).contains(&b3)
+        });
+    }
+    for (ns, _) in &pods {
+        assert!(ping_ok(ns, a3), "→ n3's pod {a3}\n{}", c.logs());
+    }
+    assert!(ping_ok(&p3, pods[0].1));
+
+    // n3 removed from the datastore (its daemon stopped): every node drops it.
+    c.stop_daemon("n3").unwrap();
+    let out = c
+        .node("n0")
+        .ipipd(&["node", "remove", "n3", "--config", &cfg_path(&c, "n0")])
+        .unwrap();
+    assert!(out.contains(&b3), "{out}");
+    for n in ["n0", "n1", "n2"] {
+        eventually(&format!("{n} drops n3's block"), || {
+            !route_prefixes(&c, n).contains(&b3)
+        });
+    }
+    assert!(!blocks(&c, "n0").iter().any(|(_, n)| n == "n3"));
+    assert!(ping_ok(&pods[1].0, pods[2].1), "the rest still talk");
+}
+
+#[test]
+fn racing_claimants_never_share_a_block() {
+    if !require_root() {
+        return;
+    }
+    let c = nodes("ds-race", 0);
+    let etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    let cfg = DatastoreCfg {
+        endpoints: vec![etcd.url.clone()],
+        prefix: PREFIX.into(),
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    // 16 blocks, 20 claimants at once, each with its own connection (from inside the etcd
+    // host's namespace: the test's traffic stays in namespaces it made).
+    let results = c
+        .node("etcd")
+        .ns
+        .enter(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let s = Store::connect(&cfg).await.unwrap();
+                s.ensure_pool(&Pool {
+                    cidr: "10.244.0.0/22".parse().unwrap(),
+                    block_size: 26,
+                })
+                .await
+                .unwrap();
+                let tasks: Vec<_> = (0..20)
+                    .map(|i| {
+                        let cfg = cfg.clone();
+                        tokio::spawn(async move {
+                            let s = Store::connect(&cfg).await?;
+                            s.claim_any(&format!("c{i}")).await
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.unwrap());
+                }
+                (out, s.list().await.unwrap().0)
+            })
+        })
+        .unwrap();
+    let (results, view) = results;
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let lost: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
+    assert_eq!(won.len(), 16, "{results:?}");
+    assert_eq!(
+        won.iter().collect::<BTreeSet<_>>().len(),
+        16,
+        "a block twice"
+    );
+    assert_eq!(lost.len(), 4);
+    assert!(lost.iter().all(|e| e.contains("no free block")), "{lost:?}");
+    // The datastore agrees: 16 blocks, each with the owner its claimant was told.
+    assert_eq!(view.blocks.len(), 16);
+    for (i, r) in results.iter().enumerate() {
+        if let Ok(b) = r {
+            assert_eq!(view.blocks[b], format!("c{i}"));
+        }
+    }
+}
+
+/// GET on a node's metrics address (loopback in its namespace).
+fn get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
+    let path = path.to_string();
+    ns.enter(move || -> Option<(u16, String)> {
+        let mut s = TcpStream::connect("127.0.0.1:9097").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((code, body))
+    })
+    .unwrap()
+}
+
+fn datastore_up(ns: &NetNs) -> Option<bool> {
+    let (_, body) = get(ns, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with("ipipd_datastore_up "))
+        .map(|l| l.ends_with(" 1"))
+}
+
+#[test]
+fn forwarding_does_not_depend_on_etcd_and_a_node_added_meanwhile_is_learnt() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-out", 3);
+    let mut etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    start(&mut c, "n0", &etcd);
+    start(&mut c, "n1", &etcd);
+    let (p0, _) = pod(&c, "n0", "o0");
+    let (_p1, a1) = pod(&c, "n1", "o1");
+    assert!(ping_ok(&p0, a1));
+    assert_eq!(datastore_up(&c.node("n0").ns), Some(true));
+
+    // etcd away for 30 s under a 200/s ping: nothing lost, the metric says 0, /readyz why.
+    let n0 = c.node("n0").ns.view();
+    let go = AtomicBool::new(true);
+    let keep_going = || go.load(Ordering::Relaxed);
+    let (down_seen, readyz, pings) = std::thread::scope(|s| {
+        let pinger = s.spawn(|| ping_while(&p0, a1, 200, "0.005", 100, &keep_going));
+        std::thread::sleep(Duration::from_millis(300));
+        etcd.stop();
+        let mut down_seen = false;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            down_seen |= datastore_up(&n0) == Some(false);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let readyz = get(&n0, "/readyz").unwrap();
+        etcd.resume().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        go.store(false, Ordering::Relaxed);
+        (down_seen, readyz, pinger.join().unwrap().unwrap().0)
+    });
+    assert_eq!(readyz.0, 503, "{}", readyz.1);
+    assert!(readyz.1.contains("the datastore"), "{}", readyz.1);
+    assert!(
+        down_seen,
+        "ipipd_datastore_up never went to 0\n{}",
+        c.logs()
+    );
+    assert_eq!(pings.lost(), 0, "{pings:?}\n{}", c.logs());
+    eventually("datastore_up back to 1", || {
+        datastore_up(&c.node("n0").ns) == Some(true)
+    });
+
+    // n0 cut off from etcd (a blackhole to it) while n2 joins; n0 learns n2 when it is back.
+    c.node("n0")
+        .ns
+        .sh(&format!("ip route add blackhole {ETCD_HOST}/32"))
+        .unwrap();
+    eventually("n0 sees the datastore down", || {
+        datastore_up(&c.node("n0").ns) == Some(false)
+    });
+    start(&mut c, "n2", &etcd);
+    let (_p2, a2) = pod(&c, "n2", "o2");
+    assert!(!ping_ok(&p0, a2), "n0 knew n2 while cut off?");
+    c.node("n0")
+        .ns
+        .sh(&format!("ip route del blackhole {ETCD_HOST}/32"))
+        .unwrap();
+    eventually("n0 reaches n2's pod", || ping_ok(&p0, a2));
+    assert!(ping_ok(&p0, a1), "n1's pod after the resync");
+}
