@@ -63,6 +63,17 @@ pub struct NodeInfo {
     pub blocks: Vec<Ipv4Net>,
     /// Addresses the allocator can still hand out.
     pub free: usize,
+    /// With a datastore: whether it is reachable, and why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<DatastoreState>,
+}
+
+/// The datastore as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreState {
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// An endpoint as the daemon holds it.

@@ -524,7 +524,7 @@ impl Owner {
         let r = match req {
             Request::Change(change) => self.change_request(change).await,
             Request::Node => Ok(Reply::answer(Answer::Node(self.node_info()))),
-            Request::Allocate { owner, pod } => return self.allocate(&owner, pod),
+            Request::Allocate { owner, pod } => return self.allocate(&owner, pod).await,
             Request::Detach { owner } => self.detach(&owner).await,
             Request::Lookup { owner } => Ok(Reply::answer(Answer::Attachment(self.lookup(&owner)))),
             Request::Gc { valid } => self.gc(valid).await,
@@ -664,10 +664,53 @@ impl Owner {
             pod_mtu: self.dp.mtu - 20,
             blocks: self.desired.blocks.clone(),
             free,
+            datastore: self.ds_health.as_ref().map(|d| control::DatastoreState {
+                up: d.up,
+                reason: d.reason.clone(),
+            }),
         }
     }
 
-    fn allocate(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
+    /// An address for `owner`; with a datastore, a full node claims another block first.
+    async fn allocate(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
+        let r = self.allocate_here(owner, pod.clone());
+        if r.reason != Some(Reason::NoAddress) || self.file.datastore.is_none() {
+            return r;
+        }
+        match self.claim_block().await {
+            Ok(b) => {
+                log::info!("the node's blocks are full: claimed {b} from the datastore");
+                self.allocate_here(owner, pod)
+            }
+            Err(e) => Reply::refused(
+                Reason::NoAddress,
+                format!("{}; claiming another block: {e:#}", r.error),
+            ),
+        }
+    }
+
+    /// Claims a free block of the pools for this node and programs it as the node's own.
+    async fn claim_block(&mut self) -> Result<crate::config::Ipv4Net> {
+        let d = self.file.datastore.clone().expect("checked by the caller");
+        let store = crate::datastore::Store::connect(&d).await?;
+        let b = store.claim_any(&self.file.node.name).await?;
+        let mut view = self.ds_view.clone().unwrap_or_default();
+        view.blocks.insert(b, self.file.node.name.clone());
+        let old = self.ds_view.replace(view);
+        let (file, rt) = (self.file.clone(), self.runtime.clone());
+        if let Err(e) = self.adopt(file, rt).await {
+            self.ds_view = old;
+            return Err(e.context(format!("programming the claimed block {b}")));
+        }
+        if let Some(v) = &self.ds_view
+            && let Err(e) = crate::datastore::sync::save_cache(&self.dp.state_dir, v)
+        {
+            log::warn!("datastore: caching the view: {e:#}");
+        }
+        Ok(b)
+    }
+
+    fn allocate_here(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
         let before = self.ipam.clone();
         let in_use = self.in_use(Some(owner));
         match self

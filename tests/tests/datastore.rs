@@ -41,14 +41,17 @@ fn nodes(tag: &str, n: usize) -> Cluster {
 
 /// A node's file: [node], [datastore] and the pool; no peers, no blocks.
 fn config(c: &Cluster, node: &str, etcd: &Etcd) -> String {
+    config_with(c, node, &etcd.url, "10.244.0.0/22", 26, "")
+}
+
+fn config_with(c: &Cluster, node: &str, url: &str, pool: &str, bs: u8, extra: &str) -> String {
     let n = c.node(node);
     format!(
         "[node]\nname = \"{node}\"\nuplink = \"eth0\"\naddress = \"{a}\"\npin_dir = \"{pins}\"\n\n\
          [datastore]\netcd = [\"{url}\"]\nprefix = \"{PREFIX}\"\n\n\
-         [[pool]]\ncidr = \"10.244.0.0/22\"\nblock_size = 26\n",
+         [[pool]]\ncidr = \"{pool}\"\nblock_size = {bs}\n{extra}",
         a = n.spec.address,
         pins = c.bpffs.join(node).display(),
-        url = etcd.url,
     )
 }
 
@@ -364,4 +367,100 @@ fn forwarding_does_not_depend_on_etcd_and_a_node_added_meanwhile_is_learnt() {
         .unwrap();
     eventually("n0 reaches n2's pod", || ping_ok(&p0, a2));
     assert!(ping_ok(&p0, a1), "n1's pod after the resync");
+}
+
+/// What a refused start must not leave: ipipd's tunnel device or pins.
+fn nothing_attached(c: &Cluster, node: &str) {
+    let links = c.node(node).ns.ip("-o link show").unwrap();
+    assert!(!links.contains("ipipd0"), "{links}");
+    let pins = c.bpffs.join(node);
+    let n = std::fs::read_dir(&pins).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(n, 0, "pins left in {}", pins.display());
+}
+
+#[test]
+fn a_taken_block_or_an_unreachable_etcd_refuse_a_first_start_and_a_full_node_claims_again() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-bad", 3);
+    let mut etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    // /30 blocks: two addresses each, so the third pod needs a second block.
+    let cfg0 = config_with(&c, "n0", &etcd.url, "10.245.0.0/28", 30, "");
+    c.start_daemon("n0", Some(cfg0.clone())).unwrap();
+    let b0 = blocks(&c, "n0")[0].0.clone();
+
+    // n1 asks for n0's block: refused, naming the owner; nothing attached.
+    let taken = config_with(
+        &c,
+        "n1",
+        &etcd.url,
+        "10.245.0.0/28",
+        30,
+        &format!("\n[[block]]\ncidr = \"{b0}\"\n"),
+    );
+    let e = c.start_daemon("n1", Some(taken)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains(&format!("block {b0} is owned by node n0")),
+        "{e:#}"
+    );
+    nothing_attached(&c, "n1");
+    // n2 with no etcd listening where its file says, on its first start: a clear error.
+    let nowhere = config_with(
+        &c,
+        "n2",
+        &format!("http://{ETCD_HOST}:23799"),
+        "10.245.0.0/28",
+        30,
+        "",
+    );
+    let e = c.start_daemon("n2", Some(nowhere)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("etcd at http://172.31.242.10:23799"),
+        "{e:#}"
+    );
+    nothing_attached(&c, "n2");
+
+    // Three pods on n0: the third finds the /30 full and n0 claims another block.
+    let pods: Vec<(NetNs, Ipv4Addr)> = (0..3).map(|i| pod(&c, "n0", &format!("f{i}"))).collect();
+    let mine: Vec<String> = blocks(&c, "n0")
+        .into_iter()
+        .filter(|(_, n)| n == "n0")
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}\n{}", c.logs());
+    let status = c
+        .node("n0")
+        .ipipd(&[
+            "status",
+            "-o",
+            "json",
+            "--pin-dir",
+            &c.bpffs.join("n0").to_string_lossy(),
+            "--state-dir",
+            &c.dir.join("n0").join("state").to_string_lossy(),
+        ])
+        .unwrap();
+    let st: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(st["blocks"].as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(st["datastore"]["up"], true, "{st}");
+    assert!(
+        ping_ok(&pods[0].0, pods[2].1),
+        "pod in the first block → pod in the second"
+    );
+
+    // A restart while etcd is away resumes from the last view: forwarding, its blocks.
+    c.stop_daemon("n0").unwrap();
+    etcd.stop();
+    c.start_daemon("n0", Some(cfg0)).unwrap();
+    let log = c.node("n0").daemon.as_ref().unwrap().log_text();
+    assert!(log.contains("starting from the last known state"), "{log}");
+    assert!(ping_ok(&pods[1].0, pods[2].1));
+    let p = Plugin::new(&c, "n0").unwrap();
+    let st = p.call("STATUS", "", None, "", &p.conf("1.1.0"), &[]);
+    assert_eq!(st.error_code(), Some(50), "{st}");
+    etcd.resume().unwrap();
+    eventually("datastore_up back to 1", || {
+        datastore_up(&c.node("n0").ns) == Some(true)
+    });
 }

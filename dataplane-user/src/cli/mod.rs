@@ -132,7 +132,7 @@ pub async fn run(cmd: Command) -> Result<()> {
         Command::Check(c) => c.run().await,
         Command::Endpoint(e) => e.run().await,
         Command::Peer(p) => p.run().await,
-        Command::Status(r) => status::run(r),
+        Command::Status(r) => status::run(r).await,
         Command::Routes(r) => routes::run(r),
         Command::Endpoints(r) => endpoints::run(r),
         Command::Stats(r) => stats::run(r),

@@ -1,13 +1,42 @@
-//! `ipipd status`: the running node's settings and attachments.
+//! `ipipd status`: the running node's settings and attachments (from its pins) and, when its
+//! daemon answers on the state directory's socket, its blocks and the datastore's state.
 
 use anyhow::Result;
-use dataplane_user::inspect;
+use dataplane_user::{
+    config::Ipv4Net,
+    control::{self, Answer, DatastoreState, Request},
+    inspect,
+};
+use serde::Serialize;
 
 use super::{Read, output::print};
 
-pub fn run(r: Read) -> Result<()> {
-    let s = inspect::status(&r.node.pin_dir()?)?;
-    print(r.output, &s, |s| {
+#[derive(Serialize)]
+struct Status {
+    #[serde(flatten)]
+    maps: inspect::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocks: Option<Vec<Ipv4Net>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datastore: Option<DatastoreState>,
+}
+
+pub async fn run(r: Read) -> Result<()> {
+    let maps = inspect::status(&r.node.pin_dir()?)?;
+    let mut s = Status {
+        maps,
+        blocks: None,
+        datastore: None,
+    };
+    if let Ok(dir) = r.node.state_dir()
+        && let Ok(mut c) = control::Client::connect(&dir).await
+        && let Ok(Some(Answer::Node(n))) = c.call(&Request::Node).await
+    {
+        s.blocks = Some(n.blocks);
+        s.datastore = n.datastore;
+    }
+    print(r.output, &s, |st| {
+        let s = &st.maps;
         println!("node        {}", s.node_ip);
         println!(
             "uplink      {} #{} (mtu {})",
@@ -21,5 +50,16 @@ pub fn run(r: Read) -> Result<()> {
         println!("routes      {}", s.routes);
         println!("endpoints   {}", s.endpoints);
         println!("attached    {}", s.attachments.join(" "));
+        if let Some(b) = &st.blocks {
+            let b: Vec<String> = b.iter().map(|b| b.to_string()).collect();
+            println!("blocks      {}", b.join(" "));
+        }
+        if let Some(d) = &st.datastore {
+            if d.up {
+                println!("datastore   up");
+            } else {
+                println!("datastore   down: {}", d.reason);
+            }
+        }
     })
 }
