@@ -14,6 +14,8 @@ use crate::NetNs;
 
 pub struct Etcd {
     child: Option<Child>,
+    /// etcdctl's TLS flags, when the member serves TLS.
+    ctl_tls: Vec<String>,
     ns: String,
     args: Vec<String>,
     log: PathBuf,
@@ -24,12 +26,35 @@ pub struct Etcd {
 impl Etcd {
     /// One member listening on `addr:port` in `ns` (peers on loopback), data under `dir`.
     pub fn start(ns: &NetNs, addr: Ipv4Addr, port: u16, dir: &Path) -> Result<Etcd> {
+        Self::start_with(ns, addr, port, dir, None)
+    }
+
+    /// [`Etcd::start`] serving TLS with the certificates of `tls` and requiring client
+    /// certificates signed by its CA.
+    pub fn start_tls(
+        ns: &NetNs,
+        addr: Ipv4Addr,
+        port: u16,
+        dir: &Path,
+        tls: &Pki,
+    ) -> Result<Etcd> {
+        Self::start_with(ns, addr, port, dir, Some(tls))
+    }
+
+    fn start_with(
+        ns: &NetNs,
+        addr: Ipv4Addr,
+        port: u16,
+        dir: &Path,
+        tls: Option<&Pki>,
+    ) -> Result<Etcd> {
         if !Path::new("/usr/bin/etcd").is_file() {
             bail!("etcd is missing: install etcd-server (cargo xtask setup)");
         }
         let data = dir.join("etcd-data");
         std::fs::create_dir_all(dir)?;
-        let url = format!("http://{addr}:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}:{port}");
         let peer = format!("http://127.0.0.1:{}", port + 1);
         let args: Vec<String> = [
             "--name",
@@ -54,7 +79,27 @@ impl Etcd {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let mut args = args;
+        let mut ctl_tls = Vec::new();
+        if let Some(t) = tls {
+            let p = |f: &PathBuf| f.to_string_lossy().into_owned();
+            args.extend([
+                "--cert-file".into(),
+                p(&t.server_cert),
+                "--key-file".into(),
+                p(&t.server_key),
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                p(&t.ca),
+            ]);
+            ctl_tls = vec![
+                format!("--cacert={}", p(&t.ca)),
+                format!("--cert={}", p(&t.client_cert)),
+                format!("--key={}", p(&t.client_key)),
+            ];
+        }
         let mut e = Etcd {
+            ctl_tls,
             child: None,
             ns: ns.name.clone(),
             args,
@@ -90,6 +135,7 @@ impl Etcd {
                     "--endpoints",
                     &self.url,
                 ])
+                .args(&self.ctl_tls)
                 .args(["--command-timeout=1s", "endpoint", "health"])
                 .env("ETCDCTL_API", "3")
                 .output()
@@ -152,5 +198,55 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A CA, a server certificate for an address, and client certificates: one signed by the CA,
+/// one by a CA the server does not know (openssl, into `dir`).
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path, server: Ipv4Addr) -> Result<Pki> {
+        std::fs::create_dir_all(dir)?;
+        let sh = |script: &str| -> Result<()> {
+            crate::check(Command::new("sh").arg("-ec").arg(script).current_dir(dir))?;
+            Ok(())
+        };
+        let key = |name: &str| format!("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {name}.key 2>/dev/null");
+        sh(&[
+            key("ca"),
+            "openssl req -x509 -new -key ca.key -subj /CN=ipipd-test-ca -days 2 -out ca.pem".into(),
+            key("rogue-ca"),
+            "openssl req -x509 -new -key rogue-ca.key -subj /CN=rogue-ca -days 2 -out rogue-ca.pem".into(),
+            key("server"),
+            "openssl req -new -key server.key -subj /CN=etcd -out server.csr".into(),
+            format!("printf 'subjectAltName=IP:{server}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext"),
+            "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.pem 2>/dev/null".into(),
+            "printf 'extendedKeyUsage=clientAuth\\n' > client.ext".into(),
+            key("client"),
+            "openssl req -new -key client.key -subj /CN=ipipd-node -out client.csr".into(),
+            "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.pem 2>/dev/null".into(),
+            key("rogue"),
+            "openssl req -new -key rogue.key -subj /CN=rogue -out rogue.csr".into(),
+            "openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -days 2 -extfile client.ext -out rogue.pem 2>/dev/null".into(),
+        ]
+        .join("\n"))?;
+        Ok(Pki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            rogue_cert: dir.join("rogue.pem"),
+            rogue_key: dir.join("rogue.key"),
+        })
     }
 }

@@ -17,7 +17,7 @@ use ipipd_tests::{
     cluster::{Cluster, NodeSpec},
     cni::Plugin,
     counters::ping,
-    etcd::Etcd,
+    etcd::{Etcd, Pki},
     require_root,
     traffic::ping_while,
 };
@@ -463,4 +463,45 @@ fn a_taken_block_or_an_unreachable_etcd_refuse_a_first_start_and_a_full_node_cla
     eventually("datastore_up back to 1", || {
         datastore_up(&c.node("n0").ns) == Some(true)
     });
+}
+
+#[test]
+fn tls_with_client_certificates_admits_the_right_node_only() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-tls", 2);
+    let pki = Pki::new(&c.dir.join("pki"), ETCD_HOST).unwrap();
+    let etcd = Etcd::start_tls(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd"), &pki)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let tls = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.ca.display(),
+            cert.display(),
+            key.display()
+        )
+    };
+    // The [datastore] keys go before [[pool]]: put them in place of the prefix line's end.
+    let with = |c: &Cluster, node: &str, t: String| {
+        config(c, node, &etcd).replace(
+            &format!("prefix = \"{PREFIX}\"\n"),
+            &format!("prefix = \"{PREFIX}\"\n{t}"),
+        )
+    };
+    let good = with(&c, "n0", tls(&pki.client_cert, &pki.client_key));
+    c.start_daemon("n0", Some(good))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", etcd.log_text()));
+    assert_eq!(blocks(&c, "n0").len(), 1);
+    // A certificate from a CA etcd does not trust: refused at the handshake, nothing attached.
+    let rogue = with(&c, "n1", tls(&pki.rogue_cert, &pki.rogue_key));
+    let e = c.start_daemon("n1", Some(rogue)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("datastore") && msg.contains("etcd at https://"), "{msg}");
+    nothing_attached(&c, "n1");
+    // No client certificate at all: refused too.
+    let none = with(&c, "n1", format!("ca = \"{}\"\n", pki.ca.display()));
+    let e = c.start_daemon("n1", Some(none)).unwrap_err();
+    assert!(format!("{e:#}").contains("etcd at https://"), "{e:#}");
+    nothing_attached(&c, "n1");
 }
