@@ -31,13 +31,7 @@ impl Etcd {
 
     /// [`Etcd::start`] serving TLS with the certificates of `tls` and requiring client
     /// certificates signed by its CA.
-    pub fn start_tls(
-        ns: &NetNs,
-        addr: Ipv4Addr,
-        port: u16,
-        dir: &Path,
-        tls: &Pki,
-    ) -> Result<Etcd> {
+    pub fn start_tls(ns: &NetNs, addr: Ipv4Addr, port: u16, dir: &Path, tls: &Pki) -> Result<Etcd> {
         Self::start_with(ns, addr, port, dir, Some(tls))
     }
 
@@ -112,6 +106,78 @@ impl Etcd {
 
     /// Starts the member (again, on its data), and waits until it answers.
     pub fn resume(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_healthy()
+    }
+
+    /// Three members on `addr:port`, `port+1`, `port+2` (peers on loopback), one cluster.
+    pub fn cluster3(ns: &NetNs, addr: Ipv4Addr, port: u16, dir: &Path) -> Result<Vec<Etcd>> {
+        let peer = |i: u16| format!("http://127.0.0.1:{}", port + 20 + i);
+        let initial: Vec<String> = (0..3).map(|i| format!("m{i}={}", peer(i))).collect();
+        let mut members = Vec::new();
+        for i in 0..3u16 {
+            let d = dir.join(format!("m{i}"));
+            std::fs::create_dir_all(&d)?;
+            let url = format!("http://{addr}:{}", port + i);
+            let args: Vec<String> = [
+                "--name".to_string(),
+                format!("m{i}"),
+                "--data-dir".into(),
+                d.join("data").to_string_lossy().into_owned(),
+                "--listen-client-urls".into(),
+                url.clone(),
+                "--advertise-client-urls".into(),
+                url.clone(),
+                "--listen-peer-urls".into(),
+                peer(i),
+                "--initial-advertise-peer-urls".into(),
+                peer(i),
+                "--initial-cluster".into(),
+                initial.join(","),
+                "--heartbeat-interval".into(),
+                "50".into(),
+                "--election-timeout".into(),
+                "500".into(),
+            ]
+            .to_vec();
+            let mut m = Etcd {
+                child: None,
+                ctl_tls: Vec::new(),
+                ns: ns.name.clone(),
+                args,
+                log: d.join("etcd.log"),
+                url,
+            };
+            m.spawn()?;
+            members.push(m);
+        }
+        for m in &members {
+            m.wait_healthy()?;
+        }
+        Ok(members)
+    }
+
+    /// Whether this member is the leader (`etcdctl endpoint status`).
+    pub fn is_leader(&self) -> bool {
+        self.ctl(&["endpoint", "status", "-w", "json"])
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                let s = &v[0]["Status"];
+                Some(s["leader"].as_u64()? == s["header"]["member_id"].as_u64()?)
+            })
+            .unwrap_or(false)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,6 +190,10 @@ impl Etcd {
             .spawn()
             .context("starting etcd")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_healthy(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = Command::new("ip")
@@ -220,7 +290,11 @@ impl Pki {
             crate::check(Command::new("sh").arg("-ec").arg(script).current_dir(dir))?;
             Ok(())
         };
-        let key = |name: &str| format!("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {name}.key 2>/dev/null");
+        let key = |name: &str| {
+            format!(
+                "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {name}.key 2>/dev/null"
+            )
+        };
         sh(&[
             key("ca"),
             "openssl req -x509 -new -key ca.key -subj /CN=ipipd-test-ca -days 2 -out ca.pem".into(),

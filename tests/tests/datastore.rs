@@ -472,8 +472,14 @@ fn tls_with_client_certificates_admits_the_right_node_only() {
     }
     let mut c = nodes("ds-tls", 2);
     let pki = Pki::new(&c.dir.join("pki"), ETCD_HOST).unwrap();
-    let etcd = Etcd::start_tls(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd"), &pki)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let etcd = Etcd::start_tls(
+        &c.node("etcd").ns,
+        ETCD_HOST,
+        23790,
+        &c.dir.join("etcd"),
+        &pki,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let tls = |cert: &std::path::Path, key: &std::path::Path| {
         format!(
             "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -497,11 +503,62 @@ fn tls_with_client_certificates_admits_the_right_node_only() {
     let rogue = with(&c, "n1", tls(&pki.rogue_cert, &pki.rogue_key));
     let e = c.start_daemon("n1", Some(rogue)).unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("datastore") && msg.contains("etcd at https://"), "{msg}");
+    assert!(
+        msg.contains("datastore") && msg.contains("etcd at https://"),
+        "{msg}"
+    );
     nothing_attached(&c, "n1");
     // No client certificate at all: refused too.
     let none = with(&c, "n1", format!("ca = \"{}\"\n", pki.ca.display()));
     let e = c.start_daemon("n1", Some(none)).unwrap_err();
     assert!(format!("{e:#}").contains("etcd at https://"), "{e:#}");
     nothing_attached(&c, "n1");
+}
+
+#[test]
+fn the_etcd_leader_killed_under_traffic_changes_nothing_and_the_node_follows_the_survivors() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-3m", 3);
+    let mut members =
+        Etcd::cluster3(&c.node("etcd").ns, ETCD_HOST, 23791, &c.dir.join("etcd")).unwrap();
+    let urls: Vec<String> = members.iter().map(|m| format!("\"{}\"", m.url)).collect();
+    let first = members[0].url.clone();
+    let cfg = |c: &Cluster, node: &str| {
+        config_with(c, node, &first, "10.244.0.0/22", 26, "").replace(
+            &format!("etcd = [\"{first}\"]"),
+            &format!("etcd = [{}]", urls.join(", ")),
+        )
+    };
+    for n in ["n0", "n1"] {
+        let text = cfg(&c, n);
+        c.start_daemon(n, Some(text)).unwrap();
+    }
+    let (p0, _) = pod(&c, "n0", "l0");
+    let (_p1, a1) = pod(&c, "n1", "l1");
+    let leader = members
+        .iter()
+        .position(Etcd::is_leader)
+        .expect("a leader among the three");
+    let go = AtomicBool::new(true);
+    let keep_going = || go.load(Ordering::Relaxed);
+    let pings = std::thread::scope(|s| {
+        let pinger = s.spawn(|| ping_while(&p0, a1, 200, "0.005", 100, &keep_going));
+        std::thread::sleep(Duration::from_millis(300));
+        members[leader].kill();
+        std::thread::sleep(Duration::from_secs(5));
+        go.store(false, Ordering::Relaxed);
+        pinger.join().unwrap().unwrap().0
+    });
+    assert_eq!(pings.lost(), 0, "{pings:?}");
+    // The survivors elect a leader; a node joining through them is learnt by n0.
+    let text = cfg(&c, "n2");
+    c.start_daemon("n2", Some(text))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let (_p2, a2) = pod(&c, "n2", "l2");
+    eventually("n0 reaches n2's pod through the survivors' view", || {
+        ping_ok(&p0, a2)
+    });
+    assert_eq!(datastore_up(&c.node("n0").ns), Some(true), "{}", c.logs());
 }
