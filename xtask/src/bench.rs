@@ -79,6 +79,8 @@ pub enum Part {
     Restart,
     /// CNI ADD and DEL, plugin process start to result.
     Cni,
+    /// The datastore at 1,000 nodes: start to ready, and a node added to its block in the map.
+    Datastore,
 }
 
 /// Whether the running kernel has the ipip module loaded (setup D).
@@ -366,9 +368,16 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     } else {
         Value::Null
     };
+    let ds = if plan.runs(Part::Datastore) {
+        eprintln!("xtask bench: a node among {DS_NODES} in etcd, then {DS_ADDS} more added");
+        datastore(bench_bin)?
+    } else {
+        Value::Null
+    };
     let mut r = report(plan, &runs, testrun, scale);
     r["restart"] = restart;
     r["cni"] = cni;
+    r["datastore"] = ds;
     Ok(r)
 }
 
@@ -489,6 +498,88 @@ fn restart() -> Result<Value> {
         "restart_ms": sj(stat(took)),
         "during_restarts": restarts,
         "during_upgrade": upgrade,
+    }))
+}
+
+/// Nodes the datastore part writes into etcd, and nodes it then adds one at a time.
+const DS_NODES: u32 = 1000;
+const DS_ADDS: u32 = 100;
+
+/// The datastore at scale: [`DS_NODES`] nodes with a block each written into etcd (Debian's,
+/// in a namespace on the underlay), then one real node started on it: the time to ready with
+/// every one of them programmed as a peer; then [`DS_ADDS`] nodes added one at a time, each
+/// timed from its etcd transaction to its block's entry in the real node's routes map.
+fn datastore(bench_bin: &Path) -> Result<Value> {
+    let etcd_ip = Ipv4Addr::new(172, 31, 242, 10);
+    let specs = [
+        ipipd_tests::cluster::NodeSpec::host("etcd", etcd_ip, 20),
+        ipipd_tests::cluster::NodeSpec::host("node", Ipv4Addr::new(172, 31, 242, 151), 20),
+    ];
+    let mut c = Cluster::new("bds", &specs)?;
+    let etcd =
+        ipipd_tests::etcd::Etcd::start(&c.node("etcd").ns, etcd_ip, 23790, &c.dir.join("etcd"))?;
+    let prefix = "/ipipd/v1";
+    let etcd_ns = c.node("etcd").ns.name.clone();
+    let in_etcd_ns = |args: &[String]| -> Result<String> {
+        let out = ipipd_tests::check(
+            Command::new("ip")
+                .args(["netns", "exec", &etcd_ns])
+                .arg(bench_bin)
+                .args(args),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let t = Instant::now();
+    in_etcd_ns(&[
+        "ds-fill".into(),
+        "--etcd".into(),
+        etcd.url.clone(),
+        "--prefix".into(),
+        prefix.into(),
+        "--nodes".into(),
+        DS_NODES.to_string(),
+    ])?;
+    let fill_s = t.elapsed().as_secs_f64();
+    let cfg = format!(
+        "[node]\nname = \"real\"\nuplink = \"eth0\"\naddress = \"172.31.242.151\"\npin_dir = \"{}\"\n\n\
+         [datastore]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\n\n[[pool]]\ncidr = \"10.64.0.0/10\"\nblock_size = 26\n",
+        c.bpffs.join("node").display(),
+        etcd.url
+    );
+    let t = Instant::now();
+    c.start_daemon_within("node", Some(cfg), Duration::from_secs(600))?;
+    let ready_s = t.elapsed().as_secs_f64();
+    let routes = rows(&c, "routes")?;
+    if routes < DS_NODES as usize {
+        bail!("the node programmed {routes} routes for {DS_NODES} nodes");
+    }
+    let out = in_etcd_ns(&[
+        "ds-add-wait".into(),
+        "--etcd".into(),
+        etcd.url.clone(),
+        "--prefix".into(),
+        prefix.into(),
+        "--pin-dir".into(),
+        c.bpffs.join("node").to_string_lossy().into_owned(),
+        "--count".into(),
+        DS_ADDS.to_string(),
+        "--first".into(),
+        (2 * DS_NODES).to_string(),
+    ])?;
+    let ms: Vec<f64> = serde_json::from_str(out.trim())?;
+    let pid = c.node("node").daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
+    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(json!({
+        "nodes": DS_NODES,
+        "fill_s": fill_s,
+        "start_to_ready_s": ready_s,
+        "routes": routes,
+        "add_to_map_ms": median_p99(ms),
+        "rss_kib": rss_kib,
     }))
 }
 
@@ -1596,6 +1687,19 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 &cn["add_ms"]
             ),
             row("DEL", &cn["del_ms"]),
+        );
+    }
+    if plan.runs(Part::Datastore) {
+        let d = &r["datastore"];
+        s += &format!(
+            "\nDatastore: {} nodes with a block each in etcd (written in {:.1} s); a real node started on it is ready with all of them programmed ({} routes) in {:.2} s (RSS {} KiB). {DS_ADDS} nodes then added one at a time, each from its etcd transaction to its block in the node's routes map: median {:.1} ms, p99 {:.1} ms.\n",
+            d["nodes"],
+            d["fill_s"].as_f64().unwrap_or(0.0),
+            d["routes"],
+            d["start_to_ready_s"].as_f64().unwrap_or(0.0),
+            d["rss_kib"],
+            d["add_to_map_ms"]["median"].as_f64().unwrap_or(0.0),
+            d["add_to_map_ms"]["p99"].as_f64().unwrap_or(0.0),
         );
     }
     s += &format!(

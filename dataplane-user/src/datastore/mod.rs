@@ -319,6 +319,39 @@ impl Store {
         bail!("no free block left in the pools {}", pools.join(", "))
     }
 
+    /// Registers a node with its blocks in one transaction that fails when any of the blocks
+    /// is owned (a node provisioned from outside, as the bench writes its 1,000 nodes).
+    pub async fn add_node(&self, node: &NodeRecord, blocks: &[Ipv4Net]) -> Result<()> {
+        let mut when = Vec::new();
+        let mut then = vec![TxnOp::put(
+            self.keys.node(&node.name),
+            serde_json::to_vec(node)?,
+            None,
+        )];
+        for b in blocks {
+            when.push(Compare::version(self.keys.block(b), CompareOp::Equal, 0));
+            then.push(TxnOp::put(
+                self.keys.block(b),
+                serde_json::to_vec(&Block {
+                    cidr: *b,
+                    node: node.name.clone(),
+                })?,
+                None,
+            ));
+        }
+        let c = self.client.clone();
+        let r = retry(&format!("adding node {}", node.name), || {
+            let mut c = c.clone();
+            let (when, then) = (when.clone(), then.clone());
+            async move { c.txn(Txn::new().when(when).and_then(then)).await }
+        })
+        .await?;
+        if !r.succeeded() {
+            bail!("node {}: one of its blocks is owned already", node.name);
+        }
+        Ok(())
+    }
+
     /// Writes the node's registration.
     pub async fn register(&self, node: &NodeRecord) -> Result<()> {
         self.put(self.keys.node(&node.name), serde_json::to_vec(node)?, None)

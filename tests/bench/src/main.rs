@@ -34,6 +34,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Registers `nodes` nodes with one /26 each (10.64.0.0/10 on) in the datastore, in
+    /// transactions, from `first` on.
+    DsFill {
+        #[arg(long)]
+        etcd: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        nodes: u32,
+        #[arg(long, default_value_t = 0)]
+        first: u32,
+    },
+    /// Adds nodes one at a time and times each from its transaction to the block's entry in
+    /// the running ipipd's routes map (JSON: the milliseconds of each).
+    DsAddWait {
+        #[arg(long)]
+        etcd: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        count: u32,
+        /// The index of the first node added (after those of ds-fill).
+        #[arg(long)]
+        first: u32,
+    },
     /// BPF_PROG_TEST_RUN cost per path, its floor's, and a do-nothing program's (JSON).
     Testrun {
         /// The running ipipd's pin directory (its maps are reused).
@@ -143,8 +170,106 @@ fn floor(
     Ok(())
 }
 
+/// The bench's node `i`: its name, address (on the real node's underlay /20) and block.
+fn ds_node(
+    i: u32,
+) -> (
+    dataplane_user::datastore::model::NodeRecord,
+    dataplane_user::config::Ipv4Net,
+) {
+    let address = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 244, 1)) + i);
+    let block = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + i * 64);
+    (
+        dataplane_user::datastore::model::NodeRecord {
+            name: format!("bench-{i:05}"),
+            address,
+        },
+        dataplane_user::config::Ipv4Net::new(block, 26),
+    )
+}
+
+fn datastore(etcd: &str, prefix: &str) -> dataplane_user::datastore::DatastoreCfg {
+    dataplane_user::datastore::DatastoreCfg {
+        endpoints: vec![etcd.to_string()],
+        prefix: prefix.to_string(),
+        ca: None,
+        cert: None,
+        key: None,
+    }
+}
+
+fn ds_fill(etcd: &str, prefix: &str, nodes: u32, first: u32) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = dataplane_user::datastore::Store::connect(&datastore(etcd, prefix)).await?;
+        for i in first..first + nodes {
+            let (n, b) = ds_node(i);
+            store.add_node(&n, &[b]).await?;
+        }
+        Ok(())
+    })
+}
+
+fn ds_add_wait(
+    etcd: &str,
+    prefix: &str,
+    pin_dir: &std::path::Path,
+    count: u32,
+    first: u32,
+) -> Result<()> {
+    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+    let trie: LpmTrie<MapData, [u8; 4], dataplane_common::RouteValue> =
+        LpmTrie::try_from(Map::LpmTrie(MapData::from_pin(
+            pin_dir.join(dataplane_common::map_names::ROUTES),
+        )?))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut ms = Vec::new();
+    rt.block_on(async {
+        let store = dataplane_user::datastore::Store::connect(&datastore(etcd, prefix)).await?;
+        for i in first..first + count {
+            let (n, b) = ds_node(i);
+            let key = Key::new(26, b.addr.octets());
+            let t = std::time::Instant::now();
+            store.add_node(&n, &[b]).await?;
+            loop {
+                if trie
+                    .get(&key, 0)
+                    .is_ok_and(|v| v.kind == dataplane_common::RouteKind::RemoteBlock as u8)
+                {
+                    break;
+                }
+                if t.elapsed() > std::time::Duration::from_secs(30) {
+                    bail!("{b} of {} not in the routes map after 30 s", n.name);
+                }
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            }
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        anyhow::Ok(())
+    })?;
+    println!("{}", serde_json::to_string(&ms)?);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::DsFill {
+            etcd,
+            prefix,
+            nodes,
+            first,
+        } => ds_fill(&etcd, &prefix, nodes, first)?,
+        Cmd::DsAddWait {
+            etcd,
+            prefix,
+            pin_dir,
+            count,
+            first,
+        } => ds_add_wait(&etcd, &prefix, &pin_dir, count, first)?,
         Cmd::Testrun {
             pin_dir,
             pod_if,
