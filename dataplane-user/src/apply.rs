@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, util::KernelVersion};
 use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, map_names};
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::{
     attach::{self, Attachments},
@@ -29,6 +30,9 @@ use crate::{
     plan::{self, KernelView, Plan, Underlay},
     record::{self, NodeRecord, ReplacedRoute},
 };
+
+/// Route requests in flight at once on the netlink socket.
+const ROUTES_IN_FLIGHT: usize = 64;
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -401,7 +405,15 @@ impl Dataplane {
             }
         }
         self.attachments.swap_adopted(&mut self.ebpf, self.xdp);
-        for (link, hook) in &want {
+        // The pods' at once (see `attach_many`), then the tunnel device's and the uplink's.
+        let pods: Vec<&Link> = want
+            .iter()
+            .filter(|(_, h)| *h == Hook::FromPod)
+            .map(|(l, _)| l)
+            .collect();
+        self.attachments
+            .attach_many(&mut self.ebpf, &pods, Hook::FromPod)?;
+        for (link, hook) in want.iter().filter(|(_, h)| *h != Hook::FromPod) {
             self.attachments
                 .attach(&mut self.ebpf, link, *hook, self.xdp)?;
         }
@@ -456,9 +468,14 @@ impl Dataplane {
             // Before the routes change: a crash in between forgets nothing.
             self.record.save(&self.state_dir)?;
         }
-        for r in adding {
-            self.nl.route_replace(r).await?;
-        }
+        // Many at once on the one netlink socket: each route is its own request and ack, and
+        // 10,000 of them one after another are most of a large node's start.
+        let nl = &self.nl;
+        futures::stream::iter(adding)
+            .map(|r| nl.route_replace(r))
+            .buffer_unordered(ROUTES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
 
         for (addr, name) in &plan.pending {
             if self.plan.pending.get(addr) != Some(name) {

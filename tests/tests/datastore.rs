@@ -560,5 +560,62 @@ fn the_etcd_leader_killed_under_traffic_changes_nothing_and_the_node_follows_the
     eventually("n0 reaches n2's pod through the survivors' view", || {
         ping_ok(&p0, a2)
     });
-    assert_eq!(datastore_up(&c.node("n0").ns), Some(true), "{}", c.logs());
+    eventually("n0's datastore up", || {
+        datastore_up(&c.node("n0").ns) == Some(true)
+    });
+}
+
+#[test]
+fn a_node_that_changes_its_address_re_registers_and_its_peers_follow() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-addr", 2);
+    let etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    start(&mut c, "n0", &etcd);
+    start(&mut c, "n1", &etcd);
+    let (p0, _) = pod(&c, "n0", "a0");
+    let (p1, a1) = pod(&c, "n1", "a1");
+    assert!(ping_ok(&p0, a1));
+
+    // n1 moves to another underlay address: its daemon restarted on the new one.
+    let new = Ipv4Addr::new(172, 31, 242, 199);
+    c.stop_daemon("n1").unwrap();
+    let old = c.node("n1").spec.address;
+    c.node("n1")
+        .ns
+        .sh(&format!(
+            "ip addr del {old}/20 dev eth0; ip addr add {new}/20 dev eth0"
+        ))
+        .unwrap();
+    c.node_mut("n1").spec.address = new;
+    start(&mut c, "n1", &etcd);
+    let out = c
+        .node("n0")
+        .ipipd(&["nodes", "--config", &cfg_path(&c, "n0"), "-o", "json"])
+        .unwrap();
+    assert!(out.contains(&new.to_string()), "{out}");
+    // n0 follows: its peer is the new address, and the pods talk again.
+    eventually("n0 routes n1 at its new address", || {
+        route_prefixes(&c, "n0").contains(&format!("{new}/32"))
+            && !route_prefixes(&c, "n0").contains(&format!("{old}/32"))
+    });
+    eventually("n0's pod reaches n1's pod again", || ping_ok(&p0, a1));
+    assert!(ping_ok(&p1, pod_addr(&c, "n0")));
+}
+
+/// The address of the first endpoint on a node.
+fn pod_addr(c: &Cluster, node: &str) -> Ipv4Addr {
+    let out = c
+        .node(node)
+        .ipipd(&[
+            "endpoints",
+            "-o",
+            "json",
+            "--pin-dir",
+            &c.bpffs.join(node).to_string_lossy(),
+        ])
+        .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v[0]["address"].as_str().unwrap().parse().unwrap()
 }

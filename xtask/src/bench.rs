@@ -50,6 +50,8 @@ pub struct Opts {
     pub only: Vec<Part>,
     /// The iperf3 runs' TCP congestion control; None: the namespaces' default (the host's).
     pub cc: Option<String>,
+    /// The scale part's endpoints.
+    pub scale_endpoints: usize,
 }
 
 /// `--cc`: a congestion control this kernel has.
@@ -283,7 +285,7 @@ pub fn run(opts: Opts) -> Result<()> {
         testrun_calls: if quick { 20_000 } else { 100_000 },
         testrun_repeat: if quick { 200_000 } else { 1_000_000 },
         scale_blocks: 10_000,
-        scale_endpoints: 10_000,
+        scale_endpoints: opts.scale_endpoints,
         only: opts.only.clone(),
         // A new namespace starts with the host's default.
         cc: match &opts.cc {

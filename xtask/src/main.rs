@@ -99,7 +99,8 @@ enum Cmd {
         /// Under TCG only the ratios mean anything.
         #[arg(long)]
         vm: bool,
-        /// Only these parts (comma-separated): traffic, testrun, scale. Default: all.
+        /// Only these parts (comma-separated): traffic, testrun, scale, restart, cni, datastore.
+        /// Default: all.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Part>,
         /// The TCP congestion control of the iperf3 runs (iperf3 -C), one of the kernel's
@@ -107,6 +108,9 @@ enum Cmd {
         /// inherit.
         #[arg(long, value_name = "NAME")]
         cc: Option<String>,
+        /// Endpoints of the scale part (with its 10,000 remote blocks).
+        #[arg(long, value_name = "N", default_value_t = 1_000)]
+        scale_endpoints: usize,
         #[command(flatten)]
         vm_opts: VmArgs,
     },
@@ -172,6 +176,7 @@ fn main() -> Result<()> {
                 profile: false,
                 only: Vec::new(),
                 cc: None,
+                scale_endpoints: 1_000,
                 out: PathBuf::from("/tmp/bench"),
                 ipipd: ipipd.clone(),
                 bench_bin: bench_bin.clone(),
@@ -289,6 +294,7 @@ fn main() -> Result<()> {
             vm,
             only,
             cc,
+            scale_endpoints,
             vm_opts,
         } => {
             if vm && (profile || !only.is_empty() || cc.is_some()) {
@@ -312,6 +318,7 @@ fn main() -> Result<()> {
                 profile,
                 only,
                 cc,
+                scale_endpoints,
                 out: root.join("target/bench"),
                 ipipd: root.join("target/release/ipipd"),
                 bench_bin: root.join("target/release/ipipd-bench"),

@@ -118,14 +118,44 @@ where
 }
 
 impl Store {
-    /// Connects (within [`REQUEST_TIMEOUT`]) and checks that a member answers.
+    /// Connects to the members that answer now (each probed within [`REQUEST_TIMEOUT`]): a
+    /// dead member in the list would otherwise fail a share of the requests, since the
+    /// client spreads them over every endpoint it was given. None answering is an error
+    /// naming the first one's.
     pub async fn connect(cfg: &DatastoreCfg) -> Result<Store> {
+        if cfg.endpoints.len() == 1 {
+            return Self::connect_to(cfg, &cfg.endpoints).await;
+        }
+        let probes = cfg.endpoints.iter().map(|e| async move {
+            (
+                e.clone(),
+                Self::connect_to(cfg, std::slice::from_ref(e)).await,
+            )
+        });
+        let mut live = Vec::new();
+        let mut first_err = None;
+        for (e, r) in futures::future::join_all(probes).await {
+            match r {
+                Ok(_) => live.push(e),
+                Err(err) => {
+                    log::debug!("datastore: {err:#}");
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        if live.is_empty() {
+            return Err(first_err.unwrap_or_else(|| anyhow!("no etcd member")));
+        }
+        Self::connect_to(cfg, &live).await
+    }
+
+    async fn connect_to(cfg: &DatastoreCfg, endpoints: &[String]) -> Result<Store> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+        if endpoints.iter().any(|e| e.starts_with("https://")) {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &cfg.ca {
                 tls = tls.ca_certificate(Certificate::from_pem(read(ca, "ca")?));
@@ -135,19 +165,17 @@ impl Store {
             }
             opts = opts.with_tls(tls);
         }
-        let members = cfg.endpoints.join(", ");
-        let mut client = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            Client::connect(cfg.endpoints.clone(), Some(opts)),
-        )
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "etcd at {members}: no connection within {}s",
-                REQUEST_TIMEOUT.as_secs()
-            )
-        })?
-        .map_err(|e| anyhow!("etcd at {members}: {e}"))?;
+        let members = endpoints.join(", ");
+        let mut client =
+            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(opts)))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "etcd at {members}: no connection within {}s",
+                        REQUEST_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(|e| anyhow!("etcd at {members}: {e}"))?;
         // A request, so that a refused certificate or a dead member shows here.
         tokio::time::timeout(
             REQUEST_TIMEOUT,
