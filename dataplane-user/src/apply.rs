@@ -405,15 +405,10 @@ impl Dataplane {
             }
         }
         self.attachments.swap_adopted(&mut self.ebpf, self.xdp);
-        // The pods' at once (see `attach_many`), then the tunnel device's and the uplink's.
-        let pods: Vec<&Link> = want
-            .iter()
-            .filter(|(_, h)| *h == Hook::FromPod)
-            .map(|(l, _)| l)
-            .collect();
-        self.attachments
-            .attach_many(&mut self.ebpf, &pods, Hook::FromPod)?;
-        for (link, hook) in want.iter().filter(|(_, h)| *h != Hook::FromPod) {
+        // Each TCX attach waits for an RCU grace period under the RTNL lock (~13 ms, one
+        // after another whatever the number of threads: measured), which is most of a large
+        // node's first start; a restart adopts the links instead.
+        for (link, hook) in &want {
             self.attachments
                 .attach(&mut self.ebpf, link, *hook, self.xdp)?;
         }
