@@ -15,6 +15,41 @@ pub mod counters;
 pub mod etcd;
 pub mod traffic;
 
+/// Polls (bounded by `within`) until `f` holds; the bound is a deadline for failure, not a
+/// measurement.
+pub fn eventually_within(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// ipipd's default --metrics-addr: every node namespace has its own loopback.
+pub const METRICS: &str = "127.0.0.1:9097";
+
+/// (status code, body) of a GET of ipipd's metrics server inside `ns`; None while nothing
+/// listens.
+pub fn metrics_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let path = path.to_string();
+    ns.enter(move || -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(METRICS).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((code, body))
+    })
+    .expect("entering the namespace")
+}
+
 /// A number unique in this process, for file and namespace names.
 pub fn seq() -> u32 {
     static N: AtomicU32 = AtomicU32::new(0);

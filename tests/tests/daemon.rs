@@ -68,13 +68,8 @@ fn route_prefixes(c: &Cluster, node: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls (bounded) until `f` holds; the bound is a deadline for failure, not a measurement.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    ipipd_tests::eventually_within(what, Duration::from_secs(20), f)
 }
 
 /// The tc programs attached to a device's hook: TCX programs (6.6+), or netlink cls_bpf

@@ -5,8 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpStream},
+    net::Ipv4Addr,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -18,7 +17,7 @@ use ipipd_tests::{
     cni::Plugin,
     counters::ping,
     etcd::{Etcd, Pki},
-    require_root,
+    metrics_get, require_root,
     traffic::ping_while,
 };
 use serde_json::Value;
@@ -110,13 +109,8 @@ fn route_prefixes(c: &Cluster, node: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Polls (bounded) until `f` holds; the bound is a deadline for failure, not a measurement.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    ipipd_tests::eventually_within(what, Duration::from_secs(30), f)
 }
 
 /// A pod on `node` through the CNI plugin (its address from the node's claimed block).
@@ -281,24 +275,8 @@ fn racing_claimants_never_share_a_block() {
     }
 }
 
-/// GET on a node's metrics address (loopback in its namespace).
-fn get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
-    let path = path.to_string();
-    ns.enter(move || -> Option<(u16, String)> {
-        let mut s = TcpStream::connect("127.0.0.1:9097").ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n")?.1.to_string();
-        Some((code, body))
-    })
-    .unwrap()
-}
-
 fn datastore_up(ns: &NetNs) -> Option<bool> {
-    let (_, body) = get(ns, "/metrics")?;
+    let (_, body) = metrics_get(ns, "/metrics")?;
     body.lines()
         .find(|l| l.starts_with("ipipd_datastore_up "))
         .map(|l| l.ends_with(" 1"))
@@ -332,7 +310,7 @@ fn forwarding_does_not_depend_on_etcd_and_a_node_added_meanwhile_is_learnt() {
             down_seen |= datastore_up(&n0) == Some(false);
             std::thread::sleep(Duration::from_millis(500));
         }
-        let readyz = get(&n0, "/readyz").unwrap();
+        let readyz = metrics_get(&n0, "/readyz").unwrap();
         etcd.resume().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         go.store(false, Ordering::Relaxed);

@@ -21,23 +21,8 @@ use ipipd_tests::{
 const M1: Ipv4Addr = Ipv4Addr::new(192, 168, 179, 2);
 const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 129);
 const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 83, 130);
-/// ipipd's default --metrics-addr: every node namespace has its own loopback.
-const METRICS: &str = "127.0.0.1:9097";
-
-/// (status code, body) of a GET inside `ns`; None while nothing listens.
 fn get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
-    let path = path.to_string();
-    ns.enter(move || -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(METRICS).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n")?.1.to_string();
-        Some((code, body))
-    })
-    .unwrap()
+    ipipd_tests::metrics_get(ns, path)
 }
 
 /// ipipd_packets_total / ipipd_bytes_total by (interface, hook, reason), from a Prometheus
@@ -305,7 +290,7 @@ fn idle_and_oversize_clients_delay_nobody() {
     let idle_tcp: Vec<TcpStream> = node
         .enter(|| {
             (0..10)
-                .map(|_| TcpStream::connect(METRICS).unwrap())
+                .map(|_| TcpStream::connect(ipipd_tests::METRICS).unwrap())
                 .collect()
         })
         .unwrap();
