@@ -129,6 +129,14 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
+/// The bytes IPIP adds to a packet: the outer IPv4 header.
+pub const OUTER_HEADER_LEN: u32 = 20;
+
+/// The tunnel's MTU (the tunnel device's and the pods') over an underlay of `mtu`.
+pub const fn tunnel_mtu(mtu: u32) -> u32 {
+    mtu - OUTER_HEADER_LEN
+}
+
 /// The node's own settings: the single entry (index 0) of the config array.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

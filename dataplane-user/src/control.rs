@@ -65,15 +65,7 @@ pub struct NodeInfo {
     pub free: usize,
     /// With a datastore: whether it is reachable, and why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datastore: Option<DatastoreState>,
-}
-
-/// The datastore as the daemon sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatastoreState {
-    pub up: bool,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    pub datastore: Option<crate::metrics::DatastoreHealth>,
 }
 
 /// An endpoint as the daemon holds it.

@@ -156,9 +156,12 @@ pub async fn run(
     let runtime = RuntimeChanges::load(state_dir)?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let ds_view = match &file.datastore {
-        Some(d) => Some(datastore_start(d, &file, state_dir).await?),
-        None => None,
+    let (ds_view, ds_store) = match &file.datastore {
+        Some(d) => {
+            let (v, store) = datastore_start(d, &file, state_dir).await?;
+            (Some(v), store)
+        }
+        None => (None, None),
     };
     let base = match &ds_view {
         Some(v) => crate::datastore::sync::overlay(&file, v),
@@ -205,6 +208,7 @@ pub async fn run(
             d,
             owner.file.node.name.clone(),
             owner.file.node.address,
+            ds_store,
             tx,
         ));
         rx
@@ -221,29 +225,33 @@ pub async fn run(
 }
 
 /// The datastore at start: pools ensured, the node's blocks claimed, its registration written,
-/// the view cached. Unreachable: the cached view of an earlier run, when there is one (the
-/// node then forwards on what it last knew, and the datastore task keeps trying); else an
-/// error, before anything is attached.
+/// the view cached; the connection is kept for the datastore task. Unreachable: the cached
+/// view of an earlier run, when there is one (the node then forwards on what it last knew,
+/// and the datastore task keeps trying); else an error, before anything is attached.
 async fn datastore_start(
     d: &crate::datastore::DatastoreCfg,
     file: &Config,
     state_dir: &Path,
-) -> Result<crate::datastore::model::View> {
+) -> Result<(
+    crate::datastore::model::View,
+    Option<crate::datastore::Store>,
+)> {
     use crate::datastore::{Store, bootstrap, sync};
     let r = async {
         let store = Store::connect(d).await?;
-        bootstrap(
+        let view = bootstrap(
             &store,
             &file.node.name,
             file.node.address,
             &file.blocks,
             &file.pools,
         )
-        .await
+        .await?;
+        anyhow::Ok((view, store))
     }
     .await;
     match r {
-        Ok(v) => {
+        Ok((v, store)) => {
             sync::save_cache(state_dir, &v)?;
             log::info!(
                 "datastore: node {} owns {}; {} nodes in the cluster",
@@ -255,7 +263,7 @@ async fn datastore_start(
                     .join(", "),
                 v.nodes.len()
             );
-            Ok(v)
+            Ok((v, Some(store)))
         }
         Err(e) => match sync::load_cache(state_dir) {
             Some(v) if !v.blocks_of(&file.node.name).is_empty() => {
@@ -263,7 +271,7 @@ async fn datastore_start(
                     "datastore: {e:#}; starting from the last known state in {}",
                     state_dir.display()
                 );
-                Ok(v)
+                Ok((v, None))
             }
             _ => Err(e.context("datastore")),
         },
@@ -552,7 +560,7 @@ impl Owner {
             })),
             Change::EndpointDel { address } => {
                 // An address `endpoint add` allocated goes with its endpoint.
-                if let Some(owner) = self.ipam.release_address_if(address, |o| !o.is_cli()) {
+                if let Some(owner) = self.ipam.release_address(address, ipam::Attachment::is_cli) {
                     self.ipam.save(&self.dp.state_dir)?;
                     log::info!("released {address} ({owner})");
                 }
@@ -585,25 +593,15 @@ impl Owner {
                     reason: String::new(),
                 });
                 if self.ds_view.as_ref() != Some(&v) {
-                    let old = self.ds_view.replace(v.clone());
-                    let (file, rt) = (self.file.clone(), self.runtime.clone());
-                    match self.adopt(file, rt).await {
-                        Ok(()) => {
-                            if let Err(e) =
-                                crate::datastore::sync::save_cache(&self.dp.state_dir, &v)
-                            {
-                                log::warn!("datastore: caching the view: {e:#}");
-                            }
-                            log::info!(
-                                "datastore: {} nodes, {} peers, {} blocks of this node",
-                                v.nodes.len(),
-                                self.desired.peers.len(),
-                                v.blocks_of(&self.file.node.name).len()
-                            );
-                        }
+                    match self.adopt_view(v).await {
+                        Ok(()) => log::info!(
+                            "datastore: {} nodes, {} peers, {} blocks of this node",
+                            self.ds_view.as_ref().map_or(0, |v| v.nodes.len()),
+                            self.desired.peers.len(),
+                            self.desired.blocks.len()
+                        ),
                         Err(e) => {
-                            self.ds_view = old;
-                            log::error!("datastore: the cluster's state is not applied: {e:#}");
+                            log::error!("datastore: the cluster's state is not applied: {e:#}")
                         }
                     }
                 }
@@ -661,13 +659,10 @@ impl Owner {
             name: self.file.node.name.clone(),
             ready: h.ready,
             waiting_for: h.waiting_for.clone(),
-            pod_mtu: self.dp.mtu - 20,
+            pod_mtu: dataplane_common::tunnel_mtu(self.dp.mtu),
             blocks: self.desired.blocks.clone(),
             free,
-            datastore: self.ds_health.as_ref().map(|d| control::DatastoreState {
-                up: d.up,
-                reason: d.reason.clone(),
-            }),
+            datastore: self.ds_health.clone(),
         }
     }
 
@@ -696,18 +691,31 @@ impl Owner {
         let b = store.claim_any(&self.file.node.name).await?;
         let mut view = self.ds_view.clone().unwrap_or_default();
         view.blocks.insert(b, self.file.node.name.clone());
-        let old = self.ds_view.replace(view);
-        let (file, rt) = (self.file.clone(), self.runtime.clone());
-        if let Err(e) = self.adopt(file, rt).await {
-            self.ds_view = old;
-            return Err(e.context(format!("programming the claimed block {b}")));
+        self.adopt_view(view)
+            .await
+            .map_err(|e| e.context(format!("programming the claimed block {b}")))?;
+        Ok(b)
+    }
+
+    /// A new view of the datastore: the data plane reconciled when what it makes of it (the
+    /// node's blocks, its peers) changed — a liveness key coming or going changes neither —
+    /// and the view cached for a start while etcd is away. On error the old view stands.
+    async fn adopt_view(&mut self, v: crate::datastore::model::View) -> Result<()> {
+        let before = self.base(&self.file);
+        let old = self.ds_view.replace(v);
+        if self.base(&self.file) != before {
+            let (file, rt) = (self.file.clone(), self.runtime.clone());
+            if let Err(e) = self.adopt(file, rt).await {
+                self.ds_view = old;
+                return Err(e);
+            }
         }
         if let Some(v) = &self.ds_view
             && let Err(e) = crate::datastore::sync::save_cache(&self.dp.state_dir, v)
         {
             log::warn!("datastore: caching the view: {e:#}");
         }
-        Ok(b)
+        Ok(())
     }
 
     fn allocate_here(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
@@ -917,23 +925,6 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
         Err(e) => {
             let _ = f.send(reply(Reply::error(e))).await;
         }
-        Ok(
-            req @ (Request::Change(_)
-            | Request::Node
-            | Request::Allocate { .. }
-            | Request::Detach { .. }
-            | Request::Lookup { .. }
-            | Request::Gc { .. }),
-        ) => {
-            let (rtx, rrx) = oneshot::channel();
-            let r = match tx.send(Command::Request(req, rtx)).await {
-                Ok(()) => rrx
-                    .await
-                    .unwrap_or_else(|_| Reply::refused(Reason::NotReady, "the daemon is stopping")),
-                Err(_) => Reply::refused(Reason::NotReady, "the daemon is stopping"),
-            };
-            let _ = f.send(reply(r)).await;
-        }
         Ok(Request::Monitor { drops_only }) => {
             let (itx, irx) = oneshot::channel();
             if tx
@@ -952,6 +943,16 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
                 let _ = f.next().await;
             }
             let _ = tx.send(Command::MonitorEnd(id)).await;
+        }
+        Ok(req) => {
+            let (rtx, rrx) = oneshot::channel();
+            let r = match tx.send(Command::Request(req, rtx)).await {
+                Ok(()) => rrx
+                    .await
+                    .unwrap_or_else(|_| Reply::refused(Reason::NotReady, "the daemon is stopping")),
+                Err(_) => Reply::refused(Reason::NotReady, "the daemon is stopping"),
+            };
+            let _ = f.send(reply(r)).await;
         }
     }
 }

@@ -229,7 +229,7 @@ pub fn status(pin_dir: &Path) -> Result<Status> {
         tunnel_ifindex: cfg.tunnel_ifindex,
         tunnel: ifname(cfg.tunnel_ifindex),
         mtu: cfg.mtu,
-        tunnel_mtu: cfg.mtu - 20,
+        tunnel_mtu: dataplane_common::tunnel_mtu(cfg.mtu),
         mode: Mode::from_u8(cfg.mode).map_or("?", Mode::name),
         attachments,
         routes: routes(pin_dir)?.len(),

@@ -216,16 +216,16 @@ impl Ipam {
         Some(self.allocations.remove(i).address)
     }
 
-    /// Releases the allocation of `address` when `keep` says no to its owner; what went.
-    pub fn release_address_if(
+    /// Releases the allocation of `address` when `of` holds for its owner; the owner.
+    pub fn release_address(
         &mut self,
         address: Ipv4Addr,
-        keep: impl Fn(&Attachment) -> bool,
+        of: impl Fn(&Attachment) -> bool,
     ) -> Option<Attachment> {
         let i = self
             .allocations
             .iter()
-            .position(|a| a.address == address && !keep(&a.owner))?;
+            .position(|a| a.address == address && of(&a.owner))?;
         Some(self.allocations.remove(i).owner)
     }
 

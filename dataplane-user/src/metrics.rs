@@ -62,10 +62,11 @@ pub struct Health {
     pub datastore: Option<DatastoreHealth>,
 }
 
-/// The datastore's state, as /readyz and /metrics report it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The datastore's state, as /readyz, /metrics and the control socket's `node` report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DatastoreHealth {
     pub up: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
 

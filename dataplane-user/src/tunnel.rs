@@ -24,7 +24,7 @@ impl Dataplane {
             return Ok(());
         }
         let peer = tunnel_peer(name);
-        let tunnel_mtu = self.mtu - 20;
+        let tunnel_mtu = dataplane_common::tunnel_mtu(self.mtu);
         let (t, p) = match (links.by_name(name).cloned(), links.by_name(&peer).cloned()) {
             (Some(t), Some(p)) if is_ours(&t, &p) => {
                 for l in [&t, &p] {

@@ -316,6 +316,18 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// `ipipd <args> -o json` on a node, with its pin and state directories: the output,
+    /// parsed.
+    pub fn ipipd_json(&self, node: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let pin = self.bpffs.join(node).to_string_lossy().into_owned();
+        let state = self.dir.join(node).join("state");
+        let state = state.to_string_lossy();
+        let mut all = args.to_vec();
+        all.extend(["-o", "json", "--pin-dir", &pin, "--state-dir", &state]);
+        let out = self.node(node).ipipd(&all)?;
+        serde_json::from_str(&out).with_context(|| format!("ipipd {}: {out}", args.join(" ")))
+    }
+
     /// SIGTERM to the node's daemon; its exit status.
     pub fn stop_daemon(&mut self, name: &str) -> Result<std::process::ExitStatus> {
         let d = self

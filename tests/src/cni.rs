@@ -267,47 +267,36 @@ impl Podman {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// A copy of the root filesystem for one container (podman writes into it).
-    fn rootfs_for(&self, name: &str) -> Result<PathBuf> {
-        let dst = self.dir.join(format!("rootfs-{name}"));
-        check(Command::new("cp").arg("-a").arg(&self.rootfs).arg(&dst))?;
-        Ok(dst)
-    }
-
     /// `podman run -d` of a container that sleeps, on the ipipd network; its ID.
     pub fn run(&self, name: &str) -> Result<String> {
-        let rootfs = self.rootfs_for(name)?;
-        self.podman(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            NETWORK,
-            "--rootfs",
-            &rootfs.to_string_lossy(),
-            "/bin/sh",
-            "-c",
-            "sleep 3600",
-        ])
+        self.run_with(name, "-d", &["/bin/sh", "-c", "sleep 3600"])
     }
 
     /// `podman run --rm` of a container that exits at once (ADD, then DEL).
     pub fn run_once(&self, name: &str) -> Result<()> {
-        let rootfs = self.rootfs_for(name)?;
-        self.podman(&[
+        self.run_with(name, "--rm", &["/bin/true"])?;
+        std::fs::remove_dir_all(self.dir.join(format!("rootfs-{name}")))?;
+        Ok(())
+    }
+
+    /// `podman run <mode>` of `cmd` in a container named `name` on the ipipd network, on a
+    /// copy of the root filesystem (podman writes into it).
+    fn run_with(&self, name: &str, mode: &str, cmd: &[&str]) -> Result<String> {
+        let rootfs = self.dir.join(format!("rootfs-{name}"));
+        check(Command::new("cp").arg("-a").arg(&self.rootfs).arg(&rootfs))?;
+        let rootfs = rootfs.to_string_lossy();
+        let mut args = vec![
             "run",
-            "--rm",
+            mode,
             "--name",
             name,
             "--network",
             NETWORK,
             "--rootfs",
-            &rootfs.to_string_lossy(),
-            "/bin/true",
-        ])?;
-        std::fs::remove_dir_all(rootfs)?;
-        Ok(())
+            &rootfs,
+        ];
+        args.extend_from_slice(cmd);
+        self.podman(&args)
     }
 
     /// The container's address on the ipipd network.

@@ -196,18 +196,9 @@ impl Etcd {
     fn wait_healthy(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.ns,
-                    "etcdctl",
-                    "--endpoints",
-                    &self.url,
-                ])
-                .args(&self.ctl_tls)
+            let ok = self
+                .ctl_cmd()
                 .args(["--command-timeout=1s", "endpoint", "health"])
-                .env("ETCDCTL_API", "3")
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
@@ -242,21 +233,25 @@ impl Etcd {
         }
     }
 
+    /// `etcdctl` against this member (with its TLS flags), in its namespace.
+    fn ctl_cmd(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "etcdctl",
+            "--endpoints",
+            &self.url,
+        ])
+        .args(&self.ctl_tls)
+        .env("ETCDCTL_API", "3");
+        cmd
+    }
+
     /// `etcdctl` against this member; its stdout.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
-        let out = crate::check(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.ns,
-                    "etcdctl",
-                    "--endpoints",
-                    &self.url,
-                ])
-                .args(args)
-                .env("ETCDCTL_API", "3"),
-        )?;
+        let out = crate::check(self.ctl_cmd().args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 

@@ -51,19 +51,7 @@ fn allocations(c: &Cluster, node: &str) -> Vec<(String, String, String)> {
 
 /// `ipipd endpoints -o json` of the node (its state directory gives the pods' names).
 fn endpoints(c: &Cluster, node: &str) -> Vec<Value> {
-    let out = c
-        .node(node)
-        .ipipd(&[
-            "endpoints",
-            "-o",
-            "json",
-            "--pin-dir",
-            &c.bpffs.join(node).to_string_lossy(),
-            "--state-dir",
-            &c.dir.join(node).join("state").to_string_lossy(),
-        ])
-        .unwrap();
-    serde_json::from_str::<Value>(&out)
+    c.ipipd_json(node, &["endpoints"])
         .unwrap()
         .as_array()
         .unwrap()
@@ -443,6 +431,60 @@ fn del_without_netns_gc_and_a_restart_between_add_and_del() {
     let hl_dir = c.dir.join("host-local").join("pods");
     assert!(!hl_dir.join(a.to_string()).exists(), "host-local kept {a}");
     assert_eq!(endpoints(&c, "node").len(), 1);
+
+    // `ipipd endpoint add` without --address takes one from the same allocator; GC leaves
+    // it alone (not the runtime's); `endpoint del` releases it.
+    c.node("node")
+        .ns
+        .sh("ip link add calicli0 type veth peer name pcli0; ip link set calicli0 up")
+        .unwrap();
+    let state = c.dir.join("node").join("state");
+    let state = state.to_string_lossy();
+    let out = c
+        .node("node")
+        .ipipd(&[
+            "endpoint",
+            "add",
+            "--interface",
+            "calicli0",
+            "--state-dir",
+            &state,
+        ])
+        .unwrap();
+    let cli: Ipv4Addr = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(
+        allocations(&c, "node").contains(&(
+            "ipipd-endpoint-add".into(),
+            "calicli0".into(),
+            cli.to_string()
+        )),
+        "{:?}",
+        allocations(&c, "node")
+    );
+    assert!(node.call("GC", "", None, "", &gc, &[]).ok());
+    assert!(
+        allocations(&c, "node")
+            .iter()
+            .any(|a| a.2 == cli.to_string())
+    );
+    c.node("node")
+        .ipipd(&[
+            "endpoint",
+            "del",
+            "--address",
+            &cli.to_string(),
+            "--state-dir",
+            &state,
+        ])
+        .unwrap();
+    assert!(
+        !allocations(&c, "node")
+            .iter()
+            .any(|a| a.2 == cli.to_string())
+    );
 }
 
 /// The veth of a podman container on the node: the one whose endpoint has its address.

@@ -42,12 +42,7 @@ fn ping_ok(c: &Cluster, node: &str, from: Ipv4Addr, to: Ipv4Addr, count: u32) ->
 }
 
 fn json(c: &Cluster, node: &str, what: &str) -> serde_json::Value {
-    let pin = c.bpffs.join(node);
-    let out = c
-        .node(node)
-        .ipipd(&[what, "-o", "json", "--pin-dir", pin.to_str().unwrap()])
-        .unwrap();
-    serde_json::from_str(&out).unwrap()
+    c.ipipd_json(node, &[what]).unwrap()
 }
 
 fn endpoint_addrs(c: &Cluster, node: &str) -> Vec<String> {
@@ -686,22 +681,7 @@ fn more_endpoints_than_the_open_file_limit_allows() {
         .unwrap()
         .count();
     assert!(fds < 64, "{fds} fds");
-    let pin = c.bpffs.join("node");
-    let out = c
-        .node("node")
-        .ipipd(&[
-            "endpoints",
-            "-o",
-            "json",
-            "--pin-dir",
-            pin.to_str().unwrap(),
-        ])
-        .unwrap();
-    let n = serde_json::from_str::<serde_json::Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .len();
+    let n = json(&c, "node", "endpoints").as_array().unwrap().len();
     assert_eq!(n, 301, "every endpoint programmed (300 and the seed's pod)");
     assert!(
         !d.log_text().contains("Too many open files"),

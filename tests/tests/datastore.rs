@@ -90,17 +90,7 @@ fn blocks(c: &Cluster, node: &str) -> Vec<(String, String)> {
 
 /// The prefixes of a node's routes map.
 fn route_prefixes(c: &Cluster, node: &str) -> BTreeSet<String> {
-    let out = c
-        .node(node)
-        .ipipd(&[
-            "routes",
-            "-o",
-            "json",
-            "--pin-dir",
-            &c.bpffs.join(node).to_string_lossy(),
-        ])
-        .unwrap();
-    serde_json::from_str::<Value>(&out)
+    c.ipipd_json(node, &["routes"])
         .unwrap()
         .as_array()
         .unwrap()
@@ -407,19 +397,7 @@ fn a_taken_block_or_an_unreachable_etcd_refuse_a_first_start_and_a_full_node_cla
         .map(|(b, _)| b)
         .collect();
     assert_eq!(mine.len(), 2, "{mine:?}\n{}", c.logs());
-    let status = c
-        .node("n0")
-        .ipipd(&[
-            "status",
-            "-o",
-            "json",
-            "--pin-dir",
-            &c.bpffs.join("n0").to_string_lossy(),
-            "--state-dir",
-            &c.dir.join("n0").join("state").to_string_lossy(),
-        ])
-        .unwrap();
-    let st: Value = serde_json::from_str(&status).unwrap();
+    let st = c.ipipd_json("n0", &["status"]).unwrap();
     assert_eq!(st["blocks"].as_array().unwrap().len(), 2, "{st}");
     assert_eq!(st["datastore"]["up"], true, "{st}");
     assert!(
@@ -584,16 +562,6 @@ fn a_node_that_changes_its_address_re_registers_and_its_peers_follow() {
 
 /// The address of the first endpoint on a node.
 fn pod_addr(c: &Cluster, node: &str) -> Ipv4Addr {
-    let out = c
-        .node(node)
-        .ipipd(&[
-            "endpoints",
-            "-o",
-            "json",
-            "--pin-dir",
-            &c.bpffs.join(node).to_string_lossy(),
-        ])
-        .unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = c.ipipd_json(node, &["endpoints"]).unwrap();
     v[0]["address"].as_str().unwrap().parse().unwrap()
 }

@@ -1131,11 +1131,7 @@ fn testrun(plan: &Plan, bench_bin: &Path, extra_blocks: usize) -> Result<Value> 
 
 /// How many rows `ipipd <what> -o json` lists on the node "node".
 fn rows(c: &Cluster, what: &str) -> Result<usize> {
-    let pin = c.bpffs.join("node");
-    let out = c
-        .node("node")
-        .ipipd(&[what, "-o", "json", "--pin-dir", &pin.to_string_lossy()])?;
-    Ok(serde_json::from_str::<Value>(&out)?
+    Ok(c.ipipd_json("node", &[what])?
         .as_array()
         .map_or(0, |a| a.len()))
 }

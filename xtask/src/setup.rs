@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     "etcd-server",
     "etcd-client",
+    // The datastore's TLS test makes its CA and certificates.
+    "openssl",
 ];
 
 pub fn all() -> Result<()> {

@@ -51,7 +51,8 @@ impl EndpointCmd {
                     .map(|m| parse_mac(&m).map_err(|e| anyhow!("--mac: {e}")))
                     .transpose()?;
                 let state_dir = node.state_dir()?;
-                let check = |address, attachment| -> Result<Change> {
+                let cfg = node.config()?;
+                let change = |address, attachment| -> Result<Change> {
                     let change = Change::EndpointAdd(EndpointCfg {
                         address,
                         interface: interface.clone(),
@@ -60,14 +61,11 @@ impl EndpointCmd {
                         attachment,
                     });
                     // The file's rules, before anything is sent (the daemon checks again).
-                    change
-                        .check(node.config()?.as_ref().map(|c| &c.node))
-                        .map(|()| change)
+                    change.check(cfg.as_ref().map(|c| &c.node))?;
+                    Ok(change)
                 };
                 let Some(address) = address else {
-                    // Checked with a stand-in address before one is taken.
                     let owner = Attachment::cli(&interface);
-                    check(Ipv4Addr::new(10, 0, 0, 1), Some(owner.clone()))?;
                     let mut c = control::Client::connect(&state_dir).await?;
                     let address = match c
                         .call(&Request::Allocate {
@@ -79,8 +77,11 @@ impl EndpointCmd {
                         Some(Answer::Address(a)) => a,
                         other => bail!("the daemon gave no address: {other:?}"),
                     };
-                    let change = check(address, Some(owner.clone()))?;
-                    if let Err(e) = control::request(&state_dir, change).await {
+                    let added = match change(address, Some(owner.clone())) {
+                        Ok(ch) => control::request(&state_dir, ch).await.map(drop),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = added {
                         // Nothing half-applied: the address goes back.
                         let _ = control::Client::connect(&state_dir)
                             .await?
@@ -91,7 +92,7 @@ impl EndpointCmd {
                     println!("{address}");
                     return Ok(());
                 };
-                control::request(&state_dir, check(address, None)?).await?;
+                control::request(&state_dir, change(address, None)?).await?;
                 Ok(())
             }
             EndpointCmd::Del { address, node } => {

@@ -4,8 +4,9 @@
 use anyhow::Result;
 use dataplane_user::{
     config::Ipv4Net,
-    control::{self, Answer, DatastoreState, Request},
+    control::{self, Answer, Request},
     inspect,
+    metrics::DatastoreHealth,
 };
 use serde::Serialize;
 
@@ -18,7 +19,7 @@ struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     blocks: Option<Vec<Ipv4Net>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    datastore: Option<DatastoreState>,
+    datastore: Option<DatastoreHealth>,
 }
 
 pub async fn run(r: Read) -> Result<()> {

@@ -137,12 +137,22 @@ impl Daemon {
         refused(r)
     }
 
-    /// The node, which must be ready for ADD.
-    async fn node(&self) -> CniResult<NodeInfo> {
-        match self.ask(Request::Node).await? {
-            Some(Answer::Node(n)) => Ok(n),
-            other => Err(unexpected(other)),
+    /// The node, ready (for ADD, and for STATUS to say so); not ready is "try again later".
+    async fn ready_node(&self) -> CniResult<NodeInfo> {
+        let node = match self.ask(Request::Node).await? {
+            Some(Answer::Node(n)) => n,
+            other => return Err(unexpected(other)),
+        };
+        if !node.ready {
+            return Err(CniError::new(
+                code::TRY_AGAIN,
+                format!(
+                    "the node's ipipd is not ready: waiting for {}",
+                    node.waiting_for
+                ),
+            ));
         }
+        Ok(node)
     }
 }
 
@@ -209,16 +219,7 @@ fn rtnl(e: rtnetlink::Error) -> anyhow::Error {
 // ---- ADD
 
 async fn add(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<Value> {
-    let node = daemon.node().await?;
-    if !node.ready {
-        return Err(CniError::new(
-            code::TRY_AGAIN,
-            format!(
-                "the node's ipipd is not ready: waiting for {}",
-                node.waiting_for
-            ),
-        ));
-    }
+    let node = daemon.ready_node().await?;
     let netns_path = env.netns.as_deref().expect("checked by Env::parse");
     let ns = open_netns(netns_path)?;
     let pod_nl = netlink_in(&ns)?;
@@ -571,25 +572,15 @@ async fn pod_routes(
 // ---- STATUS
 
 async fn status(env: &Env, conf: &NetConf, daemon: &Daemon) -> CniResult<()> {
-    let unavailable = |m: String, d: String| CniError::new(code::NOT_AVAILABLE, m).with_details(d);
-    let node = match daemon.ask(Request::Node).await {
-        Ok(Some(Answer::Node(n))) => n,
-        Ok(other) => return Err(unexpected(other)),
-        Err(e) => return Err(unavailable(e.msg, e.details)),
-    };
-    if !node.ready {
-        return Err(unavailable(
-            format!(
-                "the node's ipipd is not ready: waiting for {}",
-                node.waiting_for
-            ),
-            String::new(),
-        ));
-    }
+    // Unreachable, not ready or not answering: "not available" (50), with why.
+    let node = daemon.ready_node().await.map_err(|e| CniError {
+        code: code::NOT_AVAILABLE,
+        ..e
+    })?;
     match &conf.ipam {
-        Ipam::Node if node.free == 0 => Err(unavailable(
-            "no free address in the node's blocks".into(),
-            String::new(),
+        Ipam::Node if node.free == 0 => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "no free address in the node's blocks",
         )),
         Ipam::Node => Ok(()),
         Ipam::Delegate(t) => delegate(t, env, conf, "STATUS").await.map(|_| ()),

@@ -221,29 +221,38 @@ impl Store {
         Ok((view, rev))
     }
 
-    /// Creates `key` with `value` unless it exists; whether it did.
-    async fn create(&self, key: String, value: Vec<u8>, lease: Option<i64>) -> Result<bool> {
+    /// One transaction: `then` when every comparison of `when` holds; whether they did.
+    async fn txn(&self, what: &str, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<bool> {
         let c = self.client.clone();
-        let r = retry(&format!("creating {key}"), || {
+        let r = retry(what, || {
             let mut c = c.clone();
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                let put = match lease {
-                    Some(l) => {
-                        TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(l)))
-                    }
-                    None => TxnOp::put(key.clone(), value, None),
-                };
-                c.txn(
-                    Txn::new()
-                        .when([Compare::version(key, CompareOp::Equal, 0)])
-                        .and_then([put]),
-                )
-                .await
-            }
+            let (when, then) = (when.clone(), then.clone());
+            async move { c.txn(Txn::new().when(when).and_then(then)).await }
         })
         .await?;
         Ok(r.succeeded())
+    }
+
+    /// Creates `key` with `value` unless it exists; whether it did.
+    async fn create(&self, key: String, value: Vec<u8>) -> Result<bool> {
+        self.txn(
+            &format!("creating {key}"),
+            vec![Compare::version(key.clone(), CompareOp::Equal, 0)],
+            vec![TxnOp::put(key, value, None)],
+        )
+        .await
+    }
+
+    /// One key's value, if it exists.
+    async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
+        let c = self.client.clone();
+        let r = retry(&format!("reading {key}"), || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
+        .await?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn put(&self, key: String, value: Vec<u8>, lease: Option<i64>) -> Result<()> {
@@ -289,7 +298,7 @@ impl Store {
                 other.block_size
             );
         }
-        self.create(self.keys.pool(&pool.cidr), serde_json::to_vec(pool)?, None)
+        self.create(self.keys.pool(&pool.cidr), serde_json::to_vec(pool)?)
             .await
     }
 
@@ -309,37 +318,49 @@ impl Store {
     /// claiming it at once, one wins); fine if `node` owns it already; an error naming the
     /// owner otherwise.
     pub async fn claim(&self, block: &Ipv4Net, node: &str) -> Result<()> {
-        let value = serde_json::to_vec(&Block {
-            cidr: *block,
-            node: node.to_string(),
-        })?;
-        if self.create(self.keys.block(block), value, None).await? {
-            return Ok(());
-        }
-        let (view, _) = self.list().await?;
-        match view.blocks.get(block) {
-            Some(owner) if owner == node => Ok(()),
-            Some(owner) => bail!("block {block} is owned by node {owner} in the datastore"),
-            // Released in between: try once more.
-            None => Box::pin(self.claim(block, node)).await,
+        let key = self.keys.block(block);
+        loop {
+            if self.create(key.clone(), block_value(block, node)?).await? {
+                return Ok(());
+            }
+            // Released in between (no value): try again.
+            if let Some(v) = self.get(key.clone()).await? {
+                let owner = serde_json::from_slice::<Block>(&v)
+                    .map_or_else(|e| format!("? ({e})"), |b| b.node);
+                if owner == node {
+                    return Ok(());
+                }
+                bail!("block {block} is owned by node {owner} in the datastore");
+            }
         }
     }
 
-    /// Claims the first free block of the pools for `node`: each candidate by a transaction
-    /// that fails when another node won it, then the next.
+    /// The blocks `node` owns; when none, the first free block of the pools claimed for it:
+    /// each candidate by a transaction that fails when another node won it, then the next.
+    pub async fn ensure_block(&self, node: &str) -> Result<Vec<Ipv4Net>> {
+        let (view, _) = self.list().await?;
+        let owned = view.blocks_of(node);
+        if !owned.is_empty() {
+            return Ok(owned);
+        }
+        Ok(vec![self.claim_free(&view, node).await?])
+    }
+
+    /// Claims the first free block of the pools for `node` (see [`Store::ensure_block`]).
     pub async fn claim_any(&self, node: &str) -> Result<Ipv4Net> {
         let (view, _) = self.list().await?;
+        self.claim_free(&view, node).await
+    }
+
+    async fn claim_free(&self, view: &View, node: &str) -> Result<Ipv4Net> {
         if view.pools.is_empty() {
             bail!("the datastore has no pool to claim a block from (ipipd pool add, or [[pool]])");
         }
-        let value = |b: &Ipv4Net| {
-            serde_json::to_vec(&Block {
-                cidr: *b,
-                node: node.to_string(),
-            })
-        };
-        for b in view.free_blocks().collect::<Vec<_>>() {
-            if self.create(self.keys.block(&b), value(&b)?, None).await? {
+        for b in view.free_blocks() {
+            if self
+                .create(self.keys.block(&b), block_value(&b, node)?)
+                .await?
+            {
                 return Ok(b);
             }
         }
@@ -360,21 +381,14 @@ impl Store {
             when.push(Compare::version(self.keys.block(b), CompareOp::Equal, 0));
             then.push(TxnOp::put(
                 self.keys.block(b),
-                serde_json::to_vec(&Block {
-                    cidr: *b,
-                    node: node.name.clone(),
-                })?,
+                block_value(b, &node.name)?,
                 None,
             ));
         }
-        let c = self.client.clone();
-        let r = retry(&format!("adding node {}", node.name), || {
-            let mut c = c.clone();
-            let (when, then) = (when.clone(), then.clone());
-            async move { c.txn(Txn::new().when(when).and_then(then)).await }
-        })
-        .await?;
-        if !r.succeeded() {
+        if !self
+            .txn(&format!("adding node {}", node.name), when, then)
+            .await?
+        {
             bail!("node {}: one of its blocks is owned already", node.name);
         }
         Ok(())
@@ -400,20 +414,31 @@ impl Store {
         Ok(lease)
     }
 
-    /// `ipipd node remove`: the registration, the liveness key and every block of the node.
+    /// `ipipd node remove`: the registration, the liveness key and every block of the node,
+    /// in one transaction.
     pub async fn remove_node(&self, name: &str) -> Result<Vec<Ipv4Net>> {
         let (view, _) = self.list().await?;
-        if !view.nodes.contains_key(name) && view.blocks_of(name).is_empty() {
+        let blocks = view.blocks_of(name);
+        if !view.nodes.contains_key(name) && blocks.is_empty() {
             bail!("no node {name} in the datastore");
         }
-        self.delete(self.keys.node(name)).await?;
-        self.delete(self.keys.alive(name)).await?;
-        let blocks = view.blocks_of(name);
-        for b in &blocks {
-            self.delete(self.keys.block(b)).await?;
-        }
+        let deletes = [self.keys.node(name), self.keys.alive(name)]
+            .into_iter()
+            .chain(blocks.iter().map(|b| self.keys.block(b)))
+            .map(|k| TxnOp::delete(k, None))
+            .collect();
+        self.txn(&format!("removing node {name}"), Vec::new(), deletes)
+            .await?;
         Ok(blocks)
     }
+}
+
+/// A block record's value.
+fn block_value(cidr: &Ipv4Net, node: &str) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&Block {
+        cidr: *cidr,
+        node: node.to_string(),
+    })?)
 }
 
 /// What a node's start gets from the datastore: its blocks (claimed), its registration
@@ -437,11 +462,8 @@ pub async fn bootstrap(
     for b in file_blocks {
         store.claim(b, name).await?;
     }
-    let (view, _) = store.list().await?;
-    if view.blocks_of(name).is_empty() {
-        let b = store.claim_any(name).await?;
-        log::info!("datastore: claimed block {b}");
-    }
+    // (The start logs what the node owns.)
+    store.ensure_block(name).await?;
     store
         .register(&NodeRecord {
             name: name.to_string(),

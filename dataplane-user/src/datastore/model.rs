@@ -72,6 +72,12 @@ pub fn cidr_key(n: &Ipv4Net) -> String {
     format!("{a}-{b}-{c}-{d}-{}", n.len)
 }
 
+/// The CIDR of a key's last part (the inverse of [`cidr_key`]).
+pub fn cidr_of_key(part: &str) -> Option<Ipv4Net> {
+    let (addr, len) = part.rsplit_once('-')?;
+    format!("{}/{len}", addr.replace('-', ".")).parse().ok()
+}
+
 /// The keys under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -133,31 +139,33 @@ impl View {
             serde_json::from_slice(v).map_err(|e| e.to_string())
         }
         let r: Result<(), String> = (|| {
-            if key.starts_with(&keys.pools()) {
+            if let Some(part) = key.strip_prefix(&keys.pools()) {
+                let cidr = cidr_of_key(part).ok_or("not a pool's key")?;
                 match value {
                     Some(v) => {
                         let p: Pool = parse(v)?;
                         p.check()?;
-                        if keys.pool(&p.cidr) != key {
+                        if p.cidr != cidr {
                             return Err(format!("holds {} under another key", p.cidr));
                         }
                         self.pools.insert(p.cidr, p);
                     }
                     None => {
-                        self.pools.retain(|c, _| keys.pool(c) != key);
+                        self.pools.remove(&cidr);
                     }
                 }
-            } else if key.starts_with(&keys.blocks()) {
+            } else if let Some(part) = key.strip_prefix(&keys.blocks()) {
+                let cidr = cidr_of_key(part).ok_or("not a block's key")?;
                 match value {
                     Some(v) => {
                         let b: Block = parse(v)?;
-                        if keys.block(&b.cidr) != key {
+                        if b.cidr != cidr {
                             return Err(format!("holds {} under another key", b.cidr));
                         }
                         self.blocks.insert(b.cidr, b.node);
                     }
                     None => {
-                        self.blocks.retain(|c, _| keys.block(c) != key);
+                        self.blocks.remove(&cidr);
                     }
                 }
             } else if let Some(name) = key.strip_prefix(&keys.nodes()) {
@@ -202,23 +210,47 @@ impl View {
     /// Every other registered node as a peer, with the blocks it owns; a node whose address
     /// is `me`'s own (a stale registration) is left out.
     pub fn peers_for(&self, me: &str, my_address: Ipv4Addr) -> Vec<Peer> {
+        let mut by_owner: BTreeMap<&str, Vec<Ipv4Net>> = BTreeMap::new();
+        for (b, n) in &self.blocks {
+            by_owner.entry(n.as_str()).or_default().push(*b);
+        }
         self.nodes
             .values()
             .filter(|n| n.name != me && n.address != my_address)
             .map(|n| Peer {
                 address: n.address,
-                blocks: self.blocks_of(&n.name),
+                blocks: by_owner.remove(n.name.as_str()).unwrap_or_default(),
             })
             .collect()
     }
 
-    /// The first block of the pools (in address order) that nobody owns.
+    /// The pools' blocks (in address order) that no claimed block overlaps.
     pub fn free_blocks(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         self.pools
             .values()
             .flat_map(Pool::blocks)
-            .filter(|b| !self.blocks.keys().any(|o| o.overlaps(b)))
+            .filter(|b| !self.overlaps_a_block(b))
     }
+
+    /// Whether a claimed block overlaps `b`. Claimed blocks do not overlap each other, so
+    /// one starting inside `b`, or the last one starting before it, is the only candidate.
+    fn overlaps_a_block(&self, b: &Ipv4Net) -> bool {
+        let start = Ipv4Net::new(b.addr, 0);
+        let last = Ipv4Addr::from(u32::from(b.addr) | !mask(b.len));
+        self.blocks
+            .range(start..=Ipv4Net::new(last, 32))
+            .next()
+            .is_some()
+            || self
+                .blocks
+                .range(..start)
+                .next_back()
+                .is_some_and(|(c, _)| c.contains(b.addr))
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
 }
 
 #[cfg(test)]
@@ -311,6 +343,22 @@ mod tests {
     }
 
     #[test]
+    fn a_free_block_overlaps_no_claimed_block_of_any_size() {
+        let mut v = View::default();
+        v.pools.insert(
+            net("10.0.0.0/24"),
+            Pool {
+                cidr: net("10.0.0.0/24"),
+                block_size: 26,
+            },
+        );
+        // A /25 covering the first two /26s, and a /28 inside the last one.
+        v.blocks.insert(net("10.0.0.0/25"), "a".into());
+        v.blocks.insert(net("10.0.0.224/28"), "b".into());
+        assert_eq!(v.free_blocks().collect::<Vec<_>>(), [net("10.0.0.128/26")]);
+    }
+
+    #[test]
     fn keys_live_under_the_prefix() {
         let k = Keys::new("/ipipd/v1");
         assert_eq!(
@@ -318,6 +366,9 @@ mod tests {
             "/ipipd/v1/blocks/10-244-3-0-26"
         );
         assert_eq!(k.node("n1"), "/ipipd/v1/nodes/n1");
+        assert_eq!(cidr_of_key("10-244-3-0-26"), Some(net("10.244.3.0/26")));
+        assert_eq!(cidr_of_key("10-244-3-1-26"), None);
+        assert_eq!(cidr_of_key("junk"), None);
         assert_eq!(k.alive("n1"), "/ipipd/v1/alive/n1");
     }
 }

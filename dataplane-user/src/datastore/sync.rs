@@ -27,12 +27,18 @@ pub enum Msg {
     Down(String),
 }
 
-/// Runs sessions until the owner goes.
-pub async fn run(cfg: DatastoreCfg, name: String, address: Ipv4Addr, tx: mpsc::Sender<Msg>) {
+/// Runs sessions until the owner goes; the first on `connected` when the start left one.
+pub async fn run(
+    cfg: DatastoreCfg,
+    name: String,
+    address: Ipv4Addr,
+    mut connected: Option<Store>,
+    tx: mpsc::Sender<Msg>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = tokio::time::Instant::now();
-        let Err(e) = session(&cfg, &name, address, &tx).await;
+        let Err(e) = session(&cfg, connected.take(), &name, address, &tx).await;
         if tx.send(Msg::Down(format!("{e:#}"))).await.is_err() {
             return;
         }
@@ -46,11 +52,15 @@ pub async fn run(cfg: DatastoreCfg, name: String, address: Ipv4Addr, tx: mpsc::S
 
 async fn session(
     cfg: &DatastoreCfg,
+    connected: Option<Store>,
     name: &str,
     address: Ipv4Addr,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<Infallible> {
-    let store = Store::connect(cfg).await?;
+    let store = match connected {
+        Some(s) => s,
+        None => Store::connect(cfg).await?,
+    };
     store
         .register(&NodeRecord {
             name: name.to_string(),
