@@ -67,7 +67,8 @@ pub struct Dataplane {
 pub struct Wanted {
     pub ifindex: u32,
     pub hook: Hook,
-    pub attached: bool,
+    /// How it is attached ("tcx", "netlink", "xdp"); None while it is not.
+    pub mode: Option<&'static str>,
 }
 
 impl Dataplane {
@@ -399,19 +400,22 @@ impl Dataplane {
             }
         }
         let keys: BTreeSet<(u32, u8)> = want.iter().map(|(l, h)| (l.index, *h as u8)).collect();
-        for key in self.attachments.keys() {
-            if !keys.contains(&key) {
-                self.attachments.detach(key);
-            }
-        }
+        let unwanted: Vec<(u32, u8)> = self
+            .attachments
+            .keys()
+            .into_iter()
+            .filter(|k| !keys.contains(k))
+            .collect();
+        self.attachments.detach_many(unwanted);
         self.attachments.swap_adopted(&mut self.ebpf, self.xdp);
         // Each TCX attach waits for an RCU grace period under the RTNL lock (~13 ms, one
-        // after another whatever the number of threads: measured), which is most of a large
-        // node's first start; a restart adopts the links instead.
-        for (link, hook) in &want {
-            self.attachments
-                .attach(&mut self.ebpf, link, *hook, self.xdp)?;
-        }
+        // after another whatever the number of threads: measured); many pods at once are
+        // attached as netlink filters first (see `attach`), a restart adopts the links.
+        let attached = self
+            .attachments
+            .attach_all(&mut self.ebpf, &want, self.xdp);
+        self.remove_clsacts().await;
+        attached?;
         for &i in known.keys() {
             if !plan.endpoints.contains_key(&i) {
                 maps::endpoints(&mut self.ebpf)?
@@ -503,6 +507,30 @@ impl Dataplane {
         Ok(hops != self.plan.next_hops)
     }
 
+    /// Whether a netlink filter waits to become a TCX link (see `attach`).
+    pub fn promoting(&self) -> bool {
+        self.attachments.promotable().is_some()
+    }
+
+    /// Moves one netlink filter to a TCX link (~13 ms: an RCU grace period).
+    pub async fn promote_one(&mut self) -> Result<()> {
+        let Some(key) = self.attachments.promotable() else {
+            return Ok(());
+        };
+        let r = self.attachments.promote(&mut self.ebpf, key);
+        self.remove_clsacts().await;
+        r
+    }
+
+    /// The `clsact` qdiscs ipipd added for filters that are gone.
+    async fn remove_clsacts(&mut self) {
+        for ifindex in self.attachments.take_clsact_gone() {
+            if let Err(e) = self.nl.clsact_delete(ifindex).await {
+                log::warn!("{e:#}");
+            }
+        }
+    }
+
     /// Every attachment the node needs and whether it is in place.
     pub fn wanted(&self) -> Vec<Wanted> {
         let mut want = vec![(self.uplink.index, Hook::FromUplink)];
@@ -517,7 +545,7 @@ impl Dataplane {
             .map(|(ifindex, hook)| Wanted {
                 ifindex,
                 hook,
-                attached: self.attachments.contains(ifindex, hook),
+                mode: self.attachments.mode(ifindex, hook),
             })
             .collect()
     }
@@ -541,6 +569,7 @@ impl Dataplane {
     /// [`teardown`], for `run --teardown-on-exit` and a failed first start.
     pub async fn teardown(&mut self, cfg: &Config) {
         self.attachments.detach_all();
+        self.remove_clsacts().await;
         self.tunnel = None;
         teardown(&self.nl, cfg, &self.state_dir).await;
     }
@@ -562,6 +591,11 @@ pub async fn teardown(nl: &Netlink, cfg: &Config, state_dir: &Path) {
     let mut attachments = Attachments::new(pin_dir, state_dir, true);
     attachments.adopt(&cfg.node.uplink);
     attachments.detach_all();
+    for ifindex in attachments.take_clsact_gone() {
+        if let Err(e) = nl.clsact_delete(ifindex).await {
+            log::warn!("{e:#}");
+        }
+    }
     let record = NodeRecord::load(state_dir).unwrap_or_else(|e| {
         log::warn!("{e:#}: nothing is restored");
         NodeRecord::default()
@@ -606,7 +640,11 @@ pub async fn teardown(nl: &Netlink, cfg: &Config, state_dir: &Path) {
         log::warn!("restoring net.ipv4.ip_forward to {prev}: {e}");
     }
     pins::remove_pins(pin_dir);
-    attach::remove_recorded_filters(state_dir);
+    for ifindex in attach::remove_recorded_filters(state_dir) {
+        if let Err(e) = nl.clsact_delete(ifindex).await {
+            log::warn!("{e:#}");
+        }
+    }
     NodeRecord::remove(state_dir);
     log::info!("data plane removed from {}", pin_dir.display());
 }

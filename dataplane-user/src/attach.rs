@@ -2,6 +2,14 @@
 //! `FdLink::pin` (the pin keeps the link; its fd is closed), and on kernels without TCX, netlink
 //! `clsact` + `cls_bpf` filters, recorded in the state directory (a filter cannot be pinned).
 //!
+//! On a TCX kernel, a reconcile that finds many pod interfaces to attach at once (a large
+//! node's first start) attaches their `from_pod` as netlink filters (~1 ms each, where a TCX
+//! attach waits ~13 ms for an RCU grace period under the RTNL lock), so the node is ready in
+//! about a second; the daemon then moves them to pinned TCX links one at a time
+//! ([`Attachments::promote`]): the TCX link first (TCX runs before cls_bpf, and from_pod's
+//! verdicts are all final), then the filter and the `clsact` ipipd added go. No packet meets
+//! neither program.
+//!
 //! Neither depends on the daemon: both stay when it exits, and the programs keep forwarding. A
 //! new daemon adopts them ([`Attachments::adopt`]) and puts its own programs on them in place
 //! ([`Attachments::swap_adopted`]): `BPF_LINK_UPDATE` on a link, a `cls_bpf` replace with the
@@ -11,15 +19,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, Link as _, PinnedLink},
-        tc::{self, SchedClassifierLink, TcHandle},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
     },
 };
@@ -40,6 +49,10 @@ pub struct FilterRecord {
     /// filter is (see [`Attachments::adopt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<String>,
+    /// ipipd added the interface's `clsact` qdisc for this filter (none was there): it goes
+    /// when the filter does, where nothing else needs it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clsact: bool,
 }
 
 impl FilterRecord {
@@ -87,6 +100,10 @@ enum Attachment {
 /// The state directory's record of netlink filters.
 pub const FILTERS_FILE: &str = "tc-filters.json";
 
+/// Pod interfaces a reconcile attaches with TCX links directly; more at once (~13 ms each) are
+/// attached as netlink filters first and promoted to TCX links in the background.
+pub const TCX_AT_ONCE: usize = 8;
+
 /// Every attachment of the data plane, keyed by (ifindex, hook).
 pub struct Attachments {
     pin_dir: PathBuf,
@@ -96,7 +113,14 @@ pub struct Attachments {
     map: BTreeMap<(u32, u8), Attachment>,
     /// Adopted from a previous run and still running its programs.
     adopted: BTreeSet<(u32, u8)>,
+    /// Interfaces whose filter went and whose `clsact` ipipd had added: to remove.
+    clsact_gone: Vec<u32>,
+    /// Filters whose promotion failed, and when to try again.
+    promote_later: BTreeMap<(u32, u8), Instant>,
 }
+
+/// How long a filter whose move to a TCX link failed stays a filter before the next try.
+const PROMOTE_RETRY: Duration = Duration::from_secs(30);
 
 /// The program each hook runs (the uplink's XDP: by its mode).
 fn program_of(hook: Hook, xdp: CfgXdp) -> &'static str {
@@ -126,6 +150,8 @@ impl Attachments {
             tcx,
             map: BTreeMap::new(),
             adopted: BTreeSet::new(),
+            clsact_gone: Vec::new(),
+            promote_later: BTreeMap::new(),
         }
     }
 
@@ -167,6 +193,15 @@ impl Attachments {
                 Hook::FromPod
             });
             let key = (r.ifindex, hook as u8);
+            if matches!(self.map.get(&key), Some(Attachment::Pinned(_))) {
+                // A promotion stopped between the TCX link and the filter's removal: the
+                // link runs first and is kept.
+                r.remove();
+                if r.clsact {
+                    self.clsact_gone.push(r.ifindex);
+                }
+                continue;
+            }
             self.map.insert(key, Attachment::Filter(r));
             self.adopted.insert(key);
         }
@@ -221,34 +256,66 @@ impl Attachments {
         swapped
     }
 
-    /// Attaches `hook`'s program to `link` (once).
-    pub fn attach(&mut self, ebpf: &mut Ebpf, link: &Link, hook: Hook, xdp: CfgXdp) -> Result<()> {
-        if self.contains(link.index, hook) {
-            return Ok(());
+    /// Attaches each hook's program to its interface where it is not yet: in order, and the
+    /// pods' as netlink filters when more than [`TCX_AT_ONCE`] wait on a TCX kernel (see the
+    /// module's note). The filter record is written once.
+    pub fn attach_all(
+        &mut self,
+        ebpf: &mut Ebpf,
+        want: &[(Link, Hook)],
+        xdp: CfgXdp,
+    ) -> Result<()> {
+        let missing: Vec<&(Link, Hook)> = want
+            .iter()
+            .filter(|(l, h)| !self.contains(l.index, *h))
+            .collect();
+        let pods = missing.iter().filter(|(_, h)| *h == Hook::FromPod).count();
+        let batch = self.tcx && pods > TCX_AT_ONCE;
+        let started = std::time::Instant::now();
+        let mut r = Ok(());
+        for (link, hook) in missing {
+            r = if *hook == Hook::XdpUplink {
+                self.xdp(ebpf, link, xdp)
+            } else {
+                self.tc(ebpf, link, *hook, batch && *hook == Hook::FromPod)
+            };
+            if r.is_err() {
+                break;
+            }
         }
-        if hook == Hook::XdpUplink {
-            self.xdp(ebpf, link, xdp)
-        } else {
-            self.tc(ebpf, link, hook)
+        if batch {
+            log::info!(
+                "attached from_pod to {pods} pod interfaces as netlink filters in {} ms; \
+                 moving them to TCX links in the background",
+                started.elapsed().as_millis()
+            );
         }
+        // Also after a failure: what was attached is recorded.
+        self.save_filters().and(r)
     }
 
-    fn tc(&mut self, ebpf: &mut Ebpf, link: &Link, hook: Hook) -> Result<()> {
+    /// Attaches `hook`'s program to `link`: a pinned TCX link, or a netlink filter on kernels
+    /// without TCX and when `netlink` asks for one. The caller saves the filter record.
+    fn tc(&mut self, ebpf: &mut Ebpf, link: &Link, hook: Hook, netlink: bool) -> Result<()> {
         let prog = program_of(hook, CfgXdp::Off);
         let at = attach_type_of(hook);
-        if !self.tcx {
-            // Netlink needs the clsact qdisc; "exists" is fine.
-            let _ = tc::qdisc_add_clsact(&link.name);
-        }
+        let tcx = self.tcx && !netlink;
+        // Netlink needs the clsact qdisc; "exists" is fine (and then not ours to remove).
+        let clsact = !tcx && tc::qdisc_add_clsact(&link.name).is_ok();
         let p: &mut SchedClassifier = ebpf
             .program_mut(prog)
             .ok_or_else(|| anyhow!("no program {prog}"))?
             .try_into()?;
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
         let id = p
-            .attach(&link.name, at)
+            .attach_with_options(&link.name, at, options)
             .with_context(|| format!("attaching {prog} to {}", link.name))?;
         let l = p.take_link(id)?;
-        let att = if self.tcx {
+        let att = if tcx {
             let pin = self.link_pin(link.index, hook);
             let _ = std::fs::remove_file(&pin);
             FdLink::try_from(l)
@@ -264,20 +331,100 @@ impl Attachments {
                 priority: l.priority()?,
                 handle: u32::from(l.handle()?),
                 hook: Some(hook.name().to_string()),
+                clsact,
             };
             // The filter outlives this process: aya's link would remove it when dropped.
             std::mem::forget(l);
             Attachment::Filter(record)
         };
         self.map.insert((link.index, hook as u8), att);
-        self.save_filters()?;
-        log::info!(
-            "attached {prog} to {} ({}, {})",
-            link.name,
-            if self.tcx { "tcx" } else { "netlink" },
-            hook.name()
-        );
+        if !netlink || !self.tcx {
+            log::info!(
+                "attached {prog} to {} ({}, {})",
+                link.name,
+                if tcx { "tcx" } else { "netlink" },
+                hook.name()
+            );
+        }
         Ok(())
+    }
+
+    /// A netlink filter to move to a TCX link, on a TCX kernel.
+    pub fn promotable(&self) -> Option<(u32, u8)> {
+        if !self.tcx {
+            return None;
+        }
+        let now = Instant::now();
+        self.map
+            .iter()
+            .find(|(k, a)| {
+                matches!(a, Attachment::Filter(_))
+                    && self.promote_later.get(k).is_none_or(|t| *t <= now)
+            })
+            .map(|(k, _)| *k)
+    }
+
+    /// Moves the filter at `key` to a pinned TCX link: the link first, then the filter goes
+    /// (see the module's note). A `clsact` ipipd had added for the filter is left to
+    /// [`Attachments::take_clsact_gone`].
+    pub fn promote(&mut self, ebpf: &mut Ebpf, key: (u32, u8)) -> Result<()> {
+        let Some(Attachment::Filter(rec)) = self.map.get(&key) else {
+            return Ok(());
+        };
+        let rec = rec.clone();
+        let hook = Hook::from_u8(key.1).ok_or_else(|| anyhow!("hook {}", key.1))?;
+        if ifindex_of(&rec.ifname) != Some(rec.ifindex) {
+            // The interface went (or is another one now): the next reconcile sees to it.
+            self.detach(key);
+            return Ok(());
+        }
+        let link = Link {
+            index: rec.ifindex,
+            name: rec.ifname.clone(),
+            mac: None,
+            mtu: 0,
+            link: None,
+            link_netnsid: None,
+            kind: None,
+            up: true,
+        };
+        self.map.remove(&key);
+        if let Err(e) = self.tc(ebpf, &link, hook, false) {
+            self.map.insert(key, Attachment::Filter(rec));
+            self.promote_later.insert(key, Instant::now() + PROMOTE_RETRY);
+            return Err(e.context(format!(
+                "the filter stays (next try in {} s)",
+                PROMOTE_RETRY.as_secs()
+            )));
+        }
+        self.promote_later.remove(&key);
+        rec.remove();
+        if rec.clsact {
+            self.clsact_gone.push(rec.ifindex);
+        }
+        self.save_filters()
+    }
+
+    /// The interfaces whose `clsact` ipipd added and no filter of ipipd's uses any more (the
+    /// caller removes the qdiscs: netlink, async).
+    pub fn take_clsact_gone(&mut self) -> Vec<u32> {
+        let mut gone = std::mem::take(&mut self.clsact_gone);
+        gone.retain(|i| {
+            !self
+                .map
+                .iter()
+                .any(|((j, _), a)| j == i && matches!(a, Attachment::Filter(_)))
+        });
+        gone
+    }
+
+    /// How the attachment at `key` is made: "tcx", "netlink" (cls_bpf) or "xdp".
+    pub fn mode(&self, ifindex: u32, hook: Hook) -> Option<&'static str> {
+        match self.map.get(&(ifindex, hook as u8))? {
+            Attachment::Pinned(_) if hook == Hook::XdpUplink => Some("xdp"),
+            Attachment::Pinned(_) => Some("tcx"),
+            Attachment::Filter(_) => Some("netlink"),
+        }
     }
 
     /// Attaches xdp_uplink to `link`: a pinned bpf_link.
@@ -311,15 +458,32 @@ impl Attachments {
     }
 
     pub fn detach(&mut self, key: (u32, u8)) {
+        self.detach_many([key]);
+    }
+
+    /// Detaches these, then writes the filter record once.
+    pub fn detach_many(&mut self, keys: impl IntoIterator<Item = (u32, u8)>) {
+        for key in keys {
+            self.detach_one(key);
+        }
+        let _ = self.save_filters();
+    }
+
+    fn detach_one(&mut self, key: (u32, u8)) {
         self.adopted.remove(&key);
+        self.promote_later.remove(&key);
         match self.map.remove(&key) {
             Some(Attachment::Pinned(pin)) => {
                 let _ = std::fs::remove_file(pin);
             }
-            Some(Attachment::Filter(record)) => record.remove(),
+            Some(Attachment::Filter(record)) => {
+                record.remove();
+                if record.clsact {
+                    self.clsact_gone.push(record.ifindex);
+                }
+            }
             None => {}
         }
-        let _ = self.save_filters();
     }
 
     /// Forgets the pinned links whose pin is gone (removed under the running daemon: the
@@ -340,9 +504,7 @@ impl Attachments {
     }
 
     pub fn detach_all(&mut self) {
-        for k in self.keys() {
-            self.detach(k);
-        }
+        self.detach_many(self.keys());
     }
 
     fn save_filters(&self) -> Result<()> {
@@ -418,9 +580,82 @@ fn read_filters(state_dir: &Path) -> Vec<FilterRecord> {
 }
 
 /// Removes the netlink filters a run recorded (by handle), and the record: `ipipd teardown`.
-pub fn remove_recorded_filters(state_dir: &Path) {
+/// Returns the interfaces whose `clsact` ipipd added for them, for the caller to remove.
+pub fn remove_recorded_filters(state_dir: &Path) -> Vec<u32> {
+    let mut clsact = Vec::new();
     for r in read_filters(state_dir) {
         r.remove();
+        if r.clsact && ifindex_of(&r.ifname) == Some(r.ifindex) {
+            clsact.push(r.ifindex);
+        }
     }
     let _ = std::fs::remove_file(state_dir.join(FILTERS_FILE));
+    clsact
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ifindex: u32, clsact: bool) -> FilterRecord {
+        FilterRecord {
+            ifindex,
+            // No such interface: removing the filter is a no-op here.
+            ifname: format!("ipipd-none{ifindex}"),
+            ingress: true,
+            priority: 1,
+            handle: 1,
+            hook: Some(Hook::FromPod.name().to_string()),
+            clsact,
+        }
+    }
+
+    fn dirs(tag: &str) -> (PathBuf, PathBuf) {
+        let base = std::env::temp_dir().join(format!("ipipd-attach-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (pins, state) = (base.join("pins"), base.join("state"));
+        std::fs::create_dir_all(pins.join("links")).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        (pins, state)
+    }
+
+    /// A promotion cut short between the TCX link and the filter's removal left both: the next
+    /// run keeps the link, drops the filter from its record and removes the clsact ipipd added.
+    #[test]
+    fn a_link_and_a_filter_for_one_hook_adopt_the_link() {
+        let (pins, state) = dirs("both");
+        std::fs::write(pins.join("links/5-from_pod"), b"").unwrap();
+        let filters = vec![record(5, true), record(6, false)];
+        std::fs::write(
+            state.join(FILTERS_FILE),
+            serde_json::to_vec(&filters).unwrap(),
+        )
+        .unwrap();
+        let mut a = Attachments::new(&pins, &state, true);
+        assert_eq!(a.adopt("eth0"), 2);
+        assert_eq!(a.mode(5, Hook::FromPod), Some("tcx"));
+        assert_eq!(a.mode(6, Hook::FromPod), Some("netlink"));
+        assert_eq!(a.take_clsact_gone(), vec![5]);
+        // The one left to move to a TCX link.
+        assert_eq!(a.promotable(), Some((6, Hook::FromPod as u8)));
+        a.save_filters().unwrap();
+        let saved = read_filters(&state);
+        assert_eq!(saved, vec![record(6, false)]);
+        // Without TCX, filters are where they stay.
+        let mut b = Attachments::new(&pins, &state, false);
+        b.adopt("eth0");
+        assert_eq!(b.promotable(), None);
+        let _ = std::fs::remove_dir_all(pins.parent().unwrap());
+    }
+
+    /// Records of earlier versions have no `clsact`: theirs is not ipipd's to remove.
+    #[test]
+    fn old_records_read_without_clsact() {
+        let r: FilterRecord = serde_json::from_str(
+            r#"{"ifindex":3,"ifname":"eth0","ingress":true,"priority":1,"handle":1}"#,
+        )
+        .unwrap();
+        assert!(!r.clsact && r.hook.is_none());
+        assert!(!serde_json::to_string(&record(3, false)).unwrap().contains("clsact"));
+    }
 }

@@ -90,6 +90,7 @@ struct Owner {
     /// every event or check is logged when it starts, changes and ends, not each time.
     reconciling: Condition,
     reading_next_hops: Condition,
+    promoting: Condition,
 }
 
 /// A failing condition, logged on its transitions only: the node's log grows with what
@@ -200,6 +201,7 @@ pub async fn run(
         monitors: BTreeMap::new(),
         next_monitor: 0,
         reconciling: Condition::default(),
+        promoting: Condition::default(),
         reading_next_hops: Condition::default(),
     };
     let mut ds_rx = owner.file.datastore.clone().map(|d| {
@@ -345,6 +347,9 @@ impl Owner {
                     }
                 } => self.on_datastore(m).await,
                 () = relay_log(&mut log) => {}
+                // Netlink filters of a large first start become TCX links, one per turn
+                // (select! picks among ready arms at random: requests and events go on).
+                () = std::future::ready(()), if self.dp.promoting() => self.promote().await,
             }
         };
         accept.abort();
@@ -361,7 +366,8 @@ impl Owner {
             .map(|w| Attachment {
                 interface: inspect::ifname(w.ifindex),
                 hook: w.hook.name(),
-                attached: w.attached,
+                attached: w.mode.is_some(),
+                mode: w.mode,
             })
             .collect();
         let mut missing: Vec<String> = Vec::new();
@@ -392,6 +398,18 @@ impl Owner {
             monitors: self.monitors.len(),
             datastore: self.ds_health.clone(),
         });
+    }
+
+    /// One netlink filter moved to a TCX link; published when the last one is.
+    async fn promote(&mut self) {
+        let r = self.dp.promote_one().await;
+        if r.is_err() || !self.dp.promoting() {
+            if r.is_ok() {
+                log::info!("every pod interface is on a TCX link");
+            }
+            self.publish();
+        }
+        self.promoting.report("moving a filter to a TCX link", r);
     }
 
     /// The data plane reconciled with the desired state it is kept at.

@@ -42,6 +42,8 @@ pub struct Attachment {
     pub interface: String,
     pub hook: &'static str,
     pub attached: bool,
+    /// How: "tcx", "netlink" (cls_bpf, until moved to TCX on a TCX kernel) or "xdp".
+    pub mode: Option<&'static str>,
 }
 
 /// What the daemon last published; each request reads the newest.
@@ -188,7 +190,7 @@ pub fn readyz(h: &Health) -> (StatusCode, String) {
             "{} {} {}",
             a.interface,
             a.hook,
-            if a.attached { "attached" } else { "missing" }
+            a.mode.map_or("missing".to_string(), |m| format!("attached ({m})"))
         );
     }
     for (addr, ifc) in &h.pending {
@@ -311,7 +313,7 @@ impl Collector for Snapshot {
                 let l: Labels = vec![
                     ("interface", a.interface.clone()),
                     ("hook", a.hook.to_string()),
-                    ("mode", self.health.attach_mode.to_string()),
+                    ("mode", a.mode.unwrap_or(self.health.attach_mode).to_string()),
                 ];
                 (l, ConstGauge::new(i64::from(a.attached)))
             }),

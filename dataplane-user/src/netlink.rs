@@ -583,6 +583,22 @@ impl Netlink {
         .map(|_| ())
     }
 
+    /// Removes the interface's `clsact` qdisc (`tc qdisc del dev X clsact`); one that is
+    /// gone already, with its interface or not, is fine.
+    pub async fn clsact_delete(&self, ifindex: u32) -> Result<()> {
+        let mut req = self.handle.clone().qdisc().del(ifindex as i32);
+        let h = &mut req.message_mut().header;
+        h.parent = netlink_packet_route::tc::TcHandle::CLSACT;
+        h.handle = netlink_packet_route::tc::TcHandle {
+            major: u16::MAX,
+            minor: 0,
+        };
+        unless_absent(req.execute().await, &[libc::ENOENT, libc::ENODEV, libc::EINVAL], || {
+            format!("removing the clsact qdisc of #{ifindex}")
+        })
+        .map(|_| ())
+    }
+
     /// Every IPv4 route in the main table with ipipd's protocol.
     pub async fn owned_routes(&self) -> Result<Vec<Route>> {
         Ok(self.main_routes().await?.0)

@@ -15,7 +15,7 @@ use ipipd_tests::{
     NetNs, check,
     cluster::{Cluster, PodSpec, seed_nodes},
     counters::{ping, stats},
-    kernel_has_tcx, require_root,
+    kernel_has_tcx, metrics_get, require_root,
     traffic::{Pings, ping_while, tcp_ext, tcp_stream},
 };
 
@@ -1518,4 +1518,116 @@ fn an_upgrade_from_v0_1_0_under_traffic_loses_no_packet() {
         c.logs()
     );
     assert!(ping_ok(&c, "master", M1, N1, 2), "{}", c.logs());
+}
+
+/// A first start with many pods attaches their `from_pod` as netlink filters (a TCX attach waits
+/// for an RCU grace period, ~13 ms each) and then moves each to a pinned TCX link in the
+/// background; a restart in the middle of the move adopts both kinds and finishes it. No ping is
+/// lost across it all; in the end every pod veth runs exactly one program on its ingress, and no
+/// filter or `clsact` of ipipd's is left on it. Without TCX (6.1) the filters stay, one each,
+/// and `ipipd teardown` removes them with the `clsact` it added.
+#[test]
+fn a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 200;
+    let mut c = Cluster::new("d-promo", &seed_nodes(1)).unwrap();
+    c.start_daemon("master", None).unwrap();
+    let node = c.node("node").ns.view();
+    let batch: String = (0..N)
+        .map(|i| format!("link add cpr{i:04} type veth peer name ppr{i:04}\nlink set cpr{i:04} up\n"))
+        .collect();
+    let file = c.dir.join("promo-veths.batch");
+    std::fs::write(&file, batch).unwrap();
+    check(
+        Command::new("ip")
+            .args(["-n", &node.name, "-batch"])
+            .arg(&file),
+    )
+    .unwrap();
+    let mut cfg = c.config_for("node", "") + "\n[[block]]\ncidr = \"10.99.0.0/22\"\n";
+    for i in 0..N {
+        cfg += &format!(
+            "\n[[endpoint]]\naddress = \"10.99.{}.{}\"\ninterface = \"cpr{i:04}\"\n",
+            i / 200,
+            i % 200 + 1
+        );
+    }
+    let pod_veth = c.node("node").pod(N1).spec.interface.clone();
+    let mut veths: Vec<String> = (0..N).map(|i| format!("cpr{i:04}")).collect();
+    veths.push(pod_veth);
+    c.start_daemon("node", Some(cfg)).unwrap();
+    let tcx = kernel_has_tcx();
+    let first_log = c.node("node").daemon.as_ref().unwrap().full_log();
+    if tcx {
+        assert!(
+            first_log.contains(&format!(
+                "attached from_pod to {} pod interfaces as netlink filters",
+                N + 1
+            )),
+            "{first_log}"
+        );
+    }
+    let filters_file = c.dir.join("node/state/tc-filters.json");
+    let readyz = |ns: &NetNs| metrics_get(ns, "/readyz").map(|r| r.1).unwrap_or_default();
+    let (left_at_stop, there, back) = pinging_while(&mut c, |c| {
+        c.stop_daemon("node").unwrap();
+        // What the stopped daemon left as filters (the move was under way on a TCX kernel).
+        let left = std::fs::read_to_string(&filters_file)
+            .unwrap_or_default()
+            .matches("\"cpr")
+            .count();
+        c.restart_daemon("node").unwrap();
+        ipipd_tests::eventually_within(
+            "every pod interface on its final attachment",
+            Duration::from_secs(120),
+            || {
+                let body = readyz(&node);
+                body.starts_with("ready")
+                    && body.matches(" from_pod attached (").count() == N + 1
+                    && (!tcx || !body.contains("(netlink)"))
+            },
+        );
+        left
+    });
+    assert_eq!(
+        (there.lost(), back.lost()),
+        (0, 0),
+        "pings lost while the filters moved ({there:?} there, {back:?} back)\n{}",
+        c.logs()
+    );
+    assert!(there.sent > 0 && back.sent > 0);
+    eprintln!("{left_at_stop} filters were left for the restart to adopt and move");
+    if tcx {
+        assert!(left_at_stop > 0, "the restart came after the move ended");
+    }
+    let body = readyz(&node);
+    let mut problems = Vec::new();
+    for v in &veths {
+        let progs = attached(&node, v, TcAttachType::Ingress);
+        if progs.len() != 1 {
+            problems.push(format!("{v}: {progs:?}"));
+        }
+        let mode = if tcx { "tcx" } else { "netlink" };
+        if !body.contains(&format!("{v} from_pod attached ({mode})")) {
+            problems.push(format!("{v}: not attached with {mode} in /readyz"));
+        }
+        if tcx {
+            let filters = node.sh(&format!("tc filter show dev {v} ingress")).unwrap();
+            let qdiscs = node.sh(&format!("tc qdisc show dev {v}")).unwrap();
+            if !filters.trim().is_empty() || qdiscs.contains("clsact") {
+                problems.push(format!("{v}: left {filters} {qdiscs}"));
+            }
+        }
+    }
+    assert_eq!(problems, Vec::<String>::new(), "{body}\n{}", c.logs());
+    // Teardown removes whichever kind is there, and the clsact ipipd added for filters.
+    c.stop_daemon("node").unwrap();
+    c.teardown("node").unwrap();
+    for v in &veths {
+        assert_eq!(attached(&node, v, TcAttachType::Ingress), Vec::<String>::new());
+        let qdiscs = node.sh(&format!("tc qdisc show dev {v}")).unwrap();
+        assert!(!qdiscs.contains("clsact"), "{v}: {qdiscs}");
+    }
 }

@@ -81,8 +81,16 @@ pub struct Opts {
 pub type CaseList = &'static [(&'static str, &'static [&'static str])];
 
 /// What `cargo xtask test` runs on the second kernel (6.12: TCX and the ipip module together):
-/// the programs through its verifier, and the interop test against its own tunl0.
-pub const SECOND_KERNEL: CaseList = &[("verifier_smoke", &[]), ("interop", &[])];
+/// the programs through its verifier, the interop test against its own tunl0, and a large first
+/// start's netlink filters moved to TCX links.
+pub const SECOND_KERNEL: CaseList = &[
+    ("verifier_smoke", &[]),
+    ("interop", &[]),
+    (
+        "daemon",
+        &["a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap"],
+    ),
+];
 
 /// The reduced case list: what `cargo xtask test` runs in the VM after the host suite (about
 /// 3 minutes under TCG here). Every binary runs; left out are the 100 MB transfers and the
@@ -123,6 +131,7 @@ pub const REDUCED: CaseList = &[
             "start_stop_cycles_leak_no_kernel_object_and_no_fd",
             "an_upgrade_from_v0_1_0_under_traffic_loses_no_packet",
             "a_layout_upgrade_rebuilds_the_maps_without_losing_a_packet",
+            "a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap",
         ],
     ),
 ];
