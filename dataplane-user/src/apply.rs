@@ -411,9 +411,7 @@ impl Dataplane {
         // Each TCX attach waits for an RCU grace period under the RTNL lock (~13 ms, one
         // after another whatever the number of threads: measured); many pods at once are
         // attached as netlink filters first (see `attach`), a restart adopts the links.
-        let attached = self
-            .attachments
-            .attach_all(&mut self.ebpf, &want, self.xdp);
+        let attached = self.attachments.attach_all(&mut self.ebpf, &want, self.xdp);
         self.remove_clsacts().await;
         attached?;
         for &i in known.keys() {

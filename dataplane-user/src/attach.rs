@@ -391,7 +391,8 @@ impl Attachments {
         self.map.remove(&key);
         if let Err(e) = self.tc(ebpf, &link, hook, false) {
             self.map.insert(key, Attachment::Filter(rec));
-            self.promote_later.insert(key, Instant::now() + PROMOTE_RETRY);
+            self.promote_later
+                .insert(key, Instant::now() + PROMOTE_RETRY);
             return Err(e.context(format!(
                 "the filter stays (next try in {} s)",
                 PROMOTE_RETRY.as_secs()
@@ -656,6 +657,10 @@ mod tests {
         )
         .unwrap();
         assert!(!r.clsact && r.hook.is_none());
-        assert!(!serde_json::to_string(&record(3, false)).unwrap().contains("clsact"));
+        assert!(
+            !serde_json::to_string(&record(3, false))
+                .unwrap()
+                .contains("clsact")
+        );
     }
 }

@@ -190,7 +190,8 @@ pub fn readyz(h: &Health) -> (StatusCode, String) {
             "{} {} {}",
             a.interface,
             a.hook,
-            a.mode.map_or("missing".to_string(), |m| format!("attached ({m})"))
+            a.mode
+                .map_or("missing".to_string(), |m| format!("attached ({m})"))
         );
     }
     for (addr, ifc) in &h.pending {
@@ -313,7 +314,10 @@ impl Collector for Snapshot {
                 let l: Labels = vec![
                     ("interface", a.interface.clone()),
                     ("hook", a.hook.to_string()),
-                    ("mode", a.mode.unwrap_or(self.health.attach_mode).to_string()),
+                    (
+                        "mode",
+                        a.mode.unwrap_or(self.health.attach_mode).to_string(),
+                    ),
                 ];
                 (l, ConstGauge::new(i64::from(a.attached)))
             }),

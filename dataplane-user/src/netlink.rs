@@ -593,9 +593,11 @@ impl Netlink {
             major: u16::MAX,
             minor: 0,
         };
-        unless_absent(req.execute().await, &[libc::ENOENT, libc::ENODEV, libc::EINVAL], || {
-            format!("removing the clsact qdisc of #{ifindex}")
-        })
+        unless_absent(
+            req.execute().await,
+            &[libc::ENOENT, libc::ENODEV, libc::EINVAL],
+            || format!("removing the clsact qdisc of #{ifindex}"),
+        )
         .map(|_| ())
     }
 

@@ -1536,7 +1536,9 @@ fn a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap() 
     c.start_daemon("master", None).unwrap();
     let node = c.node("node").ns.view();
     let batch: String = (0..N)
-        .map(|i| format!("link add cpr{i:04} type veth peer name ppr{i:04}\nlink set cpr{i:04} up\n"))
+        .map(|i| {
+            format!("link add cpr{i:04} type veth peer name ppr{i:04}\nlink set cpr{i:04} up\n")
+        })
         .collect();
     let file = c.dir.join("promo-veths.batch");
     std::fs::write(&file, batch).unwrap();
@@ -1626,7 +1628,10 @@ fn a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap() 
     c.stop_daemon("node").unwrap();
     c.teardown("node").unwrap();
     for v in &veths {
-        assert_eq!(attached(&node, v, TcAttachType::Ingress), Vec::<String>::new());
+        assert_eq!(
+            attached(&node, v, TcAttachType::Ingress),
+            Vec::<String>::new()
+        );
         let qdiscs = node.sh(&format!("tc qdisc show dev {v}")).unwrap();
         assert!(!qdiscs.contains("clsact"), "{v}: {qdiscs}");
     }
