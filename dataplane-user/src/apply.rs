@@ -510,6 +510,11 @@ impl Dataplane {
         self.attachments.promotable().is_some()
     }
 
+    /// How many netlink filters are attached.
+    pub fn filters(&self) -> usize {
+        self.attachments.filters()
+    }
+
     /// Moves one netlink filter to a TCX link (~13 ms: an RCU grace period).
     pub async fn promote_one(&mut self) -> Result<()> {
         let Some(key) = self.attachments.promotable() else {

@@ -349,6 +349,14 @@ impl Attachments {
         Ok(())
     }
 
+    /// How many netlink filters are attached.
+    pub fn filters(&self) -> usize {
+        self.map
+            .values()
+            .filter(|a| matches!(a, Attachment::Filter(_)))
+            .count()
+    }
+
     /// A netlink filter to move to a TCX link, on a TCX kernel.
     pub fn promotable(&self) -> Option<(u32, u8)> {
         if !self.tcx {

@@ -91,6 +91,8 @@ struct Owner {
     reconciling: Condition,
     reading_next_hops: Condition,
     promoting: Condition,
+    /// Filters moved to TCX links.
+    promoted: u64,
 }
 
 /// A failing condition, logged on its transitions only: the node's log grows with what
@@ -202,6 +204,7 @@ pub async fn run(
         next_monitor: 0,
         reconciling: Condition::default(),
         promoting: Condition::default(),
+        promoted: 0,
         reading_next_hops: Condition::default(),
     };
     let mut ds_rx = owner.file.datastore.clone().map(|d| {
@@ -345,7 +348,24 @@ impl Owner {
                         Some(r) => r.recv().await,
                         None => std::future::pending().await,
                     }
-                } => self.on_datastore(m).await,
+                } => {
+                    // What queued up meanwhile: only the newest view is applied, then a
+                    // loss of the datastore that came after it.
+                    let mut batch = vec![m];
+                    while let Some(Ok(m)) = ds_rx.as_mut().map(|r| r.try_recv()) {
+                        batch.push(m);
+                    }
+                    let from = batch
+                        .iter()
+                        .rposition(|m| matches!(m, crate::datastore::sync::Msg::View(_)))
+                        .unwrap_or(batch.len() - 1);
+                    let mut newest = batch.split_off(from).into_iter();
+                    // The newest view (or, without one, the newest message), then the
+                    // newest of what came after it.
+                    for m in [newest.next(), newest.last()].into_iter().flatten() {
+                        self.on_datastore(m).await;
+                    }
+                }
                 () = relay_log(&mut log) => {}
                 // Netlink filters of a large first start become TCX links, one per turn
                 // (select! picks among ready arms at random: requests and events go on).
@@ -400,13 +420,15 @@ impl Owner {
         });
     }
 
-    /// One netlink filter moved to a TCX link; published when the last one is.
+    /// One netlink filter moved to a TCX link; published every 32 and when the last one is.
     async fn promote(&mut self) {
         let r = self.dp.promote_one().await;
-        if r.is_err() || !self.dp.promoting() {
-            if r.is_ok() {
-                log::info!("every pod interface is on a TCX link");
-            }
+        self.promoted += 1;
+        let done = r.is_ok() && !self.dp.promoting();
+        if done && self.dp.filters() == 0 {
+            log::info!("every pod interface is on a TCX link");
+        }
+        if done || r.is_err() || self.promoted % 32 == 0 {
             self.publish();
         }
         self.promoting.report("moving a filter to a TCX link", r);

@@ -629,6 +629,36 @@ fn a_removed_pin_directory_is_put_back() {
 
 /// A node with more endpoints than its soft limit of open files: its fds do not grow with
 /// its endpoints (pinned links, their fds closed), so 300 endpoints run under a limit of 64.
+/// `n` veth pairs in the node's namespace (`c<tag>NNNN`, up; one `ip -batch`) and the node's
+/// config with an endpoint on each, in a 10.99.0.0/22 block; and the veths' names.
+fn many_endpoints(c: &Cluster, tag: &str, n: usize) -> (String, Vec<String>) {
+    let names: Vec<String> = (0..n).map(|i| format!("c{tag}{i:04}")).collect();
+    let batch: String = (0..n)
+        .map(|i| {
+            format!(
+                "link add c{tag}{i:04} type veth peer name p{tag}{i:04}\nlink set c{tag}{i:04} up\n"
+            )
+        })
+        .collect();
+    let file = c.dir.join(format!("{tag}-veths.batch"));
+    std::fs::write(&file, batch).unwrap();
+    check(
+        Command::new("ip")
+            .args(["-n", &c.node("node").ns.name, "-batch"])
+            .arg(&file),
+    )
+    .unwrap();
+    let mut cfg = c.config_for("node", "") + "\n[[block]]\ncidr = \"10.99.0.0/22\"\n";
+    for (i, name) in names.iter().enumerate() {
+        cfg += &format!(
+            "\n[[endpoint]]\naddress = \"10.99.{}.{}\"\ninterface = \"{name}\"\n",
+            i / 200,
+            i % 200 + 1
+        );
+    }
+    (cfg, names)
+}
+
 #[test]
 fn more_endpoints_than_the_open_file_limit_allows() {
     if !require_root() {
@@ -636,27 +666,7 @@ fn more_endpoints_than_the_open_file_limit_allows() {
     }
     let c = Cluster::new("d-fd", &seed_nodes(1)).unwrap();
     let node = c.node("node").ns.view();
-    let batch: String = (0..300)
-        .map(|i| {
-            format!("link add cfd{i:04} type veth peer name pfd{i:04}\nlink set cfd{i:04} up\n")
-        })
-        .collect();
-    let file = c.dir.join("fd-veths.batch");
-    std::fs::write(&file, batch).unwrap();
-    check(
-        Command::new("ip")
-            .args(["-n", &node.name, "-batch"])
-            .arg(&file),
-    )
-    .unwrap();
-    let mut cfg = c.config_for("node", "") + "\n[[block]]\ncidr = \"10.99.0.0/22\"\n";
-    for i in 0..300u32 {
-        cfg += &format!(
-            "\n[[endpoint]]\naddress = \"10.99.{}.{}\"\ninterface = \"cfd{i:04}\"\n",
-            i / 200,
-            i % 200 + 1
-        );
-    }
+    let (cfg, _) = many_endpoints(&c, "fd", 300);
     let dir = c.dir.join("node");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ipipd.toml"), cfg).unwrap();
@@ -1535,29 +1545,9 @@ fn a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap() 
     let mut c = Cluster::new("d-promo", &seed_nodes(1)).unwrap();
     c.start_daemon("master", None).unwrap();
     let node = c.node("node").ns.view();
-    let batch: String = (0..N)
-        .map(|i| {
-            format!("link add cpr{i:04} type veth peer name ppr{i:04}\nlink set cpr{i:04} up\n")
-        })
-        .collect();
-    let file = c.dir.join("promo-veths.batch");
-    std::fs::write(&file, batch).unwrap();
-    check(
-        Command::new("ip")
-            .args(["-n", &node.name, "-batch"])
-            .arg(&file),
-    )
-    .unwrap();
-    let mut cfg = c.config_for("node", "") + "\n[[block]]\ncidr = \"10.99.0.0/22\"\n";
-    for i in 0..N {
-        cfg += &format!(
-            "\n[[endpoint]]\naddress = \"10.99.{}.{}\"\ninterface = \"cpr{i:04}\"\n",
-            i / 200,
-            i % 200 + 1
-        );
-    }
+    let (cfg, extra) = many_endpoints(&c, "pr", N);
     let pod_veth = c.node("node").pod(N1).spec.interface.clone();
-    let mut veths: Vec<String> = (0..N).map(|i| format!("cpr{i:04}")).collect();
+    let mut veths = extra;
     veths.push(pod_veth);
     c.start_daemon("node", Some(cfg)).unwrap();
     let tcx = kernel_has_tcx();
