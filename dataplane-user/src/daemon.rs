@@ -428,7 +428,7 @@ impl Owner {
         if done && self.dp.filters() == 0 {
             log::info!("every pod interface is on a TCX link");
         }
-        if done || r.is_err() || self.promoted % 32 == 0 {
+        if done || r.is_err() || self.promoted.is_multiple_of(32) {
             self.publish();
         }
         self.promoting.report("moving a filter to a TCX link", r);
