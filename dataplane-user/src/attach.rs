@@ -581,6 +581,11 @@ fn swap_filter(ebpf: &mut Ebpf, prog: &str, rec: &FilterRecord) -> Result<()> {
     Ok(())
 }
 
+/// The netlink filters the state directory records (`ipipd status`).
+pub fn recorded_filters(state_dir: &Path) -> Vec<FilterRecord> {
+    read_filters(state_dir)
+}
+
 fn read_filters(state_dir: &Path) -> Vec<FilterRecord> {
     std::fs::read_to_string(state_dir.join(FILTERS_FILE))
         .ok()

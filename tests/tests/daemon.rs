@@ -1614,6 +1614,28 @@ fn a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap() 
         }
     }
     assert_eq!(problems, Vec::<String>::new(), "{body}\n{}", c.logs());
+    // `ipipd status` lists each pod's attachment with its kind (filters from the state dir).
+    let status = json(&c, "node", "status");
+    let listed: BTreeSet<String> = status["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let suffix = if tcx { "" } else { "(netlink)" };
+    let wanted: BTreeSet<String> = veths
+        .iter()
+        .map(|v| format!("{v}:from_pod{suffix}"))
+        .collect();
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|a| a.contains(":from_pod"))
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        wanted,
+        "{status}"
+    );
     // Teardown removes whichever kind is there, and the clsact ipipd added for filters.
     c.stop_daemon("node").unwrap();
     c.teardown("node").unwrap();

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use dataplane_user::{
+    attach,
     config::Ipv4Net,
     control::{self, Answer, Request},
     inspect,
@@ -23,7 +24,20 @@ struct Status {
 }
 
 pub async fn run(r: Read) -> Result<()> {
-    let maps = inspect::status(&r.node.pin_dir()?)?;
+    let mut maps = inspect::status(&r.node.pin_dir()?)?;
+    // The netlink filters (kernels without TCX, and a large first start's until they are
+    // moved to TCX links) are recorded in the state directory, not pinned.
+    if let Ok(dir) = r.node.state_dir() {
+        maps.attachments
+            .extend(attach::recorded_filters(&dir).into_iter().map(|f| {
+                let hook =
+                    f.hook
+                        .as_deref()
+                        .unwrap_or(if f.ingress { "ingress" } else { "egress" });
+                format!("{}:{hook}(netlink)", f.ifname)
+            }));
+        maps.attachments.sort();
+    }
     let mut s = Status {
         maps,
         blocks: None,
