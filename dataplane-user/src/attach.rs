@@ -277,7 +277,18 @@ impl Attachments {
             r = if *hook == Hook::XdpUplink {
                 self.xdp(ebpf, link, xdp)
             } else {
-                self.tc(ebpf, link, *hook, batch && *hook == Hook::FromPod)
+                let netlink = batch && *hook == Hook::FromPod;
+                self.tc(ebpf, link, *hook, netlink).inspect(|()| {
+                    if !netlink {
+                        log::info!(
+                            "attached {} to {} ({}, {})",
+                            program_of(*hook, xdp),
+                            link.name,
+                            self.mode(link.index, *hook).unwrap_or("?"),
+                            hook.name()
+                        );
+                    }
+                })
             };
             if r.is_err() {
                 break;
@@ -338,14 +349,6 @@ impl Attachments {
             Attachment::Filter(record)
         };
         self.map.insert((link.index, hook as u8), att);
-        if !netlink || !self.tcx {
-            log::info!(
-                "attached {prog} to {} ({}, {})",
-                link.name,
-                if tcx { "tcx" } else { "netlink" },
-                hook.name()
-            );
-        }
         Ok(())
     }
 
@@ -407,6 +410,7 @@ impl Attachments {
             )));
         }
         self.promote_later.remove(&key);
+        log::debug!("{} on {}: now a TCX link", hook.name(), rec.ifname);
         rec.remove();
         if rec.clsact {
             self.clsact_gone.push(rec.ifindex);
