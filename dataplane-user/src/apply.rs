@@ -20,7 +20,7 @@ use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, map_names};
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::{
-    attach::{self, Attachments},
+    attach::Attachments,
     config::{Config, XdpMode as CfgXdp},
     loader,
     lock::NodeLock,
@@ -527,11 +527,7 @@ impl Dataplane {
 
     /// The `clsact` qdiscs ipipd added for filters that are gone.
     async fn remove_clsacts(&mut self) {
-        for ifindex in self.attachments.take_clsact_gone() {
-            if let Err(e) = self.nl.clsact_delete(ifindex).await {
-                log::warn!("{e:#}");
-            }
-        }
+        remove_clsacts(&self.nl, &mut self.attachments).await;
     }
 
     /// Every attachment the node needs and whether it is in place.
@@ -578,6 +574,15 @@ impl Dataplane {
     }
 }
 
+/// Removes the `clsact` qdiscs ipipd added for filters that are gone.
+async fn remove_clsacts(nl: &Netlink, attachments: &mut Attachments) {
+    for ifindex in attachments.take_clsact_gone() {
+        if let Err(e) = nl.clsact_delete(ifindex).await {
+            log::warn!("{e:#}");
+        }
+    }
+}
+
 fn device_is_there(r: &ReplacedRoute, links: &plan::Links) -> bool {
     match &r.device {
         Some((name, index)) => links.by_index(*index).is_some_and(|l| &l.name == name),
@@ -593,12 +598,9 @@ pub async fn teardown(nl: &Netlink, cfg: &Config, state_dir: &Path) {
     let pin_dir = &cfg.node.pin_dir;
     let mut attachments = Attachments::new(pin_dir, state_dir, true);
     attachments.adopt(&cfg.node.uplink);
+    // Every recorded filter, and the clsact ipipd added for it, goes here too.
     attachments.detach_all();
-    for ifindex in attachments.take_clsact_gone() {
-        if let Err(e) = nl.clsact_delete(ifindex).await {
-            log::warn!("{e:#}");
-        }
-    }
+    remove_clsacts(nl, &mut attachments).await;
     let record = NodeRecord::load(state_dir).unwrap_or_else(|e| {
         log::warn!("{e:#}: nothing is restored");
         NodeRecord::default()
@@ -643,11 +645,6 @@ pub async fn teardown(nl: &Netlink, cfg: &Config, state_dir: &Path) {
         log::warn!("restoring net.ipv4.ip_forward to {prev}: {e}");
     }
     pins::remove_pins(pin_dir);
-    for ifindex in attach::remove_recorded_filters(state_dir) {
-        if let Err(e) = nl.clsact_delete(ifindex).await {
-            log::warn!("{e:#}");
-        }
-    }
     NodeRecord::remove(state_dir);
     log::info!("data plane removed from {}", pin_dir.display());
 }

@@ -56,6 +56,21 @@ pub struct FilterRecord {
 }
 
 impl FilterRecord {
+    /// The hook the filter serves: recorded, or (records of v0.1.0) told by where it is.
+    pub fn hook_of(&self, uplink: &str) -> Hook {
+        let named = self
+            .hook
+            .as_deref()
+            .and_then(|h| Hook::ALL.into_iter().find(|k| k.name() == h));
+        named.unwrap_or(if !self.ingress {
+            Hook::ToTunnel
+        } else if self.ifname == uplink {
+            Hook::FromUplink
+        } else {
+            Hook::FromPod
+        })
+    }
+
     fn attach_type(&self) -> TcAttachType {
         if self.ingress {
             TcAttachType::Ingress
@@ -181,18 +196,7 @@ impl Attachments {
             }
         }
         for r in read_filters(&self.state_dir) {
-            let named = r
-                .hook
-                .as_deref()
-                .and_then(|h| Hook::ALL.into_iter().find(|k| k.name() == h));
-            let hook = named.unwrap_or(if !r.ingress {
-                Hook::ToTunnel
-            } else if r.ifname == uplink {
-                Hook::FromUplink
-            } else {
-                Hook::FromPod
-            });
-            let key = (r.ifindex, hook as u8);
+            let key = (r.ifindex, r.hook_of(uplink) as u8);
             if matches!(self.map.get(&key), Some(Attachment::Pinned(_))) {
                 // A promotion stopped between the TCX link and the filter's removal: the
                 // link runs first and is kept.
@@ -278,17 +282,18 @@ impl Attachments {
                 self.xdp(ebpf, link, xdp)
             } else {
                 let netlink = batch && *hook == Hook::FromPod;
-                self.tc(ebpf, link, *hook, netlink).inspect(|()| {
-                    if !netlink {
-                        log::info!(
-                            "attached {} to {} ({}, {})",
-                            program_of(*hook, xdp),
-                            link.name,
-                            self.mode(link.index, *hook).unwrap_or("?"),
-                            hook.name()
-                        );
-                    }
-                })
+                self.tc(ebpf, link.index, &link.name, *hook, netlink)
+                    .inspect(|()| {
+                        if !netlink {
+                            log::info!(
+                                "attached {} to {} ({}, {})",
+                                program_of(*hook, xdp),
+                                link.name,
+                                self.mode(link.index, *hook).unwrap_or("?"),
+                                hook.name()
+                            );
+                        }
+                    })
             };
             if r.is_err() {
                 break;
@@ -307,12 +312,19 @@ impl Attachments {
 
     /// Attaches `hook`'s program to `link`: a pinned TCX link, or a netlink filter on kernels
     /// without TCX and when `netlink` asks for one. The caller saves the filter record.
-    fn tc(&mut self, ebpf: &mut Ebpf, link: &Link, hook: Hook, netlink: bool) -> Result<()> {
+    fn tc(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifindex: u32,
+        ifname: &str,
+        hook: Hook,
+        netlink: bool,
+    ) -> Result<()> {
         let prog = program_of(hook, CfgXdp::Off);
         let at = attach_type_of(hook);
         let tcx = self.tcx && !netlink;
         // Netlink needs the clsact qdisc; "exists" is fine (and then not ours to remove).
-        let clsact = !tcx && tc::qdisc_add_clsact(&link.name).is_ok();
+        let clsact = !tcx && tc::qdisc_add_clsact(ifname).is_ok();
         let p: &mut SchedClassifier = ebpf
             .program_mut(prog)
             .ok_or_else(|| anyhow!("no program {prog}"))?
@@ -323,21 +335,21 @@ impl Attachments {
             TcAttachOptions::Netlink(NlOptions::default())
         };
         let id = p
-            .attach_with_options(&link.name, at, options)
-            .with_context(|| format!("attaching {prog} to {}", link.name))?;
+            .attach_with_options(ifname, at, options)
+            .with_context(|| format!("attaching {prog} to {ifname}"))?;
         let l = p.take_link(id)?;
         let att = if tcx {
-            let pin = self.link_pin(link.index, hook);
+            let pin = self.link_pin(ifindex, hook);
             let _ = std::fs::remove_file(&pin);
             FdLink::try_from(l)
-                .map_err(|e| anyhow!("{prog} on {}: not a bpf_link: {e}", link.name))?
+                .map_err(|e| anyhow!("{prog} on {ifname}: not a bpf_link: {e}"))?
                 .pin(&pin)
                 .with_context(|| format!("pinning {prog}'s link at {}", pin.display()))?;
             Attachment::Pinned(pin)
         } else {
             let record = FilterRecord {
-                ifindex: link.index,
-                ifname: link.name.clone(),
+                ifindex,
+                ifname: ifname.to_string(),
                 ingress: matches!(at, TcAttachType::Ingress),
                 priority: l.priority()?,
                 handle: u32::from(l.handle()?),
@@ -348,7 +360,7 @@ impl Attachments {
             std::mem::forget(l);
             Attachment::Filter(record)
         };
-        self.map.insert((link.index, hook as u8), att);
+        self.map.insert((ifindex, hook as u8), att);
         Ok(())
     }
 
@@ -389,18 +401,8 @@ impl Attachments {
             self.detach(key);
             return Ok(());
         }
-        let link = Link {
-            index: rec.ifindex,
-            name: rec.ifname.clone(),
-            mac: None,
-            mtu: 0,
-            link: None,
-            link_netnsid: None,
-            kind: None,
-            up: true,
-        };
         self.map.remove(&key);
-        if let Err(e) = self.tc(ebpf, &link, hook, false) {
+        if let Err(e) = self.tc(ebpf, rec.ifindex, &rec.ifname, hook, false) {
             self.map.insert(key, Attachment::Filter(rec));
             self.promote_later
                 .insert(key, Instant::now() + PROMOTE_RETRY);
@@ -585,30 +587,12 @@ fn swap_filter(ebpf: &mut Ebpf, prog: &str, rec: &FilterRecord) -> Result<()> {
     Ok(())
 }
 
-/// The netlink filters the state directory records (`ipipd status`).
-pub fn recorded_filters(state_dir: &Path) -> Vec<FilterRecord> {
-    read_filters(state_dir)
-}
-
-fn read_filters(state_dir: &Path) -> Vec<FilterRecord> {
+/// The netlink filters the state directory records.
+pub fn read_filters(state_dir: &Path) -> Vec<FilterRecord> {
     std::fs::read_to_string(state_dir.join(FILTERS_FILE))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default()
-}
-
-/// Removes the netlink filters a run recorded (by handle), and the record: `ipipd teardown`.
-/// Returns the interfaces whose `clsact` ipipd added for them, for the caller to remove.
-pub fn remove_recorded_filters(state_dir: &Path) -> Vec<u32> {
-    let mut clsact = Vec::new();
-    for r in read_filters(state_dir) {
-        r.remove();
-        if r.clsact && ifindex_of(&r.ifname) == Some(r.ifindex) {
-            clsact.push(r.ifindex);
-        }
-    }
-    let _ = std::fs::remove_file(state_dir.join(FILTERS_FILE));
-    clsact
 }
 
 #[cfg(test)]

@@ -349,22 +349,11 @@ impl Owner {
                         None => std::future::pending().await,
                     }
                 } => {
-                    // What queued up meanwhile: only the newest view is applied, then a
-                    // loss of the datastore that came after it.
                     let mut batch = vec![m];
                     while let Some(Ok(m)) = ds_rx.as_mut().map(|r| r.try_recv()) {
                         batch.push(m);
                     }
-                    let from = batch
-                        .iter()
-                        .rposition(|m| matches!(m, crate::datastore::sync::Msg::View(_)))
-                        .unwrap_or(batch.len() - 1);
-                    let mut newest = batch.split_off(from).into_iter();
-                    // The newest view (or, without one, the newest message), then the
-                    // newest of what came after it.
-                    for m in [newest.next(), newest.last()].into_iter().flatten() {
-                        self.on_datastore(m).await;
-                    }
+                    self.on_datastore_batch(batch).await;
                 }
                 () = relay_log(&mut log) => {}
                 // Netlink filters of a large first start become TCX links, one per turn
@@ -386,7 +375,6 @@ impl Owner {
             .map(|w| Attachment {
                 interface: inspect::ifname(w.ifindex),
                 hook: w.hook.name(),
-                attached: w.mode.is_some(),
                 mode: w.mode,
             })
             .collect();
@@ -400,7 +388,7 @@ impl Owner {
         missing.extend(
             attachments
                 .iter()
-                .filter(|a| !a.attached)
+                .filter(|a| a.mode.is_none())
                 .map(|a| format!("{} on {}", a.hook, a.interface)),
         );
         self.health.send_replace(Health {
@@ -615,6 +603,19 @@ impl Owner {
         match &self.ds_view {
             Some(v) => crate::datastore::sync::overlay(file, v),
             None => file.clone(),
+        }
+    }
+
+    /// What the datastore task sent while the owner was busy: only the newest view is
+    /// applied (or, without one, the newest message), then the newest loss after it.
+    async fn on_datastore_batch(&mut self, mut batch: Vec<crate::datastore::sync::Msg>) {
+        let from = batch
+            .iter()
+            .rposition(|m| matches!(m, crate::datastore::sync::Msg::View(_)))
+            .unwrap_or(batch.len().saturating_sub(1));
+        let mut newest = batch.split_off(from).into_iter();
+        for m in [newest.next(), newest.last()].into_iter().flatten() {
+            self.on_datastore(m).await;
         }
     }
 

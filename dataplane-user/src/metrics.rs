@@ -41,8 +41,8 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 pub struct Attachment {
     pub interface: String,
     pub hook: &'static str,
-    pub attached: bool,
-    /// How: "tcx", "netlink" (cls_bpf, until moved to TCX on a TCX kernel) or "xdp".
+    /// How it is attached: "tcx", "netlink" (cls_bpf, until moved to TCX on a TCX kernel) or
+    /// "xdp"; None while it is not.
     pub mode: Option<&'static str>,
 }
 
@@ -319,7 +319,7 @@ impl Collector for Snapshot {
                         a.mode.unwrap_or(self.health.attach_mode).to_string(),
                     ),
                 ];
-                (l, ConstGauge::new(i64::from(a.attached)))
+                (l, ConstGauge::new(i64::from(a.mode.is_some())))
             }),
         )?;
         gauge(

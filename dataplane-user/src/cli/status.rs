@@ -28,14 +28,12 @@ pub async fn run(r: Read) -> Result<()> {
     // The netlink filters (kernels without TCX, and a large first start's until they are
     // moved to TCX links) are recorded in the state directory, not pinned.
     if let Ok(dir) = r.node.state_dir() {
-        maps.attachments
-            .extend(attach::recorded_filters(&dir).into_iter().map(|f| {
-                let hook =
-                    f.hook
-                        .as_deref()
-                        .unwrap_or(if f.ingress { "ingress" } else { "egress" });
-                format!("{}:{hook}(netlink)", f.ifname)
-            }));
+        let filters = attach::read_filters(&dir);
+        maps.attachments.extend(
+            filters
+                .iter()
+                .map(|f| format!("{}:{}(netlink)", f.ifname, f.hook_of(&maps.uplink).name())),
+        );
         maps.attachments.sort();
     }
     let mut s = Status {
