@@ -426,7 +426,8 @@ impl Dataplane {
         // Slow-path routes, identified by their protocol. A route ipipd no longer wants
         // whose prefix had a route before ipipd took it over gets that route back (when its
         // device is still there); a route of someone else's that ipipd's replaces is recorded
-        // first, for the same reason and for `ipipd teardown`.
+        // first, for the same reason and for `ipipd teardown` — the one found last: what an
+        // operator put in place of ipipd's while it was stopped is what comes back.
         let planned: BTreeSet<(Ipv4Addr, u8)> = plan.slow_path.iter().map(|r| r.dst()).collect();
         let mut record_changed = false;
         for r in view.owned_routes.difference(&plan.slow_path) {
@@ -448,17 +449,17 @@ impl Dataplane {
             plan.slow_path.difference(&view.owned_routes).collect();
         for r in &adding {
             let key = record::prefix_key(r.dst());
-            if let Some(m) = view.other_routes.get(&r.dst())
-                && !self.record.replaced.contains_key(&key)
-            {
+            if let Some(m) = view.other_routes.get(&r.dst()) {
                 let orig =
                     ReplacedRoute::new(m, |i| view.links.by_index(i).map(|l| l.name.clone()));
-                log::info!(
-                    "route {key}: {} is replaced by ipipd's (recorded)",
-                    orig.summary
-                );
-                self.record.replaced.insert(key, orig);
-                record_changed = true;
+                if self.record.replaced.get(&key) != Some(&orig) {
+                    log::info!(
+                        "route {key}: {} is replaced by ipipd's (recorded)",
+                        orig.summary
+                    );
+                    self.record.replaced.insert(key, orig);
+                    record_changed = true;
+                }
             }
         }
         if record_changed {

@@ -33,8 +33,12 @@ use tokio_util::codec::Framed;
 
 use crate::{
     apply::Dataplane,
-    config::Config,
+    config::{Config, Ipv4Net},
     control::{self, Answer, AttachmentInfo, EndpointState, NodeInfo, Reason, Reply, Request},
+    datastore::{
+        memory::Memory,
+        sync::{self, Msg, Synced},
+    },
     desired::{Change, RuntimeChanges},
     inspect,
     ipam::{self, Ipam},
@@ -78,10 +82,12 @@ struct Owner {
     dp: Dataplane,
     /// The addresses handed out from the node's blocks (CNI ADD, `endpoint add`).
     ipam: Ipam,
-    /// With a datastore: the cluster as it last said (the node's blocks, its peers), and
-    /// whether it is reachable now.
-    ds_view: Option<crate::datastore::model::View>,
+    /// With a datastore: what the node forwards on (the cluster as it last said: the node's
+    /// blocks, its peers), what it reports (reachable, resets, conflicts), and the blocks its
+    /// pods and allocations use, for the datastore task.
+    ds: Option<Memory>,
     ds_health: Option<DatastoreHealth>,
+    ds_in_use: Option<watch::Sender<BTreeSet<Ipv4Net>>>,
     health: watch::Sender<Health>,
     /// Connected `ipipd monitor` clients, and whether each wants drops only.
     monitors: BTreeMap<u64, bool>,
@@ -157,17 +163,26 @@ pub async fn run(
         crate::metrics::serve(addr, file.node.pin_dir.clone(), health_rx).await?;
     }
     let runtime = RuntimeChanges::load(state_dir)?;
+    let ipam = Ipam::load(state_dir)?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let (ds_view, ds_store) = match &file.datastore {
+    let (ds, ds_task) = match &file.datastore {
         Some(d) => {
-            let (v, store) = datastore_start(d, &file, state_dir).await?;
-            (Some(v), store)
+            // The addresses the node's pods have, whichever blocks they turn out to be in.
+            let addresses: Vec<std::net::Ipv4Addr> = file
+                .endpoints
+                .iter()
+                .chain(&runtime.endpoints_added)
+                .map(|e| e.address)
+                .chain(ipam.allocations.iter().map(|a| a.address))
+                .collect();
+            let (synced, tracker, store) = datastore_start(d, &file, state_dir, &addresses).await?;
+            (Some(synced), Some((d.clone(), tracker, store)))
         }
         None => (None, None),
     };
-    let base = match &ds_view {
-        Some(v) => crate::datastore::sync::overlay(&file, v),
+    let base = match &ds {
+        Some(s) => sync::overlay(&file, &s.memory),
         None => file.clone(),
     };
     let desired = runtime.apply(&base).map_err(|e| {
@@ -176,7 +191,6 @@ pub async fn run(
             state_dir.display()
         )
     })?;
-    let ipam = Ipam::load(state_dir)?;
     let dp = Dataplane::start(&desired, state_dir).await?;
     log::info!(
         "node {} up: uplink {} (mtu {}), {} endpoints live, {} pending, {} peers",
@@ -194,11 +208,9 @@ pub async fn run(
         desired,
         dp,
         ipam,
-        ds_health: ds_view.as_ref().map(|_| DatastoreHealth {
-            up: true,
-            reason: String::new(),
-        }),
-        ds_view,
+        ds_health: ds.as_ref().map(|s| health_of(s, true, String::new())),
+        ds: ds.map(|s| s.memory),
+        ds_in_use: None,
         health,
         monitors: BTreeMap::new(),
         next_monitor: 0,
@@ -207,15 +219,11 @@ pub async fn run(
         promoted: 0,
         reading_next_hops: Condition::default(),
     };
-    let mut ds_rx = owner.file.datastore.clone().map(|d| {
+    let mut ds_rx = ds_task.map(|(d, tracker, store)| {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(crate::datastore::sync::run(
-            d,
-            owner.file.node.name.clone(),
-            owner.file.node.address,
-            ds_store,
-            tx,
-        ));
+        let (in_use, in_use_rx) = watch::channel(owner.blocks_in_use());
+        owner.ds_in_use = Some(in_use);
+        tokio::spawn(sync::run(d, tracker, store, in_use_rx, tx));
         rx
     });
     let result = owner
@@ -229,57 +237,66 @@ pub async fn run(
     result
 }
 
-/// The datastore at start: pools ensured, the node's blocks claimed, its registration written,
-/// the view cached; the connection is kept for the datastore task. Unreachable: the cached
+/// The datastore at start (see [`sync::bootstrap`]): the node asserted, what it forwards on
+/// cached; the tracker and the connection go on to the datastore task. Unreachable: the cached
 /// view of an earlier run, when there is one (the node then forwards on what it last knew,
 /// and the datastore task keeps trying); else an error, before anything is attached.
 async fn datastore_start(
     d: &crate::datastore::DatastoreCfg,
     file: &Config,
     state_dir: &Path,
-) -> Result<(
-    crate::datastore::model::View,
-    Option<crate::datastore::Store>,
-)> {
-    use crate::datastore::{Store, bootstrap, sync};
+    addresses: &[std::net::Ipv4Addr],
+) -> Result<(Synced, sync::Tracker, Option<crate::datastore::Store>)> {
+    let cached = sync::load_cache(state_dir);
+    let mem = cached.clone().unwrap_or_default();
+    let in_use = sync::blocks_in_use(&file.node.name, &mem, addresses.iter().copied());
     let r = async {
-        let store = Store::connect(d).await?;
-        let view = bootstrap(
-            &store,
-            &file.node.name,
-            file.node.address,
-            &file.blocks,
-            &file.pools,
-        )
-        .await?;
-        anyhow::Ok((view, store))
+        let store = crate::datastore::Store::connect(d).await?;
+        let (synced, tracker) = sync::bootstrap(&store, file, mem, &in_use).await?;
+        anyhow::Ok((synced, tracker, store))
     }
     .await;
     match r {
-        Ok((v, store)) => {
-            sync::save_cache(state_dir, &v)?;
+        Ok((synced, tracker, store)) => {
+            sync::save_cache(state_dir, &synced.memory)?;
             log::info!(
-                "datastore: node {} owns {}; {} nodes in the cluster",
+                "datastore: node {} holds {}; {} nodes in the cluster",
                 file.node.name,
-                v.blocks_of(&file.node.name)
+                synced
+                    .memory
+                    .held(&file.node.name)
                     .iter()
                     .map(|b| b.to_string())
                     .collect::<Vec<_>>()
                     .join(", "),
-                v.nodes.len()
+                synced.memory.view.nodes.len()
             );
-            Ok((v, Some(store)))
+            Ok((synced, tracker, Some(store)))
         }
-        Err(e) => match sync::load_cache(state_dir) {
-            Some(v) if !v.blocks_of(&file.node.name).is_empty() => {
+        Err(e) => match cached {
+            Some(mem) if !mem.held(&file.node.name).is_empty() => {
                 log::warn!(
                     "datastore: {e:#}; starting from the last known state in {}",
                     state_dir.display()
                 );
-                Ok((v, None))
+                let tracker = sync::Tracker::new(file, mem);
+                let mut tracker = tracker;
+                Ok((tracker.synced(), tracker, None))
             }
             _ => Err(e.context("datastore")),
         },
+    }
+}
+
+/// What /readyz, /metrics and `ipipd status` say of the datastore.
+fn health_of(s: &Synced, up: bool, reason: String) -> DatastoreHealth {
+    DatastoreHealth {
+        up,
+        reason,
+        resets: s.resets,
+        last_reset: s.last_reset.clone().unwrap_or_default(),
+        grace: s.grace,
+        conflicts: s.conflicts.clone(),
     }
 }
 
@@ -290,7 +307,7 @@ impl Owner {
         int: &mut tokio::signal::unix::Signal,
         hup: &mut tokio::signal::unix::Signal,
         state_dir: &Path,
-        ds_rx: &mut Option<mpsc::Receiver<crate::datastore::sync::Msg>>,
+        ds_rx: &mut Option<mpsc::Receiver<Msg>>,
     ) -> Result<()> {
         let mut events = netlink::events()?;
         let (tx, mut rx) = mpsc::channel::<Command>(MAX_CLIENTS);
@@ -441,6 +458,7 @@ impl Owner {
     /// updated, and the heap trimmed.
     fn settle(&self, applied: Result<()>) -> Result<()> {
         self.publish();
+        self.publish_in_use();
         // A reconcile's kernel dumps are transient (thousands of links and routes on a large
         // node): hand what they freed back to the system instead of keeping it in the heap.
         // SAFETY: glibc's malloc_trim takes no pointers.
@@ -539,6 +557,8 @@ impl Owner {
         match cmd {
             Command::Request(req, reply) => {
                 let r = self.request(req).await;
+                // (Allocations come and go with requests; endpoints with reconciles.)
+                self.publish_in_use();
                 let _ = reply.send(r);
             }
             Command::MonitorStart { drops_only, id } => {
@@ -600,18 +620,18 @@ impl Owner {
 
     /// The file with what the datastore says (its blocks, its peers), when there is one.
     fn base(&self, file: &Config) -> Config {
-        match &self.ds_view {
-            Some(v) => crate::datastore::sync::overlay(file, v),
+        match &self.ds {
+            Some(m) => sync::overlay(file, m),
             None => file.clone(),
         }
     }
 
     /// What the datastore task sent while the owner was busy: only the newest view is
     /// applied (or, without one, the newest message), then the newest loss after it.
-    async fn on_datastore_batch(&mut self, mut batch: Vec<crate::datastore::sync::Msg>) {
+    async fn on_datastore_batch(&mut self, mut batch: Vec<Msg>) {
         let from = batch
             .iter()
-            .rposition(|m| matches!(m, crate::datastore::sync::Msg::View(_)))
+            .rposition(|m| matches!(m, Msg::View(_)))
             .unwrap_or(batch.len().saturating_sub(1));
         let mut newest = batch.split_off(from).into_iter();
         for m in [newest.next(), newest.last()].into_iter().flatten() {
@@ -620,24 +640,21 @@ impl Owner {
     }
 
     /// The datastore task's news: a new view is applied like a changed file (an invalid one
-    /// changes nothing); reachability is reported, logged on its changes only.
-    async fn on_datastore(&mut self, m: crate::datastore::sync::Msg) {
-        use crate::datastore::sync::Msg;
+    /// changes nothing); reachability, resets and conflicts are reported, logged on their
+    /// changes only.
+    async fn on_datastore(&mut self, m: Msg) {
         let was = self.ds_health.clone().unwrap_or_default();
         match m {
-            Msg::View(v) => {
+            Msg::View(synced) => {
                 if !was.up {
                     log::info!("datastore: reachable again; resynchronising");
                 }
-                self.ds_health = Some(DatastoreHealth {
-                    up: true,
-                    reason: String::new(),
-                });
-                if self.ds_view.as_ref() != Some(&v) {
-                    match self.adopt_view(v).await {
-                        Ok(()) => log::info!(
+                self.ds_health = Some(health_of(&synced, true, String::new()));
+                if self.ds.as_ref() != Some(&synced.memory) {
+                    match self.adopt_memory(synced.memory).await {
+                        Ok(()) => log::debug!(
                             "datastore: {} nodes, {} peers, {} blocks of this node",
-                            self.ds_view.as_ref().map_or(0, |v| v.nodes.len()),
+                            self.ds.as_ref().map_or(0, |m| m.view.nodes.len()),
                             self.desired.peers.len(),
                             self.desired.blocks.len()
                         ),
@@ -653,7 +670,11 @@ impl Owner {
                         "datastore: not reachable ({reason}); forwarding on the last state, retrying"
                     );
                 }
-                self.ds_health = Some(DatastoreHealth { up: false, reason });
+                self.ds_health = Some(DatastoreHealth {
+                    up: false,
+                    reason,
+                    ..was.clone()
+                });
             }
         }
         if self.ds_health != Some(was) {
@@ -690,8 +711,7 @@ impl Owner {
             .chain(self.in_use(None))
             .collect();
         let free = self
-            .desired
-            .blocks
+            .allocatable_blocks()
             .iter()
             .flat_map(ipam::usable)
             .filter(|a| !taken.contains(a))
@@ -726,46 +746,90 @@ impl Owner {
     }
 
     /// Claims a free block of the pools for this node and programs it as the node's own.
-    async fn claim_block(&mut self) -> Result<crate::config::Ipv4Net> {
+    async fn claim_block(&mut self) -> Result<Ipv4Net> {
         let d = self.file.datastore.clone().expect("checked by the caller");
         let store = crate::datastore::Store::connect(&d).await?;
-        let b = store.claim_any(&self.file.node.name).await?;
-        let mut view = self.ds_view.clone().unwrap_or_default();
-        view.blocks.insert(b, self.file.node.name.clone());
-        self.adopt_view(view)
+        let name = self.file.node.name.clone();
+        let b = store.claim_any(&name, Duration::ZERO).await?;
+        let mut mem = self.ds.clone().unwrap_or_default();
+        mem.view.blocks.insert(b, name.clone());
+        let mut held = mem.held(&name);
+        held.insert(b);
+        mem.held = Some(held);
+        self.adopt_memory(mem)
             .await
             .map_err(|e| e.context(format!("programming the claimed block {b}")))?;
         Ok(b)
     }
 
-    /// A new view of the datastore: the data plane reconciled when what it makes of it (the
-    /// node's blocks, its peers) changed — a liveness key coming or going changes neither —
-    /// and the view cached for a start while etcd is away. On error the old view stands.
-    async fn adopt_view(&mut self, v: crate::datastore::model::View) -> Result<()> {
+    /// What the node forwards on from the datastore: the data plane reconciled when what it
+    /// makes of it (the node's blocks, its peers) changed — a liveness key coming or going
+    /// changes neither — and cached for a start while etcd is away. On error the old stands.
+    async fn adopt_memory(&mut self, m: Memory) -> Result<()> {
         let before = self.base(&self.file);
-        let old = self.ds_view.replace(v);
+        let old = self.ds.replace(m);
         if self.base(&self.file) != before {
             let (file, rt) = (self.file.clone(), self.runtime.clone());
             if let Err(e) = self.adopt(file, rt).await {
-                self.ds_view = old;
+                self.ds = old;
                 return Err(e);
             }
         }
-        if let Some(v) = &self.ds_view
-            && let Err(e) = crate::datastore::sync::save_cache(&self.dp.state_dir, v)
+        if let Some(m) = &self.ds
+            && let Err(e) = sync::save_cache(&self.dp.state_dir, m)
         {
             log::warn!("datastore: caching the view: {e:#}");
         }
         Ok(())
     }
 
+    /// The node's blocks new pods get addresses from: all of them but those in dispute.
+    fn allocatable_blocks(&self) -> Vec<Ipv4Net> {
+        let contested: BTreeSet<Ipv4Net> = self
+            .ds_health
+            .iter()
+            .flat_map(|h| h.conflicts.iter().map(|c| c.block))
+            .collect();
+        self.desired
+            .blocks
+            .iter()
+            .filter(|b| !contested.iter().any(|c| c.overlaps(b)))
+            .copied()
+            .collect()
+    }
+
+    /// The node's blocks that its pods and allocations use.
+    fn blocks_in_use(&self) -> BTreeSet<Ipv4Net> {
+        let Some(m) = &self.ds else {
+            return BTreeSet::new();
+        };
+        let addresses = self
+            .desired
+            .endpoints
+            .iter()
+            .map(|e| e.address)
+            .chain(self.ipam.allocations.iter().map(|a| a.address));
+        sync::blocks_in_use(&self.file.node.name, m, addresses)
+    }
+
+    /// Tells the datastore task which blocks the node's pods use (it disputes or gives up
+    /// blocks by them), when that changed.
+    fn publish_in_use(&self) {
+        if let Some(tx) = &self.ds_in_use {
+            let now = self.blocks_in_use();
+            tx.send_if_modified(|was| {
+                let changed = *was != now;
+                *was = now;
+                changed
+            });
+        }
+    }
+
     fn allocate_here(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
         let before = self.ipam.clone();
         let in_use = self.in_use(Some(owner));
-        match self
-            .ipam
-            .allocate(owner, pod, &self.desired.blocks, &in_use)
-        {
+        let blocks = self.allocatable_blocks();
+        match self.ipam.allocate(owner, pod, &blocks, &in_use) {
             Ok(address) => {
                 if self.ipam != before {
                     if let Err(e) = self.ipam.save(&self.dp.state_dir) {

@@ -26,7 +26,7 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-use crate::inspect;
+use crate::{datastore::model::Conflict, inspect};
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -70,6 +70,48 @@ pub struct DatastoreHealth {
     pub up: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Resets of the store (emptied, restored from an older snapshot) detected since the
+    /// daemon started, and what showed the last one.
+    #[serde(default)]
+    pub resets: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_reset: String,
+    /// Within the grace after a reset: forwarding on the last view merged with the store's.
+    #[serde(default)]
+    pub grace: bool,
+    /// Blocks in dispute that this node owns or holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+}
+
+impl DatastoreHealth {
+    /// Lines for /readyz and `ipipd status`: the last reset, the grace, each conflict.
+    pub fn details(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.resets > 0 {
+            out.push(format!(
+                "datastore reset {} time(s), last: {}{}",
+                self.resets,
+                self.last_reset,
+                if self.grace {
+                    "; forwarding on the last view until the nodes have put their blocks back"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for c in &self.conflicts {
+            out.push(format!(
+                "datastore conflict: block {} is {} in the store, also held by {}",
+                c.block,
+                c.owner
+                    .as_deref()
+                    .map_or("nobody's".to_string(), |o| format!("node {o}'s")),
+                c.claimants.join(", ")
+            ));
+        }
+        out
+    }
 }
 
 /// Binds `addr` (so a taken port fails the start, before anything is attached) and serves it
@@ -196,6 +238,9 @@ pub fn readyz(h: &Health) -> (StatusCode, String) {
     }
     for (addr, ifc) in &h.pending {
         let _ = writeln!(body, "pending endpoint {addr} (waiting for {ifc})");
+    }
+    for line in h.datastore.iter().flat_map(DatastoreHealth::details) {
+        let _ = writeln!(body, "{line}");
     }
     let status = if h.ready {
         StatusCode::OK
@@ -340,6 +385,24 @@ impl Collector for Snapshot {
                 "ipipd_datastore_up",
                 "1 while the datastore (etcd) is reachable and the node's view of it is current",
                 i64::from(d.up),
+            )?;
+            ConstCounter::new(d.resets).encode(enc.encode_descriptor(
+                "ipipd_datastore_reset",
+                "Resets of the datastore detected (its identity gone or changed, its revision gone back)",
+                None,
+                MetricType::Counter,
+            )?)?;
+            gauge(
+                &mut enc,
+                "ipipd_datastore_grace",
+                "1 while the node forwards on its last view merged with the store's, after a reset",
+                i64::from(d.grace),
+            )?;
+            gauge(
+                &mut enc,
+                "ipipd_datastore_conflicts",
+                "Blocks in dispute that this node owns or holds",
+                d.conflicts.len() as i64,
             )?;
         }
         gauge(

@@ -157,6 +157,52 @@ impl Etcd {
         Ok(members)
     }
 
+    /// The member's data directory.
+    fn data_dir(&self) -> PathBuf {
+        let i = self.args.iter().position(|a| a == "--data-dir");
+        PathBuf::from(&self.args[i.expect("--data-dir") + 1])
+    }
+
+    /// Stops the member, empties its data directory (a lost disk) and starts it again.
+    pub fn wipe(&mut self) -> Result<()> {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        self.resume()
+    }
+
+    /// `etcdctl snapshot save` into `file`.
+    pub fn snapshot_save(&self, file: &Path) -> Result<()> {
+        self.ctl(&["snapshot", "save", &file.to_string_lossy()])
+            .map(drop)
+    }
+
+    /// Stops the member, restores `file` (an older snapshot) into a fresh data directory with
+    /// `etcdctl snapshot restore`, and starts it again on it. A single member only.
+    pub fn restore(&mut self, file: &Path) -> Result<()> {
+        self.stop();
+        let data = self.data_dir();
+        let _ = std::fs::remove_dir_all(&data);
+        let arg = |k: &str| {
+            let i = self.args.iter().position(|a| a == k).expect(k);
+            self.args[i + 1].clone()
+        };
+        crate::check(
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(file)
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--name", &arg("--name")])
+                .args(["--initial-cluster", &arg("--initial-cluster")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &arg("--initial-advertise-peer-urls"),
+                ]),
+        )?;
+        self.resume()
+    }
+
     /// Whether this member is the leader (`etcdctl endpoint status`).
     pub fn is_leader(&self) -> bool {
         self.ctl(&["endpoint", "status", "-w", "json"])

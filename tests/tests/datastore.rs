@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_user::datastore::{DatastoreCfg, Store, model::Pool};
+use dataplane_user::datastore::{DatastoreCfg, Store, memory::GRACE, model::Pool, sync::LEASE_TTL};
 use ipipd_tests::{
     NetNs,
     cluster::{Cluster, NodeSpec},
@@ -230,7 +230,7 @@ fn racing_claimants_never_share_a_block() {
                         let cfg = cfg.clone();
                         tokio::spawn(async move {
                             let s = Store::connect(&cfg).await?;
-                            s.claim_any(&format!("c{i}")).await
+                            s.claim_any(&format!("c{i}"), Duration::ZERO).await
                         })
                     })
                     .collect();
@@ -564,4 +564,276 @@ fn a_node_that_changes_its_address_re_registers_and_its_peers_follow() {
 fn pod_addr(c: &Cluster, node: &str) -> Ipv4Addr {
     let v = c.ipipd_json(node, &["endpoints"]).unwrap();
     v[0]["address"].as_str().unwrap().parse().unwrap()
+}
+
+/// A metric of a node's /metrics, by its name and labels as printed.
+fn metric(ns: &NetNs, name: &str) -> Option<f64> {
+    let (_, body) = metrics_get(ns, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The store's blocks and their owners, as etcd has them.
+fn store_blocks(c: &Cluster, node: &str) -> BTreeSet<(String, String)> {
+    blocks(c, node).into_iter().collect()
+}
+
+/// Pings at 200/s from each (pod, address) pair while `during` runs and for `after` more; the
+/// pings lost on each.
+fn pinging<T>(
+    pairs: &[(&NetNs, Ipv4Addr)],
+    after: Duration,
+    during: impl FnOnce() -> T,
+) -> (T, Vec<ipipd_tests::traffic::Pings>) {
+    let go = AtomicBool::new(true);
+    let keep_going = || go.load(Ordering::Relaxed);
+    std::thread::scope(|s| {
+        let pingers: Vec<_> = pairs
+            .iter()
+            .map(|(ns, to)| s.spawn(|| ping_while(ns, *to, 200, "0.005", 100, &keep_going)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let r = during();
+        std::thread::sleep(after);
+        go.store(false, Ordering::Relaxed);
+        let pings = pingers
+            .into_iter()
+            .map(|p| p.join().unwrap().unwrap().0)
+            .collect();
+        (r, pings)
+    })
+}
+
+/// After a reset, every node forwards on its last view merged with the store's for the grace;
+/// the pings go on past its end.
+fn past_the_grace() -> Duration {
+    GRACE + Duration::from_secs(3)
+}
+
+/// Within one lease TTL of the store's return, the store holds `want` again.
+fn blocks_back_within_the_lease(c: &Cluster, want: &BTreeSet<(String, String)>) {
+    ipipd_tests::eventually_within(
+        "every live node's blocks back in the store",
+        Duration::from_secs(LEASE_TTL as u64),
+        || {
+            let now = store_blocks(c, "n0");
+            want.is_subset(&now)
+        },
+    );
+}
+
+fn resets(c: &Cluster, node: &str) -> f64 {
+    metric(&c.node(node).ns, "ipipd_datastore_reset_total").unwrap_or(-1.0)
+}
+
+#[test]
+fn a_store_emptied_under_traffic_loses_no_packet_and_every_node_puts_its_blocks_back() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-wipe", 4);
+    let mut etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    for n in ["n0", "n1", "n2"] {
+        start(&mut c, n, &etcd);
+    }
+    let (p0, a0) = pod(&c, "n0", "w0");
+    let (_p1, a1) = pod(&c, "n1", "w1");
+    let (p2, a2) = pod(&c, "n2", "w2");
+    let before = store_blocks(&c, "n0");
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // etcd loses its disk under traffic both ways across the nodes.
+    let (_, pings) = pinging(&[(&p0, a1), (&p2, a0), (&p0, a2)], past_the_grace(), || {
+        etcd.wipe().unwrap();
+        blocks_back_within_the_lease(&c, &before);
+    });
+    for p in &pings {
+        assert_eq!(p.lost(), 0, "{pings:?}\n{}", c.logs());
+    }
+    // Every node said so: the log, the metric, /readyz.
+    for n in ["n0", "n1", "n2"] {
+        assert!(resets(&c, n) >= 1.0, "{n}: {}\n{}", resets(&c, n), c.logs());
+        let (_, readyz) = metrics_get(&c.node(n).ns, "/readyz").unwrap();
+        assert!(readyz.contains("datastore reset"), "{n}: {readyz}");
+        let log = c.node(n).daemon.as_ref().unwrap().log_text();
+        assert!(log.contains("the store forgot"), "{n}: {log}");
+    }
+    assert_eq!(store_blocks(&c, "n0"), before, "after the grace");
+
+    // A newcomer gets a free block, none of those the live nodes hold.
+    start(&mut c, "n3", &etcd);
+    let (p3, a3) = pod(&c, "n3", "w3");
+    let b3: Vec<String> = blocks(&c, "n0")
+        .into_iter()
+        .filter(|(_, n)| n == "n3")
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(b3.len(), 1, "{b3:?}");
+    assert!(
+        before.iter().all(|(b, _)| *b != b3[0]),
+        "{b3:?} in {before:?}"
+    );
+    assert!(ping_ok(&p3, a0), "n3's pod → n0's pod\n{}", c.logs());
+    assert!(ping_ok(&p0, a3));
+}
+
+#[test]
+fn a_store_restored_from_an_older_snapshot_loses_no_packet_and_the_late_node_puts_its_block_back() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-snap", 3);
+    let mut etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    start(&mut c, "n0", &etcd);
+    start(&mut c, "n1", &etcd);
+    let (p0, a0) = pod(&c, "n0", "s0");
+    let (_p1, a1) = pod(&c, "n1", "s1");
+    let snapshot = c.dir.join("etcd-snapshot.db");
+    etcd.snapshot_save(&snapshot).unwrap();
+
+    // n2 joins after the snapshot: the restore forgets it.
+    start(&mut c, "n2", &etcd);
+    let (p2, a2) = pod(&c, "n2", "s2");
+    let before = store_blocks(&c, "n0");
+    assert_eq!(before.len(), 3, "{before:?}");
+    let (_, pings) = pinging(&[(&p0, a2), (&p2, a1), (&p2, a0)], past_the_grace(), || {
+        etcd.restore(&snapshot).unwrap();
+        blocks_back_within_the_lease(&c, &before);
+    });
+    for p in &pings {
+        assert_eq!(p.lost(), 0, "{pings:?}\n{}", c.logs());
+    }
+    // The late node found the store had forgotten, and the others too.
+    let log = c.node("n2").daemon.as_ref().unwrap().log_text();
+    assert!(log.contains("the store forgot"), "{log}");
+    for n in ["n0", "n1", "n2"] {
+        assert!(resets(&c, n) >= 1.0, "{n}\n{}", c.logs());
+    }
+    let out = c
+        .node("n0")
+        .ipipd(&["nodes", "--config", &cfg_path(&c, "n0"), "-o", "json"])
+        .unwrap();
+    assert!(out.contains("\"n2\""), "{out}");
+    assert_eq!(store_blocks(&c, "n0"), before);
+}
+
+/// `ipipd status -o json` of a node's daemon: its datastore part.
+fn ds_status(c: &Cluster, node: &str) -> Value {
+    c.ipipd_json(node, &["status"]).unwrap()["datastore"].clone()
+}
+
+#[test]
+fn a_block_two_nodes_hold_is_reported_on_both_and_nothing_flaps() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-conflict", 2);
+    let etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    start(&mut c, "n0", &etcd);
+    start(&mut c, "n1", &etcd);
+    let (x0, ax0) = pod(&c, "n0", "x0");
+    let (_y0, ay0) = pod(&c, "n0", "y0");
+    let (_x1, ax1) = pod(&c, "n1", "x1");
+    let b0 = blocks(&c, "n0")
+        .into_iter()
+        .find(|(_, n)| n == "n0")
+        .unwrap()
+        .0;
+    let b0net: dataplane_user::config::Ipv4Net = b0.parse().unwrap();
+    assert!(b0net.contains(ax0) && b0net.contains(ay0));
+
+    // The store gives n0's block, which n0's pods use, to n1 (as a stale snapshot can).
+    let key = format!("{PREFIX}/blocks/{}", b0.replace(['.', '/'], "-"));
+    etcd.ctl(&["put", &key, &format!(r#"{{"cidr":"{b0}","node":"n1"}}"#)])
+        .unwrap();
+    let conflicts = |n: &str| metric(&c.node(n).ns, "ipipd_datastore_conflicts");
+    for n in ["n0", "n1"] {
+        eventually(&format!("{n} reports the conflict"), || {
+            conflicts(n) == Some(1.0)
+        });
+        let (_, readyz) = metrics_get(&c.node(n).ns, "/readyz").unwrap();
+        let line =
+            format!("datastore conflict: block {b0} is node n1's in the store, also held by n0");
+        assert!(readyz.contains(&line), "{n}: {readyz}");
+        let st = ds_status(&c, n);
+        assert_eq!(st["conflicts"][0]["block"], b0.as_str(), "{n}: {st}");
+    }
+    let marked: Value = serde_json::from_str(
+        &c.node("n1")
+            .ipipd(&["blocks", "--config", &cfg_path(&c, "n1"), "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let row = marked
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cidr"] == b0.as_str())
+        .unwrap();
+    assert_eq!(row["node"], "n1", "{marked}");
+    assert_eq!(row["disputed_by"], serde_json::json!(["n0"]), "{marked}");
+
+    // The loser keeps forwarding its pods; a new pod gets an address from another block.
+    assert!(
+        ping_ok(&x0, ay0),
+        "n0's pods in the disputed block\n{}",
+        c.logs()
+    );
+    let (z0, az0) = pod(&c, "n0", "z0");
+    assert!(!b0net.contains(az0), "{az0} from the disputed {b0}");
+    assert!(ping_ok(&z0, ax1), "n0's new pod → n1's pod\n{}", c.logs());
+
+    // A minute: the same report, the same routes, the same store, no repeated log line.
+    let routes0 = route_prefixes(&c, "n0");
+    let routes1 = route_prefixes(&c, "n1");
+    let store = store_blocks(&c, "n0");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        for n in ["n0", "n1"] {
+            assert_eq!(conflicts(n), Some(1.0), "{n} at {:?}", t.elapsed());
+        }
+        assert_eq!(route_prefixes(&c, "n0"), routes0, "n0 at {:?}", t.elapsed());
+        assert_eq!(route_prefixes(&c, "n1"), routes1, "n1 at {:?}", t.elapsed());
+        assert_eq!(store_blocks(&c, "n0"), store, "at {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let log = c.node("n0").daemon.as_ref().unwrap().log_text();
+    assert_eq!(
+        log.matches(&format!("conflict: block {b0}")).count(),
+        1,
+        "{log}"
+    );
+
+    // Its pods gone from the block, n0 gives it up: the conflict is over on both.
+    let p = Plugin::new(&c, "n0").unwrap();
+    for id in ["x0", "y0"] {
+        let r = p.call("DEL", id, None, "eth0", &p.conf("1.0.0"), &[]);
+        assert!(r.ok(), "DEL {id}: {r}");
+    }
+    for n in ["n0", "n1"] {
+        eventually(&format!("{n}: the conflict is over"), || {
+            conflicts(n) == Some(0.0)
+        });
+    }
+    assert!(
+        !store_blocks(&c, "n0").is_empty() && marked_by(&c, &b0).is_empty(),
+        "{:?}",
+        marked_by(&c, &b0)
+    );
+}
+
+/// The nodes `ipipd blocks` says dispute `block`.
+fn marked_by(c: &Cluster, block: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(
+        &c.node("n0")
+            .ipipd(&["blocks", "--config", &cfg_path(c, "n0"), "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["cidr"] == block)
+        .flat_map(|r| r["disputed_by"].as_array().cloned().unwrap_or_default())
+        .collect()
 }

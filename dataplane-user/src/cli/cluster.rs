@@ -72,24 +72,49 @@ pub async fn nodes(c: Cluster) -> Result<()> {
 #[derive(Serialize)]
 struct BlockRow {
     cidr: Ipv4Net,
+    /// The owner in the store ("" when none: only a node that holds it disputes it).
     node: String,
+    /// Other nodes that hold it (their pods use it): a conflict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    disputed_by: Vec<String>,
 }
 
-/// `ipipd blocks`: every claimed block and its owner.
+/// `ipipd blocks`: every claimed block and its owner, and the nodes that dispute it.
 pub async fn blocks(c: Cluster) -> Result<()> {
     let (view, _) = c.store().await?.list().await?;
-    let rows: Vec<BlockRow> = view
+    let mut rows: Vec<BlockRow> = view
         .blocks
         .iter()
         .map(|(b, n)| BlockRow {
             cidr: *b,
             node: n.clone(),
+            disputed_by: view
+                .disputes
+                .get(b)
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default(),
         })
         .collect();
+    rows.extend(
+        view.disputes
+            .iter()
+            .filter(|(b, _)| !view.blocks.contains_key(b))
+            .map(|(b, d)| BlockRow {
+                cidr: *b,
+                node: String::new(),
+                disputed_by: d.iter().cloned().collect(),
+            }),
+    );
+    rows.sort_by_key(|r| r.cidr);
     print(c.output, &rows, |rows| {
-        println!("{:<20} NODE", "BLOCK");
+        println!("{:<20} {:<24} DISPUTED BY", "BLOCK", "NODE");
         for r in rows {
-            println!("{:<20} {}", r.cidr.to_string(), r.node);
+            println!(
+                "{:<20} {:<24} {}",
+                r.cidr.to_string(),
+                if r.node.is_empty() { "-" } else { &r.node },
+                r.disputed_by.join(",")
+            );
         }
     })
 }

@@ -73,6 +73,9 @@ pub async fn run(r: Read) -> Result<()> {
             } else {
                 println!("datastore   down: {}", d.reason);
             }
+            for line in d.details() {
+                println!("            {line}");
+            }
         }
     })
 }

@@ -1,20 +1,22 @@
 //! The cluster datastore on etcd: nodes register themselves, claim blocks from pools, and
-//! learn every other node as a peer ([`model`] is what is stored and what it means; [`Store`]
-//! the etcd I/O; [`sync`] the daemon's task that keeps a node's view current).
+//! learn every other node as a peer ([`model`] is what is stored and what it means;
+//! [`memory`] what a node remembers and makes of a store that forgot; [`Store`] the etcd I/O;
+//! [`sync`] the node's side: its start and the daemon's task that keeps its view current).
 
+pub mod memory;
 pub mod model;
 pub mod sync;
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp,
 };
 
 use crate::config::Ipv4Net;
-use model::{Block, Keys, NodeRecord, Pool, View};
+use model::{Block, ClusterId, Keys, NodeRecord, Pool, View};
 
 /// The `[datastore]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +246,7 @@ impl Store {
     }
 
     /// One key's value, if it exists.
-    async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
+    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
         let c = self.client.clone();
         let r = retry(&format!("reading {key}"), || {
             let mut c = c.clone();
@@ -283,9 +285,14 @@ impl Store {
     /// Creates a pool unless one with that CIDR exists (a different block size there is an
     /// error); whether it was created.
     pub async fn ensure_pool(&self, pool: &Pool) -> Result<bool> {
+        let (view, _) = self.list().await?;
+        self.ensure_pool_in(&view, pool).await
+    }
+
+    /// [`Store::ensure_pool`] against a view just listed.
+    pub async fn ensure_pool_in(&self, view: &View, pool: &Pool) -> Result<bool> {
         pool.check()
             .map_err(|e| anyhow!("pool {}: {e}", pool.cidr))?;
-        let (view, _) = self.list().await?;
         if let Some(other) = view.pools.values().find(|p| p.cidr.overlaps(&pool.cidr)) {
             if other == pool {
                 return Ok(false);
@@ -335,21 +342,31 @@ impl Store {
         }
     }
 
-    /// The blocks `node` owns; when none, the first free block of the pools claimed for it:
-    /// each candidate by a transaction that fails when another node won it, then the next.
-    pub async fn ensure_block(&self, node: &str) -> Result<Vec<Ipv4Net>> {
-        let (view, _) = self.list().await?;
-        let owned = view.blocks_of(node);
-        if !owned.is_empty() {
-            return Ok(owned);
-        }
-        Ok(vec![self.claim_free(&view, node).await?])
+    /// Claims `block` for `node` if it is free; whether it was.
+    pub async fn claim_free_block(&self, block: &Ipv4Net, node: &str) -> Result<bool> {
+        self.create(self.keys.block(block), block_value(block, node)?)
+            .await
     }
 
-    /// Claims the first free block of the pools for `node` (see [`Store::ensure_block`]).
-    pub async fn claim_any(&self, node: &str) -> Result<Ipv4Net> {
-        let (view, _) = self.list().await?;
-        self.claim_free(&view, node).await
+    /// Claims the first free block of the pools for `node`: each candidate by a transaction
+    /// that fails when another node won it, then the next. While nodes re-assert their blocks
+    /// after a reset of the store, it waits up to `wait` (a block that looks free may be a
+    /// live node's), then refuses.
+    pub async fn claim_any(&self, node: &str, wait: Duration) -> Result<Ipv4Net> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let (view, _) = self.list().await?;
+            if view.reasserting.is_none() {
+                return self.claim_free(&view, node).await;
+            }
+            if tokio::time::Instant::now() >= until {
+                bail!(
+                    "the nodes are putting their blocks back after a reset of the datastore; no block is claimed until they have (up to {} s)",
+                    memory::GRACE.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn claim_free(&self, view: &View, node: &str) -> Result<Ipv4Net> {
@@ -357,15 +374,41 @@ impl Store {
             bail!("the datastore has no pool to claim a block from (ipipd pool add, or [[pool]])");
         }
         for b in view.free_blocks() {
-            if self
-                .create(self.keys.block(&b), block_value(&b, node)?)
-                .await?
-            {
+            if self.claim_free_block(&b, node).await? {
                 return Ok(b);
             }
         }
         let pools: Vec<String> = view.pools.keys().map(|p| p.to_string()).collect();
         bail!("no free block left in the pools {}", pools.join(", "))
+    }
+
+    /// Writes the store's identity unless it has one; whether it did.
+    pub async fn create_identity(&self) -> Result<bool> {
+        let id = ClusterId::new().context("reading /dev/urandom")?;
+        self.create(self.keys.cluster(), serde_json::to_vec(&id)?)
+            .await
+    }
+
+    /// Says, for `ttl`, that nodes are putting their blocks back after a reset: no free block
+    /// is claimed meanwhile ([`Store::claim_any`]).
+    pub async fn mark_reasserting(&self, node: &str, ttl: Duration) -> Result<()> {
+        let lease = self.lease(ttl.as_secs() as i64).await?;
+        let v = serde_json::to_vec(&serde_json::json!({ "node": node }))?;
+        self.put(self.keys.reasserting(), v, Some(lease)).await
+    }
+
+    /// `node` holds `block`, which the store gives to another: said under its lease.
+    pub async fn put_dispute(&self, node: &str, block: &Ipv4Net, lease: i64) -> Result<()> {
+        self.put(
+            self.keys.dispute(node, block),
+            block_value(block, node)?,
+            Some(lease),
+        )
+        .await
+    }
+
+    pub async fn delete_dispute(&self, node: &str, block: &Ipv4Net) -> Result<()> {
+        self.delete(self.keys.dispute(node, block)).await
     }
 
     /// Registers a node with its blocks in one transaction that fails when any of the blocks
@@ -394,43 +437,84 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the node's registration.
-    pub async fn register(&self, node: &NodeRecord) -> Result<()> {
-        self.put(self.keys.node(&node.name), serde_json::to_vec(node)?, None)
-            .await
+    /// Writes the node's registration (and deletes its tombstone, should `ipipd node remove`
+    /// have left one); the revision of the write.
+    pub async fn register(&self, node: &NodeRecord) -> Result<i64> {
+        let c = self.client.clone();
+        let ops = vec![
+            TxnOp::put(self.keys.node(&node.name), serde_json::to_vec(node)?, None),
+            TxnOp::delete(self.keys.removed(&node.name), None),
+        ];
+        let r = retry(&format!("registering node {}", node.name), || {
+            let mut c = c.clone();
+            let ops = ops.clone();
+            async move { c.txn(Txn::new().and_then(ops)).await }
+        })
+        .await?;
+        Ok(r.header().map_or(0, |h| h.revision()))
     }
 
-    /// A lease of `ttl` seconds and the liveness key under it.
-    pub async fn alive(&self, name: &str, ttl: i64) -> Result<i64> {
+    /// The revision a key was last written at, if it exists.
+    pub async fn mod_revision(&self, key: String) -> Result<Option<i64>> {
         let c = self.client.clone();
-        let lease = retry("granting a lease", || {
+        let r = retry(&format!("reading {key}"), || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
+        .await?;
+        Ok(r.kvs().first().map(|kv| kv.mod_revision()))
+    }
+
+    /// A lease of `ttl` seconds.
+    async fn lease(&self, ttl: i64) -> Result<i64> {
+        let c = self.client.clone();
+        Ok(retry("granting a lease", || {
             let mut c = c.clone();
             async move { c.lease_grant(ttl, None).await }
         })
         .await?
-        .id();
+        .id())
+    }
+
+    /// A lease of `ttl` seconds and the liveness key under it.
+    pub async fn alive(&self, name: &str, ttl: i64) -> Result<i64> {
+        let lease = self.lease(ttl).await?;
         let v = serde_json::to_vec(&serde_json::json!({"pid": std::process::id()}))?;
         self.put(self.keys.alive(name), v, Some(lease)).await?;
         Ok(lease)
     }
 
-    /// `ipipd node remove`: the registration, the liveness key and every block of the node,
-    /// in one transaction.
+    /// `ipipd node remove`: the registration, the liveness key, the disputes and every block
+    /// of the node deleted, and its tombstone written, in one transaction.
     pub async fn remove_node(&self, name: &str) -> Result<Vec<Ipv4Net>> {
         let (view, _) = self.list().await?;
         let blocks = view.blocks_of(name);
         if !view.nodes.contains_key(name) && blocks.is_empty() {
             bail!("no node {name} in the datastore");
         }
-        let deletes = [self.keys.node(name), self.keys.alive(name)]
+        let mut ops: Vec<TxnOp> = [self.keys.node(name), self.keys.alive(name)]
             .into_iter()
             .chain(blocks.iter().map(|b| self.keys.block(b)))
             .map(|k| TxnOp::delete(k, None))
             .collect();
-        self.txn(&format!("removing node {name}"), Vec::new(), deletes)
+        ops.push(TxnOp::delete(
+            self.keys.disputes_of(name),
+            Some(DeleteOptions::new().with_prefix()),
+        ));
+        let tombstone = serde_json::to_vec(&serde_json::json!({ "at": unix_now() }))?;
+        ops.push(TxnOp::put(self.keys.removed(name), tombstone, None));
+        self.txn(&format!("removing node {name}"), Vec::new(), ops)
             .await?;
         Ok(blocks)
     }
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A block record's value.
@@ -439,36 +523,4 @@ fn block_value(cidr: &Ipv4Net, node: &str) -> Result<Vec<u8>> {
         cidr: *cidr,
         node: node.to_string(),
     })?)
-}
-
-/// What a node's start gets from the datastore: its blocks (claimed), its registration
-/// written, and the view.
-pub async fn bootstrap(
-    store: &Store,
-    name: &str,
-    address: Ipv4Addr,
-    file_blocks: &[Ipv4Net],
-    pools: &[Pool],
-) -> Result<View> {
-    for p in pools {
-        if store.ensure_pool(p).await? {
-            log::info!(
-                "datastore: created pool {} (blocks /{})",
-                p.cidr,
-                p.block_size
-            );
-        }
-    }
-    for b in file_blocks {
-        store.claim(b, name).await?;
-    }
-    // (The start logs what the node owns.)
-    store.ensure_block(name).await?;
-    store
-        .register(&NodeRecord {
-            name: name.to_string(),
-            address,
-        })
-        .await?;
-    Ok(store.list().await?.0)
 }

@@ -9,6 +9,10 @@
 //! | `blocks/<a-b-c-d-len>` | `{"cidr": "10.244.3.0/26", "node": "node1"}`: the block's owner; created by a transaction that fails when the key exists, so no two nodes ever own one block |
 //! | `nodes/<name>` | `{"name": "node1", "address": "172.31.242.156"}`: the node's registration |
 //! | `alive/<name>` | `{"pid": 1234}`, under the daemon's lease: whether its daemon is up |
+//! | `cluster` | `{"id": "9f…", "created": 1764950400}`: the store's identity, written once when the first node finds none; gone or different, the store has forgotten (see [`super::memory`]) |
+//! | `disputes/<name>/<a-b-c-d-len>` | `{"cidr": …, "node": …}`, under the node's lease: a block the node holds (its pods use it) that the store gives to another |
+//! | `removed/<name>` | `{"at": 1764950400}`: `ipipd node remove` removed the node (its registration went by an operator's hand, not a store that forgot); deleted when it registers again |
+//! | `reasserting` | `{"node": "node1"}`, under a lease of [`super::memory::GRACE`]: a reset was detected and nodes are putting back their blocks; no free block is claimed meanwhile |
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -66,6 +70,26 @@ pub struct NodeRecord {
     pub address: Ipv4Addr,
 }
 
+/// The store's identity: written once, at the first node's first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterId {
+    pub id: String,
+    /// Seconds since the epoch, when it was written.
+    pub created: u64,
+}
+
+impl ClusterId {
+    /// A new identity: 128 random bits from the kernel, and the time.
+    pub fn new() -> std::io::Result<Self> {
+        let mut b = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+        Ok(ClusterId {
+            id: b.iter().map(|x| format!("{x:02x}")).collect(),
+            created: super::unix_now(),
+        })
+    }
+}
+
 /// The key of a CIDR: `a-b-c-d-len`.
 pub fn cidr_key(n: &Ipv4Net) -> String {
     let [a, b, c, d] = n.addr.octets();
@@ -117,6 +141,28 @@ impl Keys {
     pub fn alive(&self, name: &str) -> String {
         format!("{}{name}", self.alive_all())
     }
+    pub fn removed_all(&self) -> String {
+        format!("{}/removed/", self.prefix)
+    }
+    pub fn removed(&self, name: &str) -> String {
+        format!("{}{name}", self.removed_all())
+    }
+    pub fn cluster(&self) -> String {
+        format!("{}/cluster", self.prefix)
+    }
+    pub fn reasserting(&self) -> String {
+        format!("{}/reasserting", self.prefix)
+    }
+    pub fn disputes(&self) -> String {
+        format!("{}/disputes/", self.prefix)
+    }
+    /// A node's disputes, all of them under this prefix.
+    pub fn disputes_of(&self, node: &str) -> String {
+        format!("{}{node}/", self.disputes())
+    }
+    pub fn dispute(&self, node: &str, cidr: &Ipv4Net) -> String {
+        format!("{}{}", self.disputes_of(node), cidr_key(cidr))
+    }
 }
 
 /// The cluster as the datastore has it.
@@ -127,6 +173,19 @@ pub struct View {
     pub nodes: BTreeMap<String, NodeRecord>,
     /// Nodes whose daemon holds its liveness key.
     pub alive: BTreeSet<String>,
+    /// The store's identity, once a node wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterId>,
+    /// Blocks that nodes other than the store's owner hold: block → those nodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disputes: BTreeMap<Ipv4Net, BTreeSet<String>>,
+    /// Nodes are re-asserting their blocks after a reset (the node that found it): no free
+    /// block is claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasserting: Option<String>,
+    /// Nodes `ipipd node remove` removed (and that did not register again).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed: BTreeSet<String>,
     /// Values that did not parse: (key, error), for the log.
     #[serde(skip)]
     pub bad: Vec<(String, String)>,
@@ -190,6 +249,42 @@ impl View {
                         self.alive.remove(name);
                     }
                 }
+            } else if let Some(name) = key.strip_prefix(&keys.removed_all()) {
+                match value {
+                    Some(_) => self.removed.insert(name.to_string()),
+                    None => self.removed.remove(name),
+                };
+            } else if key == keys.cluster() {
+                self.cluster = value.map(parse).transpose()?;
+            } else if key == keys.reasserting() {
+                #[derive(Deserialize)]
+                struct Marker {
+                    node: String,
+                }
+                self.reasserting = value.map(parse::<Marker>).transpose()?.map(|m| m.node);
+            } else if let Some(rest) = key.strip_prefix(&keys.disputes()) {
+                let (node, part) = rest.rsplit_once('/').ok_or("not a dispute's key")?;
+                let cidr = cidr_of_key(part).ok_or("not a dispute's key")?;
+                match value {
+                    Some(v) => {
+                        let b: Block = parse(v)?;
+                        if b.cidr != cidr || b.node != node {
+                            return Err(format!(
+                                "holds {} of {} under another key",
+                                b.cidr, b.node
+                            ));
+                        }
+                        self.disputes.entry(cidr).or_default().insert(b.node);
+                    }
+                    None => {
+                        if let Some(n) = self.disputes.get_mut(&cidr) {
+                            n.remove(node);
+                            if n.is_empty() {
+                                self.disputes.remove(&cidr);
+                            }
+                        }
+                    }
+                }
             }
             Ok(())
         })();
@@ -224,29 +319,75 @@ impl View {
             .collect()
     }
 
-    /// The pools' blocks (in address order) that no claimed block overlaps.
+    /// The pools' blocks (in address order) that no claimed or disputed block overlaps.
     pub fn free_blocks(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         self.pools
             .values()
             .flat_map(Pool::blocks)
-            .filter(|b| !self.overlaps_a_block(b))
+            .filter(|b| self.owner_of(b).is_none() && overlapping(&self.disputes, b).is_none())
     }
 
-    /// Whether a claimed block overlaps `b`. Claimed blocks do not overlap each other, so
-    /// one starting inside `b`, or the last one starting before it, is the only candidate.
-    fn overlaps_a_block(&self, b: &Ipv4Net) -> bool {
-        let start = Ipv4Net::new(b.addr, 0);
-        let last = Ipv4Addr::from(u32::from(b.addr) | !mask(b.len));
-        self.blocks
-            .range(start..=Ipv4Net::new(last, 32))
-            .next()
-            .is_some()
-            || self
-                .blocks
-                .range(..start)
-                .next_back()
-                .is_some_and(|(c, _)| c.contains(b.addr))
+    /// The claimed block that overlaps `b`, and its owner.
+    pub fn owner_of(&self, b: &Ipv4Net) -> Option<(&Ipv4Net, &String)> {
+        overlapping(&self.blocks, b)
     }
+
+    /// The store's view with what `remembered` had and the store does not list (yet): its
+    /// nodes, pools, and blocks that overlap none of the store's. What a node forwards on
+    /// while the others put back what a store that forgot lost.
+    pub fn merged_with(&self, remembered: &View) -> View {
+        let mut v = self.clone();
+        for (name, n) in &remembered.nodes {
+            v.nodes.entry(name.clone()).or_insert_with(|| n.clone());
+        }
+        for (cidr, p) in &remembered.pools {
+            if overlapping(&v.pools, cidr).is_none() {
+                v.pools.insert(*cidr, p.clone());
+            }
+        }
+        for (b, n) in &remembered.blocks {
+            if v.owner_of(b).is_none() {
+                v.blocks.insert(*b, n.clone());
+            }
+        }
+        v
+    }
+
+    /// The disputed blocks `node` takes part in, as owner or as a claimant.
+    pub fn conflicts_of(&self, node: &str) -> Vec<Conflict> {
+        self.disputes
+            .iter()
+            .map(|(b, claimants)| Conflict {
+                block: *b,
+                owner: self.owner_of(b).map(|(_, n)| n.clone()),
+                claimants: claimants.iter().cloned().collect(),
+            })
+            .filter(|c| c.owner.as_deref() == Some(node) || c.claimants.iter().any(|n| n == node))
+            .collect()
+    }
+}
+
+/// A block two nodes assert: the store's owner (the earlier claim, which wins) and the
+/// nodes that hold it too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub block: Ipv4Net,
+    pub owner: Option<String>,
+    pub claimants: Vec<String>,
+}
+
+/// The entry of `map` whose CIDR overlaps `b`. The CIDRs of `map` do not overlap each other,
+/// so one starting inside `b`, or the last one starting before it, is the only candidate.
+fn overlapping<'a, T>(map: &'a BTreeMap<Ipv4Net, T>, b: &Ipv4Net) -> Option<(&'a Ipv4Net, &'a T)> {
+    let start = Ipv4Net::new(b.addr, 0);
+    let last = Ipv4Addr::from(u32::from(b.addr) | !mask(b.len));
+    map.range(start..=Ipv4Net::new(last, 32))
+        .next()
+        .or_else(|| {
+            map.range(..start)
+                .next_back()
+                .filter(|(c, _)| c.contains(b.addr))
+        })
 }
 
 fn mask(len: u8) -> u32 {
@@ -356,6 +497,92 @@ mod tests {
         v.blocks.insert(net("10.0.0.0/25"), "a".into());
         v.blocks.insert(net("10.0.0.224/28"), "b".into());
         assert_eq!(v.free_blocks().collect::<Vec<_>>(), [net("10.0.0.128/26")]);
+    }
+
+    #[test]
+    fn a_merged_view_adds_what_the_store_lacks_and_takes_the_stores_word_where_both_speak() {
+        let k = Keys::new("/p");
+        let mut last = View::default();
+        last.blocks.insert(net("10.0.0.0/26"), "a".into());
+        last.blocks.insert(net("10.0.0.64/26"), "b".into());
+        last.blocks.insert(net("10.0.0.128/26"), "c".into());
+        for (n, a) in [
+            ("a", "172.31.0.1"),
+            ("b", "172.31.0.2"),
+            ("c", "172.31.0.3"),
+        ] {
+            last.nodes.insert(
+                n.into(),
+                NodeRecord {
+                    name: n.into(),
+                    address: a.parse().unwrap(),
+                },
+            );
+        }
+        // The store came back with a's block only, and d holding a /25 over c's old block.
+        let mut store = View::default();
+        store.blocks.insert(net("10.0.0.0/26"), "a".into());
+        store.blocks.insert(net("10.0.0.128/25"), "d".into());
+        store.apply(
+            &k,
+            &k.node("d"),
+            Some(br#"{"name":"d","address":"172.31.0.4"}"#),
+        );
+        let m = store.merged_with(&last);
+        assert_eq!(m.blocks_of("b"), [net("10.0.0.64/26")]);
+        assert_eq!(m.blocks_of("c"), []);
+        assert_eq!(m.blocks_of("d"), [net("10.0.0.128/25")]);
+        assert_eq!(m.nodes.len(), 4);
+        assert!(m.alive.is_empty());
+    }
+
+    #[test]
+    fn disputes_tombstones_the_identity_and_the_marker_are_read_from_their_keys() {
+        let k = Keys::new("/p");
+        let mut v = View::default();
+        let b = net("10.0.0.0/26");
+        v.blocks.insert(b, "w".into());
+        v.apply(
+            &k,
+            &k.dispute("l", &b),
+            Some(br#"{"cidr":"10.0.0.0/26","node":"l"}"#),
+        );
+        let c = Conflict {
+            block: b,
+            owner: Some("w".into()),
+            claimants: vec!["l".into()],
+        };
+        assert_eq!(v.conflicts_of("w"), std::slice::from_ref(&c));
+        assert_eq!(v.conflicts_of("l"), [c]);
+        assert_eq!(v.conflicts_of("x"), []);
+        // A disputed block is not free, even once its owner lets it go.
+        v.pools.insert(
+            net("10.0.0.0/25"),
+            Pool {
+                cidr: net("10.0.0.0/25"),
+                block_size: 26,
+            },
+        );
+        v.blocks.clear();
+        assert_eq!(v.free_blocks().collect::<Vec<_>>(), [net("10.0.0.64/26")]);
+        v.apply(&k, &k.dispute("l", &b), None);
+        assert!(v.disputes.is_empty());
+        // A dispute under another node's key is refused.
+        v.apply(
+            &k,
+            &k.dispute("m", &b),
+            Some(br#"{"cidr":"10.0.0.0/26","node":"l"}"#),
+        );
+        assert!(v.disputes.is_empty() && v.bad.len() == 1);
+        v.apply(&k, &k.removed("n"), Some(br#"{"at":1}"#));
+        v.apply(&k, &k.reasserting(), Some(br#"{"node":"a"}"#));
+        v.apply(&k, &k.cluster(), Some(br#"{"id":"x","created":1}"#));
+        assert!(v.removed.contains("n"));
+        assert_eq!(v.reasserting.as_deref(), Some("a"));
+        assert_eq!(v.cluster.as_ref().map(|c| c.id.as_str()), Some("x"));
+        v.apply(&k, &k.reasserting(), None);
+        v.apply(&k, &k.cluster(), None);
+        assert_eq!((v.reasserting, v.cluster), (None, None));
     }
 
     #[test]

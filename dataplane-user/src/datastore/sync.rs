@@ -1,19 +1,29 @@
-//! The daemon's datastore task: a session registers the node, keeps its liveness key's lease,
-//! lists the prefix and watches it from that revision, sending the owner the view after each
-//! change. A failed session (etcd unreachable, a lease lost, a compacted revision) is reported
-//! and a new one started with backoff; the data plane is never touched for it.
+//! The node's side of the datastore. A start ([`bootstrap`]) and every session of the daemon's
+//! task ([`run`]) first assert the node (see [`super::memory`]): they detect a store that
+//! forgot, put back what the node holds, register it. A session then keeps the liveness key's
+//! lease and the node's disputes, lists the prefix and watches it from that revision, sending
+//! the owner what the node forwards on after each change. A failed session (etcd unreachable,
+//! a lease lost, a compacted revision) is reported and a new one started with backoff; the data
+//! plane is never touched for it.
 
-use std::{convert::Infallible, net::Ipv4Addr, path::Path, time::Duration};
+use std::{collections::BTreeSet, convert::Infallible, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
 use etcd_client::{EventType, WatchOptions};
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{
     DatastoreCfg, REQUEST_TIMEOUT, Store,
-    model::{NodeRecord, View},
+    memory::{self, Forgot, GRACE, Memory, Seen},
+    model::{Conflict, NodeRecord, Pool, View},
 };
-use crate::{config::Config, pins::write_atomic};
+use crate::{
+    config::{Config, Ipv4Net},
+    pins::write_atomic,
+};
 
 /// The liveness key's lease, in seconds: a daemon gone this long shows as down.
 pub const LEASE_TTL: i64 = 10;
@@ -21,24 +31,306 @@ pub const LEASE_TTL: i64 = 10;
 /// What the task tells the owner.
 #[derive(Debug)]
 pub enum Msg {
-    /// The cluster as the datastore has it now.
-    View(View),
+    /// What the node forwards on now.
+    View(Box<Synced>),
     /// The datastore is not reachable (why); the last view stands.
     Down(String),
+}
+
+/// What the node makes of the datastore: the memory to forward on (and to save), and what
+/// to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    pub memory: Memory,
+    /// Resets of the store detected since the daemon started, and what showed the last.
+    pub resets: u64,
+    pub last_reset: Option<String>,
+    /// Within [`GRACE`] of a reset: the view is the store's merged with the node's last.
+    pub grace: bool,
+    /// Disputed blocks this node takes part in.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The node's side of the datastore across sessions: what it is, what it remembers, the
+/// store as the session lists and watches it, and a reset's grace.
+pub struct Tracker {
+    name: String,
+    address: Ipv4Addr,
+    pools: Vec<Pool>,
+    file_blocks: Vec<Ipv4Net>,
+    /// What was last sent to the owner.
+    mem: Memory,
+    /// The store as listed and watched.
+    store: View,
+    /// After a session start or a detected reset: until when, and the view the node
+    /// forwarded on before it.
+    grace: Option<(Instant, View)>,
+    resets: u64,
+    last_reset: Option<String>,
+    /// Whether the store's `reasserting` marker was there when last looked at (a new one is
+    /// another node's news of a reset).
+    marker_seen: bool,
+}
+
+/// A session that ended because the store forgot while it was watched: the next one starts
+/// at once and re-asserts.
+#[derive(Debug)]
+struct Forgotten(String);
+
+impl std::fmt::Display for Forgotten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for Forgotten {}
+
+impl Tracker {
+    /// The node of `file`, remembering `mem` (its cache, or nothing on a first start).
+    pub fn new(file: &Config, mem: Memory) -> Self {
+        Tracker {
+            name: file.node.name.clone(),
+            address: file.node.address,
+            pools: file.pools.clone(),
+            file_blocks: file.blocks.clone(),
+            store: mem.view.clone(),
+            mem,
+            grace: None,
+            resets: 0,
+            last_reset: None,
+            marker_seen: false,
+        }
+    }
+
+    /// What the node forwards on: the store's view, merged with the last one during a grace.
+    fn effective(&self) -> View {
+        match &self.grace {
+            Some((_, last)) => self.store.merged_with(last),
+            None => self.store.clone(),
+        }
+    }
+
+    /// The store's word taken for additions at once and for removals after [`GRACE`]: the
+    /// view forwarded on now (within a grace, already the merge) is remembered.
+    fn begin_grace(&mut self) {
+        self.grace = Some((Instant::now() + GRACE, self.mem.view.clone()));
+    }
+
+    /// What to send the owner now (the memory updated with the current view).
+    pub fn synced(&mut self) -> Synced {
+        if self
+            .grace
+            .as_ref()
+            .is_some_and(|(until, _)| *until <= Instant::now())
+        {
+            log::info!(
+                "datastore: the grace after the reset is over; following the store ({} blocks, {} nodes)",
+                self.store.blocks.len(),
+                self.store.nodes.len()
+            );
+            self.grace = None;
+        }
+        self.mem.view = self.effective();
+        Synced {
+            memory: self.mem.clone(),
+            resets: self.resets,
+            last_reset: self.last_reset.clone(),
+            grace: self.grace.is_some(),
+            conflicts: self.store.conflicts_of(&self.name),
+        }
+    }
+
+    fn on_reset(&mut self, f: &Forgot) {
+        self.resets += 1;
+        self.last_reset = Some(f.to_string());
+        log::warn!(
+            "datastore: the store forgot ({f}): putting back this node's blocks {} and keeping the last view for {} s while the other nodes put back theirs",
+            fmt_blocks(&self.mem.held(&self.name)),
+            GRACE.as_secs()
+        );
+        self.begin_grace();
+    }
+
+    /// A `reasserting` marker the node has not seen yet: another node found a reset.
+    fn peer_found_reset(&mut self) -> bool {
+        let now = self.store.reasserting.clone();
+        let news = !self.marker_seen && now.as_deref().is_some_and(|n| n != self.name);
+        self.marker_seen = now.is_some();
+        if news {
+            self.on_reset(&Forgot::Peer(now.unwrap_or_default()));
+        }
+        news
+    }
+
+    /// Asserts the node: begins a grace, detects a store that forgot, writes the store's
+    /// identity when it has none, the config's pools (and after a reset the remembered
+    /// ones), claims back the held blocks (see [`memory::assert_blocks`]), on a first start
+    /// claims a free block when it holds none, registers the node; then lists the store. The
+    /// revision of that list comes back: a watch goes on from there.
+    async fn assert(
+        &mut self,
+        store: &Store,
+        in_use: &BTreeSet<Ipv4Net>,
+        first_start: bool,
+    ) -> Result<i64> {
+        self.begin_grace();
+        let (view, rev) = store.list().await?;
+        let registration = store.mod_revision(store.keys.node(&self.name)).await?;
+        let seen = Seen {
+            cluster: view.cluster.as_ref(),
+            revision: rev,
+            registration,
+            removed: view.removed.contains(&self.name),
+        };
+        let found = memory::forgot(&self.mem, &seen);
+        self.store = view;
+        let reset = match &found {
+            Some(f) => {
+                self.on_reset(f);
+                self.marker_seen = true;
+                if let Err(e) = store.mark_reasserting(&self.name, GRACE).await {
+                    log::warn!("datastore: {e:#}");
+                }
+                true
+            }
+            None => self.peer_found_reset(),
+        };
+        if self.store.cluster.is_none() && store.create_identity().await? {
+            log::info!("datastore: wrote the store's identity");
+        }
+        let mut pools = self.pools.clone();
+        if reset {
+            pools.extend(self.mem.view.pools.values().cloned());
+        }
+        for p in &pools {
+            if store.ensure_pool_in(&self.store, p).await? {
+                log::info!(
+                    "datastore: created pool {} (blocks /{})",
+                    p.cidr,
+                    p.block_size
+                );
+            }
+        }
+        let was_held = self.mem.held(&self.name);
+        for b in &self.file_blocks {
+            if let Some((_, owner)) = self.store.owner_of(b)
+                && *owner != self.name
+                && !was_held.contains(b)
+            {
+                bail!("block {b} is owned by node {owner} in the datastore");
+            }
+        }
+        let held: BTreeSet<Ipv4Net> = was_held.iter().chain(&self.file_blocks).copied().collect();
+        self.apply_assertion(store, &held, in_use, reset).await?;
+        if first_start && self.mem.held(&self.name).is_empty() {
+            let b = store.claim_any(&self.name, GRACE).await?;
+            self.mem.held = Some([b].into());
+        }
+        self.mem.registered = store
+            .register(&NodeRecord {
+                name: self.name.clone(),
+                address: self.address,
+            })
+            .await?;
+        let (view, rev) = store.list().await?;
+        self.store = view;
+        report_bad(&mut self.store);
+        // After a reset the store's revision may be lower than the one the node knew.
+        self.mem.revision = if reset {
+            rev
+        } else {
+            self.mem.revision.max(rev)
+        };
+        Ok(rev)
+    }
+
+    /// [`memory::assert_blocks`] against the store's view, its claims made; whether what the
+    /// node holds changed.
+    async fn apply_assertion(
+        &mut self,
+        store: &Store,
+        held: &BTreeSet<Ipv4Net>,
+        in_use: &BTreeSet<Ipv4Net>,
+        reset: bool,
+    ) -> Result<bool> {
+        let a = memory::assert_blocks(&self.name, held, in_use, &self.store, reset);
+        for b in &a.claim {
+            if store.claim_free_block(b, &self.name).await? {
+                log::info!("datastore: put back this node's block {b}");
+            } else {
+                log::warn!("datastore: block {b} was taken while this node put it back");
+            }
+        }
+        for (b, owner) in &a.dropped {
+            match owner {
+                Some(o) => log::info!("datastore: block {b} is node {o}'s; no pod here uses it"),
+                None => log::info!("datastore: block {b} was released; no pod here uses it"),
+            }
+        }
+        let was = (self.mem.held.clone(), self.mem.disputed.clone());
+        self.mem.held = Some(a.held);
+        self.mem.disputed = a.dispute;
+        Ok(was != (self.mem.held.clone(), self.mem.disputed.clone()))
+    }
+
+    /// The node's dispute keys as its disputes are: missing ones put under `lease`, ended
+    /// ones deleted.
+    async fn write_disputes(&self, store: &Store, lease: i64) -> Result<()> {
+        let mine: BTreeSet<Ipv4Net> = self
+            .store
+            .disputes
+            .iter()
+            .filter(|(_, n)| n.contains(&self.name))
+            .map(|(b, _)| *b)
+            .collect();
+        for b in self.mem.disputed.difference(&mine) {
+            let owner = self
+                .store
+                .owner_of(b)
+                .map(|(_, n)| n.as_str())
+                .unwrap_or("?");
+            log::error!(
+                "datastore: conflict: block {b} is node {owner}'s in the store, and this node's pods use it; they keep forwarding, new pods get addresses elsewhere"
+            );
+            store.put_dispute(&self.name, b, lease).await?;
+        }
+        for b in mine.difference(&self.mem.disputed) {
+            log::info!("datastore: the dispute over block {b} is over");
+            store.delete_dispute(&self.name, b).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a node's start gets from the datastore (see [`Tracker::assert`]), and the tracker
+/// that goes on with it in the daemon's task.
+pub async fn bootstrap(
+    store: &Store,
+    file: &Config,
+    mem: Memory,
+    in_use: &BTreeSet<Ipv4Net>,
+) -> Result<(Synced, Tracker)> {
+    let mut t = Tracker::new(file, mem);
+    t.assert(store, in_use, true).await?;
+    Ok((t.synced(), t))
 }
 
 /// Runs sessions until the owner goes; the first on `connected` when the start left one.
 pub async fn run(
     cfg: DatastoreCfg,
-    name: String,
-    address: Ipv4Addr,
+    mut t: Tracker,
     mut connected: Option<Store>,
+    mut in_use: watch::Receiver<BTreeSet<Ipv4Net>>,
     tx: mpsc::Sender<Msg>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let started = tokio::time::Instant::now();
-        let Err(e) = session(&cfg, connected.take(), &name, address, &tx).await;
+        let started = Instant::now();
+        let Err(e) = session(&cfg, connected.take(), &mut t, &mut in_use, &tx).await;
+        if let Some(f) = e.downcast_ref::<Forgotten>() {
+            log::warn!("datastore: {f}: asserting this node again");
+            continue;
+        }
         if tx.send(Msg::Down(format!("{e:#}"))).await.is_err() {
             return;
         }
@@ -50,29 +342,29 @@ pub async fn run(
     }
 }
 
+async fn send(tx: &mpsc::Sender<Msg>, t: &mut Tracker) -> Result<()> {
+    tx.send(Msg::View(Box::new(t.synced())))
+        .await
+        .map_err(|_| anyhow!("the daemon is stopping"))
+}
+
 async fn session(
     cfg: &DatastoreCfg,
     connected: Option<Store>,
-    name: &str,
-    address: Ipv4Addr,
+    t: &mut Tracker,
+    in_use: &mut watch::Receiver<BTreeSet<Ipv4Net>>,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<Infallible> {
     let store = match connected {
         Some(s) => s,
         None => Store::connect(cfg).await?,
     };
-    store
-        .register(&NodeRecord {
-            name: name.to_string(),
-            address,
-        })
-        .await?;
-    let lease = store.alive(name, LEASE_TTL).await?;
-    let (mut view, rev) = store.list().await?;
-    report_bad(&mut view);
-    tx.send(Msg::View(view.clone()))
-        .await
-        .map_err(|_| anyhow!("the daemon is stopping"))?;
+    let now_in_use = in_use.borrow_and_update().clone();
+    let rev = t.assert(&store, &now_in_use, false).await?;
+    // (What the node writes from here on, the watch brings back.)
+    let lease = store.alive(&t.name, LEASE_TTL).await?;
+    t.write_disputes(&store, lease).await?;
+    send(tx, t).await?;
     let mut client = store.client();
     let (mut keeper, mut alive) =
         tokio::time::timeout(REQUEST_TIMEOUT, client.lease_keep_alive(lease))
@@ -93,6 +385,7 @@ async fn session(
     .map_err(|_| anyhow!("watch: no answer"))??;
     let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL / 3).max(1) as u64));
     loop {
+        let grace_ends = t.grace.as_ref().map(|(until, _)| *until);
         tokio::select! {
             _ = tick.tick() => {
                 tokio::time::timeout(REQUEST_TIMEOUT, keeper.keep_alive())
@@ -104,6 +397,17 @@ async fn session(
                 Some(_) => bail!("the liveness lease expired"),
                 None => bail!("the keep-alive stream ended"),
             },
+            () = async {
+                match grace_ends {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => send(tx, t).await?,
+            r = in_use.changed() => {
+                r.map_err(|_| anyhow!("the daemon is stopping"))?;
+                let now_in_use = in_use.borrow_and_update().clone();
+                reassert(&store, t, &now_in_use, false, lease, tx).await?;
+            }
             m = events.message() => {
                 let Some(resp) = m? else { bail!("the watch ended") };
                 if resp.canceled() {
@@ -113,6 +417,9 @@ async fn session(
                         resp.compact_revision()
                     );
                 }
+                if let Some(h) = resp.header() {
+                    t.mem.revision = t.mem.revision.max(h.revision());
+                }
                 if resp.events().is_empty() {
                     continue;
                 }
@@ -120,17 +427,43 @@ async fn session(
                     let Some(kv) = ev.kv() else { continue };
                     let key = String::from_utf8_lossy(kv.key());
                     match ev.event_type() {
-                        EventType::Put => view.apply(&store.keys, &key, Some(kv.value())),
-                        EventType::Delete => view.apply(&store.keys, &key, None),
+                        EventType::Put => t.store.apply(&store.keys, &key, Some(kv.value())),
+                        EventType::Delete => t.store.apply(&store.keys, &key, None),
                     }
                 }
-                report_bad(&mut view);
-                tx.send(Msg::View(view.clone()))
-                    .await
-                    .map_err(|_| anyhow!("the daemon is stopping"))?;
+                report_bad(&mut t.store);
+                if let Some(known) = &t.mem.view.cluster
+                    && t.store.cluster.as_ref().is_none_or(|c| c.id != known.id)
+                {
+                    return Err(Forgotten(format!(
+                        "the store's identity {} was deleted or replaced",
+                        known.id
+                    ))
+                    .into());
+                }
+                // Another node found that the store forgot: this one puts its blocks back too.
+                let reset = t.peer_found_reset();
+                let now_in_use = in_use.borrow().clone();
+                reassert(&store, t, &now_in_use, reset, lease, tx).await?;
             }
         }
     }
+}
+
+/// After a change of the store or of the blocks the node's pods use: the node's claims and
+/// disputes brought up to date, and the owner told.
+async fn reassert(
+    store: &Store,
+    t: &mut Tracker,
+    in_use: &BTreeSet<Ipv4Net>,
+    reset: bool,
+    lease: i64,
+    tx: &mpsc::Sender<Msg>,
+) -> Result<()> {
+    let held = t.mem.held(&t.name);
+    t.apply_assertion(store, &held, in_use, reset).await?;
+    t.write_disputes(store, lease).await?;
+    send(tx, t).await
 }
 
 fn report_bad(view: &mut View) {
@@ -139,27 +472,55 @@ fn report_bad(view: &mut View) {
     }
 }
 
-/// The file's config with what the datastore says: the node's claimed blocks added, every
-/// other registered node as a peer.
-pub fn overlay(file: &Config, view: &View) -> Config {
+fn fmt_blocks(b: &BTreeSet<Ipv4Net>) -> String {
+    if b.is_empty() {
+        return "(none)".into();
+    }
+    b.iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The file's config with what the datastore says: the blocks the node holds added, every
+/// other registered node as a peer with its blocks (but those the node holds).
+pub fn overlay(file: &Config, mem: &Memory) -> Config {
     let mut c = file.clone();
-    for b in view.blocks_of(&file.node.name) {
+    for b in mem.held(&file.node.name) {
         if !c.blocks.contains(&b) {
             c.blocks.push(b);
         }
     }
-    c.peers = view.peers_for(&file.node.name, file.node.address);
+    c.peers = mem.view.peers_for(&file.node.name, file.node.address);
+    for p in &mut c.peers {
+        p.blocks
+            .retain(|b| !c.blocks.iter().any(|mine| mine.overlaps(b)));
+    }
     c
+}
+
+/// The blocks of `mem` that hold one of `addresses` (the node's pods and allocations).
+pub fn blocks_in_use(
+    name: &str,
+    mem: &Memory,
+    addresses: impl IntoIterator<Item = Ipv4Addr>,
+) -> BTreeSet<Ipv4Net> {
+    let held = mem.held(name);
+    addresses
+        .into_iter()
+        .filter_map(|a| held.iter().find(|b| b.contains(a)).copied())
+        .collect()
 }
 
 const CACHE: &str = "datastore.json";
 
-/// The last view, kept so that a start while etcd is away resumes from it.
-pub fn save_cache(state_dir: &Path, view: &View) -> Result<()> {
-    write_atomic(&state_dir.join(CACHE), &serde_json::to_vec(view)?)
+/// What the node last forwarded on, kept so that a start while etcd is away resumes from it
+/// and a start after a reset knows what the node held.
+pub fn save_cache(state_dir: &Path, mem: &Memory) -> Result<()> {
+    write_atomic(&state_dir.join(CACHE), &serde_json::to_vec(mem)?)
 }
 
-pub fn load_cache(state_dir: &Path) -> Option<View> {
+pub fn load_cache(state_dir: &Path) -> Option<Memory> {
     let t = std::fs::read(state_dir.join(CACHE)).ok()?;
     serde_json::from_slice(&t).ok()
 }
