@@ -264,6 +264,46 @@ fn sigterm_leaves_pods_talking_and_teardown_puts_the_node_back() {
     c.teardown("node").unwrap();
 }
 
+/// A route an operator puts in place of ipipd's while it is stopped is what ipipd takes over
+/// at its next start, and what teardown puts back: not the one found at the very first start.
+#[test]
+fn teardown_puts_back_the_route_found_at_the_latest_start() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Cluster::new("d-stale", &seed_nodes(1)).unwrap();
+    let pod = format!("{N1}/32");
+    let dev = &c.node("node").spec.pods[0].interface.clone();
+    let ns = c.node("node").ns.view();
+    ns.sh(&format!(
+        "ip route add {pod} dev {dev} scope link proto boot"
+    ))
+    .unwrap();
+    c.start_daemon("master", None).unwrap();
+    c.start_daemon("node", None).unwrap();
+    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
+    c.stop_daemon("node").unwrap();
+
+    // The operator replaces ipipd's route while no daemon runs.
+    ns.sh(&format!(
+        "ip route replace {pod} dev {dev} scope link proto static"
+    ))
+    .unwrap();
+    let newest = ns.ip(&format!("-d route show {pod} table main")).unwrap();
+    assert!(newest.contains("proto static"), "{newest}");
+    c.restart_daemon("node").unwrap();
+    let taken = ns.ip(&format!("route show {pod} table main")).unwrap();
+    assert!(taken.contains("proto 180"), "ipipd's again: {taken}");
+    assert!(ping_ok(&c, "node", N1, M1, 2), "{}", c.logs());
+    c.stop_daemon("node").unwrap();
+    c.teardown("node").unwrap();
+    assert_eq!(
+        ns.ip(&format!("-d route show {pod} table main")).unwrap(),
+        newest,
+        "teardown put back another route"
+    );
+}
+
 #[test]
 fn pods_added_and_removed_at_runtime_and_a_veth_recreated() {
     if !require_root() {
