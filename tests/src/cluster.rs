@@ -4,6 +4,7 @@
 //! Everything is removed on drop, daemons first.
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -612,6 +613,27 @@ impl Daemon {
     /// The daemon's open file descriptors.
     pub fn open_fds(&self) -> Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
+    }
+
+    /// The daemon's open file descriptors by kind (`socket`, `anon_inode:bpf-map`, a path…),
+    /// for a failure message.
+    pub fn fd_kinds(&self) -> Result<BTreeMap<String, usize>> {
+        let mut kinds = BTreeMap::new();
+        for e in std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.flatten() {
+            let Ok(target) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let t = target.to_string_lossy();
+            // socket:[123] → socket; anon_inode:[bpf-map] stays.
+            let kind = match t.split_once(":[") {
+                Some((k, rest)) if rest.trim_end_matches(']').parse::<u64>().is_ok() => {
+                    k.to_string()
+                }
+                _ => t.into_owned(),
+            };
+            *kinds.entry(kind).or_insert(0) += 1;
+        }
+        Ok(kinds)
     }
 }
 

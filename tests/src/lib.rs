@@ -106,6 +106,54 @@ pub fn kernel_has_tcx() -> bool {
     (major, minor) >= (6, 6)
 }
 
+/// Runs a command to its end, or kills it after `within` (None then): a bound in the test's
+/// own hands, not an external `timeout` (the VM has busybox's, which runs its own applets,
+/// `ip` among them, before the real tools).
+pub fn output_within(cmd: &mut Command, within: std::time::Duration) -> Result<Option<Output>> {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    // The pipes are drained alongside, so that a chatty child never blocks on them.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let readers = (
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = out.read_to_end(&mut b);
+            b
+        }),
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = err.read_to_end(&mut b);
+            b
+        }),
+    );
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        readers.0.join().unwrap_or_default(),
+        readers.1.join().unwrap_or_default(),
+    );
+    Ok(status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    }))
+}
+
 /// Runs a command; a non-zero exit is an error with its stderr.
 pub fn check(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
