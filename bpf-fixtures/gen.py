@@ -42,6 +42,11 @@ def counter(interface, hook, reason, frame):
     return {"interface": interface, "hook": hook, "reason": reason, "packets": 1, "bytes": len(raw(frame))}
 
 
+def recorded(interface, hook):
+    """A flow handed to the kernel, recorded once: a note without bytes."""
+    return {"interface": interface, "hook": hook, "reason": "kernel_flow_recorded", "packets": 1, "bytes": 0}
+
+
 def vec(file, name, program, interface, frame, verdict, counters, output=None, base="node.toml", **extra):
     v = {"file": file, "name": name, "base": base, "program": program, "interface": interface,
          "input": h(frame), "verdict": verdict, "counters": counters, "output": output}
@@ -157,7 +162,8 @@ vec("pod-encap-route-changes.toml", "A remote block moves to another node, goes 
              verdict="redirect", output=h(encap(inner, dst=PEER2_IP, dmac=PEER2_MAC)),
              counters=[counter(POD1_IF, "from_pod", "encap", f)]),
         dict(name="the block is removed", remove=[MASTER_BLOCK],
-             verdict="ok", output=None, counters=[counter(POD1_IF, "from_pod", "pass_to_kernel", f)]),
+             verdict="ok", output=None, counters=[counter(POD1_IF, "from_pod", "pass_to_kernel", f),
+                                                  recorded(POD1_IF, "from_pod")]),
         dict(name="the block is back on 172.31.242.157",
              routes=[dict(cidr=MASTER_BLOCK, kind="remote_block", node=PEER_IP, flags=["encap"])],
              verdict="redirect", output=h(encap(inner)), counters=[counter(POD1_IF, "from_pod", "encap", f)]),
@@ -198,11 +204,37 @@ f = from_pod1(icmp(POD1, UNUSED_OWN))
 vec("pod-blackhole.toml", "An unused address of the node's own block: dropped (the blackhole route)", "from_pod", POD1_IF, f,
     "shot", [counter(POD1_IF, "from_pod", "drop_blackhole", f)])
 f = from_pod1(udp(POD1, "10.96.0.10"))
-vec("pod-to-service.toml", "A service address (not a pod, not a block): the kernel takes it unchanged", "from_pod", POD1_IF, f,
-    "ok", [counter(POD1_IF, "from_pod", "pass_to_kernel", f)])
+vec("pod-to-service.toml", "A service address (not a pod, not a block): the kernel takes it unchanged, its flow recorded",
+    "from_pod", POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_to_kernel", f), recorded(POD1_IF, "from_pod")])
+vec("pod-to-service-recorded.toml", "A service flow already recorded: the kernel takes it, nothing written again",
+    "from_pod", POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_to_kernel", f)],
+    kernel_flows=[dict(addr=POD1, port=40000, proto="udp")])
 f = from_pod1(icmp(POD1, NODE_IP))
-vec("pod-to-own-node.toml", "The node's own address: the kernel takes it unchanged", "from_pod", POD1_IF, f, "ok",
-    [counter(POD1_IF, "from_pod", "pass_to_kernel", f)])
+vec("pod-to-own-node.toml", "The node's own address: the kernel takes it unchanged, its flow recorded", "from_pod", POD1_IF, f,
+    "ok", [counter(POD1_IF, "from_pod", "pass_to_kernel", f), recorded(POD1_IF, "from_pod")])
+
+# Replies of flows the kernel handles (a Service's DNAT, a masquerade) go to the kernel: the
+# end they are addressed to was recorded when the flow's first packet was handed to it.
+SVC_REPLY_FLOW = [dict(addr=POD1, port=40000, proto="udp")]
+f = Ether(src=POD2_MAC, dst=HOST_MAC) / IP(src=POD2, dst=POD1, ttl=64, id=1) / UDP(sport=53, dport=40000) / Raw(b"answer")
+vec("pod-to-pod-kernel-flow.toml", "A local pod's reply to a flow the kernel translated (a Service backend on the same node): the kernel takes it",
+    "from_pod", POD2_IF, f, "ok", [counter(POD2_IF, "from_pod", "pass_kernel_flow", f)], kernel_flows=SVC_REPLY_FLOW)
+f = Ether(src=POD2_MAC, dst=HOST_MAC) / IP(src=POD2, dst=POD1, ttl=64, id=1) / UDP(sport=53, dport=40001) / Raw(b"answer")
+out = Ether(src=HOST_MAC, dst=POD1_MAC) / IP(src=POD2, dst=POD1, ttl=63, id=1) / UDP(sport=53, dport=40001) / Raw(b"answer")
+vec("pod-to-pod-other-port.toml", "The same pods, another port than the recorded flow's: delivered by ipipd",
+    "from_pod", POD2_IF, f, "redirect", [counter(POD1_IF, "from_pod", "deliver_pod_to_pod", f)], h(out),
+    kernel_flows=SVC_REPLY_FLOW)
+f = from_pod1(IP(src=POD1, dst=REMOTE_POD, ttl=64, id=9) / TCP(sport=8080, dport=33000, flags="SA"))
+vec("pod-encap-kernel-flow.toml", "A reply to a remote pod whose flow the kernel translated here (a NodePort, a hostPort): the kernel takes it",
+    "from_pod", POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_kernel_flow", f)],
+    kernel_flows=[dict(addr=REMOTE_POD, port=33000, proto="tcp")])
+f = from_pod1(IP(src=POD1, dst=POD2, ttl=64, id=10, flags="MF") / UDP(sport=5, dport=6) / Raw(b"f" * 64))
+vec("pod-to-pod-fragment.toml", "A fragment to a local pod: the kernel's (not every piece carries ports; conntrack reassembles)",
+    "from_pod", POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_kernel_flow", f)])
+f = from_pod1(udp(POD1, POD2))
+vec("pod-to-pod-slow-path.toml", "fast_path = false: a local pod's packet is the kernel's to forward (its FORWARD chain sees it)",
+    "from_pod", POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_slow_path", f)],
+    node={"address": NODE_IP, "uplink": "eth0", "mtu": 1500, "mode": "always", "tunnel": TUNNEL_IF, "fast_path": False})
 f = from_pod1(icmp(POD2, REMOTE_POD))
 vec("pod-spoofed-source.toml", "A pod sending from another pod's address: dropped", "from_pod", POD1_IF, f, "shot",
     [counter(POD1_IF, "from_pod", "drop_spoofed_source", f)])
@@ -268,6 +300,9 @@ f = Ether(src=PEER_MAC, dst=NODE_MAC) / udp(REMOTE_POD, POD1)
 out = Ether(src=HOST_MAC, dst=POD1_MAC) / udp(REMOTE_POD, POD1, ttl=63)
 vec("xs-uplink-plain-to-pod.toml", "Cross-subnet: plain IPv4 from the wire to a local pod is delivered with redirect_peer",
     "from_uplink", "eth0", f, "redirect", [counter(POD1_IF, "from_uplink", "deliver_from_uplink", f)], h(out), base=XS)
+vec("xs-uplink-plain-kernel-flow.toml", "Cross-subnet: plain from a same-subnet pod to a local pod's end of a flow the kernel translated: the kernel takes it",
+    "from_uplink", "eth0", f, "ok", [counter("eth0", "from_uplink", "pass_kernel_flow", f)], base=XS,
+    kernel_flows=[dict(addr=POD1, port=f[UDP].dport, proto="udp")])
 f = Ether(src=PEER_MAC, dst=NODE_MAC) / udp(REMOTE_POD, POD1, chksum=0x1234)
 vec("xs-uplink-plain-bad-checksum.toml", "Cross-subnet: plain IPv4 to a local pod with a wrong header checksum: dropped",
     "from_uplink", "eth0", f, "shot", [counter("eth0", "from_uplink", "drop_bad_ip_checksum", f)], base=XS)
@@ -306,8 +341,19 @@ vec("uplink-decap-ttl1.toml", "Inner TTL 1: decapsulated and handed to the kerne
     "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_ttl_expired", f)], h(out))
 f = tunnel(icmp(REMOTE_POD, NODE_IP))
 out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / icmp(REMOTE_POD, NODE_IP)
-vec("uplink-decap-to-node.toml", "Inner destination is the node itself: decapsulated and handed to the kernel as received on the tunnel device",
-    "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_to_kernel", f)], h(out))
+vec("uplink-decap-to-node.toml", "Inner destination is the node itself: decapsulated and handed to the kernel as received on the tunnel device, its flow recorded",
+    "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_to_kernel", f), recorded("eth0", "from_uplink")], h(out))
+reply = IP(src=REMOTE_POD, dst=POD1, ttl=63, flags="DF", id=13) / TCP(sport=8080, dport=41000, flags="SA")
+f = tunnel(reply)
+out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / reply
+vec("uplink-decap-kernel-flow.toml", "A remote backend's reply to a flow the kernel translated here (a ClusterIP): decapsulated, to the kernel through the tunnel device",
+    "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_kernel_flow", f)], h(out),
+    kernel_flows=[dict(addr=POD1, port=41000, proto="tcp")])
+f = tunnel(inner_to_pod1())
+out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / inner_to_pod1()
+vec("uplink-decap-slow-path.toml", "fast_path = false: decapsulated, to the kernel through the tunnel device (its FORWARD chain sees it)",
+    "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_slow_path", f)], h(out),
+    node={"address": NODE_IP, "uplink": "eth0", "mtu": 1500, "mode": "always", "tunnel": TUNNEL_IF, "fast_path": False})
 f = tunnel(icmp(REMOTE_POD, UNUSED_OWN))
 vec("uplink-blackhole.toml", "Inner destination in the own block without an endpoint: dropped", "from_uplink", "eth0", f, "shot",
     [counter("eth0", "from_uplink", "drop_blackhole", f)])
@@ -356,11 +402,14 @@ f = tunnel(inner_to_pod1(), dst="172.31.242.99")
 vec("uplink-ipip-not-for-node.toml", "IPIP to another address: not ours, passed untouched", "from_uplink", "eth0", f, "ok",
     [counter("eth0", "from_uplink", "pass_ipip", f)])
 f = Ether(src=PEER_MAC, dst=NODE_MAC) / udp(PEER_IP, NODE_IP)
-vec("uplink-plain-udp.toml", "Plain UDP between nodes (always mode): passed untouched", "from_uplink", "eth0", f, "ok",
-    [counter("eth0", "from_uplink", "pass_to_kernel", f)])
+vec("uplink-plain-udp.toml", "Plain UDP between nodes (always mode): passed untouched, its flow recorded (a NodePort's DNAT to a local pod would answer it)",
+    "from_uplink", "eth0", f, "ok", [counter("eth0", "from_uplink", "pass_to_kernel", f), recorded("eth0", "from_uplink")])
+f = Ether(src="00:16:3e:00:00:07", dst=NODE_MAC) / udp("172.31.242.7", NODE_IP)
+vec("uplink-plain-stranger.toml", "Plain UDP from a host that is neither a peer nor a pod: passed untouched, nothing recorded (its replies take the kernel's routes)",
+    "from_uplink", "eth0", f, "ok", [counter("eth0", "from_uplink", "pass_to_kernel", f)])
 f = Ether(src=PEER_MAC, dst=NODE_MAC) / udp(REMOTE_POD, POD1)
 vec("uplink-plain-to-pod-always.toml", "Always mode: bare pod traffic from the wire is not delivered by ipipd (the kernel decides)",
-    "from_uplink", "eth0", f, "ok", [counter("eth0", "from_uplink", "pass_to_kernel", f)])
+    "from_uplink", "eth0", f, "ok", [counter("eth0", "from_uplink", "pass_to_kernel", f), recorded("eth0", "from_uplink")])
 f = Ether(src=PEER_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=PEER_MAC, psrc=PEER_IP, pdst=NODE_IP)
 vec("uplink-arp.toml", "ARP on the uplink: passed untouched", "from_uplink", "eth0", f, "ok",
     [counter("eth0", "from_uplink", "pass_not_ipv4", f)])
@@ -456,6 +505,12 @@ def write(v):
     if v.get("node"):
         n = v["node"]
         out.append(f"\n[node]\naddress = {toml_str(n['address'])}\nuplink = {toml_str(n['uplink'])}\nmtu = {n['mtu']}\nmode = {toml_str(n['mode'])}")
+        if n.get("tunnel"):
+            out.append(f"tunnel = {toml_str(n['tunnel'])}")
+        if n.get("fast_path") is False:
+            out.append("fast_path = false")
+    for k in v.get("kernel_flows", []):
+        out.append(f"\n[[kernel_flow]]\naddr = {toml_str(k['addr'])}\nport = {k['port']}\nproto = {toml_str(k['proto'])}")
     routes(out, "route", v.get("routes", []))
     expect(out, "expect", v)
     for t in v.get("then", []):

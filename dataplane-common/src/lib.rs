@@ -12,7 +12,7 @@ pub mod csum;
 pub mod ecn;
 
 /// Bumped whenever a key or value layout below changes. It is part of every map name.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Every map of the object, listed once: the identifier of its static in the eBPF crate and
 /// the name it is declared, pinned (`<pin_dir>/<name>`) and found by. The macro calls `$cb!`
@@ -24,21 +24,24 @@ macro_rules! map_list {
     ($cb:ident) => {
         $cb! {
             /// Prefix → what it is: the routes trie of [`RouteValue`]s.
-            ROUTES = "ipipd_routes_v5",
+            ROUTES = "ipipd_routes_v6",
             /// Host-side veth ifindex → the [`Endpoint`] behind it.
-            ENDPOINTS = "ipipd_eps_v5",
+            ENDPOINTS = "ipipd_eps_v6",
             /// The node's [`NodeConfig`], at index 0.
-            CONFIG = "ipipd_cfg_v5",
+            CONFIG = "ipipd_cfg_v6",
             /// (ifindex, hook, reason) → packets, bytes; per CPU.
-            COUNTERS = "ipipd_cnt_v5",
+            COUNTERS = "ipipd_cnt_v6",
             /// The per-CPU IPv4 Identification counter of outer headers.
-            IP_ID = "ipipd_ipid_v5",
+            IP_ID = "ipipd_ipid_v6",
             /// The monitor's ring buffer of [`Event`]s (`ipipd monitor`).
-            EVENTS = "ipipd_events_v5",
+            EVENTS = "ipipd_events_v6",
             /// The hot counters: a per-CPU array of [`CounterRow`]s.
-            HOT_COUNTERS = "ipipd_hot_v5",
+            HOT_COUNTERS = "ipipd_hot_v6",
             /// The programs' route cache: a per-CPU array of one [`RouteCache`].
-            ROUTE_CACHE = "ipipd_rcache_v5",
+            ROUTE_CACHE = "ipipd_rcache_v6",
+            /// Flows the kernel handles: an LRU hash of [`FlowKey`] → [`FlowValue`], the ends
+            /// the replies of pods' packets handed to the kernel are addressed to.
+            KERNEL_FLOWS = "ipipd_kflow_v6",
         }
     };
 }
@@ -82,6 +85,30 @@ pub const MAX_ENDPOINTS: u32 = 16_384;
 pub const MAX_COUNTERS: u32 = 65_536;
 /// Bytes of the monitor's ring buffer (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Entries of the kernel-flows map as the object declares it; user space sizes it from the
+/// node's conntrack limit when it creates it.
+pub const KERNEL_FLOWS: u32 = 262_144;
+
+/// One end of a flow the kernel handles: the address, port and protocol its replies are
+/// addressed to. The key of the kernel-flows map.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Network order.
+    pub addr: [u8; 4],
+    /// Network order; 0 for protocols without ports (ICMP, …).
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// What the kernel-flows map keeps of a flow: the hook that recorded it (a [`Hook`] as u8).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub hook: u8,
+    pub _pad: [u8; 3],
+}
 
 /// Route flag: traffic to this prefix is encapsulated (IP-in-IP) toward `node_ip`.
 pub const ROUTE_F_ENCAP: u8 = 1 << 0;
@@ -155,7 +182,8 @@ pub struct NodeConfig {
     /// A [`MonitorMode`] as u8: whether decisions go to the monitor's ring buffer. Checked
     /// first, so that nothing is paid while nobody watches.
     pub monitor: u8,
-    pub _pad: u8,
+    /// `NODE_F_*`.
+    pub flags: u8,
     /// The routes' generation: user space raises it after every change to the routes trie, so
     /// that the programs' route cache entries of earlier generations are never used again.
     /// Starts at 1 (the cache's empty slots carry 0). Written only by the daemon.
@@ -166,6 +194,11 @@ pub struct NodeConfig {
     pub tunnel_mac: [u8; 6],
     pub _pad2: [u8; 2],
 }
+
+/// Node flag: `fast_path = false`: the kernel forwards every pod packet (its FORWARD chain
+/// sees them all); the programs still encapsulate what it routes into the tunnel device,
+/// decapsulate, answer ARP and drop spoofed sources.
+pub const NODE_F_SLOW_PATH: u8 = 1 << 0;
 
 /// Slots of the route cache per CPU (a power of two). At 32 bytes each they make 32 KiB, the
 /// largest per-CPU value the kernel allocates.
@@ -385,8 +418,12 @@ macro_rules! reasons {
                     | Reason::DecapToKernel
                     | Reason::DecapTtlExpired
                     | Reason::ArpPass
-                    | Reason::PassVlanTagged => "pass",
-                    Reason::EcnUnusedCombination => "note",
+                    | Reason::PassVlanTagged
+                    | Reason::PassKernelFlow
+                    | Reason::DecapKernelFlow
+                    | Reason::PassSlowPath
+                    | Reason::DecapSlowPath => "pass",
+                    Reason::EcnUnusedCombination | Reason::KernelFlowRecorded => "note",
                     _ => "forward",
                 }
             }
@@ -435,6 +472,20 @@ reasons! {
     /// A VLAN-tagged frame on the uplink (in the skb's metadata or in the data): the kernel
     /// takes it unchanged (a VLAN device's, if any); never decapsulated or delivered to a pod.
     PassVlanTagged = 17, "pass_vlan_tagged", false;
+    /// A packet of a flow the kernel handles (its first packet was handed to the kernel, which
+    /// may have translated it: a Service's DNAT, a masquerade): handed to the kernel too, so
+    /// that its conntrack entry sees it.
+    PassKernelFlow = 18, "pass_kernel_flow", false;
+    /// Decapsulated; a packet of a flow the kernel handles: to the kernel as received on the
+    /// tunnel device.
+    DecapKernelFlow = 19, "decap_kernel_flow", false;
+    /// `fast_path = false`: the kernel forwards the pod's packet.
+    PassSlowPath = 20, "pass_slow_path", false;
+    /// `fast_path = false`: decapsulated, to the kernel as received on the tunnel device.
+    DecapSlowPath = 21, "decap_slow_path", false;
+    /// A flow handed to the kernel, recorded (once per flow while it lives in the map): its
+    /// replies go to the kernel too.
+    KernelFlowRecorded = 22, "kernel_flow_recorded", false;
     /// The pod sent from an address that is not its own (anti-spoofing).
     DropSpoofedSource = 32, "drop_spoofed_source", true;
     /// Destination in this node's own block without an endpoint (the blackhole route).
@@ -593,6 +644,8 @@ mod user {
     unsafe impl aya::Pod for CounterValue {}
     unsafe impl aya::Pod for CounterRow {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
 }
 
 // The layouts are part of the ABI: fail the build if one changes without LAYOUT_VERSION (the
@@ -606,6 +659,8 @@ const _: () = {
     assert!(core::mem::size_of::<CounterKey>() == 8);
     assert!(core::mem::size_of::<CounterValue>() == 16);
     assert!(core::mem::size_of::<CounterRow>() == 16 + 16 * HOT.len());
+    assert!(core::mem::size_of::<FlowKey>() == 8);
+    assert!(core::mem::size_of::<FlowValue>() == 4);
 };
 
 #[cfg(test)]
@@ -615,7 +670,7 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_and_carry_the_layout_version() {
         let suffix = format!("_v{LAYOUT_VERSION}");
-        assert_eq!(map_names::ALL.len(), 8);
+        assert_eq!(map_names::ALL.len(), 9);
         for name in map_names::ALL {
             assert!(name.len() <= 15, "{name}: the kernel keeps 15 characters");
             assert!(

@@ -13,17 +13,20 @@
 //! | own block, no pod              | `blackhole <block>`                  | drop_blackhole                         |
 //! | remote block / peer node IP    | `<block> via <node> dev tunl0`       | encap, out the uplink                  |
 //! | same-subnet node (cross-subnet)| `<block> via <node> dev eth0`        | TTL-1, routed to the node              |
-//! | anything else                  | the host's routes                    | pass_to_kernel                         |
+//! | a reply of a flow the kernel handles (a Service, a NAT) | netfilter, then the routes | pass_kernel_flow          |
+//! | anything else                  | the host's routes                    | pass_to_kernel, its flow recorded      |
+//! | (`fast_path = false`)          | the route table, FORWARD             | pass_slow_path                         |
 
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use dataplane_common::{
-    Endpoint, Hook, Mode, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind,
+    Endpoint, Hook, Mode, NODE_F_SLOW_PATH, ROUTE_F_ENCAP, ROUTE_F_SAME_SUBNET, Reason, RouteKind,
 };
 
 use crate::{
     act::{
         deliver,
         encap::{encap_and_send, too_big_for_tunnel},
+        kernel_flow,
         next_hop::{Forwarding, forward_plain},
         verdict::{Verdict, drop, pass, record},
     },
@@ -84,10 +87,13 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     if !ipv4_checksum_ok(ctx, ip, ETH_LEN) {
         return Err(Reason::DropBadIpChecksum);
     }
+    if cfg.flags & NODE_F_SLOW_PATH != 0 {
+        return pass(ctx, HOOK, Reason::PassSlowPath);
+    }
 
     // Decide: the longest prefix that holds the destination, as the route table would.
     let Some(rt) = route(cfg, ip.dst_addr) else {
-        return pass(ctx, HOOK, Reason::PassToKernel);
+        return to_kernel(ctx, ip, veth);
     };
     let next = match RouteKind::from_u8(rt.kind) {
         Some(RouteKind::LocalEndpoint) => Next::Deliver,
@@ -100,11 +106,15 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
         {
             Next::Forward
         }
-        _ => return pass(ctx, HOOK, Reason::PassToKernel),
+        _ => return to_kernel(ctx, ip, veth),
     };
     // Every forwarding decision costs a hop: an expiring packet is the kernel's (time exceeded).
     if ip.ttl <= 1 {
         return pass(ctx, HOOK, Reason::PassTtlExpired);
+    }
+    // A reply of a flow the kernel handles: its conntrack entry must see it.
+    if kernel_flow::is_kernel_flow(ctx, ip, ETH_LEN) {
+        return pass(ctx, HOOK, Reason::PassKernelFlow);
     }
 
     // Act.
@@ -121,6 +131,14 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
             Forwarding::FOR_POD,
         ),
     }
+}
+
+/// What the route table leaves to the host's routes (a Service VIP, the node, the outside):
+/// the kernel takes it, and its flow is recorded, so that its replies reach the kernel too.
+#[inline(always)]
+fn to_kernel(ctx: &TcContext, ip: &crate::packet::Ipv4Hdr, veth: u32) -> Verdict {
+    kernel_flow::remember(ctx, ip, ETH_LEN, HOOK, veth);
+    pass(ctx, HOOK, Reason::PassToKernel)
 }
 
 /// The endpoint entry of host-side veth `veth`.

@@ -5,25 +5,28 @@
 //! | packet                                            | here                                 |
 //! |---------------------------------------------------|--------------------------------------|
 //! | IPIP to the node IP from a peer, inner to a pod   | decap, RFC 6040 ECN, TTL-1, redirect_peer |
+//! | … a reply of a flow the kernel handles            | decap, kernel via the tunnel device (conntrack) |
 //! | … inner TTL <= 1                                  | decap, kernel via the tunnel device (time exceeded) |
 //! | … inner to the own block, no pod                  | drop_blackhole                       |
-//! | … inner to anything else (the node itself)        | decap, kernel via the tunnel device  |
+//! | … inner to anything else (the node itself)        | decap, kernel via the tunnel device, its flow recorded |
 //! | IPIP from a non-peer, outer fragment, bad headers | a drop, each with its own reason     |
 //! | … an inner header with a bad checksum             | drop_bad_inner_checksum              |
 //! | a VLAN-tagged frame (metadata or data)            | pass_vlan_tagged: the kernel's, untouched |
 //! | plain IPv4 to a local pod (cross-subnet)          | TTL-1, redirect_peer                 |
-//! | anything else                                     | the kernel, untouched                |
+//! | anything else                                     | the kernel, untouched (from a pod or a peer node: its flow recorded) |
+//! | (`fast_path = false`)                             | decap; the kernel forwards           |
 
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET},
     programs::TcContext,
 };
-use dataplane_common::{Hook, Mode, NodeConfig, Reason, RouteKind, csum, ecn};
+use dataplane_common::{Hook, Mode, NODE_F_SLOW_PATH, NodeConfig, Reason, RouteKind, csum, ecn};
 
 use crate::{
     act::{
         deliver::{to_pod, up_the_tunnel},
+        kernel_flow,
         verdict::{Verdict, drop, pass, record},
     },
     maps::{config, route, source_ok},
@@ -137,19 +140,33 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
         return Err(Reason::DropHelperFailed);
     };
     // SAFETY: bounds-checked above.
-    unsafe {
+    let ip = unsafe {
         if (*ip).tos != new_tos {
             set_tos(&mut *ip, new_tos);
         }
-    }
+        &*ip
+    };
     match (kind, rt) {
-        (Some(RouteKind::LocalEndpoint), Some(rt)) if ttl > 1 => {
-            to_pod(ctx, HOOK, Reason::DecapDeliver, &rt, len)
-        }
-        (Some(RouteKind::LocalEndpoint), Some(_)) => {
+        (Some(RouteKind::LocalEndpoint), Some(_)) if ttl <= 1 => {
             up_the_tunnel(ctx, cfg, HOOK, Reason::DecapTtlExpired, len)
         }
-        _ => up_the_tunnel(ctx, cfg, HOOK, Reason::DecapToKernel, len),
+        (Some(RouteKind::LocalEndpoint), Some(_)) if cfg.flags & NODE_F_SLOW_PATH != 0 => {
+            up_the_tunnel(ctx, cfg, HOOK, Reason::DecapSlowPath, len)
+        }
+        (Some(RouteKind::LocalEndpoint), Some(_))
+            if kernel_flow::is_kernel_flow(ctx, ip, ETH_LEN) =>
+        {
+            up_the_tunnel(ctx, cfg, HOOK, Reason::DecapKernelFlow, len)
+        }
+        (Some(RouteKind::LocalEndpoint), Some(rt)) => {
+            to_pod(ctx, HOOK, Reason::DecapDeliver, &rt, len)
+        }
+        _ => {
+            // For the node itself (a NodePort, a hostPort): the kernel may translate it to a
+            // local pod, whose replies must come back through it.
+            kernel_flow::remember(ctx, ip, ETH_LEN, HOOK, uplink);
+            up_the_tunnel(ctx, cfg, HOOK, Reason::DecapToKernel, len)
+        }
     }
 }
 
@@ -157,26 +174,39 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
 /// unencapsulated: deliver it to the local pod directly.
 #[inline(always)]
 fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr, len: u32) -> Verdict {
-    if cfg.mode != Mode::CrossSubnet as u8 {
-        return pass(ctx, HOOK, Reason::PassToKernel);
-    }
-    let Some(rt) = route(cfg, ip.dst_addr) else {
-        return pass(ctx, HOOK, Reason::PassToKernel);
-    };
-    match RouteKind::from_u8(rt.kind) {
-        Some(RouteKind::LocalEndpoint) => {
-            if !ipv4_sane(ip, len as usize - ETH_LEN) {
-                return Err(Reason::DropBadIpHeader);
+    if cfg.mode == Mode::CrossSubnet as u8
+        && let Some(rt) = route(cfg, ip.dst_addr)
+    {
+        match RouteKind::from_u8(rt.kind) {
+            Some(RouteKind::LocalEndpoint) => {
+                if !ipv4_sane(ip, len as usize - ETH_LEN) {
+                    return Err(Reason::DropBadIpHeader);
+                }
+                if !ipv4_checksum_ok(ctx, ip, ETH_LEN) {
+                    return Err(Reason::DropBadIpChecksum);
+                }
+                if ip.ttl <= 1 {
+                    return pass(ctx, HOOK, Reason::PassTtlExpired);
+                }
+                if cfg.flags & NODE_F_SLOW_PATH != 0 {
+                    return pass(ctx, HOOK, Reason::PassSlowPath);
+                }
+                if kernel_flow::is_kernel_flow(ctx, ip, ETH_LEN) {
+                    return pass(ctx, HOOK, Reason::PassKernelFlow);
+                }
+                return to_pod(ctx, HOOK, Reason::DeliverFromUplink, &rt, len);
             }
-            if !ipv4_checksum_ok(ctx, ip, ETH_LEN) {
-                return Err(Reason::DropBadIpChecksum);
-            }
-            if ip.ttl <= 1 {
-                return pass(ctx, HOOK, Reason::PassTtlExpired);
-            }
-            to_pod(ctx, HOOK, Reason::DeliverFromUplink, &rt, len)
+            Some(RouteKind::OwnBlock) => return Err(Reason::DropBlackhole),
+            _ => {}
         }
-        Some(RouteKind::OwnBlock) => Err(Reason::DropBlackhole),
-        _ => pass(ctx, HOOK, Reason::PassToKernel),
     }
+    // The node's own traffic. From a pod or a peer node it may be translated to a local pod
+    // (a NodePort, a hostPort), whose replies would otherwise take the fast path back.
+    if matches!(
+        route(cfg, ip.src_addr).and_then(|r| RouteKind::from_u8(r.kind)),
+        Some(RouteKind::RemoteBlock | RouteKind::PeerNode)
+    ) {
+        kernel_flow::remember(ctx, ip, ETH_LEN, HOOK, ifindex(ctx));
+    }
+    pass(ctx, HOOK, Reason::PassToKernel)
 }

@@ -5,12 +5,14 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use dataplane_common::{
-    CounterKey, CounterRow, CounterValue, EVENTS_BYTES, Endpoint, HOT_ROWS, Hook, MAX_COUNTERS,
-    MAX_ENDPOINTS, MAX_ROUTES, NodeConfig, ROUTE_CACHE_SLOTS, Reason, RouteCache, RouteValue,
-    hot_column, hot_row_index, route_cache_slot,
+    CounterKey, CounterRow, CounterValue, EVENTS_BYTES, Endpoint, FlowKey, FlowValue, HOT_ROWS,
+    Hook, KERNEL_FLOWS as KERNEL_FLOWS_MAX, MAX_COUNTERS, MAX_ENDPOINTS, MAX_ROUTES, NodeConfig,
+    ROUTE_CACHE_SLOTS, Reason, RouteCache, RouteValue, hot_column, hot_row_index, route_cache_slot,
 };
 
 /// One map's declaration under the name dataplane-common's [`dataplane_common::map_list!`]
@@ -53,6 +55,13 @@ macro_rules! declare_maps {
         /// Per-CPU IPv4 Identification counter for outer headers with DF clear.
         #[map(name = $name)]
         pub static IP_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+    };
+    (@one KERNEL_FLOWS $name:tt) => {
+        /// The ends that replies of flows the kernel handles are addressed to (see
+        /// [`crate::act::kernel_flow`]).
+        #[map(name = $name)]
+        pub static KERNEL_FLOWS: LruHashMap<FlowKey, FlowValue> =
+            LruHashMap::with_max_entries(KERNEL_FLOWS_MAX, 0);
     };
     (@one EVENTS $name:tt) => {
         /// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor

@@ -60,6 +60,9 @@ pub struct Dataplane {
     /// This start found a data plane in place (pins of a previous run): a failed start leaves
     /// it as it was instead of rolling back.
     adopting: bool,
+    /// The natOutgoing table as last applied (`Some(None)`: known absent); None before the
+    /// first reconcile, which replaces whatever a previous run left.
+    nat: Option<Option<crate::nat::Rules>>,
 }
 
 /// An attachment the config asks for, and whether it is in place.
@@ -200,7 +203,11 @@ impl Dataplane {
         std::fs::create_dir_all(cfg.node.pin_dir.join("links"))
             .with_context(|| format!("creating {}", cfg.node.pin_dir.display()))?;
 
-        let ebpf = loader::open_object_pinned(&cfg.node.pin_dir)?;
+        let kernel_flows = cfg
+            .node
+            .kernel_flows
+            .unwrap_or_else(loader::kernel_flows_default);
+        let ebpf = loader::open_object_pinned(&cfg.node.pin_dir, kernel_flows)?;
         let tcx = KernelVersion::current()
             .map(|v| v >= KernelVersion::new(6, 6, 0))
             .unwrap_or(false);
@@ -234,6 +241,7 @@ impl Dataplane {
             lock,
             record,
             adopting: found != pins::Found::Nothing || adopted > 0,
+            nat: None,
         };
         if let Err(e) = dp.bring_up(cfg).await {
             if dp.adopting {
@@ -259,7 +267,7 @@ impl Dataplane {
                 mode: 0,
                 ready: 1,
                 monitor: 0,
-                _pad: 0,
+                flags: 0,
                 route_gen: 1,
                 tunnel_ifindex: 0,
                 tunnel_mac: [0; 6],
@@ -273,6 +281,11 @@ impl Dataplane {
         c.mtu = self.mtu;
         c.mode = cfg.node.mode as u8;
         c.monitor = 0;
+        c.flags = if cfg.node.fast_path {
+            0
+        } else {
+            dataplane_common::NODE_F_SLOW_PATH
+        };
         maps::set_config(&mut self.ebpf, &c)?;
 
         let xdp = match cfg.node.xdp {
@@ -343,7 +356,33 @@ impl Dataplane {
         self.ensure_tunnel(cfg, &mut view.links).await?;
         let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
         let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known);
-        self.apply(plan, &view, &known).await
+        self.apply(plan, &view, &known).await?;
+        self.apply_nat(cfg)
+    }
+
+    /// ipipd's nftables table as `cfg` wants it, when that changed (see [`crate::nat`]).
+    fn apply_nat(&mut self, cfg: &Config) -> Result<()> {
+        let want = crate::nat::desired(cfg);
+        if self.nat.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        match &want {
+            Some(r) => {
+                crate::nat::apply(r)?;
+                log::info!(
+                    "natOutgoing: {} masqueraded out of the pod network ({} prefixes)",
+                    r.sources
+                        .iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    r.pod_network.len()
+                );
+            }
+            None => crate::nat::remove()?,
+        }
+        self.nat = Some(want);
+        Ok(())
     }
 
     /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then
@@ -644,6 +683,9 @@ pub async fn teardown(nl: &Netlink, cfg: &Config, state_dir: &Path) {
         && let Err(e) = std::fs::write(IP_FORWARD, prev)
     {
         log::warn!("restoring net.ipv4.ip_forward to {prev}: {e}");
+    }
+    if let Err(e) = crate::nat::remove() {
+        log::warn!("{e:#}");
     }
     pins::remove_pins(pin_dir);
     NodeRecord::remove(state_dir);

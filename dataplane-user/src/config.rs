@@ -140,7 +140,19 @@ pub struct Node {
     /// The tunnel device ipipd creates (its stand-in for tunl0; a veth whose peer is
     /// `<tunnel>p`): the routes to remote blocks point at it.
     pub tunnel: String,
+    /// false: the kernel forwards every pod packet (its FORWARD chain sees them all); ipipd
+    /// still stands in for tunl0 and the routes.
+    pub fast_path: bool,
+    /// Traffic from the node's pods to destinations outside the pod network leaves with the
+    /// node's address (Calico's natOutgoing for every block of the node).
+    pub nat_outgoing: bool,
+    /// Entries of the kernel-flows map; None: the node's conntrack limit.
+    pub kernel_flows: Option<u32>,
 }
+
+/// Bounds of `[node] kernel_flows`.
+pub const KERNEL_FLOWS_MIN: u32 = 1024;
+pub const KERNEL_FLOWS_MAX: u32 = 1 << 24;
 
 /// The tunnel device's name when the config does not give one.
 pub const DEFAULT_TUNNEL: &str = "ipipd0";
@@ -197,6 +209,7 @@ struct RawDatastore {
 struct RawPool {
     cidr: Spanned<String>,
     block_size: Spanned<i64>,
+    nat_outgoing: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +223,9 @@ struct RawNode {
     xdp: Option<Spanned<String>>,
     pin_dir: Option<Spanned<String>>,
     tunnel: Option<Spanned<String>>,
+    fast_path: Option<Spanned<bool>>,
+    nat_outgoing: Option<Spanned<bool>>,
+    kernel_flows: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -584,6 +600,29 @@ impl Config {
             }
             None => DEFAULT_TUNNEL.to_string(),
         };
+        let mut flag = |key: &str, v: &Option<Spanned<bool>>, default: bool| match v {
+            Some(s) => {
+                lines.note(text, format!("node.{key}"), s);
+                *s.get_ref()
+            }
+            None => default,
+        };
+        let fast_path = flag("fast_path", &n.fast_path, true);
+        let nat_outgoing = flag("nat_outgoing", &n.nat_outgoing, false);
+        let kernel_flows = match &n.kernel_flows {
+            Some(s) => {
+                lines.note(text, "node.kernel_flows".into(), s);
+                let v = *s.get_ref();
+                if !(KERNEL_FLOWS_MIN as i64..=KERNEL_FLOWS_MAX as i64).contains(&v) {
+                    return Err(err(
+                        "node.kernel_flows",
+                        format!("{v}: must be {KERNEL_FLOWS_MIN}..={KERNEL_FLOWS_MAX}"),
+                    ));
+                }
+                Some(v as u32)
+            }
+            None => None,
+        };
         let mut blocks = Vec::new();
         for (i, b) in raw.block.iter().enumerate() {
             blocks.push(net(&format!("block[{i}].cidr"), &b.cidr, lines)?);
@@ -659,9 +698,17 @@ impl Config {
             if !(1..=32).contains(&bs) {
                 return Err(err(key, format!("{bs}: must be 1..=32")));
             }
+            let nat_outgoing = match &p.nat_outgoing {
+                Some(s) => {
+                    lines.note(text, format!("pool[{i}].nat_outgoing"), s);
+                    *s.get_ref()
+                }
+                None => false,
+            };
             let pool = crate::datastore::model::Pool {
                 cidr,
                 block_size: bs as u8,
+                nat_outgoing,
             };
             pool.check().map_err(|m| err(key, m))?;
             pools.push(pool);
@@ -688,6 +735,9 @@ impl Config {
                 xdp,
                 pin_dir,
                 tunnel,
+                fast_path,
+                nat_outgoing,
+                kernel_flows,
             },
             blocks,
             peers,

@@ -24,6 +24,7 @@ pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod monitor;
+pub mod nat;
 pub mod netlink;
 pub mod pins;
 pub mod plan;

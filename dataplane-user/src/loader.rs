@@ -29,19 +29,37 @@ pub fn open_object() -> Result<Ebpf> {
 }
 
 /// Parses the embedded object with every map pinned at `<pin_dir>/<map name>` (opened when the
-/// pin exists with a compatible layout, created and pinned otherwise).
-pub fn open_object_pinned(pin_dir: &std::path::Path) -> Result<Ebpf> {
+/// pin exists with a compatible layout, created and pinned otherwise). A kernel-flows map that
+/// is created gets `kernel_flows` entries; one that exists keeps its size.
+pub fn open_object_pinned(pin_dir: &std::path::Path, kernel_flows: u32) -> Result<Ebpf> {
     raise_memlock();
     let mut loader = EbpfLoader::new();
     for name in dataplane_common::map_names::ALL {
         loader.map_pin_path(name, pin_dir.join(name));
     }
+    loader.map_max_entries(dataplane_common::map_names::KERNEL_FLOWS, kernel_flows);
     loader.load(EBPF_OBJECT).with_context(|| {
         format!(
             "loading the embedded eBPF object, maps pinned in {}",
             pin_dir.display()
         )
     })
+}
+
+/// The kernel-flows map's size when the config does not give one: the node's conntrack limit
+/// (`net.netfilter.nf_conntrack_max`: a flow the programs record has a conntrack entry while it
+/// lives, so the map holds every live one), within the config's bounds; the object's default
+/// without conntrack.
+pub fn kernel_flows_default() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map_or(dataplane_common::KERNEL_FLOWS, |n| {
+            n.clamp(
+                crate::config::KERNEL_FLOWS_MIN,
+                crate::config::KERNEL_FLOWS_MAX,
+            )
+        })
 }
 
 /// Loads every program of the object into the kernel (BPF_PROG_LOAD: the verifier runs here).

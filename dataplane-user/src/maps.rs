@@ -10,8 +10,8 @@ use aya::{
     },
 };
 use dataplane_common::{
-    CounterKey, CounterRow, CounterValue, Endpoint, HOT, NodeConfig, RouteValue, hot_row_index,
-    map_names,
+    CounterKey, CounterRow, CounterValue, Endpoint, FlowKey, FlowValue, HOT, NodeConfig,
+    RouteValue, hot_row_index, map_names,
 };
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -62,6 +62,11 @@ pub fn put_endpoint(ebpf: &mut Ebpf, ifindex: u32, ep: &Endpoint) -> Result<()> 
     endpoints(ebpf)?
         .insert(ifindex, ep, 0)
         .with_context(|| format!("endpoints: inserting ifindex {ifindex}"))
+}
+
+/// The flows the kernel handles (an LRU hash; the programs write it).
+pub fn kernel_flows(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, FlowKey, FlowValue>> {
+    Ok(HashMap::try_from(map_mut(ebpf, map_names::KERNEL_FLOWS)?)?)
 }
 
 /// The node's settings as written (index 0 of the config array).

@@ -254,9 +254,15 @@ pub fn set_aside_other_layouts(pin_dir: &Path) -> Result<Found> {
     let mut aside = Vec::new();
     for name in ours {
         let path = pin_dir.join(&name);
+        // The kernel-flows map is sized when it is made (the node's conntrack limit): any size
+        // is its shape, and it is kept across restarts whatever the limit says now.
+        let sized = |s: Shape| match name == dataplane_common::map_names::KERNEL_FLOWS {
+            true => (s.0, s.1, s.2, 0, s.4),
+            false => s,
+        };
         let fits = declared
             .get(&name)
-            .is_some_and(|want| pinned_shape(&path).as_ref() == Some(want));
+            .is_some_and(|want| pinned_shape(&path).map(sized) == Some(sized(*want)));
         if fits {
             continue;
         }

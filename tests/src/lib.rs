@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod cni;
 pub mod counters;
 pub mod etcd;
+pub mod services;
 pub mod traffic;
 
 /// Polls (bounded by `within`) until `f` holds; the bound is a deadline for failure, not a

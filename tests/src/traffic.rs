@@ -82,8 +82,22 @@ pub fn tcp_stream(
     pause: Duration,
     go: &(dyn Fn() -> bool + Sync),
 ) -> Result<Transfer> {
-    let listener =
-        server.enter(move || TcpListener::bind(SocketAddrV4::new(server_addr, port)))??;
+    let at = SocketAddrV4::new(server_addr, port);
+    tcp_stream_via(server, at, client, at, bytes, pause, go)
+}
+
+/// [`tcp_stream`] from `client` to `connect` (a Service's VIP, say) while the server in
+/// `server` listens on `bind` (the backend the kernel translates the VIP to).
+pub fn tcp_stream_via(
+    server: &NetNs,
+    bind: SocketAddrV4,
+    client: &NetNs,
+    connect: SocketAddrV4,
+    bytes: u64,
+    pause: Duration,
+    go: &(dyn Fn() -> bool + Sync),
+) -> Result<Transfer> {
+    let listener = server.enter(move || TcpListener::bind(bind))??;
     std::thread::scope(|s| {
         let rx = s.spawn(|| -> Result<(u64, u64)> {
             listener.set_nonblocking(false)?;
@@ -103,11 +117,8 @@ pub fn tcp_stream(
             Ok((n, h.value()))
         });
         let tx = client.enter(move || -> Result<(u64, u64)> {
-            let mut conn = TcpStream::connect_timeout(
-                &SocketAddrV4::new(server_addr, port).into(),
-                Duration::from_secs(10),
-            )
-            .context("connecting")?;
+            let mut conn = TcpStream::connect_timeout(&connect.into(), Duration::from_secs(10))
+                .context("connecting")?;
             conn.set_write_timeout(Some(Duration::from_secs(30)))?;
             let mut h = Fnv::default();
             let mut state = 0x1234_5678u64;
@@ -136,7 +147,7 @@ pub fn tcp_stream(
     })
 }
 
-fn accept_within(l: &TcpListener, t: Duration) -> Result<(TcpStream, std::net::SocketAddr)> {
+pub fn accept_within(l: &TcpListener, t: Duration) -> Result<(TcpStream, std::net::SocketAddr)> {
     l.set_nonblocking(true)?;
     let deadline = Instant::now() + t;
     loop {

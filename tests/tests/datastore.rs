@@ -222,6 +222,7 @@ fn racing_claimants_never_share_a_block() {
                 s.ensure_pool(&Pool {
                     cidr: "10.244.0.0/22".parse().unwrap(),
                     block_size: 26,
+                    nat_outgoing: false,
                 })
                 .await
                 .unwrap();

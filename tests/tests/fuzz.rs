@@ -416,7 +416,7 @@ fn fuzzed_frames_keep_the_invariants() {
     let report = node
         .ns
         .enter(move || -> Result<String, String> {
-            let mut ebpf = loader::open_object_pinned(&pin_dir).map_err(|e| format!("{e:#}"))?;
+            let mut ebpf = loader::open_object_pinned(&pin_dir, dataplane_common::KERNEL_FLOWS).map_err(|e| format!("{e:#}"))?;
             loader::load_all(&mut ebpf).map_err(|e| format!("{e:#}"))?;
             let mut cfg = maps::config(&ebpf).map_err(|e| format!("{e:#}"))?;
             cfg.monitor = MonitorMode::All as u8;

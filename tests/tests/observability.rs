@@ -125,7 +125,7 @@ fn stats_and_metrics_count_a_scripted_mix_exactly() {
     // Map occupancy, attach state and build info are there too.
     let (_, body) = get(&node, "/metrics").unwrap();
     for needle in [
-        "ipipd_map_entries{map=\"ipipd_eps_v5\"} 2",
+        "ipipd_map_entries{map=\"ipipd_eps_v6\"} 2",
         "ipipd_attached{",
         "ipipd_ready 1",
         "ipipd_build_info{",

@@ -32,6 +32,12 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     // The datastore's TLS test makes its CA and certificates.
     "openssl",
+    // natOutgoing's table (nft), and the Services tests: kube-proxy's rules in iptables
+    // (nf_tables backend) and nftables, IPVS virtual servers, conntrack's table on failure.
+    "nftables",
+    "iptables",
+    "ipvsadm",
+    "conntrack",
 ];
 
 pub fn all() -> Result<()> {

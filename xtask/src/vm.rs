@@ -37,8 +37,44 @@ fn kernel_meta_package(version: &str) -> Option<String> {
 /// `depends=`): veth pairs, the underlay bridges, clsact + cls_bpf for the netlink (pre-TCX)
 /// attach path, and the kernel's own IPIP for the interop test.
 const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf", "ipip"];
+/// What the Services tests need of netfilter: kube-proxy's rules in iptables (nf_tables
+/// backend, through nft_compat's xt matches and targets) and in nftables, natOutgoing's
+/// masquerade, conntrack's netlink for `conntrack -L`, and IPVS. Taken where the kernel has
+/// them (built in or a module); the IPVS test says so when it cannot run.
+const NETFILTER_MODULES: &[&str] = &[
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_ct",
+    "nft_fib_ipv4",
+    "nft_numgen",
+    "nft_compat",
+    "nf_conntrack_netlink",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_nat",
+    "xt_addrtype",
+    "xt_comment",
+    "xt_tcpudp",
+    "ip_vs",
+    "ip_vs_rr",
+];
 /// Host tools the tests and the demo run inside the VM (their libraries are found with ldd).
-const TOOLS: &[&str] = &["ip", "tc", "ping", "tcpdump", "traceroute", "ethtool"];
+const TOOLS: &[&str] = &[
+    "ip",
+    "tc",
+    "ping",
+    "tcpdump",
+    "traceroute",
+    "ethtool",
+    "iptables",
+    "nft",
+    "conntrack",
+    "ipvsadm",
+];
+/// iptables' extensions (matches and targets), which it loads by name at run time.
+const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 /// Printed by the VM's init as its last line; the number is the suite's exit status.
 const STATUS_MARKER: &str = "IPIPD-VM-STATUS=";
 const PROBE_MARKER: &str = "IPIPD-VM-PROBE-OK";
@@ -86,6 +122,7 @@ pub type CaseList = &'static [(&'static str, &'static [&'static str])];
 pub const SECOND_KERNEL: CaseList = &[
     ("verifier_smoke", &[]),
     ("interop", &[]),
+    ("services", &[]),
     (
         "daemon",
         &["a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap"],
@@ -100,6 +137,7 @@ pub const REDUCED: CaseList = &[
     ("bpf_fixtures", &[]),
     ("interop", &[]),
     ("observability", &[]),
+    ("services", &[]),
     (
         "e2e",
         &[
@@ -373,6 +411,11 @@ impl Kernel {
         for m in MODULES {
             add_module(m, &files, &builtin, &mut order, 0)?;
         }
+        for m in NETFILTER_MODULES {
+            if let Err(e) = add_module(m, &files, &builtin, &mut order, 0) {
+                eprintln!("xtask vm: {e:#} (the tests that need it say so)");
+            }
+        }
         let mut paths = Vec::new();
         for (name, bytes) in order {
             let vm = format!("/usr/lib/modules/{}/{name}.ko", self.release);
@@ -608,6 +651,9 @@ fn base_system(ar: &mut Archive) -> Result<()> {
     }
     for tool in TOOLS {
         add_tool(ar, tool)?;
+    }
+    if Path::new(XTABLES_DIR).is_dir() {
+        ar.host_tree(XTABLES_DIR, Path::new(XTABLES_DIR))?;
     }
     // tcpdump drops privileges to its own user; the tools look up protocols and services.
     for f in ["passwd", "group", "protocols", "services"] {

@@ -25,6 +25,8 @@ use crate::{
 
 /// The outer header's TTL.
 const OUTER_TTL: u8 = 64;
+/// `bpf_skb_adjust_room`'s answer for an skb already marked encapsulated.
+const EALREADY: i64 = -114;
 
 /// Whether the packet needs the kernel's fragmentation-needed / fragmentation before it can be
 /// encapsulated: a non-GSO packet whose outer length would exceed the underlay MTU.
@@ -61,8 +63,21 @@ pub fn encap_and_send(
     if gso != 0 && gso + inner_headers_len(ctx, ihl, proto) + IP_LEN <= cfg.mtu as usize {
         flags |= BPF_F_ADJ_ROOM_FIXED_GSO as u64;
     }
-    if let Err(e) = ctx.adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags) {
-        // Rare (an skb that is already encapsulated, say): worth a line in the daemon's log.
+    let made = match ctx.adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags) {
+        // An skb still marked encapsulated by the decapsulation that brought it to this node
+        // (the kernel routes a decapsulated packet back into the tunnel device: a NodePort's
+        // backend on a third node). The mark's inner header offsets point at its IPv4 header,
+        // which is the inner one again once the outer is in front: the room is made without
+        // marking it anew.
+        Err(EALREADY) => ctx.adjust_room(
+            IP_LEN as i32,
+            BPF_ADJ_ROOM_MAC,
+            flags & !(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64),
+        ),
+        other => other,
+    };
+    if let Err(e) = made {
+        // Rare (a GSO skb the kernel cannot take, say): worth a line in the daemon's log.
         aya_log_ebpf::warn!(ctx, "encap: bpf_skb_adjust_room refused: {}", e);
         return Err(Reason::DropEncapFailed);
     }

@@ -127,6 +127,10 @@ pub enum PoolCmd {
         cidr: Ipv4Net,
         #[arg(long, default_value_t = 26)]
         block_size: u8,
+        /// Traffic from the pool's pods to destinations outside every pool leaves with its
+        /// node's address (Calico's natOutgoing).
+        #[arg(long)]
+        nat_outgoing: bool,
         #[command(flatten)]
         cluster: Cluster,
     },
@@ -148,6 +152,7 @@ pub enum PoolCmd {
 struct PoolRow {
     cidr: Ipv4Net,
     block_size: u8,
+    nat_outgoing: bool,
     blocks: u64,
     claimed: usize,
 }
@@ -158,9 +163,14 @@ impl PoolCmd {
             PoolCmd::Add {
                 cidr,
                 block_size,
+                nat_outgoing,
                 cluster,
             } => {
-                let pool = Pool { cidr, block_size };
+                let pool = Pool {
+                    cidr,
+                    block_size,
+                    nat_outgoing,
+                };
                 if !cluster.store().await?.ensure_pool(&pool).await? {
                     println!("pool {cidr} exists");
                 }
@@ -174,22 +184,24 @@ impl PoolCmd {
                     .map(|p| PoolRow {
                         cidr: p.cidr,
                         block_size: p.block_size,
+                        nat_outgoing: p.nat_outgoing,
                         blocks: 1u64 << (p.block_size - p.cidr.len),
                         claimed: view.blocks.keys().filter(|b| p.cidr.overlaps(b)).count(),
                     })
                     .collect();
                 print(cluster.output, &rows, |rows| {
                     println!(
-                        "{:<20} {:<10} {:<8} CLAIMED",
-                        "CIDR", "BLOCK_SIZE", "BLOCKS"
+                        "{:<20} {:<10} {:<8} {:<8} NAT_OUTGOING",
+                        "CIDR", "BLOCK_SIZE", "BLOCKS", "CLAIMED"
                     );
                     for r in rows {
                         println!(
-                            "{:<20} {:<10} {:<8} {}",
+                            "{:<20} {:<10} {:<8} {:<8} {}",
                             r.cidr.to_string(),
                             r.block_size,
                             r.blocks,
-                            r.claimed
+                            r.claimed,
+                            if r.nat_outgoing { "yes" } else { "no" }
                         );
                     }
                 })

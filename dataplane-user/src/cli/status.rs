@@ -21,6 +21,9 @@ struct Status {
     blocks: Option<Vec<Ipv4Net>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     datastore: Option<DatastoreHealth>,
+    /// ipipd's nftables table (natOutgoing), when it is in place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nat_outgoing: Option<dataplane_user::nat::Shown>,
 }
 
 pub async fn run(r: Read) -> Result<()> {
@@ -40,6 +43,7 @@ pub async fn run(r: Read) -> Result<()> {
         maps,
         blocks: None,
         datastore: None,
+        nat_outgoing: dataplane_user::nat::current(),
     };
     if let Ok(dir) = r.node.state_dir()
         && let Ok(mut c) = control::Client::connect(&dir).await
@@ -63,6 +67,14 @@ pub async fn run(r: Read) -> Result<()> {
         println!("routes      {}", s.routes);
         println!("endpoints   {}", s.endpoints);
         println!("attached    {}", s.attachments.join(" "));
+        if let Some(n) = &st.nat_outgoing {
+            println!(
+                "nat         {} masqueraded out of the pod network ({} prefixes; table {})",
+                n.sources.join(" "),
+                n.pod_network.len(),
+                n.table
+            );
+        }
         if let Some(b) = &st.blocks {
             let b: Vec<String> = b.iter().map(|b| b.to_string()).collect();
             println!("blocks      {}", b.join(" "));

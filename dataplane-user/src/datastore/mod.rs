@@ -283,7 +283,7 @@ impl Store {
     }
 
     /// Creates a pool unless one with that CIDR exists (a different block size there is an
-    /// error); whether it was created.
+    /// error; its nat_outgoing is the store's to say); whether it was created.
     pub async fn ensure_pool(&self, pool: &Pool) -> Result<bool> {
         let (view, _) = self.list().await?;
         self.ensure_pool_in(&view, pool).await
@@ -294,7 +294,7 @@ impl Store {
         pool.check()
             .map_err(|e| anyhow!("pool {}: {e}", pool.cidr))?;
         if let Some(other) = view.pools.values().find(|p| p.cidr.overlaps(&pool.cidr)) {
-            if other == pool {
+            if (other.cidr, other.block_size) == (pool.cidr, pool.block_size) {
                 return Ok(false);
             }
             bail!(

@@ -29,6 +29,11 @@ use crate::config::{Ipv4Net, Peer};
 pub struct Pool {
     pub cidr: Ipv4Net,
     pub block_size: u8,
+    /// Calico's natOutgoing: traffic from the pool's pods to destinations outside every pool
+    /// and block leaves with its node's address. Written only when set, so that a node of an
+    /// earlier version (which refuses unknown fields) still reads the pools without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nat_outgoing: bool,
 }
 
 impl Pool {
@@ -407,6 +412,7 @@ mod tests {
         let p = Pool {
             cidr: net("10.244.0.0/24"),
             block_size: 26,
+            nat_outgoing: false,
         };
         p.check().unwrap();
         let b: Vec<String> = p.blocks().map(|b| b.to_string()).collect();
@@ -422,6 +428,7 @@ mod tests {
         let bad = Pool {
             cidr: net("10.244.0.0/24"),
             block_size: 23,
+            nat_outgoing: false,
         };
         assert!(bad.check().is_err());
     }
@@ -491,6 +498,7 @@ mod tests {
             Pool {
                 cidr: net("10.0.0.0/24"),
                 block_size: 26,
+                nat_outgoing: false,
             },
         );
         // A /25 covering the first two /26s, and a /28 inside the last one.
@@ -561,6 +569,7 @@ mod tests {
             Pool {
                 cidr: net("10.0.0.0/25"),
                 block_size: 26,
+                nat_outgoing: false,
             },
         );
         v.blocks.clear();

@@ -483,9 +483,11 @@ fn fmt_blocks(b: &BTreeSet<Ipv4Net>) -> String {
 }
 
 /// The file's config with what the datastore says: the blocks the node holds added, every
-/// other registered node as a peer with its blocks (but those the node holds).
+/// other registered node as a peer with its blocks (but those the node holds), the pools (with
+/// their natOutgoing) the store's.
 pub fn overlay(file: &Config, mem: &Memory) -> Config {
     let mut c = file.clone();
+    c.pools = mem.view.pools.values().cloned().collect();
     for b in mem.held(&file.node.name) {
         if !c.blocks.contains(&b) {
             c.blocks.push(b);

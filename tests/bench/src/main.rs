@@ -360,7 +360,8 @@ impl Env {
         pod2_if: &str,
         uplink: &str,
     ) -> Result<Env> {
-        let mut ebpf = dataplane_user::loader::open_object_pinned(pin_dir)?;
+        let mut ebpf =
+            dataplane_user::loader::open_object_pinned(pin_dir, dataplane_common::KERNEL_FLOWS)?;
         let cfg = dataplane_user::maps::config(&ebpf)?;
         let (p, p2) = (ifindex(pod_if)?, ifindex(pod2_if)?);
         let eps = dataplane_user::maps::endpoints(&mut ebpf)?;
@@ -623,7 +624,8 @@ fn measure(
     repeat: u32,
     rounds: u32,
 ) -> Result<Vec<PathResult>> {
-    let mut ipipd = dataplane_user::loader::open_object_pinned(pin_dir)?;
+    let mut ipipd =
+        dataplane_user::loader::open_object_pinned(pin_dir, dataplane_common::KERNEL_FLOWS)?;
     dataplane_user::loader::load_all(&mut ipipd)?;
     let mut floors = EbpfLoader::new()
         .load(FLOORS_OBJECT)

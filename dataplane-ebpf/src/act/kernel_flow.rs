@@ -1,0 +1,113 @@
+//! Flows the kernel handles. The route table ipipd replaces sends every packet through the
+//! node's netfilter; the fast path does not. A pod's packet it hands to the kernel (a Service
+//! VIP, a node address, the world outside) may be translated there — kube-proxy's DNAT in any
+//! of its modes, a masquerade, a hostPort — and conntrack can only reverse that translation
+//! if the replies pass it too. So every hook that hands a packet to the kernel records the
+//! end its replies will be addressed to (its source address, port and protocol) in an LRU
+//! map, and every fast path looks up the end it is sending to before it delivers,
+//! encapsulates or forwards: a hit goes to the kernel instead, as the route table would
+//! have sent it. A false hit (a port reused for a flow the kernel did not translate) only
+//! costs that flow the fast path.
+//!
+//! The kernel's own flow table cannot be read from here: aya 0.14 emits no kfunc calls
+//! (`bpf_skb_ct_lookup`). See the README's architecture section for the designs weighed.
+
+use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
+use dataplane_common::{FlowKey, FlowValue, Hook, Reason};
+
+use crate::{
+    maps::{KERNEL_FLOWS, count},
+    packet::{IP_MF_OFFSET, Ipv4Hdr, frag_field, ihl_bytes, ptr_at},
+};
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+
+/// Which end of a packet.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// The key of one end of the IPv4 packet whose header is `ip` at `off`: its address, and its
+/// port for TCP, UDP and SCTP (read in place when linear, else with `bpf_skb_load_bytes`).
+/// None for a fragment (no ports, or not in every piece) and when the ports cannot be read.
+#[inline(always)]
+fn key(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, end: End) -> Option<FlowKey> {
+    if frag_field(ip) & IP_MF_OFFSET != 0 {
+        return None;
+    }
+    let (addr, pick) = match end {
+        End::Source => (ip.src_addr, 0),
+        End::Destination => (ip.dst_addr, 2),
+    };
+    let proto = ip.proto;
+    let port = match proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            let at = off + ihl_bytes(ip);
+            let ports = match ptr_at::<[u8; 4]>(ctx, at) {
+                // SAFETY: bounds-checked against data_end.
+                Some(p) => unsafe { *p },
+                None => {
+                    let mut p = [0u8; 4];
+                    // SAFETY: helper call into a 4-byte stack buffer; packet pointers stay valid.
+                    let rc = unsafe {
+                        bpf_skb_load_bytes(
+                            ctx.skb.skb as *const _,
+                            at as u32,
+                            p.as_mut_ptr() as *mut _,
+                            4,
+                        )
+                    };
+                    if rc != 0 {
+                        return None;
+                    }
+                    p
+                }
+            };
+            [ports[pick], ports[pick + 1]]
+        }
+        _ => [0; 2],
+    };
+    Some(FlowKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    })
+}
+
+/// Whether the packet at `off` is addressed to an end of a flow the kernel handles, so that
+/// the kernel must see it. A fragment is the kernel's too: its pieces do not all carry ports,
+/// and conntrack reassembles them.
+#[inline(always)]
+pub fn is_kernel_flow(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
+    match key(ctx, ip, off, End::Destination) {
+        // SAFETY: the value is not kept.
+        Some(k) => unsafe { KERNEL_FLOWS.get(k) }.is_some(),
+        None => true,
+    }
+}
+
+/// Records the source end of the packet at `off`, which the hook hands to the kernel: its
+/// replies are the kernel's. A lookup first (it refreshes the entry's LRU mark): a flow is
+/// written once while it stays in the map, counted as `kernel_flow_recorded` on `ifindex`.
+#[inline(always)]
+pub fn remember(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, hook: Hook, ifindex: u32) {
+    let Some(k) = key(ctx, ip, off, End::Source) else {
+        return;
+    };
+    // SAFETY: the value is not kept.
+    if unsafe { KERNEL_FLOWS.get(k) }.is_some() {
+        return;
+    }
+    let v = FlowValue {
+        hook: hook as u8,
+        _pad: [0; 3],
+    };
+    if KERNEL_FLOWS.insert(k, v, 0).is_ok() {
+        count(ifindex, hook, Reason::KernelFlowRecorded, 0);
+    }
+}
