@@ -42,6 +42,10 @@ macro_rules! map_list {
             /// Flows the kernel handles: an LRU hash of [`FlowKey`] → [`FlowValue`], the ends
             /// the replies of pods' packets handed to the kernel are addressed to.
             KERNEL_FLOWS = "ipipd_kflow_v6",
+            /// Flows the programs recorded in the kernel-flows map, in all: a per-CPU array of
+            /// one u64 (the map's entries are only ever removed by its LRU, so recorded minus
+            /// entries is what the LRU evicted).
+            KERNEL_FLOWS_RECORDED = "ipipd_kfrec_v6",
         }
     };
 }
@@ -670,7 +674,7 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_and_carry_the_layout_version() {
         let suffix = format!("_v{LAYOUT_VERSION}");
-        assert_eq!(map_names::ALL.len(), 9);
+        assert_eq!(map_names::ALL.len(), 10);
         for name in map_names::ALL {
             assert!(name.len() <= 15, "{name}: the kernel keeps 15 characters");
             assert!(

@@ -63,6 +63,11 @@ macro_rules! declare_maps {
         pub static KERNEL_FLOWS: LruHashMap<FlowKey, FlowValue> =
             LruHashMap::with_max_entries(KERNEL_FLOWS_MAX, 0);
     };
+    (@one KERNEL_FLOWS_RECORDED $name:tt) => {
+        /// Flows recorded in the kernel-flows map, in all, per CPU.
+        #[map(name = $name)]
+        pub static KERNEL_FLOWS_RECORDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    };
     (@one EVENTS $name:tt) => {
         /// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor
         /// mode is on.

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
 use dataplane_common::{
-    CounterKey, CounterRow, CounterValue, Endpoint, Hook, Mode, NodeConfig, ROUTE_F_ENCAP,
-    ROUTE_F_L2, ROUTE_F_SAME_SUBNET, Reason, RouteKind, RouteValue, map_names,
+    CounterKey, CounterRow, CounterValue, Endpoint, FlowKey, FlowValue, Hook, Mode, NodeConfig,
+    ROUTE_F_ENCAP, ROUTE_F_L2, ROUTE_F_SAME_SUBNET, Reason, RouteKind, RouteValue, map_names,
 };
 use serde::Serialize;
 
@@ -201,6 +201,44 @@ pub fn stats(pin_dir: &Path) -> Result<Vec<StatRow>> {
         .collect();
     rows.sort();
     Ok(rows)
+}
+
+/// The kernel-flows map: how full it is, what the programs recorded in all, what its LRU
+/// evicted (entries are only removed by it), and the replies handed to the kernel by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelFlows {
+    pub entries: u64,
+    pub capacity: u64,
+    pub recorded: u64,
+    pub evicted: u64,
+    pub replies: u64,
+}
+
+pub fn kernel_flows(pin_dir: &Path, stats: &[StatRow]) -> Result<KernelFlows> {
+    let data = open(pin_dir, map_names::KERNEL_FLOWS)?;
+    let capacity =
+        aya::maps::MapInfo::from_pin(pin_dir.join(map_names::KERNEL_FLOWS))?.max_entries() as u64;
+    let map: HashMap<MapData, FlowKey, FlowValue> = HashMap::try_from(Map::LruHashMap(data))?;
+    let entries = map.keys().count() as u64;
+    let rec: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(
+        pin_dir,
+        map_names::KERNEL_FLOWS_RECORDED,
+    )?))?;
+    let recorded: u64 = rec.get(&0, 0)?.iter().sum();
+    let replies = stats
+        .iter()
+        .filter(|r| {
+            r.reason == Reason::PassKernelFlow.name() || r.reason == Reason::DecapKernelFlow.name()
+        })
+        .map(|r| r.packets)
+        .sum();
+    Ok(KernelFlows {
+        entries,
+        capacity,
+        recorded,
+        evicted: recorded.saturating_sub(entries),
+        replies,
+    })
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status> {

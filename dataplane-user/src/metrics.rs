@@ -254,14 +254,17 @@ pub fn readyz(h: &Health) -> (StatusCode, String) {
 #[derive(Debug)]
 struct Snapshot {
     counters: Vec<inspect::StatRow>,
+    kernel_flows: Option<inspect::KernelFlows>,
     maps: Vec<(&'static str, u64, u64)>,
     health: Health,
     kernel: String,
 }
 
 fn metrics_text(pin_dir: &std::path::Path, health: &Health) -> Result<String> {
+    let counters = inspect::stats(pin_dir).unwrap_or_default();
     let snap = Snapshot {
-        counters: inspect::stats(pin_dir).unwrap_or_default(),
+        kernel_flows: inspect::kernel_flows(pin_dir, &counters).ok(),
+        counters,
         maps: inspect::occupancy(pin_dir).unwrap_or_default(),
         health: health.clone(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -404,6 +407,44 @@ impl Collector for Snapshot {
                 "Blocks in dispute that this node owns or holds",
                 d.conflicts.len() as i64,
             )?;
+        }
+        if let Some(f) = &self.kernel_flows {
+            gauge(
+                &mut enc,
+                "ipipd_kernel_flows",
+                "Entries of the kernel-flows map: ends of flows the kernel handles, whose replies go to it",
+                f.entries as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "ipipd_kernel_flows_capacity",
+                "Entries the kernel-flows map holds (the node's conntrack limit)",
+                f.capacity as i64,
+            )?;
+            for (name, help, v) in [
+                (
+                    "ipipd_kernel_flows_recorded",
+                    "Flows recorded in the kernel-flows map",
+                    f.recorded,
+                ),
+                (
+                    "ipipd_kernel_flows_evicted",
+                    "Flows the kernel-flows map's LRU evicted to make room (a live one's replies would take the fast path)",
+                    f.evicted,
+                ),
+                (
+                    "ipipd_kernel_flows_replies",
+                    "Packets the fast path handed to the kernel because they belong to a recorded flow",
+                    f.replies,
+                ),
+            ] {
+                ConstCounter::new(v).encode(enc.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?)?;
+            }
         }
         gauge(
             &mut enc,

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 pub mod cluster;
 pub mod cni;
 pub mod counters;
+pub mod dns;
 pub mod etcd;
 pub mod services;
 pub mod traffic;

@@ -18,7 +18,7 @@ use ipipd_tests::{
     NetNs,
     cluster::{Cluster, NodeSpec, PodSpec},
     counters::ping,
-    require_root,
+    metrics_get, require_root,
     services::{Proto, ProxyMode, Server, Service, ask, ask_many, install, kernel_has_ipvs},
     traffic::{accept_within, tcp_stream_via},
 };
@@ -292,7 +292,7 @@ fn every_case(mode: ProxyMode) -> Vec<(String, String)> {
             failed.push((what.to_string(), format!("{e:#}")));
         }
     }
-    // The replies that had to reach the kernel did, counted as such.
+    // The replies that had to reach the kernel did, counted as such; nothing was evicted.
     let stats = c.ipipd_json("n1", &["stats"]).unwrap().to_string();
     if failed.is_empty() {
         for reason in [
@@ -303,6 +303,18 @@ fn every_case(mode: ProxyMode) -> Vec<(String, String)> {
             if !stats.contains(reason) {
                 failed.push((format!("n1's counters: no {reason}"), stats.clone()));
             }
+        }
+        let m = |name: &str| metric(&c.node("n1").ns, name);
+        let (recorded, replies, evicted) = (
+            m("ipipd_kernel_flows_recorded_total"),
+            m("ipipd_kernel_flows_replies_total"),
+            m("ipipd_kernel_flows_evicted_total"),
+        );
+        if !(recorded > Some(0.0) && replies > Some(0.0) && evicted == Some(0.0)) {
+            failed.push((
+                "n1's kernel-flow metrics".into(),
+                format!("recorded {recorded:?}, replies {replies:?}, evicted {evicted:?}"),
+            ));
         }
     }
     if !failed.is_empty() {
@@ -554,6 +566,41 @@ fn nat_outgoing_masquerades_pods_to_the_outside_and_nothing_else() {
         ipipd_table(&c.node("n1").ns).is_none(),
         "teardown left the table"
     );
+}
+
+/// A metric of a node's /metrics.
+fn metric(ns: &NetNs, name: &str) -> Option<f64> {
+    let (_, body) = metrics_get(ns, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A kernel-flows map of 1,024 entries takes 1,500 flows: the LRU evicts the oldest, and the
+/// node counts what it evicted.
+#[test]
+fn a_full_kernel_flows_map_counts_what_it_evicts() {
+    if !require_root() {
+        return;
+    }
+    let mut c = cluster("svc-full", 1);
+    start_all(&mut c, "kernel_flows = 1024");
+    let p = pod_ns(&c, "10.210.1.2");
+    p.enter(|| {
+        for port in 0..1500u16 {
+            let s = UdpSocket::bind(SocketAddrV4::new(a("10.210.1.2"), 20000 + port)).unwrap();
+            let _ = s.send_to(b"x", SocketAddrV4::new(WORLD, 9));
+        }
+    })
+    .unwrap();
+    let ns = c.node("n1").ns.view();
+    assert_eq!(metric(&ns, "ipipd_kernel_flows_capacity"), Some(1024.0));
+    let recorded = metric(&ns, "ipipd_kernel_flows_recorded_total").unwrap_or_default();
+    let evicted = metric(&ns, "ipipd_kernel_flows_evicted_total").unwrap_or_default();
+    let entries = metric(&ns, "ipipd_kernel_flows").unwrap_or_default();
+    assert!(recorded >= 1500.0, "recorded {recorded}");
+    assert!(entries <= 1024.0, "entries {entries}");
+    assert_eq!(evicted, recorded - entries, "evicted {evicted}");
+    assert!(evicted >= 476.0, "evicted {evicted}");
 }
 
 fn pings(from: &NetNs, to: &str) -> bool {

@@ -16,7 +16,7 @@ use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use dataplane_common::{FlowKey, FlowValue, Hook, Reason};
 
 use crate::{
-    maps::{KERNEL_FLOWS, count},
+    maps::{KERNEL_FLOWS, KERNEL_FLOWS_RECORDED, count},
     packet::{IP_MF_OFFSET, Ipv4Hdr, frag_field, ihl_bytes, ptr_at},
 };
 
@@ -109,5 +109,9 @@ pub fn remember(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, hook: Hook, ifindex: 
     };
     if KERNEL_FLOWS.insert(k, v, 0).is_ok() {
         count(ifindex, hook, Reason::KernelFlowRecorded, 0);
+        if let Some(n) = KERNEL_FLOWS_RECORDED.get_ptr_mut(0) {
+            // SAFETY: per-CPU value, only this CPU writes it.
+            unsafe { *n += 1 };
+        }
     }
 }
