@@ -2,7 +2,8 @@
 //! netns topology. Setups, alternated within each round:
 //! - A: ipipd IPIP (pods at the tunnel MTU, the uplink's - 20, as Calico sets them for IPIP),
 //!   xdp off; A+xdp: native XDP on the uplinks; A_floor: A with the floor programs first in the
-//!   TCX chains of the data direction's hooks (the in-situ floors);
+//!   TCX chains of the data direction's hooks (the in-situ floors); A_slow: A with
+//!   `fast_path = false` (the kernel forwards every pod packet; ipipd still tunnels);
 //! - B: the kernel's route table without a tunnel (Calico without IPIP): /32 routes to the pods'
 //!   veths, proxy ARP, each block via its node on the underlay; B_mtu: the same with the pods at
 //!   A's MTU, which separates what the tunnel's 20 bytes cost the pods' TCP from what the path
@@ -101,6 +102,7 @@ fn setups() -> Vec<Vec<Setup>> {
     let mut v = vec![
         a,
         vec![Setup::AXdp],
+        vec![Setup::ASlow],
         vec![Setup::B, Setup::BMtu],
         vec![Setup::C],
     ];
@@ -153,6 +155,8 @@ enum Setup {
     AXdp,
     /// A with floor programs first on the data direction's hooks (in-situ floors).
     AFloor,
+    /// A with `fast_path = false`.
+    ASlow,
     B,
     /// B with the pods at A's MTU (the tunnel MTU).
     BMtu,
@@ -167,6 +171,7 @@ impl Setup {
             Setup::A => "A ipipd",
             Setup::AXdp => "A ipipd + XDP",
             Setup::AFloor => "A with the floors in front",
+            Setup::ASlow => "A ipipd, fast_path = false",
             Setup::B => "B kernel routes, no tunnel",
             Setup::BMtu => "B' kernel routes, pods at the tunnel MTU",
             Setup::C => "C node to node",
@@ -178,6 +183,7 @@ impl Setup {
             Setup::A => "A",
             Setup::AXdp => "A_xdp",
             Setup::AFloor => "A_floor",
+            Setup::ASlow => "A_slow",
             Setup::B => "B",
             Setup::BMtu => "B_mtu",
             Setup::C => "C",
@@ -679,13 +685,13 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
         Ok(())
     };
     let (client, server, server_ip) = match s {
-        Setup::A | Setup::AXdp | Setup::AFloor => {
+        Setup::A | Setup::AXdp | Setup::AFloor | Setup::ASlow => {
             for (n, role) in SIDES {
                 tunnel_mtu(&c, n)?;
-                let extra = if s == Setup::AXdp {
-                    "xdp = \"native\""
-                } else {
-                    ""
+                let extra = match s {
+                    Setup::AXdp => "xdp = \"native\"",
+                    Setup::ASlow => "fast_path = false",
+                    _ => "",
                 };
                 let cfg = c.config_for(n, extra);
                 loaded_by(bench_bin, &mut roles, role, || c.start_daemon(n, Some(cfg)))?;
@@ -776,7 +782,7 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
             }
         }
         // The programs' in-situ cost: the same workload again, with the accounting on.
-        if matches!(s, Setup::A | Setup::AXdp | Setup::AFloor) {
+        if matches!(s, Setup::A | Setup::AXdp | Setup::AFloor | Setup::ASlow) {
             set_bpf_stats(true)?;
             let (p0, h0) = (progstats(bench_bin)?, hook_bytes(&c)?);
             let stats_run = one_run(port + 1);
@@ -1397,6 +1403,8 @@ fn report(
                 "A/C": sj(ratio(Setup::A, Setup::C, &rate)),
                 "A_xdp/B": sj(ratio(Setup::AXdp, Setup::B, &rate)),
                 "A_xdp/C": sj(ratio(Setup::AXdp, Setup::C, &rate)),
+                "A_slow/B": sj(ratio(Setup::ASlow, Setup::B, &rate)),
+                "A_slow/A": sj(ratio(Setup::ASlow, Setup::A, &rate)),
                 "A/D": sj(ratio(Setup::A, Setup::D, &rate)),
             }),
         );
@@ -1406,6 +1414,7 @@ fn report(
                 "A/B cpu per byte": sj(ratio(Setup::A, Setup::B, &per_gb)),
                 "A/B_mtu cpu per byte": sj(ratio(Setup::A, Setup::BMtu, &per_gb)),
                 "A/C cpu per byte": sj(ratio(Setup::A, Setup::C, &per_gb)),
+                "A_slow/A cpu per byte": sj(ratio(Setup::ASlow, Setup::A, &per_gb)),
                 "A/D cpu per byte": sj(ratio(Setup::A, Setup::D, &per_gb)),
             }),
         );
@@ -1512,9 +1521,10 @@ fn chrono_like_now() -> String {
         .unwrap_or_default()
 }
 
-/// The columns A, A + XDP, B, B_mtu, C, D of one workload's `key` (a median with its spread), scaled.
+/// The columns A, A + XDP, A_slow, B, B_mtu, C, D of one workload's `key` (a median with its
+/// spread), scaled.
 fn setup_cells(per_setup: &Value, key: &str, scale: f64, digits: usize) -> String {
-    ["A", "A_xdp", "B", "B_mtu", "C", "D"]
+    ["A", "A_xdp", "A_slow", "B", "B_mtu", "C", "D"]
         .map(|setup| {
             let v = &per_setup[setup][key];
             let g = |k: &str| v[k].as_f64().map(|x| x * scale);
@@ -1559,7 +1569,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         took.as_secs_f64()
     );
     if plan.runs(Part::Traffic) {
-        s += "| workload | A ipipd | A + XDP | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 | A/B | A/B' | A/C | A+XDP/C | A/D |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        s += "| workload | A ipipd | A + XDP | A, fast_path = false | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 | A/B | A/B' | A/C | A+XDP/C | A/D | A slow/A |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         let units = [
             ("tcp1", "Gbit/s", 2),
             ("tcp4", "Gbit/s", 2),
@@ -1573,16 +1583,17 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 .find(|x| x.key() == w)
                 .map_or(w, |x| x.name());
             s += &format!(
-                "| {name} ({unit}) | {} | {} | {} | {} | {} | {} |\n",
+                "| {name} ({unit}) | {} | {} | {} | {} | {} | {} | {} |\n",
                 setup_cells(&r["throughput"][w], "rate", scale, d),
                 f(&r["ratios"][w]["A/B"], 2),
                 f(&r["ratios"][w]["A/B_mtu"], 2),
                 f(&r["ratios"][w]["A/C"], 2),
                 f(&r["ratios"][w]["A_xdp/C"], 2),
                 f(&r["ratios"][w]["A/D"], 2),
+                f(&r["ratios"][w]["A_slow/A"], 2),
             );
         }
-        s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 | A/B | A/B' | A/D |\n|---|---|---|---|---|---|---|---|---|---|\n";
+        s += "\nWhole-machine busy CPU seconds per GB (TCP) and per million packets (UDP 64 B), over the same runs:\n\n| | A ipipd | A + XDP | A, fast_path = false | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 | A/B | A/B' | A/D | A slow/A |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for (w, k, label) in [
             ("tcp1", "cpu_s_per_gb", "TCP 1 stream, CPU s/GB"),
             ("tcp4", "cpu_s_per_gb", "TCP 4 streams, CPU s/GB"),
@@ -1592,10 +1603,11 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             let ab = f(&r["cpu_ratios"][w]["A/B cpu per byte"], 2);
             let abm = f(&r["cpu_ratios"][w]["A/B_mtu cpu per byte"], 2);
             let ad = f(&r["cpu_ratios"][w]["A/D cpu per byte"], 2);
+            let slow = f(&r["cpu_ratios"][w]["A_slow/A cpu per byte"], 2);
             let cells = setup_cells(&r["throughput"][w], k, 1.0, 2);
-            s += &format!("| {label} | {cells} | {ab} | {abm} | {ad} |\n");
+            s += &format!("| {label} | {cells} | {ab} | {abm} | {ad} | {slow} |\n");
         }
-        s += "\nTCP retransmissions per GB (iperf3's sender), over the same runs:\n\n| | A ipipd | A + XDP | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 |\n|---|---|---|---|---|---|---|\n";
+        s += "\nTCP retransmissions per GB (iperf3's sender), over the same runs:\n\n| | A ipipd | A + XDP | A, fast_path = false | B kernel routes | B' routes, tunnel MTU | C node to node | D kernel tunl0 |\n|---|---|---|---|---|---|---|---|\n";
         for (w, label) in [("tcp1", "TCP 1 stream"), ("tcp4", "TCP 4 streams")] {
             let cells = setup_cells(&r["throughput"][w], "tcp_retransmits_per_gb", 1.0, 1);
             s += &format!("| {label} | {cells} |\n");
