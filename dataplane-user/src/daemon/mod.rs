@@ -10,38 +10,47 @@
 //!
 //! /metrics, /healthz and /readyz are served by [`crate::metrics`] from what the owner
 //! publishes after every change.
+//!
+//! The parts: this module the owner and its loop; [`requests`] what it serves on the control
+//! socket (runtime changes, IPAM, the CNI plugin); [`datastore`] the datastore's events;
+//! [`server`] the control socket's server.
+
+mod datastore;
+mod requests;
+mod server;
+
+use datastore::{datastore_start, health_of};
+use server::accept_loop;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow};
 use dataplane_common::MonitorMode;
-use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::{
     io::unix::AsyncFd,
-    net::{UnixListener, UnixStream},
+    net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::{Semaphore, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
 };
-use tokio_util::codec::Framed;
 
 use crate::{
     apply::Dataplane,
     config::{Config, Ipv4Net},
-    control::{self, Answer, AttachmentInfo, EndpointState, NodeInfo, Reason, Reply, Request},
+    control::{self, Reply, Request},
     datastore::{
         memory::Memory,
-        sync::{self, Msg, Synced},
+        sync::{self, Msg},
     },
     desired::{Change, RuntimeChanges},
     inspect,
-    ipam::{self, Ipam},
+    ipam::Ipam,
     metrics::{Attachment, DatastoreHealth, Health},
     netlink::{self, Event},
 };
@@ -235,69 +244,6 @@ pub async fn run(
         OnExit::Teardown => owner.dp.teardown(&owner.desired).await,
     }
     result
-}
-
-/// The datastore at start (see [`sync::bootstrap`]): the node asserted, what it forwards on
-/// cached; the tracker and the connection go on to the datastore task. Unreachable: the cached
-/// view of an earlier run, when there is one (the node then forwards on what it last knew,
-/// and the datastore task keeps trying); else an error, before anything is attached.
-async fn datastore_start(
-    d: &crate::datastore::DatastoreCfg,
-    file: &Config,
-    state_dir: &Path,
-    addresses: &[std::net::Ipv4Addr],
-) -> Result<(Synced, sync::Tracker, Option<crate::datastore::Store>)> {
-    let cached = sync::load_cache(state_dir);
-    let mem = cached.clone().unwrap_or_default();
-    let in_use = sync::blocks_in_use(&file.node.name, &mem, addresses.iter().copied());
-    let r = async {
-        let store = crate::datastore::Store::connect(d).await?;
-        let (synced, tracker) = sync::bootstrap(&store, file, mem, &in_use).await?;
-        anyhow::Ok((synced, tracker, store))
-    }
-    .await;
-    match r {
-        Ok((synced, tracker, store)) => {
-            sync::save_cache(state_dir, &synced.memory)?;
-            log::info!(
-                "datastore: node {} holds {}; {} nodes in the cluster",
-                file.node.name,
-                synced
-                    .memory
-                    .held(&file.node.name)
-                    .iter()
-                    .map(|b| b.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                synced.memory.view.nodes.len()
-            );
-            Ok((synced, tracker, Some(store)))
-        }
-        Err(e) => match cached {
-            Some(mem) if !mem.held(&file.node.name).is_empty() => {
-                log::warn!(
-                    "datastore: {e:#}; starting from the last known state in {}",
-                    state_dir.display()
-                );
-                let tracker = sync::Tracker::new(file, mem);
-                let mut tracker = tracker;
-                Ok((tracker.synced(), tracker, None))
-            }
-            _ => Err(e.context("datastore")),
-        },
-    }
-}
-
-/// What /readyz, /metrics and `ipipd status` say of the datastore.
-fn health_of(s: &Synced, up: bool, reason: String) -> DatastoreHealth {
-    DatastoreHealth {
-        up,
-        reason,
-        resets: s.resets,
-        last_reset: s.last_reset.clone().unwrap_or_default(),
-        grace: s.grace,
-        conflicts: s.conflicts.clone(),
-    }
 }
 
 impl Owner {
@@ -553,132 +499,11 @@ impl Owner {
         }
     }
 
-    async fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Request(req, reply) => {
-                let r = self.request(req).await;
-                // (Allocations come and go with requests; endpoints with reconciles.)
-                self.publish_in_use();
-                let _ = reply.send(r);
-            }
-            Command::MonitorStart { drops_only, id } => {
-                self.next_monitor += 1;
-                self.monitors.insert(self.next_monitor, drops_only);
-                let _ = id.send(self.next_monitor);
-                self.update_monitor();
-            }
-            Command::MonitorEnd(id) => {
-                if self.monitors.remove(&id).is_some() {
-                    self.update_monitor();
-                }
-            }
-        }
-    }
-
-    /// A control request (not a monitor's): its reply.
-    async fn request(&mut self, req: Request) -> Reply {
-        let r = match req {
-            Request::Change(change) => self.change_request(change).await,
-            Request::Node => Ok(Reply::answer(Answer::Node(self.node_info()))),
-            Request::Allocate { owner, pod } => return self.allocate(&owner, pod).await,
-            Request::Detach { owner } => self.detach(&owner).await,
-            Request::Lookup { owner } => Ok(Reply::answer(Answer::Attachment(self.lookup(&owner)))),
-            Request::Gc { valid } => self.gc(valid).await,
-            Request::Monitor { .. } => Ok(Reply::error("monitor is not a change")),
-        };
-        r.unwrap_or_else(|e| Reply::error(format!("{e:#}")))
-    }
-
-    /// A change; an added endpoint's reply says whether it is live.
-    async fn change_request(&mut self, change: Change) -> Result<Reply> {
-        if let Change::EndpointAdd(ep) = &change
-            && let Some(holder) = self.ipam.holder(ep.address)
-            && Some(&holder.owner) != ep.attachment.as_ref()
-        {
-            anyhow::bail!(
-                "{} is allocated to {}: delete that first",
-                ep.address,
-                holder.owner
-            );
-        }
-        self.change(&change).await?;
-        match change {
-            Change::EndpointAdd(ep) => Ok(Reply::answer(Answer::Endpoint {
-                live: !self.dp.plan.pending.contains_key(&ep.address),
-            })),
-            Change::EndpointDel { address } => {
-                // An address `endpoint add` allocated goes with its endpoint.
-                if let Some(owner) = self.ipam.release_address(address, ipam::Attachment::is_cli) {
-                    self.ipam.save(&self.dp.state_dir)?;
-                    log::info!("released {address} ({owner})");
-                }
-                Ok(Reply::ok())
-            }
-            _ => Ok(Reply::ok()),
-        }
-    }
-
     /// The file with what the datastore says (its blocks, its peers), when there is one.
     fn base(&self, file: &Config) -> Config {
         match &self.ds {
             Some(m) => sync::overlay(file, m),
             None => file.clone(),
-        }
-    }
-
-    /// What the datastore task sent while the owner was busy: only the newest view is
-    /// applied (or, without one, the newest message), then the newest loss after it.
-    async fn on_datastore_batch(&mut self, mut batch: Vec<Msg>) {
-        let from = batch
-            .iter()
-            .rposition(|m| matches!(m, Msg::View(_)))
-            .unwrap_or(batch.len().saturating_sub(1));
-        let mut newest = batch.split_off(from).into_iter();
-        for m in [newest.next(), newest.last()].into_iter().flatten() {
-            self.on_datastore(m).await;
-        }
-    }
-
-    /// The datastore task's news: a new view is applied like a changed file (an invalid one
-    /// changes nothing); reachability, resets and conflicts are reported, logged on their
-    /// changes only.
-    async fn on_datastore(&mut self, m: Msg) {
-        let was = self.ds_health.clone().unwrap_or_default();
-        match m {
-            Msg::View(synced) => {
-                if !was.up {
-                    log::info!("datastore: reachable again; resynchronising");
-                }
-                self.ds_health = Some(health_of(&synced, true, String::new()));
-                if self.ds.as_ref() != Some(&synced.memory) {
-                    match self.adopt_memory(synced.memory).await {
-                        Ok(()) => log::debug!(
-                            "datastore: {} nodes, {} peers, {} blocks of this node",
-                            self.ds.as_ref().map_or(0, |m| m.view.nodes.len()),
-                            self.desired.peers.len(),
-                            self.desired.blocks.len()
-                        ),
-                        Err(e) => {
-                            log::error!("datastore: the cluster's state is not applied: {e:#}")
-                        }
-                    }
-                }
-            }
-            Msg::Down(reason) => {
-                if was.up || was.reason != reason {
-                    log::warn!(
-                        "datastore: not reachable ({reason}); forwarding on the last state, retrying"
-                    );
-                }
-                self.ds_health = Some(DatastoreHealth {
-                    up: false,
-                    reason,
-                    ..was.clone()
-                });
-            }
-        }
-        if self.ds_health != Some(was) {
-            self.publish();
         }
     }
 
@@ -689,242 +514,6 @@ impl Owner {
         self.runtime.save(&self.dp.state_dir)?;
         log::info!("applied {change:?}");
         Ok(())
-    }
-
-    /// Addresses of the desired endpoints not allocated to `except`: not to be handed out.
-    fn in_use(&self, except: Option<&ipam::Attachment>) -> BTreeSet<std::net::Ipv4Addr> {
-        self.desired
-            .endpoints
-            .iter()
-            .filter(|e| except.is_none() || e.attachment.as_ref() != except)
-            .map(|e| e.address)
-            .collect()
-    }
-
-    fn node_info(&self) -> NodeInfo {
-        let h = self.health.borrow();
-        let taken: BTreeSet<_> = self
-            .ipam
-            .allocations
-            .iter()
-            .map(|a| a.address)
-            .chain(self.in_use(None))
-            .collect();
-        let free = self
-            .allocatable_blocks()
-            .iter()
-            .flat_map(ipam::usable)
-            .filter(|a| !taken.contains(a))
-            .count();
-        NodeInfo {
-            name: self.file.node.name.clone(),
-            ready: h.ready,
-            waiting_for: h.waiting_for.clone(),
-            pod_mtu: dataplane_common::tunnel_mtu(self.dp.mtu),
-            blocks: self.desired.blocks.clone(),
-            free,
-            datastore: self.ds_health.clone(),
-        }
-    }
-
-    /// An address for `owner`; with a datastore, a full node claims another block first.
-    async fn allocate(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
-        let r = self.allocate_here(owner, pod.clone());
-        if r.reason != Some(Reason::NoAddress) || self.file.datastore.is_none() {
-            return r;
-        }
-        match self.claim_block().await {
-            Ok(b) => {
-                log::info!("the node's blocks are full: claimed {b} from the datastore");
-                self.allocate_here(owner, pod)
-            }
-            Err(e) => Reply::refused(
-                Reason::NoAddress,
-                format!("{}; claiming another block: {e:#}", r.error),
-            ),
-        }
-    }
-
-    /// Claims a free block of the pools for this node and programs it as the node's own.
-    async fn claim_block(&mut self) -> Result<Ipv4Net> {
-        let d = self.file.datastore.clone().expect("checked by the caller");
-        let store = crate::datastore::Store::connect(&d).await?;
-        let name = self.file.node.name.clone();
-        let b = store.claim_any(&name, Duration::ZERO).await?;
-        let mut mem = self.ds.clone().unwrap_or_default();
-        mem.view.blocks.insert(b, name.clone());
-        let mut held = mem.held(&name);
-        held.insert(b);
-        mem.held = Some(held);
-        self.adopt_memory(mem)
-            .await
-            .map_err(|e| e.context(format!("programming the claimed block {b}")))?;
-        Ok(b)
-    }
-
-    /// What the node forwards on from the datastore: the data plane reconciled when what it
-    /// makes of it (the node's blocks, its peers) changed — a liveness key coming or going
-    /// changes neither — and cached for a start while etcd is away. On error the old stands.
-    async fn adopt_memory(&mut self, m: Memory) -> Result<()> {
-        let before = self.base(&self.file);
-        let old = self.ds.replace(m);
-        if self.base(&self.file) != before {
-            let (file, rt) = (self.file.clone(), self.runtime.clone());
-            if let Err(e) = self.adopt(file, rt).await {
-                self.ds = old;
-                return Err(e);
-            }
-        }
-        if let Some(m) = &self.ds
-            && let Err(e) = sync::save_cache(&self.dp.state_dir, m)
-        {
-            log::warn!("datastore: caching the view: {e:#}");
-        }
-        Ok(())
-    }
-
-    /// The node's blocks new pods get addresses from: all of them but those in dispute.
-    fn allocatable_blocks(&self) -> Vec<Ipv4Net> {
-        let contested: BTreeSet<Ipv4Net> = self
-            .ds_health
-            .iter()
-            .flat_map(|h| h.conflicts.iter().map(|c| c.block))
-            .collect();
-        self.desired
-            .blocks
-            .iter()
-            .filter(|b| !contested.iter().any(|c| c.overlaps(b)))
-            .copied()
-            .collect()
-    }
-
-    /// The node's blocks that its pods and allocations use.
-    fn blocks_in_use(&self) -> BTreeSet<Ipv4Net> {
-        let Some(m) = &self.ds else {
-            return BTreeSet::new();
-        };
-        let addresses = self
-            .desired
-            .endpoints
-            .iter()
-            .map(|e| e.address)
-            .chain(self.ipam.allocations.iter().map(|a| a.address));
-        sync::blocks_in_use(&self.file.node.name, m, addresses)
-    }
-
-    /// Tells the datastore task which blocks the node's pods use (it disputes or gives up
-    /// blocks by them), when that changed.
-    fn publish_in_use(&self) {
-        if let Some(tx) = &self.ds_in_use {
-            let now = self.blocks_in_use();
-            tx.send_if_modified(|was| {
-                let changed = *was != now;
-                *was = now;
-                changed
-            });
-        }
-    }
-
-    fn allocate_here(&mut self, owner: &ipam::Attachment, pod: Option<String>) -> Reply {
-        let before = self.ipam.clone();
-        let in_use = self.in_use(Some(owner));
-        let blocks = self.allocatable_blocks();
-        match self.ipam.allocate(owner, pod, &blocks, &in_use) {
-            Ok(address) => {
-                if self.ipam != before {
-                    if let Err(e) = self.ipam.save(&self.dp.state_dir) {
-                        // Not saved, not handed out.
-                        self.ipam = before;
-                        return Reply::error(format!("{e:#}"));
-                    }
-                    log::info!("allocated {address} to {owner}");
-                }
-                Reply::answer(Answer::Address(address))
-            }
-            Err(e) => Reply::refused(Reason::NoAddress, e),
-        }
-    }
-
-    /// The runtime endpoints of these attachments removed in one change; their addresses.
-    async fn remove_endpoints(
-        &mut self,
-        of: impl Fn(&ipam::Attachment) -> bool,
-    ) -> Result<Vec<(ipam::Attachment, std::net::Ipv4Addr)>> {
-        let gone: Vec<(ipam::Attachment, std::net::Ipv4Addr)> = self
-            .desired
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                e.attachment
-                    .as_ref()
-                    .filter(|a| of(a))
-                    .map(|a| (a.clone(), e.address))
-            })
-            .collect();
-        if gone.is_empty() {
-            return Ok(gone);
-        }
-        let mut rt = self.runtime.clone();
-        for (_, address) in &gone {
-            rt = rt.with(&self.file, &Change::EndpointDel { address: *address })?;
-        }
-        self.adopt(self.file.clone(), rt).await?;
-        self.runtime.save(&self.dp.state_dir)?;
-        for (a, address) in &gone {
-            log::info!("removed endpoint {address} of {a}");
-        }
-        Ok(gone)
-    }
-
-    /// CNI DEL: the attachment's endpoint removed, then its address released.
-    async fn detach(&mut self, owner: &ipam::Attachment) -> Result<Reply> {
-        let gone = self.remove_endpoints(|a| a == owner).await?;
-        let released = self.ipam.release(owner);
-        if let Some(a) = released {
-            self.ipam.save(&self.dp.state_dir)?;
-            log::info!("released {a} ({owner})");
-        }
-        Ok(Reply::answer(Answer::Detached {
-            released,
-            endpoint: gone.first().map(|(_, a)| *a),
-        }))
-    }
-
-    fn lookup(&self, owner: &ipam::Attachment) -> AttachmentInfo {
-        let endpoint = self
-            .desired
-            .endpoints
-            .iter()
-            .find(|e| e.attachment.as_ref() == Some(owner))
-            .map(|e| EndpointState {
-                address: e.address,
-                interface: e.interface.clone(),
-                live: !self.dp.plan.pending.contains_key(&e.address),
-            });
-        AttachmentInfo {
-            allocated: self.ipam.of(owner).map(|a| a.address),
-            endpoint,
-        }
-    }
-
-    /// CNI GC: the runtime's attachments not in `valid` are forgotten (`endpoint add`'s are
-    /// not the runtime's).
-    async fn gc(&mut self, valid: Vec<ipam::Attachment>) -> Result<Reply> {
-        let valid: BTreeSet<ipam::Attachment> = valid.into_iter().collect();
-        let gone = self
-            .remove_endpoints(|a| !a.is_cli() && !valid.contains(a))
-            .await?;
-        let released = self.ipam.collect(&valid);
-        if !released.is_empty() {
-            self.ipam.save(&self.dp.state_dir)?;
-        }
-        for r in &released {
-            log::info!("GC: released {} ({})", r.address, r.owner);
-        }
-        Ok(Reply::answer(Answer::Collected {
-            released,
-            endpoints: gone.into_iter().map(|(a, _)| a).collect(),
-        }))
     }
 
     /// The programs' monitor mode for the connected clients: all decisions if one wants them.
@@ -959,105 +548,6 @@ async fn relay_log(log: &mut Option<AsyncFd<Logger>>) {
         Err(e) => {
             log::warn!("the programs' log: {e}; no longer relayed");
             *log = None;
-        }
-    }
-}
-
-/// Accepts control connections, each served by a task of its own; beyond [`MAX_CLIENTS`] at
-/// once, a connection gets an error reply and is closed.
-async fn accept_loop(listener: UnixListener, tx: mpsc::Sender<Command>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                log::warn!("control socket: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let tx = tx.clone();
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    connection(stream, tx).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let mut f = Framed::new(stream, control::codec());
-                    let busy = Reply::error(format!(
-                        "too many control clients ({MAX_CLIENTS}); try again"
-                    ));
-                    let _ = tokio::time::timeout(
-                        REQUEST_TIMEOUT,
-                        f.send(serde_json::to_string(&busy).unwrap_or_default()),
-                    )
-                    .await;
-                });
-            }
-        }
-    }
-}
-
-/// One control connection: a request within [`REQUEST_TIMEOUT`], its reply; a monitor's
-/// connection then stays open until the client goes.
-async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
-    let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
-    let mut f = Framed::new(stream, control::codec());
-    let reply = |r: Reply| serde_json::to_string(&r).unwrap_or_default();
-    if !root {
-        let _ = f
-            .send(reply(Reply::error("only root may change the node")))
-            .await;
-        return;
-    }
-    let req = match tokio::time::timeout(REQUEST_TIMEOUT, f.next()).await {
-        Err(_) => {
-            let _ = f
-                .send(reply(Reply::error(format!(
-                    "no request within {}s",
-                    REQUEST_TIMEOUT.as_secs()
-                ))))
-                .await;
-            return;
-        }
-        Ok(None) => return,
-        Ok(Some(frame)) => control::decode(frame),
-    };
-    match req {
-        Err(e) => {
-            let _ = f.send(reply(Reply::error(e))).await;
-        }
-        Ok(Request::Monitor { drops_only }) => {
-            let (itx, irx) = oneshot::channel();
-            if tx
-                .send(Command::MonitorStart {
-                    drops_only,
-                    id: itx,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let Ok(id) = irx.await else { return };
-            if f.send(reply(Reply::ok())).await.is_ok() {
-                // The client sends nothing more: anything from it, or its end, closes it.
-                let _ = f.next().await;
-            }
-            let _ = tx.send(Command::MonitorEnd(id)).await;
-        }
-        Ok(req) => {
-            let (rtx, rrx) = oneshot::channel();
-            let r = match tx.send(Command::Request(req, rtx)).await {
-                Ok(()) => rrx
-                    .await
-                    .unwrap_or_else(|_| Reply::refused(Reason::NotReady, "the daemon is stopping")),
-                Err(_) => Reply::refused(Reason::NotReady, "the daemon is stopping"),
-            };
-            let _ = f.send(reply(r)).await;
         }
     }
 }

@@ -1,0 +1,203 @@
+//! The owner and the datastore: the start's bootstrap, the datastore task's news (views,
+//! reachability, resets, conflicts), a block claimed when the node's are full, and the blocks
+//! the node's pods use, which the task needs to hold or give up blocks.
+
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use anyhow::Result;
+
+use super::Owner;
+use crate::{
+    config::{Config, Ipv4Net},
+    datastore::{
+        memory::Memory,
+        sync::{self, Msg, Synced},
+    },
+    metrics::DatastoreHealth,
+};
+
+/// The datastore at start (see [`sync::bootstrap`]): the node asserted, what it forwards on
+/// cached; the tracker and the connection go on to the datastore task. Unreachable: the cached
+/// view of an earlier run, when there is one (the node then forwards on what it last knew,
+/// and the datastore task keeps trying); else an error, before anything is attached.
+pub(super) async fn datastore_start(
+    d: &crate::datastore::DatastoreCfg,
+    file: &Config,
+    state_dir: &Path,
+    addresses: &[std::net::Ipv4Addr],
+) -> Result<(Synced, sync::Tracker, Option<crate::datastore::Store>)> {
+    let cached = sync::load_cache(state_dir);
+    let mem = cached.clone().unwrap_or_default();
+    let in_use = sync::blocks_in_use(&file.node.name, &mem, addresses.iter().copied());
+    let r = async {
+        let store = crate::datastore::Store::connect(d).await?;
+        let (synced, tracker) = sync::bootstrap(&store, file, mem, &in_use).await?;
+        anyhow::Ok((synced, tracker, store))
+    }
+    .await;
+    match r {
+        Ok((synced, tracker, store)) => {
+            sync::save_cache(state_dir, &synced.memory)?;
+            log::info!(
+                "datastore: node {} holds {}; {} nodes in the cluster",
+                file.node.name,
+                synced
+                    .memory
+                    .held(&file.node.name)
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                synced.memory.view.nodes.len()
+            );
+            Ok((synced, tracker, Some(store)))
+        }
+        Err(e) => match cached {
+            Some(mem) if !mem.held(&file.node.name).is_empty() => {
+                log::warn!(
+                    "datastore: {e:#}; starting from the last known state in {}",
+                    state_dir.display()
+                );
+                let tracker = sync::Tracker::new(file, mem);
+                let mut tracker = tracker;
+                Ok((tracker.synced(), tracker, None))
+            }
+            _ => Err(e.context("datastore")),
+        },
+    }
+}
+
+/// What /readyz, /metrics and `ipipd status` say of the datastore.
+pub(super) fn health_of(s: &Synced, up: bool, reason: String) -> DatastoreHealth {
+    DatastoreHealth {
+        up,
+        reason,
+        resets: s.resets,
+        last_reset: s.last_reset.clone().unwrap_or_default(),
+        grace: s.grace,
+        conflicts: s.conflicts.clone(),
+    }
+}
+
+impl Owner {
+    /// What the datastore task sent while the owner was busy: only the newest view is
+    /// applied (or, without one, the newest message), then the newest loss after it.
+    pub(super) async fn on_datastore_batch(&mut self, mut batch: Vec<Msg>) {
+        let from = batch
+            .iter()
+            .rposition(|m| matches!(m, Msg::View(_)))
+            .unwrap_or(batch.len().saturating_sub(1));
+        let mut newest = batch.split_off(from).into_iter();
+        for m in [newest.next(), newest.last()].into_iter().flatten() {
+            self.on_datastore(m).await;
+        }
+    }
+
+    /// The datastore task's news: a new view is applied like a changed file (an invalid one
+    /// changes nothing); reachability, resets and conflicts are reported, logged on their
+    /// changes only.
+    pub(super) async fn on_datastore(&mut self, m: Msg) {
+        let was = self.ds_health.clone().unwrap_or_default();
+        match m {
+            Msg::View(synced) => {
+                if !was.up {
+                    log::info!("datastore: reachable again; resynchronising");
+                }
+                self.ds_health = Some(health_of(&synced, true, String::new()));
+                if self.ds.as_ref() != Some(&synced.memory) {
+                    match self.adopt_memory(synced.memory).await {
+                        Ok(()) => log::debug!(
+                            "datastore: {} nodes, {} peers, {} blocks of this node",
+                            self.ds.as_ref().map_or(0, |m| m.view.nodes.len()),
+                            self.desired.peers.len(),
+                            self.desired.blocks.len()
+                        ),
+                        Err(e) => {
+                            log::error!("datastore: the cluster's state is not applied: {e:#}")
+                        }
+                    }
+                }
+            }
+            Msg::Down(reason) => {
+                if was.up || was.reason != reason {
+                    log::warn!(
+                        "datastore: not reachable ({reason}); forwarding on the last state, retrying"
+                    );
+                }
+                self.ds_health = Some(DatastoreHealth {
+                    up: false,
+                    reason,
+                    ..was.clone()
+                });
+            }
+        }
+        if self.ds_health != Some(was) {
+            self.publish();
+        }
+    }
+
+    /// Claims a free block of the pools for this node and programs it as the node's own.
+    pub(super) async fn claim_block(&mut self) -> Result<Ipv4Net> {
+        let d = self.file.datastore.clone().expect("checked by the caller");
+        let store = crate::datastore::Store::connect(&d).await?;
+        let name = self.file.node.name.clone();
+        let b = store.claim_any(&name, Duration::ZERO).await?;
+        let mut mem = self.ds.clone().unwrap_or_default();
+        mem.view.blocks.insert(b, name.clone());
+        let mut held = mem.held(&name);
+        held.insert(b);
+        mem.held = Some(held);
+        self.adopt_memory(mem)
+            .await
+            .map_err(|e| e.context(format!("programming the claimed block {b}")))?;
+        Ok(b)
+    }
+
+    /// What the node forwards on from the datastore: the data plane reconciled when what it
+    /// makes of it (the node's blocks, its peers) changed — a liveness key coming or going
+    /// changes neither — and cached for a start while etcd is away. On error the old stands.
+    pub(super) async fn adopt_memory(&mut self, m: Memory) -> Result<()> {
+        let before = self.base(&self.file);
+        let old = self.ds.replace(m);
+        if self.base(&self.file) != before {
+            let (file, rt) = (self.file.clone(), self.runtime.clone());
+            if let Err(e) = self.adopt(file, rt).await {
+                self.ds = old;
+                return Err(e);
+            }
+        }
+        if let Some(m) = &self.ds
+            && let Err(e) = sync::save_cache(&self.dp.state_dir, m)
+        {
+            log::warn!("datastore: caching the view: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// The node's blocks that its pods and allocations use.
+    pub(super) fn blocks_in_use(&self) -> BTreeSet<Ipv4Net> {
+        let Some(m) = &self.ds else {
+            return BTreeSet::new();
+        };
+        let addresses = self
+            .desired
+            .endpoints
+            .iter()
+            .map(|e| e.address)
+            .chain(self.ipam.allocations.iter().map(|a| a.address));
+        sync::blocks_in_use(&self.file.node.name, m, addresses)
+    }
+
+    /// Tells the datastore task which blocks the node's pods use (it disputes or gives up
+    /// blocks by them), when that changed.
+    pub(super) fn publish_in_use(&self) {
+        if let Some(tx) = &self.ds_in_use {
+            let now = self.blocks_in_use();
+            tx.send_if_modified(|was| {
+                let changed = *was != now;
+                *was = now;
+                changed
+            });
+        }
+    }
+}
