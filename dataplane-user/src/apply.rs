@@ -190,7 +190,7 @@ impl Dataplane {
     /// rolls back what it did; a failed adopting start leaves the running data plane alone.
     pub async fn start(cfg: &Config, state_dir: &Path) -> Result<Self> {
         let nl = Netlink::new()?;
-        let (uplink, mtu) = cfg.check_kernel(&nl).await?;
+        let (uplink, mtu) = crate::host::check_kernel(cfg, &nl).await?;
         pins::ensure_bpffs(&cfg.node.pin_dir)?;
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;

@@ -1,13 +1,14 @@
-//! The node config (TOML) and the validation every desired state goes through.
+//! The node config file (TOML): its sections, read into typed values one function each, then
+//! held to [`crate::rules`]. What the file leaves out of `[node]` the host tells
+//! ([`crate::host`]): the name (`$NODE_NAME`, the hostname), the uplink and the address
+//! ([`crate::autodetect`]), so that one file serves every node.
 //!
 //! Errors are one line, name the key, and (for the file) the line: `FILE:LINE: key: message`.
 
 use std::{
     collections::BTreeMap,
-    fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use anyhow::{Result, anyhow};
@@ -15,82 +16,14 @@ use dataplane_common::Mode;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-/// An IPv4 prefix with its host bits clear.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl Ipv4Net {
-    pub fn new(addr: Ipv4Addr, len: u8) -> Self {
-        Self { addr, len }
-    }
-    fn mask(len: u8) -> u32 {
-        if len == 0 { 0 } else { u32::MAX << (32 - len) }
-    }
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.len) == u32::from(self.addr)
-    }
-    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
-        let len = self.len.min(other.len);
-        u32::from(self.addr) & Self::mask(len) == u32::from(other.addr) & Self::mask(len)
-    }
-    /// The subnet an address with this prefix length lies in (host bits cleared).
-    pub fn containing(ip: Ipv4Addr, len: u8) -> Self {
-        Self {
-            addr: Ipv4Addr::from(u32::from(ip) & Self::mask(len)),
-            len,
-        }
-    }
-    pub fn host(ip: Ipv4Addr) -> Self {
-        Self { addr: ip, len: 32 }
-    }
-}
-
-impl FromStr for Ipv4Net {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix)"))?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
-        let len: u8 = l
-            .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("{s:?}: prefix length must be 0..=32"))?;
-        if u32::from(addr) & !Self::mask(len) != 0 {
-            return Err(format!(
-                "{s:?} has host bits set (did you mean {}/{len}?)",
-                Ipv4Addr::from(u32::from(addr) & Self::mask(len))
-            ));
-        }
-        Ok(Self { addr, len })
-    }
-}
-
-impl TryFrom<String> for Ipv4Net {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Ipv4Net> for String {
-    fn from(n: Ipv4Net) -> String {
-        n.to_string()
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
+pub use crate::rules::{KeyError, validate};
+use crate::{
+    autodetect::{self, Method},
+    datastore::model::Pool,
+    host::Host,
+    net::{Ipv4Net, check_unicast, parse_mac},
+    rules::err,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,6 +65,9 @@ pub struct Node {
     pub name: String,
     pub uplink: String,
     pub address: Ipv4Addr,
+    /// Where the name, the uplink and the address came from (the config, `$NODE_NAME`, the
+    /// hostname, autodetection), for the log, `ipipd status` and `ipipd check`.
+    pub found: String,
     pub mode: Mode,
     /// The underlay MTU; None means the uplink's.
     pub mtu: Option<u32>,
@@ -157,6 +93,70 @@ pub const KERNEL_FLOWS_MAX: u32 = 1 << 24;
 /// The tunnel device's name when the config does not give one.
 pub const DEFAULT_TUNNEL: &str = "ipipd0";
 
+/// The `[datastore]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreCfg {
+    /// The members' client URLs (`http://…` or `https://…`).
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// TLS: the CA that signed the members' certificates, and this node's client certificate
+    /// and key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+pub const DEFAULT_PREFIX: &str = "/ipipd/v1";
+
+impl DatastoreCfg {
+    /// The section's own rules: (key, message) of the first one broken.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.endpoints.is_empty() {
+            return Err(("datastore.etcd", "lists no member".into()));
+        }
+        for e in &self.endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .ok_or((
+                    "datastore.etcd",
+                    format!("{e:?}: not http://HOST:PORT or https://HOST:PORT"),
+                ))?;
+            if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+                return Err(("datastore.etcd", format!("{e:?}: not http://HOST:PORT")));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            return Err((
+                "datastore.prefix",
+                format!("{:?}: must start with / and name something", self.prefix),
+            ));
+        }
+        for (k, p) in [
+            ("datastore.ca", &self.ca),
+            ("datastore.cert", &self.cert),
+            ("datastore.key", &self.key),
+        ] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err((k, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(("datastore.cert", "cert and key go together".into()));
+        }
+        let tls = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if (self.ca.is_some() || self.cert.is_some()) && !tls {
+            return Err((
+                "datastore.etcd",
+                "TLS files are given but no member is https://".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The name of the tunnel device's veth peer.
 pub fn tunnel_peer(tunnel: &str) -> String {
     format!("{tunnel}p")
@@ -170,9 +170,9 @@ pub struct Config {
     pub peers: Vec<Peer>,
     pub endpoints: Vec<EndpointCfg>,
     /// `[datastore]`: peers and blocks come from etcd.
-    pub datastore: Option<crate::datastore::DatastoreCfg>,
+    pub datastore: Option<DatastoreCfg>,
     /// `[[pool]]`: created in the datastore when missing.
-    pub pools: Vec<crate::datastore::model::Pool>,
+    pub pools: Vec<Pool>,
     /// The file and where its keys stand, for errors found later (against the kernel).
     pub origin: Option<(PathBuf, Lines)>,
 }
@@ -216,8 +216,9 @@ struct RawPool {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     name: Option<Spanned<String>>,
-    uplink: Spanned<String>,
-    address: Spanned<String>,
+    uplink: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    autodetect: Option<Spanned<String>>,
     mode: Option<Spanned<String>>,
     mtu: Option<Spanned<i64>>,
     xdp: Option<Spanned<String>>,
@@ -280,39 +281,6 @@ impl Lines {
     }
 }
 
-/// A validation error naming its key.
-#[derive(Debug, Clone)]
-pub struct KeyError {
-    pub key: String,
-    pub msg: String,
-}
-
-fn err(key: impl Into<String>, msg: impl Into<String>) -> KeyError {
-    KeyError {
-        key: key.into(),
-        msg: msg.into(),
-    }
-}
-
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
-    }
-    Ok(mac)
-}
-
-pub fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 pub fn parse_mode(s: &str) -> Result<Mode, String> {
     Mode::ALL
         .into_iter()
@@ -320,166 +288,27 @@ pub fn parse_mode(s: &str) -> Result<Mode, String> {
         .ok_or_else(|| format!("{s:?}: expected \"always\" or \"cross-subnet\""))
 }
 
-// ---- the rules: one place for the file, the control socket and the CLI
-
-/// An interface name the kernel accepts (its `dev_valid_name`): 1 to 15 bytes, not "." or
-/// "..", no '/', ':', whitespace or NUL.
-pub fn check_ifname(s: &str) -> Result<(), String> {
-    let bad = |c: char| c == '/' || c == ':' || c == '\0' || c.is_whitespace();
-    if s.is_empty() || s.len() > 15 || s == "." || s == ".." || s.contains(bad) {
-        return Err(format!("{s:?} is not an interface name"));
-    }
-    Ok(())
-}
-
-/// The ranges no node, pod or block address may come from, with what they are.
-const NOT_UNICAST: [(&str, &str); 5] = [
-    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
-    ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved or broadcast (240.0.0.0/4)"),
-];
-
-fn not_unicast() -> impl Iterator<Item = (Ipv4Net, &'static str)> {
-    NOT_UNICAST
-        .iter()
-        .map(|(n, what)| (n.parse().expect("a CIDR"), *what))
-}
-
-/// A unicast host address: not unspecified, loopback, link-local, multicast, reserved or
-/// broadcast.
-pub fn check_unicast(a: Ipv4Addr) -> Result<(), String> {
-    match not_unicast().find(|(n, _)| n.contains(a)) {
-        Some((_, what)) => Err(format!("{a} is {what}, not a unicast host address")),
-        None => Ok(()),
-    }
-}
-
-/// A block of pod addresses: all of it unicast host addresses.
-pub fn check_block(b: &Ipv4Net) -> Result<(), String> {
-    match not_unicast().find(|(n, _)| n.overlaps(b)) {
-        Some((n, what)) => Err(format!("{b} reaches into {n}, {what}")),
-        None => Ok(()),
-    }
-}
-
-/// A pod's MAC: unicast and not all zeros.
-pub fn check_pod_mac(m: &[u8; 6]) -> Result<(), String> {
-    if m[0] & 1 != 0 || *m == [0; 6] {
-        return Err(format!("{} is not a unicast MAC", fmt_mac(m)));
-    }
-    Ok(())
-}
-
-impl Node {
-    /// The node's own rules: (key, message) of the first one broken.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        check_ifname(&self.uplink).map_err(|e| ("node.uplink", e))?;
-        if self.uplink == "lo" {
-            return Err(("node.uplink", "is the loopback device".into()));
-        }
-        check_unicast(self.address).map_err(|e| ("node.address", e))?;
-        // The tunnel device's peer adds a character to its name.
-        if check_ifname(&tunnel_peer(&self.tunnel)).is_err() {
-            return Err((
-                "node.tunnel",
-                format!(
-                    "{:?} is not an interface name of at most 14 characters",
-                    self.tunnel
-                ),
-            ));
-        }
-        if self.tunnel == self.uplink || tunnel_peer(&self.tunnel) == self.uplink {
-            return Err(("node.tunnel", "is the uplink (or its peer would be)".into()));
-        }
-        Ok(())
-    }
-}
-
-impl EndpointCfg {
-    /// One endpoint's rules that need no node: (field, message) of the first one broken.
-    pub fn check_alone(&self) -> Result<(), (&'static str, String)> {
-        check_unicast(self.address).map_err(|e| ("address", e))?;
-        check_ifname(&self.interface).map_err(|e| ("interface", e))?;
-        if self.interface == "lo" {
-            return Err(("interface", "is the loopback device".into()));
-        }
-        if let Some(m) = &self.mac {
-            check_pod_mac(m).map_err(|e| ("mac", e))?;
-        }
-        Ok(())
-    }
-
-    /// One endpoint's own rules on `node`. The file, the control socket and the CLI all check
-    /// endpoints with this.
-    pub fn check(&self, node: &Node) -> Result<(), (&'static str, String)> {
-        self.check_alone()?;
-        if self.interface == node.uplink {
-            return Err(("interface", "is the uplink".into()));
-        }
-        if self.interface == node.tunnel || self.interface == tunnel_peer(&node.tunnel) {
-            return Err((
-                "interface",
-                "is the tunnel device (node.tunnel) or its peer".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Peer {
-    /// One peer's rules that need no node: (field, message) of the first one broken, the
-    /// field being `address` or `blocks[k]`.
-    pub fn check_alone(&self) -> Result<(), (String, String)> {
-        check_unicast(self.address).map_err(|e| ("address".to_string(), e))?;
-        for (k, b) in self.blocks.iter().enumerate() {
-            check_block(b).map_err(|e| (format!("blocks[{k}]"), e))?;
-            if b.contains(self.address) {
-                return Err((format!("blocks[{k}]"), format!("{b} holds a node address")));
-            }
-        }
-        Ok(())
-    }
-
-    /// One peer's own rules against `node`.
-    pub fn check(&self, node: &Node) -> Result<(), (String, String)> {
-        self.check_alone()?;
-        if self.address == node.address {
-            return Err((
-                "address".into(),
-                format!("{} is this node's own address", self.address),
-            ));
-        }
-        for (k, b) in self.blocks.iter().enumerate() {
-            if b.contains(node.address) {
-                return Err((format!("blocks[{k}]"), format!("{b} holds a node address")));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "node".into())
-}
-
 impl Config {
-    /// Reads, parses and validates a file (static checks; see [`Config::check_kernel`]).
+    /// Reads, parses and validates a file (static checks; the kernel's are
+    /// [`crate::host::check_kernel`]'s), asking this host for what the node section leaves out.
     pub fn load(path: &Path) -> Result<Config> {
+        Self::load_on(path, &crate::host::System)
+    }
+
+    /// [`Config::load`] on `host`.
+    pub fn load_on(path: &Path, host: &dyn Host) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let (mut cfg, lines) = Self::parse_with_lines(&text).map_err(|(line, e)| match line {
-            Some(l) => anyhow!("{}:{l}: {e}", path.display()),
-            None => anyhow!("{}: {e}", path.display()),
-        })?;
+        let (mut cfg, lines) =
+            Self::parse_with_lines(&text, host).map_err(|(line, e)| match line {
+                Some(l) => anyhow!("{}:{l}: {e}", path.display()),
+                None => anyhow!("{}: {e}", path.display()),
+            })?;
         cfg.origin = Some((path.to_path_buf(), lines));
         Ok(cfg)
     }
 
     /// `FILE:LINE: key: msg` when the config came from a file.
-    fn key_error(&self, key: &str, msg: String) -> anyhow::Error {
+    pub fn key_error(&self, key: &str, msg: String) -> anyhow::Error {
         match &self.origin {
             Some((path, lines)) => match lines.get(key) {
                 Some(l) => anyhow!("{}:{l}: {key}: {msg}", path.display()),
@@ -489,82 +318,153 @@ impl Config {
         }
     }
 
-    /// Parses and validates config text; errors carry the line when one is known.
+    /// Parses and validates config text on this host; errors carry the line when one is known.
     pub fn parse(text: &str) -> Result<Config, (Option<usize>, String)> {
-        Self::parse_with_lines(text).map(|(c, _)| c)
+        Self::parse_on(text, &crate::host::System)
     }
 
-    fn parse_with_lines(text: &str) -> Result<(Config, Lines), (Option<usize>, String)> {
+    /// [`Config::parse`] on `host`.
+    pub fn parse_on(text: &str, host: &dyn Host) -> Result<Config, (Option<usize>, String)> {
+        Self::parse_with_lines(text, host).map(|(c, _)| c)
+    }
+
+    fn parse_with_lines(
+        text: &str,
+        host: &dyn Host,
+    ) -> Result<(Config, Lines), (Option<usize>, String)> {
         let starts = LineStarts::of(text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| starts.line_of(s.start));
             (line, e.message().replace('\n', " "))
         })?;
-        let mut lines = Lines::default();
-        let cfg = Self::convert(&starts, raw, &mut lines)
-            .map_err(|e| (lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
-        validate(&cfg).map_err(|e| (lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
-        Ok((cfg, lines))
+        let mut r = Reader {
+            text: &starts,
+            lines: Lines::default(),
+        };
+        let cfg = r
+            .config(raw, host)
+            .map_err(|e| (r.lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
+        validate(&cfg).map_err(|e| (r.lines.get(&e.key), format!("{}: {}", e.key, e.msg)))?;
+        Ok((cfg, r.lines))
+    }
+}
+
+/// Reads the file's sections into typed values, noting where each key stands: syntax only (an
+/// address, a CIDR, a number in range, one of the words). What the values mean is
+/// [`validate`]'s, for every source alike.
+struct Reader<'a> {
+    text: &'a LineStarts,
+    lines: Lines,
+}
+
+impl Reader<'_> {
+    fn note<T>(&mut self, key: &str, s: &Spanned<T>) {
+        self.lines.note(self.text, key.to_string(), s);
     }
 
-    /// The file's values, typed: syntax only (an address, a CIDR, a number in range, one of the
-    /// words). What the values mean is [`validate`]'s, for every source alike.
-    fn convert(text: &LineStarts, raw: RawConfig, lines: &mut Lines) -> Result<Config, KeyError> {
-        let n = raw.node.into_inner();
-        let addr =
-            |key: &str, s: &Spanned<String>, lines: &mut Lines| -> Result<Ipv4Addr, KeyError> {
-                lines.note(text, key.to_string(), s);
-                s.get_ref()
-                    .parse()
-                    .map_err(|_| err(key, format!("{:?} is not an IPv4 address", s.get_ref())))
-            };
-        let net =
-            |key: &str, s: &Spanned<String>, lines: &mut Lines| -> Result<Ipv4Net, KeyError> {
-                lines.note(text, key.to_string(), s);
-                s.get_ref().parse().map_err(|e| err(key, e))
-            };
-        let name = match &n.name {
+    fn addr(&mut self, key: &str, s: &Spanned<String>) -> Result<Ipv4Addr, KeyError> {
+        self.note(key, s);
+        s.get_ref()
+            .parse()
+            .map_err(|_| err(key, format!("{:?} is not an IPv4 address", s.get_ref())))
+    }
+
+    fn net(&mut self, key: &str, s: &Spanned<String>) -> Result<Ipv4Net, KeyError> {
+        self.note(key, s);
+        s.get_ref().parse().map_err(|e| err(key, e))
+    }
+
+    fn flag(&mut self, key: &str, v: &Option<Spanned<bool>>, default: bool) -> bool {
+        match v {
             Some(s) => {
-                lines.note(text, "node.name".into(), s);
-                if !s
-                    .get_ref()
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                    || s.get_ref().is_empty()
-                    || s.get_ref().starts_with('.')
-                {
-                    return Err(err(
-                        "node.name",
-                        format!("{:?}: use letters, digits, '-', '_' and '.'", s.get_ref()),
-                    ));
-                }
-                s.get_ref().clone()
+                self.note(key, s);
+                *s.get_ref()
             }
-            None => hostname(),
+            None => default,
+        }
+    }
+
+    /// A number in `range`, when given.
+    fn number(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<Option<u32>, KeyError> {
+        let Some(s) = v else { return Ok(None) };
+        self.note(key, s);
+        let n = *s.get_ref();
+        if !range.contains(&n) {
+            return Err(err(
+                key,
+                format!("{n}: must be {}..={}", range.start(), range.end()),
+            ));
+        }
+        Ok(Some(n as u32))
+    }
+
+    fn path(&mut self, key: &str, v: &Option<Spanned<String>>) -> Option<PathBuf> {
+        v.as_ref().map(|s| {
+            self.note(key, s);
+            PathBuf::from(s.get_ref())
+        })
+    }
+
+    fn config(&mut self, raw: RawConfig, host: &dyn Host) -> Result<Config, KeyError> {
+        let node = self.node(raw.node.into_inner(), host)?;
+        let blocks = self.blocks(&raw.block)?;
+        let peers = self.peers(&raw.peer)?;
+        let endpoints = self.endpoints(&raw.endpoint)?;
+        let datastore = self.datastore(raw.datastore)?;
+        let pools = self.pools(&raw.pool)?;
+        if datastore.is_none() && !pools.is_empty() {
+            return Err(err(
+                "pool[0].cidr",
+                "[[pool]] needs a [datastore] to keep it in",
+            ));
+        }
+        if datastore.is_some() && !peers.is_empty() {
+            return Err(err(
+                "peer[0].address",
+                "[[peer]] is not allowed with [datastore]: peers come from the datastore",
+            ));
+        }
+        Ok(Config {
+            node,
+            blocks,
+            peers,
+            endpoints,
+            datastore,
+            pools,
+            origin: None,
+        })
+    }
+
+    /// `[node]`: what it gives, and what `host` tells of the rest — the name (`$NODE_NAME`,
+    /// then the hostname), the uplink and the address (see [`crate::autodetect`]).
+    fn node(&mut self, n: RawNode, host: &dyn Host) -> Result<Node, KeyError> {
+        let (name, name_from) = match &n.name {
+            Some(s) => {
+                self.note("node.name", s);
+                (s.get_ref().clone(), "the config")
+            }
+            None => match host.env_node_name() {
+                Some(env) => (env, "$NODE_NAME"),
+                None => (host.hostname(), "the hostname"),
+            },
         };
-        lines.note(text, "node.uplink".into(), &n.uplink);
-        let address = addr("node.address", &n.address, lines)?;
+        check_node_name(&name).map_err(|e| err("node.name", e))?;
         let mode = match &n.mode {
             Some(s) => {
-                lines.note(text, "node.mode".into(), s);
+                self.note("node.mode", s);
                 parse_mode(s.get_ref()).map_err(|e| err("node.mode", e))?
             }
             None => Mode::Always,
         };
-        let mtu = match &n.mtu {
-            Some(s) => {
-                lines.note(text, "node.mtu".into(), s);
-                let v = *s.get_ref();
-                if !(576..=65535).contains(&v) {
-                    return Err(err("node.mtu", format!("{v}: must be 576..=65535")));
-                }
-                Some(v as u32)
-            }
-            None => None,
-        };
+        let mtu = self.number("node.mtu", &n.mtu, 576..=65535)?;
         let xdp = match &n.xdp {
             Some(s) => {
-                lines.note(text, "node.xdp".into(), s);
+                self.note("node.xdp", s);
                 match s.get_ref().as_str() {
                     "off" => XdpMode::Off,
                     "native" => XdpMode::Native,
@@ -579,74 +479,144 @@ impl Config {
             }
             None => XdpMode::Off,
         };
-        let pin_dir = match &n.pin_dir {
-            Some(s) => {
-                lines.note(text, "node.pin_dir".into(), s);
-                let p = PathBuf::from(s.get_ref());
-                if !p.is_absolute() {
-                    return Err(err(
-                        "node.pin_dir",
-                        format!("{:?} is not an absolute path", s.get_ref()),
-                    ));
-                }
-                p
+        let pin_dir = match self.path("node.pin_dir", &n.pin_dir) {
+            Some(p) if !p.is_absolute() => {
+                return Err(err(
+                    "node.pin_dir",
+                    format!("{:?} is not an absolute path", p.display().to_string()),
+                ));
             }
+            Some(p) => p,
             None => PathBuf::from("/sys/fs/bpf/ipipd").join(&name),
         };
         let tunnel = match &n.tunnel {
             Some(s) => {
-                lines.note(text, "node.tunnel".into(), s);
+                self.note("node.tunnel", s);
                 s.get_ref().clone()
             }
             None => DEFAULT_TUNNEL.to_string(),
         };
-        let mut flag = |key: &str, v: &Option<Spanned<bool>>, default: bool| match v {
+        let (uplink, address, found) = self.uplink(&n, &tunnel, host)?;
+        Ok(Node {
+            found: format!("name from {name_from}; {found}"),
+            name,
+            uplink,
+            address,
+            mode,
+            mtu,
+            xdp,
+            pin_dir,
+            tunnel,
+            fast_path: self.flag("node.fast_path", &n.fast_path, true),
+            nat_outgoing: self.flag("node.nat_outgoing", &n.nat_outgoing, false),
+            kernel_flows: self.number(
+                "node.kernel_flows",
+                &n.kernel_flows,
+                KERNEL_FLOWS_MIN as i64..=KERNEL_FLOWS_MAX as i64,
+            )?,
+        })
+    }
+
+    /// The uplink and the node's address: as given; the one the file leaves out from the
+    /// other (the address on the uplink, the interface holding the address); both found by
+    /// `[node] autodetect` (default `first-found`) when neither is given. With how.
+    fn uplink(
+        &mut self,
+        n: &RawNode,
+        tunnel: &str,
+        host: &dyn Host,
+    ) -> Result<(String, Ipv4Addr, String), KeyError> {
+        let uplink = n.uplink.as_ref().map(|s| {
+            self.note("node.uplink", s);
+            s.get_ref().clone()
+        });
+        let address = n
+            .address
+            .as_ref()
+            .map(|s| self.addr("node.address", s))
+            .transpose()?;
+        let method = match &n.autodetect {
             Some(s) => {
-                lines.note(text, format!("node.{key}"), s);
-                *s.get_ref()
-            }
-            None => default,
-        };
-        let fast_path = flag("fast_path", &n.fast_path, true);
-        let nat_outgoing = flag("nat_outgoing", &n.nat_outgoing, false);
-        let kernel_flows = match &n.kernel_flows {
-            Some(s) => {
-                lines.note(text, "node.kernel_flows".into(), s);
-                let v = *s.get_ref();
-                if !(KERNEL_FLOWS_MIN as i64..=KERNEL_FLOWS_MAX as i64).contains(&v) {
+                self.note("node.autodetect", s);
+                if uplink.is_some() || address.is_some() {
                     return Err(err(
-                        "node.kernel_flows",
-                        format!("{v}: must be {KERNEL_FLOWS_MIN}..={KERNEL_FLOWS_MAX}"),
+                        "node.autodetect",
+                        "give autodetect, or uplink and address, not both",
                     ));
                 }
-                Some(v as u32)
+                s.get_ref()
+                    .parse::<Method>()
+                    .map_err(|e| err("node.autodetect", e))?
             }
-            None => None,
+            None => Method::FirstFound,
         };
-        let mut blocks = Vec::new();
-        for (i, b) in raw.block.iter().enumerate() {
-            blocks.push(net(&format!("block[{i}].cidr"), &b.cidr, lines)?);
-        }
-        let mut peers = Vec::new();
-        for (i, p) in raw.peer.iter().enumerate() {
-            let address = addr(&format!("peer[{i}].address"), &p.address, lines)?;
-            let mut bl = Vec::new();
-            for (j, b) in p.blocks.iter().enumerate() {
-                bl.push(net(&format!("peer[{i}].blocks[{j}]"), b, lines)?);
+        let ifaces = || host.interfaces().map_err(|e| err("node.uplink", e));
+        Ok(match (uplink, address) {
+            (Some(u), Some(a)) => (u, a, "uplink and address from the config".into()),
+            (Some(u), None) => {
+                let a = ifaces()?
+                    .into_iter()
+                    .find(|i| i.name == u)
+                    .and_then(|i| i.addrs.into_iter().find(|a| check_unicast(*a).is_ok()))
+                    .ok_or_else(|| {
+                        err(
+                            "node.uplink",
+                            format!("{u}: no IPv4 address on it to use (give node.address)"),
+                        )
+                    })?;
+                (u, a, "the address of the configured uplink".into())
             }
-            peers.push(Peer {
-                address,
-                blocks: bl,
-            });
+            (None, Some(a)) => {
+                let u = ifaces()?
+                    .into_iter()
+                    .find(|i| i.addrs.contains(&a))
+                    .map(|i| i.name)
+                    .ok_or_else(|| {
+                        err(
+                            "node.address",
+                            format!("{a} is on no interface of this host"),
+                        )
+                    })?;
+                (u, a, "the interface of the configured address".into())
+            }
+            (None, None) => {
+                let (u, a) =
+                    autodetect::pick(&method, &ifaces()?, tunnel, |dst| host.source_toward(dst))
+                        .map_err(|e| err("node.autodetect", e))?;
+                (u, a, format!("uplink and address by autodetect {method}"))
+            }
+        })
+    }
+
+    fn blocks(&mut self, raw: &[RawBlock]) -> Result<Vec<Ipv4Net>, KeyError> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, b)| self.net(&format!("block[{i}].cidr"), &b.cidr))
+            .collect()
+    }
+
+    fn peers(&mut self, raw: &[RawPeer]) -> Result<Vec<Peer>, KeyError> {
+        let mut peers = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            let address = self.addr(&format!("peer[{i}].address"), &p.address)?;
+            let mut blocks = Vec::with_capacity(p.blocks.len());
+            for (j, b) in p.blocks.iter().enumerate() {
+                blocks.push(self.net(&format!("peer[{i}].blocks[{j}]"), b)?);
+            }
+            peers.push(Peer { address, blocks });
         }
-        let mut endpoints = Vec::new();
-        for (i, e) in raw.endpoint.iter().enumerate() {
-            let address = addr(&format!("endpoint[{i}].address"), &e.address, lines)?;
-            lines.note(text, format!("endpoint[{i}].interface"), &e.interface);
+        Ok(peers)
+    }
+
+    fn endpoints(&mut self, raw: &[RawEndpoint]) -> Result<Vec<EndpointCfg>, KeyError> {
+        let mut endpoints = Vec::with_capacity(raw.len());
+        for (i, e) in raw.iter().enumerate() {
+            let address = self.addr(&format!("endpoint[{i}].address"), &e.address)?;
+            self.note(&format!("endpoint[{i}].interface"), &e.interface);
             let mac = match &e.mac {
                 Some(m) => {
                     let key = format!("endpoint[{i}].mac");
-                    lines.note(text, key.clone(), m);
+                    self.note(&key, m);
                     Some(parse_mac(m.get_ref()).map_err(|e| err(key, e))?)
                 }
                 None => None,
@@ -659,233 +629,66 @@ impl Config {
                 attachment: None,
             });
         }
-        let datastore = match &raw.datastore {
-            Some(d) => {
-                lines.note(text, "datastore".into(), d);
-                let d = d.get_ref();
-                lines.note(text, "datastore.etcd".into(), &d.etcd);
-                let path = |k: &str, v: &Option<Spanned<String>>, lines: &mut Lines| {
-                    v.as_ref().map(|s| {
-                        lines.note(text, k.to_string(), s);
-                        PathBuf::from(s.get_ref())
-                    })
-                };
-                let prefix = match &d.prefix {
-                    Some(p) => {
-                        lines.note(text, "datastore.prefix".into(), p);
-                        p.get_ref().trim_end_matches('/').to_string()
-                    }
-                    None => crate::datastore::DEFAULT_PREFIX.to_string(),
-                };
-                let ds = crate::datastore::DatastoreCfg {
-                    endpoints: d.etcd.get_ref().clone(),
-                    prefix,
-                    ca: path("datastore.ca", &d.ca, lines),
-                    cert: path("datastore.cert", &d.cert, lines),
-                    key: path("datastore.key", &d.key, lines),
-                };
-                ds.check().map_err(|(k, m)| err(k, m))?;
-                Some(ds)
+        Ok(endpoints)
+    }
+
+    fn datastore(
+        &mut self,
+        raw: Option<Spanned<RawDatastore>>,
+    ) -> Result<Option<DatastoreCfg>, KeyError> {
+        let Some(d) = raw else { return Ok(None) };
+        self.note("datastore", &d);
+        let d = d.into_inner();
+        self.note("datastore.etcd", &d.etcd);
+        let prefix = match &d.prefix {
+            Some(p) => {
+                self.note("datastore.prefix", p);
+                p.get_ref().trim_end_matches('/').to_string()
             }
-            None => None,
+            None => DEFAULT_PREFIX.to_string(),
         };
-        let mut pools = Vec::new();
-        for (i, p) in raw.pool.iter().enumerate() {
-            let cidr = net(&format!("pool[{i}].cidr"), &p.cidr, lines)?;
+        let ds = DatastoreCfg {
+            endpoints: d.etcd.into_inner(),
+            prefix,
+            ca: self.path("datastore.ca", &d.ca),
+            cert: self.path("datastore.cert", &d.cert),
+            key: self.path("datastore.key", &d.key),
+        };
+        ds.check().map_err(|(k, m)| err(k, m))?;
+        Ok(Some(ds))
+    }
+
+    fn pools(&mut self, raw: &[RawPool]) -> Result<Vec<Pool>, KeyError> {
+        let mut pools = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            let cidr = self.net(&format!("pool[{i}].cidr"), &p.cidr)?;
             let key = format!("pool[{i}].block_size");
-            lines.note(text, key.clone(), &p.block_size);
-            let bs = *p.block_size.get_ref();
-            if !(1..=32).contains(&bs) {
-                return Err(err(key, format!("{bs}: must be 1..=32")));
-            }
-            let nat_outgoing = match &p.nat_outgoing {
-                Some(s) => {
-                    lines.note(text, format!("pool[{i}].nat_outgoing"), s);
-                    *s.get_ref()
-                }
-                None => false,
-            };
-            let pool = crate::datastore::model::Pool {
+            let bs = self
+                .number(&key, &Some(p.block_size.clone()), 1..=32)?
+                .unwrap_or(26) as u8;
+            let pool = Pool {
                 cidr,
-                block_size: bs as u8,
-                nat_outgoing,
+                block_size: bs,
+                nat_outgoing: self.flag(&format!("pool[{i}].nat_outgoing"), &p.nat_outgoing, false),
             };
             pool.check().map_err(|m| err(key, m))?;
             pools.push(pool);
         }
-        if datastore.is_none() && !pools.is_empty() {
-            return Err(err(
-                "pool[0].cidr",
-                "[[pool]] needs a [datastore] to keep it in",
-            ));
-        }
-        if datastore.is_some() && !peers.is_empty() {
-            return Err(err(
-                "peer[0].address",
-                "[[peer]] is not allowed with [datastore]: peers come from the datastore",
-            ));
-        }
-        Ok(Config {
-            node: Node {
-                name,
-                uplink: n.uplink.into_inner(),
-                address,
-                mode,
-                mtu,
-                xdp,
-                pin_dir,
-                tunnel,
-                fast_path,
-                nat_outgoing,
-                kernel_flows,
-            },
-            blocks,
-            peers,
-            endpoints,
-            datastore,
-            pools,
-            origin: None,
-        })
-    }
-
-    /// Checks against the running kernel: the uplink exists, the mtu fits it. Returns the
-    /// uplink and the effective underlay MTU.
-    pub async fn check_kernel(
-        &self,
-        nl: &crate::netlink::Netlink,
-    ) -> Result<(crate::netlink::Link, u32)> {
-        let Some(up) = nl.link_by_name(&self.node.uplink).await? else {
-            let msg = format!("no interface {:?} on this host", self.node.uplink);
-            return Err(self.key_error("node.uplink", msg));
-        };
-        let mtu = match self.node.mtu {
-            Some(m) if m > up.mtu => {
-                let msg = format!("{m} is above the uplink {}'s MTU {}", up.name, up.mtu);
-                return Err(self.key_error("node.mtu", msg));
-            }
-            Some(m) => m,
-            None => up.mtu,
-        };
-        Ok((up, mtu))
+        Ok(pools)
     }
 }
 
-/// The rules every desired state obeys, the file's and the one after runtime changes alike:
-/// each item's own ([`Node::check`], [`Peer::check`], [`EndpointCfg::check`]) and those
-/// between items (no two blocks overlap, no address or interface twice, endpoints inside the
-/// node's blocks). Linear in the number of items (sorted once), so that a node of 100,000
-/// endpoints is checked in a fraction of a second.
-pub fn validate(cfg: &Config) -> Result<(), KeyError> {
-    cfg.node.check().map_err(|(k, m)| err(k, m))?;
-    for (i, b) in cfg.blocks.iter().enumerate() {
-        check_block(b).map_err(|m| err(format!("block[{i}].cidr"), m))?;
-    }
-    overlapping_blocks(cfg)?;
-    let mut peers = std::collections::HashMap::with_capacity(cfg.peers.len());
-    for (i, p) in cfg.peers.iter().enumerate() {
-        p.check(&cfg.node)
-            .map_err(|(f, m)| err(format!("peer[{i}].{f}"), m))?;
-        if let Some(j) = peers.insert(p.address, i) {
-            return Err(err(
-                format!("peer[{i}].address"),
-                format!("{} is also peer[{j}]", p.address),
-            ));
-        }
-    }
-    let mut addresses = std::collections::HashMap::with_capacity(cfg.endpoints.len());
-    let mut interfaces = std::collections::HashMap::with_capacity(cfg.endpoints.len());
-    for (i, e) in cfg.endpoints.iter().enumerate() {
-        e.check(&cfg.node)
-            .map_err(|(f, m)| err(format!("endpoint[{i}].{f}"), m))?;
-        // (With a datastore the node's blocks may not be claimed yet when the file is read.)
-        let unclaimed = cfg.datastore.is_some() && cfg.blocks.is_empty();
-        if !unclaimed && !cfg.blocks.iter().any(|b| b.contains(e.address)) {
-            return Err(err(
-                format!("endpoint[{i}].address"),
-                format!("{} is outside this node's blocks", e.address),
-            ));
-        }
-        if let Some(j) = addresses.insert(e.address, i) {
-            return Err(err(
-                format!("endpoint[{i}].address"),
-                format!("{} is also endpoint[{j}]", e.address),
-            ));
-        }
-        if let Some(j) = interfaces.insert(e.interface.as_str(), i) {
-            return Err(err(
-                format!("endpoint[{i}].interface"),
-                format!("{} is also endpoint[{j}]'s interface", e.interface),
-            ));
-        }
+/// A node's name: what names its pin and state directories, and its keys in the datastore.
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!("{name:?}: use letters, digits, '-', '_' and '.'"));
     }
     Ok(())
-}
-
-/// Where a block comes from, in file order (the node's own first, then each peer's).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum BlockOf {
-    Own(usize),
-    Peer(usize, usize),
-}
-
-/// No two blocks overlap, the node's own and every peer's together: sorted by start (the
-/// larger first at a tie), a CIDR overlaps an earlier one exactly when it starts inside the
-/// one that reaches furthest so far (two CIDRs are nested or apart). Of the overlaps found, the
-/// one whose later block comes first in the file is reported, naming the other.
-fn overlapping_blocks(cfg: &Config) -> Result<(), KeyError> {
-    let mut all: Vec<(Ipv4Net, BlockOf)> = cfg
-        .blocks
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (*b, BlockOf::Own(i)))
-        .chain(cfg.peers.iter().enumerate().flat_map(|(i, p)| {
-            p.blocks
-                .iter()
-                .enumerate()
-                .map(move |(k, b)| (*b, BlockOf::Peer(i, k)))
-        }))
-        .collect();
-    all.sort_by_key(|(n, _)| (u32::from(n.addr), n.len));
-    let end = |n: &Ipv4Net| u64::from(u32::from(n.addr)) + (1u64 << (32 - n.len)) - 1;
-    let mut reach: Option<(u64, usize)> = None;
-    let mut worst: Option<(BlockOf, BlockOf, usize, usize)> = None;
-    for (x, (net, _)) in all.iter().enumerate() {
-        match reach {
-            Some((r, y)) if u64::from(u32::from(net.addr)) <= r => {
-                let (a, b) = (all[x].1, all[y].1);
-                let (later, earlier, l, e) = if a > b { (a, b, x, y) } else { (b, a, y, x) };
-                if worst.is_none_or(|w| later < w.0) {
-                    worst = Some((later, earlier, l, e));
-                }
-            }
-            _ => reach = Some((end(net), x)),
-        }
-    }
-    let Some((later, earlier, l, e)) = worst else {
-        return Ok(());
-    };
-    let (ln, en) = (all[l].0, all[e].0);
-    Err(match (later, earlier) {
-        (BlockOf::Own(i), BlockOf::Own(j)) => err(
-            format!("block[{i}].cidr"),
-            format!("{ln} overlaps block[{j}] {en}"),
-        ),
-        (BlockOf::Peer(i, k), BlockOf::Own(_)) => err(
-            format!("peer[{i}].blocks[{k}]"),
-            format!("{ln} overlaps this node's block {en}"),
-        ),
-        (BlockOf::Peer(i, k), BlockOf::Peer(j, _)) => err(
-            format!("peer[{i}].blocks[{k}]"),
-            format!("{ln} is also claimed by peer[{j}] ({en})"),
-        ),
-        (BlockOf::Own(_), BlockOf::Peer(..)) => unreachable!("the node's blocks come first"),
-    })
-}
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.msg)
-    }
 }
 
 #[cfg(test)]
@@ -901,9 +704,43 @@ mod tests {
         format!("\n[[endpoint]]\naddress = \"{address}\"\ninterface = \"{interface}\"\n")
     }
 
+    const BLOCK_ONLY_NODE: &str = "[node]\n\n[[block]]\ncidr = \"192.168.83.128/26\"\n";
+
+    /// A host with lo, eth0 (172.31.242.156) and eth1 (192.0.2.10, the route toward
+    /// 192.0.2.0/24), named "testhost".
+    #[derive(Default)]
+    struct TestHost {
+        env_name: Option<String>,
+    }
+
+    impl Host for TestHost {
+        fn interfaces(&self) -> Result<Vec<crate::autodetect::HostInterface>, String> {
+            let i = |index, name: &str, addr: &str| crate::autodetect::HostInterface {
+                name: name.into(),
+                index,
+                up: true,
+                addrs: vec![addr.parse().unwrap()],
+            };
+            Ok(vec![
+                i(1, "lo", "127.0.0.1"),
+                i(2, "eth0", "172.31.242.156"),
+                i(3, "eth1", "192.0.2.10"),
+            ])
+        }
+        fn source_toward(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+            (dst.octets()[..3] == [192, 0, 2]).then(|| "192.0.2.10".parse().unwrap())
+        }
+        fn env_node_name(&self) -> Option<String> {
+            self.env_name.clone()
+        }
+        fn hostname(&self) -> String {
+            "testhost".into()
+        }
+    }
+
     /// The error `text` gets: (line, message).
     fn rejected(text: &str) -> (Option<usize>, String) {
-        match Config::parse(text) {
+        match Config::parse_on(text, &TestHost::default()) {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e,
         }
@@ -1087,10 +924,13 @@ mod tests {
     /// node's claimed blocks to be checked against them.
     #[test]
     fn a_datastore_node_needs_no_blocks_or_peers() {
-        let c = Config::parse(&format!(
-            "{NODE}{DS}prefix = \"/ipipd/test/\"\n\n[[pool]]\ncidr = \"10.244.0.0/16\"\nblock_size = 26\n{}",
-            endpoint("10.244.0.5", "cali1")
-        ))
+        let c = Config::parse_on(
+            &format!(
+                "{NODE}{DS}prefix = \"/ipipd/test/\"\n\n[[pool]]\ncidr = \"10.244.0.0/16\"\nblock_size = 26\n{}",
+                endpoint("10.244.0.5", "cali1")
+            ),
+            &TestHost::default(),
+        )
         .unwrap();
         let d = c.datastore.unwrap();
         assert_eq!(d.prefix, "/ipipd/test");
@@ -1115,7 +955,7 @@ mod tests {
             let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + i);
             text += &endpoint(&a.to_string(), &format!("cali{i}"));
         }
-        let cfg = Config::parse(&text).expect("valid");
+        let cfg = Config::parse_on(&text, &TestHost::default()).expect("valid");
         assert_eq!((cfg.peers.len(), cfg.endpoints.len()), (2000, 100_000));
         let lines = text.lines().count();
         let late = format!("{text}{}", endpoint("10.0.0.5", "cali-late"));
@@ -1136,19 +976,74 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_node_section_or_address_is_named() {
+    fn a_missing_node_section_or_an_address_no_interface_has_is_named() {
         let (_, msg) = rejected(BLOCK);
         assert!(msg.contains("missing field `node`"), "{msg}");
-        let (_, msg) = rejected("[node]\nuplink = \"eth0\"\n");
-        assert!(msg.contains("missing field `address`"), "{msg}");
+        let (line, msg) = rejected("[node]\nuplink = \"eth7\"\n");
+        assert_eq!(line, Some(2));
+        assert!(msg.contains("node.uplink: eth7: no IPv4 address"), "{msg}");
+        let (line, msg) = rejected("[node]\naddress = \"10.9.9.9\"\n");
+        assert_eq!(line, Some(2));
+        assert!(msg.contains("10.9.9.9 is on no interface"), "{msg}");
+        let (line, msg) = rejected("[node]\nuplink = \"eth0\"\nautodetect = \"first-found\"\n");
+        assert_eq!(line, Some(3));
+        assert!(msg.contains("not both"), "{msg}");
+        let (_, msg) = rejected("[node]\nautodetect = \"nearest\"\n");
+        assert!(
+            msg.starts_with("node.autodetect: \"nearest\": expected first-found"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn one_file_serves_every_node_the_host_tells_the_name_uplink_and_address() {
+        let host = TestHost {
+            env_name: Some("worker-7".into()),
+        };
+        let c = Config::parse_on(BLOCK_ONLY_NODE, &host).unwrap();
+        assert_eq!(
+            (c.node.name.as_str(), c.node.uplink.as_str(), c.node.address),
+            ("worker-7", "eth0", "172.31.242.156".parse().unwrap())
+        );
+        assert_eq!(c.node.pin_dir, PathBuf::from("/sys/fs/bpf/ipipd/worker-7"));
+        assert!(c.node.found.contains("$NODE_NAME"), "{}", c.node.found);
+        assert!(
+            c.node.found.contains("autodetect first-found"),
+            "{}",
+            c.node.found
+        );
+        // No NODE_NAME: the hostname.
+        let c = Config::parse_on(BLOCK_ONLY_NODE, &TestHost::default()).unwrap();
+        assert_eq!(c.node.name, "testhost");
+        // Another method; the uplink alone; the address alone.
+        let c = Config::parse_on(
+            "[node]\nautodetect = \"interface=eth1\"\n",
+            &TestHost::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.node.uplink.as_str(), c.node.address),
+            ("eth1", "192.0.2.10".parse().unwrap())
+        );
+        let c = Config::parse_on("[node]\nuplink = \"eth1\"\n", &TestHost::default()).unwrap();
+        assert_eq!(c.node.address, "192.0.2.10".parse::<Ipv4Addr>().unwrap());
+        let c =
+            Config::parse_on("[node]\naddress = \"192.0.2.10\"\n", &TestHost::default()).unwrap();
+        assert_eq!(c.node.uplink, "eth1");
+        let c = Config::parse_on(
+            "[node]\nautodetect = \"can-reach=192.0.2.99\"\n",
+            &TestHost::default(),
+        )
+        .unwrap();
+        assert_eq!(c.node.uplink, "eth1");
     }
 
     #[test]
     fn the_seeds_worker_parses_with_its_defaults() {
-        let c = Config::parse(&format!(
-            "{NODE}{BLOCK}{PEER}{}",
-            endpoint("192.168.83.129", "cali1")
-        ))
+        let c = Config::parse_on(
+            &format!("{NODE}{BLOCK}{PEER}{}", endpoint("192.168.83.129", "cali1")),
+            &TestHost::default(),
+        )
         .unwrap();
         assert_eq!(c.node.mode, Mode::Always);
         assert_eq!(c.node.xdp, XdpMode::Off);
@@ -1181,29 +1076,5 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn cidr_arithmetic() {
-        let n: Ipv4Net = "192.168.83.128/26".parse().unwrap();
-        assert!(n.contains("192.168.83.191".parse().unwrap()));
-        assert!(!n.contains("192.168.83.192".parse().unwrap()));
-        assert!(n.overlaps(&"192.168.83.0/24".parse().unwrap()));
-        assert!(!n.overlaps(&"192.168.83.192/26".parse().unwrap()));
-        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("255.255.255.255".parse().unwrap()));
-        assert_eq!(n.to_string(), "192.168.83.128/26");
-        assert_eq!(
-            Ipv4Net::containing("192.168.83.150".parse().unwrap(), 26),
-            n
-        );
-        assert_eq!(Ipv4Net::containing("10.1.2.3".parse().unwrap(), 0), all);
-    }
-
-    #[test]
-    fn macs_parse_and_print() {
-        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Ok([2, 0, 10, 255, 0, 1]));
-        assert_eq!(fmt_mac(&[2, 0, 10, 255, 0, 1]), "02:00:0a:ff:00:01");
-        assert!(parse_mac("02:00:0a:ff:00").is_err());
     }
 }

@@ -14,9 +14,9 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 
 use crate::{
-    config::Ipv4Net,
     desired::Change,
     ipam::{Allocation, Attachment},
+    net::Ipv4Net,
 };
 
 /// The socket's file name in the state directory.
@@ -66,6 +66,10 @@ pub struct NodeInfo {
     /// With a datastore: whether it is reachable, and why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datastore: Option<crate::metrics::DatastoreHealth>,
+    /// Where the node's name, uplink and address came from (the config, `$NODE_NAME`, the
+    /// hostname, autodetection).
+    #[serde(default)]
+    pub found: String,
 }
 
 /// An endpoint as the daemon holds it.

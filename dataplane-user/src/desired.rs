@@ -175,7 +175,7 @@ fn overlay<T: Keyed>(items: &mut Vec<T>, added: &[T], deleted: &[Ipv4Addr]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Ipv4Net;
+    use crate::net::Ipv4Net;
 
     fn file() -> Config {
         Config::parse(

@@ -11,7 +11,7 @@ use dataplane_common::{
 };
 use serde::Serialize;
 
-use crate::config::fmt_mac;
+use crate::net::fmt_mac;
 
 fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     let path = pin_dir.join(name);

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Ipv4Net, pins::write_atomic};
+use crate::{net::Ipv4Net, pins::write_atomic};
 
 /// Who holds an address: the container runtime's attachment (CNI_CONTAINERID, CNI_IFNAME).
 /// `ipipd endpoint add` without `--address` allocates as [`Attachment::cli`].

@@ -11,12 +11,14 @@
 
 pub mod apply;
 pub mod attach;
+pub mod autodetect;
 pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datastore;
 pub mod desired;
+pub mod host;
 pub mod inspect;
 pub mod ipam;
 pub mod loader;
@@ -25,10 +27,12 @@ pub mod maps;
 pub mod metrics;
 pub mod monitor;
 pub mod nat;
+pub mod net;
 pub mod netlink;
 pub mod pins;
 pub mod plan;
 pub mod record;
+pub mod rules;
 pub mod tunnel;
 
 /// The eBPF object built by build.rs (bpfel, BTF), aligned for the ELF parser.

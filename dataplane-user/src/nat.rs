@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::config::{Config, Ipv4Net};
+use crate::{config::Config, net::Ipv4Net};
 
 pub const TABLE: &str = "ipipd";
 const CHAIN: &str = "nat-postrouting";

@@ -26,7 +26,7 @@ use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
 };
 
-use crate::config::Ipv4Net;
+use crate::net::Ipv4Net;
 
 /// The `proto` of every route ipipd installs (`ip route show proto 180`).
 pub const RTPROT_IPIPD: u8 = 180;

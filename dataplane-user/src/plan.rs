@@ -17,7 +17,8 @@ use futures::StreamExt as _;
 use netlink_packet_route::route::RouteMessage;
 
 use crate::{
-    config::{Config, Ipv4Net},
+    config::Config,
+    net::Ipv4Net,
     netlink::{Link, Netlink, Route},
 };
 

@@ -740,7 +740,7 @@ fn a_block_two_nodes_hold_is_reported_on_both_and_nothing_flaps() {
         .find(|(_, n)| n == "n0")
         .unwrap()
         .0;
-    let b0net: dataplane_user::config::Ipv4Net = b0.parse().unwrap();
+    let b0net: dataplane_user::net::Ipv4Net = b0.parse().unwrap();
     assert!(b0net.contains(ax0) && b0net.contains(ay0));
 
     // The store gives n0's block, which n0's pods use, to n1 (as a stale snapshot can).

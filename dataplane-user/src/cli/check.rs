@@ -4,11 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use dataplane_user::{
-    config::{Config, fmt_mac},
-    daemon,
-    netlink::Netlink,
-};
+use dataplane_user::{config::Config, daemon, net::fmt_mac, netlink::Netlink};
 
 #[derive(Args)]
 pub struct Check {
@@ -21,9 +17,10 @@ impl Check {
         let path = &self.config;
         let cfg = Config::load(path)?;
         let nl = Netlink::new()?;
-        let (_, mtu) = cfg.check_kernel(&nl).await?;
+        let (_, mtu) = dataplane_user::host::check_kernel(&cfg, &nl).await?;
         let n = &cfg.node;
         println!("config {} is valid.", path.display());
+        println!("on this host: {}", n.found);
         println!(
             "node {} ({}) on uplink {}: mtu {mtu}, tunnel mtu {}, mode {}, xdp {:?}",
             n.name,

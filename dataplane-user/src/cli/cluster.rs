@@ -6,8 +6,9 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use dataplane_user::{
-    config::{Config, Ipv4Net},
+    config::Config,
     datastore::{Store, model::Pool},
+    net::Ipv4Net,
 };
 use serde::Serialize;
 

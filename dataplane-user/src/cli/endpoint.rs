@@ -5,10 +5,11 @@ use std::net::Ipv4Addr;
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use dataplane_user::{
-    config::{EndpointCfg, parse_mac},
+    config::EndpointCfg,
     control::{self, Answer, Request},
     desired::Change,
     ipam::Attachment,
+    net::parse_mac,
 };
 
 use super::Node;

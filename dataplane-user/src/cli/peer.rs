@@ -4,11 +4,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use clap::Subcommand;
-use dataplane_user::{
-    config::{Ipv4Net, Peer},
-    control,
-    desired::Change,
-};
+use dataplane_user::{config::Peer, control, desired::Change, net::Ipv4Net};
 
 use super::Node;
 

@@ -4,10 +4,10 @@
 use anyhow::Result;
 use dataplane_user::{
     attach,
-    config::Ipv4Net,
     control::{self, Answer, Request},
     inspect,
     metrics::DatastoreHealth,
+    net::Ipv4Net,
 };
 use serde::Serialize;
 
@@ -21,6 +21,9 @@ struct Status {
     blocks: Option<Vec<Ipv4Net>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     datastore: Option<DatastoreHealth>,
+    /// Where the daemon's name, uplink and address came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    found: Option<String>,
     /// ipipd's nftables table (natOutgoing), when it is in place.
     #[serde(skip_serializing_if = "Option::is_none")]
     nat_outgoing: Option<dataplane_user::nat::Shown>,
@@ -43,6 +46,7 @@ pub async fn run(r: Read) -> Result<()> {
         maps,
         blocks: None,
         datastore: None,
+        found: None,
         nat_outgoing: dataplane_user::nat::current(),
     };
     if let Ok(dir) = r.node.state_dir()
@@ -51,10 +55,14 @@ pub async fn run(r: Read) -> Result<()> {
     {
         s.blocks = Some(n.blocks);
         s.datastore = n.datastore;
+        s.found = Some(n.found);
     }
     print(r.output, &s, |st| {
         let s = &st.maps;
         println!("node        {}", s.node_ip);
+        if let Some(f) = &st.found {
+            println!("            {f}");
+        }
         println!(
             "uplink      {} #{} (mtu {})",
             s.uplink, s.uplink_ifindex, s.mtu

@@ -36,10 +36,11 @@ use super::spec::{
     self, AddResult, CniError, CniResult, Command, Env, Interface, Ipam, NetConf, code,
 };
 use crate::{
-    config::{EndpointCfg, fmt_mac},
+    config::EndpointCfg,
     control::{self, Answer, NodeInfo, Reason, Reply, Request},
     desired::Change,
     ipam::Attachment,
+    net::fmt_mac,
     netlink::Netlink,
 };
 

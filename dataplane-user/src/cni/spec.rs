@@ -163,7 +163,7 @@ impl Env {
                     format!("CNI_CONTAINERID {container_id:?} is not [A-Za-z0-9][A-Za-z0-9_.-]*"),
                 ));
             }
-            if let Err(e) = crate::config::check_ifname(&ifname) {
+            if let Err(e) = crate::net::check_ifname(&ifname) {
                 return Err(CniError::new(
                     code::BAD_ENV,
                     format!("CNI_IFNAME {ifname:?}: {e}"),

@@ -8,12 +8,13 @@ use anyhow::Result;
 
 use super::Owner;
 use crate::{
-    config::{Config, Ipv4Net},
+    config::Config,
     datastore::{
         memory::Memory,
         sync::{self, Msg, Synced},
     },
     metrics::DatastoreHealth,
+    net::Ipv4Net,
 };
 
 /// The datastore at start (see [`sync::bootstrap`]): the node asserted, what it forwards on

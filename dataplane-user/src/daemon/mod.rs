@@ -42,7 +42,7 @@ use tokio::{
 
 use crate::{
     apply::Dataplane,
-    config::{Config, Ipv4Net},
+    config::Config,
     control::{self, Reply, Request},
     datastore::{
         memory::Memory,
@@ -52,6 +52,7 @@ use crate::{
     inspect,
     ipam::Ipam,
     metrics::{Attachment, DatastoreHealth, Health},
+    net::Ipv4Net,
     netlink::{self, Event},
 };
 
@@ -158,6 +159,13 @@ pub async fn run(
     on_exit: OnExit,
 ) -> Result<()> {
     let file = Config::load(config_path)?;
+    log::info!(
+        "node {}: uplink {}, address {} ({})",
+        file.node.name,
+        file.node.uplink,
+        file.node.address,
+        file.node.found
+    );
     // From here on SIGTERM/SIGINT/SIGHUP are the owner's (not the default action, which would
     // end the process mid-change); one arriving during the bring-up waits for the loop.
     let mut term = signal(SignalKind::terminate())?;

@@ -8,10 +8,10 @@ use anyhow::Result;
 
 use super::{Command, Owner};
 use crate::{
-    config::Ipv4Net,
     control::{Answer, AttachmentInfo, EndpointState, NodeInfo, Reason, Reply, Request},
     desired::Change,
     ipam,
+    net::Ipv4Net,
 };
 
 impl Owner {
@@ -113,6 +113,7 @@ impl Owner {
             blocks: self.desired.blocks.clone(),
             free,
             datastore: self.ds_health.clone(),
+            found: self.file.node.found.clone(),
         }
     }
 

@@ -28,7 +28,7 @@ use std::{collections::BTreeSet, fmt, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::model::{ClusterId, View};
-use crate::config::Ipv4Net;
+use crate::net::Ipv4Net;
 
 /// How long after a session start or a detected reset a node keeps the peers' blocks the store
 /// no longer lists: twice the liveness lease, so that every live node has had a session (each

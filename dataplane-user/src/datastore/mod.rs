@@ -15,75 +15,13 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp,
 };
 
-use crate::config::Ipv4Net;
+use crate::net::Ipv4Net;
 use model::{Block, ClusterId, Keys, NodeRecord, Pool, View};
 
-/// The `[datastore]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatastoreCfg {
-    /// The members' client URLs (`http://…` or `https://…`).
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-    /// TLS: the CA that signed the members' certificates, and this node's client certificate
-    /// and key.
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-pub const DEFAULT_PREFIX: &str = "/ipipd/v1";
+pub use crate::config::{DEFAULT_PREFIX, DatastoreCfg};
 
 /// How long a connection, and each request, may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl DatastoreCfg {
-    /// The section's own rules: (key, message) of the first one broken.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if self.endpoints.is_empty() {
-            return Err(("datastore.etcd", "lists no member".into()));
-        }
-        for e in &self.endpoints {
-            let rest = e
-                .strip_prefix("http://")
-                .or_else(|| e.strip_prefix("https://"))
-                .ok_or((
-                    "datastore.etcd",
-                    format!("{e:?}: not http://HOST:PORT or https://HOST:PORT"),
-                ))?;
-            if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
-                return Err(("datastore.etcd", format!("{e:?}: not http://HOST:PORT")));
-            }
-        }
-        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
-            return Err((
-                "datastore.prefix",
-                format!("{:?}: must start with / and name something", self.prefix),
-            ));
-        }
-        for (k, p) in [
-            ("datastore.ca", &self.ca),
-            ("datastore.cert", &self.cert),
-            ("datastore.key", &self.key),
-        ] {
-            if let Some(p) = p
-                && !p.is_absolute()
-            {
-                return Err((k, format!("{} is not an absolute path", p.display())));
-            }
-        }
-        if self.cert.is_some() != self.key.is_some() {
-            return Err(("datastore.cert", "cert and key go together".into()));
-        }
-        let tls = self.endpoints.iter().any(|e| e.starts_with("https://"));
-        if (self.ca.is_some() || self.cert.is_some()) && !tls {
-            return Err((
-                "datastore.etcd",
-                "TLS files are given but no member is https://".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// A connection to the datastore.
 #[derive(Clone)]

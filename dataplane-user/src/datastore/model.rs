@@ -21,7 +21,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Ipv4Net, Peer};
+use crate::{config::Peer, net::Ipv4Net};
 
 /// An address pool blocks are carved from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub struct Pool {
 impl Pool {
     /// The pool's rules: a block size between the pool's prefix length and /30.
     pub fn check(&self) -> Result<(), String> {
-        crate::config::check_block(&self.cidr)?;
+        crate::net::check_block(&self.cidr)?;
         if self.block_size < self.cidr.len || self.block_size > 30 {
             return Err(format!(
                 "block_size {} must be between the pool's /{} and /30",

@@ -20,10 +20,7 @@ use super::{
     memory::{self, Forgot, GRACE, Memory, Seen},
     model::{Conflict, NodeRecord, Pool, View},
 };
-use crate::{
-    config::{Config, Ipv4Net},
-    pins::write_atomic,
-};
+use crate::{config::Config, net::Ipv4Net, pins::write_atomic};
 
 /// The liveness key's lease, in seconds: a daemon gone this long shows as down.
 pub const LEASE_TTL: i64 = 10;

@@ -113,9 +113,9 @@ enum Cmd {
         dst_ip: Option<Ipv4Addr>,
         /// The MACs the floor writes (encap: the uplink's and the peer's; decap: the host
         /// veth's and the pod's).
-        #[arg(long, value_parser = dataplane_user::config::parse_mac)]
+        #[arg(long, value_parser = dataplane_user::net::parse_mac)]
         smac: Option<[u8; 6]>,
-        #[arg(long, value_parser = dataplane_user::config::parse_mac)]
+        #[arg(long, value_parser = dataplane_user::net::parse_mac)]
         dmac: Option<[u8; 6]>,
     },
 }
@@ -175,7 +175,7 @@ fn ds_node(
     i: u32,
 ) -> (
     dataplane_user::datastore::model::NodeRecord,
-    dataplane_user::config::Ipv4Net,
+    dataplane_user::net::Ipv4Net,
 ) {
     let address = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 244, 1)) + i);
     let block = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + i * 64);
@@ -184,7 +184,7 @@ fn ds_node(
             name: format!("bench-{i:05}"),
             address,
         },
-        dataplane_user::config::Ipv4Net::new(block, 26),
+        dataplane_user::net::Ipv4Net::new(block, 26),
     )
 }
 
@@ -350,7 +350,7 @@ fn ifindex(dev: &str) -> Result<u32> {
 
 fn mac(dev: &str) -> Result<[u8; 6]> {
     let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/address"))?;
-    dataplane_user::config::parse_mac(s.trim()).map_err(|e| anyhow!("{dev}: {e}"))
+    dataplane_user::net::parse_mac(s.trim()).map_err(|e| anyhow!("{dev}: {e}"))
 }
 
 impl Env {
