@@ -185,20 +185,14 @@ pub struct Podman {
 pub const NETWORK: &str = "ipipd";
 
 impl Podman {
+    /// Podman with its own conflist: ipipd-cni with the node's socket, in `cni_version`.
     pub fn new(c: &Cluster, node: &str, cni_version: &str) -> Result<Podman> {
-        if which("podman").is_none() {
-            bail!(
-                "podman is missing: install podman, runc, containernetworking-plugins (cargo xtask setup)"
-            );
-        }
         let dir = c.dir.join(format!("podman-{node}"));
-        for d in ["net.d", "tmp", "root", "runroot"] {
-            std::fs::create_dir_all(dir.join(d))?;
-        }
-        let plugins = plugin_dir(&c.dir)?;
+        let netd = dir.join("net.d");
+        std::fs::create_dir_all(&netd)?;
         let socket = c.dir.join(node).join("state").join("ipipd.sock");
         std::fs::write(
-            dir.join("net.d").join("ipipd.conflist"),
+            netd.join("ipipd.conflist"),
             serde_json::to_vec_pretty(&json!({
                 "cniVersion": cni_version,
                 "name": NETWORK,
@@ -209,6 +203,21 @@ impl Podman {
                 }],
             }))?,
         )?;
+        Self::with_cni_dirs(c, node, &plugin_dir(&c.dir)?, &netd)
+    }
+
+    /// Podman reading its plugins and network configurations where `ipipd install-cni` put
+    /// them (as a kubelet's runtime reads /opt/cni/bin and /etc/cni/net.d).
+    pub fn with_cni_dirs(c: &Cluster, node: &str, plugins: &Path, netd: &Path) -> Result<Podman> {
+        if which("podman").is_none() {
+            bail!(
+                "podman is missing: install podman, runc, containernetworking-plugins (cargo xtask setup)"
+            );
+        }
+        let dir = c.dir.join(format!("podman-{node}"));
+        for d in ["tmp", "root", "runroot"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
         let conf = dir.join("containers.conf");
         std::fs::write(
             &conf,
@@ -220,7 +229,7 @@ impl Podman {
                  events_logger = \"file\"\nevents_logfile_path = \"{dir}/events.log\"\n\
                  tmp_dir = \"{dir}/tmp\"\n",
                 plugins = plugins.display(),
-                netd = dir.join("net.d").display(),
+                netd = netd.display(),
                 dir = dir.display(),
             ),
         )?;
@@ -234,7 +243,9 @@ impl Podman {
             .find(|p| Path::new(p).is_file())
             .context("busybox is missing: install busybox-static")?;
         std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-        for app in ["sh", "ip", "ping", "sleep", "true", "nc", "cat", "ls"] {
+        for app in [
+            "sh", "ip", "ping", "sleep", "true", "nc", "cat", "ls", "echo",
+        ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app))?;
         }
         for f in ["etc/hosts", "etc/resolv.conf", "etc/hostname"] {
@@ -269,32 +280,31 @@ impl Podman {
 
     /// `podman run -d` of a container that sleeps, on the ipipd network; its ID.
     pub fn run(&self, name: &str) -> Result<String> {
-        self.run_with(name, "-d", &["/bin/sh", "-c", "sleep 3600"])
+        self.run_with(name, &["-d"], &["/bin/sh", "-c", "sleep 3600"])
     }
 
     /// `podman run --rm` of a container that exits at once (ADD, then DEL).
     pub fn run_once(&self, name: &str) -> Result<()> {
-        self.run_with(name, "--rm", &["/bin/true"])?;
+        self.run_with(name, &["--rm"], &["/bin/true"])?;
         std::fs::remove_dir_all(self.dir.join(format!("rootfs-{name}")))?;
         Ok(())
     }
 
-    /// `podman run <mode>` of `cmd` in a container named `name` on the ipipd network, on a
+    /// `podman run -d` of `script` in a container that publishes `ports`
+    /// (`HOST:CONTAINER`, a pod's hostPort: the chained portmap plugin's).
+    pub fn run_publishing(&self, name: &str, ports: &str, script: &str) -> Result<String> {
+        self.run_with(name, &["-d", "-p", ports], &["/bin/sh", "-c", script])
+    }
+
+    /// `podman run <flags>` of `cmd` in a container named `name` on the ipipd network, on a
     /// copy of the root filesystem (podman writes into it).
-    fn run_with(&self, name: &str, mode: &str, cmd: &[&str]) -> Result<String> {
+    fn run_with(&self, name: &str, flags: &[&str], cmd: &[&str]) -> Result<String> {
         let rootfs = self.dir.join(format!("rootfs-{name}"));
         check(Command::new("cp").arg("-a").arg(&self.rootfs).arg(&rootfs))?;
         let rootfs = rootfs.to_string_lossy();
-        let mut args = vec![
-            "run",
-            mode,
-            "--name",
-            name,
-            "--network",
-            NETWORK,
-            "--rootfs",
-            &rootfs,
-        ];
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend(["--name", name, "--network", NETWORK, "--rootfs", &rootfs]);
         args.extend_from_slice(cmd);
         self.podman(&args)
     }

@@ -658,3 +658,156 @@ fn ten_parallel_podman_runs_then_create_remove_cycles_leak_nothing() {
     let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
     assert_eq!(after, fds, "the daemon's fds grew");
 }
+
+/// The files of a directory with their modification times and modes.
+fn files(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.modified().unwrap(),
+                m.permissions().mode() & 0o7777,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `ipipd install-cni` as a DaemonSet's init container runs it, into a node's plugin and
+/// config directories (which already hold the reference plugins and another network's
+/// config): the plugin (0755) and `10-ipipd.conflist` (0644) in place, a second run changes
+/// nothing, the other files untouched. Podman's CNI backend, reading those directories, then
+/// runs containers that talk across nodes, and a `hostPort` works through the chained portmap.
+#[test]
+fn install_cni_puts_the_plugin_where_the_runtime_looks_and_host_ports_work() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("cni-inst", "192.168.83.128/26");
+    let mut pms = Vec::new();
+    for node in ["master", "node"] {
+        let (bin, netd) = (
+            c.dir.join(format!("opt-cni-bin-{node}")),
+            c.dir.join(format!("net.d-{node}")),
+        );
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&netd).unwrap();
+        for p in ["portmap", "host-local", "loopback"] {
+            std::fs::copy(
+                std::path::Path::new(ipipd_tests::cni::REFERENCE_PLUGINS).join(p),
+                bin.join(p),
+            )
+            .unwrap_or_else(|e| panic!("{p}: {e} (containernetworking-plugins)"));
+        }
+        std::fs::write(
+            netd.join("99-loopback.conf"),
+            r#"{"cniVersion": "0.3.1", "name": "lo", "type": "loopback"}"#,
+        )
+        .unwrap();
+        let state = c.dir.join(node).join("state");
+        let args = |b: &std::path::Path, n: &std::path::Path| {
+            vec![
+                "install-cni".to_string(),
+                "--bin-dir".into(),
+                b.display().to_string(),
+                "--conf-dir".into(),
+                n.display().to_string(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ]
+        };
+        let a = args(&bin, &netd);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let before = (files(&bin), files(&netd));
+        let out = c.node(node).ipipd(&a).unwrap();
+        assert!(
+            out.contains("installed") && out.contains("10-ipipd.conflist"),
+            "{out}"
+        );
+        let (b1, n1) = (files(&bin), files(&netd));
+        assert!(
+            b1.iter().any(|(f, _, m)| f == "ipipd-cni" && *m == 0o755),
+            "{b1:?}"
+        );
+        assert!(
+            n1.iter()
+                .any(|(f, _, m)| f == "10-ipipd.conflist" && *m == 0o644),
+            "{n1:?}"
+        );
+        for (f, t, m) in before.0.iter().chain(&before.1) {
+            assert!(
+                b1.iter()
+                    .chain(&n1)
+                    .any(|x| (&x.0, &x.1, &x.2) == (f, t, m)),
+                "{f} changed"
+            );
+        }
+        assert_eq!(
+            b1.len() + n1.len(),
+            before.0.len() + before.1.len() + 2,
+            "{b1:?} {n1:?}"
+        );
+        let conf: Value =
+            serde_json::from_slice(&std::fs::read(netd.join("10-ipipd.conflist")).unwrap())
+                .unwrap();
+        assert_eq!(conf["cniVersion"], "1.0.0");
+        assert_eq!(
+            conf["plugins"][0]["socket"],
+            state.join("ipipd.sock").display().to_string()
+        );
+        assert_eq!(conf["plugins"][1]["type"], "portmap");
+        // Again: nothing changes, not even a modification time.
+        let out = c.node(node).ipipd(&a).unwrap();
+        assert_eq!(out.matches("is up to date").count(), 2, "{out}");
+        assert_eq!((files(&bin), files(&netd)), (b1, n1));
+        pms.push(Podman::with_cni_dirs(&c, node, &bin, &netd).unwrap());
+    }
+    let (pm_master, pm_node) = (&pms[0], &pms[1]);
+    pm_master.run("m1").unwrap();
+    pm_node
+        .run_publishing(
+            "web",
+            "8080:80",
+            // A persistent listener: a loop of one-shot ones has gaps a connection can hit.
+            "exec nc -ll -p 80 -e echo hostport-ok",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    let (m1, web) = (
+        pm_master.address("m1").unwrap(),
+        pm_node.address("web").unwrap(),
+    );
+    let m1_ns = pm_master.netns("m1").unwrap();
+    assert!(ping_ok(&m1_ns, web), "m1 → web across nodes\n{}", c.logs());
+    assert!(
+        ping_ok(&pm_node.netns("web").unwrap(), m1),
+        "web → m1\n{}",
+        c.logs()
+    );
+    // The hostPort on node's address, from master's container and from master itself.
+    let node_ip = c.node("node").spec.address;
+    for (from, ns) in [
+        ("master's container", &m1_ns),
+        ("master", &c.node("master").ns),
+    ] {
+        let got = ipipd_tests::services::ask(
+            ns,
+            std::net::SocketAddrV4::new(node_ip, 8080),
+            ipipd_tests::services::Proto::Tcp,
+        );
+        assert_eq!(
+            got.as_deref().ok(),
+            Some("hostport-ok"),
+            "{from} → {node_ip}:8080: {got:?}\n{}\n{}",
+            c.node("node")
+                .ns
+                .sh("iptables-save -t nat; conntrack -L 2>&1")
+                .unwrap_or_default(),
+            c.logs()
+        );
+    }
+}

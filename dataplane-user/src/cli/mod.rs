@@ -10,6 +10,7 @@ mod check;
 mod cluster;
 mod endpoint;
 mod endpoints;
+mod install_cni;
 mod monitor;
 mod output;
 mod peer;
@@ -76,6 +77,9 @@ pub enum Command {
     /// A node in the datastore.
     #[command(subcommand)]
     Node(cluster::NodeCmd),
+    /// Put the CNI plugin and its conflist (ipipd-cni, then portmap) where the kubelet's
+    /// runtime looks: what a DaemonSet's init container runs. Idempotent.
+    InstallCni(install_cni::InstallCni),
 }
 
 /// Which node, for the commands that talk to a running daemon.
@@ -142,5 +146,6 @@ pub async fn run(cmd: Command) -> Result<()> {
         Command::Blocks(c) => cluster::blocks(c).await,
         Command::Pool(p) => p.run().await,
         Command::Node(n) => n.run().await,
+        Command::InstallCni(i) => i.run(),
     }
 }
