@@ -684,7 +684,7 @@ fn files(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime, u32)> {
 /// nothing, the other files untouched. Podman's CNI backend, reading those directories, then
 /// runs containers that talk across nodes, and a `hostPort` works through the chained portmap.
 #[test]
-fn install_cni_puts_the_plugin_where_the_runtime_looks_and_host_ports_work() {
+fn install_cni_puts_the_plugin_where_podman_looks_and_host_ports_work() {
     if !require_root() {
         return;
     }

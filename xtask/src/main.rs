@@ -3,6 +3,7 @@
 mod bench;
 mod cpio;
 mod demo;
+mod image;
 mod setup;
 mod vm;
 
@@ -114,6 +115,9 @@ enum Cmd {
         #[command(flatten)]
         vm_opts: VmArgs,
     },
+    /// Set up, then build ipipd's OCI image (static binaries and nft on an empty base) with
+    /// podman and save it as target/image/ipipd-image.tar. Needs root.
+    Image,
     /// (Inside the VM) the bench, with these binaries; output under /tmp/bench.
     #[command(hide = true)]
     VmBench {
@@ -271,6 +275,11 @@ fn main() -> Result<()> {
         Cmd::Lint => {
             setup::all()?;
             lint()
+        }
+        Cmd::Image => {
+            setup::require_root("podman builds the image in the system's storage")?;
+            setup::all()?;
+            image::build(&root)
         }
         Cmd::Vm {
             vm_opts,
@@ -447,9 +456,11 @@ fn lint() -> Result<()> {
 
 fn test(test_args: &[String]) -> Result<()> {
     let _ = std::fs::remove_file(workspace_root().join(FUZZ_REPORT));
-    // The end-to-end tests run the ipipd binary itself, and the upgrade test v0.1.0's.
+    // The end-to-end tests run the ipipd binary itself, the upgrade test v0.1.0's, and the
+    // image test the image.
     build()?;
     let old = build_v0_1_0()?;
+    image::build(&workspace_root())?;
     // Release: the same object as the shipped binary, and the e2e traffic runs at speed.
     let mut cmd = cargo();
     cmd.env("IPIPD_V010_BIN", old);

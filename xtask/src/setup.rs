@@ -137,6 +137,20 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
+/// The image's static build: the musl target of the stable toolchain, and musl's C compiler
+/// for the crates that build C (ring).
+pub fn musl() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !installed
+        .lines()
+        .any(|l| l.trim() == "x86_64-unknown-linux-musl")
+    {
+        eprintln!("xtask: rustup target add x86_64-unknown-linux-musl");
+        run(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
+    }
+    install(&["musl-tools", "binutils"])
+}
+
 /// Debian packages the kernel test VM needs: qemu, and a static busybox for its initramfs.
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
 

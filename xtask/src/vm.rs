@@ -228,8 +228,9 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
             )?;
             let mut commands = Vec::new();
             for (name, path) in &bins {
-                // The image has no etcd: the datastore's tests run on the host only.
-                if name == "datastore" {
+                // The image has no etcd and no podman: the datastore's tests and the OCI
+                // image's run on the host only.
+                if name == "datastore" || name == "image" {
                     continue;
                 }
                 let vm_path = format!("{VM_DIR}/tests/{name}");

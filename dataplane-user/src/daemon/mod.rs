@@ -415,8 +415,12 @@ impl Owner {
         self.publish_in_use();
         // A reconcile's kernel dumps are transient (thousands of links and routes on a large
         // node): hand what they freed back to the system instead of keeping it in the heap.
-        // SAFETY: glibc's malloc_trim takes no pointers.
-        unsafe { libc::malloc_trim(0) };
+        // SAFETY: glibc's malloc_trim takes no pointers. (musl's allocator, in the image's
+        // static build, has none: it returns freed memory by itself.)
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0)
+        };
         applied
     }
 
