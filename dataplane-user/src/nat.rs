@@ -141,10 +141,11 @@ pub fn commands(r: &Rules) -> Value {
     json!({"nftables": cmds})
 }
 
-/// Runs `nft -j -f -` with `doc` on stdin.
+/// Runs `nft -j -f` with `doc` on its stdin.
 fn nft(doc: &Value) -> Result<()> {
+    // (`-f -` opens /dev/stdin, which a minimal /dev, an initramfs's, may not have.)
     let mut child = Command::new("nft")
-        .args(["-j", "-f", "-"])
+        .args(["-j", "-f", "/proc/self/fd/0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -59,6 +59,8 @@ const NETFILTER_MODULES: &[&str] = &[
     "xt_tcpudp",
     "ip_vs",
     "ip_vs_rr",
+    // kube-proxy's IPVS mode puts the VIPs on a dummy device.
+    "dummy",
 ];
 /// Host tools the tests and the demo run inside the VM (their libraries are found with ldd).
 const TOOLS: &[&str] = &[
