@@ -44,7 +44,24 @@ pub fn all() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt_packages()?;
+    pip_packages()?;
     Ok(())
+}
+
+/// PyPI's kubernetes-validate checks deploy/*.yaml against Kubernetes' OpenAPI schemas offline
+/// (it carries them), and brings PyYAML, which the manifests' test reads them with.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn pip_packages() -> Result<()> {
+    let have = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask: pip install {KUBERNETES_VALIDATE}");
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", KUBERNETES_VALIDATE]))
 }
 
 pub fn is_root() -> bool {

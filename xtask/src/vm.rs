@@ -230,9 +230,9 @@ pub fn run_vm(root: &Path, opts: Opts) -> Result<()> {
             )?;
             let mut commands = Vec::new();
             for (name, path) in &bins {
-                // The image has no etcd and no podman: the datastore's tests and the OCI
-                // image's run on the host only.
-                if name == "datastore" || name == "image" {
+                // The image has no etcd, no podman and no Python: the datastore's tests, the
+                // OCI image's and the manifests' run on the host only.
+                if ["datastore", "image", "deploy"].contains(&name.as_str()) {
                     continue;
                 }
                 let vm_path = format!("{VM_DIR}/tests/{name}");

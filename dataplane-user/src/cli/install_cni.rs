@@ -32,10 +32,19 @@ pub struct InstallCni {
     /// A log file for the plugin (default: its stderr, which the runtime keeps).
     #[arg(long)]
     plugin_log: Option<PathBuf>,
+    /// Uninstall instead: remove the plugin and the conflist (nothing else).
+    #[arg(long)]
+    remove: bool,
 }
 
 impl InstallCni {
     pub fn run(self) -> Result<()> {
+        if self.remove {
+            for p in install::remove(&self.bin_dir, &self.conf_dir)? {
+                println!("removed {}", p.display());
+            }
+            return Ok(());
+        }
         let plugin = match self.plugin {
             Some(p) => p,
             None => std::env::current_exe()

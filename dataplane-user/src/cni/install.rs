@@ -84,6 +84,20 @@ pub fn put(path: &Path, data: &[u8], mode: u32) -> Result<Done> {
     r.map(|()| Done::Written(path.to_path_buf()))
 }
 
+/// Removes the plugin from `bin_dir` and the conflist from `conf_dir` (uninstalling); the
+/// files it removed.
+pub fn remove(bin_dir: &Path, conf_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut gone = Vec::new();
+    for p in [conf_dir.join(CONFLIST), bin_dir.join(PLUGIN)] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => gone.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+    Ok(gone)
+}
+
 /// Copies the plugin `binary` into `bin_dir` and writes `conflist` into `conf_dir`.
 pub fn install(
     binary: &Path,
@@ -147,6 +161,10 @@ mod tests {
             "/var/lib/ipipd/n1/ipipd.sock"
         );
         assert_eq!(written["plugins"][1]["type"], "portmap");
+        // Removing takes ours only, once.
+        assert_eq!(remove(&bin, &conf).unwrap().len(), 2);
+        assert!(remove(&bin, &conf).unwrap().is_empty());
+        assert!(conf.join("87-podman.conflist").is_file());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
