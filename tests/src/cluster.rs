@@ -293,6 +293,32 @@ impl Cluster {
         self.start_daemon_binary(name, config, deadline, &ipipd_binary()?)
     }
 
+    /// ipipd on node `name` from `config` shared by every node: `NODE_NAME` is the node's
+    /// name, and its default pin directory (`/sys/fs/bpf/ipipd/<name>`) lands in the cluster's
+    /// bpffs (`<bpffs>/ipipd/<name>`, which [`Cluster::ipipd_json`] reads).
+    pub fn start_daemon_shared(&mut self, name: &str, config: &str) -> Result<()> {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("ipipd.toml");
+        std::fs::write(&cfg, config)?;
+        let state_dir = dir.join("state");
+        let bpffs = self.bpffs.clone();
+        let pin_dir = bpffs.join("ipipd").join(name);
+        let node = self.node_mut(name);
+        let mut d = Daemon::spawn_as(
+            &ipipd_binary()?,
+            &node.ns,
+            &cfg,
+            &state_dir,
+            &pin_dir,
+            None,
+            Some((name, &bpffs)),
+        )?;
+        d.wait_ready()?;
+        node.daemon = Some(d);
+        Ok(())
+    }
+
     /// [`Cluster::start_daemon_within`] with another ipipd binary (an older release).
     pub fn start_daemon_binary(
         &mut self,
@@ -320,7 +346,14 @@ impl Cluster {
     /// `ipipd <args> -o json` on a node, with its pin and state directories: the output,
     /// parsed.
     pub fn ipipd_json(&self, node: &str, args: &[&str]) -> Result<serde_json::Value> {
-        let pin = self.bpffs.join(node).to_string_lossy().into_owned();
+        // The running daemon's pin directory, else the harness's default one.
+        let pin = self
+            .node(node)
+            .daemon
+            .as_ref()
+            .map_or_else(|| self.bpffs.join(node), |d| d.pin_dir.clone())
+            .to_string_lossy()
+            .into_owned();
         let state = self.dir.join(node).join("state");
         let state = state.to_string_lossy();
         let mut all = args.to_vec();
@@ -489,6 +522,22 @@ impl Daemon {
         pin_dir: &Path,
         nofile: Option<u64>,
     ) -> Result<Daemon> {
+        Self::spawn_as(bin, ns, config, state_dir, pin_dir, nofile, None)
+    }
+
+    /// [`Daemon::spawn_binary`] as a DaemonSet's pod runs it, when `as_node` names the node:
+    /// `NODE_NAME` set to it, and the host's `/sys/fs/bpf` the cluster's bpffs `bpffs` (bound
+    /// over it in the daemon's own mount namespace), so that a config without a name or a
+    /// pin_dir serves every node.
+    pub fn spawn_as(
+        bin: &Path,
+        ns: &NetNs,
+        config: &Path,
+        state_dir: &Path,
+        pin_dir: &Path,
+        nofile: Option<u64>,
+        as_node: Option<(&str, &Path)>,
+    ) -> Result<Daemon> {
         use std::os::unix::process::CommandExt as _;
         let log = state_dir.with_extension("log");
         let logf = std::fs::File::options()
@@ -516,8 +565,18 @@ impl Daemon {
                 });
             }
         }
+        cmd.args(["netns", "exec", &ns.name]);
+        if let Some((node, bpffs)) = as_node {
+            cmd.env("NODE_NAME", node).args([
+                "sh",
+                "-c",
+                &format!(
+                    "mount --bind {} /sys/fs/bpf && exec \"$0\" \"$@\"",
+                    bpffs.display()
+                ),
+            ]);
+        }
         let child = cmd
-            .args(["netns", "exec", &ns.name])
             .arg(bin)
             .args(["run", "--log-level", "debug", "--config"])
             .arg(config)

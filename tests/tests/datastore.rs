@@ -838,3 +838,44 @@ fn marked_by(c: &Cluster, block: &str) -> Vec<Value> {
         .flat_map(|r| r["disputed_by"].as_array().cloned().unwrap_or_default())
         .collect()
 }
+
+/// One config for every node, as a DaemonSet's ConfigMap: no name (each daemon has its
+/// `NODE_NAME`), no uplink, no address (autodetected, first-found), no pin directory; the
+/// datastore and the pool. Three nodes start from the identical file and their pods talk.
+#[test]
+fn three_nodes_run_from_one_identical_config_and_their_pods_talk() {
+    if !require_root() {
+        return;
+    }
+    let mut c = nodes("ds-one", 3);
+    let etcd = Etcd::start(&c.node("etcd").ns, ETCD_HOST, 23790, &c.dir.join("etcd")).unwrap();
+    let shared = format!(
+        "[node]\n\n[datastore]\netcd = [\"{}\"]\nprefix = \"{PREFIX}\"\n\n[[pool]]\ncidr = \"10.244.0.0/22\"\nblock_size = 26\n",
+        etcd.url
+    );
+    for n in ["n0", "n1", "n2"] {
+        c.start_daemon_shared(n, &shared)
+            .unwrap_or_else(|e| panic!("{n}: {e:#}\n{}", etcd.log_text()));
+        let st = c.ipipd_json(n, &["status"]).unwrap();
+        let found = st["found"].as_str().unwrap_or_default();
+        assert!(
+            found.contains("$NODE_NAME") && found.contains("autodetect first-found"),
+            "{st}"
+        );
+        assert_eq!(st["uplink"], "eth0", "{st}");
+        assert_eq!(st["node_ip"], c.node(n).spec.address.to_string(), "{st}");
+    }
+    let owners: BTreeSet<String> = blocks(&c, "n0").into_iter().map(|(_, n)| n).collect();
+    assert_eq!(owners, ["n0", "n1", "n2"].map(String::from).into());
+    let pods: Vec<(NetNs, Ipv4Addr)> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|n| pod(&c, n, &format!("one{n}")))
+        .collect();
+    for (i, (ns, _)) in pods.iter().enumerate() {
+        for (j, (_, to)) in pods.iter().enumerate() {
+            if i != j {
+                assert!(ping_ok(ns, *to), "pod {i} → pod {j} ({to})\n{}", c.logs());
+            }
+        }
+    }
+}

@@ -953,3 +953,69 @@ fn host_traffic_toward_an_unresolved_peer_is_a_counted_drop_not_a_stray_frame() 
         "frames to {dsts:?}; the node is {node_mac}, the master {master_mac}"
     );
 }
+
+/// A node with two uplinks: the first-found one (eth0, on the seed's underlay) and eth1, the
+/// only way to its peer. `[node] autodetect = "can-reach=<peer>"` picks eth1 and its address
+/// (the kernel's route to the peer), where first-found would have picked eth0; the pods talk.
+#[test]
+fn can_reach_picks_the_uplink_toward_the_peer_on_a_node_with_two() {
+    if !require_root() {
+        return;
+    }
+    let mut specs = seed_nodes(1);
+    // master lives on the other network only.
+    specs[0].address = Ipv4Addr::new(10, 99, 0, 2);
+    specs[0].prefix_len = 24;
+    specs[0].bridge = 1;
+    let mut c = Cluster::new("e-reach", &specs).unwrap();
+    let node_ns = c.node("node").ns.name.clone();
+    c.underlay
+        .sh(&format!(
+            "ip link add up9 type veth peer name eth1 netns {node_ns}; ip link set up9 master br1 up"
+        ))
+        .unwrap();
+    c.node("node")
+        .ns
+        .sh("ip link set eth1 up; ip addr add 10.99.0.1/24 dev eth1")
+        .unwrap();
+    let cfg_master = c
+        .config_for("master", "")
+        .replace(&format!("address = \"{NODE}\""), "address = \"10.99.0.1\"");
+    c.start_daemon("master", Some(cfg_master)).unwrap();
+    // node's config: no uplink, no address, can-reach toward the master.
+    let cfg_node = c
+        .config_for("node", "autodetect = \"can-reach=10.99.0.2\"")
+        .replace("uplink = \"eth0\"\n", "")
+        .replace(&format!("address = \"{NODE}\"\n"), "")
+        .replace(
+            &format!("address = \"{MASTER}\""),
+            "address = \"10.99.0.2\"",
+        );
+    c.start_daemon("node", Some(cfg_node.clone())).unwrap();
+    let st = c.ipipd_json("node", &["status"]).unwrap();
+    assert_eq!(st["uplink"], "eth1", "{st}");
+    assert_eq!(st["node_ip"], "10.99.0.1", "{st}");
+    assert!(
+        st["found"]
+            .as_str()
+            .is_some_and(|f| f.contains("autodetect can-reach=10.99.0.2")),
+        "{st}"
+    );
+    // first-found, on the same node, would have taken eth0: `ipipd check` says so.
+    let ff = c.dir.join("first-found.toml");
+    std::fs::write(
+        &ff,
+        cfg_node.replace("autodetect = \"can-reach=10.99.0.2\"", ""),
+    )
+    .unwrap();
+    let out = c
+        .node("node")
+        .ipipd(&["check", "--config", &ff.to_string_lossy()])
+        .unwrap();
+    assert!(out.contains(&format!("({NODE}) on uplink eth0")), "{out}");
+    assert!(
+        ping(&pod(&c, "node", N1), &format!("-c 2 -i 0.2 -W 2 {M1}")).contains(" 2 received"),
+        "{}",
+        c.logs()
+    );
+}
