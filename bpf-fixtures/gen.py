@@ -213,6 +213,15 @@ f = from_pod1(icmp(POD1, NODE_IP))
 vec("pod-to-own-node.toml", "The node's own address: the kernel takes it unchanged, its flow recorded", "from_pod", POD1_IF, f,
     "ok", [counter(POD1_IF, "from_pod", "pass_to_kernel", f), recorded(POD1_IF, "from_pod")])
 
+# The node's tunnel address (Calico's ipv4IPIPTunnelAddr, on ipipd0 as on tunl0): the first
+# address of its own block, the node's own ("local ... dev tunl0"), not the blackhole's.
+TUNNEL_ADDR = "192.168.83.128"
+TUNNEL_ADDR_ROUTE = [dict(cidr=TUNNEL_ADDR + "/32", kind="tunnel_address")]
+f = from_pod1(icmp(POD1, TUNNEL_ADDR))
+vec("pod-to-tunnel-address.toml", "The node's tunnel address (inside its block): the kernel takes it unchanged, its flow recorded, not the blackhole",
+    "from_pod", POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_to_kernel", f), recorded(POD1_IF, "from_pod")],
+    routes=TUNNEL_ADDR_ROUTE)
+
 # Replies of flows the kernel handles (a Service's DNAT, a masquerade) go to the kernel: the
 # end they are addressed to was recorded when the flow's first packet was handed to it.
 SVC_REPLY_FLOW = [dict(addr=POD1, port=40000, proto="udp")]
@@ -343,6 +352,11 @@ f = tunnel(icmp(REMOTE_POD, NODE_IP))
 out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / icmp(REMOTE_POD, NODE_IP)
 vec("uplink-decap-to-node.toml", "Inner destination is the node itself: decapsulated and handed to the kernel as received on the tunnel device, its flow recorded",
     "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_to_kernel", f), recorded("eth0", "from_uplink")], h(out))
+f = tunnel(icmp(REMOTE_POD, TUNNEL_ADDR))
+out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / icmp(REMOTE_POD, TUNNEL_ADDR)
+vec("uplink-decap-to-tunnel-address.toml", "Inner destination is the node's tunnel address (a reply to the node's own traffic to a remote pod): decapsulated and handed to the kernel through the tunnel device",
+    "from_uplink", "eth0", f, "redirect", [counter("eth0", "from_uplink", "decap_to_kernel", f), recorded("eth0", "from_uplink")], h(out),
+    routes=TUNNEL_ADDR_ROUTE)
 reply = IP(src=REMOTE_POD, dst=POD1, ttl=63, flags="DF", id=13) / TCP(sport=8080, dport=41000, flags="SA")
 f = tunnel(reply)
 out = Ether(src=PEER_MAC, dst=TUNNEL_MAC) / reply

@@ -5,7 +5,9 @@
 //! lengths in host byte order.
 //!
 //! Map names carry [`LAYOUT_VERSION`]: a change to any type in this file must bump it, so that a
-//! pinned map of an older layout is found under another name and never misread.
+//! pinned map of an older layout is found under another name and never misread. (One
+//! exception, said where it is made: a new [`RouteKind`] whose right handling is what every
+//! program of the layout already does with a kind it does not know.)
 #![cfg_attr(not(test), no_std)]
 
 pub mod csum;
@@ -292,14 +294,20 @@ pub enum RouteKind {
     OwnBlock = 3,
     /// `<node>/32`: a peer node's own address. Also the allow-list of tunnel sources.
     PeerNode = 4,
+    /// `local <address> dev tunl0`: this node's tunnel address (Calico's
+    /// `ipv4IPIPTunnelAddr`), inside its own block, on ipipd's tunnel device: for the node
+    /// itself. Added in layout 6 without a new one: a program of layout 6 that does not know
+    /// the kind hands the packet to the kernel, as this kind wants.
+    TunnelAddress = 5,
 }
 
 impl RouteKind {
-    pub const ALL: [RouteKind; 4] = [
+    pub const ALL: [RouteKind; 5] = [
         RouteKind::LocalEndpoint,
         RouteKind::RemoteBlock,
         RouteKind::OwnBlock,
         RouteKind::PeerNode,
+        RouteKind::TunnelAddress,
     ];
     /// The snake_case name the CLI, the fixtures and the docs use.
     pub const fn name(self) -> &'static str {
@@ -308,6 +316,7 @@ impl RouteKind {
             RouteKind::RemoteBlock => "remote_block",
             RouteKind::OwnBlock => "own_block",
             RouteKind::PeerNode => "peer_node",
+            RouteKind::TunnelAddress => "tunnel_address",
         }
     }
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -316,6 +325,7 @@ impl RouteKind {
             2 => Some(Self::RemoteBlock),
             3 => Some(Self::OwnBlock),
             4 => Some(Self::PeerNode),
+            5 => Some(Self::TunnelAddress),
             _ => None,
         }
     }

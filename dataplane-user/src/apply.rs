@@ -48,6 +48,8 @@ pub struct Dataplane {
     uplink_present: bool,
     /// The tunnel device, once created (see [`Dataplane::ensure_tunnel`]).
     pub tunnel: Option<Link>,
+    /// The tunnel address last put on the tunnel device (None: not yet, or a new device).
+    pub(crate) tunnel_address: Option<Option<Ipv4Addr>>,
     pub mtu: u32,
     xdp: CfgXdp,
     pub(crate) attachments: Attachments,
@@ -234,6 +236,7 @@ impl Dataplane {
             uplink,
             uplink_present: true,
             tunnel: None,
+            tunnel_address: None,
             mtu,
             xdp: cfg.node.xdp,
             attachments,
@@ -279,7 +282,7 @@ impl Dataplane {
         c.node_ip = cfg.node.address.octets();
         c.uplink_ifindex = self.uplink.index;
         c.mtu = self.mtu;
-        c.mode = cfg.node.mode as u8;
+        c.mode = plan::program_mode(cfg) as u8;
         c.monitor = 0;
         c.flags = if cfg.node.fast_path {
             0
@@ -354,6 +357,7 @@ impl Dataplane {
         self.follow_uplink(cfg, &links)?;
         let mut view = KernelView::read(&self.nl, cfg, self.underlay(), links, &known).await?;
         self.ensure_tunnel(cfg, &mut view.links).await?;
+        self.ensure_tunnel_address(cfg).await?;
         let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
         let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known);
         self.apply(plan, &view, &known).await?;

@@ -19,7 +19,7 @@ use toml::Spanned;
 pub use crate::rules::{KeyError, validate};
 use crate::{
     autodetect::{self, Method},
-    datastore::model::Pool,
+    datastore::model::{IpipMode, Pool},
     host::Host,
     net::{Ipv4Net, check_unicast, parse_mac},
     rules::err,
@@ -68,6 +68,9 @@ pub struct Node {
     /// Where the name, the uplink and the address came from (the config, `$NODE_NAME`, the
     /// hostname, autodetection), for the log, `ipipd status` and `ipipd check`.
     pub found: String,
+    /// Whether the file chose the uplink or the address (`uplink`, `address` or
+    /// `autodetect`): with the calico-etcd datastore, otherwise, Calico's node record does.
+    pub address_given: bool,
     pub mode: Mode,
     /// The underlay MTU; None means the uplink's.
     pub mtu: Option<u32>,
@@ -107,6 +110,28 @@ pub struct DatastoreCfg {
 }
 
 pub const DEFAULT_PREFIX: &str = "/ipipd/v1";
+
+/// `[datastore] kind`: whose keys the etcd members hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatastoreKind {
+    /// ipipd's own (`/ipipd/v1`): nodes register and claim blocks.
+    #[default]
+    #[serde(rename = "ipipd")]
+    Ipipd,
+    /// Calico's (`/calico`), read only: its nodes, IPPools, block affinities and workload
+    /// endpoints; ipipd writes nothing (see [`crate::datastore::calico`]).
+    #[serde(rename = "calico-etcd")]
+    CalicoEtcd,
+}
+
+impl DatastoreKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DatastoreKind::Ipipd => "ipipd",
+            DatastoreKind::CalicoEtcd => "calico-etcd",
+        }
+    }
+}
 
 impl DatastoreCfg {
     /// The section's own rules: (key, message) of the first one broken.
@@ -157,6 +182,48 @@ impl DatastoreCfg {
     }
 }
 
+impl Node {
+    /// calico-etcd mode: the node's address is the one Calico's node record gives, since
+    /// every peer sends to that one. When the file chose neither the uplink nor the address,
+    /// a different one is taken, with the interface holding it as the uplink; whether it was.
+    /// Otherwise a difference is an error naming both.
+    pub fn follow_calico(&mut self, record: Ipv4Addr, host: &dyn Host) -> Result<bool> {
+        if record == self.address {
+            return Ok(false);
+        }
+        if self.address_given {
+            anyhow::bail!(
+                "Calico's node record of {} says its address is {record}, and every peer sends to it; \
+                 this node's is {} ({}): make [node] say {record}",
+                self.name,
+                self.address,
+                self.found
+            );
+        }
+        let uplink = host
+            .interfaces()
+            .map_err(|e| anyhow!("{e}"))?
+            .into_iter()
+            .find(|i| i.addrs.contains(&record))
+            .map(|i| i.name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "Calico's node record of {} says its address is {record}, which is on no interface of this host",
+                    self.name
+                )
+            })?;
+        self.found = format!(
+            "{}; address from Calico's node record, uplink the interface holding it",
+            self.found
+                .split_once(';')
+                .map_or(self.found.as_str(), |(n, _)| n)
+        );
+        self.address = record;
+        self.uplink = uplink;
+        Ok(true)
+    }
+}
+
 /// The name of the tunnel device's veth peer.
 pub fn tunnel_peer(tunnel: &str) -> String {
     format!("{tunnel}p")
@@ -171,8 +238,16 @@ pub struct Config {
     pub endpoints: Vec<EndpointCfg>,
     /// `[datastore]`: peers and blocks come from etcd.
     pub datastore: Option<DatastoreCfg>,
+    /// `[datastore] kind`.
+    pub datastore_kind: DatastoreKind,
     /// `[[pool]]`: created in the datastore when missing.
     pub pools: Vec<Pool>,
+    /// Calico's ipipMode of pools (calico-etcd mode): a remote block in one of them leaves
+    /// as its pool says; any other as `[node] mode` says.
+    pub pool_modes: BTreeMap<Ipv4Net, IpipMode>,
+    /// This node's tunnel address (Calico's `ipv4IPIPTunnelAddr`), put on the tunnel device:
+    /// the source of the node's own traffic to remote pods.
+    pub tunnel_address: Option<Ipv4Addr>,
     /// The file and where its keys stand, for errors found later (against the kernel).
     pub origin: Option<(PathBuf, Lines)>,
 }
@@ -197,6 +272,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDatastore {
+    kind: Option<Spanned<String>>,
     etcd: Spanned<Vec<String>>,
     prefix: Option<Spanned<String>>,
     ca: Option<Spanned<String>>,
@@ -415,8 +491,22 @@ impl Reader<'_> {
         let blocks = self.blocks(&raw.block)?;
         let peers = self.peers(&raw.peer)?;
         let endpoints = self.endpoints(&raw.endpoint)?;
-        let datastore = self.datastore(raw.datastore)?;
+        let (datastore, datastore_kind) = self.datastore(raw.datastore)?;
         let pools = self.pools(&raw.pool)?;
+        if datastore_kind == DatastoreKind::CalicoEtcd {
+            if !pools.is_empty() {
+                return Err(err(
+                    "pool[0].cidr",
+                    "[[pool]] is not allowed with the calico-etcd datastore: pools are Calico's IPPools",
+                ));
+            }
+            if !blocks.is_empty() {
+                return Err(err(
+                    "block[0].cidr",
+                    "[[block]] is not allowed with the calico-etcd datastore: blocks are Calico IPAM's",
+                ));
+            }
+        }
         if datastore.is_none() && !pools.is_empty() {
             return Err(err(
                 "pool[0].cidr",
@@ -435,7 +525,10 @@ impl Reader<'_> {
             peers,
             endpoints,
             datastore,
+            datastore_kind,
             pools,
+            pool_modes: BTreeMap::new(),
+            tunnel_address: None,
             origin: None,
         })
     }
@@ -499,6 +592,7 @@ impl Reader<'_> {
         let (uplink, address, found) = self.uplink(&n, &tunnel, host)?;
         Ok(Node {
             found: format!("name from {name_from}; {found}"),
+            address_given: n.uplink.is_some() || n.address.is_some() || n.autodetect.is_some(),
             name,
             uplink,
             address,
@@ -635,17 +729,38 @@ impl Reader<'_> {
     fn datastore(
         &mut self,
         raw: Option<Spanned<RawDatastore>>,
-    ) -> Result<Option<DatastoreCfg>, KeyError> {
-        let Some(d) = raw else { return Ok(None) };
+    ) -> Result<(Option<DatastoreCfg>, DatastoreKind), KeyError> {
+        let Some(d) = raw else {
+            return Ok((None, DatastoreKind::Ipipd));
+        };
         self.note("datastore", &d);
         let d = d.into_inner();
         self.note("datastore.etcd", &d.etcd);
+        let kind = match &d.kind {
+            Some(k) => {
+                self.note("datastore.kind", k);
+                match k.get_ref().as_str() {
+                    "ipipd" => DatastoreKind::Ipipd,
+                    "calico-etcd" => DatastoreKind::CalicoEtcd,
+                    o => {
+                        return Err(err(
+                            "datastore.kind",
+                            format!("{o:?}: expected \"ipipd\" or \"calico-etcd\""),
+                        ));
+                    }
+                }
+            }
+            None => DatastoreKind::Ipipd,
+        };
         let prefix = match &d.prefix {
             Some(p) => {
                 self.note("datastore.prefix", p);
                 p.get_ref().trim_end_matches('/').to_string()
             }
-            None => DEFAULT_PREFIX.to_string(),
+            None => match kind {
+                DatastoreKind::Ipipd => DEFAULT_PREFIX.to_string(),
+                DatastoreKind::CalicoEtcd => crate::datastore::calico::DEFAULT_PREFIX.to_string(),
+            },
         };
         let ds = DatastoreCfg {
             endpoints: d.etcd.into_inner(),
@@ -655,7 +770,7 @@ impl Reader<'_> {
             key: self.path("datastore.key", &d.key),
         };
         ds.check().map_err(|(k, m)| err(k, m))?;
-        Ok(Some(ds))
+        Ok((Some(ds), kind))
     }
 
     fn pools(&mut self, raw: &[RawPool]) -> Result<Vec<Pool>, KeyError> {
@@ -666,11 +781,8 @@ impl Reader<'_> {
             let bs = self
                 .number(&key, &Some(p.block_size.clone()), 1..=32)?
                 .unwrap_or(26) as u8;
-            let pool = Pool {
-                cidr,
-                block_size: bs,
-                nat_outgoing: self.flag(&format!("pool[{i}].nat_outgoing"), &p.nat_outgoing, false),
-            };
+            let nat = self.flag(&format!("pool[{i}].nat_outgoing"), &p.nat_outgoing, false);
+            let pool = Pool::new(cidr, bs, nat);
             pool.check().map_err(|m| err(key, m))?;
             pools.push(pool);
         }
@@ -1036,6 +1148,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.node.uplink, "eth1");
+    }
+
+    #[test]
+    fn with_calicos_datastore_the_node_follows_calicos_record_and_the_file_holds_no_pool_or_block() {
+        const DS: &str = "[datastore]\nkind = \"calico-etcd\"\netcd = [\"http://127.0.0.1:2379\"]\n";
+        let host = TestHost::default();
+        let mut c = Config::parse_on(&format!("[node]\n{DS}"), &host).unwrap();
+        assert_eq!(c.datastore_kind, DatastoreKind::CalicoEtcd);
+        assert_eq!(c.datastore.as_ref().unwrap().prefix, "/calico");
+        // first-found took eth0; Calico's record says eth1's address: followed.
+        assert_eq!(c.node.address, "172.31.242.156".parse::<Ipv4Addr>().unwrap());
+        assert!(c.node.follow_calico("192.0.2.10".parse().unwrap(), &host).unwrap());
+        assert_eq!(
+            (c.node.uplink.as_str(), c.node.address),
+            ("eth1", "192.0.2.10".parse().unwrap())
+        );
+        assert!(c.node.found.contains("Calico's node record"), "{}", c.node.found);
+        assert!(!c.node.follow_calico("192.0.2.10".parse().unwrap(), &host).unwrap());
+        // An address on no interface, or one the file chose, is an error naming both.
+        let e = c
+            .node
+            .follow_calico("198.51.100.1".parse().unwrap(), &host)
+            .unwrap_err();
+        assert!(e.to_string().contains("on no interface"), "{e}");
+        let mut c = Config::parse_on(&format!("[node]\nuplink = \"eth0\"\n{DS}"), &host).unwrap();
+        let e = c
+            .node
+            .follow_calico("192.0.2.10".parse().unwrap(), &host)
+            .unwrap_err();
+        assert!(e.to_string().contains("make [node] say 192.0.2.10"), "{e}");
+        // Pools and blocks are Calico's; a kind is one of two.
+        let (_, e) = rejected(&format!("{NODE}{BLOCK}{DS}"));
+        assert!(e.contains("blocks are Calico IPAM's"), "{e}");
+        let (_, e) = rejected(&format!(
+            "{NODE}{DS}[[pool]]\ncidr = \"10.0.0.0/16\"\nblock_size = 26\n"
+        ));
+        assert!(e.contains("pools are Calico's IPPools"), "{e}");
+        let (line, e) = rejected(&format!(
+            "{NODE}[datastore]\nkind = \"calico-kdd\"\netcd = [\"http://127.0.0.1:2379\"]\n"
+        ));
+        assert_eq!(line, Some(6));
+        assert!(e.contains("expected \"ipipd\" or \"calico-etcd\""), "{e}");
     }
 
     #[test]

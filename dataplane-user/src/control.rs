@@ -70,6 +70,27 @@ pub struct NodeInfo {
     /// hostname, autodetection).
     #[serde(default)]
     pub found: String,
+    /// The tunnel device's address (calico-etcd mode: Calico's `ipv4IPIPTunnelAddr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_address: Option<std::net::Ipv4Addr>,
+    /// The datastore's pools, as the node read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolInfo>,
+    /// What of the datastore's view the node leaves out (a Calico workload endpoint it cannot
+    /// take), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<(String, String)>,
+}
+
+/// A pool as a node read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub cidr: Ipv4Net,
+    pub block_size: u8,
+    pub nat_outgoing: bool,
+    /// calico-etcd mode: the IPPool's name, ipipMode and whether it is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calico: Option<crate::datastore::model::CalicoPool>,
 }
 
 /// An endpoint as the daemon holds it.

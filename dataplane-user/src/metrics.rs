@@ -67,6 +67,9 @@ pub struct Health {
 /// The datastore's state, as /readyz, /metrics and the control socket's `node` report it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DatastoreHealth {
+    /// Which datastore: its kind, members and prefix.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
     pub up: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -85,6 +88,15 @@ pub struct DatastoreHealth {
 }
 
 impl DatastoreHealth {
+    /// Which datastore, and whether it answers.
+    pub fn summary(&self) -> String {
+        if self.up {
+            format!("{}: up", self.source)
+        } else {
+            format!("{}: down ({})", self.source, self.reason)
+        }
+    }
+
     /// Lines for /readyz and `ipipd status`: the last reset, the grace, each conflict.
     pub fn details(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -239,8 +251,11 @@ pub fn readyz(h: &Health) -> (StatusCode, String) {
     for (addr, ifc) in &h.pending {
         let _ = writeln!(body, "pending endpoint {addr} (waiting for {ifc})");
     }
-    for line in h.datastore.iter().flat_map(DatastoreHealth::details) {
-        let _ = writeln!(body, "{line}");
+    if let Some(d) = &h.datastore {
+        let _ = writeln!(body, "datastore {}", d.summary());
+        for line in d.details() {
+            let _ = writeln!(body, "{line}");
+        }
     }
     let status = if h.ready {
         StatusCode::OK

@@ -262,16 +262,8 @@ mod tests {
         let mut c = config(false);
         c.blocks.push(net("10.250.0.0/26"));
         c.pools = vec![
-            crate::datastore::model::Pool {
-                cidr: net("10.244.0.0/16"),
-                block_size: 26,
-                nat_outgoing: true,
-            },
-            crate::datastore::model::Pool {
-                cidr: net("10.250.0.0/16"),
-                block_size: 26,
-                nat_outgoing: false,
-            },
+            crate::datastore::model::Pool::new(net("10.244.0.0/16"), 26, true),
+            crate::datastore::model::Pool::new(net("10.250.0.0/16"), 26, false),
         ];
         let r = desired(&c).unwrap();
         assert_eq!(r.sources, [net("10.244.0.0/26")]);

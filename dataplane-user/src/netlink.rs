@@ -469,6 +469,52 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Makes `want` (a /32) the only IPv4 address of interface `index` (None: no address);
+    /// whether anything changed. For ipipd's tunnel device, whose addresses are ipipd's.
+    pub async fn set_only_address(&self, index: u32, want: Option<Ipv4Addr>) -> Result<bool> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| describe(e).context(format!("addresses of #{index}")))?;
+        let mut have = false;
+        let mut changed = false;
+        for m in msgs {
+            if m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            });
+            if local.is_some() && local == want && m.header.prefix_len == 32 {
+                have = true;
+                continue;
+            }
+            self.handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(|e| describe(e).context(format!("deleting an address of #{index}")))?;
+            changed = true;
+        }
+        if let (Some(a), false) = (want, have) {
+            self.handle
+                .address()
+                .add(index, std::net::IpAddr::V4(a), 32)
+                .execute()
+                .await
+                .map_err(|e| describe(e).context(format!("adding {a}/32 to #{index}")))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
     /// `ip route get <dst> oif <oif>`: the gateway (None when on-link) and the output interface,
     /// among the routes out of `oif` (so ipipd's own routes into the tunnel device are skipped).
     pub async fn route_get(

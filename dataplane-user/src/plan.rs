@@ -18,6 +18,7 @@ use netlink_packet_route::route::RouteMessage;
 
 use crate::{
     config::Config,
+    datastore::model::IpipMode,
     net::Ipv4Net,
     netlink::{Link, Netlink, Route},
 };
@@ -214,6 +215,42 @@ pub fn same_subnet(cfg: &Config, view: &KernelView, peer: Ipv4Addr) -> bool {
     cfg.node.mode == Mode::CrossSubnet && view.uplink_nets.iter().any(|n| n.contains(peer))
 }
 
+/// How traffic to `net` leaves: the ipipMode of the Calico pool holding it, else the node's
+/// mode.
+pub fn mode_of(cfg: &Config, net: &Ipv4Net) -> IpipMode {
+    cfg.pool_modes
+        .iter()
+        .find(|(pool, _)| pool.len <= net.len && pool.contains(net.addr))
+        .map_or(
+            match cfg.node.mode {
+                Mode::Always => IpipMode::Always,
+                Mode::CrossSubnet => IpipMode::CrossSubnet,
+            },
+            |(_, m)| *m,
+        )
+}
+
+/// Whether traffic to `net`, which `peer` owns, is routed plain rather than encapsulated: its
+/// mode is Never, or CrossSubnet with the peer on the uplink's subnet.
+pub fn plain_to(cfg: &Config, view: &KernelView, peer: Ipv4Addr, net: &Ipv4Net) -> bool {
+    match mode_of(cfg, net) {
+        IpipMode::Always => false,
+        IpipMode::CrossSubnet => view.uplink_nets.iter().any(|n| n.contains(peer)),
+        IpipMode::Never => true,
+    }
+}
+
+/// The mode the programs run in: cross-subnet (plain forwarding and plain delivery allowed)
+/// when the node's mode or any pool's lets some traffic go plain.
+pub fn program_mode(cfg: &Config) -> Mode {
+    if cfg.node.mode == Mode::CrossSubnet || cfg.pool_modes.values().any(|m| *m != IpipMode::Always)
+    {
+        Mode::CrossSubnet
+    } else {
+        Mode::Always
+    }
+}
+
 /// A peer's next hop: the peer itself when it shares the uplink's subnet (`same_subnet`), else
 /// whatever the kernel routes it through; its L2 when the neighbour table holds its MAC on the
 /// uplink.
@@ -288,11 +325,6 @@ pub fn plan(
         // it yet, the kernel cannot send to a peer: no slow-path routes toward it (they carry
         // the node's address as their source), and the maps' routes carry no next hop.
         let routed = underlay.uplink != 0 && !view.node_address_missing;
-        let flags = if same_subnet {
-            ROUTE_F_SAME_SUBNET
-        } else {
-            ROUTE_F_ENCAP
-        };
         let hop = next_hop(underlay, view, peer.address, same_subnet);
         let NextHop { via, l2 } = hop.clone();
         p.next_hops.insert(peer.address, hop);
@@ -303,6 +335,12 @@ pub fn plan(
                 RouteKind::PeerNode
             } else {
                 RouteKind::RemoteBlock
+            };
+            let plain = plain_to(cfg, view, peer.address, &net);
+            let flags = if plain {
+                ROUTE_F_SAME_SUBNET
+            } else {
+                ROUTE_F_ENCAP
             };
             let mut v = route_value(kind, flags, peer.address);
             if let Some((dmac, smac)) = l2 {
@@ -318,7 +356,13 @@ pub fn plan(
             // What the kernel itself sends there goes into the tunnel device, as into tunl0;
             // the peer's own address too, so that pod packets to it that the kernel takes
             // (too big, TTL) are encapsulated (the node's own are sent on plain).
-            p.slow_path.insert(if same_subnet {
+            // The node's own traffic to remote pods leaves from its tunnel address when it
+            // has one (as from tunl0's), to peer nodes from its address.
+            let src = match (kind, cfg.tunnel_address) {
+                (RouteKind::RemoteBlock, Some(t)) => t,
+                _ => cfg.node.address,
+            };
+            p.slow_path.insert(if plain {
                 Route::Via {
                     dst: (net.addr, net.len),
                     gateway: via,
@@ -329,10 +373,17 @@ pub fn plan(
                 Route::Tunnel {
                     dst: (net.addr, net.len),
                     oif: tunnel,
-                    src: cfg.node.address,
+                    src,
                 }
             });
         }
+    }
+    if let Some(t) = cfg.tunnel_address {
+        // `local <t> dev tunl0`: the kernel's, once the address is on the tunnel device.
+        p.routes.insert(
+            (t, 32),
+            route_value(RouteKind::TunnelAddress, 0, Ipv4Addr::UNSPECIFIED),
+        );
     }
     for ep in &cfg.endpoints {
         let Some(link) = view.links.by_name(&ep.interface) else {
@@ -562,6 +613,76 @@ mac = "ee:ee:ee:ee:ee:02"
         assert_eq!(p.slow_path, expected_slow);
         assert!(p.pending.is_empty());
         assert!(p.unresolved().is_empty());
+    }
+
+    #[test]
+    fn a_calico_pools_mode_decides_for_its_blocks_and_the_tunnel_address_is_the_hosts_source() {
+        let master = a("172.31.242.157");
+        let mut cfg = worker("always");
+        let pool: Ipv4Net = "192.168.0.0/16".parse().unwrap();
+        cfg.tunnel_address = Some(a("192.168.83.128"));
+        // Calico's pool says Always: the node's encapsulation, from the tunnel address.
+        cfg.pool_modes = [(pool, IpipMode::Always)].into();
+        let p = plan(&cfg, UNDERLAY, TUNNEL, &view(), &BTreeMap::new());
+        assert_eq!(program_mode(&cfg), Mode::Always);
+        assert_eq!(
+            p.routes[&(a("192.168.179.0"), 26)].flags,
+            ROUTE_F_ENCAP | ROUTE_F_L2
+        );
+        assert_eq!(
+            p.routes[&(a("192.168.83.128"), 32)].kind,
+            RouteKind::TunnelAddress as u8
+        );
+        assert!(p.slow_path.contains(&Route::Tunnel {
+            dst: (a("192.168.179.0"), 26),
+            oif: TUNNEL,
+            src: a("192.168.83.128"),
+        }));
+        // The peer node itself is reached from the node's address.
+        assert!(p.slow_path.contains(&Route::Tunnel {
+            dst: (master, 32),
+            oif: TUNNEL,
+            src: a("172.31.242.156"),
+        }));
+        // CrossSubnet: the same-subnet master's block goes plain; the node itself, in no
+        // pool, keeps the node's mode; the programs allow plain forwarding.
+        cfg.pool_modes = [(pool, IpipMode::CrossSubnet)].into();
+        let p = plan(&cfg, UNDERLAY, TUNNEL, &view(), &BTreeMap::new());
+        assert_eq!(program_mode(&cfg), Mode::CrossSubnet);
+        assert_eq!(
+            p.routes[&(a("192.168.179.0"), 26)].flags,
+            ROUTE_F_SAME_SUBNET | ROUTE_F_L2
+        );
+        assert_eq!(p.routes[&(master, 32)].flags, ROUTE_F_ENCAP | ROUTE_F_L2);
+        assert!(p.slow_path.contains(&Route::Via {
+            dst: (a("192.168.179.0"), 26),
+            gateway: master,
+            oif: UPLINK,
+            mtu: 1500,
+        }));
+        // CrossSubnet toward a master on another subnet: encapsulated; Never: plain anyway,
+        // through the gateway the kernel routes the master by.
+        let mut far = view();
+        far.uplink_nets = vec!["172.31.0.0/24".parse().unwrap()];
+        far.peer_routes = [(master, (Some(a("172.31.0.1")), Some(UPLINK)))].into();
+        far.neighbours = [(a("172.31.0.1"), MASTER_MAC)].into();
+        let p = plan(&cfg, UNDERLAY, TUNNEL, &far, &BTreeMap::new());
+        assert_eq!(
+            p.routes[&(a("192.168.179.0"), 26)].flags,
+            ROUTE_F_ENCAP | ROUTE_F_L2
+        );
+        cfg.pool_modes = [(pool, IpipMode::Never)].into();
+        let p = plan(&cfg, UNDERLAY, TUNNEL, &far, &BTreeMap::new());
+        assert_eq!(
+            p.routes[&(a("192.168.179.0"), 26)].flags,
+            ROUTE_F_SAME_SUBNET | ROUTE_F_L2
+        );
+        assert!(p.slow_path.contains(&Route::Via {
+            dst: (a("192.168.179.0"), 26),
+            gateway: a("172.31.0.1"),
+            oif: UPLINK,
+            mtu: 1500,
+        }));
     }
 
     #[test]

@@ -55,6 +55,7 @@ impl Dataplane {
         };
         // Ours from here on: a failure below leaves it to teardown, which deletes it.
         self.tunnel = Some(t.clone());
+        self.tunnel_address = None;
         self.nl.link_set_up(p.index).await?;
         self.nl.link_set_up(t.index).await?;
         let mac = t
@@ -69,6 +70,30 @@ impl Dataplane {
         }
         links.insert(t);
         links.insert(p);
+        Ok(())
+    }
+
+    /// The node's tunnel address (Calico's `ipv4IPIPTunnelAddr`) as the tunnel device's only
+    /// address, as tunl0 has it: the kernel takes it as the source of the node's own packets
+    /// to remote pods, and delivers what comes back to it locally.
+    pub(crate) async fn ensure_tunnel_address(&mut self, cfg: &Config) -> Result<()> {
+        let Some(t) = &self.tunnel else {
+            return Ok(());
+        };
+        if self.tunnel_address == Some(cfg.tunnel_address) {
+            return Ok(());
+        }
+        if self
+            .nl
+            .set_only_address(t.index, cfg.tunnel_address)
+            .await?
+        {
+            match cfg.tunnel_address {
+                Some(a) => log::info!("tunnel device {}: address {a}/32", t.name),
+                None => log::info!("tunnel device {}: no address", t.name),
+            }
+        }
+        self.tunnel_address = Some(cfg.tunnel_address);
         Ok(())
     }
 

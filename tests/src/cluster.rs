@@ -409,11 +409,16 @@ impl Node {
     /// answer the pods' 169.254.1.1 gateway), a blackhole for the node's block, forwarding on.
     /// `remote` says how the peer's block is reached.
     fn kernel_routes(&self, remote: &str) -> Result<()> {
+        self.kernel_routes_by(remote, "")
+    }
+
+    /// [`Node::kernel_routes`], the blackhole with `proto` (`" proto bird"`, say).
+    fn kernel_routes_by(&self, remote: &str, proto: &str) -> Result<()> {
         let mut script = vec![
             "sysctl -qw net.ipv4.ip_forward=1".to_string(),
             "ip route add 169.254.0.0/16 dev eth0 metric 1002".into(),
             remote.to_string(),
-            format!("ip route add blackhole {}", self.spec.block),
+            format!("ip route add blackhole {}{proto}", self.spec.block),
         ];
         for p in &self.spec.pods {
             script.push(format!(
@@ -450,6 +455,24 @@ impl Node {
             "ip route add {} via {} dev tunl0 onlink",
             peer.spec.block, peer.spec.address
         ))
+    }
+
+    /// A node of a running Calico cluster in IPIP mode, as calico-node leaves it: tunl0 (the
+    /// ipip module's) up at MTU - 20 with `tunnel` (its `ipv4IPIPTunnelAddr`), BIRD's routes
+    /// (`proto bird`: the peer's block via the peer dev tunl0 onlink, the node's block a
+    /// blackhole), Felix's and calico-cni's `/32` per pod with proxy ARP.
+    pub fn calico_kernel_path(&self, peer: &Node, tunnel: Ipv4Addr) -> Result<()> {
+        self.ns.sh(&format!(
+            "ip link set tunl0 mtu {} up\nip addr add {tunnel}/32 dev tunl0",
+            self.spec.mtu - 20
+        ))?;
+        self.kernel_routes_by(
+            &format!(
+                "ip route add {} via {} dev tunl0 proto bird onlink",
+                peer.spec.block, peer.spec.address
+            ),
+            " proto bird",
+        )
     }
 
     /// Creates a pod namespace joined to this node by a `cali…` veth, as Calico's CNI does.

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod calico;
 pub mod cluster;
 pub mod cni;
 pub mod counters;

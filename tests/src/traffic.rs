@@ -424,6 +424,8 @@ impl Pings {
 
 /// Pings `to` from `ns` in rounds of `count` at `interval` (each round a bounded `ping -c`)
 /// while `go()` holds, at most `max_rounds`; the sum of the rounds and each round's output.
+/// A round waits for its replies until 2 s after its last request (`-w`): a reply late by
+/// more than two round trips (a loaded VM's scheduling) counts as received, a lost one not.
 pub fn ping_while(
     ns: &NetNs,
     to: Ipv4Addr,
@@ -432,6 +434,8 @@ pub fn ping_while(
     max_rounds: u32,
     go: &(dyn Fn() -> bool + Sync),
 ) -> Result<(Pings, Vec<String>)> {
+    let secs: f64 = interval.parse().context("interval: seconds")?;
+    let deadline = (f64::from(count) * secs).ceil() as u64 + 2;
     let mut total = Pings::default();
     let mut outputs = Vec::new();
     for _ in 0..max_rounds {
@@ -441,7 +445,8 @@ pub fn ping_while(
         let out = Command::new("ip")
             .args(["netns", "exec", &ns.name, "ping", "-n", "-q", "-c"])
             .arg(count.to_string())
-            .args(["-i", interval, "-W", "1"])
+            .args(["-i", interval, "-W", "1", "-w"])
+            .arg(deadline.to_string())
             .arg(to.to_string())
             .output()
             .context("running ping")?;

@@ -3,11 +3,16 @@
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use dataplane_user::{
-    config::Config,
-    datastore::{Store, model::Pool},
+    config::{Config, DatastoreKind},
+    datastore::{
+        Store,
+        calico::CalicoKeys,
+        calico_sync,
+        model::{CalicoPool, Pool, View},
+    },
     net::Ipv4Net,
 };
 use serde::Serialize;
@@ -25,12 +30,37 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    async fn store(&self) -> Result<Store> {
+    async fn connect(&self) -> Result<(Store, Config)> {
         let cfg = Config::load(&self.config)?;
         let d = cfg
             .datastore
+            .clone()
             .ok_or_else(|| anyhow!("{}: has no [datastore] section", self.config.display()))?;
-        Store::connect(&d).await
+        Ok((Store::connect(&d).await?, cfg))
+    }
+
+    /// A store ipipd may write: its own.
+    async fn store(&self) -> Result<Store> {
+        let (store, cfg) = self.connect().await?;
+        if cfg.datastore_kind == DatastoreKind::CalicoEtcd {
+            bail!(
+                "the datastore is Calico's, which ipipd only reads: change its pools and nodes with calicoctl"
+            );
+        }
+        Ok(store)
+    }
+
+    /// The cluster as the datastore has it, ipipd's or Calico's, and which it is.
+    async fn view(&self) -> Result<(View, DatastoreKind)> {
+        let (store, cfg) = self.connect().await?;
+        let view = match cfg.datastore_kind {
+            DatastoreKind::Ipipd => store.list().await?.0,
+            DatastoreKind::CalicoEtcd => {
+                let keys = CalicoKeys::new(&store.keys.prefix);
+                calico_sync::list(&store, &keys).await?.0.view()
+            }
+        };
+        Ok((view, cfg.datastore_kind))
     }
 }
 
@@ -38,34 +68,70 @@ impl Cluster {
 struct NodeRow {
     name: String,
     address: Ipv4Addr,
-    alive: bool,
+    /// Whether its daemon holds its liveness key (ipipd's datastore; Calico's has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alive: Option<bool>,
+    /// Calico's `ipv4IPIPTunnelAddr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel_address: Option<Ipv4Addr>,
     blocks: Vec<Ipv4Net>,
+    /// Calico's workload endpoints on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pods: Option<usize>,
 }
 
-/// `ipipd nodes`: every registered node, whether its daemon is up, its blocks.
+/// `ipipd nodes`: every registered node, whether its daemon is up, its blocks; of Calico's,
+/// its tunnel address and pods.
 pub async fn nodes(c: Cluster) -> Result<()> {
-    let (view, _) = c.store().await?.list().await?;
+    let (view, kind) = c.view().await?;
+    let calico = kind == DatastoreKind::CalicoEtcd;
     let rows: Vec<NodeRow> = view
         .nodes
         .values()
         .map(|n| NodeRow {
             name: n.name.clone(),
             address: n.address,
-            alive: view.alive.contains(&n.name),
+            alive: (!calico).then(|| view.alive.contains(&n.name)),
+            tunnel_address: view.calico.tunnel_addresses.get(&n.name).copied(),
             blocks: view.blocks_of(&n.name),
+            pods: calico.then(|| {
+                view.calico
+                    .workloads
+                    .values()
+                    .filter(|w| w.node == n.name)
+                    .count()
+            }),
         })
         .collect();
     print(c.output, &rows, |rows| {
-        println!("{:<24} {:<16} {:<6} BLOCKS", "NAME", "ADDRESS", "ALIVE");
+        if calico {
+            println!(
+                "{:<24} {:<16} {:<16} {:<5} BLOCKS",
+                "NAME", "ADDRESS", "TUNNEL ADDRESS", "PODS"
+            );
+        } else {
+            println!("{:<24} {:<16} {:<6} BLOCKS", "NAME", "ADDRESS", "ALIVE");
+        }
         for r in rows {
             let b: Vec<String> = r.blocks.iter().map(|b| b.to_string()).collect();
-            println!(
-                "{:<24} {:<16} {:<6} {}",
-                r.name,
-                r.address,
-                if r.alive { "yes" } else { "no" },
-                b.join(",")
-            );
+            if calico {
+                println!(
+                    "{:<24} {:<16} {:<16} {:<5} {}",
+                    r.name,
+                    r.address,
+                    r.tunnel_address.map_or("-".into(), |t| t.to_string()),
+                    r.pods.unwrap_or(0),
+                    b.join(",")
+                );
+            } else {
+                println!(
+                    "{:<24} {:<16} {:<6} {}",
+                    r.name,
+                    r.address,
+                    if r.alive == Some(true) { "yes" } else { "no" },
+                    b.join(",")
+                );
+            }
         }
     })
 }
@@ -82,7 +148,7 @@ struct BlockRow {
 
 /// `ipipd blocks`: every claimed block and its owner, and the nodes that dispute it.
 pub async fn blocks(c: Cluster) -> Result<()> {
-    let (view, _) = c.store().await?.list().await?;
+    let (view, _) = c.view().await?;
     let mut rows: Vec<BlockRow> = view
         .blocks
         .iter()
@@ -156,6 +222,9 @@ struct PoolRow {
     nat_outgoing: bool,
     blocks: u64,
     claimed: usize,
+    /// A Calico IPPool's name, ipipMode, disabled.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    calico: Option<CalicoPool>,
 }
 
 impl PoolCmd {
@@ -167,18 +236,14 @@ impl PoolCmd {
                 nat_outgoing,
                 cluster,
             } => {
-                let pool = Pool {
-                    cidr,
-                    block_size,
-                    nat_outgoing,
-                };
+                let pool = Pool::new(cidr, block_size, nat_outgoing);
                 if !cluster.store().await?.ensure_pool(&pool).await? {
                     println!("pool {cidr} exists");
                 }
                 Ok(())
             }
             PoolCmd::List { cluster } => {
-                let (view, _) = cluster.store().await?.list().await?;
+                let (view, _) = cluster.view().await?;
                 let rows: Vec<PoolRow> = view
                     .pools
                     .values()
@@ -188,21 +253,28 @@ impl PoolCmd {
                         nat_outgoing: p.nat_outgoing,
                         blocks: 1u64 << (p.block_size - p.cidr.len),
                         claimed: view.blocks.keys().filter(|b| p.cidr.overlaps(b)).count(),
+                        calico: view.calico.pools.get(&p.cidr).cloned(),
                     })
                     .collect();
                 print(cluster.output, &rows, |rows| {
                     println!(
-                        "{:<20} {:<10} {:<8} {:<8} NAT_OUTGOING",
-                        "CIDR", "BLOCK_SIZE", "BLOCKS", "CLAIMED"
+                        "{:<20} {:<10} {:<8} {:<8} {:<12} IPIP_MODE",
+                        "CIDR", "BLOCK_SIZE", "BLOCKS", "CLAIMED", "NAT_OUTGOING"
                     );
                     for r in rows {
                         println!(
-                            "{:<20} {:<10} {:<8} {:<8} {}",
+                            "{:<20} {:<10} {:<8} {:<8} {:<12} {}",
                             r.cidr.to_string(),
                             r.block_size,
                             r.blocks,
                             r.claimed,
-                            if r.nat_outgoing { "yes" } else { "no" }
+                            if r.nat_outgoing { "yes" } else { "no" },
+                            r.calico.as_ref().map_or("-".to_string(), |c| format!(
+                                "{}{} ({})",
+                                c.ipip_mode.name(),
+                                if c.disabled { ", disabled" } else { "" },
+                                c.name
+                            ))
                         );
                     }
                 })

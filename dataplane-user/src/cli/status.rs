@@ -4,7 +4,7 @@
 use anyhow::Result;
 use dataplane_user::{
     attach,
-    control::{self, Answer, Request},
+    control::{self, Answer, PoolInfo, Request},
     inspect,
     metrics::DatastoreHealth,
     net::Ipv4Net,
@@ -27,6 +27,15 @@ struct Status {
     /// ipipd's nftables table (natOutgoing), when it is in place.
     #[serde(skip_serializing_if = "Option::is_none")]
     nat_outgoing: Option<dataplane_user::nat::Shown>,
+    /// The tunnel device's address (calico-etcd mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel_address: Option<std::net::Ipv4Addr>,
+    /// The datastore's pools, as the daemon read them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pools: Vec<PoolInfo>,
+    /// What of the datastore's view the daemon leaves out, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<(String, String)>,
 }
 
 pub async fn run(r: Read) -> Result<()> {
@@ -48,6 +57,9 @@ pub async fn run(r: Read) -> Result<()> {
         datastore: None,
         found: None,
         nat_outgoing: dataplane_user::nat::current(),
+        tunnel_address: None,
+        pools: Vec::new(),
+        skipped: Vec::new(),
     };
     if let Ok(dir) = r.node.state_dir()
         && let Ok(mut c) = control::Client::connect(&dir).await
@@ -56,6 +68,9 @@ pub async fn run(r: Read) -> Result<()> {
         s.blocks = Some(n.blocks);
         s.datastore = n.datastore;
         s.found = Some(n.found);
+        s.tunnel_address = n.tunnel_address;
+        s.pools = n.pools;
+        s.skipped = n.skipped;
     }
     print(r.output, &s, |st| {
         let s = &st.maps;
@@ -68,8 +83,12 @@ pub async fn run(r: Read) -> Result<()> {
             s.uplink, s.uplink_ifindex, s.mtu
         );
         println!(
-            "tunnel      {} #{} (mtu {})",
-            s.tunnel, s.tunnel_ifindex, s.tunnel_mtu
+            "tunnel      {} #{} (mtu {}){}",
+            s.tunnel,
+            s.tunnel_ifindex,
+            s.tunnel_mtu,
+            st.tunnel_address
+                .map_or(String::new(), |a| format!(", address {a}"))
         );
         println!("mode        {}", s.mode);
         println!("routes      {}", s.routes);
@@ -87,15 +106,28 @@ pub async fn run(r: Read) -> Result<()> {
             let b: Vec<String> = b.iter().map(|b| b.to_string()).collect();
             println!("blocks      {}", b.join(" "));
         }
+        for p in &st.pools {
+            println!(
+                "pool        {} /{}{}{}",
+                p.cidr,
+                p.block_size,
+                if p.nat_outgoing { " natOutgoing" } else { "" },
+                p.calico.as_ref().map_or(String::new(), |c| format!(
+                    " ipipMode {}{} ({})",
+                    c.ipip_mode.name(),
+                    if c.disabled { " disabled" } else { "" },
+                    c.name
+                ))
+            );
+        }
         if let Some(d) = &st.datastore {
-            if d.up {
-                println!("datastore   up");
-            } else {
-                println!("datastore   down: {}", d.reason);
-            }
+            println!("datastore   {}", d.summary());
             for line in d.details() {
                 println!("            {line}");
             }
+        }
+        for (what, why) in &st.skipped {
+            println!("left out    {what}: {why}");
         }
     })
 }

@@ -4,13 +4,14 @@
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
 use super::Owner;
 use crate::{
-    config::Config,
+    config::{Config, DatastoreKind},
     datastore::{
         memory::Memory,
+        model::View,
         sync::{self, Msg, Synced},
     },
     metrics::DatastoreHealth,
@@ -68,9 +69,48 @@ pub(super) async fn datastore_start(
     }
 }
 
+/// Which datastore a node follows: its kind, members and prefix.
+pub(super) fn source_of(file: &Config) -> String {
+    file.datastore.as_ref().map_or_else(String::new, |d| {
+        format!(
+            "{} {} ({})",
+            file.datastore_kind.name(),
+            d.endpoints.join(","),
+            d.prefix
+        )
+    })
+}
+
+/// calico-etcd mode: the file's node as Calico's record of it says (see
+/// [`crate::config::Node::follow_calico`]); a node Calico does not know is an error, since no
+/// peer would send to it.
+pub(super) fn follow_record(mut file: Config, view: &View) -> Result<Config> {
+    if file.datastore_kind != DatastoreKind::CalicoEtcd {
+        return Ok(file);
+    }
+    let name = file.node.name.clone();
+    let prefix = file.datastore.as_ref().map_or("", |d| d.prefix.as_str());
+    let rec = view.nodes.get(&name).ok_or_else(|| {
+        anyhow!(
+            "node {name} has no IPv4 address in Calico's datastore ({prefix}/resources/v3/projectcalico.org/nodes/{name}, spec.bgp.ipv4Address); \
+             ipipd writes no Calico key: calico-node's startup registers a node (the name must be Calico's: the Kubernetes node name)"
+        )
+    })?;
+    if file.node.follow_calico(rec.address, &crate::host::System)? {
+        log::info!(
+            "node {name}: uplink {}, address {} ({})",
+            file.node.uplink,
+            file.node.address,
+            file.node.found
+        );
+    }
+    Ok(file)
+}
+
 /// What /readyz, /metrics and `ipipd status` say of the datastore.
-pub(super) fn health_of(s: &Synced, up: bool, reason: String) -> DatastoreHealth {
+pub(super) fn health_of(s: &Synced, source: String, up: bool, reason: String) -> DatastoreHealth {
     DatastoreHealth {
+        source,
         up,
         reason,
         resets: s.resets,
@@ -104,8 +144,14 @@ impl Owner {
                 if !was.up {
                     log::info!("datastore: reachable again; resynchronising");
                 }
-                self.ds_health = Some(health_of(&synced, true, String::new()));
+                self.ds_health = Some(health_of(
+                    &synced,
+                    source_of(&self.file),
+                    true,
+                    String::new(),
+                ));
                 if self.ds.as_ref() != Some(&synced.memory) {
+                    self.note_calico(&synced.memory.view);
                     match self.adopt_memory(synced.memory).await {
                         Ok(()) => log::debug!(
                             "datastore: {} nodes, {} peers, {} blocks of this node",
@@ -134,6 +180,36 @@ impl Owner {
         }
         if self.ds_health != Some(was) {
             self.publish();
+        }
+    }
+
+    /// calico-etcd mode: what of a new view the node leaves out (a workload endpoint it
+    /// cannot take), logged when that changes; a new address in the node's own record, which
+    /// a restart follows.
+    pub(super) fn note_calico(&mut self, view: &View) {
+        if self.file.datastore_kind != DatastoreKind::CalicoEtcd {
+            return;
+        }
+        let (_, skipped) = sync::overlay_noting(
+            &self.file,
+            &Memory {
+                view: view.clone(),
+                ..Memory::default()
+            },
+        );
+        for (what, why) in skipped.iter().filter(|s| !self.skipped.contains(s)) {
+            log::warn!("datastore: {what} is left out: {why}");
+        }
+        self.skipped = skipped;
+        if let Some(rec) = view.nodes.get(&self.file.node.name)
+            && rec.address != self.file.node.address
+        {
+            log::error!(
+                "Calico's node record of {} now says its address is {}; this node sends from {} until ipipd restarts",
+                rec.name,
+                rec.address,
+                self.file.node.address
+            );
         }
     }
 

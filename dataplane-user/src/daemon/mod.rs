@@ -19,7 +19,7 @@ mod datastore;
 mod requests;
 mod server;
 
-use datastore::{datastore_start, health_of};
+use datastore::{datastore_start, follow_record, health_of, source_of};
 use server::accept_loop;
 
 use std::{
@@ -42,9 +42,10 @@ use tokio::{
 
 use crate::{
     apply::Dataplane,
-    config::Config,
+    config::{Config, DatastoreKind},
     control::{self, Reply, Request},
     datastore::{
+        calico_sync,
         memory::Memory,
         sync::{self, Msg},
     },
@@ -98,6 +99,8 @@ struct Owner {
     ds: Option<Memory>,
     ds_health: Option<DatastoreHealth>,
     ds_in_use: Option<watch::Sender<BTreeSet<Ipv4Net>>>,
+    /// calico-etcd mode: what of the view the node leaves out, with why (logged on change).
+    skipped: Vec<(String, String)>,
     health: watch::Sender<Health>,
     /// Connected `ipipd monitor` clients, and whether each wants drops only.
     monitors: BTreeMap<u64, bool>,
@@ -141,6 +144,19 @@ impl Condition {
     }
 }
 
+/// The datastore's task, as the start leaves it.
+enum DsTask {
+    Ipipd(
+        crate::datastore::DatastoreCfg,
+        sync::Tracker,
+        Option<crate::datastore::Store>,
+    ),
+    Calico(
+        crate::datastore::DatastoreCfg,
+        Option<crate::datastore::Store>,
+    ),
+}
+
 /// How `run` ends on SIGTERM/SIGINT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnExit {
@@ -158,7 +174,7 @@ pub async fn run(
     metrics: Option<SocketAddr>,
     on_exit: OnExit,
 ) -> Result<()> {
-    let file = Config::load(config_path)?;
+    let mut file = Config::load(config_path)?;
     log::info!(
         "node {}: uplink {}, address {} ({})",
         file.node.name,
@@ -183,7 +199,34 @@ pub async fn run(
     let ipam = Ipam::load(state_dir)?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let (ds, ds_task) = match &file.datastore {
+    let (ds, ds_task) = match file.datastore.clone() {
+        Some(d) if file.datastore_kind == DatastoreKind::CalicoEtcd => {
+            let (synced, store) = calico_sync::start(&d, state_dir).await?;
+            file = follow_record(file, &synced.memory.view)?;
+            log::info!(
+                "datastore: Calico's: {} nodes, {} blocks, {} pools; this node's blocks {}, its pods {}",
+                synced.memory.view.nodes.len(),
+                synced.memory.view.blocks.len(),
+                synced.memory.view.pools.len(),
+                synced
+                    .memory
+                    .view
+                    .blocks_of(&file.node.name)
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                synced
+                    .memory
+                    .view
+                    .calico
+                    .workloads
+                    .values()
+                    .filter(|w| w.node == file.node.name)
+                    .count()
+            );
+            (Some(synced), Some(DsTask::Calico(d, store)))
+        }
         Some(d) => {
             // The addresses the node's pods have, whichever blocks they turn out to be in.
             let addresses: Vec<std::net::Ipv4Addr> = file
@@ -193,8 +236,9 @@ pub async fn run(
                 .map(|e| e.address)
                 .chain(ipam.allocations.iter().map(|a| a.address))
                 .collect();
-            let (synced, tracker, store) = datastore_start(d, &file, state_dir, &addresses).await?;
-            (Some(synced), Some((d.clone(), tracker, store)))
+            let (synced, tracker, store) =
+                datastore_start(&d, &file, state_dir, &addresses).await?;
+            (Some(synced), Some(DsTask::Ipipd(d, tracker, store)))
         }
         None => (None, None),
     };
@@ -218,6 +262,7 @@ pub async fn run(
         dp.plan.pending.len(),
         desired.peers.len()
     );
+    let source = source_of(&file);
     let mut owner = Owner {
         config_path: config_path.to_path_buf(),
         file,
@@ -225,9 +270,12 @@ pub async fn run(
         desired,
         dp,
         ipam,
-        ds_health: ds.as_ref().map(|s| health_of(s, true, String::new())),
+        ds_health: ds
+            .as_ref()
+            .map(|s| health_of(s, source, true, String::new())),
         ds: ds.map(|s| s.memory),
         ds_in_use: None,
+        skipped: Vec::new(),
         health,
         monitors: BTreeMap::new(),
         next_monitor: 0,
@@ -236,11 +284,21 @@ pub async fn run(
         promoted: 0,
         reading_next_hops: Condition::default(),
     };
-    let mut ds_rx = ds_task.map(|(d, tracker, store)| {
+    if let Some(m) = owner.ds.clone() {
+        owner.note_calico(&m.view);
+    }
+    let mut ds_rx = ds_task.map(|task| {
         let (tx, rx) = mpsc::channel(16);
-        let (in_use, in_use_rx) = watch::channel(owner.blocks_in_use());
-        owner.ds_in_use = Some(in_use);
-        tokio::spawn(sync::run(d, tracker, store, in_use_rx, tx));
+        match task {
+            DsTask::Ipipd(d, tracker, store) => {
+                let (in_use, in_use_rx) = watch::channel(owner.blocks_in_use());
+                owner.ds_in_use = Some(in_use);
+                tokio::spawn(sync::run(d, tracker, store, in_use_rx, tx));
+            }
+            DsTask::Calico(d, store) => {
+                tokio::spawn(calico_sync::run(d, store, tx));
+            }
+        }
         rx
     });
     let result = owner
@@ -490,7 +548,8 @@ impl Owner {
 
     /// SIGHUP: re-read the file; replace only its part; an invalid file changes nothing.
     async fn reload(&mut self) {
-        let file = match Config::load(&self.config_path) {
+        let view = self.ds.as_ref().map(|m| m.view.clone()).unwrap_or_default();
+        let file = match Config::load(&self.config_path).and_then(|f| follow_record(f, &view)) {
             Ok(f) => f,
             Err(e) => {
                 log::error!("SIGHUP: config rejected, keeping the running state: {e:#}");

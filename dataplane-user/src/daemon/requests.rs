@@ -8,7 +8,10 @@ use anyhow::Result;
 
 use super::{Command, Owner};
 use crate::{
-    control::{Answer, AttachmentInfo, EndpointState, NodeInfo, Reason, Reply, Request},
+    control::{
+        Answer, AttachmentInfo, EndpointState, NodeInfo, PoolInfo, Reason, Reply, Request,
+    },
+    config::DatastoreKind,
     desired::Change,
     ipam,
     net::Ipv4Net,
@@ -114,6 +117,22 @@ impl Owner {
             free,
             datastore: self.ds_health.clone(),
             found: self.file.node.found.clone(),
+            tunnel_address: self.desired.tunnel_address,
+            pools: self
+                .desired
+                .pools
+                .iter()
+                .map(|p| PoolInfo {
+                    cidr: p.cidr,
+                    block_size: p.block_size,
+                    nat_outgoing: p.nat_outgoing,
+                    calico: self
+                        .ds
+                        .as_ref()
+                        .and_then(|m| m.view.calico.pools.get(&p.cidr).cloned()),
+                })
+                .collect(),
+            skipped: self.skipped.clone(),
         }
     }
 
@@ -123,6 +142,12 @@ impl Owner {
         owner: &ipam::Attachment,
         pod: Option<String>,
     ) -> Reply {
+        if self.file.datastore_kind == DatastoreKind::CalicoEtcd {
+            return Reply::refused(
+                Reason::NoAddress,
+                "this node follows Calico's datastore: pod addresses are calico-ipam's (use calico-cni)",
+            );
+        }
         let r = self.allocate_here(owner, pod.clone());
         if r.reason != Some(Reason::NoAddress) || self.file.datastore.is_none() {
             return r;

@@ -3,6 +3,8 @@
 //! [`memory`] what a node remembers and makes of a store that forgot; [`Store`] the etcd I/O;
 //! [`sync`] the node's side: its start and the daemon's task that keeps its view current).
 
+pub mod calico;
+pub mod calico_sync;
 pub mod memory;
 pub mod model;
 pub mod sync;
@@ -159,6 +161,37 @@ impl Store {
             );
         }
         Ok((view, rev))
+    }
+
+    /// Every key under `prefix` with its value, at `revision` (None: the newest), and the
+    /// revision read at.
+    pub async fn get_prefix(
+        &self,
+        prefix: &str,
+        revision: Option<i64>,
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64)> {
+        let c = self.client.clone();
+        let resp = retry(&format!("listing {prefix}"), || {
+            let mut c = c.clone();
+            let mut opts = GetOptions::new().with_prefix();
+            if let Some(r) = revision {
+                opts = opts.with_revision(r);
+            }
+            async move { c.get(prefix, Some(opts)).await }
+        })
+        .await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect();
+        Ok((kvs, revision.unwrap_or(rev)))
     }
 
     /// One transaction: `then` when every comparison of `when` holds; whether they did.

@@ -37,6 +37,14 @@ pub struct Pool {
 }
 
 impl Pool {
+    pub fn new(cidr: Ipv4Net, block_size: u8, nat_outgoing: bool) -> Self {
+        Pool {
+            cidr,
+            block_size,
+            nat_outgoing,
+        }
+    }
+
     /// The pool's rules: a block size between the pool's prefix length and /30.
     pub fn check(&self) -> Result<(), String> {
         crate::net::check_block(&self.cidr)?;
@@ -59,6 +67,59 @@ impl Pool {
     }
 }
 
+/// A Calico IPPool's `ipipMode` (api/pkg/apis/projectcalico/v3/ippool.go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IpipMode {
+    /// Every remote block of the pool is encapsulated.
+    Always,
+    /// Only toward nodes outside the uplink's subnets.
+    CrossSubnet,
+    /// Routed without encapsulation: the network between the nodes routes the pool (as
+    /// with Calico's BGP to the fabric).
+    Never,
+}
+
+impl IpipMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            IpipMode::Always => "Always",
+            IpipMode::CrossSubnet => "CrossSubnet",
+            IpipMode::Never => "Never",
+        }
+    }
+}
+
+/// What a Calico IPPool adds to a [`Pool`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalicoPool {
+    pub name: String,
+    pub ipip_mode: IpipMode,
+    /// No new block or address from it; its blocks are still routed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// What Calico's datastore says beyond ipipd's own model (calico-etcd mode; empty with
+/// ipipd's datastore).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalicoView {
+    /// The IPPools' names and modes, by CIDR.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<Ipv4Net, CalicoPool>,
+    /// The nodes' `ipv4IPIPTunnelAddr`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tunnel_addresses: BTreeMap<String, Ipv4Addr>,
+    /// Pods by their WorkloadEndpoint (`namespace/name`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workloads: BTreeMap<String, Workload>,
+}
+
+impl CalicoView {
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty() && self.tunnel_addresses.is_empty() && self.workloads.is_empty()
+    }
+}
+
 /// A block's owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +134,21 @@ pub struct Block {
 pub struct NodeRecord {
     pub name: String,
     pub address: Ipv4Addr,
+}
+
+/// A pod as Calico's WorkloadEndpoint describes it (calico-etcd mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// The node it runs on.
+    pub node: String,
+    /// The host side of its veth (`cali…`).
+    pub interface: String,
+    pub address: Ipv4Addr,
+    /// The pod side's MAC, when the endpoint says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
+    /// `namespace/pod`.
+    pub pod: String,
 }
 
 /// The store's identity: written once, at the first node's first start.
@@ -191,6 +267,9 @@ pub struct View {
     /// Nodes `ipipd node remove` removed (and that did not register again).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub removed: BTreeSet<String>,
+    /// calico-etcd mode: the pools' modes, the tunnel addresses, the pods.
+    #[serde(default, skip_serializing_if = "CalicoView::is_empty")]
+    pub calico: CalicoView,
     /// Values that did not parse: (key, error), for the log.
     #[serde(skip)]
     pub bad: Vec<(String, String)>,
@@ -409,11 +488,7 @@ mod tests {
 
     #[test]
     fn a_pool_is_carved_into_blocks_in_order() {
-        let p = Pool {
-            cidr: net("10.244.0.0/24"),
-            block_size: 26,
-            nat_outgoing: false,
-        };
+        let p = Pool::new(net("10.244.0.0/24"), 26, false);
         p.check().unwrap();
         let b: Vec<String> = p.blocks().map(|b| b.to_string()).collect();
         assert_eq!(
@@ -425,11 +500,7 @@ mod tests {
                 "10.244.0.192/26"
             ]
         );
-        let bad = Pool {
-            cidr: net("10.244.0.0/24"),
-            block_size: 23,
-            nat_outgoing: false,
-        };
+        let bad = Pool::new(net("10.244.0.0/24"), 23, false);
         assert!(bad.check().is_err());
     }
 
@@ -495,11 +566,7 @@ mod tests {
         let mut v = View::default();
         v.pools.insert(
             net("10.0.0.0/24"),
-            Pool {
-                cidr: net("10.0.0.0/24"),
-                block_size: 26,
-                nat_outgoing: false,
-            },
+            Pool::new(net("10.0.0.0/24"), 26, false),
         );
         // A /25 covering the first two /26s, and a /28 inside the last one.
         v.blocks.insert(net("10.0.0.0/25"), "a".into());
@@ -566,11 +633,7 @@ mod tests {
         // A disputed block is not free, even once its owner lets it go.
         v.pools.insert(
             net("10.0.0.0/25"),
-            Pool {
-                cidr: net("10.0.0.0/25"),
-                block_size: 26,
-                nat_outgoing: false,
-            },
+            Pool::new(net("10.0.0.0/25"), 26, false),
         );
         v.blocks.clear();
         assert_eq!(v.free_blocks().collect::<Vec<_>>(), [net("10.0.0.64/26")]);

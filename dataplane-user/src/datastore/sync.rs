@@ -483,6 +483,12 @@ fn fmt_blocks(b: &BTreeSet<Ipv4Net>) -> String {
 /// other registered node as a peer with its blocks (but those the node holds), the pools (with
 /// their natOutgoing) the store's.
 pub fn overlay(file: &Config, mem: &Memory) -> Config {
+    overlay_noting(file, mem).0
+}
+
+/// [`overlay`], and what of Calico's view it left out, with why (see
+/// [`super::calico::overlay`]).
+pub fn overlay_noting(file: &Config, mem: &Memory) -> (Config, Vec<(String, String)>) {
     let mut c = file.clone();
     c.pools = mem.view.pools.values().cloned().collect();
     for b in mem.held(&file.node.name) {
@@ -495,7 +501,8 @@ pub fn overlay(file: &Config, mem: &Memory) -> Config {
         p.blocks
             .retain(|b| !c.blocks.iter().any(|mine| mine.overlaps(b)));
     }
-    c
+    let skipped = super::calico::overlay(&mut c, &mem.view);
+    (c, skipped)
 }
 
 /// The blocks of `mem` that hold one of `addresses` (the node's pods and allocations).
