@@ -583,8 +583,19 @@ fn a_calico_nodes_kernel_path_is_taken_over_without_a_lost_ping_and_given_back()
         println!("{}", c.logs());
     }
     assert!(w2m.0.sent >= 300 && m2w.0.sent >= 300, "{w2m:?} {m2w:?}");
-    assert_eq!(w2m.0.sent, w2m.0.received, "lost worker → master: {:?}", w2m.1);
-    assert_eq!(m2w.0.sent, m2w.0.received, "lost master → worker: {:?}", m2w.1);
+    // On a kernel without TCX (6.1) the first program on a device needs a clsact qdisc, and
+    // grafting one makes the kernel deactivate the device's transmit queues for an RCU grace
+    // period (qdisc_graft → dev_deactivate): a packet the uplink sends in that window is
+    // dropped by the kernel, once per device, before ipipd has seen it (README: "Replace
+    // calico-node's data plane"). There, each node's takeover may cost one ping per
+    // direction; with TCX nothing is grafted and nothing may be lost.
+    let grafted = c.logs().contains("attached from_uplink to eth0 (netlink");
+    let allowed = if grafted { 2 } else { 0 };
+    if grafted {
+        println!("no TCX: clsact qdiscs grafted on live uplinks, up to {allowed} lost per direction allowed");
+    }
+    assert!(w2m.0.sent - w2m.0.received <= allowed, "lost worker → master: {:?}", w2m.1);
+    assert!(m2w.0.sent - m2w.0.received <= allowed, "lost master → worker: {:?}", m2w.1);
     assert_eq!(routes(&c, "node"), seed_table(), "{}", c.logs());
     // ipipd carries it all now: tunl0 stays up, and carries nothing more.
     let tunl0_tx = |c: &Cluster| -> u64 {

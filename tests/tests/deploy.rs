@@ -159,6 +159,7 @@ fn the_manifests_validate_against_kubernetes_schemas() {
         .arg("--strict")
         .arg(deploy("ipipd.yaml"))
         .arg(deploy("teardown.yaml"))
+        .arg(deploy("calico-etcd.yaml"))
         .output()
         .unwrap();
     let text = format!(
@@ -167,7 +168,7 @@ fn the_manifests_validate_against_kubernetes_schemas() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches(" passed for resource ").count(), 4, "{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), 7, "{text}");
 }
 
 #[test]
@@ -325,4 +326,114 @@ fn the_manifest_is_true_to_the_binary() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent_proc.id() as i32, libc::SIGTERM) };
     let _ = agent_proc.wait();
+}
+
+/// deploy/calico-etcd.yaml, held to the binary and to Calico's calico-etcd.yaml: the agent's
+/// config reads Calico's keys (kind calico-etcd, prefix /calico) with the files of Calico's own
+/// etcd Secret, the init containers are calico-node's start and tunnel-address allocation run
+/// once (nothing of Felix or BIRD), and no ipipd-cni is installed (calico-cni stays).
+#[test]
+fn the_calico_manifest_reads_calicos_store_with_calicos_secret() {
+    if !have_validator() {
+        return;
+    }
+    let docs = documents(&deploy("calico-etcd.yaml"));
+    let ds = kind(&docs, "DaemonSet", "ipipd");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let agent = &pod["containers"][0];
+    let args = strings(&agent["args"]);
+    assert_eq!(args[0], "run");
+    let (cm, key) = host_path(pod, agent, flag(&args, "--config"));
+    assert_eq!(cm, "<config>");
+    let cm_name = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "config")
+        .unwrap()["configMap"]["name"]
+        .as_str()
+        .unwrap();
+    let text = kind(&docs, "ConfigMap", cm_name)["data"][key.trim_start_matches('/')]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg =
+        dataplane_user::config::Config::parse_on(&text, &Host).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        cfg.datastore_kind,
+        dataplane_user::config::DatastoreKind::CalicoEtcd
+    );
+    let ds_cfg = cfg.datastore.clone().expect("[datastore]");
+    assert_eq!(ds_cfg.prefix, "/calico");
+    // The node's address is left to Calico's record.
+    assert!(!cfg.node.address_given, "{text}");
+    let secret = |c: &Value, p: &str| {
+        let (vol, rest) = host_path(pod, c, p);
+        let v = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| format!("<{}>", v["name"].as_str().unwrap()) == vol)
+            .unwrap_or_else(|| panic!("{p} on {vol}"));
+        (
+            v["secret"]["secretName"].as_str().unwrap().to_string(),
+            rest.trim_start_matches('/').to_string(),
+        )
+    };
+    for (f, k) in [
+        (&ds_cfg.ca, "etcd-ca"),
+        (&ds_cfg.cert, "etcd-cert"),
+        (&ds_cfg.key, "etcd-key"),
+    ] {
+        let p = f.as_ref().unwrap().display().to_string();
+        assert_eq!(
+            secret(agent, &p),
+            ("calico-etcd-secrets".to_string(), k.to_string())
+        );
+    }
+    let inits = pod["initContainers"].as_array().unwrap();
+    let commands: Vec<Vec<String>> = inits.iter().map(|c| strings(&c["command"])).collect();
+    assert_eq!(
+        commands,
+        [
+            vec!["calico-node", "-startup"],
+            vec![
+                "calico-node",
+                "-allocate-tunnel-addrs",
+                "-allocate-tunnel-addrs-run-once"
+            ],
+        ]
+    );
+    for c in inits {
+        let env = |name: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .clone()
+        };
+        assert_eq!(env("DATASTORE_TYPE")["value"], "etcdv3");
+        assert_eq!(
+            env("NODENAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName"
+        );
+        for (var, k) in [
+            ("ETCD_CA_CERT_FILE", "etcd-ca"),
+            ("ETCD_CERT_FILE", "etcd-cert"),
+            ("ETCD_KEY_FILE", "etcd-key"),
+        ] {
+            let p = env(var)["value"].as_str().unwrap().to_string();
+            assert_eq!(
+                secret(c, &p),
+                ("calico-etcd-secrets".to_string(), k.to_string())
+            );
+        }
+    }
+    assert!(
+        !serde_json::to_string(pod).unwrap().contains("install-cni"),
+        "calico-cni stays: no ipipd-cni"
+    );
 }
