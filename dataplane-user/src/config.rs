@@ -1151,21 +1151,38 @@ mod tests {
     }
 
     #[test]
-    fn with_calicos_datastore_the_node_follows_calicos_record_and_the_file_holds_no_pool_or_block() {
-        const DS: &str = "[datastore]\nkind = \"calico-etcd\"\netcd = [\"http://127.0.0.1:2379\"]\n";
+    fn with_calicos_datastore_the_node_follows_calicos_record_and_the_file_holds_no_pool_or_block()
+    {
+        const DS: &str =
+            "[datastore]\nkind = \"calico-etcd\"\netcd = [\"http://127.0.0.1:2379\"]\n";
         let host = TestHost::default();
         let mut c = Config::parse_on(&format!("[node]\n{DS}"), &host).unwrap();
         assert_eq!(c.datastore_kind, DatastoreKind::CalicoEtcd);
         assert_eq!(c.datastore.as_ref().unwrap().prefix, "/calico");
         // first-found took eth0; Calico's record says eth1's address: followed.
-        assert_eq!(c.node.address, "172.31.242.156".parse::<Ipv4Addr>().unwrap());
-        assert!(c.node.follow_calico("192.0.2.10".parse().unwrap(), &host).unwrap());
+        assert_eq!(
+            c.node.address,
+            "172.31.242.156".parse::<Ipv4Addr>().unwrap()
+        );
+        assert!(
+            c.node
+                .follow_calico("192.0.2.10".parse().unwrap(), &host)
+                .unwrap()
+        );
         assert_eq!(
             (c.node.uplink.as_str(), c.node.address),
             ("eth1", "192.0.2.10".parse().unwrap())
         );
-        assert!(c.node.found.contains("Calico's node record"), "{}", c.node.found);
-        assert!(!c.node.follow_calico("192.0.2.10".parse().unwrap(), &host).unwrap());
+        assert!(
+            c.node.found.contains("Calico's node record"),
+            "{}",
+            c.node.found
+        );
+        assert!(
+            !c.node
+                .follow_calico("192.0.2.10".parse().unwrap(), &host)
+                .unwrap()
+        );
         // An address on no interface, or one the file chose, is an error naming both.
         let e = c
             .node

@@ -109,9 +109,11 @@ pub struct AttachmentInfo {
     pub endpoint: Option<EndpointState>,
 }
 
-/// A reply's content, by request.
+/// A reply's content, by request. (One per request, serialised at once: the node's
+/// information being the largest costs nothing worth a box.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     Node(NodeInfo),
     Address(std::net::Ipv4Addr),

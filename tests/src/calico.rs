@@ -56,7 +56,9 @@ impl<'a> CalicoStore<'a> {
     /// The store's revision: it moves with every write, so an unchanged one says nothing was
     /// written.
     pub fn revision(&self) -> Result<i64> {
-        let out = self.etcd.ctl(&["get", "/", "--prefix", "--keys-only", "-w", "json"])?;
+        let out = self
+            .etcd
+            .ctl(&["get", "/", "--prefix", "--keys-only", "-w", "json"])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         v["header"]["revision"]
             .as_i64()
@@ -72,9 +74,7 @@ impl<'a> CalicoStore<'a> {
     /// startup writes it: the address with its subnet's prefix length, and the tunnel address
     /// `allocate-tunnel-addrs` took from the node's block).
     pub fn node(&self, name: &str, address: &str, tunnel: Option<Ipv4Addr>) -> Result<()> {
-        let tunnel = tunnel.map_or(String::new(), |t| {
-            format!(r#","ipv4IPIPTunnelAddr":"{t}""#)
-        });
+        let tunnel = tunnel.map_or(String::new(), |t| format!(r#","ipv4IPIPTunnelAddr":"{t}""#));
         self.put(
             &self.resource("nodes", name),
             &format!(
@@ -150,10 +150,7 @@ impl<'a> CalicoStore<'a> {
     pub fn workload_key(&self, namespace: &str, node: &str, pod: &str) -> String {
         self.resource(
             "workloadendpoints",
-            &format!(
-                "{namespace}/{node}-k8s-{}-eth0",
-                pod.replace('-', "--")
-            ),
+            &format!("{namespace}/{node}-k8s-{}-eth0", pod.replace('-', "--")),
         )
     }
 
@@ -184,8 +181,16 @@ impl<'a> CalicoStore<'a> {
     /// `192.168.0.0/16` (ipipMode Always, natOutgoing), both blocks' confirmed affinities and
     /// allocation blocks, and the given pods (namespace, pod, node, interface, address).
     pub fn seed(&self, pods: &[(&str, &str, &str, &str, Ipv4Addr)]) -> Result<()> {
-        self.node(WORKER, "172.31.242.156/20", Some(Ipv4Addr::new(192, 168, 83, 128)))?;
-        self.node(MASTER, "172.31.242.157/20", Some(Ipv4Addr::new(192, 168, 179, 0)))?;
+        self.node(
+            WORKER,
+            "172.31.242.156/20",
+            Some(Ipv4Addr::new(192, 168, 83, 128)),
+        )?;
+        self.node(
+            MASTER,
+            "172.31.242.157/20",
+            Some(Ipv4Addr::new(192, 168, 179, 0)),
+        )?;
         self.pool("default-ipv4-ippool", "192.168.0.0/16", "Always", true)?;
         for (node, block) in [(WORKER, "192.168.83.128/26"), (MASTER, "192.168.179.0/26")] {
             self.affinity(node, block, "confirmed")?;

@@ -32,9 +32,24 @@ fn a(s: &str) -> Ipv4Addr {
 
 /// The seed's pods: three on the worker (its route table's), one on the master.
 const WORKER_PODS: [(&str, &str, &str, &str); 3] = [
-    ("kube-system", "kube-dns-545bc4bfd4-c9vsc", "cali513e7f6c556", "192.168.83.129"),
-    ("sock-shop", "carts-db-787f4b7896-v8qbn", "cali85f45a254f4", "192.168.83.130"),
-    ("sock-shop", "carts-794f6cc876-8lfj8", "cali65bda6d8589", "192.168.83.131"),
+    (
+        "kube-system",
+        "kube-dns-545bc4bfd4-c9vsc",
+        "cali513e7f6c556",
+        "192.168.83.129",
+    ),
+    (
+        "sock-shop",
+        "carts-db-787f4b7896-v8qbn",
+        "cali85f45a254f4",
+        "192.168.83.130",
+    ),
+    (
+        "sock-shop",
+        "carts-794f6cc876-8lfj8",
+        "cali65bda6d8589",
+        "192.168.83.131",
+    ),
 ];
 const MASTER_POD: (&str, &str, &str, &str) = (
     "sock-shop",
@@ -65,7 +80,12 @@ fn cluster(tag: &str, extra: Vec<NodeSpec>) -> Cluster {
     };
     let mut specs = vec![
         NodeSpec::host("etcd", ETCD_HOST, 20),
-        spec("master", "172.31.242.157", "192.168.179.0/26", &[MASTER_POD]),
+        spec(
+            "master",
+            "172.31.242.157",
+            "192.168.179.0/26",
+            &[MASTER_POD],
+        ),
         spec("node", "172.31.242.156", "192.168.83.128/26", &WORKER_PODS),
     ];
     specs.extend(extra);
@@ -73,7 +93,13 @@ fn cluster(tag: &str, extra: Vec<NodeSpec>) -> Cluster {
 }
 
 fn etcd(c: &Cluster) -> Etcd {
-    Etcd::start(&c.node("etcd").ns, ETCD_HOST, ETCD_PORT, &c.dir.join("etcd")).unwrap()
+    Etcd::start(
+        &c.node("etcd").ns,
+        ETCD_HOST,
+        ETCD_PORT,
+        &c.dir.join("etcd"),
+    )
+    .unwrap()
 }
 
 /// The seed's store: both nodes, the pool, the blocks, every pod's workload endpoint.
@@ -82,7 +108,13 @@ fn fill_seed(store: &CalicoStore) {
         .iter()
         .map(|p| (p.0, p.1, WORKER, p.2, a(p.3)))
         .collect();
-    pods.push((MASTER_POD.0, MASTER_POD.1, MASTER, MASTER_POD.2, a(MASTER_POD.3)));
+    pods.push((
+        MASTER_POD.0,
+        MASTER_POD.1,
+        MASTER,
+        MASTER_POD.2,
+        a(MASTER_POD.3),
+    ));
     store.seed(&pods).unwrap();
 }
 
@@ -219,8 +251,14 @@ fn the_seeds_calico_store_drives_both_nodes_and_nothing_is_written() {
     let worker = &c.node("node").ns;
     let got = worker.ip("route get 192.168.179.1").unwrap();
     assert!(got.contains("src 192.168.83.128"), "{got}");
-    assert!(ping_ok(worker, a(MASTER_POD.3)), "worker host → master's pod");
-    assert!(ping_ok(&master_pod, a("192.168.83.128")), "master's pod → worker's tunnel address");
+    assert!(
+        ping_ok(worker, a(MASTER_POD.3)),
+        "worker host → master's pod"
+    );
+    assert!(
+        ping_ok(&master_pod, a("192.168.83.128")),
+        "master's pod → worker's tunnel address"
+    );
     let addrs = worker.ip("-4 -o addr show dev ipipd0").unwrap();
     assert!(addrs.contains("inet 192.168.83.128/32"), "{addrs}");
 
@@ -229,7 +267,10 @@ fn the_seeds_calico_store_drives_both_nodes_and_nothing_is_written() {
     assert_eq!(st["tunnel_address"], "192.168.83.128", "{st}");
     assert_eq!(st["pools"][0]["cidr"], "192.168.0.0/16", "{st}");
     assert_eq!(st["pools"][0]["calico"]["ipip_mode"], "Always", "{st}");
-    assert_eq!(st["pools"][0]["calico"]["name"], "default-ipv4-ippool", "{st}");
+    assert_eq!(
+        st["pools"][0]["calico"]["name"], "default-ipv4-ippool",
+        "{st}"
+    );
     assert_eq!(st["pools"][0]["nat_outgoing"], true, "{st}");
     assert!(
         st["datastore"]["source"]
@@ -279,7 +320,12 @@ fn the_seeds_calico_store_drives_both_nodes_and_nothing_is_written() {
     assert!(format!("{err:#}").contains("calicoctl"), "{err:#}");
 
     // Not one key under /calico was written: the store's revision is the one it had.
-    assert_eq!(store.revision().unwrap(), before, "{}", store.dump().unwrap());
+    assert_eq!(
+        store.revision().unwrap(),
+        before,
+        "{}",
+        store.dump().unwrap()
+    );
     let log = c.logs();
     assert!(!log.contains("left out"), "{log}");
 }
@@ -311,7 +357,13 @@ fn a_pod_is_followed_from_its_workload_endpoint_and_its_veth_and_goes_with_its_e
     };
     // The endpoint first, then the veth (calico-cni's order is the other one).
     let k1 = store
-        .workload("default", "late-veth", WORKER, "cali0a1b2c3d4e5", a("192.168.83.140"))
+        .workload(
+            "default",
+            "late-veth",
+            WORKER,
+            "cali0a1b2c3d4e5",
+            a("192.168.83.140"),
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(!in_map(&c, "192.168.83.140"), "no veth yet");
@@ -340,7 +392,13 @@ fn a_pod_is_followed_from_its_workload_endpoint_and_its_veth_and_goes_with_its_e
     assert!(!in_map(&c, "192.168.83.141"), "no endpoint yet");
     let t = Instant::now();
     let k2 = store
-        .workload("default", "late-wep", WORKER, "cali5f6e7d8c9b0", a("192.168.83.141"))
+        .workload(
+            "default",
+            "late-wep",
+            WORKER,
+            "cali5f6e7d8c9b0",
+            a("192.168.83.141"),
+        )
         .unwrap();
     let took2 = wait(&c, "192.168.83.141", t);
     println!(
@@ -349,7 +407,11 @@ fn a_pod_is_followed_from_its_workload_endpoint_and_its_veth_and_goes_with_its_e
         took2.as_millis()
     );
     for addr in ["192.168.83.140", "192.168.83.141"] {
-        assert!(ping_ok(&master_pod, a(addr)), "master's pod → {addr}\n{}", c.logs());
+        assert!(
+            ping_ok(&master_pod, a(addr)),
+            "master's pod → {addr}\n{}",
+            c.logs()
+        );
         let pod = c.node("node").pod(a(addr)).ns.view();
         assert!(ping_ok(&pod, a(MASTER_POD.3)), "{addr} → master's pod");
     }
@@ -381,14 +443,23 @@ fn a_pod_is_followed_from_its_workload_endpoint_and_its_veth_and_goes_with_its_e
     });
     // And one this node cannot take (outside its blocks) is left out, saying why.
     store
-        .workload("default", "elsewhere", WORKER, "cali9e9e9e9e9e9", a("192.168.179.50"))
+        .workload(
+            "default",
+            "elsewhere",
+            WORKER,
+            "cali9e9e9e9e9e9",
+            a("192.168.179.50"),
+        )
         .unwrap();
     eventually("the endpoint outside the node's blocks is left out", || {
         c.logs().contains("is in no block of this node")
     });
     let st = c.ipipd_json("node", &["status"]).unwrap();
     assert!(st["skipped"].to_string().contains("elsewhere"), "{st}");
-    assert!(ping_ok(&master_pod, a("192.168.83.141")), "still forwarding");
+    assert!(
+        ping_ok(&master_pod, a("192.168.83.141")),
+        "still forwarding"
+    );
     store.delete(&k2).unwrap();
     eventually("192.168.83.141 leaves the map", || {
         !in_map(&c, "192.168.83.141")
@@ -426,10 +497,20 @@ fn a_new_node_is_learnt_a_pending_affinity_is_not_and_a_pool_turned_cross_subnet
     store
         .node("node-3", "172.31.242.158/20", Some(a("192.168.7.0")))
         .unwrap();
-    store.affinity("node-3", "192.168.7.0/26", "confirmed").unwrap();
-    store.allocation_block("node-3", "192.168.7.0/26", 2).unwrap();
     store
-        .workload("default", "third", "node-3", "cali7c7c7c7c7c7", a("192.168.7.1"))
+        .affinity("node-3", "192.168.7.0/26", "confirmed")
+        .unwrap();
+    store
+        .allocation_block("node-3", "192.168.7.0/26", 2)
+        .unwrap();
+    store
+        .workload(
+            "default",
+            "third",
+            "node-3",
+            "cali7c7c7c7c7c7",
+            a("192.168.7.1"),
+        )
         .unwrap();
     start(&mut c, "n3", "node-3", &etcd, "uplink = \"eth0\"");
     for n in ["node", "master"] {
@@ -447,18 +528,29 @@ fn a_new_node_is_learnt_a_pending_affinity_is_not_and_a_pool_turned_cross_subnet
     assert!(ping_ok(&third_pod, a(MASTER_POD.3)), "{}", c.logs());
 
     // A pending affinity is not programmed; a confirmed one written after it is.
-    store.affinity("node-3", "192.168.8.0/26", "pending").unwrap();
-    store.affinity("node-3", "192.168.9.0/26", "confirmed").unwrap();
+    store
+        .affinity("node-3", "192.168.8.0/26", "pending")
+        .unwrap();
+    store
+        .affinity("node-3", "192.168.9.0/26", "confirmed")
+        .unwrap();
     let has = |c: &Cluster, p: &str| routes(c, "node").iter().any(|r| r.0 == p);
     eventually("the confirmed affinity is programmed", || {
         has(&c, "192.168.9.0/26")
     });
-    assert!(!has(&c, "192.168.8.0/26"), "a pending affinity was programmed");
-    store.affinity("node-3", "192.168.8.0/26", "confirmed").unwrap();
+    assert!(
+        !has(&c, "192.168.8.0/26"),
+        "a pending affinity was programmed"
+    );
+    store
+        .affinity("node-3", "192.168.8.0/26", "confirmed")
+        .unwrap();
     eventually("the affinity, once confirmed, is programmed", || {
         has(&c, "192.168.8.0/26")
     });
-    store.delete(&store.affinity_key("node-3", "192.168.9.0/26")).unwrap();
+    store
+        .delete(&store.affinity_key("node-3", "192.168.9.0/26"))
+        .unwrap();
     eventually("a released block goes", || !has(&c, "192.168.9.0/26"));
 
     // The pool turned CrossSubnet: every node shares the underlay's /20, so pod traffic
@@ -483,29 +575,54 @@ fn a_new_node_is_learnt_a_pending_affinity_is_not_and_a_pool_turned_cross_subnet
         (plain, ipip)
     };
     let (plain, ipip) = pod_to_pod(&c);
-    assert!(plain == 0 && ipip >= 2, "Always: plain {plain}, ipip {ipip}");
+    assert!(
+        plain == 0 && ipip >= 2,
+        "Always: plain {plain}, ipip {ipip}"
+    );
     store
         .pool("default-ipv4-ippool", "192.168.0.0/16", "CrossSubnet", true)
         .unwrap();
     for n in ["node", "master"] {
         eventually(&format!("{n} routes the peer's block plain"), || {
-            let f = route_flags(&c, n, if n == "node" { "192.168.179.0/26" } else { "192.168.83.128/26" });
+            let f = route_flags(
+                &c,
+                n,
+                if n == "node" {
+                    "192.168.179.0/26"
+                } else {
+                    "192.168.83.128/26"
+                },
+            );
             f.contains(&"same-subnet".to_string()) && !f.contains(&"encap".to_string())
         });
     }
     let (plain, ipip) = pod_to_pod(&c);
-    assert!(plain >= 2 && ipip == 0, "CrossSubnet: plain {plain}, ipip {ipip}");
+    assert!(
+        plain >= 2 && ipip == 0,
+        "CrossSubnet: plain {plain}, ipip {ipip}"
+    );
     store
         .pool("default-ipv4-ippool", "192.168.0.0/16", "Always", true)
         .unwrap();
     for n in ["node", "master"] {
         eventually(&format!("{n} encapsulates again"), || {
-            let f = route_flags(&c, n, if n == "node" { "192.168.179.0/26" } else { "192.168.83.128/26" });
+            let f = route_flags(
+                &c,
+                n,
+                if n == "node" {
+                    "192.168.179.0/26"
+                } else {
+                    "192.168.83.128/26"
+                },
+            );
             f.contains(&"encap".to_string())
         });
     }
     let (plain, ipip) = pod_to_pod(&c);
-    assert!(plain == 0 && ipip >= 2, "Always again: plain {plain}, ipip {ipip}");
+    assert!(
+        plain == 0 && ipip >= 2,
+        "Always again: plain {plain}, ipip {ipip}"
+    );
 }
 
 #[test]
@@ -575,10 +692,18 @@ fn a_calico_nodes_kernel_path_is_taken_over_without_a_lost_ping_and_given_back()
         );
         (w.join().unwrap().unwrap(), m.join().unwrap().unwrap())
     });
-    println!("worker pod → master pod: {:?}; master pod → worker pod: {:?}", w2m.0, m2w.0);
+    println!(
+        "worker pod → master pod: {:?}; master pod → worker pod: {:?}",
+        w2m.0, m2w.0
+    );
     if w2m.0.sent != w2m.0.received || m2w.0.sent != m2w.0.received {
         for n in ["node", "master"] {
-            println!("--- {n}\n{}", c.node(n).ipipd(&["stats", "--pin-dir", &c.bpffs.join(n).to_string_lossy()]).unwrap_or_default());
+            println!(
+                "--- {n}\n{}",
+                c.node(n)
+                    .ipipd(&["stats", "--pin-dir", &c.bpffs.join(n).to_string_lossy()])
+                    .unwrap_or_default()
+            );
         }
         println!("{}", c.logs());
     }
@@ -592,17 +717,31 @@ fn a_calico_nodes_kernel_path_is_taken_over_without_a_lost_ping_and_given_back()
     let grafted = c.logs().contains("attached from_uplink to eth0 (netlink");
     let allowed = if grafted { 2 } else { 0 };
     if grafted {
-        println!("no TCX: clsact qdiscs grafted on live uplinks, up to {allowed} lost per direction allowed");
+        println!(
+            "no TCX: clsact qdiscs grafted on live uplinks, up to {allowed} lost per direction allowed"
+        );
     }
-    assert!(w2m.0.sent - w2m.0.received <= allowed, "lost worker → master: {:?}", w2m.1);
-    assert!(m2w.0.sent - m2w.0.received <= allowed, "lost master → worker: {:?}", m2w.1);
+    assert!(
+        w2m.0.sent - w2m.0.received <= allowed,
+        "lost worker → master: {:?}",
+        w2m.1
+    );
+    assert!(
+        m2w.0.sent - m2w.0.received <= allowed,
+        "lost master → worker: {:?}",
+        m2w.1
+    );
     assert_eq!(routes(&c, "node"), seed_table(), "{}", c.logs());
     // ipipd carries it all now: tunl0 stays up, and carries nothing more.
     let tunl0_tx = |c: &Cluster| -> u64 {
         let out = c.node("node").ns.ip("-s -o link show dev tunl0").unwrap();
         let f: Vec<&str> = out.split_whitespace().collect();
         let at = f.iter().position(|x| *x == "TX:").unwrap();
-        f[at..].iter().filter_map(|x| x.parse().ok()).nth(1).unwrap()
+        f[at..]
+            .iter()
+            .filter_map(|x| x.parse().ok())
+            .nth(1)
+            .unwrap()
     };
     let tx = tunl0_tx(&c);
     assert!(ping_ok(&worker_pod, a(MASTER_POD.3)));

@@ -148,7 +148,7 @@ impl Condition {
 enum DsTask {
     Ipipd(
         crate::datastore::DatastoreCfg,
-        sync::Tracker,
+        Box<sync::Tracker>,
         Option<crate::datastore::Store>,
     ),
     Calico(
@@ -238,7 +238,7 @@ pub async fn run(
                 .collect();
             let (synced, tracker, store) =
                 datastore_start(&d, &file, state_dir, &addresses).await?;
-            (Some(synced), Some(DsTask::Ipipd(d, tracker, store)))
+            (Some(synced), Some(DsTask::Ipipd(d, Box::new(tracker), store)))
         }
         None => (None, None),
     };
@@ -293,7 +293,7 @@ pub async fn run(
             DsTask::Ipipd(d, tracker, store) => {
                 let (in_use, in_use_rx) = watch::channel(owner.blocks_in_use());
                 owner.ds_in_use = Some(in_use);
-                tokio::spawn(sync::run(d, tracker, store, in_use_rx, tx));
+                tokio::spawn(sync::run(d, *tracker, store, in_use_rx, tx));
             }
             DsTask::Calico(d, store) => {
                 tokio::spawn(calico_sync::run(d, store, tx));

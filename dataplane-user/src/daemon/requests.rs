@@ -8,10 +8,8 @@ use anyhow::Result;
 
 use super::{Command, Owner};
 use crate::{
-    control::{
-        Answer, AttachmentInfo, EndpointState, NodeInfo, PoolInfo, Reason, Reply, Request,
-    },
     config::DatastoreKind,
+    control::{Answer, AttachmentInfo, EndpointState, NodeInfo, PoolInfo, Reason, Reply, Request},
     desired::Change,
     ipam,
     net::Ipv4Net,

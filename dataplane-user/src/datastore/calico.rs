@@ -177,7 +177,9 @@ fn v4_cidr(s: &str) -> Result<Option<(Ipv4Addr, u8)>, String> {
     if a.contains(':') {
         return Ok(None);
     }
-    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?;
+    let addr: Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?;
     let len: u8 = l
         .parse()
         .ok()
@@ -348,7 +350,11 @@ impl Calico {
             return Ok(());
         };
         // Older versions wrote no value: Calico reads it as `{}`, an empty state.
-        let a: Affinity = if v.is_empty() { Affinity::default() } else { json(v)? };
+        let a: Affinity = if v.is_empty() {
+            Affinity::default()
+        } else {
+            json(v)?
+        };
         let counts = !a.deleted && matches!(a.state.as_str(), "confirmed" | "");
         self.affinities.insert(key, counts);
         Ok(())
@@ -490,7 +496,10 @@ pub fn overlay(c: &mut Config, view: &View) -> Vec<(String, String)> {
                 "in no block of this node".into(),
             ));
         } else if addresses.contains(&t) {
-            skipped.push((format!("tunnel address {t}"), "an endpoint's address".into()));
+            skipped.push((
+                format!("tunnel address {t}"),
+                "an endpoint's address".into(),
+            ));
         } else {
             c.tunnel_address = Some(t);
         }
@@ -520,7 +529,8 @@ mod tests {
     fn seed() -> (CalicoKeys, Calico) {
         let k = CalicoKeys::new("/calico");
         let mut c = Calico::default();
-        let put = |c: &mut Calico, key: String, v: &str| assert!(c.apply(&k, &key, Some(v.as_bytes())));
+        let put =
+            |c: &mut Calico, key: String, v: &str| assert!(c.apply(&k, &key, Some(v.as_bytes())));
         put(
             &mut c,
             format!("{}{WORKER}", k.nodes),
@@ -551,7 +561,10 @@ mod tests {
         // lib/apis/internalapi/workloadendpoint.go
         put(
             &mut c,
-            format!("{}kube-system/{WORKER}-k8s-kube--dns--545bc4bfd4--c9vsc-eth0", k.workloads),
+            format!(
+                "{}kube-system/{WORKER}-k8s-kube--dns--545bc4bfd4--c9vsc-eth0",
+                k.workloads
+            ),
             &format!(
                 r#"{{"kind":"WorkloadEndpoint","apiVersion":"projectcalico.org/v3","metadata":{{"name":"n","namespace":"kube-system"}},"spec":{{"orchestrator":"k8s","node":"{WORKER}","containerID":"c","pod":"kube-dns-545bc4bfd4-c9vsc","endpoint":"eth0","ipNetworks":["192.168.83.129/32"],"profiles":["kns.kube-system"],"interfaceName":"cali513e7f6c556","mac":"ee:a1:b2:c3:d4:e5"}}}}"#
             ),
@@ -568,12 +581,18 @@ mod tests {
         assert_eq!(v.blocks_of(MASTER), [net("192.168.179.0/26")]);
         let peers = v.peers_for(WORKER, "172.31.242.156".parse().unwrap());
         assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].address, "172.31.242.157".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            peers[0].address,
+            "172.31.242.157".parse::<Ipv4Addr>().unwrap()
+        );
         assert_eq!(peers[0].blocks, [net("192.168.179.0/26")]);
         let pool = &v.pools[&net("192.168.0.0/16")];
         assert_eq!((pool.block_size, pool.nat_outgoing), (26, true));
         let cp = &v.calico.pools[&net("192.168.0.0/16")];
-        assert_eq!((cp.name.as_str(), cp.ipip_mode), ("default-ipv4-ippool", IpipMode::Always));
+        assert_eq!(
+            (cp.name.as_str(), cp.ipip_mode),
+            ("default-ipv4-ippool", IpipMode::Always)
+        );
         assert_eq!(
             v.calico.tunnel_addresses[WORKER],
             "192.168.83.128".parse::<Ipv4Addr>().unwrap()
@@ -591,10 +610,22 @@ mod tests {
     fn only_a_confirmed_affinity_counts_and_an_allocation_block_speaks_where_none_does() {
         let (k, mut c) = seed();
         let aff = |n: &str, b: &str| format!("{}{n}/ipv4/block/{b}", k.affinities);
-        c.apply(&k, &aff("n3", "192.168.7.0-26"), Some(br#"{"state":"pending"}"#));
-        c.apply(&k, &aff("n3", "192.168.8.0-26"), Some(br#"{"state":"pendingDeletion"}"#));
+        c.apply(
+            &k,
+            &aff("n3", "192.168.7.0-26"),
+            Some(br#"{"state":"pending"}"#),
+        );
+        c.apply(
+            &k,
+            &aff("n3", "192.168.8.0-26"),
+            Some(br#"{"state":"pendingDeletion"}"#),
+        );
         c.apply(&k, &aff("n3", "192.168.9.0-26"), Some(b""));
-        c.apply(&k, &aff("n3", "192.168.10.0-26"), Some(br#"{"state":"confirmed","deleted":true}"#));
+        c.apply(
+            &k,
+            &aff("n3", "192.168.10.0-26"),
+            Some(br#"{"state":"confirmed","deleted":true}"#),
+        );
         // lib/backend/model/block.go: the pending block's allocation block names n3 already;
         // a block with no affinity key at all is n4's by its allocation block.
         let blk = |b: &str| format!("{}{b}", k.blocks);
@@ -603,16 +634,32 @@ mod tests {
                 r#"{{"cidr":"{cidr}","affinity":{aff},"allocations":[null],"unallocated":[0],"attributes":[],"sequenceNumber":0,"deleted":false}}"#
             )
         };
-        c.apply(&k, &blk("192.168.7.0-26"), Some(ab("192.168.7.0/26", r#""host:n3""#).as_bytes()));
-        c.apply(&k, &blk("192.168.11.0-26"), Some(ab("192.168.11.0/26", r#""host:n4""#).as_bytes()));
-        c.apply(&k, &blk("192.168.12.0-26"), Some(ab("192.168.12.0/26", "null").as_bytes()));
+        c.apply(
+            &k,
+            &blk("192.168.7.0-26"),
+            Some(ab("192.168.7.0/26", r#""host:n3""#).as_bytes()),
+        );
+        c.apply(
+            &k,
+            &blk("192.168.11.0-26"),
+            Some(ab("192.168.11.0/26", r#""host:n4""#).as_bytes()),
+        );
+        c.apply(
+            &k,
+            &blk("192.168.12.0-26"),
+            Some(ab("192.168.12.0/26", "null").as_bytes()),
+        );
         assert!(c.bad.is_empty(), "{:?}", c.bad);
         let v = c.view();
         assert_eq!(v.blocks_of("n3"), [net("192.168.9.0/26")]);
         assert_eq!(v.blocks_of("n4"), [net("192.168.11.0/26")]);
         assert!(!v.blocks.contains_key(&net("192.168.12.0/26")));
         // Confirmed at last; then released.
-        c.apply(&k, &aff("n3", "192.168.7.0-26"), Some(br#"{"state":"confirmed"}"#));
+        c.apply(
+            &k,
+            &aff("n3", "192.168.7.0-26"),
+            Some(br#"{"state":"confirmed"}"#),
+        );
         assert!(c.view().blocks_of("n3").contains(&net("192.168.7.0/26")));
         c.apply(&k, &aff("n3", "192.168.7.0-26"), None);
         c.apply(&k, &blk("192.168.7.0-26"), None);
@@ -629,14 +676,24 @@ mod tests {
             (r#""""#, IpipMode::Never),
             ("null", IpipMode::Never),
         ] {
-            let v = format!(r#"{{"spec":{{"cidr":"192.168.0.0/16","ipipMode":{mode},"vxlanMode":"Never"}}}}"#);
+            let v = format!(
+                r#"{{"spec":{{"cidr":"192.168.0.0/16","ipipMode":{mode},"vxlanMode":"Never"}}}}"#
+            );
             c.apply(&k, &key, Some(v.as_bytes()));
             let view = c.view();
-            assert_eq!(view.calico.pools[&net("192.168.0.0/16")].ipip_mode, want, "{mode}");
+            assert_eq!(
+                view.calico.pools[&net("192.168.0.0/16")].ipip_mode,
+                want,
+                "{mode}"
+            );
             assert_eq!(view.pools[&net("192.168.0.0/16")].block_size, 26);
         }
         // An IPv6 pool is passed over; deleting the pool takes it away.
-        c.apply(&k, &format!("{}default-ipv6-ippool", k.pools), Some(br#"{"spec":{"cidr":"fd00::/48"}}"#));
+        c.apply(
+            &k,
+            &format!("{}default-ipv6-ippool", k.pools),
+            Some(br#"{"spec":{"cidr":"fd00::/48"}}"#),
+        );
         assert_eq!(c.view().pools.len(), 1);
         c.apply(&k, &key, None);
         assert!(c.view().pools.is_empty());
@@ -649,15 +706,39 @@ mod tests {
         let before = c.view();
         let wep = c.workloads.keys().next().unwrap().clone();
         for (key, v) in [
-            (format!("{}{WORKER}", k.nodes), r#"{"spec":{"bgp":{"ipv4Address":"not-an-ip/20"}}}"#),
+            (
+                format!("{}{WORKER}", k.nodes),
+                r#"{"spec":{"bgp":{"ipv4Address":"not-an-ip/20"}}}"#,
+            ),
             (format!("{}{WORKER}", k.nodes), "{"),
-            (format!("{}default-ipv4-ippool", k.pools), r#"{"spec":{"cidr":"192.168.0.0/16","ipipMode":"Sometimes"}}"#),
-            (format!("{}default-ipv4-ippool", k.pools), r#"{"spec":{"cidr":"192.168.0.0/16","blockSize":12}}"#),
-            (format!("{}{wep}", k.workloads), r#"{"spec":{"node":"x","interfaceName":"bad name!","ipNetworks":["192.168.83.129/32"]}}"#),
-            (format!("{}{wep}", k.workloads), r#"{"spec":{"node":"x","interfaceName":"cali1","ipNetworks":["192.168.83.0/26"]}}"#),
-            (format!("{}{wep}", k.workloads), r#"{"spec":{"node":"x","interfaceName":"cali1","ipNetworks":["192.168.83.1/32"],"mac":"zz"}}"#),
-            (format!("{}{WORKER}/ipv4/block/192.168.83.128-26", k.affinities), r#"{"state":5}"#),
-            (format!("{}192.168.83.128-26", k.blocks), r#"{"cidr":"10.0.0.0/26","affinity":"host:x"}"#),
+            (
+                format!("{}default-ipv4-ippool", k.pools),
+                r#"{"spec":{"cidr":"192.168.0.0/16","ipipMode":"Sometimes"}}"#,
+            ),
+            (
+                format!("{}default-ipv4-ippool", k.pools),
+                r#"{"spec":{"cidr":"192.168.0.0/16","blockSize":12}}"#,
+            ),
+            (
+                format!("{}{wep}", k.workloads),
+                r#"{"spec":{"node":"x","interfaceName":"bad name!","ipNetworks":["192.168.83.129/32"]}}"#,
+            ),
+            (
+                format!("{}{wep}", k.workloads),
+                r#"{"spec":{"node":"x","interfaceName":"cali1","ipNetworks":["192.168.83.0/26"]}}"#,
+            ),
+            (
+                format!("{}{wep}", k.workloads),
+                r#"{"spec":{"node":"x","interfaceName":"cali1","ipNetworks":["192.168.83.1/32"],"mac":"zz"}}"#,
+            ),
+            (
+                format!("{}{WORKER}/ipv4/block/192.168.83.128-26", k.affinities),
+                r#"{"state":5}"#,
+            ),
+            (
+                format!("{}192.168.83.128-26", k.blocks),
+                r#"{"cidr":"10.0.0.0/26","affinity":"host:x"}"#,
+            ),
             (format!("{}junk", k.blocks), "{}"),
             (format!("{}no-namespace", k.workloads), "{}"),
         ] {
@@ -667,7 +748,11 @@ mod tests {
         }
         assert_eq!(c.view(), before);
         // Keys ipipd does not read are not its business.
-        assert!(!c.apply(&k, "/calico/resources/v3/projectcalico.org/profiles/kns.default", Some(b"{")));
+        assert!(!c.apply(
+            &k,
+            "/calico/resources/v3/projectcalico.org/profiles/kns.default",
+            Some(b"{")
+        ));
         assert!(!c.apply(&k, "/calico/ipam/v2/handle/k8s-pod-network.abc", Some(b"{")));
     }
 
@@ -678,15 +763,49 @@ mod tests {
             let v = format!(
                 r#"{{"spec":{{"node":"{node}","interfaceName":"{ifc}","ipNetworks":["{addr}/32"],"pod":"{name}"}}}}"#
             );
-            assert!(c.apply(&k, &format!("{}default/{name}", k.workloads), Some(v.as_bytes())));
+            assert!(c.apply(
+                &k,
+                &format!("{}default/{name}", k.workloads),
+                Some(v.as_bytes())
+            ));
         };
         wep(&mut c, "a", WORKER, "cali000000000a", "192.168.83.130");
-        wep(&mut c, "b-borrowed", WORKER, "cali000000000b", "192.168.179.9");
-        wep(&mut c, "c-same-address", WORKER, "cali000000000c", "192.168.83.130");
-        wep(&mut c, "d-same-veth", WORKER, "cali000000000a", "192.168.83.131");
+        wep(
+            &mut c,
+            "b-borrowed",
+            WORKER,
+            "cali000000000b",
+            "192.168.179.9",
+        );
+        wep(
+            &mut c,
+            "c-same-address",
+            WORKER,
+            "cali000000000c",
+            "192.168.83.130",
+        );
+        wep(
+            &mut c,
+            "d-same-veth",
+            WORKER,
+            "cali000000000a",
+            "192.168.83.131",
+        );
         wep(&mut c, "e-uplink", WORKER, "eth0", "192.168.83.132");
-        wep(&mut c, "f-master", MASTER, "cali000000000f", "192.168.179.2");
-        wep(&mut c, "g-files", WORKER, "cali000000000g", "192.168.83.140");
+        wep(
+            &mut c,
+            "f-master",
+            MASTER,
+            "cali000000000f",
+            "192.168.179.2",
+        );
+        wep(
+            &mut c,
+            "g-files",
+            WORKER,
+            "cali000000000g",
+            "192.168.83.140",
+        );
         let file = Config::parse(&format!(
             "[node]\nname = \"{WORKER}\"\nuplink = \"eth0\"\naddress = \"172.31.242.156\"\n             [[endpoint]]\naddress = \"192.168.83.140\"\ninterface = \"califile\"\n             [datastore]\nkind = \"calico-etcd\"\netcd = [\"http://127.0.0.1:2379\"]\n"
         ))
@@ -706,17 +825,29 @@ mod tests {
             eps,
             [
                 ("192.168.83.140 califile".to_string(), None),
-                ("192.168.83.130 cali000000000a".into(), Some("default/a".into())),
+                (
+                    "192.168.83.130 cali000000000a".into(),
+                    Some("default/a".into())
+                ),
                 (
                     "192.168.83.129 cali513e7f6c556".into(),
                     Some("kube-system/kube-dns-545bc4bfd4-c9vsc".into())
                 ),
             ]
         );
-        let why: Vec<&str> = skipped.iter().map(|(k, _)| k.rsplit('/').next().unwrap()).collect();
+        let why: Vec<&str> = skipped
+            .iter()
+            .map(|(k, _)| k.rsplit('/').next().unwrap())
+            .collect();
         assert_eq!(
             why,
-            ["b-borrowed", "c-same-address", "d-same-veth", "e-uplink", "g-files"]
+            [
+                "b-borrowed",
+                "c-same-address",
+                "d-same-veth",
+                "e-uplink",
+                "g-files"
+            ]
         );
         assert_eq!(cfg.tunnel_address, Some("192.168.83.128".parse().unwrap()));
         assert_eq!(
@@ -736,7 +867,11 @@ mod tests {
         };
         let (cfg, skipped) = super::super::sync::overlay_noting(&file, &mem);
         assert_eq!(cfg.tunnel_address, None);
-        assert!(skipped.iter().any(|(k, _)| k == "tunnel address 192.168.179.3"));
+        assert!(
+            skipped
+                .iter()
+                .any(|(k, _)| k == "tunnel address 192.168.179.3")
+        );
     }
 
     #[test]
@@ -745,7 +880,10 @@ mod tests {
         assert_eq!(k.nodes, "/calico/resources/v3/projectcalico.org/nodes/");
         assert_eq!(k.affinities, "/calico/ipam/v2/host/");
         assert_eq!(k.blocks, "/calico/ipam/v2/assignment/ipv4/block/");
-        assert_eq!(block_of_key("192.168.83.128-26").unwrap(), Some(net("192.168.83.128/26")));
+        assert_eq!(
+            block_of_key("192.168.83.128-26").unwrap(),
+            Some(net("192.168.83.128/26"))
+        );
         assert_eq!(block_of_key("fd00::-122").unwrap(), None);
         assert!(block_of_key("192.168.83.129-26").is_err());
     }

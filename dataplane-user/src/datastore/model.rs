@@ -564,10 +564,8 @@ mod tests {
     #[test]
     fn a_free_block_overlaps_no_claimed_block_of_any_size() {
         let mut v = View::default();
-        v.pools.insert(
-            net("10.0.0.0/24"),
-            Pool::new(net("10.0.0.0/24"), 26, false),
-        );
+        v.pools
+            .insert(net("10.0.0.0/24"), Pool::new(net("10.0.0.0/24"), 26, false));
         // A /25 covering the first two /26s, and a /28 inside the last one.
         v.blocks.insert(net("10.0.0.0/25"), "a".into());
         v.blocks.insert(net("10.0.0.224/28"), "b".into());
@@ -631,10 +629,8 @@ mod tests {
         assert_eq!(v.conflicts_of("l"), [c]);
         assert_eq!(v.conflicts_of("x"), []);
         // A disputed block is not free, even once its owner lets it go.
-        v.pools.insert(
-            net("10.0.0.0/25"),
-            Pool::new(net("10.0.0.0/25"), 26, false),
-        );
+        v.pools
+            .insert(net("10.0.0.0/25"), Pool::new(net("10.0.0.0/25"), 26, false));
         v.blocks.clear();
         assert_eq!(v.free_blocks().collect::<Vec<_>>(), [net("10.0.0.64/26")]);
         v.apply(&k, &k.dispute("l", &b), None);
