@@ -184,7 +184,7 @@ fn route_flags(c: &Cluster, node: &str, prefix: &str) -> Vec<String> {
 }
 
 fn ifname_of(ns: &NetNs, index: u32) -> String {
-    let out = ns.ip(&format!("-o link show")).unwrap();
+    let out = ns.ip("-o link show").unwrap();
     out.lines()
         .find(|l| l.starts_with(&format!("{index}: ")))
         .and_then(|l| l.split(": ").nth(1))

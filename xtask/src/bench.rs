@@ -82,7 +82,8 @@ pub enum Part {
     Restart,
     /// CNI ADD and DEL, plugin process start to result.
     Cni,
-    /// The datastore at 1,000 nodes: start to ready, and a node added to its block in the map.
+    /// The datastore at 1,000 and 5,000 nodes: start to ready, a node added to its block in
+    /// the map, the watch's lag under 100 changes per second.
     Datastore,
 }
 
@@ -377,8 +378,15 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         Value::Null
     };
     let ds = if plan.runs(Part::Datastore) {
-        eprintln!("xtask bench: a node among {DS_NODES} in etcd, then {DS_ADDS} more added");
-        datastore(bench_bin)?
+        let mut v = Vec::new();
+        for nodes in DS_NODES {
+            eprintln!(
+                "xtask bench: a node among {nodes} in etcd, then {DS_ADDS} more added, then {} at {DS_CHURN_RATE}/s",
+                DS_CHURN_RATE * DS_CHURN_S
+            );
+            v.push(datastore(bench_bin, nodes)?);
+        }
+        Value::Array(v)
     } else {
         Value::Null
     };
@@ -509,19 +517,26 @@ fn restart() -> Result<Value> {
     }))
 }
 
-/// Nodes the datastore part writes into etcd, and nodes it then adds one at a time.
-const DS_NODES: u32 = 1000;
+/// The cluster sizes the datastore part writes into etcd (Kubernetes supports 5,000 nodes),
+/// the nodes it then adds one at a time, and the churn it then writes: nodes added at a rate,
+/// paced, for a time.
+const DS_NODES: [u32; 2] = [1000, 5000];
 const DS_ADDS: u32 = 100;
+const DS_CHURN_RATE: u32 = 100;
+const DS_CHURN_S: u32 = 10;
 
-/// The datastore at scale: [`DS_NODES`] nodes with a block each written into etcd (Debian's,
-/// in a namespace on the underlay), then one real node started on it: the time to ready with
-/// every one of them programmed as a peer; then [`DS_ADDS`] nodes added one at a time, each
-/// timed from its etcd transaction to its block's entry in the real node's routes map.
-fn datastore(bench_bin: &Path) -> Result<Value> {
+/// The datastore at scale: `nodes` nodes with a block each written into etcd (Debian's, in a
+/// namespace on the underlay), then one real node started on it: the time to ready with every
+/// one of them programmed as a peer and its RSS; then [`DS_ADDS`] nodes added one at a time,
+/// each timed from its etcd transaction to its block's entry in the real node's routes map;
+/// then [`DS_CHURN_RATE`] node additions per second for [`DS_CHURN_S`] s, each one's lag to the
+/// map measured while the next ones are written (whether the watch keeps up).
+fn datastore(bench_bin: &Path, nodes: u32) -> Result<Value> {
     let etcd_ip = Ipv4Addr::new(172, 31, 242, 10);
+    // A /16 underlay: the bench's nodes have addresses on it (ds_node).
     let specs = [
-        ipipd_tests::cluster::NodeSpec::host("etcd", etcd_ip, 20),
-        ipipd_tests::cluster::NodeSpec::host("node", Ipv4Addr::new(172, 31, 242, 151), 20),
+        ipipd_tests::cluster::NodeSpec::host("etcd", etcd_ip, 16),
+        ipipd_tests::cluster::NodeSpec::host("node", Ipv4Addr::new(172, 31, 242, 151), 16),
     ];
     let mut c = Cluster::new("bds", &specs)?;
     let etcd =
@@ -545,7 +560,7 @@ fn datastore(bench_bin: &Path) -> Result<Value> {
         "--prefix".into(),
         prefix.into(),
         "--nodes".into(),
-        DS_NODES.to_string(),
+        nodes.to_string(),
     ])?;
     let fill_s = t.elapsed().as_secs_f64();
     let cfg = format!(
@@ -558,8 +573,8 @@ fn datastore(bench_bin: &Path) -> Result<Value> {
     c.start_daemon_within("node", Some(cfg), Duration::from_secs(600))?;
     let ready_s = t.elapsed().as_secs_f64();
     let routes = rows(&c, "routes")?;
-    if routes < DS_NODES as usize {
-        bail!("the node programmed {routes} routes for {DS_NODES} nodes");
+    if routes < nodes as usize {
+        bail!("the node programmed {routes} routes for {nodes} nodes");
     }
     let out = in_etcd_ns(&[
         "ds-add-wait".into(),
@@ -571,23 +586,53 @@ fn datastore(bench_bin: &Path) -> Result<Value> {
         c.bpffs.join("node").to_string_lossy().into_owned(),
         "--count".into(),
         DS_ADDS.to_string(),
+        // Past the blocks the real node may claim (the pool's first free ones).
         "--first".into(),
-        (2 * DS_NODES).to_string(),
+        (2 * nodes).to_string(),
     ])?;
     let ms: Vec<f64> = serde_json::from_str(out.trim())?;
     let pid = c.node("node").daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let rss_kib = || -> Result<u64> {
+        Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0))
+    };
+    let rss_after_adds = rss_kib()?;
+    let out = in_etcd_ns(&[
+        "ds-churn".into(),
+        "--etcd".into(),
+        etcd.url.clone(),
+        "--prefix".into(),
+        prefix.into(),
+        "--pin-dir".into(),
+        c.bpffs.join("node").to_string_lossy().into_owned(),
+        "--rate".into(),
+        DS_CHURN_RATE.to_string(),
+        "--seconds".into(),
+        DS_CHURN_S.to_string(),
+        "--first".into(),
+        (2 * nodes + DS_ADDS).to_string(),
+    ])?;
+    let churn: Value = serde_json::from_str(out.trim())?;
+    let lag: Vec<f64> = serde_json::from_value(churn["lag_ms"].clone())?;
+    let max_lag = lag.iter().copied().fold(0.0, f64::max);
     Ok(json!({
-        "nodes": DS_NODES,
+        "nodes": nodes,
         "fill_s": fill_s,
         "start_to_ready_s": ready_s,
         "routes": routes,
         "add_to_map_ms": median_p99(ms),
-        "rss_kib": rss_kib,
+        "rss_kib": rss_after_adds,
+        "churn": {
+            "rate": DS_CHURN_RATE,
+            "seconds": DS_CHURN_S,
+            "lag_ms": median_p99(lag),
+            "max_lag_ms": max_lag,
+            "late_writes": churn["late_writes"],
+            "rss_kib": rss_kib()?,
+        },
     }))
 }
 
@@ -1722,17 +1767,26 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         );
     }
     if plan.runs(Part::Datastore) {
-        let d = &r["datastore"];
         s += &format!(
-            "\nDatastore: {} nodes with a block each in etcd (written in {:.1} s); a real node started on it is ready with all of them programmed ({} routes) in {:.2} s (RSS {} KiB). {DS_ADDS} nodes then added one at a time, each from its etcd transaction to its block in the node's routes map: median {:.1} ms, p99 {:.1} ms.\n",
-            d["nodes"],
-            d["fill_s"].as_f64().unwrap_or(0.0),
-            d["routes"],
-            d["start_to_ready_s"].as_f64().unwrap_or(0.0),
-            d["rss_kib"],
-            d["add_to_map_ms"]["median"].as_f64().unwrap_or(0.0),
-            d["add_to_map_ms"]["p99"].as_f64().unwrap_or(0.0),
+            "\nDatastore (one etcd, Debian's): a real node started on N nodes with a block each is ready with all of them programmed; {DS_ADDS} nodes then added one at a time, each from its etcd transaction to its block in the node's routes map; then {DS_CHURN_RATE} nodes added per second for {DS_CHURN_S} s, paced, each one's lag to the map (the watch keeping up).\n\n| nodes | written in | ready in | routes | RSS | add → map median | p99 | at {DS_CHURN_RATE}/s: lag median | p99 | max | writes late |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
         );
+        for d in r["datastore"].as_array().into_iter().flatten() {
+            let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+            s += &format!(
+                "| {} | {:.1} s | {:.2} s | {} | {} MiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
+                d["nodes"],
+                f(&d["fill_s"]),
+                f(&d["start_to_ready_s"]),
+                d["routes"],
+                d["rss_kib"].as_u64().unwrap_or(0) / 1024,
+                f(&d["add_to_map_ms"]["median"]),
+                f(&d["add_to_map_ms"]["p99"]),
+                f(&d["churn"]["lag_ms"]["median"]),
+                f(&d["churn"]["lag_ms"]["p99"]),
+                f(&d["churn"]["max_lag_ms"]),
+                d["churn"]["late_writes"],
+            );
+        }
     }
     s += &format!(
         "\nD (the kernel's tunl0): {}\n",

@@ -119,12 +119,17 @@ pub struct Opts {
 pub type CaseList = &'static [(&'static str, &'static [&'static str])];
 
 /// What `cargo xtask test` runs on the second kernel (6.12: TCX and the ipip module together):
-/// the programs through its verifier, the interop test against its own tunl0, and a large first
+/// the programs through its verifier, the interop test against its own tunl0, a Calico node's
+/// tunl0 path taken over (with TCX: no qdisc grafted, not a ping lost), and a large first
 /// start's netlink filters moved to TCX links.
 pub const SECOND_KERNEL: CaseList = &[
     ("verifier_smoke", &[]),
     ("interop", &[]),
     ("services", &[]),
+    (
+        "calico",
+        &["a_calico_nodes_kernel_path_is_taken_over_without_a_lost_ping_and_given_back"],
+    ),
     (
         "daemon",
         &["a_large_first_start_moves_its_pods_from_filters_to_tcx_links_without_a_gap"],

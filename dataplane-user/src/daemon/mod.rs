@@ -238,7 +238,10 @@ pub async fn run(
                 .collect();
             let (synced, tracker, store) =
                 datastore_start(&d, &file, state_dir, &addresses).await?;
-            (Some(synced), Some(DsTask::Ipipd(d, Box::new(tracker), store)))
+            (
+                Some(synced),
+                Some(DsTask::Ipipd(d, Box::new(tracker), store)),
+            )
         }
         None => (None, None),
     };

@@ -10,6 +10,7 @@ use std::{convert::Infallible, path::Path, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
 use etcd_client::{EventType, WatchOptions};
+use futures::FutureExt as _;
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
@@ -101,6 +102,30 @@ pub async fn run(cfg: DatastoreCfg, mut connected: Option<Store>, tx: mpsc::Send
     }
 }
 
+/// One answer of the watch applied to Calico's objects: whether one of them changed; the
+/// revision it brings. A cancelled watch (a compacted revision) is an error: list again.
+fn take_events(
+    c: &mut Calico,
+    keys: &CalicoKeys,
+    resp: &etcd_client::WatchResponse,
+    revision: &mut i64,
+) -> Result<bool> {
+    super::sync::not_cancelled(resp)?;
+    if let Some(h) = resp.header() {
+        *revision = (*revision).max(h.revision());
+    }
+    let mut ours = false;
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let key = String::from_utf8_lossy(kv.key());
+        ours |= match ev.event_type() {
+            EventType::Put => c.apply(keys, &key, Some(kv.value())),
+            EventType::Delete => c.apply(keys, &key, None),
+        };
+    }
+    Ok(ours)
+}
+
 async fn send(tx: &mpsc::Sender<Msg>, s: Synced) -> Result<()> {
     tx.send(Msg::View(Box::new(s)))
         .await
@@ -139,24 +164,17 @@ async fn session(
         let Some(resp) = events.message().await? else {
             bail!("the watch ended")
         };
-        if resp.canceled() {
-            bail!(
-                "the watch was cancelled ({}; compacted at revision {}): listing again",
-                resp.cancel_reason(),
-                resp.compact_revision()
-            );
-        }
-        let mut ours = false;
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key());
-            ours |= match ev.event_type() {
-                EventType::Put => c.apply(&keys, &key, Some(kv.value())),
-                EventType::Delete => c.apply(&keys, &key, None),
+        let mut revision = last.memory.revision;
+        let mut ours = take_events(&mut c, &keys, &resp, &mut revision)?;
+        // What else the watch has ready is taken too: one view for a burst (as ipipd's own
+        // datastore's task does).
+        while let Some(m) = events.message().now_or_never() {
+            let Some(resp) = m? else {
+                bail!("the watch ended")
             };
+            ours |= take_events(&mut c, &keys, &resp, &mut revision)?;
         }
         report_bad(&mut c);
-        let revision = resp.header().map_or(last.memory.revision, |h| h.revision());
         if !ours {
             last.memory.revision = revision;
             continue;

@@ -10,6 +10,7 @@ use std::{collections::BTreeSet, convert::Infallible, net::Ipv4Addr, path::Path,
 
 use anyhow::{Result, anyhow, bail};
 use etcd_client::{EventType, WatchOptions};
+use futures::FutureExt as _;
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
@@ -407,26 +408,16 @@ async fn session(
             }
             m = events.message() => {
                 let Some(resp) = m? else { bail!("the watch ended") };
-                if resp.canceled() {
-                    bail!(
-                        "the watch was cancelled ({}; compacted at revision {}): listing again",
-                        resp.cancel_reason(),
-                        resp.compact_revision()
-                    );
+                let mut changed = take_events(t, &store, &resp)?;
+                // Whatever else the watch has ready is taken before the owner is told: one view
+                // for a burst, so the store changing faster than the owner applies views (each
+                // in time proportional to the node's peers) cannot queue views behind it.
+                while let Some(m) = events.message().now_or_never() {
+                    let Some(resp) = m? else { bail!("the watch ended") };
+                    changed |= take_events(t, &store, &resp)?;
                 }
-                if let Some(h) = resp.header() {
-                    t.mem.revision = t.mem.revision.max(h.revision());
-                }
-                if resp.events().is_empty() {
+                if !changed {
                     continue;
-                }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key());
-                    match ev.event_type() {
-                        EventType::Put => t.store.apply(&store.keys, &key, Some(kv.value())),
-                        EventType::Delete => t.store.apply(&store.keys, &key, None),
-                    }
                 }
                 report_bad(&mut t.store);
                 if let Some(known) = &t.mem.view.cluster
@@ -445,6 +436,36 @@ async fn session(
             }
         }
     }
+}
+
+/// One answer of the watch taken into the tracker's view of the store: whether it held events.
+/// A cancelled watch (a compacted revision) is an error: the session lists again.
+fn take_events(t: &mut Tracker, store: &Store, resp: &etcd_client::WatchResponse) -> Result<bool> {
+    not_cancelled(resp)?;
+    if let Some(h) = resp.header() {
+        t.mem.revision = t.mem.revision.max(h.revision());
+    }
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let key = String::from_utf8_lossy(kv.key());
+        match ev.event_type() {
+            EventType::Put => t.store.apply(&store.keys, &key, Some(kv.value())),
+            EventType::Delete => t.store.apply(&store.keys, &key, None),
+        }
+    }
+    Ok(!resp.events().is_empty())
+}
+
+/// A watch's answer that says it was cancelled (its revision compacted) ends the session.
+pub(super) fn not_cancelled(resp: &etcd_client::WatchResponse) -> Result<()> {
+    if resp.canceled() {
+        bail!(
+            "the watch was cancelled ({}; compacted at revision {}): listing again",
+            resp.cancel_reason(),
+            resp.compact_revision()
+        );
+    }
+    Ok(())
 }
 
 /// After a change of the store or of the blocks the node's pods use: the node's claims and

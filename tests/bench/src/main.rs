@@ -61,6 +61,23 @@ enum Cmd {
         #[arg(long)]
         first: u32,
     },
+    /// Adds nodes at `rate` per second for `seconds`, paced, while watching the running
+    /// ipipd's routes map: each node's lag from its transaction to its block's entry (JSON:
+    /// the milliseconds of each, and the adds that were late against the pace).
+    DsChurn {
+        #[arg(long)]
+        etcd: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: u32,
+        #[arg(long)]
+        first: u32,
+    },
     /// BPF_PROG_TEST_RUN cost per path, its floor's, and a do-nothing program's (JSON).
     Testrun {
         /// The running ipipd's pin directory (its maps are reused).
@@ -170,14 +187,15 @@ fn floor(
     Ok(())
 }
 
-/// The bench's node `i`: its name, address (on the real node's underlay /20) and block.
+/// The bench's node `i`: its name, address (on the real node's underlay /16) and block.
 fn ds_node(
     i: u32,
 ) -> (
     dataplane_user::datastore::model::NodeRecord,
     dataplane_user::net::Ipv4Net,
 ) {
-    let address = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 244, 1)) + i);
+    // On the bench's underlay /16, clear of its hosts (172.31.242.0/24).
+    let address = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 0, 1)) + i);
     let block = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + i * 64);
     (
         dataplane_user::datastore::model::NodeRecord {
@@ -219,11 +237,7 @@ fn ds_add_wait(
     count: u32,
     first: u32,
 ) -> Result<()> {
-    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
-    let trie: LpmTrie<MapData, [u8; 4], dataplane_common::RouteValue> =
-        LpmTrie::try_from(Map::LpmTrie(MapData::from_pin(
-            pin_dir.join(dataplane_common::map_names::ROUTES),
-        )?))?;
+    let trie = routes_map(pin_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -232,14 +246,10 @@ fn ds_add_wait(
         let store = dataplane_user::datastore::Store::connect(&datastore(etcd, prefix)).await?;
         for i in first..first + count {
             let (n, b) = ds_node(i);
-            let key = Key::new(26, b.addr.octets());
             let t = std::time::Instant::now();
             store.add_node(&n, &[b]).await?;
             loop {
-                if trie
-                    .get(&key, 0)
-                    .is_ok_and(|v| v.kind == dataplane_common::RouteKind::RemoteBlock as u8)
-                {
+                if has_remote_block(&trie, b) {
                     break;
                 }
                 if t.elapsed() > std::time::Duration::from_secs(30) {
@@ -255,8 +265,93 @@ fn ds_add_wait(
     Ok(())
 }
 
+/// The routes map of the ipipd pinned in `pin_dir`, and whether a block is in it as a peer's.
+fn routes_map(
+    pin_dir: &std::path::Path,
+) -> Result<aya::maps::LpmTrie<aya::maps::MapData, [u8; 4], dataplane_common::RouteValue>> {
+    use aya::maps::{LpmTrie, Map, MapData};
+    Ok(LpmTrie::try_from(Map::LpmTrie(MapData::from_pin(
+        pin_dir.join(dataplane_common::map_names::ROUTES),
+    )?))?)
+}
+
+fn has_remote_block(
+    trie: &aya::maps::LpmTrie<aya::maps::MapData, [u8; 4], dataplane_common::RouteValue>,
+    b: dataplane_user::net::Ipv4Net,
+) -> bool {
+    trie.get(&aya::maps::lpm_trie::Key::new(26, b.addr.octets()), 0)
+        .is_ok_and(|v| v.kind == dataplane_common::RouteKind::RemoteBlock as u8)
+}
+
+fn ds_churn(
+    etcd: &str,
+    prefix: &str,
+    pin_dir: &std::path::Path,
+    (rate, seconds): (u32, u32),
+    first: u32,
+) -> Result<()> {
+    use std::time::{Duration, Instant};
+    let trie = routes_map(pin_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let total = rate * seconds;
+    let period = Duration::from_secs(1) / rate;
+    let (mut lag_ms, mut late) = (Vec::new(), 0u32);
+    rt.block_on(async {
+        let store = dataplane_user::datastore::Store::connect(&datastore(etcd, prefix)).await?;
+        let start = Instant::now();
+        // Sent, not yet seen: (block, the transaction's start).
+        let mut pending: Vec<(dataplane_user::net::Ipv4Net, Instant)> = Vec::new();
+        let mut next = 0u32;
+        loop {
+            let now = Instant::now();
+            if next < total && now >= start + period * next {
+                if now > start + period * next + period {
+                    late += 1;
+                }
+                let (n, b) = ds_node(first + next);
+                store.add_node(&n, &[b]).await?;
+                pending.push((b, now));
+                next += 1;
+            }
+            pending.retain(|(b, t)| {
+                if has_remote_block(&trie, *b) {
+                    lag_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    false
+                } else {
+                    true
+                }
+            });
+            if next == total && pending.is_empty() {
+                break;
+            }
+            if let Some((b, t)) = pending.first()
+                && t.elapsed() > Duration::from_secs(30)
+            {
+                bail!("{b} not in the routes map 30 s after its transaction");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({"lag_ms": lag_ms, "late_writes": late})
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::DsChurn {
+            etcd,
+            prefix,
+            pin_dir,
+            rate,
+            seconds,
+            first,
+        } => ds_churn(&etcd, &prefix, &pin_dir, (rate, seconds), first)?,
         Cmd::DsFill {
             etcd,
             prefix,
