@@ -22,10 +22,11 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use crate::{
     attach::Attachments,
     config::{Config, XdpMode as CfgXdp},
+    incremental::Cache,
     loader,
     lock::NodeLock,
     maps,
-    netlink::{Link, Netlink},
+    netlink::{Event, Link, Netlink},
     pins,
     plan::{self, KernelView, Plan, Underlay},
     record::{self, NodeRecord, ReplacedRoute},
@@ -65,6 +66,9 @@ pub struct Dataplane {
     /// The natOutgoing table as last applied (`Some(None)`: known absent); None before the
     /// first reconcile, which replaces whatever a previous run left.
     nat: Option<Option<crate::nat::Rules>>,
+    /// The kernel view kept between full reconciles (see [`crate::incremental`]); None until
+    /// a full one went through, and after any failure.
+    cache: Option<Cache>,
 }
 
 /// An attachment the config asks for, and whether it is in place.
@@ -245,6 +249,7 @@ impl Dataplane {
             record,
             adopting: found != pins::Found::Nothing || adopted > 0,
             nat: None,
+            cache: None,
         };
         if let Err(e) = dp.bring_up(cfg).await {
             if dp.adopting {
@@ -352,6 +357,7 @@ impl Dataplane {
 
     /// Makes maps, attachments and routes match `cfg`: read the kernel, plan, apply.
     pub async fn reconcile(&mut self, cfg: &Config) -> Result<()> {
+        self.cache = None;
         let known = self.known_endpoints()?;
         let links: plan::Links = self.nl.links().await?.into_iter().collect();
         self.follow_uplink(cfg, &links)?;
@@ -360,8 +366,50 @@ impl Dataplane {
         self.ensure_tunnel_address(cfg).await?;
         let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
         let plan = plan::plan(cfg, self.underlay(), tunnel, &view, &known);
-        self.apply(plan, &view, &known).await?;
-        self.apply_nat(cfg)
+        let current = maps::routes(&mut self.ebpf)?
+            .iter()
+            .map(|e| e.map(|(k, v)| ((Ipv4Addr::from(k.data()), k.prefix_len() as u8), v)))
+            .collect::<Result<_, _>>()?;
+        self.apply(plan, &view, &known, current).await?;
+        self.apply_nat(cfg)?;
+        self.cache = Some(Cache::new(view, &self.plan, self.underlay(), cfg));
+        Ok(())
+    }
+
+    /// The next reconcile reads the kernel in full.
+    pub fn forget_view(&mut self) {
+        self.cache = None;
+    }
+
+    /// [`Dataplane::reconcile`] for a change, on the kept view (see [`crate::incremental`]):
+    /// the link `events` since taken in, what the change needs read from the kernel, the maps
+    /// diffed against what the last apply wrote. A full reconcile when there is no kept view
+    /// or it does not fit `cfg`; any failure drops the view, and the next one is full.
+    pub async fn reconcile_change(&mut self, cfg: &Config, events: &[Event]) -> Result<()> {
+        let Some(mut cache) = self.cache.take() else {
+            return self.reconcile(cfg).await;
+        };
+        if !cache.on_events(events) {
+            return self.reconcile(cfg).await;
+        }
+        self.follow_uplink(cfg, cache.links())?;
+        if !cache.fits(cfg, self.underlay()) {
+            return self.reconcile(cfg).await;
+        }
+        // What the maps hold: what the last apply wrote (it went through, or there would be
+        // no kept view).
+        let known = self.plan.endpoints.clone();
+        let current = self.plan.routes.clone();
+        cache.read_for(&self.nl, cfg, &known).await?;
+        self.ensure_tunnel(cfg, &mut cache.view_mut().links).await?;
+        self.ensure_tunnel_address(cfg).await?;
+        let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
+        let plan = plan::plan(cfg, self.underlay(), tunnel, cache.view(), &known);
+        self.apply(plan, cache.view(), &known, current).await?;
+        self.apply_nat(cfg)?;
+        cache.applied(&self.plan);
+        self.cache = Some(cache);
+        Ok(())
     }
 
     /// ipipd's nftables table as `cfg` wants it, when that changed (see [`crate::nat`]).
@@ -392,21 +440,19 @@ impl Dataplane {
     /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then
     /// routes), attachments, stale endpoints once detached, slow-path routes, and the explicit
     /// resolution of unknown next hops.
+    /// `known` and `current_routes` are the endpoints and routes the maps hold.
     async fn apply(
         &mut self,
         plan: Plan,
         view: &KernelView,
         known: &BTreeMap<u32, Endpoint>,
+        current_routes: BTreeMap<(Ipv4Addr, u8), RouteValue>,
     ) -> Result<()> {
         for (ifindex, ep) in &plan.endpoints {
             if known.get(ifindex) != Some(ep) {
                 maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
             }
         }
-        let current_routes: BTreeMap<(Ipv4Addr, u8), RouteValue> = maps::routes(&mut self.ebpf)?
-            .iter()
-            .map(|e| e.map(|(k, v)| ((Ipv4Addr::from(k.data()), k.prefix_len() as u8), v)))
-            .collect::<Result<_, _>>()?;
         let mut routes_changed = false;
         for ((addr, len), v) in &plan.routes {
             if current_routes.get(&(*addr, *len)) != Some(v) {
@@ -523,7 +569,14 @@ impl Dataplane {
                 log::info!("endpoint {addr}: waiting for interface {name}");
             }
         }
-        self.resolve(&plan.unresolved()).await;
+        // Next hops unresolved since this plan; those already were are asked for again by the
+        // periodic next-hop check (`next_hops_changed`), not by every change.
+        let unresolved: BTreeSet<Ipv4Addr> = plan
+            .unresolved()
+            .difference(&self.plan.unresolved())
+            .copied()
+            .collect();
+        self.resolve(&unresolved).await;
         self.plan = plan;
         Ok(())
     }

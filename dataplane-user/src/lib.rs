@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod datastore;
 pub mod desired;
 pub mod host;
+pub mod incremental;
 pub mod inspect;
 pub mod ipam;
 pub mod loader;

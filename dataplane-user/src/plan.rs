@@ -43,6 +43,14 @@ impl Links {
         self.by_name.insert(link.name.clone(), link.index);
         self.by_index.insert(link.index, link);
     }
+
+    /// Takes `link` out (its name too, unless another link has it now).
+    pub fn remove(&mut self, link: &Link) {
+        self.by_index.remove(&link.index);
+        if self.by_name.get(&link.name) == Some(&link.index) {
+            self.by_name.remove(&link.name);
+        }
+    }
 }
 
 impl FromIterator<Link> for Links {

@@ -372,3 +372,78 @@ fn which(bin: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(bin))
         .find(|p| p.is_file())
 }
+
+/// What a pod churn measured (see [`churn`]).
+#[derive(Debug, Clone, Default)]
+pub struct Churn {
+    /// Milliseconds of each ADD and each DEL, plugin process start to result.
+    pub add_ms: Vec<f64>,
+    pub del_ms: Vec<f64>,
+    /// Pods whose ADD started more than one period after its slot (the workers were busy).
+    pub late: usize,
+    /// How long the whole churn took.
+    pub took: Duration,
+}
+
+/// Pod churn through the plugin, as a busy node's runtime makes it: `rate` pods per second
+/// for `seconds`, each at its slot (on one of `workers` threads) created — its namespace, then
+/// ADD — and deleted — DEL, then its namespace. Stops at the first failure, naming it.
+pub fn churn(plugin: &Plugin, rate: u32, seconds: u32, workers: usize) -> Result<Churn> {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let total = (rate * seconds) as usize;
+    let period = Duration::from_secs(1) / rate;
+    let conf = plugin.conf("1.0.0");
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(Churn::default());
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return Ok(());
+                        }
+                        let slot = start + period * i as u32;
+                        let now = Instant::now();
+                        if now < slot {
+                            std::thread::sleep(slot - now);
+                        }
+                        let late = Instant::now() > slot + period;
+                        let ns = NetNs::new("churn")?;
+                        let id = format!("churn{i}");
+                        let t = Instant::now();
+                        let r = plugin.call("ADD", &id, Some(&ns.name), "eth0", &conf, &[]);
+                        let add = t.elapsed();
+                        if !r.ok() {
+                            bail!("ADD {id}: {r}");
+                        }
+                        let t = Instant::now();
+                        let r = plugin.call("DEL", &id, Some(&ns.name), "eth0", &conf, &[]);
+                        let del = t.elapsed();
+                        if !r.ok() {
+                            bail!("DEL {id}: {r}");
+                        }
+                        drop(ns);
+                        let mut o = out.lock().unwrap();
+                        o.add_ms.push(add.as_secs_f64() * 1e3);
+                        o.del_ms.push(del.as_secs_f64() * 1e3);
+                        o.late += usize::from(late);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a churn worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    let mut c = out.into_inner().unwrap();
+    c.took = start.elapsed();
+    Ok(c)
+}

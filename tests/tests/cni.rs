@@ -659,6 +659,50 @@ fn ten_parallel_podman_runs_then_create_remove_cycles_leak_nothing() {
     assert_eq!(after, fds, "the daemon's fds grew");
 }
 
+/// Pods created and deleted in parallel through the plugin, paced (a bounded slice of the
+/// bench's 100/s for 60 s): every ADD and DEL succeeds, and nothing is left — no veth,
+/// allocation, endpoint, pod route or daemon fd more than before.
+#[test]
+fn pod_churn_in_parallel_leaks_nothing() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("cni-churn", "192.168.83.128/26");
+    let plugin = Plugin::new(&c, "node").unwrap();
+    let fds = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
+    let links = cali_links(&c, "node");
+    let r = ipipd_tests::cni::churn(&plugin, 20, 10, 4)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    assert_eq!((r.add_ms.len(), r.del_ms.len()), (200, 200));
+    println!(
+        "200 pods in {:?} ({} late); ADD median {:.1} ms, DEL median {:.1} ms",
+        r.took,
+        r.late,
+        median(r.add_ms),
+        median(r.del_ms)
+    );
+    assert_eq!(cali_links(&c, "node"), links, "veths left");
+    assert!(
+        allocations(&c, "node").is_empty(),
+        "{:?}",
+        allocations(&c, "node")
+    );
+    assert!(
+        endpoints(&c, "node").is_empty(),
+        "{:?}",
+        endpoints(&c, "node")
+    );
+    let routes = ipipd_routes(&c, "node");
+    assert!(!routes.contains(" dev cali"), "pod routes left: {routes}");
+    let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
+    assert_eq!(after, fds, "the daemon's fds grew");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// The files of a directory with their modification times and modes.
 fn files(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime, u32)> {
     use std::os::unix::fs::PermissionsExt as _;

@@ -82,6 +82,8 @@ pub enum Part {
     Restart,
     /// CNI ADD and DEL, plugin process start to result.
     Cni,
+    /// Pods created and deleted through ipipd-cni at 100/s for 60 s: ADD/DEL, and leaks.
+    Churn,
     /// The datastore at 1,000 and 5,000 nodes: start to ready, a node added to its block in
     /// the map, the watch's lag under 100 changes per second.
     Datastore,
@@ -377,6 +379,14 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     } else {
         Value::Null
     };
+    let churn = if plan.runs(Part::Churn) {
+        eprintln!(
+            "xtask bench: pod churn, {CHURN_RATE} pods/s created and deleted for {CHURN_S} s"
+        );
+        pod_churn()?
+    } else {
+        Value::Null
+    };
     let ds = if plan.runs(Part::Datastore) {
         let mut v = Vec::new();
         for nodes in DS_NODES {
@@ -394,6 +404,7 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     r["restart"] = restart;
     r["cni"] = cni;
     r["datastore"] = ds;
+    r["churn"] = churn;
     Ok(r)
 }
 
@@ -638,6 +649,69 @@ fn datastore(bench_bin: &Path, nodes: u32) -> Result<Value> {
 
 /// Pods the CNI part adds and deletes.
 const CNI_PODS: usize = 100;
+
+/// The pod churn: pods per second, for how long, on how many runtime threads.
+const CHURN_RATE: u32 = 100;
+const CHURN_S: u32 = 60;
+const CHURN_WORKERS: usize = 8;
+
+/// Pod churn through `ipipd-cni` on one node ([`ipipd_tests::cni::churn`]): each pod's
+/// namespace made, ADD, DEL, namespace removed, at [`CHURN_RATE`] a second for [`CHURN_S`] s;
+/// then what is left on the node (veths, allocations, endpoints, pod routes, the daemon's fds
+/// against before), which must be nothing.
+fn pod_churn() -> Result<Value> {
+    let mut specs = seed_nodes(0);
+    specs[1].block = "192.168.83.0/25".into();
+    let mut c = Cluster::new("bchurn", &specs)?;
+    c.start_daemon("master", None)?;
+    c.start_daemon("node", None)?;
+    let plugin = ipipd_tests::cni::Plugin::new(&c, "node")?;
+    let fds = c
+        .node("node")
+        .daemon
+        .as_ref()
+        .map(|d| d.open_fds())
+        .transpose()?;
+    let veths = |c: &Cluster| -> Result<usize> {
+        Ok(c.node("node")
+            .ns
+            .ip("-o link show type veth")?
+            .lines()
+            .count())
+    };
+    let veths_before = veths(&c)?;
+    let r = ipipd_tests::cni::churn(&plugin, CHURN_RATE, CHURN_S, CHURN_WORKERS)?;
+    let json_rows = |args: &[&str]| -> Result<usize> {
+        Ok(c.ipipd_json("node", args)?
+            .as_array()
+            .map_or(0, |a| a.len()))
+    };
+    let left = json!({
+        "veths": veths(&c)? as i64 - veths_before as i64,
+        "allocations": std::fs::read_to_string(c.dir.join("node/state/ipam.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["allocations"].as_array().map(|a| a.len()))
+            .unwrap_or(0),
+        "endpoints": json_rows(&["endpoints"])?,
+        "pod_routes": c.node("node").ns.ip("route show proto 180")?.lines().filter(|l| l.contains(" dev cali")).count(),
+        "fds": match (fds, c.node("node").daemon.as_ref().map(|d| d.open_fds()).transpose()?) {
+            (Some(a), Some(b)) => b as i64 - a as i64,
+            _ => 0,
+        },
+    });
+    Ok(json!({
+        "pods": r.add_ms.len(),
+        "rate": CHURN_RATE,
+        "seconds": CHURN_S,
+        "workers": CHURN_WORKERS,
+        "took_s": r.took.as_secs_f64(),
+        "late": r.late,
+        "add_ms": median_p99(r.add_ms),
+        "del_ms": median_p99(r.del_ms),
+        "left": left,
+    }))
+}
 
 /// The median and the 99th percentile (nearest rank) of `v`.
 fn median_p99(mut v: Vec<f64>) -> Value {
@@ -1764,6 +1838,24 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 &cn["add_ms"]
             ),
             row("DEL", &cn["del_ms"]),
+        );
+    }
+    if plan.runs(Part::Churn) {
+        let ch = &r["churn"];
+        let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+        s += &format!(
+            "\nPod churn: {} pods created and deleted through `ipipd-cni` on one node, {} per second for {} s on {} runtime threads (each: its namespace, ADD, DEL, namespace removed), in {:.1} s ({} started late); ADD median {:.1} ms, p99 {:.1} ms; DEL median {:.1} ms, p99 {:.1} ms. Left on the node afterwards: {}.\n",
+            ch["pods"],
+            ch["rate"],
+            ch["seconds"],
+            ch["workers"],
+            f(&ch["took_s"]),
+            ch["late"],
+            f(&ch["add_ms"]["median"]),
+            f(&ch["add_ms"]["p99"]),
+            f(&ch["del_ms"]["median"]),
+            f(&ch["del_ms"]["p99"]),
+            ch["left"],
         );
     }
     if plan.runs(Part::Datastore) {

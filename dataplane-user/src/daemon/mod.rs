@@ -346,6 +346,10 @@ impl Owner {
         let mut tick = tokio::time::interval(NEXT_HOP_RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
+        // Changes are reconciled on the kept kernel view; this one reads it all again.
+        let mut full = tokio::time::interval(crate::incremental::FULL_EVERY);
+        full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        full.reset();
 
         let result = loop {
             tokio::select! {
@@ -373,6 +377,10 @@ impl Owner {
                     // Also here, should a removal have gone unnoticed.
                     self.repair_pins(&pins).await;
                     self.refresh_next_hops().await;
+                }
+                _ = full.tick() => {
+                    let r = self.reconcile().await;
+                    self.reconciling.report("reconciling (the periodic full one)", r);
                 }
                 Some(cmd) = rx.recv() => self.command(cmd).await,
                 Some(m) = async {
@@ -460,10 +468,11 @@ impl Owner {
         self.settle(applied)
     }
 
-    /// A new desired state (`runtime` over `file`), reconciled; kept when it went through.
+    /// A new desired state (`runtime` over `file`), reconciled as a change (see
+    /// [`crate::incremental`]); kept when it went through.
     async fn adopt(&mut self, file: Config, runtime: RuntimeChanges) -> Result<()> {
         let desired = runtime.apply(&self.base(&file))?;
-        let applied = self.dp.reconcile(&desired).await;
+        let applied = self.dp.reconcile_change(&desired, &[]).await;
         self.settle(applied)?;
         (self.file, self.runtime, self.desired) = (file, runtime, desired);
         Ok(())
@@ -497,7 +506,9 @@ impl Owner {
         if batch.iter().all(|e| *e == Event::NextHops) {
             self.refresh_next_hops().await;
         } else {
-            let r = self.reconcile().await;
+            // Links came, went or changed: a change on the kept view (a resync: in full).
+            let applied = self.dp.reconcile_change(&self.desired, batch).await;
+            let r = self.settle(applied);
             self.reconciling.report("reconciling", r);
         }
     }
@@ -565,6 +576,8 @@ impl Owner {
             return;
         }
         let runtime = self.runtime.clone();
+        // A reload reads the kernel in full.
+        self.dp.forget_view();
         match self.adopt(file, runtime).await {
             Ok(()) => log::info!("SIGHUP: config reloaded"),
             Err(e) => log::error!(

@@ -1,0 +1,273 @@
+//! Incremental reconciles: a change (an endpoint, a pod's veth, a peer's block, a node joining)
+//! costs work in proportion to the change, not to the node. A full reconcile reads the kernel
+//! (every link, every route, the kernel's route to each peer, the neighbours) and the maps;
+//! at 10,000 endpoints or 5,000 peers that is most of a second or more. Between full
+//! reconciles the kernel view they read is kept here, brought up to date with the link events
+//! and with what ipipd itself changed, and what a change needs of the kernel is read for the
+//! change alone: a new endpoint's pod MAC, a new peer's route. The plan and the apply are the
+//! same; the maps are diffed against what the last apply wrote.
+//!
+//! Drift (a route, map entry or attachment changed by someone else) is what a full reconcile
+//! catches: the daemon runs one periodically ([`FULL_EVERY`]), after a netlink resync, a
+//! pin repair, a next-hop change and any failure.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use anyhow::Result;
+use dataplane_common::Endpoint;
+use futures::StreamExt as _;
+
+use crate::{
+    config::Config,
+    netlink::{Event, Netlink},
+    plan::{KernelView, Plan, Underlay},
+};
+
+/// How often the daemon reconciles in full, whatever happened (Felix's route refresh is 90 s
+/// too).
+pub const FULL_EVERY: Duration = Duration::from_secs(90);
+
+/// Peers' route lookups in flight at once (as a full read does).
+const ROUTE_GETS_IN_FLIGHT: usize = 64;
+
+/// The kernel as the last full reconcile read it, and what changed since.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    view: KernelView,
+    /// The underlay and node address the view's next-hop facts were read for.
+    underlay: Underlay,
+    node_address: Ipv4Addr,
+}
+
+impl Cache {
+    /// After a full reconcile that went through: its view, as the kernel is now that the plan
+    /// was applied (ipipd's routes are the plan's).
+    pub fn new(mut view: KernelView, plan: &Plan, underlay: Underlay, cfg: &Config) -> Self {
+        view.owned_routes = plan.slow_path.clone();
+        view.pod_macs.clear();
+        Cache {
+            view,
+            underlay,
+            node_address: cfg.node.address,
+        }
+    }
+
+    /// Whether a change can be planned on this view: the same underlay and node address
+    /// (what the next hops were read for).
+    pub fn fits(&self, cfg: &Config, underlay: Underlay) -> bool {
+        self.underlay == underlay && self.node_address == cfg.node.address
+    }
+
+    /// The links as last known.
+    pub fn links(&self) -> &crate::plan::Links {
+        &self.view.links
+    }
+
+    /// Link events taken in; false when one needs a full read (the kernel dropped events).
+    pub fn on_events(&mut self, events: &[Event]) -> bool {
+        for ev in events {
+            match ev {
+                Event::LinkNew(l) => {
+                    if let Some(old) = self.view.links.by_index(l.index).cloned() {
+                        self.view.links.remove(&old);
+                    }
+                    self.view.links.insert(l.clone());
+                }
+                Event::LinkDel { index, .. } => {
+                    if let Some(old) = self.view.links.by_index(*index).cloned() {
+                        self.view.links.remove(&old);
+                    }
+                }
+                Event::NextHops => {}
+                Event::Resync => return false,
+            }
+        }
+        true
+    }
+
+    /// The view to plan on.
+    pub fn view(&self) -> &KernelView {
+        &self.view
+    }
+
+    pub fn view_mut(&mut self) -> &mut KernelView {
+        &mut self.view
+    }
+
+    /// The kept view made ready to plan `cfg` on, with what this change needs read from the
+    /// kernel: the interface and pod-side MAC of an endpoint new to the maps, the kernel's route
+    /// to a new peer (and the neighbours again, when there is one). (On an error the caller
+    /// drops the cache: the next reconcile is full.)
+    pub async fn read_for(
+        &mut self,
+        nl: &Netlink,
+        cfg: &Config,
+        known: &BTreeMap<u32, Endpoint>,
+    ) -> Result<()> {
+        let view = &mut self.view;
+        view.pod_macs.clear();
+        for ep in &cfg.endpoints {
+            let in_maps = view.links.by_name(&ep.interface).is_some_and(|l| {
+                known
+                    .get(&l.index)
+                    .is_some_and(|k| k.pod_ip == ep.address.octets())
+            });
+            if in_maps {
+                continue;
+            }
+            // An endpoint not in the maps yet: its interface as the kernel has it now (a CNI
+            // ADD creates the veth just before it asks; its link event may still be queued).
+            if let Some(old) = view.links.by_name(&ep.interface).cloned() {
+                view.links.remove(&old);
+            }
+            let Some(link) = nl.link_by_name(&ep.interface).await? else {
+                continue;
+            };
+            if ep.mac.is_none()
+                && let Ok(Some(mac)) = nl.peer_mac(&link).await
+            {
+                view.pod_macs.insert(link.index, mac);
+            }
+            view.links.insert(link);
+        }
+        let uplink = self.underlay.uplink;
+        if uplink == 0 {
+            return Ok(());
+        }
+        view.peer_routes
+            .retain(|a, _| cfg.peers.iter().any(|p| p.address == *a));
+        let new: Vec<Ipv4Addr> = cfg
+            .peers
+            .iter()
+            .map(|p| p.address)
+            .filter(|a| !view.peer_routes.contains_key(a))
+            .collect();
+        if !new.is_empty() {
+            let routes: Vec<_> = futures::stream::iter(new)
+                .map(|a| async move { (a, nl.route_get(a, uplink).await.unwrap_or((None, None))) })
+                .buffer_unordered(ROUTE_GETS_IN_FLIGHT)
+                .collect()
+                .await;
+            view.peer_routes.extend(routes);
+            view.neighbours = nl.neighbours(uplink).await?;
+        }
+        Ok(())
+    }
+
+    /// After an incremental reconcile that went through: the view it planned on is the
+    /// kernel's now (ipipd's routes the plan's).
+    pub fn applied(&mut self, plan: &Plan) {
+        self.view.owned_routes = plan.slow_path.clone();
+        self.view.pod_macs.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::{netlink::Link, plan};
+
+    const UNDERLAY: Underlay = Underlay {
+        uplink: 2,
+        mtu: 1500,
+    };
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: Some([0xee, 0xee, 0xee, 0xee, 0xee, index as u8]),
+            mtu: 1500,
+            link: None,
+            link_netnsid: None,
+            kind: Some("veth".into()),
+            up: true,
+        }
+    }
+
+    /// The seed's worker with `pods` endpoints (their MACs given: nothing to read).
+    fn worker(pods: u32) -> Config {
+        let mut s = String::from(
+            "[node]\nname = \"worker\"\nuplink = \"eth0\"\naddress = \"172.31.242.156\"\n\
+             [[block]]\ncidr = \"192.168.83.128/26\"\n\
+             [[peer]]\naddress = \"172.31.242.157\"\nblocks = [\"192.168.179.0/26\"]\n",
+        );
+        for i in 0..pods {
+            s += &format!(
+                "[[endpoint]]\naddress = \"192.168.83.{}\"\ninterface = \"cali{i}\"\nmac = \"ee:ee:ee:ee:ee:{i:02x}\"\n",
+                129 + i
+            );
+        }
+        Config::parse(&s).unwrap()
+    }
+
+    /// What a full read finds with the pods' veths `pods` present.
+    fn full_view(pods: u32) -> KernelView {
+        let mut links = vec![link(2, "eth0"), link(9, "ipipd0")];
+        links.extend((0..pods).map(|i| link(20 + i, &format!("cali{i}"))));
+        KernelView {
+            links: links.into_iter().collect(),
+            uplink_nets: vec!["172.31.240.0/20".parse().unwrap()],
+            peer_routes: [("172.31.242.157".parse().unwrap(), (None, Some(2)))].into(),
+            neighbours: [(
+                "172.31.242.157".parse().unwrap(),
+                [0, 0x16, 0x3e, 0, 0x89, 0x76],
+            )]
+            .into(),
+            ..KernelView::default()
+        }
+    }
+
+    #[test]
+    fn a_change_planned_on_the_kept_view_is_what_a_full_read_plans() {
+        let cfg = worker(1);
+        let first = plan::plan(&cfg, UNDERLAY, 9, &full_view(1), &BTreeMap::new());
+        let mut cache = Cache::new(full_view(1), &first, UNDERLAY, &cfg);
+        assert!(cache.fits(&cfg, UNDERLAY));
+        // A second pod: its veth appears (a link event), then its endpoint is added.
+        assert!(cache.on_events(&[Event::LinkNew(link(21, "cali1"))]));
+        let cfg2 = worker(2);
+        let kept = plan::plan(&cfg2, UNDERLAY, 9, &cache.view, &first.endpoints);
+        let mut full = full_view(2);
+        full.owned_routes = first.slow_path.clone();
+        let fresh = plan::plan(&cfg2, UNDERLAY, 9, &full, &first.endpoints);
+        assert_eq!(kept, fresh);
+        assert_eq!(kept.endpoints.len(), 2);
+        cache.applied(&kept);
+        assert_eq!(cache.view.owned_routes, kept.slow_path);
+        // The veth goes: the endpoint waits for its interface again.
+        assert!(cache.on_events(&[Event::LinkDel {
+            index: 21,
+            name: "cali1".into()
+        }]));
+        let gone = plan::plan(&cfg2, UNDERLAY, 9, &cache.view, &kept.endpoints);
+        assert_eq!(gone.endpoints.len(), 1);
+        assert_eq!(
+            gone.pending.values().cloned().collect::<BTreeSet<_>>(),
+            ["cali1".to_string()].into()
+        );
+    }
+
+    #[test]
+    fn a_renamed_link_keeps_one_name_and_a_resync_or_another_address_asks_for_a_full_read() {
+        let cfg = worker(1);
+        let p = plan::plan(&cfg, UNDERLAY, 9, &full_view(1), &BTreeMap::new());
+        let mut cache = Cache::new(full_view(1), &p, UNDERLAY, &cfg);
+        assert!(cache.on_events(&[Event::LinkNew(link(20, "renamed"))]));
+        assert!(cache.links().by_name("cali0").is_none());
+        assert_eq!(cache.links().by_name("renamed").map(|l| l.index), Some(20));
+        assert!(!cache.on_events(&[Event::Resync]));
+        let mut moved = cfg.clone();
+        moved.node.address = "172.31.242.200".parse().unwrap();
+        assert!(!cache.fits(&moved, UNDERLAY));
+        assert!(!cache.fits(
+            &cfg,
+            Underlay {
+                uplink: 3,
+                mtu: 1500
+            }
+        ));
+    }
+}
