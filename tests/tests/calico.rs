@@ -584,15 +584,7 @@ fn a_new_node_is_learnt_a_pending_affinity_is_not_and_a_pool_turned_cross_subnet
         .unwrap();
     for n in ["node", "master"] {
         eventually(&format!("{n} routes the peer's block plain"), || {
-            let f = route_flags(
-                &c,
-                n,
-                if n == "node" {
-                    "192.168.179.0/26"
-                } else {
-                    "192.168.83.128/26"
-                },
-            );
+            let f = route_flags(&c, n, peer_block(n));
             f.contains(&"same-subnet".to_string()) && !f.contains(&"encap".to_string())
         });
     }
@@ -606,15 +598,7 @@ fn a_new_node_is_learnt_a_pending_affinity_is_not_and_a_pool_turned_cross_subnet
         .unwrap();
     for n in ["node", "master"] {
         eventually(&format!("{n} encapsulates again"), || {
-            let f = route_flags(
-                &c,
-                n,
-                if n == "node" {
-                    "192.168.179.0/26"
-                } else {
-                    "192.168.83.128/26"
-                },
-            );
+            let f = route_flags(&c, n, peer_block(n));
             f.contains(&"encap".to_string())
         });
     }
@@ -623,6 +607,15 @@ fn a_new_node_is_learnt_a_pending_affinity_is_not_and_a_pool_turned_cross_subnet
         plain == 0 && ipip >= 2,
         "Always again: plain {plain}, ipip {ipip}"
     );
+}
+
+/// The other node's block, as `node` routes it.
+fn peer_block(node: &str) -> &'static str {
+    if node == "node" {
+        "192.168.179.0/26"
+    } else {
+        "192.168.83.128/26"
+    }
 }
 
 #[test]

@@ -642,21 +642,7 @@ fn ten_parallel_podman_runs_then_create_remove_cycles_leak_nothing() {
         pm.run_once(&format!("cycle{i}"))
             .unwrap_or_else(|e| panic!("cycle {i}: {e:#}\n{}", logs()));
     }
-    assert_eq!(cali_links(&c, "node"), links, "veths left");
-    assert!(
-        allocations(&c, "node").is_empty(),
-        "{:?}",
-        allocations(&c, "node")
-    );
-    assert!(
-        endpoints(&c, "node").is_empty(),
-        "{:?}",
-        endpoints(&c, "node")
-    );
-    let routes = ipipd_routes(&c, "node");
-    assert!(!routes.contains(" dev cali"), "pod routes left: {routes}");
-    let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
-    assert_eq!(after, fds, "the daemon's fds grew");
+    assert_nothing_left(&c, &links, fds);
 }
 
 /// Pods created and deleted in parallel through the plugin, paced (a bounded slice of the
@@ -681,26 +667,32 @@ fn pod_churn_in_parallel_leaks_nothing() {
         median(r.add_ms),
         median(r.del_ms)
     );
-    assert_eq!(cali_links(&c, "node"), links, "veths left");
-    assert!(
-        allocations(&c, "node").is_empty(),
-        "{:?}",
-        allocations(&c, "node")
-    );
-    assert!(
-        endpoints(&c, "node").is_empty(),
-        "{:?}",
-        endpoints(&c, "node")
-    );
-    let routes = ipipd_routes(&c, "node");
-    assert!(!routes.contains(" dev cali"), "pod routes left: {routes}");
-    let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
-    assert_eq!(after, fds, "the daemon's fds grew");
+    assert_nothing_left(&c, &links, fds);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// After every pod went: the node's pod veths are `links` again, and no allocation, endpoint,
+/// pod route or daemon fd more than the `fds` before is left.
+fn assert_nothing_left(c: &Cluster, links: &BTreeSet<String>, fds: usize) {
+    assert_eq!(&cali_links(c, "node"), links, "veths left");
+    assert!(
+        allocations(c, "node").is_empty(),
+        "{:?}",
+        allocations(c, "node")
+    );
+    assert!(
+        endpoints(c, "node").is_empty(),
+        "{:?}",
+        endpoints(c, "node")
+    );
+    let routes = ipipd_routes(c, "node");
+    assert!(!routes.contains(" dev cali"), "pod routes left: {routes}");
+    let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
+    assert_eq!(after, fds, "the daemon's fds grew");
 }
 
 /// The files of a directory with their modification times and modes.

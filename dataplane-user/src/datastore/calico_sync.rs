@@ -9,12 +9,12 @@
 use std::{convert::Infallible, path::Path, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::EventType;
 use futures::FutureExt as _;
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    DatastoreCfg, REQUEST_TIMEOUT, Store,
+    DatastoreCfg, Store,
     calico::{Calico, CalicoKeys},
     memory::Memory,
     sync::{self, Msg, Synced},
@@ -145,21 +145,8 @@ async fn session(
     let (mut c, rev) = list(&store, &keys).await?;
     let mut last = synced(&c, rev);
     send(tx, last.clone()).await?;
-    let mut client = store.client();
     let prefix = format!("{}/", cfg.prefix.trim_end_matches('/'));
-    let mut events = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.watch(
-            prefix,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        ),
-    )
-    .await
-    .map_err(|_| anyhow!("watch: no answer"))??;
+    let mut events = store.watch_after(prefix, rev).await?;
     loop {
         let Some(resp) = events.message().await? else {
             bail!("the watch ended")

@@ -14,7 +14,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 
 use crate::net::Ipv4Net;
@@ -139,6 +139,19 @@ impl Store {
 
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// A watch of every key under `prefix` from the revision after `rev` (what a list at
+    /// `rev` saw is not sent again).
+    pub async fn watch_after(&self, prefix: String, rev: i64) -> Result<etcd_client::WatchStream> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        Ok(
+            tokio::time::timeout(REQUEST_TIMEOUT, self.client().watch(prefix, Some(options)))
+                .await
+                .map_err(|_| anyhow!("watch: no answer"))??,
+        )
     }
 
     /// Everything under the prefix, and the revision it was read at.

@@ -9,7 +9,7 @@
 use std::{collections::BTreeSet, convert::Infallible, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::EventType;
 use futures::FutureExt as _;
 use tokio::{
     sync::{mpsc, watch},
@@ -368,19 +368,7 @@ async fn session(
         tokio::time::timeout(REQUEST_TIMEOUT, client.lease_keep_alive(lease))
             .await
             .map_err(|_| anyhow!("keep-alive: no answer"))??;
-    let mut events = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.watch(
-            store.keys.all(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        ),
-    )
-    .await
-    .map_err(|_| anyhow!("watch: no answer"))??;
+    let mut events = store.watch_after(store.keys.all(), rev).await?;
     let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL / 3).max(1) as u64));
     loop {
         let grace_ends = t.grace.as_ref().map(|(until, _)| *until);
