@@ -34,6 +34,7 @@ pub mod pins;
 pub mod plan;
 pub mod record;
 pub mod rules;
+pub mod teardown;
 pub mod tunnel;
 
 /// The eBPF object built by build.rs (bpfel, BTF), aligned for the ELF parser.
