@@ -15,20 +15,16 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use dataplane_common::Endpoint;
-use futures::StreamExt as _;
 
 use crate::{
     config::Config,
     netlink::{Event, Netlink},
-    plan::{KernelView, Plan, Underlay},
+    plan::{self, KernelView, Plan, Underlay},
 };
 
 /// How often the daemon reconciles in full, whatever happened (Felix's route refresh is 90 s
 /// too).
 pub const FULL_EVERY: Duration = Duration::from_secs(90);
-
-/// Peers' route lookups in flight at once (as a full read does).
-const ROUTE_GETS_IN_FLIGHT: usize = 64;
 
 /// The kernel as the last full reconcile read it, and what changed since.
 #[derive(Debug, Clone)]
@@ -107,12 +103,11 @@ impl Cache {
         let view = &mut self.view;
         view.pod_macs.clear();
         for ep in &cfg.endpoints {
-            let in_maps = view.links.by_name(&ep.interface).is_some_and(|l| {
-                known
-                    .get(&l.index)
-                    .is_some_and(|k| k.pod_ip == ep.address.octets())
-            });
-            if in_maps {
+            if view
+                .links
+                .by_name(&ep.interface)
+                .is_some_and(|l| plan::in_maps(known, l, ep))
+            {
                 continue;
             }
             // An endpoint not in the maps yet: its interface as the kernel has it now (a CNI
@@ -143,11 +138,7 @@ impl Cache {
             .filter(|a| !view.peer_routes.contains_key(a))
             .collect();
         if !new.is_empty() {
-            let routes: Vec<_> = futures::stream::iter(new)
-                .map(|a| async move { (a, nl.route_get(a, uplink).await.unwrap_or((None, None))) })
-                .buffer_unordered(ROUTE_GETS_IN_FLIGHT)
-                .collect()
-                .await;
+            let routes = plan::peer_routes(nl, new.into_iter(), uplink).await;
             view.peer_routes.extend(routes);
             view.neighbours = nl.neighbours(uplink).await?;
         }
@@ -167,7 +158,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::{netlink::Link, plan};
+    use crate::netlink::Link;
 
     const UNDERLAY: Underlay = Underlay {
         uplink: 2,

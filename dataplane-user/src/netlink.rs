@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow};
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
     route::{
@@ -436,9 +436,9 @@ impl Netlink {
             .collect())
     }
 
-    /// An interface's IPv4 addresses with their prefix lengths.
-    pub async fn subnets_exact(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-        let msgs: Vec<_> = self
+    /// An interface's IPv4 address messages.
+    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        let msgs: Vec<AddressMessage> = self
             .handle
             .address()
             .get()
@@ -447,11 +447,16 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| describe(e).context(format!("addresses of #{index}")))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.family == AddressFamily::Inet)
+            .collect())
+    }
+
+    /// An interface's IPv4 addresses with their prefix lengths.
+    pub async fn subnets_exact(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let mut out = Vec::new();
-        for m in msgs {
-            if m.header.family != AddressFamily::Inet {
-                continue;
-            }
+        for m in self.ipv4_addresses(index).await? {
             let mut addr = None;
             for a in &m.attributes {
                 match a {
@@ -472,21 +477,9 @@ impl Netlink {
     /// Makes `want` (a /32) the only IPv4 address of interface `index` (None: no address);
     /// whether anything changed. For ipipd's tunnel device, whose addresses are ipipd's.
     pub async fn set_only_address(&self, index: u32, want: Option<Ipv4Addr>) -> Result<bool> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| describe(e).context(format!("addresses of #{index}")))?;
         let mut have = false;
         let mut changed = false;
-        for m in msgs {
-            if m.header.family != AddressFamily::Inet {
-                continue;
-            }
+        for m in self.ipv4_addresses(index).await? {
             let local = m.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(std::net::IpAddr::V4(v)) => Some(*v),
                 _ => None,

@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use netlink_packet_route::route::RouteMessage;
 
 use crate::{
-    config::Config,
+    config::{Config, EndpointCfg},
     datastore::model::IpipMode,
     net::Ipv4Net,
     netlink::{Link, Netlink, Route},
@@ -111,10 +111,7 @@ impl KernelView {
             let Some(link) = view.links.by_name(&ep.interface) else {
                 continue;
             };
-            if known
-                .get(&link.index)
-                .is_some_and(|k| k.pod_ip == ep.address.octets())
-            {
+            if in_maps(known, link, ep) {
                 continue;
             }
             if let Ok(Some(mac)) = nl.peer_mac(link).await {
@@ -152,19 +149,8 @@ impl KernelView {
             });
         }
         let uplink_nets = nl.subnets(underlay.uplink).await?;
-        // The kernel's own answer for each peer (policy routing included), many requests in
-        // flight on the one socket: one after another, 1,000 peers were most of a reconcile.
-        let peer_routes: BTreeMap<_, _> = futures::stream::iter(&desired.peers)
-            .map(|p| async move {
-                let r = nl
-                    .route_get(p.address, underlay.uplink)
-                    .await
-                    .unwrap_or((None, None));
-                (p.address, r)
-            })
-            .buffer_unordered(ROUTE_GETS_IN_FLIGHT)
-            .collect()
-            .await;
+        let peer_routes =
+            peer_routes(nl, desired.peers.iter().map(|p| p.address), underlay.uplink).await;
         let neighbours = nl.neighbours(underlay.uplink).await?;
         let node_address_missing = !nl.has_address(desired.node.address).await?;
         Ok(KernelView {
@@ -180,6 +166,29 @@ impl KernelView {
 
 /// Route lookups (`RTM_GETROUTE`) for the peers' next hops sent at once.
 const ROUTE_GETS_IN_FLIGHT: usize = 64;
+
+/// The kernel's own answer for how each of `peers` is routed out of `uplink` (policy routing
+/// included), many requests in flight on the one socket: one after another, 1,000 peers were
+/// most of a reconcile.
+pub(crate) async fn peer_routes(
+    nl: &Netlink,
+    peers: impl Iterator<Item = Ipv4Addr>,
+    uplink: u32,
+) -> BTreeMap<Ipv4Addr, (Option<Ipv4Addr>, Option<u32>)> {
+    futures::stream::iter(peers)
+        .map(|a| async move { (a, nl.route_get(a, uplink).await.unwrap_or((None, None))) })
+        .buffer_unordered(ROUTE_GETS_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Whether `link` holds, in the maps (`known`), the endpoint `ep` already: its pod MAC was
+/// learnt then and is not asked for again.
+pub(crate) fn in_maps(known: &BTreeMap<u32, Endpoint>, link: &Link, ep: &EndpointCfg) -> bool {
+    known
+        .get(&link.index)
+        .is_some_and(|k| k.pod_ip == ep.address.octets())
+}
 
 /// What a desired state puts in the maps and routes, for one moment's kernel view.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -382,10 +382,18 @@ impl Cluster {
         d.kill9()
     }
 
+    /// The config file the node's daemon runs with (what `--config` of the CLI names).
+    pub fn config_path(&self, name: &str) -> String {
+        self.dir
+            .join(name)
+            .join("ipipd.toml")
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// Starts the node's daemon again on the config it last ran with.
     pub fn restart_daemon(&mut self, name: &str) -> Result<()> {
-        let cfg = self.dir.join(name).join("ipipd.toml");
-        let text = std::fs::read_to_string(&cfg)?;
+        let text = std::fs::read_to_string(self.config_path(name))?;
         self.start_daemon(name, Some(text))
     }
 

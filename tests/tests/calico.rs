@@ -134,14 +134,6 @@ fn start(c: &mut Cluster, node: &str, calico_name: &str, etcd: &Etcd, extra: &st
         .unwrap_or_else(|e| panic!("{node}: {e:#}\n{}\n{}", c.logs(), etcd.log_text()));
 }
 
-fn cfg_path(c: &Cluster, node: &str) -> String {
-    c.dir
-        .join(node)
-        .join("ipipd.toml")
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// A node's routes map: (prefix, kind, the interface or peer node it names).
 fn routes(c: &Cluster, node: &str) -> BTreeSet<(String, String, String)> {
     let ns = &c.node(node).ns;
@@ -287,7 +279,7 @@ fn the_seeds_calico_store_drives_both_nodes_and_nothing_is_written() {
     );
     let out = c
         .node("node")
-        .ipipd(&["nodes", "--config", &cfg_path(&c, "node"), "-o", "json"])
+        .ipipd(&["nodes", "--config", &c.config_path("node"), "-o", "json"])
         .unwrap();
     let nodes: Value = serde_json::from_str(&out).unwrap();
     let worker_row = nodes
@@ -302,7 +294,7 @@ fn the_seeds_calico_store_drives_both_nodes_and_nothing_is_written() {
     assert_eq!(worker_row["pods"], 3);
     let out = c
         .node("node")
-        .ipipd(&["pool", "list", "--config", &cfg_path(&c, "node")])
+        .ipipd(&["pool", "list", "--config", &c.config_path("node")])
         .unwrap();
     assert!(out.contains("Always (default-ipv4-ippool)"), "{out}");
     // ipipd's own writes are refused here: the store is Calico's.
@@ -314,7 +306,7 @@ fn the_seeds_calico_store_drives_both_nodes_and_nothing_is_written() {
             "--cidr",
             "10.0.0.0/16",
             "--config",
-            &cfg_path(&c, "node"),
+            &c.config_path("node"),
         ])
         .unwrap_err();
     assert!(format!("{err:#}").contains("calicoctl"), "{err:#}");

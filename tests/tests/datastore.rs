@@ -60,19 +60,11 @@ fn start(c: &mut Cluster, node: &str, etcd: &Etcd) {
         .unwrap_or_else(|e| panic!("{node}: {e:#}\n{}\n{}", c.logs(), etcd.log_text()));
 }
 
-fn cfg_path(c: &Cluster, node: &str) -> String {
-    c.dir
-        .join(node)
-        .join("ipipd.toml")
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// `ipipd blocks -o json` through a node's config: (block, owner).
 fn blocks(c: &Cluster, node: &str) -> Vec<(String, String)> {
     let out = c
         .node(node)
-        .ipipd(&["blocks", "--config", &cfg_path(c, node), "-o", "json"])
+        .ipipd(&["blocks", "--config", &c.config_path(node), "-o", "json"])
         .unwrap();
     serde_json::from_str::<Value>(&out)
         .unwrap()
@@ -136,7 +128,7 @@ fn nodes_claim_distinct_blocks_learn_each_other_and_follow_a_join_and_a_removal(
     // `ipipd nodes` shows them up.
     let out = c
         .node("n0")
-        .ipipd(&["nodes", "--config", &cfg_path(&c, "n0"), "-o", "json"])
+        .ipipd(&["nodes", "--config", &c.config_path("n0"), "-o", "json"])
         .unwrap();
     let nodes: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(nodes.as_array().unwrap().len(), 3);
@@ -180,7 +172,7 @@ fn nodes_claim_distinct_blocks_learn_each_other_and_follow_a_join_and_a_removal(
     c.stop_daemon("n3").unwrap();
     let out = c
         .node("n0")
-        .ipipd(&["node", "remove", "n3", "--config", &cfg_path(&c, "n0")])
+        .ipipd(&["node", "remove", "n3", "--config", &c.config_path("n0")])
         .unwrap();
     assert!(out.contains(&b3), "{out}");
     for n in ["n0", "n1", "n2"] {
@@ -549,7 +541,7 @@ fn a_node_that_changes_its_address_re_registers_and_its_peers_follow() {
     start(&mut c, "n1", &etcd);
     let out = c
         .node("n0")
-        .ipipd(&["nodes", "--config", &cfg_path(&c, "n0"), "-o", "json"])
+        .ipipd(&["nodes", "--config", &c.config_path("n0"), "-o", "json"])
         .unwrap();
     assert!(out.contains(&new.to_string()), "{out}");
     // n0 follows: its peer is the new address, and the pods talk again.
@@ -712,7 +704,7 @@ fn a_store_restored_from_an_older_snapshot_loses_no_packet_and_the_late_node_put
     }
     let out = c
         .node("n0")
-        .ipipd(&["nodes", "--config", &cfg_path(&c, "n0"), "-o", "json"])
+        .ipipd(&["nodes", "--config", &c.config_path("n0"), "-o", "json"])
         .unwrap();
     assert!(out.contains("\"n2\""), "{out}");
     assert_eq!(store_blocks(&c, "n0"), before);
@@ -761,7 +753,7 @@ fn a_block_two_nodes_hold_is_reported_on_both_and_nothing_flaps() {
     }
     let marked: Value = serde_json::from_str(
         &c.node("n1")
-            .ipipd(&["blocks", "--config", &cfg_path(&c, "n1"), "-o", "json"])
+            .ipipd(&["blocks", "--config", &c.config_path("n1"), "-o", "json"])
             .unwrap(),
     )
     .unwrap();
@@ -827,7 +819,7 @@ fn a_block_two_nodes_hold_is_reported_on_both_and_nothing_flaps() {
 fn marked_by(c: &Cluster, block: &str) -> Vec<Value> {
     let v: Value = serde_json::from_str(
         &c.node("n0")
-            .ipipd(&["blocks", "--config", &cfg_path(c, "n0"), "-o", "json"])
+            .ipipd(&["blocks", "--config", &c.config_path("n0"), "-o", "json"])
             .unwrap(),
     )
     .unwrap();

@@ -70,10 +70,25 @@ fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
+/// A program of kubernetes-validate's virtualenv, which `cargo xtask setup` makes under
+/// target/ (xtask's `VALIDATE_VENV`); the one on PATH where there is none.
+fn validator_tool(name: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target/kubernetes-validate/bin")
+        .join(name);
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 /// Whether kubernetes-validate (and its PyYAML) is there: missing, a loud failure under CI and
 /// a printed skip elsewhere.
 fn have_validator() -> bool {
-    if Command::new("kubernetes-validate")
+    if Command::new(validator_tool("kubernetes-validate"))
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
@@ -88,7 +103,7 @@ fn have_validator() -> bool {
 
 /// The documents of a YAML file, as JSON (PyYAML, which kubernetes-validate brings).
 fn documents(file: &Path) -> Vec<Value> {
-    let out = Command::new("python3")
+    let out = Command::new(validator_tool("python3"))
         .args([
             "-c",
             "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
@@ -155,7 +170,7 @@ fn the_manifests_validate_against_kubernetes_schemas() {
     if !have_validator() {
         return;
     }
-    let out = Command::new("kubernetes-validate")
+    let out = Command::new(validator_tool("kubernetes-validate"))
         .arg("--strict")
         .arg(deploy("ipipd.yaml"))
         .arg(deploy("teardown.yaml"))

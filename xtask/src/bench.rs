@@ -587,20 +587,30 @@ fn datastore(bench_bin: &Path, nodes: u32) -> Result<Value> {
     if routes < nodes as usize {
         bail!("the node programmed {routes} routes for {nodes} nodes");
     }
-    let out = in_etcd_ns(&[
-        "ds-add-wait".into(),
-        "--etcd".into(),
-        etcd.url.clone(),
-        "--prefix".into(),
-        prefix.into(),
-        "--pin-dir".into(),
-        c.bpffs.join("node").to_string_lossy().into_owned(),
-        "--count".into(),
-        DS_ADDS.to_string(),
-        // Past the blocks the real node may claim (the pool's first free ones).
-        "--first".into(),
-        (2 * nodes).to_string(),
-    ])?;
+    // A bench command that writes to etcd while it watches the real node's routes map.
+    let watching = |cmd: &str, args: &[(&str, String)]| -> Result<String> {
+        let mut v: Vec<String> = vec![
+            cmd.into(),
+            "--etcd".into(),
+            etcd.url.clone(),
+            "--prefix".into(),
+            prefix.into(),
+            "--pin-dir".into(),
+            c.bpffs.join("node").to_string_lossy().into_owned(),
+        ];
+        for (flag, value) in args {
+            v.extend([format!("--{flag}"), value.clone()]);
+        }
+        in_etcd_ns(&v)
+    };
+    // Past the blocks the real node may claim (the pool's first free ones).
+    let out = watching(
+        "ds-add-wait",
+        &[
+            ("count", DS_ADDS.to_string()),
+            ("first", (2 * nodes).to_string()),
+        ],
+    )?;
     let ms: Vec<f64> = serde_json::from_str(out.trim())?;
     let pid = c.node("node").daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
     let rss_kib = || -> Result<u64> {
@@ -611,21 +621,14 @@ fn datastore(bench_bin: &Path, nodes: u32) -> Result<Value> {
             .unwrap_or(0))
     };
     let rss_after_adds = rss_kib()?;
-    let out = in_etcd_ns(&[
-        "ds-churn".into(),
-        "--etcd".into(),
-        etcd.url.clone(),
-        "--prefix".into(),
-        prefix.into(),
-        "--pin-dir".into(),
-        c.bpffs.join("node").to_string_lossy().into_owned(),
-        "--rate".into(),
-        DS_CHURN_RATE.to_string(),
-        "--seconds".into(),
-        DS_CHURN_S.to_string(),
-        "--first".into(),
-        (2 * nodes + DS_ADDS).to_string(),
-    ])?;
+    let out = watching(
+        "ds-churn",
+        &[
+            ("rate", DS_CHURN_RATE.to_string()),
+            ("seconds", DS_CHURN_S.to_string()),
+            ("first", (2 * nodes + DS_ADDS).to_string()),
+        ],
+    )?;
     let churn: Value = serde_json::from_str(out.trim())?;
     let lag: Vec<f64> = serde_json::from_value(churn["lag_ms"].clone())?;
     let max_lag = lag.iter().copied().fold(0.0, f64::max);

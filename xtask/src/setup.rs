@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "ipvsadm",
     "conntrack",
+    // kubernetes-validate's virtualenv (the manifests' test).
+    "python3-venv",
 ];
 
 pub fn all() -> Result<()> {
@@ -52,16 +54,26 @@ pub fn all() -> Result<()> {
 /// (it carries them), and brings PyYAML, which the manifests' test reads them with.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
+/// Where it is installed: a virtualenv of its own under target/ (Debian's Python is "externally
+/// managed", PEP 668: pip refuses to install into it), which the manifests' test looks in.
+pub const VALIDATE_VENV: &str = "target/kubernetes-validate";
+
 fn pip_packages() -> Result<()> {
-    let have = Command::new("kubernetes-validate")
+    let venv = crate::workspace_root().join(VALIDATE_VENV);
+    let bin = venv.join("bin");
+    let have = Command::new(bin.join("kubernetes-validate"))
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if have {
         return Ok(());
     }
-    eprintln!("xtask: pip install {KUBERNETES_VALIDATE}");
-    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", KUBERNETES_VALIDATE]))
+    eprintln!(
+        "xtask: {KUBERNETES_VALIDATE} into the virtualenv {}",
+        venv.display()
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(bin.join("pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
 }
 
 pub fn is_root() -> bool {

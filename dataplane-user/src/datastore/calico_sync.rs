@@ -6,7 +6,7 @@
 //! away resumes from the view cached in the state directory. Nothing is ever written: no
 //! registration, no lease, no key.
 
-use std::{convert::Infallible, path::Path, time::Duration};
+use std::{convert::Infallible, path::Path};
 
 use anyhow::{Result, anyhow, bail};
 use etcd_client::EventType;
@@ -87,18 +87,14 @@ pub async fn start(d: &DatastoreCfg, state_dir: &Path) -> Result<(Synced, Option
 
 /// Runs sessions until the owner goes; the first on `connected` when the start left one.
 pub async fn run(cfg: DatastoreCfg, mut connected: Option<Store>, tx: mpsc::Sender<Msg>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = super::sync::Backoff::default();
     loop {
         let started = Instant::now();
         let Err(e) = session(&cfg, connected.take(), &tx).await;
         if tx.send(Msg::Down(format!("{e:#}"))).await.is_err() {
             return;
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(200);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff.wait(started).await;
     }
 }
 

@@ -321,7 +321,7 @@ pub async fn run(
     mut in_use: watch::Receiver<BTreeSet<Ipv4Net>>,
     tx: mpsc::Sender<Msg>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
         let Err(e) = session(&cfg, connected.take(), &mut t, &mut in_use, &tx).await;
@@ -332,11 +332,28 @@ pub async fn run(
         if tx.send(Msg::Down(format!("{e:#}"))).await.is_err() {
             return;
         }
+        backoff.wait(started).await;
+    }
+}
+
+/// The wait before a new session after one ended: 200 ms doubling up to 5 s, from 200 ms again
+/// after a session that lasted (30 s).
+pub(super) struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(200))
+    }
+}
+
+impl Backoff {
+    /// After a session that began at `started`.
+    pub(super) async fn wait(&mut self, started: Instant) {
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(200);
+            *self = Backoff::default();
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
 }
 
