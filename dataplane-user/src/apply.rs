@@ -22,7 +22,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use crate::{
     attach::Attachments,
     config::{Config, XdpMode as CfgXdp},
-    incremental::Cache,
+    incremental::{self, Cache},
     loader,
     lock::NodeLock,
     maps,
@@ -33,9 +33,6 @@ use crate::{
 };
 
 pub use crate::teardown::teardown;
-
-/// Route requests in flight at once on the netlink socket.
-const ROUTES_IN_FLIGHT: usize = 64;
 
 pub(crate) const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -71,6 +68,18 @@ pub struct Dataplane {
     /// The kernel view kept between full reconciles (see [`crate::incremental`]); None until
     /// a full one went through, and after any failure.
     cache: Option<Cache>,
+}
+
+/// A full reconcile's kernel dumps are transient (thousands of links and routes on a large
+/// node): what they freed goes back to the system instead of staying in the heap. (Not after a
+/// change: at 10,000 endpoints a trim costs more than the change.)
+fn trim_heap() {
+    // SAFETY: glibc's malloc_trim takes no pointers. (musl's allocator, in the image's static
+    // build, has none: it returns freed memory by itself.)
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 /// An attachment the config asks for, and whether it is in place.
@@ -359,6 +368,12 @@ impl Dataplane {
 
     /// Makes maps, attachments and routes match `cfg`: read the kernel, plan, apply.
     pub async fn reconcile(&mut self, cfg: &Config) -> Result<()> {
+        let r = self.reconcile_full(cfg).await;
+        trim_heap();
+        r
+    }
+
+    async fn reconcile_full(&mut self, cfg: &Config) -> Result<()> {
         self.cache = None;
         let known = self.known_endpoints()?;
         let links: plan::Links = self.nl.links().await?.into_iter().collect();
@@ -397,6 +412,17 @@ impl Dataplane {
         self.follow_uplink(cfg, cache.links())?;
         if !cache.fits(cfg, self.underlay()) {
             return self.reconcile(cfg).await;
+        }
+        let held = |i: u32| {
+            i == self.uplink.index
+                || self.tunnel.as_ref().is_some_and(|t| t.index == i)
+                || self.plan.endpoints.contains_key(&i)
+                || self.attachments.contains(i, Hook::FromPod)
+        };
+        if !events.is_empty() && !events.iter().any(|e| incremental::concerns(e, cfg, held)) {
+            // Only links nothing here refers to: the view has them, there is nothing to plan.
+            self.cache = Some(cache);
+            return Ok(());
         }
         // What the maps hold: what the last apply wrote (it went through, or there would be
         // no kept view).
@@ -562,7 +588,7 @@ impl Dataplane {
         let nl = &self.nl;
         futures::stream::iter(adding)
             .map(|r| nl.route_replace(r))
-            .buffer_unordered(ROUTES_IN_FLIGHT)
+            .buffer_unordered(crate::netlink::IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
 
@@ -572,7 +598,7 @@ impl Dataplane {
             }
         }
         // Next hops unresolved since this plan; those already were are asked for again by the
-        // periodic next-hop check (`next_hops_changed`), not by every change.
+        // periodic next-hop check (the daemon's `next_hops` task), not by every change.
         let unresolved: BTreeSet<Ipv4Addr> = plan
             .unresolved()
             .difference(&self.plan.unresolved())
@@ -587,21 +613,9 @@ impl Dataplane {
     /// tunnel device sends toward an unresolved one is dropped (drop_next_hop_unresolved) until
     /// then; the answer is a neighbour event, after which the next check caches the MAC.
     async fn resolve(&self, vias: &BTreeSet<Ipv4Addr>) {
-        for via in vias {
-            if let Err(e) = self.nl.neighbour_resolve(*via, self.uplink.index).await {
-                log::debug!("{e:#}");
-            }
-        }
-    }
-
-    /// Re-reads the peers' next hops (after neighbour and route events, and periodically):
-    /// asks for the unknown ones to be resolved, and says whether one is no longer what the
-    /// routes were built from (its address, its MAC, or the uplink's).
-    pub async fn next_hops_changed(&mut self, cfg: &Config) -> Result<bool> {
-        let view = KernelView::read_next_hops(&self.nl, cfg, self.underlay()).await?;
-        let hops = plan::next_hops(cfg, self.underlay(), &view);
-        self.resolve(&plan::unresolved(&hops)).await;
-        Ok(hops != self.plan.next_hops)
+        self.nl
+            .neighbours_resolve(vias.iter().copied(), self.uplink.index)
+            .await;
     }
 
     /// Whether a netlink filter waits to become a TCX link (see `attach`).
@@ -627,6 +641,15 @@ impl Dataplane {
     /// The `clsact` qdiscs ipipd added for filters that are gone.
     async fn remove_clsacts(&mut self) {
         remove_clsacts(&self.nl, &mut self.attachments).await;
+    }
+
+    /// An interface's name as the kept kernel view has it (asked of the kernel when there is
+    /// none): what /readyz lists for 10,000 attachments after every change.
+    pub fn ifname(&self, index: u32) -> String {
+        match self.cache.as_ref().and_then(|c| c.links().by_index(index)) {
+            Some(l) => l.name.clone(),
+            None => crate::inspect::ifname(index),
+        }
     }
 
     /// Every attachment the node needs and whether it is in place.

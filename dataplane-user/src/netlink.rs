@@ -311,6 +311,11 @@ async fn one_link(
         .map(parse_link))
 }
 
+/// Requests in flight at once on the netlink socket when many are sent (routes, route
+/// lookups, neighbour resolutions): one after another, a thousand of them were most of a
+/// reconcile.
+pub const IN_FLIGHT: usize = 64;
+
 /// A request connection to the kernel's rtnetlink (its I/O task runs on the current tokio
 /// runtime). Cheap to clone.
 #[derive(Clone)]
@@ -595,6 +600,20 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| describe(e).context(format!("resolving neighbour {dst} on #{ifindex}")))
+    }
+
+    /// Asks for each of `vias` to be resolved on `ifindex` ([`Netlink::neighbour_resolve`]),
+    /// [`IN_FLIGHT`] requests at once; a refusal is logged (debug) and the rest go on.
+    pub async fn neighbours_resolve(&self, vias: impl IntoIterator<Item = Ipv4Addr>, ifindex: u32) {
+        futures::stream::iter(vias)
+            .map(|via| self.neighbour_resolve(via, ifindex))
+            .buffer_unordered(IN_FLIGHT)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    log::debug!("{e:#}");
+                }
+            })
+            .await;
     }
 
     /// Installs (or replaces) one route.

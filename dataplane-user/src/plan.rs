@@ -106,7 +106,7 @@ impl KernelView {
         links: Links,
         known: &BTreeMap<u32, Endpoint>,
     ) -> Result<Self> {
-        let mut view = Self::next_hop_facts(nl, desired, underlay, links).await?;
+        let mut view = Self::next_hop_facts(nl, &Peers::of(desired, underlay), links).await?;
         for ep in desired.endpoints.iter().filter(|e| e.mac.is_none()) {
             let Some(link) = view.links.by_name(&ep.interface) else {
                 continue;
@@ -126,33 +126,24 @@ impl KernelView {
 
     /// Reads only what the peers' next hops depend on (the periodic check): the uplink (its
     /// MAC), its subnets, the kernel's route to each peer, its neighbours.
-    pub async fn read_next_hops(
-        nl: &Netlink,
-        desired: &Config,
-        underlay: Underlay,
-    ) -> Result<Self> {
-        let uplink = nl.link_by_index(underlay.uplink).await?;
-        Self::next_hop_facts(nl, desired, underlay, uplink.into_iter().collect()).await
+    pub async fn read_next_hops(nl: &Netlink, peers: &Peers) -> Result<Self> {
+        let uplink = nl.link_by_index(peers.underlay.uplink).await?;
+        Self::next_hop_facts(nl, peers, uplink.into_iter().collect()).await
     }
 
-    async fn next_hop_facts(
-        nl: &Netlink,
-        desired: &Config,
-        underlay: Underlay,
-        links: Links,
-    ) -> Result<Self> {
-        if underlay.uplink == 0 {
+    async fn next_hop_facts(nl: &Netlink, peers: &Peers, links: Links) -> Result<Self> {
+        let uplink = peers.underlay.uplink;
+        if uplink == 0 {
             // No uplink: no subnets, routes or neighbours out of it.
             return Ok(KernelView {
                 links,
                 ..KernelView::default()
             });
         }
-        let uplink_nets = nl.subnets(underlay.uplink).await?;
-        let peer_routes =
-            peer_routes(nl, desired.peers.iter().map(|p| p.address), underlay.uplink).await;
-        let neighbours = nl.neighbours(underlay.uplink).await?;
-        let node_address_missing = !nl.has_address(desired.node.address).await?;
+        let uplink_nets = nl.subnets(uplink).await?;
+        let peer_routes = peer_routes(nl, peers.addresses.iter().copied(), uplink).await;
+        let neighbours = nl.neighbours(uplink).await?;
+        let node_address_missing = !nl.has_address(peers.node_address).await?;
         Ok(KernelView {
             links,
             uplink_nets,
@@ -164,12 +155,29 @@ impl KernelView {
     }
 }
 
-/// Route lookups (`RTM_GETROUTE`) for the peers' next hops sent at once.
-const ROUTE_GETS_IN_FLIGHT: usize = 64;
+/// What the peers' next hops depend on in a desired state: the peers, the node's mode and
+/// address, and the underlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    pub addresses: Vec<Ipv4Addr>,
+    pub mode: Mode,
+    pub node_address: Ipv4Addr,
+    pub underlay: Underlay,
+}
+
+impl Peers {
+    pub fn of(cfg: &Config, underlay: Underlay) -> Self {
+        Peers {
+            addresses: cfg.peers.iter().map(|p| p.address).collect(),
+            mode: cfg.node.mode,
+            node_address: cfg.node.address,
+            underlay,
+        }
+    }
+}
 
 /// The kernel's own answer for how each of `peers` is routed out of `uplink` (policy routing
-/// included), many requests in flight on the one socket: one after another, 1,000 peers were
-/// most of a reconcile.
+/// included), many requests in flight on the one socket.
 pub(crate) async fn peer_routes(
     nl: &Netlink,
     peers: impl Iterator<Item = Ipv4Addr>,
@@ -177,7 +185,7 @@ pub(crate) async fn peer_routes(
 ) -> BTreeMap<Ipv4Addr, (Option<Ipv4Addr>, Option<u32>)> {
     futures::stream::iter(peers)
         .map(|a| async move { (a, nl.route_get(a, uplink).await.unwrap_or((None, None))) })
-        .buffer_unordered(ROUTE_GETS_IN_FLIGHT)
+        .buffer_unordered(crate::netlink::IN_FLIGHT)
         .collect()
         .await
 }
@@ -228,8 +236,8 @@ pub fn unresolved(hops: &BTreeMap<Ipv4Addr, NextHop>) -> BTreeSet<Ipv4Addr> {
 }
 
 /// Whether a peer shares the uplink's subnet in cross-subnet mode (routed, not tunnelled).
-pub fn same_subnet(cfg: &Config, view: &KernelView, peer: Ipv4Addr) -> bool {
-    cfg.node.mode == Mode::CrossSubnet && view.uplink_nets.iter().any(|n| n.contains(peer))
+pub fn same_subnet(mode: Mode, view: &KernelView, peer: Ipv4Addr) -> bool {
+    mode == Mode::CrossSubnet && view.uplink_nets.iter().any(|n| n.contains(peer))
 }
 
 /// How traffic to `net` leaves: the ipipMode of the Calico pool holding it, else the node's
@@ -289,18 +297,25 @@ fn next_hop(underlay: Underlay, view: &KernelView, peer: Ipv4Addr, same_subnet: 
 }
 
 /// Every peer's next hop.
-pub fn next_hops(
-    cfg: &Config,
-    underlay: Underlay,
-    view: &KernelView,
-) -> BTreeMap<Ipv4Addr, NextHop> {
-    cfg.peers
+pub fn next_hops(peers: &Peers, view: &KernelView) -> BTreeMap<Ipv4Addr, NextHop> {
+    peers
+        .addresses
         .iter()
-        .map(|p| {
-            let same = same_subnet(cfg, view, p.address);
-            (p.address, next_hop(underlay, view, p.address, same))
+        .map(|a| {
+            let same = same_subnet(peers.mode, view, *a);
+            (*a, next_hop(peers.underlay, view, *a, same))
         })
         .collect()
+}
+
+/// Whether a peer in both `planned` and `now` has another next hop now (a peer in one only
+/// was added or removed since the other was read: its change is planned with it).
+pub fn next_hops_moved(
+    planned: &BTreeMap<Ipv4Addr, NextHop>,
+    now: &BTreeMap<Ipv4Addr, NextHop>,
+) -> bool {
+    now.iter()
+        .any(|(peer, hop)| planned.get(peer).is_some_and(|p| p != hop))
 }
 
 /// A route value with no L2 and no interface.
@@ -337,7 +352,7 @@ pub fn plan(
         });
     }
     for peer in &cfg.peers {
-        let same_subnet = same_subnet(cfg, view, peer.address);
+        let same_subnet = same_subnet(cfg.node.mode, view, peer.address);
         // Without an uplink (it is gone until it comes back), or without the node's address on
         // it yet, the kernel cannot send to a peer: no slow-path routes toward it (they carry
         // the node's address as their source), and the maps' routes carry no next hop.
@@ -892,5 +907,38 @@ mac = "ee:ee:ee:ee:ee:02"
             );
             assert_eq!(p.endpoints, full.endpoints);
         }
+    }
+
+    #[test]
+    fn a_next_hop_check_reads_what_the_plan_was_built_from() {
+        let cfg = worker("always");
+        let master = a("172.31.242.157");
+        let planned = seed_plan("always", &view()).next_hops;
+        let peers = Peers::of(&cfg, UNDERLAY);
+        // The same kernel: nothing moved.
+        assert_eq!(next_hops(&peers, &view()), planned);
+        assert!(!next_hops_moved(&planned, &next_hops(&peers, &view())));
+        // The gateway's MAC changed: its routes must be rebuilt.
+        let mut v = view();
+        v.neighbours.insert(master, [2, 0, 0, 0, 0, 0x42]);
+        assert!(next_hops_moved(&planned, &next_hops(&peers, &v)));
+        // Routed through a gateway now, or no longer resolved: moved too.
+        let mut v = view();
+        v.peer_routes
+            .insert(master, (Some(a("172.31.240.1")), Some(UPLINK)));
+        assert!(next_hops_moved(&planned, &next_hops(&peers, &v)));
+        let mut v = view();
+        v.neighbours.clear();
+        let now = next_hops(&peers, &v);
+        assert!(next_hops_moved(&planned, &now));
+        assert_eq!(unresolved(&now), [master].into());
+        // A peer the check read but the plan does not have yet (or no longer has) is the
+        // change's to plan, not a move.
+        let mut more = peers.clone();
+        more.addresses.push(a("172.31.242.200"));
+        let read = next_hops(&more, &view());
+        assert_eq!(read.len(), 2);
+        assert!(!next_hops_moved(&planned, &read));
+        assert!(!next_hops_moved(&read, &planned));
     }
 }

@@ -726,6 +726,16 @@ fn median_p99(mut v: Vec<f64>) -> Value {
     json!({"median": v[v.len() / 2], "p99": p99, "n": v.len()})
 }
 
+/// "median (p99 P, n N)" of a [`median_p99`].
+fn ms_median_p99(v: &Value) -> String {
+    format!(
+        "{:.1} (p99 {:.1}, n {})",
+        v["median"].as_f64().unwrap_or(f64::NAN),
+        v["p99"].as_f64().unwrap_or(f64::NAN),
+        v["n"]
+    )
+}
+
 /// CNI ADD then DEL of [`CNI_PODS`] pods on a node running ipipd, each timed from the plugin
 /// process's start to its result (the daemon's allocation, the veth, the pod's address and
 /// routes, the endpoint attached and in the maps; DEL: the reverse).
@@ -736,29 +746,30 @@ fn cni() -> Result<Value> {
     let mut c = Cluster::new("bcni", &specs)?;
     c.start_daemon("master", None)?;
     c.start_daemon("node", None)?;
-    let plugin = ipipd_tests::cni::Plugin::new(&c, "node")?;
+    let (add, del) = cni_calls(&c, "node", CNI_PODS)?;
+    Ok(json!({"add_ms": add, "del_ms": del}))
+}
+
+/// `pods` pods, each in its namespace, added through `ipipd-cni` on `node` one after another,
+/// then deleted: each call timed from the plugin's start to its result (median, p99 in ms).
+fn cni_calls(c: &Cluster, node: &str, pods: usize) -> Result<(Value, Value)> {
+    let plugin = ipipd_tests::cni::Plugin::new(c, node)?;
     let conf = plugin.conf("1.0.0");
-    let pods: Vec<ipipd_tests::NetNs> = (0..CNI_PODS)
+    let pods: Vec<ipipd_tests::NetNs> = (0..pods)
         .map(|_| ipipd_tests::NetNs::new("bcni-p"))
         .collect::<Result<_>>()?;
     let (mut add, mut del) = (Vec::new(), Vec::new());
-    for (i, p) in pods.iter().enumerate() {
-        let t = Instant::now();
-        let r = plugin.call("ADD", &format!("b{i}"), Some(&p.name), "eth0", &conf, &[]);
-        add.push(t.elapsed().as_secs_f64() * 1e3);
-        if !r.ok() {
-            bail!("ADD {i}: {r}");
+    for (cmd, times) in [("ADD", &mut add), ("DEL", &mut del)] {
+        for (i, p) in pods.iter().enumerate() {
+            let t = Instant::now();
+            let r = plugin.call(cmd, &format!("b{i}"), Some(&p.name), "eth0", &conf, &[]);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            if !r.ok() {
+                bail!("{cmd} {i}: {r}");
+            }
         }
     }
-    for (i, p) in pods.iter().enumerate() {
-        let t = Instant::now();
-        let r = plugin.call("DEL", &format!("b{i}"), Some(&p.name), "eth0", &conf, &[]);
-        del.push(t.elapsed().as_secs_f64() * 1e3);
-        if !r.ok() {
-            bail!("DEL {i}: {r}");
-        }
-    }
-    Ok(json!({"add_ms": median_p99(add), "del_ms": median_p99(del)}))
+    Ok((median_p99(add), median_p99(del)))
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -1323,6 +1334,9 @@ impl Drop for NoFileLimit {
     }
 }
 
+/// Endpoints added at runtime, and pods through the CNI plugin, on the node at scale.
+const SCALE_ADDS: usize = 20;
+
 /// The control plane at scale: time to program `scale_blocks` remote blocks and
 /// `scale_endpoints` endpoints, one endpoint add, and the encap path's cost at that size.
 fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
@@ -1394,28 +1408,35 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         bail!("{still} attachments are still netlink filters {tcx_s:.0} s after the start");
     }
 
-    // One endpoint added at runtime, to the map entry being there.
-    let node = c.node_mut("node");
-    node.add_pod(
-        "bsc-p",
-        PodSpec {
-            address: Ipv4Addr::new(192, 168, 83, 140),
-            interface: "calibenchadd00".into(),
-        },
-    )?;
+    // Endpoints added at runtime one after another, each timed from the CLI's start to its
+    // answer (the entry is in the map by then: checked below for all of them).
     let state = c.dir.join("node/state");
-    let t = Instant::now();
-    c.node("node").ipipd(&[
-        "endpoint",
-        "add",
-        "--address",
-        "192.168.83.140",
-        "--interface",
-        "calibenchadd00",
-        "--state-dir",
-        &state.to_string_lossy(),
-    ])?;
-    let add_s = t.elapsed().as_secs_f64();
+    let mut adds = Vec::new();
+    for i in 0..SCALE_ADDS {
+        let (address, interface) = (
+            Ipv4Addr::new(192, 168, 83, 140 + i as u8),
+            format!("calibenchadd{i:02}"),
+        );
+        c.node_mut("node").add_pod(
+            "bsc-p",
+            PodSpec {
+                address,
+                interface: interface.clone(),
+            },
+        )?;
+        let t = Instant::now();
+        c.node("node").ipipd(&[
+            "endpoint",
+            "add",
+            "--address",
+            &address.to_string(),
+            "--interface",
+            &interface,
+            "--state-dir",
+            &state.to_string_lossy(),
+        ])?;
+        adds.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     let eps = c.node("node").ipipd(&[
         "endpoints",
         "-o",
@@ -1423,9 +1444,15 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         "--pin-dir",
         &pin.to_string_lossy(),
     ])?;
-    if !eps.contains("192.168.83.140") {
-        bail!("the endpoint added at runtime is not in the map: {eps}");
+    if let Some(i) = (0..SCALE_ADDS).find(|i| !eps.contains(&format!("\"192.168.83.{}\"", 140 + i)))
+    {
+        bail!(
+            "endpoint 192.168.83.{} added at runtime is not in the map",
+            140 + i
+        );
     }
+    // Pods through the CNI plugin on that node (its IPAM hands out from the endpoints' block).
+    let (cni_add, cni_del) = cni_calls(&c, "node", SCALE_ADDS)?;
     // A restart at that size: SIGTERM, then a start that adopts everything.
     let limit = NoFileLimit::set_soft(1024)?;
     let t = Instant::now();
@@ -1452,7 +1479,9 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
         "all_tcx_s": tcx_s,
         "nofile_soft_limit": 1024,
         "daemon_fds": daemon_fds,
-        "endpoint_add_s": add_s,
+        "endpoint_add_ms": median_p99(adds),
+        "cni_add_ms": cni_add,
+        "cni_del_ms": cni_del,
         "restart_to_ready_s": restart_s,
         "testrun_at_scale": big,
     }))
@@ -1789,7 +1818,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         let sc = &r["scale"];
         s += &tr(&sc["testrun_at_scale"], "The same at scale");
         s += &format!(
-            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s, under a soft limit of {} open files (the daemon then held {} fds; their {} veths took {:.2} s to create); {} pods were attached as netlink filters first, all on TCX links {:.1} s after the start; one endpoint add took effect in {:.3} s (CLI round trip, then in the map); a restart (SIGTERM, then a start that adopts it all) was ready in {:.2} s.\n",
+            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s, under a soft limit of {} open files (the daemon then held {} fds; their {} veths took {:.2} s to create); {} pods were attached as netlink filters first, all on TCX links {:.1} s after the start; an endpoint add took effect in {} ms (CLI round trip, the entry then in the map), a CNI ADD in {} ms and a DEL in {} ms; a restart (SIGTERM, then a start that adopts it all) was ready in {:.2} s.\n",
             sc["blocks"],
             sc["endpoints"],
             sc["startup_to_ready_s"].as_f64().unwrap_or(0.0),
@@ -1799,7 +1828,9 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             sc["create_veths_s"].as_f64().unwrap_or(0.0),
             sc["netlink_filters_at_ready"],
             sc["all_tcx_s"].as_f64().unwrap_or(0.0),
-            sc["endpoint_add_s"].as_f64().unwrap_or(0.0),
+            ms_median_p99(&sc["endpoint_add_ms"]),
+            ms_median_p99(&sc["cni_add_ms"]),
+            ms_median_p99(&sc["cni_del_ms"]),
             sc["restart_to_ready_s"].as_f64().unwrap_or(0.0),
         );
     }

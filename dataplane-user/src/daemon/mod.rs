@@ -3,7 +3,8 @@
 //!
 //! - signals (`tokio::signal::unix`): SIGHUP re-reads the file, SIGTERM/SIGINT stop;
 //! - the kernel's link, neighbour and route events (a netlink stream);
-//! - a 5 s interval that re-reads the peers' next hops;
+//! - the next-hop task ([`next_hops`]): the peers' next hops read again every 5 s and after
+//!   neighbour and route events, off the owner's path;
 //! - the control socket: a task per connection (at most [`MAX_CLIENTS`], each with a deadline
 //!   for its request and a bound on its size) that forwards the request to the owner;
 //! - the programs' aya-log ring buffer (`AsyncFd`).
@@ -16,6 +17,7 @@
 //! [`server`] the control socket's server.
 
 mod datastore;
+mod next_hops;
 mod requests;
 mod server;
 
@@ -50,16 +52,16 @@ use crate::{
         sync::{self, Msg},
     },
     desired::{Change, RuntimeChanges},
-    inspect,
     ipam::Ipam,
     metrics::{Attachment, DatastoreHealth, Health},
     net::Ipv4Net,
     netlink::{self, Event},
+    plan::{self, Peers},
 };
 
-/// How often, without any event, the owner re-reads the peers' next hops. Neighbour and route
-/// events trigger the same check at once.
-const NEXT_HOP_RECHECK: Duration = Duration::from_secs(5);
+/// How often, without any event, the owner looks for pins removed under it (their inotify
+/// watch should have said so).
+const PIN_RECHECK: Duration = Duration::from_secs(5);
 /// Control connections served at once; more are refused with an error reply.
 pub const MAX_CLIENTS: usize = 64;
 /// How long a control client may take to send its request.
@@ -109,6 +111,7 @@ struct Owner {
     /// every event or check is logged when it starts, changes and ends, not each time.
     reconciling: Condition,
     reading_next_hops: Condition,
+    next_hops: next_hops::Checker,
     promoting: Condition,
     /// Filters moved to TCX links.
     promoted: u64,
@@ -266,6 +269,8 @@ pub async fn run(
         desired.peers.len()
     );
     let source = source_of(&file);
+    let (next_hops, mut checked) =
+        next_hops::Checker::spawn(dp.nl.clone(), Peers::of(&desired, dp.underlay()));
     let mut owner = Owner {
         config_path: config_path.to_path_buf(),
         file,
@@ -286,6 +291,7 @@ pub async fn run(
         promoting: Condition::default(),
         promoted: 0,
         reading_next_hops: Condition::default(),
+        next_hops,
     };
     if let Some(m) = owner.ds.clone() {
         owner.note_calico(&m.view);
@@ -305,7 +311,14 @@ pub async fn run(
         rx
     });
     let result = owner
-        .serve(&mut term, &mut int, &mut hup, state_dir, &mut ds_rx)
+        .serve(
+            &mut term,
+            &mut int,
+            &mut hup,
+            state_dir,
+            &mut ds_rx,
+            &mut checked,
+        )
         .await;
     let _ = std::fs::remove_file(control::socket_path(state_dir));
     match on_exit {
@@ -323,6 +336,7 @@ impl Owner {
         hup: &mut tokio::signal::unix::Signal,
         state_dir: &Path,
         ds_rx: &mut Option<mpsc::Receiver<Msg>>,
+        checked: &mut mpsc::Receiver<next_hops::Checked>,
     ) -> Result<()> {
         let mut events = netlink::events()?;
         let (tx, mut rx) = mpsc::channel::<Command>(MAX_CLIENTS);
@@ -343,7 +357,7 @@ impl Owner {
         self.reconcile().await?;
         log::info!("ready; control socket {}", sock_path.display());
         let mut pins = crate::pins::PinWatch::new(&self.dp.pin_dir)?;
-        let mut tick = tokio::time::interval(NEXT_HOP_RECHECK);
+        let mut tick = tokio::time::interval(PIN_RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
         // Changes are reconciled on the kept kernel view; this one reads it all again.
@@ -373,11 +387,9 @@ impl Owner {
                     }
                     self.repair_pins(&pins).await;
                 }
-                _ = tick.tick() => {
-                    // Also here, should a removal have gone unnoticed.
-                    self.repair_pins(&pins).await;
-                    self.refresh_next_hops().await;
-                }
+                // Also here, should a removal have gone unnoticed.
+                _ = tick.tick() => self.repair_pins(&pins).await,
+                Some(c) = checked.recv() => self.on_next_hops(c).await,
                 _ = full.tick() => {
                     let r = self.reconcile().await;
                     self.reconciling.report("reconciling (the periodic full one)", r);
@@ -413,7 +425,7 @@ impl Owner {
             .wanted()
             .iter()
             .map(|w| Attachment {
-                interface: inspect::ifname(w.ifindex),
+                interface: self.dp.ifname(w.ifindex),
                 hook: w.hook.name(),
                 mode: w.mode,
             })
@@ -475,22 +487,18 @@ impl Owner {
         let applied = self.dp.reconcile_change(&desired, &[]).await;
         self.settle(applied)?;
         (self.file, self.runtime, self.desired) = (file, runtime, desired);
+        self.next_hops
+            .set(Peers::of(&self.desired, self.dp.underlay()));
         Ok(())
     }
 
     /// After every reconcile, whether or not it went through: what /readyz and /metrics say
-    /// updated, and the heap trimmed.
+    /// updated, and the next-hop check given the peers.
     fn settle(&self, applied: Result<()>) -> Result<()> {
+        self.next_hops
+            .set(Peers::of(&self.desired, self.dp.underlay()));
         self.publish();
         self.publish_in_use();
-        // A reconcile's kernel dumps are transient (thousands of links and routes on a large
-        // node): hand what they freed back to the system instead of keeping it in the heap.
-        // SAFETY: glibc's malloc_trim takes no pointers. (musl's allocator, in the image's
-        // static build, has none: it returns freed memory by itself.)
-        #[cfg(target_env = "gnu")]
-        unsafe {
-            libc::malloc_trim(0)
-        };
         applied
     }
 
@@ -503,9 +511,10 @@ impl Owner {
                 Event::NextHops => {}
             }
         }
-        if batch.iter().all(|e| *e == Event::NextHops) {
-            self.refresh_next_hops().await;
-        } else {
+        if batch.contains(&Event::NextHops) {
+            self.next_hops.kick();
+        }
+        if batch.iter().any(|e| *e != Event::NextHops) {
             // Links came, went or changed: a change on the kept view (a resync: in full).
             let applied = self.dp.reconcile_change(&self.desired, batch).await;
             let r = self.settle(applied);
@@ -540,14 +549,19 @@ impl Owner {
         }
     }
 
-    /// Re-reads the peers' next hops; reconciles when one changed.
-    async fn refresh_next_hops(&mut self) {
-        match self.dp.next_hops_changed(&self.desired).await {
-            Ok(changed) => {
+    /// A next-hop check's result (see [`next_hops`]): a full reconcile when a peer's next hop
+    /// is not what its routes were built from.
+    async fn on_next_hops(&mut self, c: next_hops::Checked) {
+        match c.hops {
+            Ok(hops) => {
                 self.reading_next_hops.ok();
+                // Read for another underlay than the plan's: the reconcile that changed it read
+                // the next hops itself.
+                let moved = c.peers.underlay == self.dp.underlay()
+                    && plan::next_hops_moved(&self.dp.plan.next_hops, &hops);
                 // A reconcile that failed is retried here too, not only at the next event.
-                if changed || self.reconciling.0.is_some() {
-                    if changed {
+                if moved || self.reconciling.0.is_some() {
+                    if moved {
                         log::info!("a peer's next hop changed: updating the routes");
                     }
                     let r = self.reconcile().await;
