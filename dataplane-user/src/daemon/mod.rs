@@ -269,8 +269,7 @@ pub async fn run(
         desired.peers.len()
     );
     let source = source_of(&file);
-    let (next_hops, mut checked) =
-        next_hops::Checker::spawn(dp.nl.clone(), Peers::of(&desired, dp.underlay()));
+    let (next_hops, mut checked) = next_hops::Checker::spawn(Peers::of(&desired, dp.underlay()))?;
     let mut owner = Owner {
         config_path: config_path.to_path_buf(),
         file,

@@ -34,13 +34,15 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Starts the task; its results arrive on the returned receiver.
-    pub fn spawn(nl: Netlink, peers: Peers) -> (Self, mpsc::Receiver<Checked>) {
+    /// Starts the task, on a netlink socket of its own (thousands of route lookups do not
+    /// queue the owner's requests); its results arrive on the returned receiver.
+    pub fn spawn(peers: Peers) -> Result<(Self, mpsc::Receiver<Checked>)> {
+        let nl = Netlink::new()?;
         let (peers, peers_rx) = watch::channel(peers);
         let kick = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(run(nl, peers_rx, kick.clone(), tx));
-        (Checker { peers, kick }, rx)
+        Ok((Checker { peers, kick }, rx))
     }
 
     /// What the next checks read (a no-op when it is what they read already).
