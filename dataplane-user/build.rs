@@ -3,5 +3,5 @@
 mod build_ebpf;
 
 fn main() -> anyhow::Result<()> {
-    build_ebpf::build_ebpf("dataplane-ebpf")
+    build_ebpf::build_ebpf("dataplane-ebpf", &[])
 }

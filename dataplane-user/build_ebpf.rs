@@ -5,8 +5,9 @@
 
 use anyhow::{Context as _, anyhow};
 
-/// Builds the workspace's eBPF package `package` with aya-build into OUT_DIR.
-pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
+/// Builds the workspace's eBPF package `package`, with these of its cargo features, with
+/// aya-build into OUT_DIR.
+pub fn build_ebpf(package: &str, features: &[&str]) -> anyhow::Result<()> {
     if which::which("bpf-linker").is_err() {
         return Err(anyhow!(
             "bpf-linker is not on PATH: run `cargo xtask setup` (it installs bpf-linker against the \
@@ -30,6 +31,7 @@ pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
         [aya_build::Package {
             name: pkg.name.as_str(),
             root_dir: root.as_str(),
+            features,
             ..Default::default()
         }],
         aya_build::Toolchain::default(),

@@ -85,6 +85,63 @@ pub mod program_names {
     }
 }
 
+/// What a packet costs the programs, counted by the bench's build of them (dataplane-ebpf's
+/// `cost` feature; ipipd's own build counts nothing): each map lookup or update, by map, and
+/// each helper call, by helper. The index of an item in the per-CPU `ipipd_cost` array.
+pub mod cost {
+    /// One item; `NAMES[item as usize]` names it.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    #[repr(u32)]
+    pub enum Item {
+        Config,
+        RouteCache,
+        RouteTrie,
+        Endpoints,
+        HotCounters,
+        Counters,
+        IpId,
+        KernelFlows,
+        KernelFlowsUpdate,
+        KernelFlowsRecorded,
+        Events,
+        AdjustRoom,
+        PullData,
+        LoadBytes,
+        ChangeType,
+        Redirect,
+        RedirectPeer,
+        RedirectNeigh,
+        FibLookup,
+        SmpProcessorId,
+    }
+    /// The items' names, in order; the first [`LOOKUPS`] are map accesses, the rest helpers.
+    pub const NAMES: [&str; 20] = [
+        "config",
+        "route_cache",
+        "routes_trie",
+        "endpoints",
+        "hot_counters",
+        "counters",
+        "ip_id",
+        "kernel_flows",
+        "kernel_flows_update",
+        "kernel_flows_recorded",
+        "events",
+        "bpf_skb_adjust_room",
+        "bpf_skb_pull_data",
+        "bpf_skb_load_bytes",
+        "bpf_skb_change_type",
+        "bpf_redirect",
+        "bpf_redirect_peer",
+        "bpf_redirect_neigh",
+        "bpf_fib_lookup",
+        "bpf_get_smp_processor_id",
+    ];
+    pub const LOOKUPS: usize = 11;
+    /// The cost map's name (only in the bench's build).
+    pub const MAP: &str = "ipipd_cost";
+}
+
 /// Capacities of the maps.
 pub const MAX_ROUTES: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 16_384;

@@ -144,6 +144,7 @@ fn to_kernel(ctx: &TcContext, ip: &crate::packet::Ipv4Hdr, veth: u32) -> Verdict
 /// The endpoint entry of host-side veth `veth`.
 #[inline(always)]
 fn endpoint(veth: u32) -> Option<Endpoint> {
+    crate::cost::note(crate::cost::Item::Endpoints);
     // SAFETY: the value is copied out at once; user space replaces entries whole.
     unsafe { ENDPOINTS.get(veth) }.copied()
 }
@@ -200,6 +201,7 @@ fn arp(ctx: &TcContext, ep: &Endpoint) -> Verdict {
     let ifindex = ifindex(ctx);
     record(ctx, ifindex, HOOK, Reason::ArpReply, ctx.len());
     // Out of the host-side veth's egress, that is, into the pod.
+    crate::cost::note(crate::cost::Item::Redirect);
     // SAFETY: helper call.
     Ok(unsafe { bpf_redirect(ifindex, 0) as i32 })
 }

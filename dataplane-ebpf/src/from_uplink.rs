@@ -129,6 +129,7 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
         record(ctx, uplink, HOOK, Reason::EcnUnusedCombination, len);
     }
     let flags = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
+    crate::cost::note(crate::cost::Item::AdjustRoom);
     if let Err(e) = ctx.adjust_room(-(IP_LEN as i32), BPF_ADJ_ROOM_MAC, flags) {
         aya_log_ebpf::warn!(ctx, "decap: bpf_skb_adjust_room refused: {}", e);
         return Err(Reason::DropDecapFailed);

@@ -12,6 +12,7 @@
 #![no_main]
 
 mod act;
+mod cost;
 mod from_pod;
 mod from_uplink;
 mod maps;

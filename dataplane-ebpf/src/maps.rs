@@ -83,6 +83,7 @@ dataplane_common::map_list!(declare_maps);
 /// The node's settings, once user space has written them.
 #[inline(always)]
 pub fn config() -> Option<&'static NodeConfig> {
+    crate::cost::note(crate::cost::Item::Config);
     match CONFIG.get(0) {
         Some(c) if c.ready != 0 => Some(c),
         _ => None,
@@ -113,6 +114,7 @@ fn route_gen(cfg: &NodeConfig) -> u32 {
 /// [`route`] under generation `gen_now`, read by the caller before this lookup.
 #[inline(always)]
 fn route_as_of(gen_now: u32, addr: [u8; 4]) -> Option<RouteValue> {
+    crate::cost::note(crate::cost::Item::RouteCache);
     let Some(cache) = ROUTE_CACHE.get_ptr_mut(0) else {
         return trie(addr);
     };
@@ -144,6 +146,7 @@ const NO_ROUTE: RouteValue = RouteValue {
 /// Longest-prefix match in the routes trie itself.
 #[inline(always)]
 fn trie(addr: [u8; 4]) -> Option<RouteValue> {
+    crate::cost::note(crate::cost::Item::RouteTrie);
     ROUTES.get(Key::new(32, addr)).copied()
 }
 
@@ -184,6 +187,7 @@ pub fn source_ok(
 /// when another interface holds it.
 #[inline(always)]
 fn hot_row(ifindex: u32) -> Option<&'static mut CounterRow> {
+    crate::cost::note(crate::cost::Item::HotCounters);
     let row = HOT_COUNTERS.get_ptr_mut(hot_row_index(ifindex))?;
     // SAFETY: per-CPU value, only this CPU writes it (user space only clears rows).
     let row = unsafe { &mut *row };
@@ -218,11 +222,14 @@ fn count_hashed(ifindex: u32, hook: Hook, reason: Reason, bytes: u32) {
         reason: reason as u8,
         _pad: [0; 2],
     };
+    crate::cost::note(crate::cost::Item::Counters);
     if COUNTERS.get_ptr_mut(key).is_none() {
+        crate::cost::note(crate::cost::Item::Counters);
         // First packet of this key on any CPU. A concurrent insert from another CPU (EEXIST) is
         // fine; a full map means this packet goes uncounted.
         let _ = COUNTERS.insert(key, CounterValue::default(), BPF_NOEXIST as u64);
     }
+    crate::cost::note(crate::cost::Item::Counters);
     if let Some(v) = COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it.
         unsafe {

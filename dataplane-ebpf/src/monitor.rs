@@ -12,6 +12,7 @@ use crate::{
 
 #[inline(always)]
 fn wanted(reason: Reason) -> bool {
+    crate::cost::note(crate::cost::Item::Config);
     match CONFIG.get(0) {
         Some(c) if c.monitor == MonitorMode::All as u8 => true,
         Some(c) if c.monitor == MonitorMode::Drops as u8 => reason.is_drop(),
@@ -74,6 +75,7 @@ fn emit(
             }
         }
     }
+    crate::cost::note(crate::cost::Item::Events);
     let _ = EVENTS.output::<Event>(&ev, 0);
 }
 

@@ -63,7 +63,11 @@ pub fn ensure_linear(ctx: &TcContext, len: usize) -> bool {
     if ctx.data() + len <= ctx.data_end() {
         return true;
     }
-    if (ctx.len() as usize) < len || ctx.pull_data(len as u32).is_err() {
+    if (ctx.len() as usize) < len {
+        return false;
+    }
+    crate::cost::note(crate::cost::Item::PullData);
+    if ctx.pull_data(len as u32).is_err() {
         return false;
     }
     ctx.data() + len <= ctx.data_end()
@@ -177,6 +181,7 @@ pub fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
             break;
         }
         let mut w = [0u8; 4];
+        crate::cost::note(crate::cost::Item::LoadBytes);
         // SAFETY: helper call into a 4-byte stack buffer.
         let rc = unsafe {
             bpf_skb_load_bytes(

@@ -18,6 +18,8 @@ pub struct LoadedProgram {
     pub verified_insns: Option<u32>,
     /// Size of the program after translation, in bytes.
     pub xlated_bytes: Option<u32>,
+    /// Size of its JIT image, in bytes (0 without the JIT).
+    pub jited_bytes: u32,
 }
 
 /// Parses the embedded object and creates its maps (not pinned).
@@ -32,15 +34,21 @@ pub fn open_object() -> Result<Ebpf> {
 /// pin exists with a compatible layout, created and pinned otherwise). A kernel-flows map that
 /// is created gets `kernel_flows` entries; one that exists keeps its size.
 pub fn open_object_pinned(pin_dir: &std::path::Path, kernel_flows: u32) -> Result<Ebpf> {
+    open_pinned(EBPF_OBJECT, pin_dir, kernel_flows)
+}
+
+/// [`open_object_pinned`] for another build of the programs (the bench's, which counts what
+/// each packet costs): the maps that build shares with ipipd's by name are the pinned ones.
+pub fn open_pinned(object: &[u8], pin_dir: &std::path::Path, kernel_flows: u32) -> Result<Ebpf> {
     raise_memlock();
     let mut loader = EbpfLoader::new();
     for name in dataplane_common::map_names::ALL {
         loader.map_pin_path(name, pin_dir.join(name));
     }
     loader.map_max_entries(dataplane_common::map_names::KERNEL_FLOWS, kernel_flows);
-    loader.load(EBPF_OBJECT).with_context(|| {
+    loader.load(object).with_context(|| {
         format!(
-            "loading the embedded eBPF object, maps pinned in {}",
+            "loading the eBPF object, maps pinned in {}",
             pin_dir.display()
         )
     })
@@ -88,6 +96,7 @@ fn load_one(ebpf: &mut Ebpf, name: &'static str) -> Result<LoadedProgram> {
         id: info.id(),
         verified_insns: info.verified_instruction_count(),
         xlated_bytes: info.size_translated(),
+        jited_bytes: info.size_jitted(),
     })
 }
 

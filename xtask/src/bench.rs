@@ -726,6 +726,39 @@ fn median_p99(mut v: Vec<f64>) -> Value {
     json!({"median": v[v.len() / 2], "p99": p99, "n": v.len()})
 }
 
+/// What one packet of each test-run path costs (the `cost` build's counts: map accesses by
+/// map, helper calls by helper) and the size of the program it runs.
+fn cost_table(t: &Value) -> String {
+    let items = |v: &Value| -> (u64, String) {
+        let Some(m) = v.as_object().filter(|m| !m.is_empty()) else {
+            return (0, "none".into());
+        };
+        let total = m.values().filter_map(Value::as_u64).sum();
+        let list = m
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (total, list)
+    };
+    let mut s = String::from(
+        "\nWhat one packet of each path costs (ipipd's programs built with their `cost` feature, on the same maps, a second packet: the caches warm), and the program's size (translated instructions / instructions the verifier processed / JIT bytes):\n\n| path | map accesses | helper calls | program |\n|---|---|---|---|\n",
+    );
+    for p in t["paths"].as_array().into_iter().flatten() {
+        let (nl, l) = items(&p["lookups"]);
+        let (nh, h) = items(&p["helper_calls"]);
+        s += &format!(
+            "| {} | {nl}: {l} | {nh}: {h} | `{}` {} / {} / {} |\n",
+            p["path"].as_str().unwrap_or(""),
+            p["program"].as_str().unwrap_or(""),
+            p["program_insns"],
+            p["verified_insns"],
+            p["jited_bytes"],
+        );
+    }
+    s
+}
+
 /// "median (p99 P, n N)" of a [`median_p99`].
 fn ms_median_p99(v: &Value) -> String {
     format!(
@@ -1806,6 +1839,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 f(&p["over_floor"], 2),
             );
         }
+        s += &cost_table(t);
         s
     };
     if plan.runs(Part::Testrun) {

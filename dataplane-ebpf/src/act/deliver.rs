@@ -30,10 +30,12 @@ pub fn to_pod(ctx: &TcContext, hook: Hook, reason: Reason, ep: &RouteValue, byte
         // Packets from a tunnel or the wire may carry PACKET_OTHERHOST; kernels before 6.15 do not
         // reset it on redirect_peer.
         if (*ctx.skb.skb).pkt_type != PACKET_HOST {
+            crate::cost::note(crate::cost::Item::ChangeType);
             let _ = ctx.change_type(PACKET_HOST);
         }
     }
     record(ctx, ep.ifindex, hook, reason, bytes);
+    crate::cost::note(crate::cost::Item::RedirectPeer);
     // SAFETY: helper call with valid arguments; flags must be 0.
     Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 })
 }
@@ -61,6 +63,7 @@ pub fn up_the_tunnel(
     }
     // SAFETY: bounds-checked above.
     unsafe { set_mac(&mut (*eth).dst_addr, &cfg.tunnel_mac) };
+    crate::cost::note(crate::cost::Item::Redirect);
     // SAFETY: helper call.
     Ok(unsafe { bpf_redirect(tunnel, BPF_F_INGRESS as u64) as i32 })
 }

@@ -63,17 +63,21 @@ pub fn encap_and_send(
     if gso != 0 && gso + inner_headers_len(ctx, ihl, proto) + IP_LEN <= cfg.mtu as usize {
         flags |= BPF_F_ADJ_ROOM_FIXED_GSO as u64;
     }
+    crate::cost::note(crate::cost::Item::AdjustRoom);
     let made = match ctx.adjust_room(IP_LEN as i32, BPF_ADJ_ROOM_MAC, flags) {
         // An skb still marked encapsulated by the decapsulation that brought it to this node
         // (the kernel routes a decapsulated packet back into the tunnel device: a NodePort's
         // backend on a third node). The mark's inner header offsets point at its IPv4 header,
         // which is the inner one again once the outer is in front: the room is made without
         // marking it anew.
-        Err(EALREADY) => ctx.adjust_room(
-            IP_LEN as i32,
-            BPF_ADJ_ROOM_MAC,
-            flags & !(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64),
-        ),
+        Err(EALREADY) => {
+            crate::cost::note(crate::cost::Item::AdjustRoom);
+            ctx.adjust_room(
+                IP_LEN as i32,
+                BPF_ADJ_ROOM_MAC,
+                flags & !(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64),
+            )
+        }
         other => other,
     };
     if let Err(e) = made {
@@ -121,8 +125,10 @@ pub fn encap_and_send(
 /// another CPU's range.
 #[inline(always)]
 fn next_ip_id() -> u16 {
+    crate::cost::note(crate::cost::Item::SmpProcessorId);
     // SAFETY: helper call without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() } as u16;
+    crate::cost::note(crate::cost::Item::IpId);
     let ctr = match IP_ID.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         Some(p) => unsafe {
@@ -150,7 +156,11 @@ fn inner_headers_len(ctx: &TcContext, ihl: usize, proto: u8) -> usize {
                 Some(p) if ihl == IP_LEN => Some(unsafe { *p }),
                 _ => None,
             };
-            match direct.or_else(|| ctx.load::<u8>(ETH_LEN + ihl + 12).ok()) {
+            let copied = || {
+                crate::cost::note(crate::cost::Item::LoadBytes);
+                ctx.load::<u8>(ETH_LEN + ihl + 12).ok()
+            };
+            match direct.or_else(copied) {
                 Some(doff) => ihl + (((doff >> 4) as usize) << 2),
                 None => ihl + 60,
             }

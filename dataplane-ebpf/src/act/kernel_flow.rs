@@ -52,6 +52,7 @@ fn key(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, end: End) -> Option<FlowKey> {
                 Some(p) => unsafe { *p },
                 None => {
                     let mut p = [0u8; 4];
+                    crate::cost::note(crate::cost::Item::LoadBytes);
                     // SAFETY: helper call into a 4-byte stack buffer; packet pointers stay valid.
                     let rc = unsafe {
                         bpf_skb_load_bytes(
@@ -85,8 +86,11 @@ fn key(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, end: End) -> Option<FlowKey> {
 #[inline(always)]
 pub fn is_kernel_flow(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
     match key(ctx, ip, off, End::Destination) {
-        // SAFETY: the value is not kept.
-        Some(k) => unsafe { KERNEL_FLOWS.get(k) }.is_some(),
+        Some(k) => {
+            crate::cost::note(crate::cost::Item::KernelFlows);
+            // SAFETY: the value is not kept.
+            unsafe { KERNEL_FLOWS.get(k) }.is_some()
+        }
         None => true,
     }
 }
@@ -99,6 +103,7 @@ pub fn remember(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, hook: Hook, ifindex: 
     let Some(k) = key(ctx, ip, off, End::Source) else {
         return;
     };
+    crate::cost::note(crate::cost::Item::KernelFlows);
     // SAFETY: the value is not kept.
     if unsafe { KERNEL_FLOWS.get(k) }.is_some() {
         return;
@@ -107,8 +112,10 @@ pub fn remember(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, hook: Hook, ifindex: 
         hook: hook as u8,
         _pad: [0; 3],
     };
+    crate::cost::note(crate::cost::Item::KernelFlowsUpdate);
     if KERNEL_FLOWS.insert(k, v, 0).is_ok() {
         count(ifindex, hook, Reason::KernelFlowRecorded, 0);
+        crate::cost::note(crate::cost::Item::KernelFlowsRecorded);
         if let Some(n) = KERNEL_FLOWS_RECORDED.get_ptr_mut(0) {
             // SAFETY: per-CPU value, only this CPU writes it.
             unsafe { *n += 1 };

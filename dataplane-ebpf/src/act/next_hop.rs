@@ -93,6 +93,7 @@ pub fn next_hop(
     params.ifindex = cfg.uplink_ifindex;
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.node_ip);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(rt.node_ip);
+    crate::cost::note(crate::cost::Item::FibLookup);
     // SAFETY: helper call with a correctly sized params struct on the stack.
     let rc = unsafe {
         fib_lookup(
@@ -132,6 +133,7 @@ pub fn send(ctx: &TcContext, nh: &NextHop) -> Verdict {
             set_mac(&mut (*eth).dst_addr, &nh.dmac);
             set_mac(&mut (*eth).src_addr, &nh.smac);
         }
+        crate::cost::note(crate::cost::Item::Redirect);
         // SAFETY: helper call.
         return Ok(unsafe { bpf_redirect(nh.ifindex, 0) as i32 });
     }
@@ -141,6 +143,7 @@ pub fn send(ctx: &TcContext, nh: &NextHop) -> Verdict {
             ipv4_nh: nh.gateway,
         },
     };
+    crate::cost::note(crate::cost::Item::RedirectNeigh);
     // SAFETY: helper call with a correctly sized params struct.
     Ok(unsafe {
         bpf_redirect_neigh(

@@ -24,6 +24,9 @@ use serde::Serialize;
 
 static FLOORS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipipd-bench-floors"));
+/// ipipd's programs built with their `cost` feature: each map access and helper call counted.
+static COST_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipipd-dataplane"));
 
 #[derive(Parser)]
 #[command(name = "ipipd-bench", about = "The BPF side of `cargo xtask bench`")]
@@ -710,6 +713,58 @@ struct PathResult {
     noop_ns: Spread,
     /// ns / floor_ns (None when the floor is the do-nothing program).
     over_floor: Option<Spread>,
+    /// What one packet of the path costs, counted by the `cost` build of the same programs on
+    /// the same maps (a second run, the route cache warm): map accesses by map, helper calls
+    /// by helper.
+    lookups: BTreeMap<&'static str, u64>,
+    helper_calls: BTreeMap<&'static str, u64>,
+    /// The program as ipipd's own build loads it: translated instructions, the instructions
+    /// the verifier processed (every path), the JIT image's bytes.
+    program_insns: Option<u32>,
+    verified_insns: Option<u32>,
+    jited_bytes: u32,
+}
+
+/// The `cost` build's counts, summed over CPUs, by item.
+fn cost_totals(cost: &Ebpf) -> Result<Vec<u64>> {
+    use dataplane_common::cost;
+    let map = cost
+        .map(cost::MAP)
+        .context("the cost build has no cost map")?;
+    let counts = aya::maps::PerCpuArray::<_, u64>::try_from(map)?;
+    (0..cost::NAMES.len() as u32)
+        .map(|i| Ok(counts.get(&i, 0)?.iter().sum()))
+        .collect()
+}
+
+/// The map accesses and helper calls of one packet of `p`, run twice through the `cost` build
+/// (the second run's: the caches warm, as in steady traffic), split into lookups and helpers.
+type Counts = BTreeMap<&'static str, u64>;
+fn path_cost(cost: &Ebpf, p: &Path) -> Result<(Counts, Counts)> {
+    use dataplane_common::cost::{LOOKUPS, NAMES};
+    run_once(cost, p.program, p, 1)?;
+    let before = cost_totals(cost)?;
+    let (v, _) = run_once(cost, p.program, p, 1)?;
+    if v != p.verdict {
+        bail!(
+            "{}: the cost build returned {v}, expected {}",
+            p.name,
+            p.verdict
+        );
+    }
+    let after = cost_totals(cost)?;
+    let (mut lookups, mut helpers) = (BTreeMap::new(), BTreeMap::new());
+    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+        if a > b {
+            let into = if i < LOOKUPS {
+                &mut lookups
+            } else {
+                &mut helpers
+            };
+            into.insert(NAMES[i], a - b);
+        }
+    }
+    Ok((lookups, helpers))
 }
 
 fn measure(
@@ -721,7 +776,10 @@ fn measure(
 ) -> Result<Vec<PathResult>> {
     let mut ipipd =
         dataplane_user::loader::open_object_pinned(pin_dir, dataplane_common::KERNEL_FLOWS)?;
-    dataplane_user::loader::load_all(&mut ipipd)?;
+    let loaded = dataplane_user::loader::load_all(&mut ipipd)?;
+    let mut cost =
+        dataplane_user::loader::open_pinned(COST_OBJECT, pin_dir, dataplane_common::KERNEL_FLOWS)?;
+    dataplane_user::loader::load_all(&mut cost)?;
     let mut floors = EbpfLoader::new()
         .load(FLOORS_OBJECT)
         .context("loading the floors object")?;
@@ -777,7 +835,14 @@ fn measure(
                 floor.push(0.0);
             }
         }
+        let (lookups, helper_calls) = path_cost(&cost, p)?;
+        let prog = loaded.iter().find(|l| l.name == p.program);
         results.push(PathResult {
+            lookups,
+            helper_calls,
+            program_insns: prog.and_then(|l| l.xlated_bytes).map(|b| b / 8),
+            verified_insns: prog.and_then(|l| l.verified_insns),
+            jited_bytes: prog.map_or(0, |l| l.jited_bytes),
             path: p.name,
             program: p.program,
             method: match p.kind {
