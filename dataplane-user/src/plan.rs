@@ -127,8 +127,15 @@ impl KernelView {
     /// Reads only what the peers' next hops depend on (the periodic check): the uplink (its
     /// MAC), its subnets, the kernel's route to each peer, its neighbours.
     pub async fn read_next_hops(nl: &Netlink, peers: &Peers) -> Result<Self> {
-        let uplink = nl.link_by_index(peers.underlay.uplink).await?;
-        Self::next_hop_facts(nl, peers, uplink.into_iter().collect()).await
+        // Without the uplink (0: gone when the owner last looked; or gone since), nothing.
+        let uplink = match peers.underlay.uplink {
+            0 => None,
+            i => nl.link_by_index(i).await?,
+        };
+        let Some(uplink) = uplink else {
+            return Ok(KernelView::default());
+        };
+        Self::next_hop_facts(nl, peers, [uplink].into_iter().collect()).await
     }
 
     async fn next_hop_facts(nl: &Netlink, peers: &Peers, links: Links) -> Result<Self> {

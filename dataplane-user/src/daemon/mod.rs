@@ -115,6 +115,8 @@ struct Owner {
     promoting: Condition,
     /// Filters moved to TCX links.
     promoted: u64,
+    /// A reconcile happened since /readyz and /metrics were last told (see [`Owner::settle`]).
+    unpublished: bool,
 }
 
 /// A failing condition, logged on its transitions only: the node's log grows with what
@@ -291,6 +293,7 @@ pub async fn run(
         promoted: 0,
         reading_next_hops: Condition::default(),
         next_hops,
+        unpublished: false,
     };
     if let Some(m) = owner.ds.clone() {
         owner.note_calico(&m.view);
@@ -354,6 +357,7 @@ impl Owner {
         // Interfaces may have come and gone while we started: look once more.
         // (The bring-up wrote the config entry with the monitor off: nobody watches yet.)
         self.reconcile().await?;
+        self.publish_now();
         log::info!("ready; control socket {}", sock_path.display());
         let mut pins = crate::pins::PinWatch::new(&self.dp.pin_dir)?;
         let mut tick = tokio::time::interval(PIN_RECHECK);
@@ -407,6 +411,9 @@ impl Owner {
                     self.on_datastore_batch(batch).await;
                 }
                 () = relay_log(&mut log) => {}
+                // What changed, told once the change's requester has its answer (and once for
+                // a burst of them).
+                () = std::future::ready(()), if self.unpublished => self.publish_now(),
                 // Netlink filters of a large first start become TCX links, one per turn
                 // (select! picks among ready arms at random: requests and events go on).
                 () = std::future::ready(()), if self.dp.promoting() => self.promote().await,
@@ -491,14 +498,21 @@ impl Owner {
         Ok(())
     }
 
-    /// After every reconcile, whether or not it went through: what /readyz and /metrics say
-    /// updated, and the next-hop check given the peers.
-    fn settle(&self, applied: Result<()>) -> Result<()> {
+    /// After every reconcile, whether or not it went through: the next-hop check given the
+    /// peers, and what /readyz and /metrics say to be updated by the loop's next turn, after the
+    /// reply (at 10,000 endpoints /readyz's list alone is ~10 ms a change would wait for).
+    fn settle(&mut self, applied: Result<()>) -> Result<()> {
         self.next_hops
             .set(Peers::of(&self.desired, self.dp.underlay()));
+        self.unpublished = true;
+        applied
+    }
+
+    /// /readyz, /metrics and the datastore task told what the data plane is now.
+    fn publish_now(&mut self) {
         self.publish();
         self.publish_in_use();
-        applied
+        self.unpublished = false;
     }
 
     async fn on_events(&mut self, batch: &[Event]) {

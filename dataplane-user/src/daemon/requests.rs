@@ -42,7 +42,13 @@ impl Owner {
     pub(super) async fn request(&mut self, req: Request) -> Reply {
         let r = match req {
             Request::Change(change) => self.change_request(change).await,
-            Request::Node => Ok(Reply::answer(Answer::Node(self.node_info()))),
+            Request::Node => {
+                // (Its readiness as of the last change, not the last publication.)
+                if self.unpublished {
+                    self.publish_now();
+                }
+                Ok(Reply::answer(Answer::Node(self.node_info())))
+            }
             Request::Allocate { owner, pod } => return self.allocate(&owner, pod).await,
             Request::Detach { owner } => self.detach(&owner).await,
             Request::Lookup { owner } => Ok(Reply::answer(Answer::Attachment(self.lookup(&owner)))),
