@@ -89,56 +89,47 @@ pub mod program_names {
 /// `cost` feature; ipipd's own build counts nothing): each map lookup or update, by map, and
 /// each helper call, by helper. The index of an item in the per-CPU `ipipd_cost` array.
 pub mod cost {
-    /// One item; `NAMES[item as usize]` names it.
-    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-    #[repr(u32)]
-    pub enum Item {
-        Config,
-        RouteCache,
-        RouteTrie,
-        Endpoints,
-        HotCounters,
-        Counters,
-        IpId,
-        KernelFlows,
-        KernelFlowsUpdate,
-        KernelFlowsRecorded,
-        Events,
-        AdjustRoom,
-        PullData,
-        LoadBytes,
-        ChangeType,
-        Redirect,
-        RedirectPeer,
-        RedirectNeigh,
-        FibLookup,
-        SmpProcessorId,
+    /// The items, listed once: the map accesses, then the helper calls, each with its name.
+    macro_rules! items {
+        (lookups { $($l:ident = $ln:literal,)* } helpers { $($h:ident = $hn:literal,)* }) => {
+            /// One item; `NAMES[item as usize]` names it.
+            #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+            #[repr(u32)]
+            pub enum Item { $($l,)* $($h,)* }
+            /// The items' names, in order; the first [`LOOKUPS`] are map accesses, the rest
+            /// helpers.
+            pub const NAMES: &[&str] = &[$($ln,)* $($hn,)*];
+            pub const LOOKUPS: usize = [$($ln,)*].len();
+        };
     }
-    /// The items' names, in order; the first [`LOOKUPS`] are map accesses, the rest helpers.
-    pub const NAMES: [&str; 20] = [
-        "config",
-        "route_cache",
-        "routes_trie",
-        "endpoints",
-        "hot_counters",
-        "counters",
-        "ip_id",
-        "kernel_flows",
-        "kernel_flows_update",
-        "kernel_flows_recorded",
-        "events",
-        "bpf_skb_adjust_room",
-        "bpf_skb_pull_data",
-        "bpf_skb_load_bytes",
-        "bpf_skb_change_type",
-        "bpf_redirect",
-        "bpf_redirect_peer",
-        "bpf_redirect_neigh",
-        "bpf_fib_lookup",
-        "bpf_get_smp_processor_id",
-    ];
-    pub const LOOKUPS: usize = 11;
-    /// The cost map's name (only in the bench's build).
+    items! {
+        lookups {
+            Config = "config",
+            RouteCache = "route_cache",
+            RouteTrie = "routes_trie",
+            Endpoints = "endpoints",
+            HotCounters = "hot_counters",
+            Counters = "counters",
+            IpId = "ip_id",
+            KernelFlows = "kernel_flows",
+            KernelFlowsUpdate = "kernel_flows_update",
+            KernelFlowsRecorded = "kernel_flows_recorded",
+            Events = "events",
+        }
+        helpers {
+            AdjustRoom = "bpf_skb_adjust_room",
+            PullData = "bpf_skb_pull_data",
+            LoadBytes = "bpf_skb_load_bytes",
+            ChangeType = "bpf_skb_change_type",
+            Redirect = "bpf_redirect",
+            RedirectPeer = "bpf_redirect_peer",
+            RedirectNeigh = "bpf_redirect_neigh",
+            FibLookup = "bpf_fib_lookup",
+            SmpProcessorId = "bpf_get_smp_processor_id",
+        }
+    }
+    /// The cost map's name (only in the bench's build; dataplane-ebpf's `cost.rs` declares it
+    /// under this literal).
     pub const MAP: &str = "ipipd_cost";
 }
 

@@ -491,11 +491,10 @@ impl Owner {
     async fn adopt(&mut self, file: Config, runtime: RuntimeChanges) -> Result<()> {
         let desired = runtime.apply(&self.base(&file))?;
         let applied = self.dp.reconcile_change(&desired, &[]).await;
-        self.settle(applied)?;
-        (self.file, self.runtime, self.desired) = (file, runtime, desired);
-        self.next_hops
-            .set(Peers::of(&self.desired, self.dp.underlay()));
-        Ok(())
+        if applied.is_ok() {
+            (self.file, self.runtime, self.desired) = (file, runtime, desired);
+        }
+        self.settle(applied)
     }
 
     /// After every reconcile, whether or not it went through: the next-hop check given the
@@ -570,7 +569,7 @@ impl Owner {
                 self.reading_next_hops.ok();
                 // Read for another underlay than the plan's: the reconcile that changed it read
                 // the next hops itself.
-                let moved = c.peers.underlay == self.dp.underlay()
+                let moved = c.underlay == self.dp.underlay()
                     && plan::next_hops_moved(&self.dp.plan.next_hops, &hops);
                 // A reconcile that failed is retried here too, not only at the next event.
                 if moved || self.reconciling.0.is_some() {

@@ -14,15 +14,15 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::{
     netlink::Netlink,
-    plan::{self, KernelView, NextHop, Peers},
+    plan::{self, KernelView, NextHop, Peers, Underlay},
 };
 
 /// How often, without any event, the next hops are read again.
 pub const RECHECK: Duration = Duration::from_secs(5);
 
-/// One check: what it was read for, and each peer's next hop then.
+/// One check: the underlay it was read for, and each peer's next hop then.
 pub struct Checked {
-    pub peers: Peers,
+    pub underlay: Underlay,
     pub hops: Result<BTreeMap<Ipv4Addr, NextHop>>,
 }
 
@@ -89,7 +89,8 @@ async fn run(
             nl.neighbours_resolve(ask, uplink).await;
             unresolved = now;
         }
-        if tx.send(Checked { peers, hops }).await.is_err() {
+        let underlay = peers.underlay;
+        if tx.send(Checked { underlay, hops }).await.is_err() {
             return; // the owner is gone
         }
     }

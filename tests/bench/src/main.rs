@@ -737,9 +737,11 @@ fn cost_totals(cost: &Ebpf) -> Result<Vec<u64>> {
         .collect()
 }
 
+/// Counts by item name.
+type Counts = BTreeMap<&'static str, u64>;
+
 /// The map accesses and helper calls of one packet of `p`, run twice through the `cost` build
 /// (the second run's: the caches warm, as in steady traffic), split into lookups and helpers.
-type Counts = BTreeMap<&'static str, u64>;
 fn path_cost(cost: &Ebpf, p: &Path) -> Result<(Counts, Counts)> {
     use dataplane_common::cost::{LOOKUPS, NAMES};
     run_once(cost, p.program, p, 1)?;
