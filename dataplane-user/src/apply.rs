@@ -82,6 +82,25 @@ fn trim_heap() {
     };
 }
 
+/// What one reconcile writes: a whole plan's difference from what the maps and the kernel
+/// hold, or a change's (see [`Plan::change`]).
+#[derive(Default)]
+struct Writes {
+    endpoints_put: Vec<(u32, Endpoint)>,
+    routes_put: Vec<((Ipv4Addr, u8), RouteValue)>,
+    routes_removed: Vec<(Ipv4Addr, u8)>,
+    /// Attachments wanted (those in place are left as they are) and not wanted.
+    attach: Vec<(Link, Hook)>,
+    detach: Vec<(u32, u8)>,
+    /// Interfaces whose endpoint goes (their counters too), once detached.
+    endpoints_removed: Vec<u32>,
+    slow_removed: Vec<crate::netlink::Route>,
+    slow_added: Vec<crate::netlink::Route>,
+    /// The prefixes the plan keeps a slow-path route for: a removed route whose prefix is not
+    /// among them gets back the route it replaced.
+    planned: BTreeSet<(Ipv4Addr, u8)>,
+}
+
 /// An attachment the config asks for, and whether it is in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
@@ -440,6 +459,108 @@ impl Dataplane {
         Ok(())
     }
 
+    /// A change of endpoints and peers only (`delta`, to the desired state `cfg`) on the kept
+    /// view: what the new parts need read from the kernel, the parts going and coming planned
+    /// ([`Plan::change`]) and the entries they touched written; work in proportion to the
+    /// change. Without a kept view that fits, or when a part meets another's prefix, the
+    /// change is planned whole ([`Dataplane::reconcile_change`], [`Dataplane::reconcile`]).
+    pub async fn reconcile_delta(&mut self, cfg: &Config, delta: &plan::Delta) -> Result<()> {
+        let fits = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.fits(cfg, self.underlay()))
+            && self.tunnel.is_some()
+            && self.tunnel_address == Some(cfg.tunnel_address);
+        if !fits {
+            return self.reconcile_change(cfg, &[]).await;
+        }
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let Some(mut cache) = self.cache.take() else {
+            return self.reconcile(cfg).await;
+        };
+        cache
+            .read_for_delta(&self.nl, delta, &self.plan.endpoints)
+            .await?;
+        // What the maps hold for the interfaces the new endpoints name (a learnt pod MAC).
+        let known: BTreeMap<u32, Endpoint> = delta
+            .endpoints_new
+            .iter()
+            .filter_map(|e| cache.links().by_name(&e.interface))
+            .filter_map(|l| self.plan.endpoints.get(&l.index).map(|e| (l.index, *e)))
+            .collect();
+        let at = plan::At {
+            cfg,
+            underlay: self.underlay(),
+            tunnel: self.tunnel.as_ref().map_or(0, |t| t.index),
+            view: cache.view(),
+        };
+        let Some(touched) = self.plan.change(&at, delta, &known) else {
+            // (The plan is partly changed: planned whole, on what the maps hold.)
+            return self.reconcile(cfg).await;
+        };
+        let plan = &self.plan;
+        let mut w = Writes {
+            slow_removed: touched.slow_removed.iter().cloned().collect(),
+            slow_added: touched.slow_added.iter().cloned().collect(),
+            planned: touched.slow_added.iter().map(|r| r.dst()).collect(),
+            ..Writes::default()
+        };
+        for (k, was) in &touched.routes {
+            match (was, plan.routes.get(k)) {
+                (_, Some(v)) if was.as_ref() != Some(v) => w.routes_put.push((*k, *v)),
+                (Some(_), None) => w.routes_removed.push(*k),
+                _ => {}
+            }
+        }
+        for (i, was) in &touched.endpoints {
+            match (was, plan.endpoints.get(i)) {
+                (_, Some(ep)) => {
+                    if was.as_ref() != Some(ep) {
+                        w.endpoints_put.push((*i, *ep));
+                    }
+                    if let Some(l) = cache.view().links.by_index(*i) {
+                        w.attach.push((l.clone(), Hook::FromPod));
+                    }
+                }
+                (Some(_), None) => {
+                    w.endpoints_removed.push(*i);
+                    if self.attachments.contains(*i, Hook::FromPod) {
+                        w.detach.push((*i, Hook::FromPod as u8));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        let pending: Vec<(Ipv4Addr, String)> = delta
+            .endpoints_new
+            .iter()
+            .filter(|e| plan.pending.contains_key(&e.address))
+            .map(|e| (e.address, e.interface.clone()))
+            .collect();
+        // The new peers' next hops the kernel has no MAC for are asked for now.
+        let unresolved: BTreeSet<Ipv4Addr> = delta
+            .peers_new
+            .iter()
+            .filter_map(|p| plan.next_hops.get(&p.address))
+            .filter(|h| h.l2.is_none())
+            .map(|h| h.via)
+            .collect();
+        self.write(w, cache.view(), false).await?;
+        for (addr, name) in pending {
+            log::info!("endpoint {addr}: waiting for interface {name}");
+        }
+        self.resolve(&unresolved).await;
+        if delta.peers_changed() {
+            // (The pod network natOutgoing leaves alone holds the peers' blocks.)
+            self.apply_nat(cfg)?;
+        }
+        cache.changed(&touched);
+        self.cache = Some(cache);
+        Ok(())
+    }
+
     /// ipipd's nftables table as `cfg` wants it, when that changed (see [`crate::nat`]).
     fn apply_nat(&mut self, cfg: &Config) -> Result<()> {
         let want = crate::nat::desired(cfg);
@@ -465,10 +586,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then
-    /// routes), attachments, stale endpoints once detached, slow-path routes, and the explicit
-    /// resolution of unknown next hops.
-    /// `known` and `current_routes` are the endpoints and routes the maps hold.
+    /// A whole plan applied: what it changes against the endpoints and routes the maps hold
+    /// (`known`, `current_routes`) and the kernel's routes and attachments (`view`, the
+    /// attachments), written; then it is the plan.
     async fn apply(
         &mut self,
         plan: Plan,
@@ -476,68 +596,118 @@ impl Dataplane {
         known: &BTreeMap<u32, Endpoint>,
         current_routes: BTreeMap<(Ipv4Addr, u8), RouteValue>,
     ) -> Result<()> {
-        for (ifindex, ep) in &plan.endpoints {
-            if known.get(ifindex) != Some(ep) {
-                maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
-            }
-        }
-        let mut routes_changed = false;
-        for ((addr, len), v) in &plan.routes {
-            if current_routes.get(&(*addr, *len)) != Some(v) {
-                routes_changed = true;
-                maps::put_route(&mut self.ebpf, addr.octets(), u32::from(*len), v)?;
-            }
-        }
-        for (addr, len) in current_routes.keys() {
-            if !plan.routes.contains_key(&(*addr, *len)) {
-                routes_changed = true;
-                maps::remove_route(&mut self.ebpf, addr.octets(), u32::from(*len))?;
-            }
-        }
-        if routes_changed {
-            self.next_route_gen()?;
-        }
-
-        // Attachments: exactly the wanted ones. What is not wanted goes first, the adopted
-        // ones run this build's programs next, then the missing ones are attached (the pods',
-        // the tunnel device's, then the uplink's).
-        let mut want: Vec<(Link, Hook)> = plan
+        // Attachments: exactly the wanted ones (the pods', the tunnel device's, the uplink's).
+        let mut attach: Vec<(Link, Hook)> = plan
             .endpoints
             .keys()
             .filter_map(|i| view.links.by_index(*i))
             .map(|l| (l.clone(), Hook::FromPod))
             .collect();
         if let Some(t) = &self.tunnel {
-            want.push((t.clone(), Hook::ToTunnel));
+            attach.push((t.clone(), Hook::ToTunnel));
         }
         if self.uplink_present {
-            want.push((self.uplink.clone(), Hook::FromUplink));
+            attach.push((self.uplink.clone(), Hook::FromUplink));
             if self.xdp != CfgXdp::Off {
-                want.push((self.uplink.clone(), Hook::XdpUplink));
+                attach.push((self.uplink.clone(), Hook::XdpUplink));
             }
         }
-        let keys: BTreeSet<(u32, u8)> = want.iter().map(|(l, h)| (l.index, *h as u8)).collect();
-        let unwanted: Vec<(u32, u8)> = self
-            .attachments
-            .keys()
-            .into_iter()
-            .filter(|k| !keys.contains(k))
+        let keys: BTreeSet<(u32, u8)> = attach.iter().map(|(l, h)| (l.index, *h as u8)).collect();
+        let w = Writes {
+            endpoints_put: plan
+                .endpoints
+                .iter()
+                .filter(|(i, ep)| known.get(i) != Some(ep))
+                .map(|(i, ep)| (*i, *ep))
+                .collect(),
+            routes_put: plan
+                .routes
+                .iter()
+                .filter(|(k, v)| current_routes.get(k) != Some(v))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            routes_removed: current_routes
+                .keys()
+                .filter(|k| !plan.routes.contains_key(k))
+                .copied()
+                .collect(),
+            detach: self
+                .attachments
+                .keys()
+                .into_iter()
+                .filter(|k| !keys.contains(k))
+                .collect(),
+            attach,
+            endpoints_removed: known
+                .keys()
+                .filter(|i| !plan.endpoints.contains_key(i))
+                .copied()
+                .collect(),
+            slow_removed: view
+                .owned_routes
+                .difference(&plan.slow_path)
+                .cloned()
+                .collect(),
+            slow_added: plan
+                .slow_path
+                .difference(&view.owned_routes)
+                .cloned()
+                .collect(),
+            planned: plan.slow_path.iter().map(|r| r.dst()).collect(),
+        };
+        self.write(w, view, true).await?;
+        self.log_pending(plan.pending.iter());
+        // Next hops unresolved since this plan; those already were are asked for again by the
+        // periodic next-hop check (the daemon's `next_hops` task), not by every change.
+        let unresolved: BTreeSet<Ipv4Addr> = plan
+            .unresolved()
+            .difference(&self.plan.unresolved())
+            .copied()
             .collect();
-        self.attachments.detach_many(unwanted);
-        self.attachments.swap_adopted(&mut self.ebpf, self.xdp);
+        self.resolve(&unresolved).await;
+        self.plan = plan;
+        Ok(())
+    }
+
+    /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then
+    /// routes), attachments, stale endpoints once detached, slow-path routes. `full`: the
+    /// writes are a whole plan's (adopted attachments run this build's programs, clsact
+    /// qdiscs left over go).
+    async fn write(&mut self, w: Writes, view: &KernelView, full: bool) -> Result<()> {
+        for (ifindex, ep) in &w.endpoints_put {
+            maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
+        }
+        for ((addr, len), v) in &w.routes_put {
+            maps::put_route(&mut self.ebpf, addr.octets(), u32::from(*len), v)?;
+        }
+        for (addr, len) in &w.routes_removed {
+            maps::remove_route(&mut self.ebpf, addr.octets(), u32::from(*len))?;
+        }
+        if !w.routes_put.is_empty() || !w.routes_removed.is_empty() {
+            self.next_route_gen()?;
+        }
+
+        // What is not wanted goes first, the adopted ones run this build's programs next,
+        // then the missing ones are attached.
+        self.attachments.detach_many(w.detach);
+        if full {
+            self.attachments.swap_adopted(&mut self.ebpf, self.xdp);
+        }
         // Each TCX attach waits for an RCU grace period under the RTNL lock (~13 ms, one
         // after another whatever the number of threads: measured); many pods at once are
         // attached as netlink filters first (see `attach`), a restart adopts the links.
-        let attached = self.attachments.attach_all(&mut self.ebpf, &want, self.xdp);
-        self.remove_clsacts().await;
+        let attached = self
+            .attachments
+            .attach_all(&mut self.ebpf, &w.attach, self.xdp);
+        if full {
+            self.remove_clsacts().await;
+        }
         attached?;
-        for &i in known.keys() {
-            if !plan.endpoints.contains_key(&i) {
-                maps::endpoints(&mut self.ebpf)?
-                    .remove(&i)
-                    .with_context(|| format!("endpoints: removing {i}"))?;
-                maps::forget_counters(&mut self.ebpf, i)?;
-            }
+        for i in w.endpoints_removed {
+            maps::endpoints(&mut self.ebpf)?
+                .remove(&i)
+                .with_context(|| format!("endpoints: removing {i}"))?;
+            maps::forget_counters(&mut self.ebpf, i)?;
         }
 
         // Slow-path routes, identified by their protocol. A route ipipd no longer wants
@@ -545,11 +715,10 @@ impl Dataplane {
         // device is still there); a route of someone else's that ipipd's replaces is recorded
         // first, for the same reason and for `ipipd teardown` — the one found last: what an
         // operator put in place of ipipd's while it was stopped is what comes back.
-        let planned: BTreeSet<(Ipv4Addr, u8)> = plan.slow_path.iter().map(|r| r.dst()).collect();
         let mut record_changed = false;
-        for r in view.owned_routes.difference(&plan.slow_path) {
+        for r in &w.slow_removed {
             let key = record::prefix_key(r.dst());
-            if !planned.contains(&r.dst())
+            if !w.planned.contains(&r.dst())
                 && let Some(orig) = self.record.replaced.remove(&key)
             {
                 record_changed = true;
@@ -562,9 +731,7 @@ impl Dataplane {
             // A route whose device vanished is gone with it.
             self.nl.route_delete(r).await?;
         }
-        let adding: Vec<&crate::netlink::Route> =
-            plan.slow_path.difference(&view.owned_routes).collect();
-        for r in &adding {
+        for r in &w.slow_added {
             let key = record::prefix_key(r.dst());
             if let Some(m) = view.other_routes.get(&r.dst()) {
                 let orig =
@@ -586,27 +753,21 @@ impl Dataplane {
         // Many at once on the one netlink socket: each route is its own request and ack, and
         // 10,000 of them one after another are most of a large node's start.
         let nl = &self.nl;
-        futures::stream::iter(adding)
+        futures::stream::iter(&w.slow_added)
             .map(|r| nl.route_replace(r))
             .buffer_unordered(crate::netlink::IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
+        Ok(())
+    }
 
-        for (addr, name) in &plan.pending {
+    /// Endpoints newly waiting for their interface, logged.
+    fn log_pending<'a>(&self, pending: impl Iterator<Item = (&'a Ipv4Addr, &'a String)>) {
+        for (addr, name) in pending {
             if self.plan.pending.get(addr) != Some(name) {
                 log::info!("endpoint {addr}: waiting for interface {name}");
             }
         }
-        // Next hops unresolved since this plan; those already were are asked for again by the
-        // periodic next-hop check (the daemon's `next_hops` task), not by every change.
-        let unresolved: BTreeSet<Ipv4Addr> = plan
-            .unresolved()
-            .difference(&self.plan.unresolved())
-            .copied()
-            .collect();
-        self.resolve(&unresolved).await;
-        self.plan = plan;
-        Ok(())
     }
 
     /// Asks the kernel to resolve these next hops on the uplink now (`NTF_USE`). A packet the

@@ -17,9 +17,9 @@ use anyhow::Result;
 use dataplane_common::Endpoint;
 
 use crate::{
-    config::Config,
+    config::{Config, EndpointCfg},
     netlink::{Event, Netlink},
-    plan::{self, KernelView, Plan, Underlay},
+    plan::{self, Delta, KernelView, Plan, Touched, Underlay},
 };
 
 /// How often the daemon reconciles in full, whatever happened (Felix's route refresh is 90 s
@@ -120,9 +120,44 @@ impl Cache {
         cfg: &Config,
         known: &BTreeMap<u32, Endpoint>,
     ) -> Result<()> {
+        self.view.pod_macs.clear();
+        self.read_endpoints(nl, cfg.endpoints.iter(), known).await?;
+        let peers: std::collections::HashSet<Ipv4Addr> =
+            cfg.peers.iter().map(|p| p.address).collect();
+        self.view.peer_routes.retain(|a, _| peers.contains(a));
+        self.read_peers(nl, cfg.peers.iter().map(|p| p.address))
+            .await
+    }
+
+    /// [`Cache::read_for`] for a change of parts only: the interface and pod-side MAC of each
+    /// new endpoint not in the maps (`known`) yet, the kernel's route to each new peer (and
+    /// the neighbours again, when there is one); a gone peer's route is forgotten.
+    pub async fn read_for_delta(
+        &mut self,
+        nl: &Netlink,
+        delta: &Delta,
+        known: &BTreeMap<u32, Endpoint>,
+    ) -> Result<()> {
+        self.view.pod_macs.clear();
+        self.read_endpoints(nl, delta.endpoints_new.iter(), known)
+            .await?;
+        for p in &delta.peers_gone {
+            self.view.peer_routes.remove(&p.address);
+        }
+        self.read_peers(nl, delta.peers_new.iter().map(|p| p.address))
+            .await
+    }
+
+    /// Each endpoint's interface as the kernel has it now, and its pod-side MAC, unless the
+    /// maps (`known`) hold it already.
+    async fn read_endpoints(
+        &mut self,
+        nl: &Netlink,
+        endpoints: impl Iterator<Item = &EndpointCfg>,
+        known: &BTreeMap<u32, Endpoint>,
+    ) -> Result<()> {
         let view = &mut self.view;
-        view.pod_macs.clear();
-        for ep in &cfg.endpoints {
+        for ep in endpoints {
             if view
                 .links
                 .by_name(&ep.interface)
@@ -145,16 +180,22 @@ impl Cache {
             }
             view.links.insert(link);
         }
+        Ok(())
+    }
+
+    /// The kernel's route to each of `peers` it has none for, and the neighbours again when
+    /// there was one.
+    async fn read_peers(
+        &mut self,
+        nl: &Netlink,
+        peers: impl Iterator<Item = Ipv4Addr>,
+    ) -> Result<()> {
         let uplink = self.underlay.uplink;
         if uplink == 0 {
             return Ok(());
         }
-        view.peer_routes
-            .retain(|a, _| cfg.peers.iter().any(|p| p.address == *a));
-        let new: Vec<Ipv4Addr> = cfg
-            .peers
-            .iter()
-            .map(|p| p.address)
+        let view = &mut self.view;
+        let new: Vec<Ipv4Addr> = peers
             .filter(|a| !view.peer_routes.contains_key(a))
             .collect();
         if !new.is_empty() {
@@ -163,6 +204,18 @@ impl Cache {
             view.neighbours = nl.neighbours(uplink).await?;
         }
         Ok(())
+    }
+
+    /// After a change of parts that went through: the slow-path routes it took out and put
+    /// in are the kernel's now.
+    pub fn changed(&mut self, touched: &Touched) {
+        for r in &touched.slow_removed {
+            self.view.owned_routes.remove(r);
+        }
+        self.view
+            .owned_routes
+            .extend(touched.slow_added.iter().cloned());
+        self.view.pod_macs.clear();
     }
 
     /// After an incremental reconcile that went through: the view it planned on is the

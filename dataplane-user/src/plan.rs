@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use netlink_packet_route::route::RouteMessage;
 
 use crate::{
-    config::{Config, EndpointCfg},
+    config::{Config, EndpointCfg, Peer},
     datastore::model::IpipMode,
     net::Ipv4Net,
     netlink::{Link, Netlink, Route},
@@ -341,6 +341,10 @@ pub fn route_value(kind: RouteKind, flags: u8, node: Ipv4Addr) -> RouteValue {
 /// What `cfg` means for the maps and routes. `tunnel` is the tunnel device's ifindex (the
 /// slow path's routes to remote blocks point at it); `known` the endpoints the maps hold (a
 /// recreated veth keeps the pod MAC learnt for its address).
+///
+/// A plan is the node's blocks, then each peer's part and each endpoint's part, which do not
+/// meet (the rules keep their prefixes apart): a change of peers or endpoints is planned by
+/// parts ([`Plan::change`]) to the same plan.
 pub fn plan(
     cfg: &Config,
     underlay: Underlay,
@@ -358,64 +362,14 @@ pub fn plan(
             dst: (b.addr, b.len),
         });
     }
+    let at = At {
+        cfg,
+        underlay,
+        tunnel,
+        view,
+    };
     for peer in &cfg.peers {
-        let same_subnet = same_subnet(cfg.node.mode, view, peer.address);
-        // Without an uplink (it is gone until it comes back), or without the node's address on
-        // it yet, the kernel cannot send to a peer: no slow-path routes toward it (they carry
-        // the node's address as their source), and the maps' routes carry no next hop.
-        let routed = underlay.uplink != 0 && !view.node_address_missing;
-        let hop = next_hop(underlay, view, peer.address, same_subnet);
-        let NextHop { via, l2 } = hop.clone();
-        p.next_hops.insert(peer.address, hop);
-        let targets =
-            std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
-        for (i, net) in targets.enumerate() {
-            let kind = if i == 0 {
-                RouteKind::PeerNode
-            } else {
-                RouteKind::RemoteBlock
-            };
-            let plain = plain_to(cfg, view, peer.address, &net);
-            let flags = if plain {
-                ROUTE_F_SAME_SUBNET
-            } else {
-                ROUTE_F_ENCAP
-            };
-            let mut v = route_value(kind, flags, peer.address);
-            if let Some((dmac, smac)) = l2 {
-                v.flags |= ROUTE_F_L2;
-                v.ifindex = underlay.uplink;
-                v.dst_mac = dmac;
-                v.src_mac = smac;
-            }
-            p.routes.insert((net.addr, net.len), v);
-            if !routed {
-                continue;
-            }
-            // What the kernel itself sends there goes into the tunnel device, as into tunl0;
-            // the peer's own address too, so that pod packets to it that the kernel takes
-            // (too big, TTL) are encapsulated (the node's own are sent on plain).
-            // The node's own traffic to remote pods leaves from its tunnel address when it
-            // has one (as from tunl0's), to peer nodes from its address.
-            let src = match (kind, cfg.tunnel_address) {
-                (RouteKind::RemoteBlock, Some(t)) => t,
-                _ => cfg.node.address,
-            };
-            p.slow_path.insert(if plain {
-                Route::Via {
-                    dst: (net.addr, net.len),
-                    gateway: via,
-                    oif: underlay.uplink,
-                    mtu: underlay.mtu,
-                }
-            } else {
-                Route::Tunnel {
-                    dst: (net.addr, net.len),
-                    oif: tunnel,
-                    src,
-                }
-            });
-        }
+        p.add_peer(&at, peer, at.hop(peer.address));
     }
     if let Some(t) = cfg.tunnel_address {
         // `local <t> dev tunl0`: the kernel's, once the address is on the tunnel device.
@@ -425,9 +379,185 @@ pub fn plan(
         );
     }
     for ep in &cfg.endpoints {
+        p.add_endpoint(ep, view, known);
+    }
+    p
+}
+
+/// What a peer's part of a plan is planned with: the desired state (its mode, the node's
+/// address, the tunnel address), the underlay, the tunnel device, the kernel view.
+pub struct At<'a> {
+    pub cfg: &'a Config,
+    pub underlay: Underlay,
+    pub tunnel: u32,
+    pub view: &'a KernelView,
+}
+
+impl At<'_> {
+    /// The peer's next hop as the view has it.
+    fn hop(&self, peer: Ipv4Addr) -> NextHop {
+        let same = same_subnet(self.cfg.node.mode, self.view, peer);
+        next_hop(self.underlay, self.view, peer, same)
+    }
+
+    /// A peer's routes (its own address, then its blocks) and slow-path routes, through `hop`.
+    fn peer_part(
+        &self,
+        peer: &Peer,
+        hop: &NextHop,
+    ) -> Vec<((Ipv4Addr, u8), RouteValue, Option<Route>)> {
+        let (cfg, view, underlay) = (self.cfg, self.view, self.underlay);
+        // Without an uplink (it is gone until it comes back), or without the node's address on
+        // it yet, the kernel cannot send to a peer: no slow-path routes toward it (they carry
+        // the node's address as their source), and the maps' routes carry no next hop.
+        let routed = underlay.uplink != 0 && !view.node_address_missing;
+        let targets =
+            std::iter::once(Ipv4Net::host(peer.address)).chain(peer.blocks.iter().copied());
+        targets
+            .enumerate()
+            .map(|(i, net)| {
+                let kind = if i == 0 {
+                    RouteKind::PeerNode
+                } else {
+                    RouteKind::RemoteBlock
+                };
+                let plain = plain_to(cfg, view, peer.address, &net);
+                let flags = if plain {
+                    ROUTE_F_SAME_SUBNET
+                } else {
+                    ROUTE_F_ENCAP
+                };
+                let mut v = route_value(kind, flags, peer.address);
+                if let Some((dmac, smac)) = hop.l2 {
+                    v.flags |= ROUTE_F_L2;
+                    v.ifindex = underlay.uplink;
+                    v.dst_mac = dmac;
+                    v.src_mac = smac;
+                }
+                // What the kernel itself sends there goes into the tunnel device, as into
+                // tunl0; the peer's own address too, so that pod packets to it that the kernel
+                // takes (too big, TTL) are encapsulated (the node's own are sent on plain).
+                // The node's own traffic to remote pods leaves from its tunnel address when it
+                // has one (as from tunl0's), to peer nodes from its address.
+                let src = match (kind, cfg.tunnel_address) {
+                    (RouteKind::RemoteBlock, Some(t)) => t,
+                    _ => cfg.node.address,
+                };
+                let slow = routed.then_some(if plain {
+                    Route::Via {
+                        dst: (net.addr, net.len),
+                        gateway: hop.via,
+                        oif: underlay.uplink,
+                        mtu: underlay.mtu,
+                    }
+                } else {
+                    Route::Tunnel {
+                        dst: (net.addr, net.len),
+                        oif: self.tunnel,
+                        src,
+                    }
+                });
+                ((net.addr, net.len), v, slow)
+            })
+            .collect()
+    }
+}
+
+/// The endpoints and peers that differ between two desired states, by address (a changed one
+/// is in both lists); `None` when anything else differs, which only a whole plan takes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub endpoints_gone: Vec<EndpointCfg>,
+    pub endpoints_new: Vec<EndpointCfg>,
+    pub peers_gone: Vec<Peer>,
+    pub peers_new: Vec<Peer>,
+}
+
+impl Delta {
+    /// The delta from `old` to `new` (compared by address, item by item).
+    pub fn between(old: &Config, new: &Config) -> Option<Delta> {
+        let same_rest = old.node == new.node
+            && old.blocks == new.blocks
+            && old.pools == new.pools
+            && old.pool_modes == new.pool_modes
+            && old.tunnel_address == new.tunnel_address
+            && old.datastore == new.datastore
+            && old.datastore_kind == new.datastore_kind;
+        if !same_rest {
+            return None;
+        }
+        let (endpoints_gone, endpoints_new) =
+            keyed_diff(&old.endpoints, &new.endpoints, |e| e.address);
+        let (peers_gone, peers_new) = keyed_diff(&old.peers, &new.peers, |p| p.address);
+        Some(Delta {
+            endpoints_gone,
+            endpoints_new,
+            peers_gone,
+            peers_new,
+        })
+    }
+
+    /// `other`'s parts too (of other addresses than this one's).
+    pub fn extend(&mut self, other: Delta) {
+        self.endpoints_gone.extend(other.endpoints_gone);
+        self.endpoints_new.extend(other.endpoints_new);
+        self.peers_gone.extend(other.peers_gone);
+        self.peers_new.extend(other.peers_new);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints_gone.is_empty() && self.endpoints_new.is_empty() && !self.peers_changed()
+    }
+
+    pub fn peers_changed(&self) -> bool {
+        !self.peers_gone.is_empty() || !self.peers_new.is_empty()
+    }
+}
+
+/// The items of `old` not in `new` as they are, and of `new` not in `old`, by `key`.
+fn keyed_diff<T: Clone + PartialEq>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> Ipv4Addr,
+) -> (Vec<T>, Vec<T>) {
+    let before: std::collections::HashMap<Ipv4Addr, &T> = old.iter().map(|t| (key(t), t)).collect();
+    let after: std::collections::HashMap<Ipv4Addr, &T> = new.iter().map(|t| (key(t), t)).collect();
+    let gone = old
+        .iter()
+        .filter(|t| after.get(&key(t)) != Some(t))
+        .cloned()
+        .collect();
+    let added = new
+        .iter()
+        .filter(|t| before.get(&key(t)) != Some(t))
+        .cloned()
+        .collect();
+    (gone, added)
+}
+
+/// What a change of a plan touched: the old values of every map entry, slow-path route and
+/// attachment it may have changed, for the writer to compare with the plan's new ones.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub routes: BTreeMap<(Ipv4Addr, u8), Option<RouteValue>>,
+    pub endpoints: BTreeMap<u32, Option<Endpoint>>,
+    /// Slow-path routes taken out; those put in are [`Touched::slow_added`].
+    pub slow_removed: BTreeSet<Route>,
+    pub slow_added: BTreeSet<Route>,
+}
+
+impl Plan {
+    /// An endpoint's part: its interface's entry, its /32 and the kernel's route to it, or
+    /// waiting for its interface (or its pod MAC). Returns its slow-path route.
+    fn add_endpoint(
+        &mut self,
+        ep: &EndpointCfg,
+        view: &KernelView,
+        known: &BTreeMap<u32, Endpoint>,
+    ) -> Option<Route> {
         let Some(link) = view.links.by_name(&ep.interface) else {
-            p.pending.insert(ep.address, ep.interface.clone());
-            continue;
+            self.pending.insert(ep.address, ep.interface.clone());
+            return None;
         };
         // The configured MAC, else the one already learnt for this veth, else the kernel's.
         let pod_mac = match (ep.mac, known.get(&link.index)) {
@@ -436,10 +566,10 @@ pub fn plan(
             (None, _) => view.pod_macs.get(&link.index).copied(),
         };
         let (Some(pod_mac), Some(host_mac)) = (pod_mac, link.mac) else {
-            p.pending.insert(ep.address, ep.interface.clone());
-            continue;
+            self.pending.insert(ep.address, ep.interface.clone());
+            return None;
         };
-        p.endpoints.insert(
+        self.endpoints.insert(
             link.index,
             Endpoint {
                 pod_ip: ep.address.octets(),
@@ -447,7 +577,7 @@ pub fn plan(
                 host_mac,
             },
         );
-        p.routes.insert(
+        self.routes.insert(
             (ep.address, 32),
             RouteValue {
                 kind: RouteKind::LocalEndpoint as u8,
@@ -459,12 +589,132 @@ pub fn plan(
                 src_mac: host_mac,
             },
         );
-        p.slow_path.insert(Route::Dev {
+        let slow = Route::Dev {
             dst: (ep.address, 32),
             oif: link.index,
-        });
+        };
+        self.slow_path.insert(slow.clone());
+        Some(slow)
     }
-    p
+
+    /// Takes an endpoint's part out (by its address: whatever interface it had); returns its
+    /// slow-path route.
+    fn remove_endpoint(&mut self, address: Ipv4Addr) -> Option<Route> {
+        self.pending.remove(&address);
+        let key = (address, 32);
+        let v = self
+            .routes
+            .remove(&key)
+            .filter(|v| v.kind == RouteKind::LocalEndpoint as u8)?;
+        self.endpoints.remove(&v.ifindex);
+        let slow = Route::Dev {
+            dst: key,
+            oif: v.ifindex,
+        };
+        self.slow_path.remove(&slow).then_some(slow)
+    }
+
+    /// A peer's part, through `hop`; returns its slow-path routes.
+    fn add_peer(&mut self, at: &At, peer: &Peer, hop: NextHop) -> Vec<Route> {
+        let mut slows = Vec::new();
+        for (key, v, slow) in at.peer_part(peer, &hop) {
+            self.routes.insert(key, v);
+            if let Some(r) = slow {
+                self.slow_path.insert(r.clone());
+                slows.push(r);
+            }
+        }
+        self.next_hops.insert(peer.address, hop);
+        slows
+    }
+
+    /// Takes a peer's part out, as it was planned (through the next hop it was planned with);
+    /// returns its slow-path routes.
+    fn remove_peer(&mut self, at: &At, peer: &Peer) -> Vec<Route> {
+        let Some(hop) = self.next_hops.remove(&peer.address) else {
+            return Vec::new();
+        };
+        let mut slows = Vec::new();
+        for (key, _, slow) in at.peer_part(peer, &hop) {
+            self.routes.remove(&key);
+            if let Some(r) = slow.filter(|r| self.slow_path.remove(r)) {
+                slows.push(r);
+            }
+        }
+        slows
+    }
+
+    /// The plan changed in place by `delta` (to the desired state `at.cfg`, whose node, blocks
+    /// and pools are the old one's; on `at.view`; `known` the endpoints the maps hold for the
+    /// interfaces the new endpoints name): what [`plan`] plans for `at.cfg`,
+    /// and what the change touched, with the old values, for the writer. `None` when a part
+    /// coming or going meets another's prefix (the rules keep them apart; only a whole plan
+    /// decides otherwise): the plan is then partly changed, and is to be planned whole.
+    pub fn change(
+        &mut self,
+        at: &At,
+        delta: &Delta,
+        known: &BTreeMap<u32, Endpoint>,
+    ) -> Option<Touched> {
+        let mut t = Touched::default();
+        let keys = delta
+            .endpoints_gone
+            .iter()
+            .chain(&delta.endpoints_new)
+            .map(|e| (e.address, 32))
+            .chain(
+                delta
+                    .peers_gone
+                    .iter()
+                    .chain(&delta.peers_new)
+                    .flat_map(|p| {
+                        std::iter::once(Ipv4Net::host(p.address)).chain(p.blocks.iter().copied())
+                    })
+                    .map(|n| (n.addr, n.len)),
+            );
+        for k in keys {
+            t.routes.insert(k, self.routes.get(&k).copied());
+        }
+        // The interfaces whose entry may change: those of the endpoints going, those the new
+        // ones name.
+        let ifindexes = t
+            .routes
+            .values()
+            .flatten()
+            .filter(|v| v.kind == RouteKind::LocalEndpoint as u8)
+            .map(|v| v.ifindex)
+            .chain(
+                delta
+                    .endpoints_new
+                    .iter()
+                    .filter_map(|e| at.view.links.by_name(&e.interface))
+                    .map(|l| l.index),
+            );
+        for i in ifindexes.collect::<Vec<_>>() {
+            t.endpoints.insert(i, self.endpoints.get(&i).copied());
+        }
+        let mut removed: BTreeSet<Route> = BTreeSet::new();
+        for e in &delta.endpoints_gone {
+            removed.extend(self.remove_endpoint(e.address));
+        }
+        for p in &delta.peers_gone {
+            removed.extend(self.remove_peer(at, p));
+        }
+        // A prefix still held once the parts went is another part's.
+        if t.routes.keys().any(|k| self.routes.contains_key(k)) {
+            return None;
+        }
+        let mut added: BTreeSet<Route> = BTreeSet::new();
+        for p in &delta.peers_new {
+            added.extend(self.add_peer(at, p, at.hop(p.address)));
+        }
+        for e in &delta.endpoints_new {
+            added.extend(self.add_endpoint(e, at.view, known));
+        }
+        t.slow_removed = removed.difference(&added).cloned().collect();
+        t.slow_added = added.difference(&removed).cloned().collect();
+        Some(t)
+    }
 }
 
 #[cfg(test)]
@@ -947,5 +1197,127 @@ mac = "ee:ee:ee:ee:ee:02"
         assert_eq!(read.len(), 2);
         assert!(!next_hops_moved(&planned, &read));
         assert!(!next_hops_moved(&read, &planned));
+    }
+
+    /// Each change of endpoints and peers, planned by parts on the plan before it, is the plan
+    /// of the new desired state; and what it touched names every entry that differs, with its
+    /// old value.
+    #[test]
+    fn a_change_planned_by_parts_is_the_whole_plan() {
+        let v = {
+            let mut v = view();
+            // A second peer behind a gateway with no MAC yet, a third veth.
+            v.peer_routes
+                .insert(a("10.9.0.7"), (Some(a("172.31.240.1")), Some(UPLINK)));
+            v.links
+                .insert(link(13, "cali3", [0xee, 0xee, 0xee, 0xee, 0xee, 0xf0]));
+            v
+        };
+        let peer = |addr: &str, blocks: &[&str]| Peer {
+            address: a(addr),
+            blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
+        };
+        let ep = |addr: &str, ifname: &str| EndpointCfg {
+            address: a(addr),
+            interface: ifname.into(),
+            mac: Some([0xee, 0, 0, 0, 0, 3]),
+            pod: None,
+            attachment: None,
+        };
+        type Edit<'a> = Box<dyn Fn(&mut Config) + 'a>;
+        let changes: Vec<Edit> = vec![
+            Box::new(|c| c.endpoints.push(ep("192.168.83.131", "cali3"))),
+            Box::new(|c| c.endpoints.push(ep("192.168.83.132", "cali-not-yet"))),
+            Box::new(|c| {
+                c.endpoints.remove(0);
+            }),
+            // The same address on another interface; the other endpoint's MAC changed.
+            Box::new(|c| c.endpoints[0].interface = "cali3".into()),
+            Box::new(|c| c.endpoints[1].mac = Some([0xee, 0, 0, 0, 0, 9])),
+            Box::new(|c| c.peers.push(peer("10.9.0.7", &["192.168.200.0/26"]))),
+            Box::new(|c| {
+                c.peers.clear();
+            }),
+            Box::new(|c| c.peers[0].blocks.push("192.168.180.0/26".parse().unwrap())),
+            Box::new(|c| {
+                c.peers[0] = peer("172.31.242.157", &["192.168.181.0/26"]);
+                c.endpoints.pop();
+                c.endpoints.push(ep("192.168.83.131", "cali3"));
+            }),
+        ];
+        for mode in ["always", "cross-subnet"] {
+            let old = worker(mode);
+            let before = plan(&old, UNDERLAY, TUNNEL, &v, &BTreeMap::new());
+            for (n, change) in changes.iter().enumerate() {
+                let mut new = old.clone();
+                change(&mut new);
+                let delta = Delta::between(&old, &new).unwrap();
+                let at = At {
+                    cfg: &new,
+                    underlay: UNDERLAY,
+                    tunnel: TUNNEL,
+                    view: &v,
+                };
+                let mut p = before.clone();
+                let t = p.change(&at, &delta, &before.endpoints).unwrap();
+                let whole = plan(&new, UNDERLAY, TUNNEL, &v, &before.endpoints);
+                assert_eq!(p, whole, "{mode}, change {n}");
+                for k in before.routes.keys().chain(whole.routes.keys()) {
+                    if before.routes.get(k) != whole.routes.get(k) {
+                        assert_eq!(
+                            t.routes.get(k),
+                            Some(&before.routes.get(k).copied()),
+                            "{k:?}"
+                        );
+                    }
+                }
+                for i in before.endpoints.keys().chain(whole.endpoints.keys()) {
+                    if before.endpoints.get(i) != whole.endpoints.get(i) {
+                        assert_eq!(t.endpoints.get(i), Some(&before.endpoints.get(i).copied()));
+                    }
+                }
+                let gone: BTreeSet<Route> = before
+                    .slow_path
+                    .difference(&whole.slow_path)
+                    .cloned()
+                    .collect();
+                let came: BTreeSet<Route> = whole
+                    .slow_path
+                    .difference(&before.slow_path)
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    (t.slow_removed, t.slow_added),
+                    (gone, came),
+                    "{mode}, change {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_of_anything_but_endpoints_and_peers_is_planned_whole_and_one_meeting_another_part_too()
+     {
+        let old = worker("always");
+        let mut other = old.clone();
+        other.blocks.push("192.168.84.0/26".parse().unwrap());
+        assert_eq!(Delta::between(&old, &other), None);
+        // A peer whose address is a local endpoint's: its /32 meets the endpoint's.
+        let mut new = old.clone();
+        new.peers.push(Peer {
+            address: a("192.168.83.130"),
+            blocks: vec![],
+        });
+        let delta = Delta::between(&old, &new).unwrap();
+        assert!(delta.peers_changed() && !delta.is_empty());
+        let v = view();
+        let mut p = plan(&old, UNDERLAY, TUNNEL, &v, &BTreeMap::new());
+        let at = At {
+            cfg: &new,
+            underlay: UNDERLAY,
+            tunnel: TUNNEL,
+            view: &v,
+        };
+        assert_eq!(p.change(&at, &delta, &BTreeMap::new()), None);
     }
 }

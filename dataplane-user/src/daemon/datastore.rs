@@ -234,11 +234,11 @@ impl Owner {
     /// makes of it (the node's blocks, its peers) changed — a liveness key coming or going
     /// changes neither — and cached for a start while etcd is away. On error the old stands.
     pub(super) async fn adopt_memory(&mut self, m: Memory) -> Result<()> {
-        let before = self.base(&self.file);
         let old = self.ds.replace(m);
-        if self.base(&self.file) != before {
+        let base = self.base_of(&self.file);
+        if base != self.base {
             let (file, rt) = (self.file.clone(), self.runtime.clone());
-            if let Err(e) = self.adopt(file, rt).await {
+            if let Err(e) = self.adopt(file, base, rt).await {
                 self.ds = old;
                 return Err(e);
             }

@@ -51,7 +51,7 @@ use crate::{
         memory::Memory,
         sync::{self, Msg},
     },
-    desired::{Change, RuntimeChanges},
+    desired::{self, Change, RuntimeChanges},
     ipam::Ipam,
     metrics::{Attachment, DatastoreHealth, Health},
     net::Ipv4Net,
@@ -88,6 +88,8 @@ enum Command {
 struct Owner {
     config_path: PathBuf,
     file: Config,
+    /// The file with the datastore's part (its blocks and peers), when there is one.
+    base: Config,
     runtime: RuntimeChanges,
     /// The file with the runtime changes applied, validated: what the data plane is kept at.
     /// Recomputed only when the file or the runtime changes do.
@@ -275,6 +277,7 @@ pub async fn run(
     let mut owner = Owner {
         config_path: config_path.to_path_buf(),
         file,
+        base,
         runtime,
         desired,
         dp,
@@ -483,26 +486,35 @@ impl Owner {
     /// The data plane reconciled with the desired state it is kept at.
     async fn reconcile(&mut self) -> Result<()> {
         let applied = self.dp.reconcile(&self.desired).await;
-        self.settle(applied)
+        self.settle(applied, true)
     }
 
-    /// A new desired state (`runtime` over `file`), reconciled as a change (see
-    /// [`crate::incremental`]); kept when it went through.
-    async fn adopt(&mut self, file: Config, runtime: RuntimeChanges) -> Result<()> {
-        let desired = runtime.apply(&self.base(&file))?;
-        let applied = self.dp.reconcile_change(&desired, &[]).await;
+    /// A new desired state (`runtime` over `file`, `base` the file with the datastore's part),
+    /// reconciled as a change (see [`crate::incremental`]): by parts when only endpoints and
+    /// peers differ; kept when it went through.
+    async fn adopt(&mut self, file: Config, base: Config, runtime: RuntimeChanges) -> Result<()> {
+        let desired = runtime.apply(&base)?;
+        let delta = plan::Delta::between(&self.desired, &desired);
+        let applied = match &delta {
+            Some(d) => self.dp.reconcile_delta(&desired, d).await,
+            None => self.dp.reconcile_change(&desired, &[]).await,
+        };
         if applied.is_ok() {
-            (self.file, self.runtime, self.desired) = (file, runtime, desired);
+            (self.file, self.base, self.runtime, self.desired) = (file, base, runtime, desired);
         }
-        self.settle(applied)
+        let peers = delta.as_ref().is_none_or(plan::Delta::peers_changed);
+        self.settle(applied, peers)
     }
 
     /// After every reconcile, whether or not it went through: the next-hop check given the
-    /// peers, and what /readyz and /metrics say to be updated by the loop's next turn, after the
+    /// peers (when they may have changed: at 5,000 peers the list is not copied for nothing),
+    /// and what /readyz and /metrics say to be updated by the loop's next turn, after the
     /// reply (at 10,000 endpoints /readyz's list alone is ~10 ms a change would wait for).
-    fn settle(&mut self, applied: Result<()>) -> Result<()> {
-        self.next_hops
-            .set(Peers::of(&self.desired, self.dp.underlay()));
+    fn settle(&mut self, applied: Result<()>, peers: bool) -> Result<()> {
+        if peers {
+            self.next_hops
+                .set(Peers::of(&self.desired, self.dp.underlay()));
+        }
         self.unpublished = true;
         applied
     }
@@ -529,7 +541,8 @@ impl Owner {
         if batch.iter().any(|e| *e != Event::NextHops) {
             // Links came, went or changed: a change on the kept view (a resync: in full).
             let applied = self.dp.reconcile_change(&self.desired, batch).await;
-            let r = self.settle(applied);
+            // (The uplink may be another: the check is told the underlay again.)
+            let r = self.settle(applied, true);
             self.reconciling.report("reconciling", r);
         }
     }
@@ -604,7 +617,8 @@ impl Owner {
         let runtime = self.runtime.clone();
         // A reload reads the kernel in full.
         self.dp.forget_view();
-        match self.adopt(file, runtime).await {
+        let base = self.base_of(&file);
+        match self.adopt(file, base, runtime).await {
             Ok(()) => log::info!("SIGHUP: config reloaded"),
             Err(e) => log::error!(
                 "SIGHUP: config rejected or not applied, keeping the running state: {e:#}"
@@ -613,20 +627,56 @@ impl Owner {
     }
 
     /// The file with what the datastore says (its blocks, its peers), when there is one.
-    fn base(&self, file: &Config) -> Config {
+    fn base_of(&self, file: &Config) -> Config {
         match &self.ds {
             Some(m) => sync::overlay(file, m),
             None => file.clone(),
         }
     }
 
-    /// A runtime change: validated whole with the file, applied, then persisted.
+    /// A runtime change, applied then persisted.
     async fn change(&mut self, change: &Change) -> Result<()> {
-        let rt = self.runtime.with(&self.base(&self.file), change)?;
-        self.adopt(self.file.clone(), rt).await?;
+        let rt = self.runtime.with(&self.base, change)?;
+        self.apply_changes(rt, std::slice::from_ref(change)).await?;
         self.runtime.save(&self.dp.state_dir)?;
         log::info!("applied {change:?}");
         Ok(())
+    }
+
+    /// Runtime changes (each of another address; `rt` the runtime state with them) applied.
+    /// Endpoints' and peers' that fit the desired state as it is change it in place and are
+    /// planned by parts (see [`desired::change_in_place`]); otherwise the new desired state is
+    /// made and checked whole, which also says what a change breaks.
+    async fn apply_changes(&mut self, rt: RuntimeChanges, changes: &[Change]) -> Result<()> {
+        let mut delta = plan::Delta::default();
+        let mut addresses = BTreeSet::new();
+        let mut fits = true;
+        for c in changes {
+            match desired::change_in_place(&mut self.desired, c) {
+                Some(d) if addresses.insert(c.address()) => delta.extend(d),
+                Some(d) => {
+                    desired::revert(&mut self.desired, &d);
+                    fits = false;
+                }
+                None => fits = false,
+            }
+            if !fits {
+                break;
+            }
+        }
+        if !fits {
+            desired::revert(&mut self.desired, &delta);
+            let (file, base) = (self.file.clone(), self.base.clone());
+            return self.adopt(file, base, rt).await;
+        }
+        let applied = self.dp.reconcile_delta(&self.desired, &delta).await;
+        if applied.is_ok() {
+            self.runtime = rt;
+        } else {
+            desired::revert(&mut self.desired, &delta);
+        }
+        let peers = delta.peers_changed();
+        self.settle(applied, peers)
     }
 
     /// The programs' monitor mode for the connected clients: all decisions if one wants them.

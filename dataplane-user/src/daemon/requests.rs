@@ -207,11 +207,15 @@ impl Owner {
         if gone.is_empty() {
             return Ok(gone);
         }
+        let changes: Vec<Change> = gone
+            .iter()
+            .map(|(_, address)| Change::EndpointDel { address: *address })
+            .collect();
         let mut rt = self.runtime.clone();
-        for (_, address) in &gone {
-            rt = rt.with(&self.file, &Change::EndpointDel { address: *address })?;
+        for c in &changes {
+            rt = rt.with(&self.file, c)?;
         }
-        self.adopt(self.file.clone(), rt).await?;
+        self.apply_changes(rt, &changes).await?;
         self.runtime.save(&self.dp.state_dir)?;
         for (a, address) in &gone {
             log::info!("removed endpoint {address} of {a}");
