@@ -123,6 +123,25 @@ impl std::error::Error for AllocError {}
 
 /// The addresses of `block` that are handed out: all but the first and the last.
 pub fn usable(block: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + use<> {
+    usable_range(block).map(|a| Ipv4Addr::from(a as u32))
+}
+
+/// How many addresses of `block` are handed out.
+pub fn usable_count(block: &Ipv4Net) -> u64 {
+    let r = usable_range(block);
+    if r.is_empty() {
+        0
+    } else {
+        r.end() - r.start() + 1
+    }
+}
+
+/// Whether `a` is one of the addresses of `block` that are handed out.
+pub fn usable_holds(block: &Ipv4Net, a: Ipv4Addr) -> bool {
+    usable_range(block).contains(&u64::from(u32::from(a)))
+}
+
+fn usable_range(block: &Ipv4Net) -> std::ops::RangeInclusive<u64> {
     let first = u32::from(block.addr);
     let size = if block.len == 0 {
         u64::from(u32::MAX) + 1
@@ -130,12 +149,11 @@ pub fn usable(block: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + use<> {
         1u64 << (32 - block.len)
     };
     // A /31 or /32 has no first-and-last to spare: nothing is handed out from it.
-    let (lo, hi) = if size < 4 {
-        (1u64, 0u64)
+    if size < 4 {
+        std::ops::RangeInclusive::new(1, 0)
     } else {
-        (u64::from(first) + 1, u64::from(first) + size - 2)
-    };
-    (lo..=hi).map(|a| Ipv4Addr::from(a as u32))
+        u64::from(first) + 1..=u64::from(first) + size - 2
+    }
 }
 
 impl Ipam {
@@ -252,6 +270,28 @@ mod tests {
     }
     fn att(c: &str) -> Attachment {
         Attachment::new(c, "eth0")
+    }
+
+    #[test]
+    fn a_blocks_usable_addresses_are_counted_and_held_as_they_are_handed_out() {
+        for b in [
+            "192.168.83.128/26",
+            "10.128.0.0/17",
+            "10.0.0.0/30",
+            "10.0.0.4/31",
+            "10.0.0.9/32",
+        ] {
+            let b = net(b);
+            let all: Vec<Ipv4Addr> = usable(&b).collect();
+            assert_eq!(usable_count(&b), all.len() as u64, "{b}");
+            assert!(all.iter().all(|x| usable_holds(&b, *x)), "{b}");
+            let (first, last) = (
+                b.addr,
+                Ipv4Addr::from(u32::from(b.addr) + ((1u64 << (32 - b.len)) - 1) as u32),
+            );
+            assert!(!usable_holds(&b, first) && !usable_holds(&b, last), "{b}");
+        }
+        assert_eq!(usable_count(&net("192.168.83.128/26")), 62);
     }
 
     #[test]

@@ -427,6 +427,26 @@ impl Owner {
         result
     }
 
+    /// What the node waits for before it is ready: the datastore, the uplink, each wanted
+    /// attachment not in place (named). Nothing: ready.
+    fn waiting_for(&self) -> Vec<String> {
+        let mut missing: Vec<String> = Vec::new();
+        if let Some(d) = self.ds_health.as_ref().filter(|d| !d.up) {
+            missing.push(format!("the datastore ({})", d.reason));
+        }
+        if !self.dp.uplink_present() {
+            missing.push(format!("the uplink {} (gone)", self.dp.uplink.name));
+        }
+        missing.extend(
+            self.dp
+                .wanted()
+                .iter()
+                .filter(|w| w.mode.is_none())
+                .map(|w| format!("{} on {}", w.hook.name(), self.dp.ifname(w.ifindex))),
+        );
+        missing
+    }
+
     /// What /readyz and /metrics report.
     fn publish(&self) {
         let attachments: Vec<Attachment> = self
@@ -439,19 +459,7 @@ impl Owner {
                 mode: w.mode,
             })
             .collect();
-        let mut missing: Vec<String> = Vec::new();
-        if let Some(d) = self.ds_health.as_ref().filter(|d| !d.up) {
-            missing.push(format!("the datastore ({})", d.reason));
-        }
-        if !self.dp.uplink_present() {
-            missing.push(format!("the uplink {} (gone)", self.dp.uplink.name));
-        }
-        missing.extend(
-            attachments
-                .iter()
-                .filter(|a| a.mode.is_none())
-                .map(|a| format!("{} on {}", a.hook, a.interface)),
-        );
+        let missing = self.waiting_for();
         self.health.send_replace(Health {
             ready: missing.is_empty(),
             waiting_for: missing.join(", "),

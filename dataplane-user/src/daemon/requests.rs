@@ -42,13 +42,7 @@ impl Owner {
     pub(super) async fn request(&mut self, req: Request) -> Reply {
         let r = match req {
             Request::Change(change) => self.change_request(change).await,
-            Request::Node => {
-                // (Its readiness as of the last change, not the last publication.)
-                if self.unpublished {
-                    self.publish_now();
-                }
-                Ok(Reply::answer(Answer::Node(self.node_info())))
-            }
+            Request::Node => Ok(Reply::answer(Answer::Node(self.node_info()))),
             Request::Allocate { owner, pod } => return self.allocate(&owner, pod).await,
             Request::Detach { owner } => self.detach(&owner).await,
             Request::Lookup { owner } => Ok(Reply::answer(Answer::Attachment(self.lookup(&owner)))),
@@ -97,25 +91,27 @@ impl Owner {
             .collect()
     }
 
+    /// The node as it is now (its readiness as of the last change, not of the last
+    /// publication); asked before every CNI ADD, so nothing here walks a block's addresses.
     pub(super) fn node_info(&self) -> NodeInfo {
-        let h = self.health.borrow();
+        let blocks = self.allocatable_blocks();
         let taken: BTreeSet<_> = self
             .ipam
             .allocations
             .iter()
             .map(|a| a.address)
-            .chain(self.in_use(None))
+            .chain(self.desired.endpoints.iter().map(|e| e.address))
             .collect();
-        let free = self
-            .allocatable_blocks()
-            .iter()
-            .flat_map(ipam::usable)
-            .filter(|a| !taken.contains(a))
-            .count();
+        let free = (blocks.iter().map(ipam::usable_count).sum::<u64>()
+            - taken
+                .iter()
+                .filter(|a| blocks.iter().any(|b| ipam::usable_holds(b, **a)))
+                .count() as u64) as usize;
+        let waiting_for = self.waiting_for();
         NodeInfo {
             name: self.file.node.name.clone(),
-            ready: h.ready,
-            waiting_for: h.waiting_for.clone(),
+            ready: waiting_for.is_empty(),
+            waiting_for: waiting_for.join(", "),
             pod_mtu: dataplane_common::tunnel_mtu(self.dp.mtu),
             blocks: self.desired.blocks.clone(),
             free,
