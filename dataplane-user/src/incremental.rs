@@ -46,6 +46,53 @@ pub fn concerns(ev: &Event, cfg: &Config, held: impl Fn(u32) -> bool) -> bool {
         || cfg.endpoints.iter().any(|e| e.interface == name)
 }
 
+/// The desired endpoints a batch of link events is about, when it is about pods' interfaces
+/// only (an endpoint names the link, or the link holds an endpoint's entry in the plan,
+/// `planned`): each is planned again by parts. `None` when an event is about the uplink, the
+/// tunnel device or its peer (`uplink`, `tunnel`: their ifindexes), a pod attachment no endpoint
+/// explains (`attached`), or the kernel dropped events: that batch is planned whole. Events
+/// about nothing of ipipd's are left out.
+pub fn endpoints_concerned(
+    events: &[Event],
+    cfg: &Config,
+    (uplink, tunnel): (u32, Option<u32>),
+    planned: &BTreeMap<u32, Endpoint>,
+    attached: impl Fn(u32) -> bool,
+) -> Option<Vec<EndpointCfg>> {
+    let mut out: Vec<EndpointCfg> = Vec::new();
+    for ev in events {
+        let (index, name) = match ev {
+            Event::LinkNew(l) => (l.index, l.name.as_str()),
+            Event::LinkDel { index, name } => (*index, name.as_str()),
+            Event::NextHops => continue,
+            Event::Resync => return None,
+        };
+        if index == uplink
+            || Some(index) == tunnel
+            || name == cfg.node.uplink
+            || name == cfg.node.tunnel
+            || name == crate::config::tunnel_peer(&cfg.node.tunnel)
+        {
+            return None;
+        }
+        let held = planned.get(&index).map(|e| Ipv4Addr::from(e.pod_ip));
+        let found: Vec<&EndpointCfg> = cfg
+            .endpoints
+            .iter()
+            .filter(|e| e.interface == name || Some(e.address) == held)
+            .collect();
+        if found.is_empty() && (held.is_some() || attached(index)) {
+            return None;
+        }
+        for e in found {
+            if !out.iter().any(|o| o.address == e.address) {
+                out.push(e.clone());
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The kernel as the last full reconcile read it, and what changed since.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -364,6 +411,42 @@ mod tests {
             Event::NextHops,
         ] {
             assert!(!concerns(&ev, &cfg, held), "{ev:?}");
+        }
+    }
+
+    #[test]
+    fn link_events_about_pods_only_name_their_endpoints_and_any_other_plans_whole() {
+        let cfg = worker(2);
+        let p = plan::plan(&cfg, UNDERLAY, 9, &full_view(2), &BTreeMap::new());
+        // ifindex 40 holds an attachment no endpoint explains.
+        let of = |events: &[Event]| {
+            endpoints_concerned(events, &cfg, (2, Some(9)), &p.endpoints, |i| i == 40)
+                .map(|e| e.iter().map(|e| e.address.to_string()).collect::<Vec<_>>())
+        };
+        let new = |i, n: &str| Event::LinkNew(link(i, n));
+        let del = |i, n: &str| Event::LinkDel {
+            index: i,
+            name: n.into(),
+        };
+        // A pod's veth set up, one gone, one renamed (its endpoint by the plan's entry).
+        assert_eq!(of(&[new(20, "cali0")]).unwrap(), ["192.168.83.129"]);
+        assert_eq!(
+            of(&[del(21, "cali1"), new(20, "renamed"), new(20, "cali0")]).unwrap(),
+            ["192.168.83.130", "192.168.83.129"]
+        );
+        // Nothing of ipipd's: nothing to plan.
+        assert_eq!(
+            of(&[new(50, "vethother"), Event::NextHops]).unwrap(),
+            Vec::<String>::new()
+        );
+        for events in [
+            vec![new(2, "eth0")],
+            vec![new(20, "cali0"), del(9, "ipipd0")],
+            vec![new(11, &crate::config::tunnel_peer("ipipd0"))],
+            vec![del(40, "calistale")],
+            vec![new(20, "cali0"), Event::Resync],
+        ] {
+            assert_eq!(of(&events), None, "{events:?}");
         }
     }
 }

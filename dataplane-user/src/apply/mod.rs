@@ -7,6 +7,9 @@
 //! attached, the maps pinned and the routes in place, and the next [`Dataplane::start`] adopts
 //! them: the maps as they are when their layout is this build's, its programs swapped onto the
 //! adopted links in place, then one reconcile for the difference.
+//!
+//! [`change`]: a change reconciled on the kept kernel view, planned whole or by parts;
+//! [`write`]: what a plan or a change writes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,20 +20,24 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, util::KernelVersion};
 use dataplane_common::{Endpoint, Hook, NodeConfig, RouteValue, map_names};
-use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::{
     attach::Attachments,
     config::{Config, XdpMode as CfgXdp},
-    incremental::{self, Cache},
+    incremental::Cache,
     loader,
     lock::NodeLock,
     maps,
-    netlink::{Event, Link, Netlink},
+    netlink::{Link, Netlink},
     pins,
     plan::{self, KernelView, Plan, Underlay},
-    record::{self, NodeRecord, ReplacedRoute},
+    record::{NodeRecord, ReplacedRoute},
 };
+
+mod change;
+mod write;
+
+use write::Writes;
 
 pub use crate::teardown::teardown;
 
@@ -80,25 +87,6 @@ fn trim_heap() {
     unsafe {
         libc::malloc_trim(0)
     };
-}
-
-/// What one reconcile writes: a whole plan's difference from what the maps and the kernel
-/// hold, or a change's (see [`Plan::change`]).
-#[derive(Default)]
-struct Writes {
-    endpoints_put: Vec<(u32, Endpoint)>,
-    routes_put: Vec<((Ipv4Addr, u8), RouteValue)>,
-    routes_removed: Vec<(Ipv4Addr, u8)>,
-    /// Attachments wanted (those in place are left as they are) and not wanted.
-    attach: Vec<(Link, Hook)>,
-    detach: Vec<(u32, u8)>,
-    /// Interfaces whose endpoint goes (their counters too), once detached.
-    endpoints_removed: Vec<u32>,
-    slow_removed: Vec<crate::netlink::Route>,
-    slow_added: Vec<crate::netlink::Route>,
-    /// The prefixes the plan keeps a slow-path route for: a removed route whose prefix is not
-    /// among them gets back the route it replaced.
-    planned: BTreeSet<(Ipv4Addr, u8)>,
 }
 
 /// An attachment the config asks for, and whether it is in place.
@@ -412,155 +400,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The next reconcile reads the kernel in full.
-    pub fn forget_view(&mut self) {
-        self.cache = None;
-    }
-
-    /// [`Dataplane::reconcile`] for a change, on the kept view (see [`crate::incremental`]):
-    /// the link `events` since taken in, what the change needs read from the kernel, the maps
-    /// diffed against what the last apply wrote. A full reconcile when there is no kept view
-    /// or it does not fit `cfg`; any failure drops the view, and the next one is full.
-    pub async fn reconcile_change(&mut self, cfg: &Config, events: &[Event]) -> Result<()> {
-        let Some(mut cache) = self.cache.take() else {
-            return self.reconcile(cfg).await;
-        };
-        if !cache.on_events(events) {
-            return self.reconcile(cfg).await;
-        }
-        self.follow_uplink(cfg, cache.links())?;
-        if !cache.fits(cfg, self.underlay()) {
-            return self.reconcile(cfg).await;
-        }
-        let held = |i: u32| {
-            i == self.uplink.index
-                || self.tunnel.as_ref().is_some_and(|t| t.index == i)
-                || self.plan.endpoints.contains_key(&i)
-                || self.attachments.contains(i, Hook::FromPod)
-        };
-        if !events.is_empty() && !events.iter().any(|e| incremental::concerns(e, cfg, held)) {
-            // Only links nothing here refers to: the view has them, there is nothing to plan.
-            self.cache = Some(cache);
-            return Ok(());
-        }
-        // What the maps hold: what the last apply wrote (it went through, or there would be
-        // no kept view).
-        let known = self.plan.endpoints.clone();
-        let current = self.plan.routes.clone();
-        cache.read_for(&self.nl, cfg, &known).await?;
-        self.ensure_tunnel(cfg, &mut cache.view_mut().links).await?;
-        self.ensure_tunnel_address(cfg).await?;
-        let tunnel = self.tunnel.as_ref().map_or(0, |t| t.index);
-        let plan = plan::plan(cfg, self.underlay(), tunnel, cache.view(), &known);
-        self.apply(plan, cache.view(), &known, current).await?;
-        self.apply_nat(cfg)?;
-        cache.applied(&self.plan);
-        self.cache = Some(cache);
-        Ok(())
-    }
-
-    /// A change of endpoints and peers only (`delta`, to the desired state `cfg`) on the kept
-    /// view: what the new parts need read from the kernel, the parts going and coming planned
-    /// ([`Plan::change`]) and the entries they touched written; work in proportion to the
-    /// change. Without a kept view that fits, or when a part meets another's prefix, the
-    /// change is planned whole ([`Dataplane::reconcile_change`], [`Dataplane::reconcile`]).
-    pub async fn reconcile_delta(&mut self, cfg: &Config, delta: &plan::Delta) -> Result<()> {
-        let fits = self
-            .cache
-            .as_ref()
-            .is_some_and(|c| c.fits(cfg, self.underlay()))
-            && self.tunnel.is_some()
-            && self.tunnel_address == Some(cfg.tunnel_address);
-        if !fits {
-            return self.reconcile_change(cfg, &[]).await;
-        }
-        if delta.is_empty() {
-            return Ok(());
-        }
-        let Some(mut cache) = self.cache.take() else {
-            return self.reconcile(cfg).await;
-        };
-        cache
-            .read_for_delta(&self.nl, delta, &self.plan.endpoints)
-            .await?;
-        // What the maps hold for the interfaces the new endpoints name (a learnt pod MAC).
-        let known: BTreeMap<u32, Endpoint> = delta
-            .endpoints_new
-            .iter()
-            .filter_map(|e| cache.links().by_name(&e.interface))
-            .filter_map(|l| self.plan.endpoints.get(&l.index).map(|e| (l.index, *e)))
-            .collect();
-        let at = plan::At {
-            cfg,
-            underlay: self.underlay(),
-            tunnel: self.tunnel.as_ref().map_or(0, |t| t.index),
-            view: cache.view(),
-        };
-        let Some(touched) = self.plan.change(&at, delta, &known) else {
-            // (The plan is partly changed: planned whole, on what the maps hold.)
-            return self.reconcile(cfg).await;
-        };
-        let plan = &self.plan;
-        let mut w = Writes {
-            slow_removed: touched.slow_removed.iter().cloned().collect(),
-            slow_added: touched.slow_added.iter().cloned().collect(),
-            planned: touched.slow_added.iter().map(|r| r.dst()).collect(),
-            ..Writes::default()
-        };
-        for (k, was) in &touched.routes {
-            match (was, plan.routes.get(k)) {
-                (_, Some(v)) if was.as_ref() != Some(v) => w.routes_put.push((*k, *v)),
-                (Some(_), None) => w.routes_removed.push(*k),
-                _ => {}
-            }
-        }
-        for (i, was) in &touched.endpoints {
-            match (was, plan.endpoints.get(i)) {
-                (_, Some(ep)) => {
-                    if was.as_ref() != Some(ep) {
-                        w.endpoints_put.push((*i, *ep));
-                    }
-                    if let Some(l) = cache.view().links.by_index(*i) {
-                        w.attach.push((l.clone(), Hook::FromPod));
-                    }
-                }
-                (Some(_), None) => {
-                    w.endpoints_removed.push(*i);
-                    if self.attachments.contains(*i, Hook::FromPod) {
-                        w.detach.push((*i, Hook::FromPod as u8));
-                    }
-                }
-                (None, None) => {}
-            }
-        }
-        let pending: Vec<(Ipv4Addr, String)> = delta
-            .endpoints_new
-            .iter()
-            .filter(|e| plan.pending.contains_key(&e.address))
-            .map(|e| (e.address, e.interface.clone()))
-            .collect();
-        // The new peers' next hops the kernel has no MAC for are asked for now.
-        let unresolved: BTreeSet<Ipv4Addr> = delta
-            .peers_new
-            .iter()
-            .filter_map(|p| plan.next_hops.get(&p.address))
-            .filter(|h| h.l2.is_none())
-            .map(|h| h.via)
-            .collect();
-        self.write(w, cache.view(), false).await?;
-        for (addr, name) in pending {
-            log::info!("endpoint {addr}: waiting for interface {name}");
-        }
-        self.resolve(&unresolved).await;
-        if delta.peers_changed() {
-            // (The pod network natOutgoing leaves alone holds the peers' blocks.)
-            self.apply_nat(cfg)?;
-        }
-        cache.changed(&touched);
-        self.cache = Some(cache);
-        Ok(())
-    }
-
     /// ipipd's nftables table as `cfg` wants it, when that changed (see [`crate::nat`]).
     fn apply_nat(&mut self, cfg: &Config) -> Result<()> {
         let want = crate::nat::desired(cfg);
@@ -667,107 +506,6 @@ impl Dataplane {
         self.resolve(&unresolved).await;
         self.plan = plan;
         Ok(())
-    }
-
-    /// The one writer: maps (endpoints first, from_pod needs its entry before it runs; then
-    /// routes), attachments, stale endpoints once detached, slow-path routes. `full`: the
-    /// writes are a whole plan's (adopted attachments run this build's programs, clsact
-    /// qdiscs left over go).
-    async fn write(&mut self, w: Writes, view: &KernelView, full: bool) -> Result<()> {
-        for (ifindex, ep) in &w.endpoints_put {
-            maps::put_endpoint(&mut self.ebpf, *ifindex, ep)?;
-        }
-        for ((addr, len), v) in &w.routes_put {
-            maps::put_route(&mut self.ebpf, addr.octets(), u32::from(*len), v)?;
-        }
-        for (addr, len) in &w.routes_removed {
-            maps::remove_route(&mut self.ebpf, addr.octets(), u32::from(*len))?;
-        }
-        if !w.routes_put.is_empty() || !w.routes_removed.is_empty() {
-            self.next_route_gen()?;
-        }
-
-        // What is not wanted goes first, the adopted ones run this build's programs next,
-        // then the missing ones are attached.
-        self.attachments.detach_many(w.detach);
-        if full {
-            self.attachments.swap_adopted(&mut self.ebpf, self.xdp);
-        }
-        // Each TCX attach waits for an RCU grace period under the RTNL lock (~13 ms, one
-        // after another whatever the number of threads: measured); many pods at once are
-        // attached as netlink filters first (see `attach`), a restart adopts the links.
-        let attached = self
-            .attachments
-            .attach_all(&mut self.ebpf, &w.attach, self.xdp);
-        if full {
-            self.remove_clsacts().await;
-        }
-        attached?;
-        for i in w.endpoints_removed {
-            maps::endpoints(&mut self.ebpf)?
-                .remove(&i)
-                .with_context(|| format!("endpoints: removing {i}"))?;
-            maps::forget_counters(&mut self.ebpf, i)?;
-        }
-
-        // Slow-path routes, identified by their protocol. A route ipipd no longer wants
-        // whose prefix had a route before ipipd took it over gets that route back (when its
-        // device is still there); a route of someone else's that ipipd's replaces is recorded
-        // first, for the same reason and for `ipipd teardown` — the one found last: what an
-        // operator put in place of ipipd's while it was stopped is what comes back.
-        let mut record_changed = false;
-        for r in &w.slow_removed {
-            let key = record::prefix_key(r.dst());
-            if !w.planned.contains(&r.dst())
-                && let Some(orig) = self.record.replaced.remove(&key)
-            {
-                record_changed = true;
-                if device_is_there(&orig, &view.links) {
-                    log::info!("route {key}: ipipd's no more, {} is back", orig.summary);
-                    self.nl.route_restore(&orig.message()?).await?;
-                    continue;
-                }
-            }
-            // A route whose device vanished is gone with it.
-            self.nl.route_delete(r).await?;
-        }
-        for r in &w.slow_added {
-            let key = record::prefix_key(r.dst());
-            if let Some(m) = view.other_routes.get(&r.dst()) {
-                let orig =
-                    ReplacedRoute::new(m, |i| view.links.by_index(i).map(|l| l.name.clone()));
-                if self.record.replaced.get(&key) != Some(&orig) {
-                    log::info!(
-                        "route {key}: {} is replaced by ipipd's (recorded)",
-                        orig.summary
-                    );
-                    self.record.replaced.insert(key, orig);
-                    record_changed = true;
-                }
-            }
-        }
-        if record_changed {
-            // Before the routes change: a crash in between forgets nothing.
-            self.record.save(&self.state_dir)?;
-        }
-        // Many at once on the one netlink socket: each route is its own request and ack, and
-        // 10,000 of them one after another are most of a large node's start.
-        let nl = &self.nl;
-        futures::stream::iter(&w.slow_added)
-            .map(|r| nl.route_replace(r))
-            .buffer_unordered(crate::netlink::IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
-    }
-
-    /// Endpoints newly waiting for their interface, logged.
-    fn log_pending<'a>(&self, pending: impl Iterator<Item = (&'a Ipv4Addr, &'a String)>) {
-        for (addr, name) in pending {
-            if self.plan.pending.get(addr) != Some(name) {
-                log::info!("endpoint {addr}: waiting for interface {name}");
-            }
-        }
     }
 
     /// Asks the kernel to resolve these next hops on the uplink now (`NTF_USE`). A packet the
