@@ -157,8 +157,7 @@ pub fn change_in_place(cfg: &mut Config, change: &Change) -> Option<Delta> {
             {
                 return None;
             }
-            d.endpoints_gone = take(&mut cfg.endpoints, ep.address);
-            cfg.endpoints.push(ep.clone());
+            d.endpoints_gone = put(&mut cfg.endpoints, ep);
             d.endpoints_new.push(ep.clone());
         }
         Change::EndpointDel { address } => {
@@ -184,8 +183,7 @@ pub fn change_in_place(cfg: &mut Config, change: &Change) -> Option<Delta> {
             {
                 return None;
             }
-            d.peers_gone = take(&mut cfg.peers, p.address);
-            cfg.peers.push(p.clone());
+            d.peers_gone = put(&mut cfg.peers, p);
             d.peers_new.push(p.clone());
         }
         Change::PeerDel { address } => {
@@ -213,6 +211,14 @@ pub fn revert(cfg: &mut Config, d: &Delta) {
         take(&mut cfg.peers, p.address);
     }
     cfg.peers.extend(d.peers_gone.iter().cloned());
+}
+
+/// `item` in place of the one with its address, last (as [`overlay`] puts an added one);
+/// the one it replaces.
+fn put<T: Keyed>(items: &mut Vec<T>, item: &T) -> Vec<T> {
+    let gone = take(items, item.address());
+    items.push(item.clone());
+    gone
 }
 
 /// The item with `address` taken out of `items` (at most one: the rules allow no two).

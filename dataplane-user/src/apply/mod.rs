@@ -453,18 +453,8 @@ impl Dataplane {
         }
         let keys: BTreeSet<(u32, u8)> = attach.iter().map(|(l, h)| (l.index, *h as u8)).collect();
         let w = Writes {
-            endpoints_put: plan
-                .endpoints
-                .iter()
-                .filter(|(i, ep)| known.get(i) != Some(ep))
-                .map(|(i, ep)| (*i, *ep))
-                .collect(),
-            routes_put: plan
-                .routes
-                .iter()
-                .filter(|(k, v)| current_routes.get(k) != Some(v))
-                .map(|(k, v)| (*k, *v))
-                .collect(),
+            endpoints_put: differing(&plan.endpoints, known),
+            routes_put: differing(&plan.routes, &current_routes),
             routes_removed: current_routes
                 .keys()
                 .filter(|k| !plan.routes.contains_key(k))
@@ -602,6 +592,17 @@ pub(crate) async fn remove_clsacts(nl: &Netlink, attachments: &mut Attachments) 
             log::warn!("{e:#}");
         }
     }
+}
+
+/// The entries of `new` that `old` does not hold as they are.
+fn differing<K: Ord + Copy, V: PartialEq + Copy>(
+    new: &BTreeMap<K, V>,
+    old: &BTreeMap<K, V>,
+) -> Vec<(K, V)> {
+    new.iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect()
 }
 
 pub(crate) fn device_is_there(r: &ReplacedRoute, links: &plan::Links) -> bool {
