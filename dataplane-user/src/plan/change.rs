@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// The endpoints and peers that differ between two desired states, by address (a changed one
-/// is in both lists); `None` when anything else differs, which only a whole plan takes.
+/// is in both lists).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Delta {
     pub endpoints_gone: Vec<EndpointCfg>,
@@ -27,15 +27,29 @@ pub struct Delta {
 }
 
 impl Delta {
-    /// The delta from `old` to `new` (compared by address, item by item).
+    /// The delta from `old` to `new` (compared by address, item by item); `None` when anything
+    /// else differs, which only a whole plan takes. (Every field is named: one added to
+    /// `Config` has to be placed here.)
     pub fn between(old: &Config, new: &Config) -> Option<Delta> {
-        let same_rest = old.node == new.node
-            && old.blocks == new.blocks
-            && old.pools == new.pools
-            && old.pool_modes == new.pool_modes
-            && old.tunnel_address == new.tunnel_address
-            && old.datastore == new.datastore
-            && old.datastore_kind == new.datastore_kind;
+        let Config {
+            node,
+            blocks,
+            peers: _,
+            endpoints: _,
+            datastore,
+            datastore_kind,
+            pools,
+            pool_modes,
+            tunnel_address,
+            origin: _,
+        } = old;
+        let same_rest = *node == new.node
+            && *blocks == new.blocks
+            && *pools == new.pools
+            && *pool_modes == new.pool_modes
+            && *tunnel_address == new.tunnel_address
+            && *datastore == new.datastore
+            && *datastore_kind == new.datastore_kind;
         if !same_rest {
             return None;
         }
