@@ -200,6 +200,27 @@ pub fn change_in_place(cfg: &mut Config, change: &Change) -> Option<Delta> {
     Some(d)
 }
 
+/// [`change_in_place`] for each of `changes`, which are about distinct addresses: all made,
+/// or none (`cfg` as it was; also when two are about one address).
+pub fn changes_in_place(cfg: &mut Config, changes: &[Change]) -> Option<Delta> {
+    let distinct: std::collections::BTreeSet<Ipv4Addr> =
+        changes.iter().map(Change::address).collect();
+    if distinct.len() != changes.len() {
+        return None;
+    }
+    let mut delta = Delta::default();
+    for c in changes {
+        match change_in_place(cfg, c) {
+            Some(d) => delta.extend(d),
+            None => {
+                revert(cfg, &delta);
+                return None;
+            }
+        }
+    }
+    Some(delta)
+}
+
 /// [`change_in_place`] undone (its change was not applied): the parts that came go, those
 /// that went are back.
 pub fn revert(cfg: &mut Config, d: &Delta) {
@@ -564,5 +585,35 @@ mod tests {
             desired.peers,
             [peer("172.31.242.158", &["192.168.181.0/26"])]
         );
+    }
+
+    /// Several changes are made in place all together or not at all.
+    #[test]
+    fn changes_in_place_are_all_made_or_none() {
+        let del = |s: &str| Change::EndpointDel { address: a(s) };
+        let mut cfg = file();
+        cfg.endpoints.push(ep("192.168.83.130", "cali2"));
+        let before = cfg.clone();
+        // The second is refused (outside the node's blocks); two about one address.
+        for changes in [
+            vec![
+                del("192.168.83.129"),
+                Change::EndpointAdd(ep("192.168.84.1", "cali5")),
+            ],
+            vec![
+                del("192.168.83.129"),
+                Change::EndpointAdd(ep("192.168.83.129", "cali9")),
+            ],
+        ] {
+            assert_eq!(changes_in_place(&mut cfg, &changes), None, "{changes:?}");
+            // (The same endpoints; one put back comes last.)
+            let mut now = cfg.endpoints.clone();
+            now.sort_by_key(|e| e.address);
+            assert_eq!(now, before.endpoints);
+        }
+        let d =
+            changes_in_place(&mut cfg, &[del("192.168.83.129"), del("192.168.83.130")]).unwrap();
+        assert!(cfg.endpoints.is_empty());
+        assert_eq!(d.endpoints_gone, before.endpoints);
     }
 }

@@ -26,46 +26,39 @@ use crate::{
 /// too).
 pub const FULL_EVERY: Duration = Duration::from_secs(90);
 
-/// Whether a link event can change what a reconcile would do: it is about the uplink, the
-/// tunnel device or its peer, an interface a desired endpoint names, or an interface that
-/// holds one of ipipd's attachments (`held`). Anything else (a pod's veth made before its
-/// endpoint is asked for, another CNI's or a container runtime's link) is only taken into
-/// the kept view: at 10,000 endpoints a plan costs tens of milliseconds that a CNI ADD, which
-/// makes a link just before it asks, would otherwise wait for.
-pub fn concerns(ev: &Event, cfg: &Config, held: impl Fn(u32) -> bool) -> bool {
-    let (index, name) = match ev {
-        Event::LinkNew(l) => (l.index, l.name.as_str()),
-        Event::LinkDel { index, name } => (*index, name.as_str()),
-        Event::NextHops => return false,
-        Event::Resync => return true,
-    };
-    held(index)
-        || name == cfg.node.uplink
-        || name == cfg.node.tunnel
-        || name == crate::config::tunnel_peer(&cfg.node.tunnel)
-        || cfg.endpoints.iter().any(|e| e.interface == name)
+/// What a batch of link events asks of a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// Nothing of ipipd's (a pod's veth made before its endpoint is asked for, another CNI's
+    /// or a container runtime's link): the kept view takes the links in, there is nothing to
+    /// plan. (At 10,000 endpoints a whole plan costs tens of milliseconds that a CNI ADD,
+    /// which makes a link just before it asks, would otherwise wait for.)
+    Nothing,
+    /// Pods' interfaces only (a desired endpoint names the link, or the link holds an
+    /// endpoint's entry in the plan): these endpoints, planned again by parts.
+    Endpoints(Vec<EndpointCfg>),
+    /// The uplink, the tunnel device or its peer, a pod attachment no endpoint explains, or
+    /// events the kernel dropped: the batch is planned whole.
+    Whole,
 }
 
-/// The desired endpoints a batch of link events is about, when it is about pods' interfaces
-/// only (an endpoint names the link, or the link holds an endpoint's entry in the plan,
-/// `planned`): each is planned again by parts. `None` when an event is about the uplink, the
-/// tunnel device or its peer (`uplink`, `tunnel`: their ifindexes), a pod attachment no endpoint
-/// explains (`attached`), or the kernel dropped events: that batch is planned whole. Events
-/// about nothing of ipipd's are left out.
-pub fn endpoints_concerned(
+/// What `events` ask of a reconcile ([`LinkChange`]); `(uplink, tunnel)` are their
+/// ifindexes, `planned` the plan's endpoint entries, `attached` whether an interface holds a
+/// pod attachment.
+pub fn link_change(
     events: &[Event],
     cfg: &Config,
     (uplink, tunnel): (u32, Option<u32>),
     planned: &BTreeMap<u32, Endpoint>,
     attached: impl Fn(u32) -> bool,
-) -> Option<Vec<EndpointCfg>> {
+) -> LinkChange {
     let mut out: Vec<EndpointCfg> = Vec::new();
     for ev in events {
         let (index, name) = match ev {
             Event::LinkNew(l) => (l.index, l.name.as_str()),
             Event::LinkDel { index, name } => (*index, name.as_str()),
             Event::NextHops => continue,
-            Event::Resync => return None,
+            Event::Resync => return LinkChange::Whole,
         };
         if index == uplink
             || Some(index) == tunnel
@@ -73,7 +66,7 @@ pub fn endpoints_concerned(
             || name == cfg.node.tunnel
             || name == crate::config::tunnel_peer(&cfg.node.tunnel)
         {
-            return None;
+            return LinkChange::Whole;
         }
         let held = planned.get(&index).map(|e| Ipv4Addr::from(e.pod_ip));
         let found: Vec<&EndpointCfg> = cfg
@@ -82,7 +75,7 @@ pub fn endpoints_concerned(
             .filter(|e| e.interface == name || Some(e.address) == held)
             .collect();
         if found.is_empty() && (held.is_some() || attached(index)) {
-            return None;
+            return LinkChange::Whole;
         }
         for e in found {
             if !out.iter().any(|o| o.address == e.address) {
@@ -90,7 +83,11 @@ pub fn endpoints_concerned(
             }
         }
     }
-    Some(out)
+    if out.is_empty() {
+        LinkChange::Nothing
+    } else {
+        LinkChange::Endpoints(out)
+    }
 }
 
 /// The kernel as the last full reconcile read it, and what changed since.
@@ -385,8 +382,17 @@ mod tests {
     #[test]
     fn only_links_something_refers_to_are_planned_for() {
         let cfg = worker(2);
-        // ifindex 2 the uplink, 20 a pod's veth holding an attachment.
-        let held = |i: u32| i == 2 || i == 20;
+        let p = plan::plan(&cfg, UNDERLAY, 9, &full_view(2), &BTreeMap::new());
+        // ifindex 2 the uplink, 9 the tunnel device, 20 a pod's veth holding an attachment.
+        let of = |ev: &Event| {
+            link_change(
+                std::slice::from_ref(ev),
+                &cfg,
+                (2, Some(9)),
+                &p.endpoints,
+                |i| i == 20,
+            )
+        };
         let new = |i, n: &str| Event::LinkNew(link(i, n));
         let del = |i, n: &str| Event::LinkDel {
             index: i,
@@ -402,7 +408,7 @@ mod tests {
             new(10, &crate::config::tunnel_peer("ipipd0")),
             Event::Resync,
         ] {
-            assert!(concerns(&ev, &cfg, held), "{ev:?}");
+            assert_ne!(of(&ev), LinkChange::Nothing, "{ev:?}");
         }
         for ev in [
             new(40, "calinotyet"),
@@ -410,7 +416,7 @@ mod tests {
             new(3, "eth1"),
             Event::NextHops,
         ] {
-            assert!(!concerns(&ev, &cfg, held), "{ev:?}");
+            assert_eq!(of(&ev), LinkChange::Nothing, "{ev:?}");
         }
     }
 
@@ -419,10 +425,16 @@ mod tests {
         let cfg = worker(2);
         let p = plan::plan(&cfg, UNDERLAY, 9, &full_view(2), &BTreeMap::new());
         // ifindex 40 holds an attachment no endpoint explains.
-        let of = |events: &[Event]| {
-            endpoints_concerned(events, &cfg, (2, Some(9)), &p.endpoints, |i| i == 40)
-                .map(|e| e.iter().map(|e| e.address.to_string()).collect::<Vec<_>>())
-        };
+        let of =
+            |events: &[Event]| match link_change(events, &cfg, (2, Some(9)), &p.endpoints, |i| {
+                i == 40
+            }) {
+                LinkChange::Nothing => Some(Vec::new()),
+                LinkChange::Endpoints(e) => {
+                    Some(e.iter().map(|e| e.address.to_string()).collect::<Vec<_>>())
+                }
+                LinkChange::Whole => None,
+            };
         let new = |i, n: &str| Event::LinkNew(link(i, n));
         let del = |i, n: &str| Event::LinkDel {
             index: i,

@@ -10,7 +10,12 @@ use anyhow::Result;
 use dataplane_common::{Endpoint, Hook};
 
 use super::{Dataplane, Writes};
-use crate::{config::Config, incremental, netlink::Event, plan};
+use crate::{
+    config::Config,
+    incremental::{self, LinkChange},
+    netlink::Event,
+    plan,
+};
 
 impl Dataplane {
     /// The next reconcile reads the kernel in full.
@@ -33,37 +38,32 @@ impl Dataplane {
         if !cache.fits(cfg, self.underlay()) {
             return self.reconcile(cfg).await;
         }
-        let held = |i: u32| {
-            i == self.uplink.index
-                || self.tunnel.as_ref().is_some_and(|t| t.index == i)
-                || self.plan.endpoints.contains_key(&i)
-                || self.attachments.contains(i, Hook::FromPod)
-        };
-        if !events.is_empty() && !events.iter().any(|e| incremental::concerns(e, cfg, held)) {
-            // Only links nothing here refers to: the view has them, there is nothing to plan.
-            self.cache = Some(cache);
-            return Ok(());
-        }
-        // Links of pods only (a CNI ADD's veth set up, a pod's veth gone): their endpoints
-        // planned again by parts, on the view as the events left it.
-        let pods = (!events.is_empty())
-            .then(|| {
-                incremental::endpoints_concerned(
-                    events,
-                    cfg,
-                    (self.uplink.index, self.tunnel.as_ref().map(|t| t.index)),
-                    &self.plan.endpoints,
-                    |i| self.attachments.contains(i, Hook::FromPod),
-                )
-            })
-            .flatten();
-        if let Some(endpoints) = pods.filter(|_| self.parts_fit(cfg)) {
-            let delta = plan::Delta {
-                endpoints_gone: endpoints.clone(),
-                endpoints_new: endpoints,
-                ..plan::Delta::default()
-            };
-            return self.reconcile_parts(cfg, &delta, cache).await;
+        if !events.is_empty() {
+            let change = incremental::link_change(
+                events,
+                cfg,
+                (self.uplink.index, self.tunnel.as_ref().map(|t| t.index)),
+                &self.plan.endpoints,
+                |i| self.attachments.contains(i, Hook::FromPod),
+            );
+            match change {
+                // Only links nothing here refers to: the view has them, nothing to plan.
+                LinkChange::Nothing => {
+                    self.cache = Some(cache);
+                    return Ok(());
+                }
+                // Links of pods only (a CNI ADD's veth set up, a pod's veth gone): their
+                // endpoints planned again by parts, on the view as the events left it.
+                LinkChange::Endpoints(endpoints) if self.parts_fit(cfg) => {
+                    let delta = plan::Delta {
+                        endpoints_gone: endpoints.clone(),
+                        endpoints_new: endpoints,
+                        ..plan::Delta::default()
+                    };
+                    return self.reconcile_parts(cfg, &delta, cache).await;
+                }
+                LinkChange::Endpoints(_) | LinkChange::Whole => {}
+            }
         }
         // What the maps hold: what the last apply wrote (it went through, or there would be
         // no kept view).
@@ -87,21 +87,19 @@ impl Dataplane {
     /// change. Without a kept view that fits, or when a part meets another's prefix, the
     /// change is planned whole ([`Dataplane::reconcile_change`], [`Dataplane::reconcile`]).
     pub async fn reconcile_delta(&mut self, cfg: &Config, delta: &plan::Delta) -> Result<()> {
-        let fits = self
-            .cache
-            .as_ref()
-            .is_some_and(|c| c.fits(cfg, self.underlay()))
-            && self.parts_fit(cfg);
-        if !fits {
-            return self.reconcile_change(cfg, &[]).await;
+        match self.cache.take() {
+            Some(cache) if cache.fits(cfg, self.underlay()) && self.parts_fit(cfg) => {
+                if delta.is_empty() {
+                    self.cache = Some(cache);
+                    return Ok(());
+                }
+                self.reconcile_parts(cfg, delta, cache).await
+            }
+            cache => {
+                self.cache = cache;
+                self.reconcile_change(cfg, &[]).await
+            }
         }
-        if delta.is_empty() {
-            return Ok(());
-        }
-        let Some(cache) = self.cache.take() else {
-            return self.reconcile(cfg).await;
-        };
-        self.reconcile_parts(cfg, delta, cache).await
     }
 
     /// Whether a change can be planned by parts: the tunnel device and its address are what

@@ -43,7 +43,7 @@ use tokio::{
 };
 
 use crate::{
-    apply::Dataplane,
+    apply::{Dataplane, Wanted},
     config::{Config, DatastoreKind},
     control::{self, Reply, Request},
     datastore::{
@@ -427,9 +427,9 @@ impl Owner {
         result
     }
 
-    /// What the node waits for before it is ready: the datastore, the uplink, each wanted
-    /// attachment not in place (named). Nothing: ready.
-    fn waiting_for(&self) -> Vec<String> {
+    /// What the node waits for before it is ready: the datastore, the uplink, each of the
+    /// `wanted` attachments not in place (named). Nothing: ready.
+    fn waiting_for(&self, wanted: &[Wanted]) -> Vec<String> {
         let mut missing: Vec<String> = Vec::new();
         if let Some(d) = self.ds_health.as_ref().filter(|d| !d.up) {
             missing.push(format!("the datastore ({})", d.reason));
@@ -438,8 +438,7 @@ impl Owner {
             missing.push(format!("the uplink {} (gone)", self.dp.uplink.name));
         }
         missing.extend(
-            self.dp
-                .wanted()
+            wanted
                 .iter()
                 .filter(|w| w.mode.is_none())
                 .map(|w| format!("{} on {}", w.hook.name(), self.dp.ifname(w.ifindex))),
@@ -449,9 +448,8 @@ impl Owner {
 
     /// What /readyz and /metrics report.
     fn publish(&self) {
-        let attachments: Vec<Attachment> = self
-            .dp
-            .wanted()
+        let wanted = self.dp.wanted();
+        let attachments: Vec<Attachment> = wanted
             .iter()
             .map(|w| Attachment {
                 interface: self.dp.ifname(w.ifindex),
@@ -459,7 +457,7 @@ impl Owner {
                 mode: w.mode,
             })
             .collect();
-        let missing = self.waiting_for();
+        let missing = self.waiting_for(&wanted);
         self.health.send_replace(Health {
             ready: missing.is_empty(),
             waiting_for: missing.join(", "),
@@ -653,30 +651,13 @@ impl Owner {
 
     /// Runtime changes (each of another address; `rt` the runtime state with them) applied.
     /// Endpoints' and peers' that fit the desired state as it is change it in place and are
-    /// planned by parts (see [`desired::change_in_place`]); otherwise the new desired state is
+    /// planned by parts (see [`desired::changes_in_place`]); otherwise the new desired state is
     /// made and checked whole, which also says what a change breaks.
     async fn apply_changes(&mut self, rt: RuntimeChanges, changes: &[Change]) -> Result<()> {
-        let mut delta = plan::Delta::default();
-        let mut addresses = BTreeSet::new();
-        let mut fits = true;
-        for c in changes {
-            match desired::change_in_place(&mut self.desired, c) {
-                Some(d) if addresses.insert(c.address()) => delta.extend(d),
-                Some(d) => {
-                    desired::revert(&mut self.desired, &d);
-                    fits = false;
-                }
-                None => fits = false,
-            }
-            if !fits {
-                break;
-            }
-        }
-        if !fits {
-            desired::revert(&mut self.desired, &delta);
+        let Some(delta) = desired::changes_in_place(&mut self.desired, changes) else {
             let (file, base) = (self.file.clone(), self.base.clone());
             return self.adopt(file, base, rt).await;
-        }
+        };
         let applied = self.dp.reconcile_delta(&self.desired, &delta).await;
         if applied.is_ok() {
             self.runtime = rt;

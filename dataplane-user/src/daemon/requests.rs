@@ -95,19 +95,14 @@ impl Owner {
     /// publication); asked before every CNI ADD, so nothing here walks a block's addresses.
     pub(super) fn node_info(&self) -> NodeInfo {
         let blocks = self.allocatable_blocks();
-        let taken: BTreeSet<_> = self
-            .ipam
-            .allocations
-            .iter()
-            .map(|a| a.address)
-            .chain(self.desired.endpoints.iter().map(|e| e.address))
-            .collect();
+        let mut taken = self.in_use(None);
+        taken.extend(self.ipam.allocations.iter().map(|a| a.address));
         let free = (blocks.iter().map(ipam::usable_count).sum::<u64>()
             - taken
                 .iter()
                 .filter(|a| blocks.iter().any(|b| ipam::usable_holds(b, **a)))
                 .count() as u64) as usize;
-        let waiting_for = self.waiting_for();
+        let waiting_for = self.waiting_for(&self.dp.wanted());
         NodeInfo {
             name: self.file.node.name.clone(),
             ready: waiting_for.is_empty(),

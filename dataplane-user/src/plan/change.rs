@@ -160,7 +160,7 @@ impl Plan {
                     .filter_map(|e| at.view.links.by_name(&e.interface))
                     .map(|l| l.index),
             );
-        for i in ifindexes.collect::<Vec<_>>() {
+        for i in ifindexes {
             t.endpoints.insert(i, self.endpoints.get(&i).copied());
         }
         let mut removed: BTreeSet<Route> = BTreeSet::new();

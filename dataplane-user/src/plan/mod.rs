@@ -519,14 +519,15 @@ impl Plan {
     }
 
     /// Takes an endpoint's part out (by its address: whatever interface it had); returns its
-    /// slow-path route.
+    /// slow-path route. A /32 another part holds stays.
     fn remove_endpoint(&mut self, address: Ipv4Addr) -> Option<Route> {
         self.pending.remove(&address);
         let key = (address, 32);
-        let v = self
+        let v = *self
             .routes
-            .remove(&key)
+            .get(&key)
             .filter(|v| v.kind == RouteKind::LocalEndpoint as u8)?;
+        self.routes.remove(&key);
         self.endpoints.remove(&v.ifindex);
         let slow = Route::Dev {
             dst: key,
@@ -550,14 +551,16 @@ impl Plan {
     }
 
     /// Takes a peer's part out, as it was planned (through the next hop it was planned with);
-    /// returns its slow-path routes.
+    /// returns its slow-path routes. A prefix another part holds stays.
     fn remove_peer(&mut self, at: &At, peer: &Peer) -> Vec<Route> {
         let Some(hop) = self.next_hops.remove(&peer.address) else {
             return Vec::new();
         };
         let mut slows = Vec::new();
-        for (key, _, slow) in at.peer_part(peer, &hop) {
-            self.routes.remove(&key);
+        for (key, v, slow) in at.peer_part(peer, &hop) {
+            if self.routes.get(&key) == Some(&v) {
+                self.routes.remove(&key);
+            }
             if let Some(r) = slow.filter(|r| self.slow_path.remove(r)) {
                 slows.push(r);
             }
