@@ -630,7 +630,8 @@ fn datastore(bench_bin: &Path, nodes: u32) -> Result<Value> {
         ],
     )?;
     let churn: Value = serde_json::from_str(out.trim())?;
-    let lag: Vec<f64> = serde_json::from_value(churn["lag_ms"].clone())?;
+    let series = |k: &str| -> Result<Vec<f64>> { Ok(serde_json::from_value(churn[k].clone())?) };
+    let lag = series("lag_ms")?;
     let max_lag = lag.iter().copied().fold(0.0, f64::max);
     Ok(json!({
         "nodes": nodes,
@@ -644,6 +645,8 @@ fn datastore(bench_bin: &Path, nodes: u32) -> Result<Value> {
             "seconds": DS_CHURN_S,
             "lag_ms": median_p99(lag),
             "max_lag_ms": max_lag,
+            "commit_ms": median_p99(series("commit_ms")?),
+            "after_commit_ms": median_p99(series("after_commit_ms")?),
             "late_writes": churn["late_writes"],
             "rss_kib": rss_kib()?,
         },
@@ -1928,12 +1931,12 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
     }
     if plan.runs(Part::Datastore) {
         s += &format!(
-            "\nDatastore (one etcd, Debian's): a real node started on N nodes with a block each is ready with all of them programmed; {DS_ADDS} nodes then added one at a time, each from its etcd transaction to its block in the node's routes map; then {DS_CHURN_RATE} nodes added per second for {DS_CHURN_S} s, paced, each one's lag to the map (the watch keeping up).\n\n| nodes | written in | ready in | routes | RSS | add → map median | p99 | at {DS_CHURN_RATE}/s: lag median | p99 | max | writes late |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+            "\nDatastore (one etcd, Debian's): a real node started on N nodes with a block each is ready with all of them programmed; {DS_ADDS} nodes then added one at a time, each from its etcd transaction to its block in the node's routes map; then {DS_CHURN_RATE} nodes added per second for {DS_CHURN_S} s, paced, each one's lag from its transaction's start to the map (the watch keeping up), and how much of it was etcd's answer to the transaction.\n\n| nodes | written in | ready in | routes | RSS | add → map median | p99 | at {DS_CHURN_RATE}/s: lag median | p99 | max | of it etcd's answer, median / p99 | after the answer, median / p99 | writes late |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         );
         for d in r["datastore"].as_array().into_iter().flatten() {
             let f = |v: &Value| v.as_f64().unwrap_or(0.0);
             s += &format!(
-                "| {} | {:.1} s | {:.2} s | {} | {} MiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
+                "| {} | {:.1} s | {:.2} s | {} | {} MiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {} |\n",
                 d["nodes"],
                 f(&d["fill_s"]),
                 f(&d["start_to_ready_s"]),
@@ -1944,6 +1947,10 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 f(&d["churn"]["lag_ms"]["median"]),
                 f(&d["churn"]["lag_ms"]["p99"]),
                 f(&d["churn"]["max_lag_ms"]),
+                f(&d["churn"]["commit_ms"]["median"]),
+                f(&d["churn"]["commit_ms"]["p99"]),
+                f(&d["churn"]["after_commit_ms"]["median"]),
+                f(&d["churn"]["after_commit_ms"]["p99"]),
                 d["churn"]["late_writes"],
             );
         }

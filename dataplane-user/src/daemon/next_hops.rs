@@ -2,12 +2,18 @@
 //! the MAC of each next hop, is what the maps' routes carry (their L2); the kernel changes
 //! them without asking ipipd (a gateway's MAC, a route, a neighbour gone stale). This task
 //! re-reads them every [`RECHECK`] and when a neighbour or route event says one may have
-//! changed, asks the kernel to resolve the next hops that have no MAC, and sends what it read
+//! changed, asks the kernel to resolve the next hops that have no MAC (less and less often
+//! while they stay so: [`Asking`]), and sends what it read
 //! to the owner, which reconciles only when a peer's next hop is not what its routes were
 //! built from. At 5,000 peers a check is 5,000 route lookups: the owner, which also serves
 //! changes, does not wait for them.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Result;
 use tokio::sync::{Notify, mpsc, watch};
@@ -19,6 +25,10 @@ use crate::{
 
 /// How often, without any event, the next hops are read again.
 pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// The most periodic checks an unresolved next hop waits between two requests to resolve it
+/// (12: a minute).
+const ASK_AT_MOST_EVERY: u32 = 12;
 
 /// One check: the underlay it was read for, and each peer's next hop then.
 pub struct Checked {
@@ -69,25 +79,17 @@ async fn run(
     let mut tick = tokio::time::interval(RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
-    // Next hops found unresolved by the last check: an event-driven check asks only for the
-    // newly unresolved ones, the periodic one for all (as the kernel's own retries would).
-    let mut unresolved = std::collections::BTreeSet::new();
+    let (mut asking, mut ticks) = (Asking::default(), 0u64);
     loop {
-        let periodic = tokio::select! {
-            _ = tick.tick() => true,
-            () = kick.notified() => false,
-        };
+        tokio::select! {
+            _ = tick.tick() => ticks += 1,
+            () = kick.notified() => {}
+        }
         let peers = peers.borrow().clone();
         let hops = check(&nl, &peers).await;
         if let (Ok(h), uplink @ 1..) = (&hops, peers.underlay.uplink) {
-            let now = plan::unresolved(h);
-            let ask: Vec<Ipv4Addr> = if periodic {
-                now.iter().copied().collect()
-            } else {
-                now.difference(&unresolved).copied().collect()
-            };
+            let ask = asking.due(&plan::unresolved(h), ticks);
             nl.neighbours_resolve(ask, uplink).await;
-            unresolved = now;
         }
         let underlay = peers.underlay;
         if tx.send(Checked { underlay, hops }).await.is_err() {
@@ -99,4 +101,65 @@ async fn run(
 async fn check(nl: &Netlink, peers: &Peers) -> Result<BTreeMap<Ipv4Addr, NextHop>> {
     let view = KernelView::read_next_hops(nl, peers).await?;
     Ok(plan::next_hops(peers, &view))
+}
+
+/// When the kernel is asked to resolve each unresolved next hop: at once when a check first
+/// finds it unresolved, then again after 1, 2, 4, 8 and from then on every
+/// [`ASK_AT_MOST_EVERY`] periodic checks while it stays so (a peer that is away, or a
+/// cluster's many nodes that never answer, do not cost the node thousands of resolutions every
+/// few seconds: at 5,000 such peers that flood held the datastore's changes back by 150 ms).
+/// A peer that comes back is found sooner anyway: its ARP or its traffic puts it in the
+/// neighbour table, whose event brings a check; and a packet that needs its MAC meanwhile
+/// goes through the kernel, which resolves it then.
+#[derive(Default)]
+struct Asking {
+    /// Per unresolved next hop: the periodic check it is asked for again at, and the wait
+    /// after that.
+    next: BTreeMap<Ipv4Addr, (u64, u32)>,
+}
+
+impl Asking {
+    /// The next hops to ask for now, of those a check at periodic check `tick` found
+    /// `unresolved`.
+    fn due(&mut self, unresolved: &BTreeSet<Ipv4Addr>, tick: u64) -> Vec<Ipv4Addr> {
+        self.next.retain(|via, _| unresolved.contains(via));
+        let mut ask = Vec::new();
+        for via in unresolved {
+            let (at, wait) = self.next.entry(*via).or_insert((tick, 1));
+            if tick >= *at {
+                ask.push(*via);
+                *at = tick + u64::from(*wait);
+                *wait = (*wait * 2).min(ASK_AT_MOST_EVERY);
+            }
+        }
+        ask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unresolved_next_hop_is_asked_for_at_once_then_less_and_less_often() {
+        let (a, b) = (Ipv4Addr::new(172, 31, 0, 1), Ipv4Addr::new(172, 31, 0, 2));
+        let mut asking = Asking::default();
+        let only_a: BTreeSet<Ipv4Addr> = [a].into();
+        let both: BTreeSet<Ipv4Addr> = [a, b].into();
+        // The periodic checks at which `a` is asked for, unresolved throughout.
+        let asked: Vec<u64> = (0..60)
+            .filter(|t| asking.due(&only_a, *t) == vec![a])
+            .collect();
+        assert_eq!(asked, vec![0, 1, 3, 7, 15, 27, 39, 51]);
+        // An event-driven check between two periodic ones (same tick) asks for what is new only.
+        assert_eq!(asking.due(&both, 60), vec![b]);
+        assert_eq!(asking.due(&both, 60), Vec::<Ipv4Addr>::new());
+        // `a` resolved (`b` asked again a check later), then unresolved again: asked for at
+        // once, and its waits start over.
+        assert_eq!(asking.due(&[b].into(), 61), vec![b]);
+        assert_eq!(asking.due(&both, 62), vec![a]);
+        assert_eq!(asking.due(&both, 63), vec![a, b]);
+        assert_eq!(asking.due(&both, 64), Vec::<Ipv4Addr>::new());
+        assert_eq!(asking.due(&both, 65), vec![a]);
+    }
 }

@@ -65,8 +65,9 @@ enum Cmd {
         first: u32,
     },
     /// Adds nodes at `rate` per second for `seconds`, paced, while watching the running
-    /// ipipd's routes map: each node's lag from its transaction to its block's entry (JSON:
-    /// the milliseconds of each, and the adds that were late against the pace).
+    /// ipipd's routes map: each node's lag from its transaction's start to its block's entry,
+    /// and how much of it was etcd's (JSON: the milliseconds of each lag, each transaction and
+    /// each lag after its transaction's answer, and the adds that were late against the pace).
     DsChurn {
         #[arg(long)]
         etcd: String,
@@ -286,6 +287,15 @@ fn has_remote_block(
         .is_ok_and(|v| v.kind == dataplane_common::RouteKind::RemoteBlock as u8)
 }
 
+/// One block the churn wrote: when its transaction started, when etcd answered (None while it
+/// has not), and when the map had it.
+struct Sent {
+    block: dataplane_user::net::Ipv4Net,
+    at: std::time::Instant,
+    committed: Option<std::time::Instant>,
+    seen: Option<std::time::Instant>,
+}
+
 fn ds_churn(
     etcd: &str,
     prefix: &str,
@@ -293,54 +303,99 @@ fn ds_churn(
     (rate, seconds): (u32, u32),
     first: u32,
 ) -> Result<()> {
-    use std::time::{Duration, Instant};
+    use std::{
+        sync::{
+            Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
     let trie = routes_map(pin_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let total = rate * seconds;
     let period = Duration::from_secs(1) / rate;
-    let (mut lag_ms, mut late) = (Vec::new(), 0u32);
-    rt.block_on(async {
-        let store = dataplane_user::datastore::Store::connect(&datastore(etcd, prefix)).await?;
-        let start = Instant::now();
-        // Sent, not yet seen: (block, the transaction's start).
-        let mut pending: Vec<(dataplane_user::net::Ipv4Net, Instant)> = Vec::new();
-        let mut next = 0u32;
-        loop {
-            let now = Instant::now();
-            if next < total && now >= start + period * next {
-                if now > start + period * next + period {
+    let sent: Mutex<Vec<Sent>> = Mutex::new(Vec::new());
+    let writing = AtomicBool::new(true);
+    let mut late = 0u32;
+    std::thread::scope(|s| -> Result<()> {
+        // The map is watched on its own thread, every 200 µs, so that a slow transaction of
+        // the writer's does not delay noticing the blocks written before it.
+        let watcher = s.spawn(|| -> Result<()> {
+            loop {
+                let done = !writing.load(Ordering::Acquire);
+                let mut all = sent.lock().unwrap();
+                let mut waiting = false;
+                for w in all.iter_mut().filter(|w| w.seen.is_none()) {
+                    if has_remote_block(&trie, w.block) {
+                        w.seen = Some(Instant::now());
+                    } else if w.at.elapsed() > Duration::from_secs(30) {
+                        bail!(
+                            "{} not in the routes map 30 s after its transaction",
+                            w.block
+                        );
+                    } else {
+                        waiting = true;
+                    }
+                }
+                drop(all);
+                if done && !waiting {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        let written = rt.block_on(async {
+            let store = dataplane_user::datastore::Store::connect(&datastore(etcd, prefix)).await?;
+            let start = Instant::now();
+            for next in 0..total {
+                let slot = start + period * next;
+                let now = Instant::now();
+                if now < slot {
+                    tokio::time::sleep(slot - now).await;
+                }
+                let at = Instant::now();
+                if at > slot + period {
                     late += 1;
                 }
                 let (n, b) = ds_node(first + next);
+                let i = {
+                    let mut all = sent.lock().unwrap();
+                    all.push(Sent {
+                        block: b,
+                        at,
+                        committed: None,
+                        seen: None,
+                    });
+                    all.len() - 1
+                };
                 store.add_node(&n, &[b]).await?;
-                pending.push((b, now));
-                next += 1;
+                sent.lock().unwrap()[i].committed = Some(Instant::now());
             }
-            pending.retain(|(b, t)| {
-                if has_remote_block(&trie, *b) {
-                    lag_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    false
-                } else {
-                    true
-                }
-            });
-            if next == total && pending.is_empty() {
-                break;
-            }
-            if let Some((b, t)) = pending.first()
-                && t.elapsed() > Duration::from_secs(30)
-            {
-                bail!("{b} not in the routes map 30 s after its transaction");
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        anyhow::Ok(())
+            anyhow::Ok(())
+        });
+        writing.store(false, Ordering::Release);
+        let watched = watcher
+            .join()
+            .map_err(|_| anyhow::anyhow!("the watcher panicked"))?;
+        written.and(watched)
     })?;
+    let all = sent.into_inner().unwrap();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let of = |f: &dyn Fn(&Sent) -> Option<Duration>| all.iter().filter_map(f).map(ms).collect();
+    let lag_ms: Vec<f64> = of(&|w| Some(w.seen? - w.at));
+    let commit_ms: Vec<f64> = of(&|w| Some(w.committed? - w.at));
+    // A block can be in the map before etcd's answer reaches the writer: 0 then.
+    let after_commit_ms: Vec<f64> = of(&|w| Some(w.seen?.saturating_duration_since(w.committed?)));
     println!(
         "{}",
-        serde_json::json!({"lag_ms": lag_ms, "late_writes": late})
+        serde_json::json!({
+            "lag_ms": lag_ms,
+            "commit_ms": commit_ms,
+            "after_commit_ms": after_commit_ms,
+            "late_writes": late,
+        })
     );
     Ok(())
 }
