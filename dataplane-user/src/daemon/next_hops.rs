@@ -30,6 +30,10 @@ pub const RECHECK: Duration = Duration::from_secs(5);
 /// (12: a minute).
 const ASK_AT_MOST_EVERY: u32 = 12;
 
+/// The most next hops one check asks the kernel to resolve; the rest wait for the next
+/// checks, the longest waiting first.
+const ASK_PER_CHECK: usize = 256;
+
 /// One check: the underlay it was read for, and each peer's next hop then.
 pub struct Checked {
     pub underlay: Underlay,
@@ -105,16 +109,18 @@ async fn check(nl: &Netlink, peers: &Peers) -> Result<BTreeMap<Ipv4Addr, NextHop
 
 /// When the kernel is asked to resolve each unresolved next hop: at once when a check first
 /// finds it unresolved, then again after 1, 2, 4, 8 and from then on every
-/// [`ASK_AT_MOST_EVERY`] periodic checks while it stays so (a peer that is away, or a
-/// cluster's many nodes that never answer, do not cost the node thousands of resolutions every
-/// few seconds: at 5,000 such peers that flood held the datastore's changes back by 150 ms).
-/// A peer that comes back is found sooner anyway: its ARP or its traffic puts it in the
-/// neighbour table, whose event brings a check; and a packet that needs its MAC meanwhile
-/// goes through the kernel, which resolves it then.
+/// [`ASK_AT_MOST_EVERY`] periodic checks while it stays so, and at most [`ASK_PER_CHECK`] in
+/// one check (new ones first, then the longest waiting). A peer that is away, or a cluster's
+/// many nodes that never answer, then do not cost the node thousands of resolutions at once
+/// every few seconds (at 5,000 such peers that flood, and the neighbour events of its
+/// failures, held the datastore's changes back by 150–250 ms). A peer that comes back is
+/// found sooner anyway: its ARP or its traffic puts it in the neighbour table, whose event
+/// brings a check; and a packet that needs its MAC meanwhile goes through the kernel, which
+/// resolves it then.
 #[derive(Default)]
 struct Asking {
-    /// Per unresolved next hop: the periodic check it is asked for again at, and the wait
-    /// after that.
+    /// Per next hop asked for and still unresolved: the periodic check it is due again at, and
+    /// the wait after that.
     next: BTreeMap<Ipv4Addr, (u64, u32)>,
 }
 
@@ -123,16 +129,23 @@ impl Asking {
     /// `unresolved`.
     fn due(&mut self, unresolved: &BTreeSet<Ipv4Addr>, tick: u64) -> Vec<Ipv4Addr> {
         self.next.retain(|via, _| unresolved.contains(via));
-        let mut ask = Vec::new();
-        for via in unresolved {
+        // (Due at 0: never asked for.)
+        let mut due: Vec<(u64, Ipv4Addr)> = unresolved
+            .iter()
+            .filter_map(|via| match self.next.get(via) {
+                None => Some((0, *via)),
+                Some((at, _)) if tick >= *at => Some((*at, *via)),
+                Some(_) => None,
+            })
+            .collect();
+        due.sort_unstable();
+        due.truncate(ASK_PER_CHECK);
+        for (_, via) in &due {
             let (at, wait) = self.next.entry(*via).or_insert((tick, 1));
-            if tick >= *at {
-                ask.push(*via);
-                *at = tick + u64::from(*wait);
-                *wait = (*wait * 2).min(ASK_AT_MOST_EVERY);
-            }
+            *at = tick + u64::from(*wait);
+            *wait = (*wait * 2).min(ASK_AT_MOST_EVERY);
         }
-        ask
+        due.into_iter().map(|(_, via)| via).collect()
     }
 }
 
@@ -161,5 +174,27 @@ mod tests {
         assert_eq!(asking.due(&both, 63), vec![a, b]);
         assert_eq!(asking.due(&both, 64), Vec::<Ipv4Addr>::new());
         assert_eq!(asking.due(&both, 65), vec![a]);
+    }
+
+    #[test]
+    fn one_check_asks_for_a_bounded_number_new_ones_first_then_the_longest_waiting() {
+        let via = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 0, 1)) + i);
+        let many: BTreeSet<Ipv4Addr> = (0..600).map(via).collect();
+        let mut asking = Asking::default();
+        let first = asking.due(&many, 0);
+        assert_eq!(first, (0..256).map(via).collect::<Vec<_>>());
+        // The same tick (an event-driven check): the next new ones.
+        assert_eq!(
+            asking.due(&many, 0),
+            (256..512).map(via).collect::<Vec<_>>()
+        );
+        // A check later: the last 88 new ones first, then the longest waiting of those due.
+        let next = asking.due(&many, 1);
+        assert_eq!(next.len(), 256);
+        assert_eq!(next[..88], (512..600).map(via).collect::<Vec<_>>()[..]);
+        assert_eq!(next[88..], (0..168).map(via).collect::<Vec<_>>()[..]);
+        // Every one is asked for again, none twice before the others' turn.
+        let rest = asking.due(&many, 1);
+        assert_eq!(rest, (168..424).map(via).collect::<Vec<_>>());
     }
 }
