@@ -3,9 +3,8 @@
 //! them without asking ipipd (a gateway's MAC, a route, a neighbour gone stale). This task
 //! re-reads them every [`RECHECK`] and when a neighbour or route event says one may have
 //! changed, asks the kernel to resolve the next hops that have no MAC (less and less often
-//! while they stay so: [`Asking`]), and sends what it read
-//! to the owner, which reconciles only when a peer's next hop is not what its routes were
-//! built from. At 5,000 peers a check is 5,000 route lookups: the owner, which also serves
+//! while they stay so: [`Asking`]), and sends what it read to the owner, which reconciles
+//! only when a peer's next hop is not what its routes were built from. At 5,000 peers a check is 5,000 route lookups: the owner, which also serves
 //! changes, does not wait for them.
 
 use std::{
