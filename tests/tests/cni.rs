@@ -670,6 +670,90 @@ fn pod_churn_in_parallel_leaks_nothing() {
     assert_nothing_left(&c, &links, fds);
 }
 
+/// Pods added faster than TCX attaches go (each waits ~13 ms for an RCU grace period under
+/// the RTNL lock, holding every link and route change of the node) get their `from_pod` on a
+/// netlink filter (~1 ms) past the daemon's pace, 8 a second, and talk at once; those still
+/// there a while later move to TCX links without a lost ping. Their DEL leaves nothing.
+/// Without TCX (6.1) every pod is on a filter, as always.
+#[test]
+fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 24;
+    const PER_SECOND: usize = 8;
+    let c = cluster("cni-burst", "192.168.83.128/26");
+    let plugin = Plugin::new(&c, "node").unwrap();
+    let master = &c.node("master").ns;
+    let fds = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
+    let links = cali_links(&c, "node");
+    let tcx = ipipd_tests::kernel_has_tcx();
+    // The namespaces first: the ADDs then come one right after the other.
+    let nss: Vec<NetNs> = (0..N).map(|_| NetNs::new("cni-burst").unwrap()).collect();
+    let conf = plugin.conf("1.0.0");
+    let started = std::time::Instant::now();
+    let addrs: Vec<Ipv4Addr> = nss
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let r = plugin.call("ADD", &format!("burst{i}"), Some(&ns.name), "eth0", &conf, &[]);
+            assert!(r.ok(), "{r}\n{}", c.logs());
+            r.address().unwrap()
+        })
+        .collect();
+    // However slow the machine, at most PER_SECOND a second went on TCX links.
+    let windows = started.elapsed().as_secs() as usize + 1;
+    let pod_modes = || -> Vec<String> {
+        let status = c.ipipd_json("node", &["status"]).unwrap();
+        status["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().filter(|a| a.contains(":from_pod")))
+            .map(str::to_string)
+            .collect()
+    };
+    let modes = pod_modes();
+    let on_filters: Vec<&String> = modes.iter().filter(|m| m.ends_with("(netlink)")).collect();
+    assert_eq!(modes.len(), N, "{modes:?}");
+    println!(
+        "{N} pods added in {:?}: {} on netlink filters",
+        started.elapsed(),
+        on_filters.len()
+    );
+    if tcx {
+        assert!(
+            on_filters.len() >= N.saturating_sub(PER_SECOND * windows),
+            "{N} pods in {windows} s: {modes:?}"
+        );
+    } else {
+        assert_eq!(on_filters.len(), N, "{modes:?}");
+    }
+    for a in &addrs {
+        assert!(ping_ok(master, *a), "master → {a}\n{}", c.logs());
+    }
+    // The last pod's from_pod moves (on a TCX kernel) while it answers 10 pings a second.
+    let last = *addrs.last().unwrap();
+    let pinged = std::thread::scope(|s| {
+        let p = s.spawn(|| ping(master, &format!("-c 200 -i 0.1 -W 1 {last}")));
+        if tcx {
+            ipipd_tests::eventually_within(
+                "every pod on a TCX link",
+                Duration::from_secs(60),
+                || pod_modes().iter().all(|m| !m.ends_with("(netlink)")),
+            );
+        }
+        p.join().unwrap()
+    });
+    assert!(pinged.contains(" 200 received"), "{pinged}\n{}", c.logs());
+    assert!(pod_modes().iter().all(|m| m.ends_with("(netlink)") != tcx));
+    for (i, ns) in nss.iter().enumerate() {
+        let r = plugin.call("DEL", &format!("burst{i}"), Some(&ns.name), "eth0", &conf, &[]);
+        assert!(r.ok(), "{r}\n{}", c.logs());
+    }
+    assert_nothing_left(&c, &links, fds);
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -693,6 +777,10 @@ fn assert_nothing_left(c: &Cluster, links: &BTreeSet<String>, fds: usize) {
     assert!(!routes.contains(" dev cali"), "pod routes left: {routes}");
     let after = c.node("node").daemon.as_ref().unwrap().open_fds().unwrap();
     assert_eq!(after, fds, "the daemon's fds grew");
+    // No netlink filter of a pod is recorded (the uplink's are, before TCX).
+    let filters = c.dir.join("node/state/tc-filters.json");
+    let filters = std::fs::read_to_string(filters).unwrap_or_default();
+    assert!(!filters.contains("\"cali"), "filters left: {filters}");
 }
 
 /// The files of a directory with their modification times and modes.

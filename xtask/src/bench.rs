@@ -659,7 +659,7 @@ const CNI_PODS: usize = 100;
 /// The pod churn: pods per second, for how long, on how many runtime threads.
 const CHURN_RATE: u32 = 100;
 const CHURN_S: u32 = 60;
-const CHURN_WORKERS: usize = 8;
+const CHURN_WORKERS: usize = 16;
 
 /// Pod churn through `ipipd-cni` on one node ([`ipipd_tests::cni::churn`]): each pod's
 /// namespace made, ADD, DEL, namespace removed, at [`CHURN_RATE`] a second for [`CHURN_S`] s;

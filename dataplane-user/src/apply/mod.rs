@@ -507,9 +507,9 @@ impl Dataplane {
             .await;
     }
 
-    /// Whether a netlink filter waits to become a TCX link (see `attach`).
-    pub fn promoting(&self) -> bool {
-        self.attachments.promotable().is_some()
+    /// When the next netlink filter may become a TCX link (see `attach`); None: none waits.
+    pub fn next_promotion(&self) -> Option<std::time::Instant> {
+        self.attachments.next_promotion()
     }
 
     /// How many netlink filters are attached.
@@ -519,7 +519,7 @@ impl Dataplane {
 
     /// Moves one netlink filter to a TCX link (~13 ms: an RCU grace period).
     pub async fn promote_one(&mut self) -> Result<()> {
-        let Some(key) = self.attachments.promotable() else {
+        let Some(key) = self.attachments.promotable(std::time::Instant::now()) else {
             return Ok(());
         };
         let r = self.attachments.promote(&mut self.ebpf, key);

@@ -372,6 +372,7 @@ impl Owner {
         full.reset();
 
         let result = loop {
+            let promote_at = self.dp.next_promotion();
             tokio::select! {
                 _ = term.recv() => { log::info!("SIGTERM: stopping"); break Ok(()); }
                 _ = int.recv() => { log::info!("SIGINT: stopping"); break Ok(()); }
@@ -417,9 +418,15 @@ impl Owner {
                 // What changed, told once the change's requester has its answer (and once for
                 // a burst of them).
                 () = std::future::ready(()), if self.unpublished => self.publish_now(),
-                // Netlink filters of a large first start become TCX links, one per turn
-                // (select! picks among ready arms at random: requests and events go on).
-                () = std::future::ready(()), if self.dp.promoting() => self.promote().await,
+                // Netlink filters (a large first start's, a burst's) become TCX links when
+                // due, one per turn (select! picks among ready arms at random: requests and
+                // events go on).
+                () = async {
+                    match promote_at {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.promote().await,
             }
         };
         accept.abort();
@@ -479,7 +486,7 @@ impl Owner {
     async fn promote(&mut self) {
         let r = self.dp.promote_one().await;
         self.promoted += 1;
-        let done = r.is_ok() && !self.dp.promoting();
+        let done = r.is_ok() && self.dp.next_promotion().is_none();
         if done && self.dp.filters() == 0 {
             log::info!("every pod interface is on a TCX link");
         }

@@ -5,7 +5,8 @@
 //! On a TCX kernel, a reconcile that finds many pod interfaces to attach at once (a large
 //! node's first start) attaches their `from_pod` as netlink filters (~1 ms each, where a TCX
 //! attach waits ~13 ms for an RCU grace period under the RTNL lock), so the node is ready in
-//! about a second; the daemon then moves them to pinned TCX links one at a time
+//! about a second; so do pods that come faster than [`pace`] lets TCX attaches go (a churn).
+//! The daemon then moves them to pinned TCX links one at a time, once they are due
 //! ([`Attachments::promote`]): the TCX link first (TCX runs before cls_bpf, and from_pod's
 //! verdicts are all final), then the filter and the `clsact` ipipd added go. No packet meets
 //! neither program.
@@ -36,6 +37,9 @@ use dataplane_common::{Hook, program_names};
 use serde::{Deserialize, Serialize};
 
 use crate::{config::XdpMode as CfgXdp, netlink::Link, pins::write_atomic};
+
+pub mod pace;
+use pace::{PROMOTE_AFTER, Pace};
 
 /// A netlink (pre-TCX) tc filter ipipd attached, recorded so a later run can adopt or remove it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,8 +134,11 @@ pub struct Attachments {
     adopted: BTreeSet<(u32, u8)>,
     /// Interfaces whose filter went and whose `clsact` ipipd had added: to remove.
     clsact_gone: Vec<u32>,
-    /// Filters whose promotion failed, and when to try again.
+    /// Filters that may not move to a TCX link before a time: a pod's filter of a burst
+    /// ([`pace`]), one whose move failed.
     promote_later: BTreeMap<(u32, u8), Instant>,
+    /// The recent pod attaches, which tell TCX link or filter.
+    pace: Pace,
 }
 
 /// How long a filter whose move to a TCX link failed stays a filter before the next try.
@@ -167,6 +174,7 @@ impl Attachments {
             adopted: BTreeSet::new(),
             clsact_gone: Vec::new(),
             promote_later: BTreeMap::new(),
+            pace: Pace::default(),
         }
     }
 
@@ -260,9 +268,10 @@ impl Attachments {
         swapped
     }
 
-    /// Attaches each hook's program to its interface where it is not yet: in order, and the
-    /// pods' as netlink filters when more than [`TCX_AT_ONCE`] wait on a TCX kernel (see the
-    /// module's note). The filter record is written once.
+    /// Attaches each hook's program to its interface where it is not yet: in order, and on a
+    /// TCX kernel the pods' as netlink filters when more than [`TCX_AT_ONCE`] wait (they may
+    /// move at once) or when [`pace`] says so (they move after [`PROMOTE_AFTER`]). The filter
+    /// record is written once.
     pub fn attach_all(
         &mut self,
         ebpf: &mut Ebpf,
@@ -281,16 +290,27 @@ impl Attachments {
             r = if *hook == Hook::XdpUplink {
                 self.xdp(ebpf, link, xdp)
             } else {
-                let netlink = batch && *hook == Hook::FromPod;
+                let pod = *hook == Hook::FromPod;
+                let now = Instant::now();
+                let paced = pod && self.tcx && !batch && !self.pace.tcx_now(now);
+                let netlink = paced || (batch && pod);
                 self.tc(ebpf, link.index, &link.name, *hook, netlink)
                     .inspect(|()| {
-                        if !netlink {
+                        if pod {
+                            self.pace.pod_attached(now);
+                        }
+                        if paced {
+                            self.promote_later
+                                .insert((link.index, *hook as u8), now + PROMOTE_AFTER);
+                        }
+                        if !(batch && pod) {
                             log::info!(
-                                "attached {} to {} ({}, {})",
+                                "attached {} to {} ({}, {}){}",
                                 program_of(*hook, xdp),
                                 link.name,
                                 self.mode(link.index, *hook).unwrap_or("?"),
-                                hook.name()
+                                hook.name(),
+                                if paced { "; pods come fast: a TCX link later" } else { "" }
                             );
                         }
                     })
@@ -372,12 +392,27 @@ impl Attachments {
             .count()
     }
 
-    /// A netlink filter to move to a TCX link, on a TCX kernel.
-    pub fn promotable(&self) -> Option<(u32, u8)> {
+    /// When the next netlink filter may move to a TCX link, on a TCX kernel (None: no filter
+    /// waits): when the earliest due one is due, and not before the pods' quiet ([`pace`]).
+    pub fn next_promotion(&self) -> Option<Instant> {
         if !self.tcx {
             return None;
         }
-        let now = Instant::now();
+        // Each filter's time, None for "now": the minimum is the earliest (None first).
+        let due = self
+            .map
+            .iter()
+            .filter(|(_, a)| matches!(a, Attachment::Filter(_)))
+            .map(|(k, _)| self.promote_later.get(k).copied())
+            .min()?;
+        Some(due.max(self.pace.quiet_from()).unwrap_or_else(Instant::now))
+    }
+
+    /// A netlink filter that may move to a TCX link at `now`.
+    pub fn promotable(&self, now: Instant) -> Option<(u32, u8)> {
+        if !self.tcx || self.pace.quiet_from().is_some_and(|q| q > now) {
+            return None;
+        }
         self.map
             .iter()
             .find(|(k, a)| {
@@ -412,6 +447,7 @@ impl Attachments {
             )));
         }
         self.promote_later.remove(&key);
+        self.pace.moved(Instant::now());
         log::debug!("{} on {}: now a TCX link", hook.name(), rec.ifname);
         rec.remove();
         if rec.clsact {
@@ -638,15 +674,18 @@ mod tests {
         assert_eq!(a.mode(5, Hook::FromPod), Some("tcx"));
         assert_eq!(a.mode(6, Hook::FromPod), Some("netlink"));
         assert_eq!(a.take_clsact_gone(), vec![5]);
-        // The one left to move to a TCX link.
-        assert_eq!(a.promotable(), Some((6, Hook::FromPod as u8)));
+        // The one left to move to a TCX link, at once.
+        let now = Instant::now();
+        assert_eq!(a.promotable(now), Some((6, Hook::FromPod as u8)));
+        assert!(a.next_promotion().is_some_and(|t| t <= Instant::now()));
         a.save_filters().unwrap();
         let saved = read_filters(&state);
         assert_eq!(saved, vec![record(6, false)]);
         // Without TCX, filters are where they stay.
         let mut b = Attachments::new(&pins, &state, false);
         b.adopt("eth0");
-        assert_eq!(b.promotable(), None);
+        assert_eq!(b.promotable(now), None);
+        assert_eq!(b.next_promotion(), None);
         let _ = std::fs::remove_dir_all(pins.parent().unwrap());
     }
 
