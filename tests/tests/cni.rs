@@ -696,7 +696,14 @@ fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
         .iter()
         .enumerate()
         .map(|(i, ns)| {
-            let r = plugin.call("ADD", &format!("burst{i}"), Some(&ns.name), "eth0", &conf, &[]);
+            let r = plugin.call(
+                "ADD",
+                &format!("burst{i}"),
+                Some(&ns.name),
+                "eth0",
+                &conf,
+                &[],
+            );
             assert!(r.ok(), "{r}\n{}", c.logs());
             r.address().unwrap()
         })
@@ -748,7 +755,14 @@ fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
     assert!(pinged.contains(" 200 received"), "{pinged}\n{}", c.logs());
     assert!(pod_modes().iter().all(|m| m.ends_with("(netlink)") != tcx));
     for (i, ns) in nss.iter().enumerate() {
-        let r = plugin.call("DEL", &format!("burst{i}"), Some(&ns.name), "eth0", &conf, &[]);
+        let r = plugin.call(
+            "DEL",
+            &format!("burst{i}"),
+            Some(&ns.name),
+            "eth0",
+            &conf,
+            &[],
+        );
         assert!(r.ok(), "{r}\n{}", c.logs());
     }
     assert_nothing_left(&c, &links, fds);

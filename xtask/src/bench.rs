@@ -692,6 +692,14 @@ fn pod_churn() -> Result<Value> {
             .as_array()
             .map_or(0, |a| a.len()))
     };
+    // How many went on a TCX link at once, how many on a netlink filter (the daemon's pace).
+    let log = c
+        .node("node")
+        .daemon
+        .as_ref()
+        .map(|d| d.full_log())
+        .unwrap_or_default();
+    let attached = |mode: &str| log.matches(&format!("({mode}, from_pod)")).count();
     let left = json!({
         "veths": veths(&c)? as i64 - veths_before as i64,
         "allocations": std::fs::read_to_string(c.dir.join("node/state/ipam.json"))
@@ -713,6 +721,8 @@ fn pod_churn() -> Result<Value> {
         "workers": CHURN_WORKERS,
         "took_s": r.took.as_secs_f64(),
         "late": r.late,
+        "on_tcx": attached("tcx"),
+        "on_filters": attached("netlink"),
         "add_ms": median_p99(r.add_ms),
         "del_ms": median_p99(r.del_ms),
         "left": left,
@@ -786,8 +796,20 @@ fn cni() -> Result<Value> {
     Ok(json!({"add_ms": add, "del_ms": del}))
 }
 
-/// `pods` pods, each in its namespace, added through `ipipd-cni` on `node` one after another,
-/// then deleted: each call timed from the plugin's start to its result (median, p99 in ms).
+/// How often the control-plane benches add a pod: under the daemon's pace (8 a second, see
+/// `attach/pace.rs`), so that each one's `from_pod` goes on a TCX link at once, as a pod's that
+/// comes alone does (the churn measures pods that come faster).
+const ONE_POD_EVERY: Duration = Duration::from_millis(150);
+
+/// Waits until `next`, then sets it [`ONE_POD_EVERY`] later.
+fn pod_pace(next: &mut Instant) {
+    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    *next = Instant::now() + ONE_POD_EVERY;
+}
+
+/// `pods` pods, each in its namespace, added through `ipipd-cni` on `node` one after another
+/// ([`ONE_POD_EVERY`]), then deleted: each call timed from the plugin's start to its result
+/// (median, p99 in ms).
 fn cni_calls(c: &Cluster, node: &str, pods: usize) -> Result<(Value, Value)> {
     let plugin = ipipd_tests::cni::Plugin::new(c, node)?;
     let conf = plugin.conf("1.0.0");
@@ -795,8 +817,12 @@ fn cni_calls(c: &Cluster, node: &str, pods: usize) -> Result<(Value, Value)> {
         .map(|_| ipipd_tests::NetNs::new("bcni-p"))
         .collect::<Result<_>>()?;
     let (mut add, mut del) = (Vec::new(), Vec::new());
+    let mut pace = Instant::now();
     for (cmd, times) in [("ADD", &mut add), ("DEL", &mut del)] {
         for (i, p) in pods.iter().enumerate() {
+            if cmd == "ADD" {
+                pod_pace(&mut pace);
+            }
             let t = Instant::now();
             let r = plugin.call(cmd, &format!("b{i}"), Some(&p.name), "eth0", &conf, &[]);
             times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -1445,10 +1471,13 @@ fn scale(plan: &Plan, _ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     }
 
     // Endpoints added at runtime one after another, each timed from the CLI's start to its
-    // answer (the entry is in the map by then: checked below for all of them).
+    // answer (the entry is in the map by then: checked below for all of them), each on a TCX
+    // link at once ([`ONE_POD_EVERY`]).
     let state = c.dir.join("node/state");
     let mut adds = Vec::new();
+    let mut pace = Instant::now();
     for i in 0..SCALE_ADDS {
+        pod_pace(&mut pace);
         let (address, interface) = (
             Ipv4Addr::new(192, 168, 83, 140 + i as u8),
             format!("calibenchadd{i:02}"),
@@ -1915,13 +1944,15 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         let ch = &r["churn"];
         let f = |v: &Value| v.as_f64().unwrap_or(0.0);
         s += &format!(
-            "\nPod churn: {} pods created and deleted through `ipipd-cni` on one node, {} per second for {} s on {} runtime threads (each: its namespace, ADD, DEL, namespace removed), in {:.1} s ({} started late); ADD median {:.1} ms, p99 {:.1} ms; DEL median {:.1} ms, p99 {:.1} ms. Left on the node afterwards: {}.\n",
+            "\nPod churn: {} pods created and deleted through `ipipd-cni` on one node, {} per second for {} s on {} runtime threads (each: its namespace, ADD, DEL, namespace removed), in {:.1} s ({} started late; {} pods' `from_pod` on a TCX link at once, {} on a netlink filter, the daemon's pace); ADD median {:.1} ms, p99 {:.1} ms; DEL median {:.1} ms, p99 {:.1} ms. Left on the node afterwards: {}.\n",
             ch["pods"],
             ch["rate"],
             ch["seconds"],
             ch["workers"],
             f(&ch["took_s"]),
             ch["late"],
+            ch["on_tcx"],
+            ch["on_filters"],
             f(&ch["add_ms"]["median"]),
             f(&ch["add_ms"]["p99"]),
             f(&ch["del_ms"]["median"]),

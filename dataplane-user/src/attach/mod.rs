@@ -310,7 +310,11 @@ impl Attachments {
                                 link.name,
                                 self.mode(link.index, *hook).unwrap_or("?"),
                                 hook.name(),
-                                if paced { "; pods come fast: a TCX link later" } else { "" }
+                                if paced {
+                                    "; pods come fast: a TCX link later"
+                                } else {
+                                    ""
+                                }
                             );
                         }
                     })
@@ -447,7 +451,6 @@ impl Attachments {
             )));
         }
         self.promote_later.remove(&key);
-        self.pace.moved(Instant::now());
         log::debug!("{} on {}: now a TCX link", hook.name(), rec.ifname);
         rec.remove();
         if rec.clsact {

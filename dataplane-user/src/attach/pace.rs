@@ -15,7 +15,7 @@ use std::{
 /// The span over which attaches are counted, and the quiet a move to TCX waits for.
 pub const WINDOW: Duration = Duration::from_secs(1);
 
-/// Attaches (pods', either way, and moves to TCX) in a [`WINDOW`] before new pods get filters.
+/// Pod attaches (either way) in a [`WINDOW`] before new pods get filters.
 pub const PER_WINDOW: usize = 8;
 
 /// How long a filter a burst gave a pod stays one: most pods of a churn are gone by then.
@@ -24,10 +24,8 @@ pub const PROMOTE_AFTER: Duration = Duration::from_secs(10);
 /// The recent pod attaches the choice is made on.
 #[derive(Debug, Default)]
 pub struct Pace {
-    /// The attaches of the last [`WINDOW`], oldest first.
+    /// The pod attaches of the last [`WINDOW`], oldest first.
     recent: VecDeque<Instant>,
-    /// When a pod interface was last attached, either way.
-    last_pod: Option<Instant>,
 }
 
 impl Pace {
@@ -45,19 +43,12 @@ impl Pace {
 
     /// A pod interface was attached at `now`, with a TCX link or a filter.
     pub fn pod_attached(&mut self, now: Instant) {
-        self.last_pod = Some(now);
-        self.recent.push_back(now);
-    }
-
-    /// A filter moved to a TCX link at `now`: counted, so that pods coming while many move
-    /// get filters (the moves hold the lock) rather than wait behind them.
-    pub fn moved(&mut self, now: Instant) {
         self.recent.push_back(now);
     }
 
     /// From when a filter that is due may move: a [`WINDOW`] after the last pod attach.
     pub fn quiet_from(&self) -> Option<Instant> {
-        self.last_pod.map(|t| t + WINDOW)
+        self.recent.back().map(|t| *t + WINDOW)
     }
 }
 
@@ -84,14 +75,6 @@ mod tests {
         p.pod_attached(ms(1010));
         assert!(!p.tcx_now(ms(1015)));
         assert_eq!(p.quiet_from(), Some(ms(2010)));
-        // Moves count but are not pods: they do not put off the quiet they wait for.
-        let mut q = Pace::default();
-        assert_eq!(q.quiet_from(), None);
-        for i in 0..PER_WINDOW as u64 {
-            q.moved(ms(i));
-        }
-        assert!(!q.tcx_now(ms(50)));
-        assert_eq!(q.quiet_from(), None);
-        assert!(q.tcx_now(ms(1000 + PER_WINDOW as u64)));
+        assert_eq!(Pace::default().quiet_from(), None);
     }
 }
