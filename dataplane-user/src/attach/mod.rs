@@ -397,7 +397,7 @@ impl Attachments {
     }
 
     /// When the next netlink filter may move to a TCX link, on a TCX kernel (None: no filter
-    /// waits): when the earliest due one is due, and not before the pods' quiet ([`pace`]).
+    /// waits): when the earliest due one is due, and not while pods come fast ([`pace`]).
     pub fn next_promotion(&self) -> Option<Instant> {
         if !self.tcx {
             return None;
@@ -409,12 +409,12 @@ impl Attachments {
             .filter(|(_, a)| matches!(a, Attachment::Filter(_)))
             .map(|(k, _)| self.promote_later.get(k).copied())
             .min()?;
-        Some(due.max(self.pace.quiet_from()).unwrap_or_else(Instant::now))
+        Some(due.max(self.pace.slow_from()).unwrap_or_else(Instant::now))
     }
 
     /// A netlink filter that may move to a TCX link at `now`.
     pub fn promotable(&self, now: Instant) -> Option<(u32, u8)> {
-        if !self.tcx || self.pace.quiet_from().is_some_and(|q| q > now) {
+        if !self.tcx || self.pace.slow_from().is_some_and(|t| t > now) {
             return None;
         }
         self.map
@@ -689,6 +689,42 @@ mod tests {
         b.adopt("eth0");
         assert_eq!(b.promotable(now), None);
         assert_eq!(b.next_promotion(), None);
+        let _ = std::fs::remove_dir_all(pins.parent().unwrap());
+    }
+
+    /// A burst's filter moves when it is due and pods come slowly; a first start's (no time of
+    /// its own) as soon as they do; none on a kernel without TCX.
+    #[test]
+    fn filters_move_when_due_and_pods_come_slowly() {
+        let (pins, state) = dirs("due");
+        let mut a = Attachments::new(&pins, &state, true);
+        let t0 = Instant::now();
+        let burst = (7, Hook::FromPod as u8);
+        a.map.insert(burst, Attachment::Filter(record(7, true)));
+        a.promote_later.insert(burst, t0 + PROMOTE_AFTER);
+        a.pace.pod_attached(t0);
+        assert_eq!(a.next_promotion(), Some(t0 + PROMOTE_AFTER));
+        assert_eq!(a.promotable(t0 + PROMOTE_AFTER / 2), None);
+        assert_eq!(a.promotable(t0 + PROMOTE_AFTER), Some(burst));
+        // Pods came fast just before it was due: the move waits until they come slowly.
+        let late = t0 + PROMOTE_AFTER - pace::WINDOW / 2;
+        for i in 0..pace::PER_WINDOW as u32 {
+            a.pace.pod_attached(late + Duration::from_millis(i.into()));
+        }
+        assert_eq!(a.promotable(t0 + PROMOTE_AFTER), None);
+        assert_eq!(a.next_promotion(), Some(late + pace::WINDOW));
+        // A first start's filter: due at once, so the quiet decides.
+        let first = (8, Hook::FromPod as u8);
+        a.map.insert(first, Attachment::Filter(record(8, true)));
+        assert_eq!(a.next_promotion(), Some(late + pace::WINDOW));
+        assert_eq!(a.promotable(late + pace::WINDOW), Some(burst));
+        a.detach(burst);
+        assert_eq!(a.promotable(late + pace::WINDOW), Some(first));
+        a.detach(first);
+        assert_eq!(a.next_promotion(), None);
+        let mut b = Attachments::new(&pins, &state, false);
+        b.map.insert(first, Attachment::Filter(record(8, true)));
+        assert_eq!((b.next_promotion(), b.promotable(t0)), (None, None));
         let _ = std::fs::remove_dir_all(pins.parent().unwrap());
     }
 

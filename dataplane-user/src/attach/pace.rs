@@ -4,15 +4,15 @@
 //! too); a netlink filter waits for none (~1 ms). Pods that come one by one get their TCX link
 //! at once. Past [`PER_WINDOW`] attaches in a [`WINDOW`] (a burst: pods created and deleted by
 //! the hundred) a pod gets a filter, which moves to a TCX link once it has been there
-//! [`PROMOTE_AFTER`] and no pod interface was attached for a [`WINDOW`]: a pod deleted before
-//! then never pays a grace period, to attach or to go.
+//! [`PROMOTE_AFTER`] and pods come slower again (a move costs what a TCX attach does): a pod
+//! deleted before then never pays a grace period, to attach or to go.
 
 use std::{
     collections::VecDeque,
     time::{Duration, Instant},
 };
 
-/// The span over which attaches are counted, and the quiet a move to TCX waits for.
+/// The span over which pod attaches are counted.
 pub const WINDOW: Duration = Duration::from_secs(1);
 
 /// Pod attaches (either way) in a [`WINDOW`] before new pods get filters.
@@ -31,6 +31,25 @@ pub struct Pace {
 impl Pace {
     /// Whether a pod interface attached at `now` goes on a TCX link at once.
     pub fn tcx_now(&mut self, now: Instant) -> bool {
+        self.forget_before(now);
+        self.slow_from().is_none_or(|t| t <= now)
+    }
+
+    /// A pod interface was attached at `now`, with a TCX link or a filter.
+    pub fn pod_attached(&mut self, now: Instant) {
+        self.forget_before(now);
+        self.recent.push_back(now);
+    }
+
+    /// From when fewer than [`PER_WINDOW`] of the attaches so far are within a [`WINDOW`]:
+    /// a new pod would get a TCX link, and a due filter may move. None: already.
+    pub fn slow_from(&self) -> Option<Instant> {
+        let n = self.recent.len();
+        (n >= PER_WINDOW).then(|| self.recent[n - PER_WINDOW] + WINDOW)
+    }
+
+    /// Drops the attaches a [`WINDOW`] before `now`.
+    fn forget_before(&mut self, now: Instant) {
         while self
             .recent
             .front()
@@ -38,17 +57,6 @@ impl Pace {
         {
             self.recent.pop_front();
         }
-        self.recent.len() < PER_WINDOW
-    }
-
-    /// A pod interface was attached at `now`, with a TCX link or a filter.
-    pub fn pod_attached(&mut self, now: Instant) {
-        self.recent.push_back(now);
-    }
-
-    /// From when a filter that is due may move: a [`WINDOW`] after the last pod attach.
-    pub fn quiet_from(&self) -> Option<Instant> {
-        self.recent.back().map(|t| *t + WINDOW)
     }
 }
 
@@ -74,7 +82,9 @@ mod tests {
         assert!(p.tcx_now(ms(1010)));
         p.pod_attached(ms(1010));
         assert!(!p.tcx_now(ms(1015)));
-        assert_eq!(p.quiet_from(), Some(ms(2010)));
-        assert_eq!(Pace::default().quiet_from(), None);
+        // Pods come slower again when the oldest of the last PER_WINDOW leaves the window.
+        assert_eq!(p.slow_from(), Some(ms(1020)));
+        assert!(p.tcx_now(ms(1020)));
+        assert_eq!(Pace::default().slow_from(), None);
     }
 }
