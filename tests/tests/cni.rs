@@ -691,22 +691,23 @@ fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
     // The namespaces first: the ADDs then come one right after the other.
     let nss: Vec<NetNs> = (0..N).map(|_| NetNs::new("cni-burst").unwrap()).collect();
     let conf = plugin.conf("1.0.0");
+    let call = |cmd: &str, i: usize, ns: &NetNs| {
+        let r = plugin.call(
+            cmd,
+            &format!("burst{i}"),
+            Some(&ns.name),
+            "eth0",
+            &conf,
+            &[],
+        );
+        assert!(r.ok(), "{cmd} {i}: {r}\n{}", c.logs());
+        r
+    };
     let started = std::time::Instant::now();
     let addrs: Vec<Ipv4Addr> = nss
         .iter()
         .enumerate()
-        .map(|(i, ns)| {
-            let r = plugin.call(
-                "ADD",
-                &format!("burst{i}"),
-                Some(&ns.name),
-                "eth0",
-                &conf,
-                &[],
-            );
-            assert!(r.ok(), "{r}\n{}", c.logs());
-            r.address().unwrap()
-        })
+        .map(|(i, ns)| call("ADD", i, ns).address().unwrap())
         .collect();
     // However slow the machine, at most PER_SECOND a second went on TCX links.
     let windows = started.elapsed().as_secs() as usize + 1;
@@ -755,15 +756,7 @@ fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
     assert!(pinged.contains(" 200 received"), "{pinged}\n{}", c.logs());
     assert!(pod_modes().iter().all(|m| m.ends_with("(netlink)") != tcx));
     for (i, ns) in nss.iter().enumerate() {
-        let r = plugin.call(
-            "DEL",
-            &format!("burst{i}"),
-            Some(&ns.name),
-            "eth0",
-            &conf,
-            &[],
-        );
-        assert!(r.ok(), "{r}\n{}", c.logs());
+        call("DEL", i, ns);
     }
     assert_nothing_left(&c, &links, fds);
 }
