@@ -672,7 +672,7 @@ fn pod_churn_in_parallel_leaks_nothing() {
 
 /// Pods added faster than TCX attaches go (each waits ~13 ms for an RCU grace period under
 /// the RTNL lock, holding every link and route change of the node) get their `from_pod` on a
-/// netlink filter (~1 ms) past the daemon's pace, 8 a second, and talk at once; those still
+/// netlink filter (~1 ms) past the daemon's pace (`attach/pace.rs`), and talk at once; those still
 /// there a while later move to TCX links without a lost ping. Their DEL leaves nothing.
 /// Without TCX (6.1) every pod is on a filter, as always.
 #[test]
@@ -680,8 +680,8 @@ fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
     if !require_root() {
         return;
     }
+    use dataplane_user::attach::pace::{PER_WINDOW, WINDOW};
     const N: usize = 24;
-    const PER_SECOND: usize = 8;
     let c = cluster("cni-burst", "192.168.83.128/26");
     let plugin = Plugin::new(&c, "node").unwrap();
     let master = &c.node("master").ns;
@@ -709,8 +709,8 @@ fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
         .enumerate()
         .map(|(i, ns)| call("ADD", i, ns).address().unwrap())
         .collect();
-    // However slow the machine, at most PER_SECOND a second went on TCX links.
-    let windows = started.elapsed().as_secs() as usize + 1;
+    // However slow the machine, at most PER_WINDOW a window went on TCX links.
+    let windows = (started.elapsed().as_nanos() / WINDOW.as_nanos()) as usize + 1;
     let pod_modes = || -> Vec<String> {
         let status = c.ipipd_json("node", &["status"]).unwrap();
         status["attachments"]
@@ -731,8 +731,8 @@ fn pods_added_in_a_burst_talk_on_filters_then_move_to_tcx_links() {
     );
     if tcx {
         assert!(
-            on_filters.len() >= N.saturating_sub(PER_SECOND * windows),
-            "{N} pods in {windows} s: {modes:?}"
+            on_filters.len() >= N.saturating_sub(PER_WINDOW * windows),
+            "{N} pods in {windows} windows: {modes:?}"
         );
     } else {
         assert_eq!(on_filters.len(), N, "{modes:?}");

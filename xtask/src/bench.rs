@@ -796,8 +796,9 @@ fn cni() -> Result<Value> {
     Ok(json!({"add_ms": add, "del_ms": del}))
 }
 
-/// How often the control-plane benches add a pod: under the daemon's pace (8 a second, see
-/// `attach/pace.rs`), so that each one's `from_pod` goes on a TCX link at once, as a pod's that
+/// How often the control-plane benches add a pod: a fifth slower than the daemon's pace (8 in a
+/// second, `attach/pace.rs`; xtask cannot name it: dataplane-user builds only after `cargo
+/// xtask setup`), so that each one's `from_pod` goes on a TCX link at once, as a pod's that
 /// comes alone does (the churn measures pods that come faster).
 const ONE_POD_EVERY: Duration = Duration::from_millis(150);
 

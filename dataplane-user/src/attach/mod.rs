@@ -402,13 +402,20 @@ impl Attachments {
         if !self.tcx {
             return None;
         }
-        // Each filter's time, None for "now": the minimum is the earliest (None first).
-        let due = self
+        // Each filter's time, None for "now": the minimum is the earliest (None first), and a
+        // filter due now ends the search (this runs at every turn of the owner's loop, and a
+        // large first start's thousands of filters are all due now).
+        let mut times = self
             .map
             .iter()
             .filter(|(_, a)| matches!(a, Attachment::Filter(_)))
-            .map(|(k, _)| self.promote_later.get(k).copied())
-            .min()?;
+            .map(|(k, _)| self.promote_later.get(k).copied());
+        let mut due = times.next()?;
+        while due.is_some()
+            && let Some(t) = times.next()
+        {
+            due = due.min(t);
+        }
         Some(due.max(self.pace.slow_from()).unwrap_or_else(Instant::now))
     }
 

@@ -4,8 +4,8 @@
 //! re-reads them every [`RECHECK`] and when a neighbour or route event says one may have
 //! changed, asks the kernel to resolve the next hops that have no MAC (less and less often
 //! while they stay so: [`Asking`]), and sends what it read to the owner, which reconciles
-//! only when a peer's next hop is not what its routes were built from. At 5,000 peers a check is 5,000 route lookups: the owner, which also serves
-//! changes, does not wait for them.
+//! only when a peer's next hop is not what its routes were built from. At 5,000 peers a check
+//! is 5,000 route lookups: the owner, which also serves changes, does not wait for them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
