@@ -47,15 +47,13 @@ pub struct Link {
     pub up: bool,
 }
 
-/// An event of the kernel's that the daemon acts on.
+/// A link event of the kernel's, as the daemon's owner acts on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A link appeared or changed.
     LinkNew(Link),
     /// A link went away.
     LinkDel { index: u32, name: String },
-    /// An IPv4 neighbour, or a route ipipd does not own, changed: next hops may have.
-    NextHops,
     /// The kernel dropped events (the socket's buffer overran): resync from a full dump.
     Resync,
 }
@@ -238,34 +236,40 @@ pub fn parse_link(m: &LinkMessage) -> Link {
     link
 }
 
-/// What a kernel notification means to the daemon, if anything: links, IPv4 neighbours, and
-/// IPv4 routes that are not ipipd's own (which may change a next hop).
-pub fn event_of(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<Event> {
+/// What a link notification means to the daemon's owner, if anything.
+pub fn link_event_of(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<Event> {
     match &msg.payload {
-        NetlinkPayload::InnerMessage(m) => match m {
-            RouteNetlinkMessage::NewLink(l) => Some(Event::LinkNew(parse_link(l))),
-            RouteNetlinkMessage::DelLink(l) => {
-                let l = parse_link(l);
-                Some(Event::LinkDel {
-                    index: l.index,
-                    name: l.name,
-                })
-            }
-            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n)
-                if n.header.family == AddressFamily::Inet =>
-            {
-                Some(Event::NextHops)
-            }
-            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r)
-                if r.header.address_family == AddressFamily::Inet
-                    && r.header.protocol != RouteProtocol::Other(RTPROT_IPIPD) =>
-            {
-                Some(Event::NextHops)
-            }
-            _ => None,
-        },
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+            Some(Event::LinkNew(parse_link(l)))
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+            let l = parse_link(l);
+            Some(Event::LinkDel {
+                index: l.index,
+                name: l.name,
+            })
+        }
         NetlinkPayload::Overrun(_) => Some(Event::Resync),
         _ => None,
+    }
+}
+
+/// Whether a notification may have changed a peer's next hop: an IPv4 neighbour, an IPv4
+/// route that is not ipipd's own, or notifications the kernel dropped (a check reads every
+/// next hop anyway).
+pub fn moves_next_hops(msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
+    match &msg.payload {
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
+        ) => n.header.family == AddressFamily::Inet,
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r),
+        ) => {
+            r.header.address_family == AddressFamily::Inet
+                && r.header.protocol != RouteProtocol::Other(RTPROT_IPIPD)
+        }
+        NetlinkPayload::Overrun(_) => true,
+        _ => false,
     }
 }
 
@@ -590,7 +594,7 @@ impl Netlink {
 
     /// Asks the kernel to resolve neighbour `dst` on `ifindex` now (`NTF_USE`: as if a packet
     /// were waiting for it, without one), so that the programs find its MAC.
-    pub async fn neighbour_resolve(&self, dst: Ipv4Addr, ifindex: u32) -> Result<()> {
+    async fn neighbour_resolve(&self, dst: Ipv4Addr, ifindex: u32) -> Result<(), rtnetlink::Error> {
         self.handle
             .neighbours()
             .add(ifindex, dst.into())
@@ -599,21 +603,31 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| describe(e).context(format!("resolving neighbour {dst} on #{ifindex}")))
     }
 
-    /// Asks for each of `vias` to be resolved on `ifindex` ([`Netlink::neighbour_resolve`]),
-    /// [`IN_FLIGHT`] requests at once; a refusal is logged (debug) and the rest go on.
-    pub async fn neighbours_resolve(&self, vias: impl IntoIterator<Item = Ipv4Addr>, ifindex: u32) {
+    /// Asks for each of `vias` to be resolved on `ifindex` (`Netlink::neighbour_resolve`),
+    /// [`IN_FLIGHT`] requests at once; a refusal is logged (debug) and the rest go on. How many
+    /// the kernel refused because its neighbour table is full (ENOBUFS: as many entries as
+    /// `net.ipv4.neigh.default.gc_thresh3` and none to collect).
+    pub async fn neighbours_resolve(
+        &self,
+        vias: impl IntoIterator<Item = Ipv4Addr>,
+        ifindex: u32,
+    ) -> usize {
         futures::stream::iter(vias)
-            .map(|via| self.neighbour_resolve(via, ifindex))
+            .map(|via| async move { (via, self.neighbour_resolve(via, ifindex).await) })
             .buffer_unordered(IN_FLIGHT)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    log::debug!("{e:#}");
+            .fold(0, |full, (via, r)| async move {
+                match r {
+                    Ok(()) => full,
+                    Err(e) if errno(&e) == Some(libc::ENOBUFS) => full + 1,
+                    Err(e) => {
+                        log::debug!("resolving neighbour {via} on #{ifindex}: {:#}", describe(e));
+                        full
+                    }
                 }
             })
-            .await;
+            .await
     }
 
     /// Installs (or replaces) one route.
@@ -767,23 +781,60 @@ pub fn route_summary(m: &RouteMessage) -> String {
     .to_lowercase()
 }
 
-/// The kernel's link, neighbour and IPv4 route notifications, as the events the daemon acts on
-/// (its I/O task runs on the current tokio runtime).
-pub fn events() -> Result<impl Stream<Item = Event> + Unpin> {
-    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
-        MulticastGroup::Link,
-        MulticastGroup::Neigh,
-        MulticastGroup::Ipv4Route,
-    ])
-    .map_err(|e| anyhow!("netlink event socket: {e}"))?;
+/// The receive buffer of an event socket (SO_RCVBUFFORCE; the kernel charges only what is
+/// queued). The default (`net.core.rmem_default`, ~208 KiB) holds ~200 notifications: a
+/// neighbour table's churn at thousands of peers, or a pod churn's veths, overran it.
+const EVENT_RCVBUF: usize = 8 << 20;
+
+/// A multicast subscription to `groups` with a receive buffer of [`EVENT_RCVBUF`], its
+/// notifications through `of` (its I/O task runs on the current tokio runtime).
+fn subscribe<T>(
+    groups: &[MulticastGroup],
+    of: fn(&NetlinkMessage<RouteNetlinkMessage>) -> Option<T>,
+) -> Result<impl Stream<Item = T> + Unpin> {
+    use std::os::fd::AsRawFd as _;
+    let (mut conn, _handle, messages) = rtnetlink::new_multicast_connection(groups)
+        .map_err(|e| anyhow!("netlink event socket: {e}"))?;
+    let fd = conn.socket_mut().as_raw_fd();
+    let size = libc::c_int::try_from(EVENT_RCVBUF)?;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: `fd` is the connection's open socket; the option's value is a c_int.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // (Without CAP_NET_ADMIN, SO_RCVBUF: up to net.core.rmem_max.)
+        if r == 0 {
+            break;
+        }
+    }
     tokio::spawn(conn);
-    Ok(messages.filter_map(|(m, _)| std::future::ready(event_of(&m))))
+    Ok(messages.filter_map(move |(m, _)| std::future::ready(of(&m))))
+}
+
+/// The kernel's link notifications, as the events the daemon's owner acts on.
+pub fn link_events() -> Result<impl Stream<Item = Event> + Unpin> {
+    subscribe(&[MulticastGroup::Link], link_event_of)
+}
+
+/// One item per notification that may have moved a peer's next hop ([`moves_next_hops`]), on
+/// a socket of its own: a storm of neighbour events (thousands of peers' ARP failing) costs
+/// a next-hop check, never the owner a resync.
+pub fn next_hop_events() -> Result<impl Stream<Item = ()> + Unpin> {
+    subscribe(&[MulticastGroup::Neigh, MulticastGroup::Ipv4Route], |m| {
+        moves_next_hops(m).then_some(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_route::route::RouteFlags;
+    use netlink_packet_route::{neighbour::NeighbourMessage, route::RouteFlags};
 
     fn a(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -887,7 +938,7 @@ mod tests {
         link.attributes.push(LinkAttribute::IfName("cali1".into()));
         link.attributes
             .push(LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]));
-        let ev = |m: RouteNetlinkMessage| event_of(&NetlinkMessage::from(m));
+        let ev = |m: RouteNetlinkMessage| link_event_of(&NetlinkMessage::from(m));
         match ev(RouteNetlinkMessage::NewLink(link.clone())) {
             Some(Event::LinkNew(l)) => {
                 assert_eq!((l.index, l.name.as_str()), (5, "cali1"));
@@ -902,14 +953,29 @@ mod tests {
                 name: "cali1".into()
             })
         );
-        // Our own routes change nothing about next hops; others' may.
+        let overrun = || {
+            let mut m = NetlinkMessage::from(RouteNetlinkMessage::NewLink(LinkMessage::default()));
+            m.payload = NetlinkPayload::Overrun(Vec::new());
+            m
+        };
+        assert_eq!(link_event_of(&overrun()), Some(Event::Resync));
+        // Our own routes change nothing about next hops; others' and neighbours may.
+        let moves = |m: RouteNetlinkMessage| moves_next_hops(&NetlinkMessage::from(m));
         let ours = route_message(&every_kind()[0]);
+        assert!(!moves(RouteNetlinkMessage::NewRoute(ours.clone())));
         assert_eq!(ev(RouteNetlinkMessage::NewRoute(ours.clone())), None);
         let mut theirs = ours;
         theirs.header.protocol = RouteProtocol::Boot;
-        assert_eq!(
-            ev(RouteNetlinkMessage::DelRoute(theirs)),
-            Some(Event::NextHops)
-        );
+        assert!(moves(RouteNetlinkMessage::DelRoute(theirs.clone())));
+        assert_eq!(ev(RouteNetlinkMessage::DelRoute(theirs)), None);
+        let mut neigh = NeighbourMessage::default();
+        neigh.header.family = AddressFamily::Inet;
+        assert!(moves(RouteNetlinkMessage::NewNeighbour(neigh.clone())));
+        assert_eq!(ev(RouteNetlinkMessage::NewNeighbour(neigh.clone())), None);
+        neigh.header.family = AddressFamily::Inet6;
+        assert!(!moves(RouteNetlinkMessage::DelNeighbour(neigh)));
+        assert!(!moves(RouteNetlinkMessage::NewLink(LinkMessage::default())));
+        // Dropped notifications: a check reads every next hop again.
+        assert!(moves_next_hops(&overrun()));
     }
 }

@@ -2,7 +2,11 @@
 //! reachability, resets, conflicts), a block claimed when the node's are full, and the blocks
 //! the node's pods use, which the task needs to hold or give up blocks.
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, anyhow};
 
@@ -11,7 +15,7 @@ use crate::{
     config::{Config, DatastoreKind},
     datastore::{
         memory::Memory,
-        model::View,
+        model::{View, Workload},
         sync::{self, Msg, Synced},
     },
     metrics::DatastoreHealth,
@@ -66,6 +70,58 @@ pub(super) async fn datastore_start(
             }
             _ => Err(e.context("datastore")),
         },
+    }
+}
+
+/// How long at most the cache lags the view the node forwards on when only other nodes
+/// changed.
+const CACHE_EVERY: Duration = Duration::from_secs(1);
+
+/// When the view the node forwards on is written to its cache ([`sync::save_cache`]): at once
+/// when the node's own part changed (the blocks it holds and disputes, its registration: what
+/// a start after a reset needs; its pods in Calico's view, whose names `ipipd endpoints`
+/// reads there), else at most every [`CACHE_EVERY`] (at 5,000 nodes a write is milliseconds
+/// of JSON on the owner's path, and the store may change 100 times a second). What is due is
+/// written when the daemon stops.
+#[derive(Default)]
+pub(super) struct CacheWrites {
+    /// The node's own part as last written.
+    own: Option<Own>,
+    /// A write due then (only other nodes changed since the last).
+    pub(super) due: Option<Instant>,
+}
+
+type Own = (
+    Option<BTreeSet<Ipv4Net>>,
+    BTreeSet<Ipv4Net>,
+    i64,
+    Vec<Workload>,
+);
+
+/// Node `me`'s own part of `m`.
+fn own(m: &Memory, me: &str) -> Own {
+    let pods = m.view.calico.workloads.values().filter(|w| w.node == me);
+    (
+        m.held.clone(),
+        m.disputed.clone(),
+        m.registered,
+        pods.cloned().collect(),
+    )
+}
+
+impl CacheWrites {
+    /// After node `me` took `m` at `now`: whether to write it now (else a write is due).
+    fn now(&mut self, m: &Memory, me: &str, now: Instant) -> bool {
+        if self.own.as_ref() != Some(&own(m, me)) {
+            return true;
+        }
+        self.due.get_or_insert(now + CACHE_EVERY);
+        false
+    }
+
+    fn written(&mut self, m: &Memory, me: &str) {
+        self.own = Some(own(m, me));
+        self.due = None;
     }
 }
 
@@ -244,11 +300,23 @@ impl Owner {
             }
         }
         if let Some(m) = &self.ds
-            && let Err(e) = sync::save_cache(&self.dp.state_dir, m)
+            && self.ds_cache.now(m, &self.file.node.name, Instant::now())
         {
-            log::warn!("datastore: caching the view: {e:#}");
+            self.write_cache();
         }
         Ok(())
+    }
+
+    /// The view the node forwards on written to its cache (see [`CacheWrites`]).
+    pub(super) fn write_cache(&mut self) {
+        let Some(m) = &self.ds else { return };
+        match sync::save_cache(&self.dp.state_dir, m) {
+            Ok(()) => self.ds_cache.written(m, &self.file.node.name),
+            Err(e) => {
+                log::warn!("datastore: caching the view: {e:#}");
+                self.ds_cache.due = Some(Instant::now() + CACHE_EVERY);
+            }
+        }
     }
 
     /// The node's blocks that its pods and allocations use.
@@ -276,5 +344,58 @@ impl Owner {
                 changed
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_own_part_is_cached_at_once_other_nodes_at_most_every_second() {
+        let mut c = CacheWrites::default();
+        let mut m = Memory::default();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // The first view is written at once.
+        assert!(c.now(&m, "n0", t0));
+        c.written(&m, "n0");
+        // Another node came, and a pod of another node: a write is due a second after the
+        // first such change, not later.
+        m.view.nodes.insert(
+            "n1".into(),
+            crate::datastore::model::NodeRecord {
+                name: "n1".into(),
+                address: "172.31.0.1".parse().unwrap(),
+            },
+        );
+        assert!(!c.now(&m, "n0", t0));
+        let pod = |node: &str| Workload {
+            node: node.into(),
+            interface: "cali0".into(),
+            address: "10.64.0.2".parse().unwrap(),
+            mac: None,
+            pod: "default/p".into(),
+        };
+        m.view
+            .calico
+            .workloads
+            .insert("default/p1".into(), pod("n1"));
+        assert!(!c.now(&m, "n0", ms(500)));
+        assert_eq!(c.due, Some(t0 + CACHE_EVERY));
+        // The node's own blocks changed: at once.
+        m.held = Some(["10.64.0.0/26".parse().unwrap()].into());
+        assert!(c.now(&m, "n0", ms(600)));
+        c.written(&m, "n0");
+        assert_eq!(c.due, None);
+        // Its registration, and a pod of its own, too.
+        m.registered += 1;
+        assert!(c.now(&m, "n0", ms(700)));
+        c.written(&m, "n0");
+        m.view
+            .calico
+            .workloads
+            .insert("default/p0".into(), pod("n0"));
+        assert!(c.now(&m, "n0", ms(800)));
     }
 }

@@ -2,9 +2,9 @@
 //! one that changes it; everything else sends it messages or wakes it:
 //!
 //! - signals (`tokio::signal::unix`): SIGHUP re-reads the file, SIGTERM/SIGINT stop;
-//! - the kernel's link, neighbour and route events (a netlink stream);
+//! - the kernel's link events (a netlink stream);
 //! - the next-hop task ([`next_hops`]): the peers' next hops read again every 5 s and after
-//!   neighbour and route events, off the owner's path;
+//!   neighbour and route events (a netlink stream of its own), off the owner's path;
 //! - the control socket: a task per connection (at most [`MAX_CLIENTS`], each with a deadline
 //!   for its request and a bound on its size) that forwards the request to the owner;
 //! - the programs' aya-log ring buffer (`AsyncFd`).
@@ -103,6 +103,7 @@ struct Owner {
     ds: Option<Memory>,
     ds_health: Option<DatastoreHealth>,
     ds_in_use: Option<watch::Sender<BTreeSet<Ipv4Net>>>,
+    ds_cache: datastore::CacheWrites,
     /// calico-etcd mode: what of the view the node leaves out, with why (logged on change).
     skipped: Vec<(String, String)>,
     health: watch::Sender<Health>,
@@ -287,6 +288,7 @@ pub async fn run(
             .map(|s| health_of(s, source, true, String::new())),
         ds: ds.map(|s| s.memory),
         ds_in_use: None,
+        ds_cache: Default::default(),
         skipped: Vec::new(),
         health,
         monitors: BTreeMap::new(),
@@ -302,7 +304,9 @@ pub async fn run(
         owner.note_calico(&m.view);
     }
     let mut ds_rx = ds_task.map(|task| {
-        let (tx, rx) = mpsc::channel(16);
+        // One message in flight: a datastore task makes its next view when the owner has
+        // taken the last (of every change until then), not one per change.
+        let (tx, rx) = mpsc::channel(1);
         match task {
             DsTask::Ipipd(d, tracker, store) => {
                 let (in_use, in_use_rx) = watch::channel(owner.blocks_in_use());
@@ -343,7 +347,7 @@ impl Owner {
         ds_rx: &mut Option<mpsc::Receiver<Msg>>,
         checked: &mut mpsc::Receiver<next_hops::Checked>,
     ) -> Result<()> {
-        let mut events = netlink::events()?;
+        let mut events = netlink::link_events()?;
         let (tx, mut rx) = mpsc::channel::<Command>(MAX_CLIENTS);
         let sock_path = control::socket_path(state_dir);
         let _ = std::fs::remove_file(&sock_path);
@@ -427,8 +431,17 @@ impl Owner {
                         None => std::future::pending().await,
                     }
                 } => self.promote().await,
+                () = async {
+                    match self.ds_cache.due {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.write_cache(),
             }
         };
+        if self.ds_cache.due.is_some() {
+            self.write_cache();
+        }
         accept.abort();
         self.monitors.clear();
         result
@@ -544,20 +557,14 @@ impl Owner {
             match ev {
                 Event::LinkNew(l) => log::debug!("link {} ({}) is up or changed", l.name, l.index),
                 Event::LinkDel { index, name } => log::info!("link {name} ({index}) is gone"),
-                Event::Resync => log::warn!("netlink dropped events: resyncing"),
-                Event::NextHops => {}
+                Event::Resync => log::warn!("netlink dropped link events: resyncing"),
             }
         }
-        if batch.contains(&Event::NextHops) {
-            self.next_hops.kick();
-        }
-        if batch.iter().any(|e| *e != Event::NextHops) {
-            // Links came, went or changed: a change on the kept view (a resync: in full).
-            let applied = self.dp.reconcile_change(&self.desired, batch).await;
-            // (The uplink may be another: the check is told the underlay again.)
-            let r = self.settle(applied, true);
-            self.reconciling.report("reconciling", r);
-        }
+        // Links came, went or changed: a change on the kept view (a resync: in full).
+        let applied = self.dp.reconcile_change(&self.desired, batch).await;
+        // (The uplink may be another: the check is told the underlay again.)
+        let r = self.settle(applied, true);
+        self.reconciling.report("reconciling", r);
     }
 
     /// Puts back pins removed under the daemon (see [`Dataplane::repair_pins`]) and

@@ -1,24 +1,25 @@
 //! The peers' next hops, checked off the owner's path. How the kernel routes each peer, and
 //! the MAC of each next hop, is what the maps' routes carry (their L2); the kernel changes
 //! them without asking ipipd (a gateway's MAC, a route, a neighbour gone stale). This task
-//! re-reads them every [`RECHECK`] and when a neighbour or route event says one may have
-//! changed, asks the kernel to resolve the next hops that have no MAC (less and less often
-//! while they stay so: [`Asking`]), and sends what it read to the owner, which reconciles
-//! only when a peer's next hop is not what its routes were built from. At 5,000 peers a check
-//! is 5,000 route lookups: the owner, which also serves changes, does not wait for them.
+//! re-reads them every [`RECHECK`] and when a neighbour or route event (on a netlink socket
+//! of its own: the owner never wakes for them) says one may have changed, asks the kernel to
+//! resolve the next hops that have no MAC (less and less often while they stay so:
+//! [`Asking`]), and sends what it read to the owner, which reconciles only when a peer's next
+//! hop is not what its routes were built from. At 5,000 peers a check is 5,000 route lookups:
+//! the owner, which also serves changes, does not wait for them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Result;
-use tokio::sync::{Notify, mpsc, watch};
+use futures::{FutureExt as _, Stream, StreamExt as _};
+use tokio::sync::{mpsc, watch};
 
 use crate::{
-    netlink::Netlink,
+    netlink::{self, Netlink},
     plan::{self, KernelView, NextHop, Peers, Underlay},
 };
 
@@ -33,29 +34,34 @@ const ASK_AT_MOST_EVERY: u32 = 12;
 /// checks, the longest waiting first.
 const ASK_PER_CHECK: usize = 256;
 
+/// After a check the task rests this many times as long as the check took before an event
+/// brings the next one: it is busy at most a fifth of the time, however many peers and
+/// events there are (a check's own requests to resolve bring neighbour events, and at 5,000
+/// peers a check is tens of milliseconds of route lookups), and with few peers an event is
+/// still followed at once.
+const REST_PER_CHECK: u32 = 4;
+
 /// One check: the underlay it was read for, and each peer's next hop then.
 pub struct Checked {
     pub underlay: Underlay,
     pub hops: Result<BTreeMap<Ipv4Addr, NextHop>>,
 }
 
-/// The owner's end: what to check (the desired state's peers), and a way to ask for a check
-/// now.
+/// The owner's end: what to check (the desired state's peers).
 pub struct Checker {
     peers: watch::Sender<Peers>,
-    kick: Arc<Notify>,
 }
 
 impl Checker {
-    /// Starts the task, on a netlink socket of its own (thousands of route lookups do not
+    /// Starts the task, on netlink sockets of its own (thousands of route lookups do not
     /// queue the owner's requests); its results arrive on the returned receiver.
     pub fn spawn(peers: Peers) -> Result<(Self, mpsc::Receiver<Checked>)> {
         let nl = Netlink::new()?;
+        let events = netlink::next_hop_events()?;
         let (peers, peers_rx) = watch::channel(peers);
-        let kick = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(run(nl, peers_rx, kick.clone(), tx));
-        Ok((Checker { peers, kick }, rx))
+        tokio::spawn(run(nl, events, peers_rx, tx));
+        Ok((Checker { peers }, rx))
     }
 
     /// What the next checks read (a no-op when it is what they read already).
@@ -66,39 +72,75 @@ impl Checker {
             changed
         });
     }
-
-    /// A check as soon as the task is free (events during a check make one more, not many).
-    pub fn kick(&self) {
-        self.kick.notify_one();
-    }
 }
 
 async fn run(
     nl: Netlink,
+    events: impl Stream<Item = ()> + Unpin,
     peers: watch::Receiver<Peers>,
-    kick: Arc<Notify>,
     tx: mpsc::Sender<Checked>,
 ) {
     let mut tick = tokio::time::interval(RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
     let (mut asking, mut ticks) = (Asking::default(), 0u64);
+    let mut events = Some(events);
+    let mut table_full_said: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => ticks += 1,
-            () = kick.notified() => {}
+            ev = async { events.as_mut().unwrap().next().await }, if events.is_some() => {
+                if ev.is_none() {
+                    // (Only an unreadable socket ends it.)
+                    log::error!(
+                        "the neighbour and route events ended: next hops are read every {:?} only",
+                        RECHECK
+                    );
+                    events = None;
+                }
+                // Everything already queued is one check (events during a check, one more).
+                while let Some(Some(())) =
+                    events.as_mut().and_then(|e| e.next().now_or_never())
+                {}
+            }
         }
+        let started = tokio::time::Instant::now();
         let peers = peers.borrow().clone();
         let hops = check(&nl, &peers).await;
         if let (Ok(h), uplink @ 1..) = (&hops, peers.underlay.uplink) {
-            let ask = asking.due(&plan::unresolved(h), ticks);
-            nl.neighbours_resolve(ask, uplink).await;
+            let unresolved = plan::unresolved(h);
+            let ask = asking.due(&unresolved, ticks);
+            let refused = nl.neighbours_resolve(ask, uplink).await;
+            if refused > 0 && table_full_said.is_none_or(|t| t.elapsed() >= SAY_TABLE_FULL_EVERY) {
+                table_full_said = Some(tokio::time::Instant::now());
+                say_table_full(unresolved.len(), h.len());
+            }
         }
+        let took = started.elapsed();
         let underlay = peers.underlay;
         if tx.send(Checked { underlay, hops }).await.is_err() {
             return; // the owner is gone
         }
+        tokio::time::sleep(took * REST_PER_CHECK).await;
     }
+}
+
+/// How often, at most, a full neighbour table is said ([`say_table_full`]).
+const SAY_TABLE_FULL_EVERY: Duration = Duration::from_secs(600);
+
+/// The kernel refused to resolve a next hop because its neighbour table is full (ENOBUFS).
+/// Its default size (`gc_thresh3`, 1,024 entries, for all namespaces together) is too small
+/// for the MACs of thousands of peers on the uplink's link, which their routes need. (The
+/// limit is readable in the host's namespace only.)
+fn say_table_full(unresolved: usize, peers: usize) {
+    let limit = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .map(|s| format!(" = {}", s.trim()))
+        .unwrap_or_default();
+    log::warn!(
+        "the kernel's neighbour table is full (net.ipv4.neigh.default.gc_thresh3{limit}): \
+         {unresolved} next hops of {peers} peers have no MAC; raise gc_thresh3 (and \
+         gc_thresh2) above the number of peers"
+    );
 }
 
 async fn check(nl: &Netlink, peers: &Peers) -> Result<BTreeMap<Ipv4Addr, NextHop>> {

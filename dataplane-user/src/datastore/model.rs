@@ -422,7 +422,10 @@ impl View {
     pub fn merged_with(&self, remembered: &View) -> View {
         let mut v = self.clone();
         for (name, n) in &remembered.nodes {
-            v.nodes.entry(name.clone()).or_insert_with(|| n.clone());
+            // (Looked up first: the name is copied only for a node the store lacks.)
+            if !v.nodes.contains_key(name) {
+                v.nodes.insert(name.clone(), n.clone());
+            }
         }
         for (cidr, p) in &remembered.pools {
             if overlapping(&v.pools, cidr).is_none() {
