@@ -84,24 +84,15 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
     let (mut asking, mut ticks) = (Asking::default(), 0u64);
-    let mut events = Some(events);
+    // (Fused: should the socket fail, which netlink_proto logs, only the periodic checks stay.)
+    let mut events = events.fuse();
     let mut table_full_said: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => ticks += 1,
-            ev = async { events.as_mut().unwrap().next().await }, if events.is_some() => {
-                if ev.is_none() {
-                    // (Only an unreadable socket ends it.)
-                    log::error!(
-                        "the neighbour and route events ended: next hops are read every {:?} only",
-                        RECHECK
-                    );
-                    events = None;
-                }
+            Some(()) = events.next() => {
                 // Everything already queued is one check (events during a check, one more).
-                while let Some(Some(())) =
-                    events.as_mut().and_then(|e| e.next().now_or_never())
-                {}
+                while let Some(Some(())) = events.next().now_or_never() {}
             }
         }
         let started = tokio::time::Instant::now();
