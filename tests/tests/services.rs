@@ -458,14 +458,16 @@ fn a_stream_through_a_cluster_ip_survives_restarts() {
 /// A server on "world" (outside the pod network, no route to the pods) that records the
 /// source of every TCP connection and UDP datagram.
 fn sources_seen(world: &NetNs, port: u16, during: impl FnOnce()) -> Vec<Ipv4Addr> {
+    // What holds the port, should a bind fail.
+    let holders = || world.sh("ss -tuanoe").unwrap_or_else(|e| format!("{e:#}"));
     let tcp = world
         .enter(move || TcpListener::bind(SocketAddrV4::new(WORLD, port)))
         .unwrap()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("TCP {WORLD}:{port}: {e}\n{}", holders()));
     let udp = world
         .enter(move || UdpSocket::bind(SocketAddrV4::new(WORLD, port)))
         .unwrap()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("UDP {WORLD}:{port}: {e}\n{}", holders()));
     udp.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let stop = AtomicBool::new(false);
@@ -510,20 +512,22 @@ fn nat_outgoing_masquerades_pods_to_the_outside_and_nothing_else() {
     let (p1, p2) = (pod_ns(&c, "10.210.1.2"), pod_ns(&c, "10.210.2.2"));
     let world = c.node("world").ns.view();
     let n1 = c.node("n1").spec.address;
-    let to_world = SocketAddrV4::new(WORLD, 7000);
+    // Each look at the world has a port of its own: nothing it sees is left from the one before.
+    let to_world = |port| SocketAddrV4::new(WORLD, port);
 
     // n1's pod reaches the world over TCP and UDP, seen there from n1's address.
     let seen = sources_seen(&world, 7000, || {
         for proto in [Proto::Tcp, Proto::Udp] {
-            let got = ask(&p1, to_world, proto).unwrap_or_else(|e| panic!("{proto:?}: {e:#}"));
+            let got =
+                ask(&p1, to_world(7000), proto).unwrap_or_else(|e| panic!("{proto:?}: {e:#}"));
             assert_eq!(got, "backend=world");
         }
     });
     assert_eq!(seen, [n1, n1], "the world saw {seen:?}");
     // n2 has no natOutgoing: its pod's packets reach the world with the pod's address, and
     // no answer comes back (the world has no route to the pods).
-    let seen = sources_seen(&world, 7000, || {
-        assert!(ask(&p2, to_world, Proto::Udp).is_err());
+    let seen = sources_seen(&world, 7001, || {
+        assert!(ask(&p2, to_world(7001), Proto::Udp).is_err());
     });
     assert_eq!(seen, [a("10.210.2.2")], "n2's pod was masqueraded");
     // Pod to pod, across nodes: the pod's own address.
@@ -556,8 +560,8 @@ fn nat_outgoing_masquerades_pods_to_the_outside_and_nothing_else() {
         "SIGTERM removed the table"
     );
     c.restart_daemon("n1").unwrap();
-    let seen = sources_seen(&world, 7000, || {
-        ask(&p1, to_world, Proto::Tcp).unwrap();
+    let seen = sources_seen(&world, 7002, || {
+        ask(&p1, to_world(7002), Proto::Tcp).unwrap();
     });
     assert_eq!(seen, [n1]);
     c.stop_daemon("n1").unwrap();
