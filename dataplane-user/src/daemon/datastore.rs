@@ -100,28 +100,39 @@ type Own = (
 
 /// Node `me`'s own part of `m`.
 fn own(m: &Memory, me: &str) -> Own {
-    let pods = m.view.calico.workloads.values().filter(|w| w.node == me);
     (
         m.held.clone(),
         m.disputed.clone(),
         m.registered,
-        pods.cloned().collect(),
+        m.view
+            .calico
+            .workloads_of(me)
+            .map(|(_, w)| w.clone())
+            .collect(),
     )
 }
 
 impl CacheWrites {
-    /// After node `me` took `m` at `now`: whether to write it now (else a write is due).
+    /// After node `me` took `m` at `now`: whether to write it now (its own part, noted as
+    /// written, changed), else a write is due.
     fn now(&mut self, m: &Memory, me: &str, now: Instant) -> bool {
-        if self.own.as_ref() != Some(&own(m, me)) {
+        let own = own(m, me);
+        if self.own.as_ref() != Some(&own) {
+            self.own = Some(own);
             return true;
         }
         self.due.get_or_insert(now + CACHE_EVERY);
         false
     }
 
-    fn written(&mut self, m: &Memory, me: &str) {
-        self.own = Some(own(m, me));
+    fn written(&mut self) {
         self.due = None;
+    }
+
+    /// A write failed at `now`: another is due, and the next view is written at once.
+    fn failed(&mut self, now: Instant) {
+        self.own = None;
+        self.due = Some(now + CACHE_EVERY);
     }
 }
 
@@ -311,10 +322,10 @@ impl Owner {
     pub(super) fn write_cache(&mut self) {
         let Some(m) = &self.ds else { return };
         match sync::save_cache(&self.dp.state_dir, m) {
-            Ok(()) => self.ds_cache.written(m, &self.file.node.name),
+            Ok(()) => self.ds_cache.written(),
             Err(e) => {
                 log::warn!("datastore: caching the view: {e:#}");
-                self.ds_cache.due = Some(Instant::now() + CACHE_EVERY);
+                self.ds_cache.failed(Instant::now());
             }
         }
     }
@@ -359,7 +370,7 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         // The first view is written at once.
         assert!(c.now(&m, "n0", t0));
-        c.written(&m, "n0");
+        c.written();
         // Another node came, and a pod of another node: a write is due a second after the
         // first such change, not later.
         m.view.nodes.insert(
@@ -386,16 +397,20 @@ mod tests {
         // The node's own blocks changed: at once.
         m.held = Some(["10.64.0.0/26".parse().unwrap()].into());
         assert!(c.now(&m, "n0", ms(600)));
-        c.written(&m, "n0");
+        c.written();
         assert_eq!(c.due, None);
         // Its registration, and a pod of its own, too.
         m.registered += 1;
         assert!(c.now(&m, "n0", ms(700)));
-        c.written(&m, "n0");
+        c.written();
         m.view
             .calico
             .workloads
             .insert("default/p0".into(), pod("n0"));
         assert!(c.now(&m, "n0", ms(800)));
+        // A write that failed is tried again a second later, and the next view at once.
+        c.failed(ms(800));
+        assert_eq!(c.due, Some(ms(800) + CACHE_EVERY));
+        assert!(c.now(&m, "n0", ms(900)));
     }
 }

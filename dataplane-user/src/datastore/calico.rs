@@ -457,7 +457,7 @@ pub fn overlay(c: &mut Config, view: &View) -> Vec<(String, String)> {
     let mut addresses: BTreeSet<Ipv4Addr> = c.endpoints.iter().map(|e| e.address).collect();
     let mut interfaces: BTreeSet<String> =
         c.endpoints.iter().map(|e| e.interface.clone()).collect();
-    for (key, w) in view.calico.workloads.iter().filter(|(_, w)| w.node == me) {
+    for (key, w) in view.calico.workloads_of(&me) {
         let e = EndpointCfg {
             address: w.address,
             interface: w.interface.clone(),

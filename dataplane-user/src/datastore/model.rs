@@ -118,6 +118,14 @@ impl CalicoView {
     pub fn is_empty(&self) -> bool {
         self.pools.is_empty() && self.tunnel_addresses.is_empty() && self.workloads.is_empty()
     }
+
+    /// The pods of node `node`, by their WorkloadEndpoint.
+    pub fn workloads_of<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Workload)> + 'a {
+        self.workloads.iter().filter(move |(_, w)| w.node == node)
+    }
 }
 
 /// A block's owner.
