@@ -15,6 +15,7 @@ pub mod cni;
 pub mod counters;
 pub mod dns;
 pub mod etcd;
+pub mod netns;
 pub mod services;
 pub mod traffic;
 
@@ -180,14 +181,12 @@ pub struct NetNs {
 
 impl NetNs {
     /// Creates `ipipd-<tag>-<pid>-<n>`, brings lo up and turns IPv6 off (so router solicitations
-    /// and DAD never move a counter).
+    /// and DAD never move a counter). In this process, as a container runtime makes a pod's
+    /// namespace (see [`netns`]): no `ip` or `sysctl` process per namespace.
     pub fn new(tag: &str) -> Result<Self> {
         let name = format!("ipipd-{tag}-{}-{}", std::process::id(), seq());
-        check(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = NetNs { name, owned: true };
-        ns.sh("ip link set lo up; \
-               sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
-        Ok(ns)
+        netns::add(&name)?;
+        Ok(NetNs { name, owned: true })
     }
 
     /// A namespace someone else made and removes (`/run/netns/<name>`: a container's).
@@ -272,16 +271,7 @@ impl Drop for NetNs {
             return;
         }
         // Processes left in the namespace would keep it alive: end them first.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        netns::kill_processes_in(&self.name);
+        netns::delete(&self.name);
     }
 }
