@@ -5,11 +5,13 @@
 //! CNI plugin they measure.
 
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     io::Error,
-    os::unix::fs::MetadataExt as _,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
-    sync::OnceLock,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -33,52 +35,39 @@ fn ok(rc: libc::c_int, what: impl FnOnce() -> String) -> Result<()> {
     Ok(())
 }
 
-/// [`RUN_DIR`] as `ip netns add` leaves it: a shared mount point (a bind mount of itself when it
-/// is none), so that names mounted later show in mount namespaces made after (a container's).
-/// Once per process.
+/// mount(2) without a file system type or data: a bind (`from` onto `to`) or a propagation
+/// change of `to` (`from` empty).
+fn mount(from: &CStr, to: &CStr, flags: libc::c_ulong) -> libc::c_int {
+    // SAFETY: valid C strings; no data argument.
+    unsafe {
+        libc::mount(
+            from.as_ptr(),
+            to.as_ptr(),
+            c"none".as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    }
+}
+
+/// [`RUN_DIR`] as `ip netns add` leaves it (and, as it does, checked at every add): a shared
+/// mount point (a bind mount of itself when it is none), so that names mounted later show in
+/// mount namespaces made after (a container's).
 fn prepare_run_dir() -> Result<()> {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        (|| -> Result<()> {
-            std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
-            let dir = c_path(Path::new(RUN_DIR))?;
-            let none = c"none";
-            let shared = || {
-                // SAFETY: valid C strings; no data argument.
-                unsafe {
-                    libc::mount(
-                        c"".as_ptr(),
-                        dir.as_ptr(),
-                        none.as_ptr(),
-                        libc::MS_SHARED | libc::MS_REC,
-                        std::ptr::null(),
-                    )
-                }
-            };
-            if shared() == 0 {
-                return Ok(());
-            }
-            if Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-                bail!("making {RUN_DIR} shared: {}", Error::last_os_error());
-            }
-            // Not a mount point yet: bind it onto itself, then share it.
-            // SAFETY: valid C strings; no data argument.
-            let rc = unsafe {
-                libc::mount(
-                    dir.as_ptr(),
-                    dir.as_ptr(),
-                    none.as_ptr(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                )
-            };
-            ok(rc, || format!("binding {RUN_DIR} onto itself"))?;
-            ok(shared(), || format!("making {RUN_DIR} shared"))
-        })()
-        .map_err(|e| format!("{e:#}"))
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let dir = c_path(Path::new(RUN_DIR))?;
+    let shared = || mount(c"", &dir, libc::MS_SHARED | libc::MS_REC);
+    if shared() == 0 {
+        return Ok(());
+    }
+    if Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        bail!("making {RUN_DIR} shared: {}", Error::last_os_error());
+    }
+    // Not a mount point yet: bind it onto itself, then share it.
+    ok(mount(&dir, &dir, libc::MS_BIND | libc::MS_REC), || {
+        format!("binding {RUN_DIR} onto itself")
+    })?;
+    ok(shared(), || format!("making {RUN_DIR} shared"))
 }
 
 /// Makes the named namespace `name`, with lo up and IPv6 off. On error nothing is left.
@@ -96,21 +85,11 @@ pub fn add(name: &str) -> Result<()> {
             ok(unsafe { libc::unshare(libc::CLONE_NEWNET) }, || {
                 "unshare(CLONE_NEWNET)".into()
             })?;
-            let (from, to) = (c"/proc/thread-self/ns/net", c_path(&path)?);
-            // SAFETY: valid C strings; no data argument.
-            let rc = unsafe {
-                libc::mount(
-                    from.as_ptr(),
-                    to.as_ptr(),
-                    c"none".as_ptr(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                )
-            };
-            ok(rc, || {
-                format!("binding the namespace onto {}", path.display())
-            })?;
-            set_up("lo")?;
+            ok(
+                mount(c"/proc/thread-self/ns/net", &c_path(&path)?, libc::MS_BIND),
+                || format!("binding the namespace onto {}", path.display()),
+            )?;
+            set_lo_up()?;
             // The thread's own namespace's sysctls (/proc/sys/net is the calling task's).
             for scope in ["all", "default"] {
                 let f = format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6");
@@ -136,35 +115,32 @@ struct IfReqFlags {
     _rest: [u8; 22],
 }
 
-/// Sets device `dev` of the calling thread's namespace up.
-fn set_up(dev: &str) -> Result<()> {
-    // SAFETY: a plain socket call.
+/// Sets lo of the calling thread's namespace up.
+fn set_lo_up() -> Result<()> {
+    // SAFETY: a plain socket call; the fd is owned (and closed) from here on.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         bail!("socket: {}", Error::last_os_error());
     }
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = IfReqFlags {
         name: [0; libc::IFNAMSIZ],
         flags: 0,
         _rest: [0; 22],
     };
-    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
-    // SAFETY: `req` is a valid ifreq for both requests; fd is ours.
-    let r = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
-            Err(Error::last_os_error())
-        } else {
-            req.flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) != 0 {
-                Err(Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        }
-    };
-    // SAFETY: closing our fd.
-    unsafe { libc::close(fd) };
-    r.with_context(|| format!("setting {dev} up"))
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: `req` is a valid ifreq for both requests.
+    ok(
+        unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) },
+        || "reading lo's flags".into(),
+    )?;
+    req.flags |= libc::IFF_UP as libc::c_short;
+    // SAFETY: as above.
+    ok(
+        unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) },
+        || "setting lo up".into(),
+    )
 }
 
 /// SIGKILL to every process in the named namespace `name` (`ip netns pids`, then `kill -9`):
@@ -231,7 +207,7 @@ mod tests {
             let v = ip(&["netns", "exec", &name, "sysctl", "-n", &key]);
             assert_eq!(v.trim(), "1", "{key}");
         }
-        // The host's own setting is not touched.
+        // IPv6 off: not even lo's ::1.
         assert_eq!(ip(&["-n", &name, "-6", "addr", "show"]).trim(), "");
         // A process in it is ended with it.
         let mut sleeper = Command::new("ip")
