@@ -253,7 +253,7 @@ fn racing_claimants_never_share_a_block() {
     assert_eq!(view.blocks.len(), 16);
     for (i, r) in results.iter().enumerate() {
         if let Ok(b) = r {
-            assert_eq!(view.blocks[b], format!("c{i}"));
+            assert_eq!(*view.blocks[b], format!("c{i}"));
         }
     }
 }

@@ -89,16 +89,16 @@ pub async fn nodes(c: Cluster) -> Result<()> {
         .nodes
         .values()
         .map(|n| NodeRow {
-            name: n.name.clone(),
+            name: n.name.to_string(),
             address: n.address,
             alive: (!calico).then(|| view.alive.contains(&n.name)),
-            tunnel_address: view.calico.tunnel_addresses.get(&n.name).copied(),
+            tunnel_address: view.calico.tunnel_addresses.get(&*n.name).copied(),
             blocks: view.blocks_of(&n.name),
             pods: calico.then(|| {
                 view.calico
                     .workloads
                     .values()
-                    .filter(|w| w.node == n.name)
+                    .filter(|w| *w.node == *n.name)
                     .count()
             }),
         })
@@ -154,7 +154,7 @@ pub async fn blocks(c: Cluster) -> Result<()> {
         .iter()
         .map(|(b, n)| BlockRow {
             cidr: *b,
-            node: n.clone(),
+            node: n.to_string(),
             disputed_by: view
                 .disputes
                 .get(b)

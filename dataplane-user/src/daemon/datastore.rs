@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeSet,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -157,7 +158,7 @@ pub(super) fn follow_record(mut file: Config, view: &View) -> Result<Config> {
     }
     let name = file.node.name.clone();
     let prefix = file.datastore.as_ref().map_or("", |d| d.prefix.as_str());
-    let rec = view.nodes.get(&name).ok_or_else(|| {
+    let rec = view.nodes.get(name.as_str()).ok_or_else(|| {
         anyhow!(
             "node {name} has no IPv4 address in Calico's datastore ({prefix}/resources/v3/projectcalico.org/nodes/{name}, spec.bgp.ipv4Address); \
              ipipd writes no Calico key: calico-node's startup registers a node (the name must be Calico's: the Kubernetes node name)"
@@ -253,14 +254,14 @@ impl Owner {
     /// calico-etcd mode: what of a new view the node leaves out (a workload endpoint it
     /// cannot take), logged when that changes; a new address in the node's own record, which
     /// a restart follows.
-    pub(super) fn note_calico(&mut self, view: &View) {
+    pub(super) fn note_calico(&mut self, view: &Arc<View>) {
         if self.file.datastore_kind != DatastoreKind::CalicoEtcd {
             return;
         }
         let (_, skipped) = sync::overlay_noting(
             &self.file,
             &Memory {
-                view: view.clone(),
+                view: Arc::clone(view),
                 ..Memory::default()
             },
         );
@@ -268,7 +269,7 @@ impl Owner {
             log::warn!("datastore: {what} is left out: {why}");
         }
         self.skipped = skipped;
-        if let Some(rec) = view.nodes.get(&self.file.node.name)
+        if let Some(rec) = view.nodes.get(self.file.node.name.as_str())
             && rec.address != self.file.node.address
         {
             log::error!(
@@ -287,7 +288,9 @@ impl Owner {
         let name = self.file.node.name.clone();
         let b = store.claim_any(&name, Duration::ZERO).await?;
         let mut mem = self.ds.clone().unwrap_or_default();
-        mem.view.blocks.insert(b, name.clone());
+        Arc::make_mut(&mut mem.view)
+            .blocks
+            .insert(b, name.as_str().into());
         let mut held = mem.held(&name);
         held.insert(b);
         mem.held = Some(held);
@@ -373,7 +376,7 @@ mod tests {
         c.written();
         // Another node came, and a pod of another node: a write is due a second after the
         // first such change, not later.
-        m.view.nodes.insert(
+        Arc::make_mut(&mut m.view).nodes.insert(
             "n1".into(),
             crate::datastore::model::NodeRecord {
                 name: "n1".into(),
@@ -388,7 +391,7 @@ mod tests {
             mac: None,
             pod: "default/p".into(),
         };
-        m.view
+        Arc::make_mut(&mut m.view)
             .calico
             .workloads
             .insert("default/p1".into(), pod("n1"));
@@ -403,7 +406,7 @@ mod tests {
         m.registered += 1;
         assert!(c.now(&m, "n0", ms(700)));
         c.written();
-        m.view
+        Arc::make_mut(&mut m.view)
             .calico
             .workloads
             .insert("default/p0".into(), pod("n0"));

@@ -21,7 +21,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::model::{CalicoPool, IpipMode, NodeRecord, Pool, View, Workload};
+use super::model::{CalicoPool, IpipMode, Name, NodeRecord, Pool, View, Workload};
 use crate::{
     config::{Config, EndpointCfg},
     net::{Ipv4Net, check_ifname, parse_mac},
@@ -408,13 +408,8 @@ impl Calico {
         }
         for (name, n) in &self.nodes {
             if let Some(address) = n.address {
-                v.nodes.insert(
-                    name.clone(),
-                    NodeRecord {
-                        name: name.clone(),
-                        address,
-                    },
-                );
+                let name = Name::from(name.as_str());
+                v.nodes.insert(name.clone(), NodeRecord { name, address });
             }
             if let Some(t) = n.tunnel {
                 v.calico.tunnel_addresses.insert(name.clone(), t);
@@ -425,14 +420,14 @@ impl Calico {
             // Two confirmed affinities of one block: the one its allocation block names.
             let theirs = self.blocks.get(b).and_then(|h| h.as_deref()) == Some(node.as_str());
             if *counts && (theirs || !v.blocks.contains_key(b)) {
-                v.blocks.insert(*b, node.clone());
+                v.blocks.insert(*b, node.as_str().into());
             }
         }
         for (b, host) in &self.blocks {
             if let Some(h) = host
                 && !named.contains(b)
             {
-                v.blocks.insert(*b, h.clone());
+                v.blocks.insert(*b, h.as_str().into());
             }
         }
         v.calico.workloads = self.workloads.clone();
@@ -812,7 +807,7 @@ mod tests {
         .unwrap();
         assert_eq!(file.datastore.as_ref().unwrap().prefix, "/calico");
         let mem = crate::datastore::memory::Memory {
-            view: c.view(),
+            view: c.view().into(),
             ..Default::default()
         };
         let (cfg, skipped) = super::super::sync::overlay_noting(&file, &mem);
@@ -862,7 +857,7 @@ mod tests {
             Some(node("172.31.242.156/20", "192.168.179.3").as_bytes()),
         );
         let mem = crate::datastore::memory::Memory {
-            view: c.view(),
+            view: c.view().into(),
             ..Default::default()
         };
         let (cfg, skipped) = super::super::sync::overlay_noting(&file, &mem);

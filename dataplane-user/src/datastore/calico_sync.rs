@@ -44,7 +44,7 @@ fn report_bad(c: &mut Calico) {
 fn synced(c: &Calico, revision: i64) -> Synced {
     Synced {
         memory: Memory {
-            view: c.view(),
+            view: c.view().into(),
             revision,
             ..Memory::default()
         },

@@ -6,7 +6,10 @@
 //! a lease lost, a compacted revision) is reported and a new one started with backoff; the data
 //! plane is never touched for it.
 
-use std::{collections::BTreeSet, convert::Infallible, net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet, convert::Infallible, net::Ipv4Addr, path::Path, sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Result, anyhow, bail};
 use etcd_client::EventType;
@@ -62,7 +65,7 @@ pub struct Tracker {
     store: View,
     /// After a session start or a detected reset: until when, and the view the node
     /// forwarded on before it.
-    grace: Option<(Instant, View)>,
+    grace: Option<(Instant, Arc<View>)>,
     resets: u64,
     last_reset: Option<String>,
     /// Whether the store's `reasserting` marker was there when last looked at (a new one is
@@ -91,7 +94,7 @@ impl Tracker {
             address: file.node.address,
             pools: file.pools.clone(),
             file_blocks: file.blocks.clone(),
-            store: mem.view.clone(),
+            store: View::clone(&mem.view),
             mem,
             grace: None,
             resets: 0,
@@ -130,10 +133,11 @@ impl Tracker {
         }
     }
 
-    /// What to send the owner now (the memory updated with the current view).
+    /// What to send the owner now (the memory updated with the current view, which the
+    /// tracker and the owner then share).
     pub fn synced(&mut self) -> Synced {
         self.end_grace_when_due();
-        self.mem.view = self.effective();
+        self.mem.view = Arc::new(self.effective());
         Synced {
             memory: self.mem.clone(),
             resets: self.resets,
@@ -217,7 +221,7 @@ impl Tracker {
         let was_held = self.mem.held(&self.name);
         for b in &self.file_blocks {
             if let Some((_, owner)) = self.store.owner_of(b)
-                && *owner != self.name
+                && **owner != *self.name
                 && !was_held.contains(b)
             {
                 bail!("block {b} is owned by node {owner} in the datastore");
@@ -231,7 +235,7 @@ impl Tracker {
         }
         self.mem.registered = store
             .register(&NodeRecord {
-                name: self.name.clone(),
+                name: self.name.as_str().into(),
                 address: self.address,
             })
             .await?;
@@ -287,11 +291,7 @@ impl Tracker {
             .map(|(b, _)| *b)
             .collect();
         for b in self.mem.disputed.difference(&mine) {
-            let owner = self
-                .store
-                .owner_of(b)
-                .map(|(_, n)| n.as_str())
-                .unwrap_or("?");
+            let owner = self.store.owner_of(b).map_or("?", |(_, n)| &**n);
             log::error!(
                 "datastore: conflict: block {b} is node {owner}'s in the store, and this node's pods use it; they keep forwarding, new pods get addresses elsewhere"
             );

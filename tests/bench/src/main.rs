@@ -203,7 +203,7 @@ fn ds_node(
     let block = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + i * 64);
     (
         dataplane_user::datastore::model::NodeRecord {
-            name: format!("bench-{i:05}"),
+            name: format!("bench-{i:05}").into(),
             address,
         },
         dataplane_user::net::Ipv4Net::new(block, 26),
