@@ -394,7 +394,7 @@ impl View {
     pub fn blocks_of(&self, node: &str) -> Vec<Ipv4Net> {
         self.blocks
             .iter()
-            .filter(|(_, n)| &***n == node)
+            .filter(|&(_, n)| &**n == node)
             .map(|(b, _)| *b)
             .collect()
     }
