@@ -219,7 +219,7 @@ impl Owner {
                     String::new(),
                 ));
                 if self.ds.as_ref() != Some(&synced.memory) {
-                    self.note_calico(&synced.memory.view);
+                    self.note_address(&synced.memory.view);
                     match self.adopt_memory(synced.memory).await {
                         Ok(()) => log::debug!(
                             "datastore: {} nodes, {} peers, {} blocks of this node",
@@ -251,24 +251,20 @@ impl Owner {
         }
     }
 
-    /// calico-etcd mode: what of a new view the node leaves out (a workload endpoint it
-    /// cannot take), logged when that changes; a new address in the node's own record, which
-    /// a restart follows.
-    pub(super) fn note_calico(&mut self, view: &Arc<View>) {
-        if self.file.datastore_kind != DatastoreKind::CalicoEtcd {
-            return;
-        }
-        let (_, skipped) = sync::overlay_noting(
-            &self.file,
-            &Memory {
-                view: Arc::clone(view),
-                ..Memory::default()
-            },
-        );
+    /// calico-etcd mode: what of the view the node leaves out (a workload endpoint it cannot
+    /// take; what [`sync::overlay_noting`] said), logged when that changes.
+    pub(super) fn note_skipped(&mut self, skipped: Vec<(String, String)>) {
         for (what, why) in skipped.iter().filter(|s| !self.skipped.contains(s)) {
             log::warn!("datastore: {what} is left out: {why}");
         }
         self.skipped = skipped;
+    }
+
+    /// calico-etcd mode: a new address in the node's own record, which a restart follows.
+    pub(super) fn note_address(&self, view: &View) {
+        if self.file.datastore_kind != DatastoreKind::CalicoEtcd {
+            return;
+        }
         if let Some(rec) = view.nodes.get(self.file.node.name.as_str())
             && rec.address != self.file.node.address
         {
@@ -304,8 +300,9 @@ impl Owner {
     /// makes of it (the node's blocks, its peers) changed — a liveness key coming or going
     /// changes neither — and cached for a start while etcd is away. On error the old stands.
     pub(super) async fn adopt_memory(&mut self, m: Memory) -> Result<()> {
+        let (base, skipped) = sync::overlay_noting(&self.file, &m);
+        self.note_skipped(skipped);
         let old = self.ds.replace(m);
-        let base = self.base_of(&self.file);
         if base != self.base {
             let (file, rt) = (self.file.clone(), self.runtime.clone());
             if let Err(e) = self.adopt(file, base, rt).await {

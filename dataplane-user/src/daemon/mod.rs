@@ -255,9 +255,9 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let base = match &ds {
-        Some(s) => sync::overlay(&file, &s.memory),
-        None => file.clone(),
+    let (base, skipped) = match &ds {
+        Some(s) => sync::overlay_noting(&file, &s.memory),
+        None => (file.clone(), Vec::new()),
     };
     let desired = runtime.apply(&base).map_err(|e| {
         anyhow!(
@@ -302,8 +302,9 @@ pub async fn run(
         next_hops,
         unpublished: false,
     };
-    if let Some(m) = owner.ds.clone() {
-        owner.note_calico(&m.view);
+    owner.note_skipped(skipped);
+    if let Some(m) = &owner.ds {
+        owner.note_address(&m.view);
     }
     let mut ds_rx = ds_task.map(|task| {
         // One message in flight: a datastore task makes its next view when the owner has
