@@ -414,7 +414,7 @@ pub fn churn(plugin: &Plugin, rate: u32, seconds: u32, workers: usize) -> Result
                             std::thread::sleep(slot - now);
                         }
                         let late = Instant::now() > slot + period;
-                        let ns = NetNs::new("churn")?;
+                        let ns = NetNs::sandbox("churn")?;
                         let id = format!("churn{i}");
                         let t = Instant::now();
                         let r = plugin.call("ADD", &id, Some(&ns.name), "eth0", &conf, &[]);

@@ -41,8 +41,9 @@ pub struct Opts {
     pub rounds: Option<u32>,
     /// Where bench.md and bench.json go.
     pub out: std::path::PathBuf,
-    /// ipipd and ipipd-bench.
+    /// ipipd, the CNI plugin the scale, CNI and churn parts start, and ipipd-bench.
     pub ipipd: std::path::PathBuf,
+    pub cni_plugin: std::path::PathBuf,
     pub bench_bin: std::path::PathBuf,
     /// Record a system-wide `perf` profile of each setup's runs, one file per workload, into
     /// `<out>/perf-<setup>-<workload>.data`.
@@ -87,6 +88,19 @@ pub enum Part {
     /// The datastore at 1,000 and 5,000 nodes: start to ready, a node added to its block in
     /// the map, the watch's lag under 100 changes per second.
     Datastore,
+}
+
+/// Whether the parts `only` asks for (all when empty) start `ipipd-cni`.
+pub fn starts_plugin(only: &[Part]) -> bool {
+    only.is_empty()
+        || only
+            .iter()
+            .any(|p| matches!(p, Part::Scale | Part::Cni | Part::Churn))
+}
+
+/// Which build of `ipipd-cni` the parts start: its path.
+fn plugin_named() -> String {
+    ipipd_tests::cluster::cni_binary().map_or_else(|e| e.to_string(), |p| p.display().to_string())
 }
 
 /// Whether the running kernel has the ipip module loaded (setup D).
@@ -308,7 +322,10 @@ pub fn run(opts: Opts) -> Result<()> {
     std::fs::create_dir_all(&opts.out)?;
     let (ipipd, bench_bin) = (opts.ipipd.clone(), opts.bench_bin.clone());
     // SAFETY: single-threaded here.
-    unsafe { std::env::set_var("IPIPD_BIN", &ipipd) };
+    unsafe {
+        std::env::set_var("IPIPD_BIN", &ipipd);
+        std::env::set_var("IPIPD_CNI_BIN", &opts.cni_plugin);
+    }
     let started = Instant::now();
     let stats_was = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     let result = measure_all(&plan, &ipipd, &bench_bin);
@@ -1718,6 +1735,7 @@ fn report(
         "insitu_vs_floor": vs_floor,
         "testrun": testrun,
         "scale": scale,
+        "cni_plugin": plugin_named(),
         "D_kernel_tunl0": if kernel_has_ipip() {
             Value::String("measured (setup D; A/D in the ratios)".into())
         } else {
@@ -1885,7 +1903,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         let sc = &r["scale"];
         s += &tr(&sc["testrun_at_scale"], "The same at scale");
         s += &format!(
-            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s, under a soft limit of {} open files (the daemon then held {} fds; their {} veths took {:.2} s to create); {} pods were attached as netlink filters first, all on TCX links {:.1} s after the start; an endpoint add took effect in {} ms (CLI round trip, the entry then in the map), a CNI ADD in {} ms and a DEL in {} ms; a restart (SIGTERM, then a start that adopts it all) was ready in {:.2} s.\n",
+            "\nControl plane: {} remote blocks and {} endpoints programmed from start to ready in {:.2} s, under a soft limit of {} open files (the daemon then held {} fds; their {} veths took {:.2} s to create); {} pods were attached as netlink filters first, all on TCX links {:.1} s after the start; an endpoint add took effect in {} ms (CLI round trip, the entry then in the map), a CNI ADD in {} ms and a DEL in {} ms (`ipipd-cni`: {}); a restart (SIGTERM, then a start that adopts it all) was ready in {:.2} s.\n",
             sc["blocks"],
             sc["endpoints"],
             sc["startup_to_ready_s"].as_f64().unwrap_or(0.0),
@@ -1898,6 +1916,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             ms_median_p99(&sc["endpoint_add_ms"]),
             ms_median_p99(&sc["cni_add_ms"]),
             ms_median_p99(&sc["cni_del_ms"]),
+            plugin_named(),
             sc["restart_to_ready_s"].as_f64().unwrap_or(0.0),
         );
     }
@@ -1933,7 +1952,8 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             )
         };
         s += &format!(
-            "\nCNI: `ipipd-cni` invoked as a runtime does, {CNI_PODS} pods on a node running ipipd, from the plugin's process start to its result.\n\n| command | median | p99 |\n|---|---|---|\n{}{}",
+            "\nCNI: `ipipd-cni` ({}) invoked as a runtime does, {CNI_PODS} pods on a node running ipipd, from the plugin's process start to its result.\n\n| command | median | p99 |\n|---|---|---|\n{}{}",
+            plugin_named(),
             row(
                 "ADD (address, veth, pod's routes, endpoint attached)",
                 &cn["add_ms"]
@@ -1945,8 +1965,9 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         let ch = &r["churn"];
         let f = |v: &Value| v.as_f64().unwrap_or(0.0);
         s += &format!(
-            "\nPod churn: {} pods created and deleted through `ipipd-cni` on one node, {} per second for {} s on {} runtime threads (each: its namespace, ADD, DEL, namespace removed), in {:.1} s ({} started late; {} pods' `from_pod` on a TCX link at once, {} on a netlink filter, the daemon's pace); ADD median {:.1} ms, p99 {:.1} ms; DEL median {:.1} ms, p99 {:.1} ms. Left on the node afterwards: {}.\n",
+            "\nPod churn: {} pods created and deleted through `ipipd-cni` ({}) on one node, {} per second for {} s on {} runtime threads (each: its namespace, ADD, DEL, namespace removed), in {:.1} s ({} started late; {} pods' `from_pod` on a TCX link at once, {} on a netlink filter, the daemon's pace); ADD median {:.1} ms, p99 {:.1} ms; DEL median {:.1} ms, p99 {:.1} ms. Left on the node afterwards: {}.\n",
             ch["pods"],
+            plugin_named(),
             ch["rate"],
             ch["seconds"],
             ch["workers"],

@@ -35,13 +35,24 @@ fn version_tag(root: &Path) -> Result<String> {
     ))
 }
 
-/// Sets up the musl target and C compiler (ring's C code), builds the static binaries, stages
-/// the root filesystem, builds the image and saves it (its tag in `target/image/tag`).
-pub fn build(root: &Path) -> Result<()> {
+/// Sets up the musl target and C compiler (ring's C code) and builds the image's static
+/// binaries (see [`static_binary`]).
+pub fn build_static() -> Result<()> {
     setup::musl()?;
     run(cargo()
         .args(["build", "--release", "--locked", "--target", MUSL])
-        .args(["--package", "dataplane-user"]))?;
+        .args(["--package", "dataplane-user"]))
+}
+
+/// Where [`build_static`] puts the static build of `bin` (`ipipd`, `ipipd-cni`).
+pub fn static_binary(root: &Path, bin: &str) -> std::path::PathBuf {
+    root.join("target").join(MUSL).join("release").join(bin)
+}
+
+/// Builds the static binaries, stages the root filesystem, builds the image and saves it (its
+/// tag in `target/image/tag`).
+pub fn build(root: &Path) -> Result<()> {
+    build_static()?;
     let dir = root.join(DIR);
     let rootfs = dir.join("rootfs");
     let _ = std::fs::remove_dir_all(&rootfs);
@@ -50,7 +61,7 @@ pub fn build(root: &Path) -> Result<()> {
         std::fs::create_dir_all(rootfs.join(d))?;
     }
     for bin in ["ipipd", "ipipd-cni"] {
-        let src = root.join("target").join(MUSL).join("release").join(bin);
+        let src = static_binary(root, bin);
         let dst = rootfs.join("usr/bin").join(bin);
         std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
         run(Command::new("strip").arg(&dst))?;

@@ -183,6 +183,7 @@ fn main() -> Result<()> {
                 scale_endpoints: 1_000,
                 out: PathBuf::from("/tmp/bench"),
                 ipipd: ipipd.clone(),
+                cni_plugin: ipipd.with_file_name("ipipd-cni"),
                 bench_bin: bench_bin.clone(),
             });
         }
@@ -321,6 +322,11 @@ fn main() -> Result<()> {
             if profile {
                 setup::install(&["linux-perf"])?;
             }
+            // The parts that start `ipipd-cni` run the image's static build: the plugin a
+            // node's runtime starts.
+            if bench::starts_plugin(&only) {
+                image::build_static()?;
+            }
             bench::run(bench::Opts {
                 quick,
                 rounds,
@@ -330,6 +336,7 @@ fn main() -> Result<()> {
                 scale_endpoints,
                 out: root.join("target/bench"),
                 ipipd: root.join("target/release/ipipd"),
+                cni_plugin: image::static_binary(&root, "ipipd-cni"),
                 bench_bin: root.join("target/release/ipipd-bench"),
             })
         }
