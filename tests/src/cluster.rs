@@ -149,15 +149,15 @@ pub fn ipipd_binary() -> Result<PathBuf> {
 /// The `ipipd-cni` plugin: `IPIPD_CNI_BIN` when set (the bench runs the image's static build,
 /// which is what a node's runtime starts), else the one built next to ipipd.
 pub fn cni_binary() -> Result<PathBuf> {
-    let p = match std::env::var_os("IPIPD_CNI_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => ipipd_binary()?.with_file_name("ipipd-cni"),
+    let (p, build) = match std::env::var_os("IPIPD_CNI_BIN") {
+        Some(p) => (PathBuf::from(p), "IPIPD_CNI_BIN names it"),
+        None => (
+            ipipd_binary()?.with_file_name("ipipd-cni"),
+            "build it: cargo build --release -p dataplane-user",
+        ),
     };
     if !p.is_file() {
-        bail!(
-            "no {} (build it: cargo build --release -p dataplane-user)",
-            p.display()
-        );
+        bail!("no {} ({build})", p.display());
     }
     Ok(p)
 }

@@ -176,9 +176,18 @@ pub fn check(cmd: &mut Command) -> Result<Output> {
 /// drop by its owner.
 pub struct NetNs {
     pub name: String,
-    owned: bool,
-    /// Whether a process may have been started in it: its removal then ends them first.
-    processes: bool,
+    on_drop: OnDrop,
+}
+
+/// What dropping a [`NetNs`] does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnDrop {
+    /// Nothing: someone else removes it.
+    Keep,
+    /// The name removed (a sandbox: nothing runs in it).
+    Remove,
+    /// Every process in it ended first (one left would keep it alive), then the name removed.
+    EndProcessesAndRemove,
 }
 
 impl NetNs {
@@ -190,8 +199,7 @@ impl NetNs {
         netns::add(&name)?;
         Ok(NetNs {
             name,
-            owned: true,
-            processes: true,
+            on_drop: OnDrop::EndProcessesAndRemove,
         })
     }
 
@@ -201,7 +209,7 @@ impl NetNs {
     /// churn's 100 pods a second, ~4 s of CPU a minute).
     pub fn sandbox(tag: &str) -> Result<Self> {
         let mut ns = NetNs::new(tag)?;
-        ns.processes = false;
+        ns.on_drop = OnDrop::Remove;
         Ok(ns)
     }
 
@@ -209,8 +217,7 @@ impl NetNs {
     pub fn existing(name: &str) -> NetNs {
         NetNs {
             name: name.to_string(),
-            owned: false,
-            processes: false,
+            on_drop: OnDrop::Keep,
         }
     }
 
@@ -218,8 +225,7 @@ impl NetNs {
     pub fn view(&self) -> NetNs {
         NetNs {
             name: self.name.clone(),
-            owned: false,
-            processes: false,
+            on_drop: OnDrop::Keep,
         }
     }
 
@@ -285,11 +291,10 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        if !self.owned {
+        if self.on_drop == OnDrop::Keep {
             return;
         }
-        // Processes left in the namespace would keep it alive: end them first.
-        if self.processes {
+        if self.on_drop == OnDrop::EndProcessesAndRemove {
             netns::kill_processes_in(&self.name);
         }
         netns::delete(&self.name);

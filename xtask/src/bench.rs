@@ -92,13 +92,12 @@ pub enum Part {
 
 /// Whether the parts `only` asks for (all when empty) start `ipipd-cni`.
 pub fn starts_plugin(only: &[Part]) -> bool {
-    only.is_empty()
-        || only
-            .iter()
-            .any(|p| matches!(p, Part::Scale | Part::Cni | Part::Churn))
+    [Part::Scale, Part::Cni, Part::Churn]
+        .into_iter()
+        .any(|p| runs(only, p))
 }
 
-/// Which build of `ipipd-cni` the parts start: its path.
+/// Which build of `ipipd-cni` the parts start: its path (the report's `cni_plugin`).
 fn plugin_named() -> String {
     ipipd_tests::cluster::cni_binary().map_or_else(|e| e.to_string(), |p| p.display().to_string())
 }
@@ -162,8 +161,13 @@ struct Plan {
 
 impl Plan {
     fn runs(&self, p: Part) -> bool {
-        self.only.is_empty() || self.only.contains(&p)
+        runs(&self.only, p)
     }
+}
+
+/// Whether `--only` (all parts when empty) runs part `p`.
+fn runs(only: &[Part], p: Part) -> bool {
+    only.is_empty() || only.contains(&p)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
@@ -1916,7 +1920,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
             ms_median_p99(&sc["endpoint_add_ms"]),
             ms_median_p99(&sc["cni_add_ms"]),
             ms_median_p99(&sc["cni_del_ms"]),
-            plugin_named(),
+            r["cni_plugin"].as_str().unwrap_or_default(),
             sc["restart_to_ready_s"].as_f64().unwrap_or(0.0),
         );
     }
@@ -1953,7 +1957,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         };
         s += &format!(
             "\nCNI: `ipipd-cni` ({}) invoked as a runtime does, {CNI_PODS} pods on a node running ipipd, from the plugin's process start to its result.\n\n| command | median | p99 |\n|---|---|---|\n{}{}",
-            plugin_named(),
+            r["cni_plugin"].as_str().unwrap_or_default(),
             row(
                 "ADD (address, veth, pod's routes, endpoint attached)",
                 &cn["add_ms"]
@@ -1967,7 +1971,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
         s += &format!(
             "\nPod churn: {} pods created and deleted through `ipipd-cni` ({}) on one node, {} per second for {} s on {} runtime threads (each: its namespace, ADD, DEL, namespace removed), in {:.1} s ({} started late; {} pods' `from_pod` on a TCX link at once, {} on a netlink filter, the daemon's pace); ADD median {:.1} ms, p99 {:.1} ms; DEL median {:.1} ms, p99 {:.1} ms. Left on the node afterwards: {}.\n",
             ch["pods"],
-            plugin_named(),
+            r["cni_plugin"].as_str().unwrap_or_default(),
             ch["rate"],
             ch["seconds"],
             ch["workers"],
