@@ -426,6 +426,11 @@ fn measure_all(plan: &Plan, ipipd: &Path, bench_bin: &Path) -> Result<Value> {
     r["cni"] = cni;
     r["datastore"] = ds;
     r["churn"] = churn;
+    if let Some(dir) = &plan.profile
+        && rounds > 0
+    {
+        r["profile"] = crate::profile::of_runs(dir, &r["throughput"])?;
+    }
     Ok(r)
 }
 
@@ -1876,6 +1881,7 @@ fn markdown(r: &Value, plan: &Plan, took: Duration) -> String {
                 f(&p["over_floor"], 2),
             );
         }
+        s += &crate::profile::markdown(&r["profile"]);
     }
     let tr = |t: &Value, title: &str| -> String {
         let mut s = format!(

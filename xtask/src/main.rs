@@ -4,6 +4,7 @@ mod bench;
 mod cpio;
 mod demo;
 mod image;
+mod profile;
 mod setup;
 mod vm;
 
@@ -89,7 +90,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Also record a system-wide perf profile of each setup's runs
-        /// (target/bench/perf-<setup>-<workload>.data; `perf report -i …`). Needs Debian's linux-perf.
+        /// (target/bench/perf-<setup>-<workload>.data; `perf report -i …`), and split each TCP
+        /// setup's CPU per GB by what ran (ipipd's programs, the kernel's forwarding, the rest).
+        /// Needs Debian's linux-perf.
         #[arg(long)]
         profile: bool,
         /// Rounds of the traffic part (default: 5, or 1 with --quick). More rounds tighten the
