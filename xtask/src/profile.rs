@@ -158,7 +158,7 @@ const WORKLOADS: [&str; 2] = ["tcp1", "tcp4"];
 
 /// Per TCP workload and setup (of `throughput`, the report's), the setup's median CPU seconds
 /// per GB split as its profile in `dir` splits its busy samples.
-pub fn of_runs(dir: &Path, throughput: &Value) -> Result<Value> {
+pub fn of_runs(dir: &Path, throughput: &Value) -> Value {
     let mut out = serde_json::Map::new();
     for w in WORKLOADS {
         let Some(setups) = throughput[w].as_object() else {
@@ -173,22 +173,28 @@ pub fn of_runs(dir: &Path, throughput: &Value) -> Result<Value> {
             if !path.exists() || cpu <= 0.0 {
                 continue;
             }
-            let s = read(&path)?;
-            let of = |n: u64| cpu * n as f64 / s.busy as f64;
-            per.insert(
-                setup.clone(),
-                json!({
-                    "cpu_s_per_gb": cpu,
-                    "programs": of(s.programs),
-                    "forwarding": of(s.forwarding),
-                    "rest": of(s.busy - s.programs - s.forwarding),
-                    "busy_samples": s.busy,
-                }),
-            );
+            // A profile that cannot be read costs its row, not the bench's other results.
+            let row = match read(&path) {
+                Ok(s) => {
+                    let of = |n: u64| cpu * n as f64 / s.busy as f64;
+                    json!({
+                        "cpu_s_per_gb": cpu,
+                        "programs": of(s.programs),
+                        "forwarding": of(s.forwarding),
+                        "rest": of(s.busy - s.programs - s.forwarding),
+                        "busy_samples": s.busy,
+                    })
+                }
+                Err(e) => {
+                    eprintln!("xtask bench: --profile: {e:#}");
+                    json!({ "cpu_s_per_gb": cpu, "error": format!("{e:#}") })
+                }
+            };
+            per.insert(setup.clone(), row);
         }
         out.insert(w.into(), Value::Object(per));
     }
-    Ok(Value::Object(out))
+    Value::Object(out)
 }
 
 /// The split as a markdown table (empty without one).
@@ -201,6 +207,13 @@ pub fn markdown(profile: &Value) -> String {
     );
     for (w, setups) in ws {
         for (setup, v) in setups.as_object().into_iter().flatten() {
+            if let Some(e) = v["error"].as_str() {
+                s += &format!(
+                    "| {w} | {setup} | {:.2} | – | – | – | {e} |\n",
+                    v["cpu_s_per_gb"].as_f64().unwrap_or(0.0)
+                );
+                continue;
+            }
             let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
             s += &format!(
                 "| {w} | {setup} | {:.2} | {:.3} | {:.3} | {:.3} | {} |\n",
@@ -252,6 +265,24 @@ mod tests {
     fn lines_that_are_not_a_symbols_samples_are_skipped() {
         assert!(parse("#\n# Total Lost Samples: 0\n\n    no numbers here\n").is_empty());
         assert!(parse("    12.5%   notanumber  [k] x\n").is_empty());
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_setup_and_a_profile_that_could_not_be_read_says_why() {
+        let p = json!({"tcp1": {
+            "A": {"cpu_s_per_gb": 0.83, "programs": 0.034, "forwarding": 0.0, "rest": 0.796, "busy_samples": 2508},
+            "C": {"cpu_s_per_gb": 0.77, "error": "perf-C-tcp1.data: no busy samples"},
+        }});
+        let md = markdown(&p);
+        assert!(
+            md.contains("| tcp1 | A | 0.83 | 0.034 | 0.000 | 0.796 | 2508 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tcp1 | C | 0.77 | – | – | – | perf-C-tcp1.data: no busy samples |"),
+            "{md}"
+        );
+        assert_eq!(markdown(&Value::Null), "");
     }
 
     #[test]
