@@ -17,8 +17,10 @@ use crate::{
     datastore::{
         memory::Memory,
         model::{View, Workload},
+        peers,
         sync::{self, Msg, Synced},
     },
+    desired,
     metrics::DatastoreHealth,
     net::Ipv4Net,
 };
@@ -300,14 +302,22 @@ impl Owner {
     /// makes of it (the node's blocks, its peers) changed — a liveness key coming or going
     /// changes neither — and cached for a start while etcd is away. On error the old stands.
     pub(super) async fn adopt_memory(&mut self, m: Memory) -> Result<()> {
-        let (base, skipped) = sync::overlay_noting(&self.file, &m);
-        self.note_skipped(skipped);
-        let old = self.ds.replace(m);
-        if base != self.base {
-            let (file, rt) = (self.file.clone(), self.runtime.clone());
-            if let Err(e) = self.adopt(file, base, rt).await {
-                self.ds = old;
-                return Err(e);
+        match self.adopt_peer_changes(&m).await {
+            Some(r) => {
+                r?;
+                self.ds = Some(m);
+            }
+            None => {
+                let (base, skipped) = sync::overlay_noting(&self.file, &m);
+                self.note_skipped(skipped);
+                let old = self.ds.replace(m);
+                if base != self.base {
+                    let (file, rt) = (self.file.clone(), self.runtime.clone());
+                    if let Err(e) = self.adopt(file, base, rt).await {
+                        self.ds = old;
+                        return Err(e);
+                    }
+                }
             }
         }
         if let Some(m) = &self.ds
@@ -316,6 +326,31 @@ impl Owner {
             self.write_cache();
         }
         Ok(())
+    }
+
+    /// A view that changed only other nodes (their records, their blocks) taken by parts:
+    /// the peers it changed (see [`peers::changes`]) made in place in the base and the desired
+    /// state and planned by parts, as a runtime `peer add` is. None when the view changed more
+    /// than that or the changes do not fit in place: the whole overlay then takes it (and says
+    /// what it refuses). What the overlay leaves out (Calico's part) cannot have changed.
+    async fn adopt_peer_changes(&mut self, m: &Memory) -> Option<Result<()>> {
+        let old = self.ds.as_ref()?;
+        let node = &self.file.node;
+        let changes = peers::changes(old, m, &node.name, node.address, &self.base.blocks)?;
+        if changes.is_empty() {
+            return Some(Ok(()));
+        }
+        let in_base = desired::changes_in_place(&mut self.base, &changes)?;
+        let Some(delta) = desired::changes_in_place(&mut self.desired, &changes) else {
+            desired::revert(&mut self.base, &in_base);
+            return None;
+        };
+        let applied = self.dp.reconcile_delta(&self.desired, &delta).await;
+        if applied.is_err() {
+            desired::revert(&mut self.desired, &delta);
+            desired::revert(&mut self.base, &in_base);
+        }
+        Some(self.settle(applied, true))
     }
 
     /// The view the node forwards on written to its cache (see [`CacheWrites`]).

@@ -7,6 +7,7 @@ pub mod calico;
 pub mod calico_sync;
 pub mod memory;
 pub mod model;
+pub mod peers;
 pub mod sync;
 
 use std::{path::PathBuf, time::Duration};
