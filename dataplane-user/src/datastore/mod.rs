@@ -509,3 +509,19 @@ fn block_value(cidr: &Ipv4Net, node: &str) -> Result<Vec<u8>> {
         node: node.to_string(),
     })?)
 }
+
+/// A small deterministic generator for the datastore's randomized tests (no dependency).
+#[cfg(test)]
+pub(crate) struct Lcg(pub u64);
+
+#[cfg(test)]
+impl Lcg {
+    /// The next number below `n`.
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}

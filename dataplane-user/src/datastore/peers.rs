@@ -321,18 +321,7 @@ mod tests {
         assert_eq!(seen(&old, &mem(&nodes, &BLOCKS)), None);
     }
 
-    /// A small deterministic generator (no dependency for a test).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) % n
-        }
-    }
+    use crate::datastore::Lcg;
 
     #[test]
     fn by_parts_a_view_makes_the_peers_the_whole_overlay_makes() {
@@ -362,13 +351,13 @@ mod tests {
             let mut new = old.clone();
             let v = Arc::make_mut(&mut new.view);
             for _ in 0..=rng.below(3) {
-                let name = names[rng.below(names.len() as u64) as usize];
+                let name = names[rng.below(names.len())];
                 match rng.below(5) {
                     0 => {
                         v.nodes.remove(name);
                     }
                     1 | 2 => {
-                        let a = addresses[rng.below(addresses.len() as u64) as usize];
+                        let a = addresses[rng.below(addresses.len())];
                         v.nodes.insert(
                             name.into(),
                             NodeRecord {
@@ -378,11 +367,11 @@ mod tests {
                         );
                     }
                     3 => {
-                        let b = net(blocks[rng.below(blocks.len() as u64) as usize]);
+                        let b = net(blocks[rng.below(blocks.len())]);
                         v.blocks.insert(b, name.into());
                     }
                     _ => {
-                        let b = net(blocks[rng.below(blocks.len() as u64) as usize]);
+                        let b = net(blocks[rng.below(blocks.len())]);
                         if v.blocks.get(&b).is_some_and(|o| &**o != ME) {
                             v.blocks.remove(&b);
                         }

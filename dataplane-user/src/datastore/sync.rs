@@ -640,18 +640,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// A small deterministic generator (no dependency for a test).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((self.0 >> 33) % n as u64) as usize
-        }
-    }
+    use crate::datastore::Lcg;
 
     #[test]
     fn within_a_grace_the_view_is_always_the_stores_merged_with_the_remembered_one() {
