@@ -332,8 +332,13 @@ impl Owner {
     /// the peers it changed (see [`peers::changes`]) made in place in the base and the desired
     /// state and planned by parts, as a runtime `peer add` is. None when the view changed more
     /// than that or the changes do not fit in place: the whole overlay then takes it (and says
-    /// what it refuses). What the overlay leaves out (Calico's part) cannot have changed.
+    /// what it refuses). What the overlay leaves out (Calico's part) cannot have changed. Peers
+    /// changed at runtime (`ipipd peer add|del`) stand over the datastore's in the desired
+    /// state: with any, the whole path decides which.
     async fn adopt_peer_changes(&mut self, m: &Memory) -> Option<Result<()>> {
+        if !self.runtime.peers_added.is_empty() || !self.runtime.peers_deleted.is_empty() {
+            return None;
+        }
         let old = self.ds.as_ref()?;
         let node = &self.file.node;
         let changes = peers::changes(old, m, &node.name, node.address, &self.base.blocks)?;
