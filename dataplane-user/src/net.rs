@@ -21,6 +21,10 @@ impl Ipv4Net {
     fn mask(len: u8) -> u32 {
         if len == 0 { 0 } else { u32::MAX << (32 - len) }
     }
+    /// The prefix's last address.
+    pub fn last(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !Self::mask(self.len))
+    }
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & Self::mask(self.len) == u32::from(self.addr)
     }

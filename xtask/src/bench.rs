@@ -986,7 +986,7 @@ fn run_setup(s: Setup, plan: &Plan, bench_bin: &Path) -> Result<Vec<(Workload, R
                 Some(dir) => Some(
                     Command::new("perf")
                         .args(["record", "-a", "-g", "-F", "999", "-q", "-o"])
-                        .arg(dir.join(format!("perf-{}-{}.data", s.key(), w.key())))
+                        .arg(crate::profile::file(dir, s.key(), w.key()))
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()

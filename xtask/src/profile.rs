@@ -5,7 +5,10 @@
 //! setup's measured CPU seconds per GB. This is issue 34's profile of A against C: what of A's
 //! extra CPU the programs are, and what the topology is.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -122,6 +125,11 @@ pub fn split(samples: &[(String, u64)]) -> Split {
     s
 }
 
+/// Where the profile of `setup`'s runs of `workload` goes in `dir`.
+pub fn file(dir: &Path, setup: &str, workload: &str) -> PathBuf {
+    dir.join(format!("perf-{setup}-{workload}.data"))
+}
+
 /// The split of the profile at `path`.
 fn read(path: &Path) -> Result<Split> {
     let out = Command::new("perf")
@@ -166,7 +174,7 @@ pub fn of_runs(dir: &Path, throughput: &Value) -> Value {
         };
         let mut per = serde_json::Map::new();
         for (setup, v) in setups {
-            let path = dir.join(format!("perf-{setup}-{w}.data"));
+            let path = file(dir, setup, w);
             let Some(cpu) = v["cpu_s_per_gb"]["median"].as_f64() else {
                 continue;
             };

@@ -574,7 +574,7 @@ mod tests {
         let v = c.view();
         assert_eq!(v.blocks_of(WORKER), [net("192.168.83.128/26")]);
         assert_eq!(v.blocks_of(MASTER), [net("192.168.179.0/26")]);
-        let peers = v.peers_for(WORKER, "172.31.242.156".parse().unwrap());
+        let peers = v.peers_for(WORKER, "172.31.242.156".parse().unwrap(), &[]);
         assert_eq!(peers.len(), 1);
         assert_eq!(
             peers[0].address,

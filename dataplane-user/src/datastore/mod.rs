@@ -510,6 +510,12 @@ fn block_value(cidr: &Ipv4Net, node: &str) -> Result<Vec<u8>> {
     })?)
 }
 
+/// A prefix written out, for the datastore's tests.
+#[cfg(test)]
+pub(crate) fn net(s: &str) -> crate::net::Ipv4Net {
+    s.parse().unwrap()
+}
+
 /// A small deterministic generator for the datastore's randomized tests (no dependency).
 #[cfg(test)]
 pub(crate) struct Lcg(pub u64);

@@ -399,23 +399,47 @@ impl View {
             .collect()
     }
 
-    /// Every other registered node as a peer, with the blocks it owns; a node whose address
-    /// is `me`'s own (a stale registration) is left out.
-    pub fn peers_for(&self, me: &str, my_address: Ipv4Addr) -> Vec<Peer> {
+    /// Every other registered node as a peer (in name order; see [`View::peers_where`]).
+    pub fn peers_for(&self, me: &str, my_address: Ipv4Addr, mine: &[Ipv4Net]) -> Vec<Peer> {
+        let mut by_name = self.peers_where(my_address, mine, |n| n != me);
+        self.nodes
+            .keys()
+            .filter_map(|n| by_name.remove(&**n))
+            .collect()
+    }
+
+    /// The registered nodes `wanted` names as peers of the node at `my_address`, by name,
+    /// each with the blocks it owns in address order but those overlapping `mine` (the
+    /// node's own, which it keeps). A node at `my_address` (a stale registration of the node)
+    /// is none.
+    pub fn peers_where(
+        &self,
+        my_address: Ipv4Addr,
+        mine: &[Ipv4Net],
+        wanted: impl Fn(&str) -> bool,
+    ) -> HashMap<&str, Peer> {
         // (Hashed: at 5,000 nodes a tree of their names is milliseconds of string compares
         // per view.)
-        let mut by_owner: HashMap<&str, Vec<Ipv4Net>> = HashMap::with_capacity(self.nodes.len());
-        for (b, n) in &self.blocks {
-            by_owner.entry(n).or_default().push(*b);
-        }
-        self.nodes
+        let mut out: HashMap<&str, Peer> = self
+            .nodes
             .values()
-            .filter(|n| &*n.name != me && n.address != my_address)
-            .map(|n| Peer {
-                address: n.address,
-                blocks: by_owner.remove(&*n.name).unwrap_or_default(),
+            .filter(|r| r.address != my_address && wanted(&r.name))
+            .map(|r| {
+                let p = Peer {
+                    address: r.address,
+                    blocks: Vec::new(),
+                };
+                (&*r.name, p)
             })
-            .collect()
+            .collect();
+        for (b, owner) in &self.blocks {
+            if let Some(p) = out.get_mut(&**owner)
+                && !mine.iter().any(|m| m.overlaps(b))
+            {
+                p.blocks.push(*b);
+            }
+        }
+        out
     }
 
     /// The pools' blocks (in address order) that no claimed or disputed block overlaps.
@@ -424,6 +448,23 @@ impl View {
             .values()
             .flat_map(Pool::blocks)
             .filter(|b| self.owner_of(b).is_none() && overlapping(&self.disputes, b).is_none())
+    }
+
+    /// Whether the view's blocks are apart from each other, and its pools (as the store's
+    /// claims keep them, and as the overlap lookups here take them to be).
+    pub fn cidrs_apart(&self) -> bool {
+        apart(&self.blocks) && apart(&self.pools)
+    }
+
+    /// Whether the CIDR of block or pool key `key`, in a view whose other CIDRs of its kind
+    /// are apart, overlaps one of them.
+    pub fn overlaps_another(&self, keys: &Keys, key: &str) -> bool {
+        fn other<T>(map: &BTreeMap<Ipv4Net, T>, c: Ipv4Net) -> bool {
+            overlaps_of(map, &c).any(|(k, _)| *k != c)
+        }
+        let cidr = |prefix: String| key.strip_prefix(&prefix).and_then(cidr_of_key);
+        cidr(keys.blocks()).is_some_and(|c| other(&self.blocks, c))
+            || cidr(keys.pools()).is_some_and(|c| other(&self.pools, c))
     }
 
     /// The claimed block that overlaps `b`, and its owner.
@@ -482,19 +523,37 @@ pub struct Conflict {
 /// The entry of `map` whose CIDR overlaps `b`. The CIDRs of `map` do not overlap each other,
 /// so one starting inside `b`, or the last one starting before it, is the only candidate.
 fn overlapping<'a, T>(map: &'a BTreeMap<Ipv4Net, T>, b: &Ipv4Net) -> Option<(&'a Ipv4Net, &'a T)> {
-    let start = Ipv4Net::new(b.addr, 0);
-    let last = Ipv4Addr::from(u32::from(b.addr) | !mask(b.len));
-    map.range(start..=Ipv4Net::new(last, 32))
-        .next()
-        .or_else(|| {
-            map.range(..start)
-                .next_back()
-                .filter(|(c, _)| c.contains(b.addr))
-        })
+    overlaps_of(map, b).next()
 }
 
-fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+/// The entries of `map` that overlap `b` when the CIDRs of `map` are apart from each other:
+/// those starting inside `b`, then the last one starting before it if it holds `b`'s start.
+fn overlaps_of<'a, T>(
+    map: &'a BTreeMap<Ipv4Net, T>,
+    b: &Ipv4Net,
+) -> impl Iterator<Item = (&'a Ipv4Net, &'a T)> {
+    let (start, addr) = (Ipv4Net::new(b.addr, 0), b.addr);
+    // (The one before is looked up only when asked for: `overlapping` stops at the first.)
+    let before = std::iter::once_with(move || {
+        map.range(..start)
+            .next_back()
+            .filter(|(c, _)| c.contains(addr))
+    })
+    .flatten();
+    map.range(start..=Ipv4Net::new(b.last(), 32)).chain(before)
+}
+
+/// Whether the CIDRs of `map` (in order) are apart from each other.
+fn apart<T>(map: &BTreeMap<Ipv4Net, T>) -> bool {
+    let mut end: Option<u32> = None;
+    for c in map.keys() {
+        let (first, last) = (u32::from(c.addr), u32::from(c.last()));
+        if end.is_some_and(|e| first <= e) {
+            return false;
+        }
+        end = Some(end.map_or(last, |e| e.max(last)));
+    }
+    true
 }
 
 #[cfg(test)]
@@ -554,7 +613,7 @@ mod tests {
         );
         v.apply(&k, &k.alive("a"), Some(b"{}"));
         assert_eq!(v.blocks_of("a"), [net("10.244.0.0/26")]);
-        let peers = v.peers_for("a", "172.31.0.1".parse().unwrap());
+        let peers = v.peers_for("a", "172.31.0.1".parse().unwrap(), &[]);
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].address, "172.31.0.2".parse::<Ipv4Addr>().unwrap());
         assert_eq!(peers[0].blocks, [net("10.244.0.64/26")]);
@@ -565,7 +624,10 @@ mod tests {
         // b goes: its registration, then its block.
         v.apply(&k, &k.node("b"), None);
         v.apply(&k, &k.block(&net("10.244.0.64/26")), None);
-        assert!(v.peers_for("a", "172.31.0.1".parse().unwrap()).is_empty());
+        assert!(
+            v.peers_for("a", "172.31.0.1".parse().unwrap(), &[])
+                .is_empty()
+        );
         v.apply(&k, &k.alive("a"), None);
         assert!(v.alive.is_empty());
         // A value under the wrong key, and one that is not JSON, are named and ignored.

@@ -11,8 +11,8 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::{memory::Memory, model::View};
-use crate::{config::Peer, desired::Change, net::Ipv4Net};
+use super::memory::Memory;
+use crate::{desired::Change, net::Ipv4Net};
 
 /// The peer changes from `old` to `new` for node `me` (address `my_address`, holding `mine`:
 /// the blocks its overlay has, whose overlaps are taken out of peers' blocks, as
@@ -52,8 +52,8 @@ pub fn changes(
         return Some(Vec::new());
     }
     let (peers_then, peers_now) = (
-        peers_of(o, &touched, my_address, mine),
-        peers_of(n, &touched, my_address, mine),
+        o.peers_where(my_address, mine, |n| touched.contains(n)),
+        n.peers_where(my_address, mine, |n| touched.contains(n)),
     );
     let mut out = Vec::new();
     let (mut added, mut deleted) = (BTreeSet::new(), BTreeSet::new());
@@ -89,37 +89,6 @@ pub fn changes(
             .iter()
             .all(|a| added.contains(a) || !holders.contains_key(a));
     fits.then_some(out)
-}
-
-/// The peers that nodes `names` make of view `v` (as [`View::peers_for`] makes them, their
-/// blocks in address order, without those overlapping `mine`), by name.
-fn peers_of<'a>(
-    v: &View,
-    names: &BTreeSet<&'a str>,
-    my_address: Ipv4Addr,
-    mine: &[Ipv4Net],
-) -> BTreeMap<&'a str, Peer> {
-    let mut out: BTreeMap<&'a str, Peer> = names
-        .iter()
-        .filter_map(|&name| {
-            let r = v.nodes.get(name).filter(|r| r.address != my_address)?;
-            Some((
-                name,
-                Peer {
-                    address: r.address,
-                    blocks: Vec::new(),
-                },
-            ))
-        })
-        .collect();
-    for (b, owner) in &v.blocks {
-        if let Some(p) = out.get_mut(&**owner)
-            && !mine.iter().any(|m| m.overlaps(b))
-        {
-            p.blocks.push(*b);
-        }
-    }
-    out
 }
 
 /// Calls `f` with each key whose value differs between `a` and `b` (absent on one side:
@@ -164,11 +133,12 @@ fn differing<'a, K: Ord, V: PartialEq>(
 
 #[cfg(test)]
 mod tests {
+    use crate::datastore::{Lcg, net};
     use std::sync::Arc;
 
     use super::*;
     use crate::{
-        config::Config,
+        config::{Config, Peer},
         datastore::{model::NodeRecord, sync::overlay},
         desired::changes_in_place,
         rules::validate,
@@ -182,10 +152,6 @@ mod tests {
              [datastore]\netcd = [\"http://127.0.0.1:2379\"]\n",
         )
         .unwrap()
-    }
-
-    fn net(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
     }
 
     /// A memory of `nodes` (name, address) and `blocks` (block, owner); n0 holds its own.
@@ -320,8 +286,6 @@ mod tests {
         nodes.push(("n3", "10.0.0.3"));
         assert_eq!(seen(&old, &mem(&nodes, &BLOCKS)), None);
     }
-
-    use crate::datastore::Lcg;
 
     #[test]
     fn by_parts_a_view_makes_the_peers_the_whole_overlay_makes() {

@@ -22,7 +22,7 @@ use tokio::{
 use super::{
     DatastoreCfg, REQUEST_TIMEOUT, Store,
     memory::{self, Forgot, GRACE, Memory, Seen},
-    model::{Conflict, Keys, NodeRecord, Pool, View, cidr_of_key},
+    model::{Conflict, Keys, NodeRecord, Pool, View},
 };
 use crate::{config::Config, net::Ipv4Net, pins::write_atomic};
 
@@ -122,8 +122,7 @@ impl Tracker {
                 self.nothing_to_merge = v.nodes.len() == self.store.nodes.len()
                     && v.pools.len() == self.store.pools.len()
                     && v.blocks.len() == self.store.blocks.len()
-                    && apart(&self.store.blocks)
-                    && apart(&self.store.pools);
+                    && self.store.cidrs_apart();
                 v
             }
             _ => self.store.clone(),
@@ -133,13 +132,7 @@ impl Tracker {
     /// One key of the watch taken into the store's view (None: deleted).
     fn take(&mut self, keys: &Keys, key: &str, value: Option<&[u8]>) {
         self.store.apply(keys, key, value);
-        let (b, p) = (&self.store.blocks, &self.store.pools);
-        let overlaps = || {
-            let cidr = |prefix: String| key.strip_prefix(&prefix).and_then(cidr_of_key);
-            cidr(keys.blocks()).is_some_and(|c| overlaps_another(b, &c))
-                || cidr(keys.pools()).is_some_and(|c| overlaps_another(p, &c))
-        };
-        if value.is_none() || (self.nothing_to_merge && overlaps()) {
+        if value.is_none() || (self.nothing_to_merge && self.store.overlaps_another(keys, key)) {
             self.nothing_to_merge = false;
         }
     }
@@ -492,34 +485,6 @@ async fn session(
     }
 }
 
-/// Whether the CIDRs of `map` (in order) are apart from each other.
-fn apart<T>(map: &std::collections::BTreeMap<Ipv4Net, T>) -> bool {
-    let mut end: Option<u32> = None;
-    for c in map.keys() {
-        let a = u32::from(c.addr);
-        if end.is_some_and(|e| a <= e) {
-            return false;
-        }
-        end = Some(end.map_or(last_of(c), |e| e.max(last_of(c))));
-    }
-    true
-}
-
-/// Whether `c`, a CIDR of `map`, overlaps another of its CIDRs, which were apart before it.
-fn overlaps_another<T>(map: &std::collections::BTreeMap<Ipv4Net, T>, c: &Ipv4Net) -> bool {
-    let (start, last) = (Ipv4Net::new(c.addr, 0), Ipv4Net::new(last_of(c).into(), 32));
-    map.range(start..=last).any(|(k, _)| k != c)
-        || map
-            .range(..start)
-            .next_back()
-            .is_some_and(|(k, _)| k.contains(c.addr))
-}
-
-/// The last address of `c`.
-fn last_of(c: &Ipv4Net) -> u32 {
-    u32::from(c.addr) | (u32::MAX.checked_shr(u32::from(c.len)).unwrap_or(0))
-}
-
 /// One answer of the watch taken into the tracker's view of the store: whether it held events.
 /// A cancelled watch (a compacted revision) is an error: the session lists again.
 fn take_events(t: &mut Tracker, store: &Store, resp: &etcd_client::WatchResponse) -> Result<bool> {
@@ -597,11 +562,9 @@ pub fn overlay_noting(file: &Config, mem: &Memory) -> (Config, Vec<(String, Stri
             c.blocks.push(b);
         }
     }
-    c.peers = mem.view.peers_for(&file.node.name, file.node.address);
-    for p in &mut c.peers {
-        p.blocks
-            .retain(|b| !c.blocks.iter().any(|mine| mine.overlaps(b)));
-    }
+    c.peers = mem
+        .view
+        .peers_for(&file.node.name, file.node.address, &c.blocks);
     let skipped = super::calico::overlay(&mut c, &mem.view);
     (c, skipped)
 }
@@ -635,12 +598,7 @@ pub fn load_cache(state_dir: &Path) -> Option<Memory> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn net(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
-    }
-
-    use crate::datastore::Lcg;
+    use crate::datastore::{Lcg, net};
 
     #[test]
     fn within_a_grace_the_view_is_always_the_stores_merged_with_the_remembered_one() {
