@@ -4,7 +4,6 @@ mod bench;
 mod cpio;
 mod demo;
 mod image;
-mod profile;
 mod setup;
 mod vm;
 
