@@ -416,6 +416,14 @@ impl Cluster {
 }
 
 impl Node {
+    /// Its daemon's log of this run (empty without a daemon).
+    pub fn daemon_log(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(Daemon::log_text)
+            .unwrap_or_default()
+    }
+
     /// The kernel's route table for this node's pods without ipipd, as Calico sets it up: a /32
     /// per pod to its veth with proxy ARP on it (169.254.0.0/16 on eth0 is what lets proxy ARP
     /// answer the pods' 169.254.1.1 gateway), a blackhole for the node's block, forwarding on.

@@ -172,12 +172,7 @@ pub fn run(ipipd: &Path) -> Result<()> {
         c.stop_daemon("node")?;
         c.restart_daemon("node")?;
         let took = t.elapsed().as_millis();
-        let log = c
-            .node("node")
-            .daemon
-            .as_ref()
-            .map(|d| d.log_text())
-            .unwrap_or_default();
+        let log = c.node("node").daemon_log();
         let how = log
             .lines()
             .find(|l| l.contains("the data plane in"))

@@ -113,12 +113,7 @@ pub(super) fn restart() -> Result<Value> {
         }
         c.restart_daemon("node")
     })?;
-    let log = c
-        .node("node")
-        .daemon
-        .as_ref()
-        .map(|d| d.log_text())
-        .unwrap_or_default();
+    let log = c.node("node").daemon_log();
     if !log.contains("upgrading the data plane") {
         bail!("the upgrade did not rebuild the maps:\n{log}");
     }
@@ -172,12 +167,7 @@ pub(super) fn pod_churn() -> Result<Value> {
             .map_or(0, |a| a.len()))
     };
     // How many went on a TCX link at once, how many on a netlink filter (the daemon's pace).
-    let log = c
-        .node("node")
-        .daemon
-        .as_ref()
-        .map(|d| d.full_log())
-        .unwrap_or_default();
+    let log = c.node("node").daemon_log();
     let attached = |mode: &str| log.matches(&format!("({mode}, from_pod)")).count();
     let left = json!({
         "veths": veths(&c)? as i64 - veths_before as i64,
