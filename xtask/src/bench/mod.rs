@@ -413,6 +413,8 @@ fn median_p99(mut v: Vec<f64>) -> Value {
     json!({"median": v[v.len() / 2], "p99": p99, "n": v.len()})
 }
 
+/// kernel.bpf_stats_enabled, which the traffic part turns on for the in-situ runs only; the
+/// bench puts back what it found.
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 #[derive(Clone, Copy)]
