@@ -133,13 +133,12 @@ fn differing<'a, K: Ord, V: PartialEq>(
 
 #[cfg(test)]
 mod tests {
-    use crate::datastore::{Lcg, net};
     use std::sync::Arc;
 
     use super::*;
     use crate::{
         config::{Config, Peer},
-        datastore::{model::NodeRecord, sync::overlay},
+        datastore::{Lcg, model::NodeRecord, net, sync::overlay},
         desired::changes_in_place,
         rules::validate,
     };

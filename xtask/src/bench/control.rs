@@ -125,6 +125,17 @@ pub(super) fn restart() -> Result<Value> {
     }))
 }
 
+/// The seed's two nodes with their daemons running, and no pods: the node "node" with a /25
+/// (126 addresses to hand out, more than the CNI part's pods; the churn's come and go).
+fn seed_with_a_25(name: &str) -> Result<Cluster> {
+    let mut specs = seed_nodes(0);
+    specs[1].block = "192.168.83.0/25".into();
+    let mut c = Cluster::new(name, &specs)?;
+    c.start_daemon("master", None)?;
+    c.start_daemon("node", None)?;
+    Ok(c)
+}
+
 /// Pods the CNI part adds and deletes.
 pub(super) const CNI_PODS: usize = 100;
 
@@ -140,11 +151,7 @@ const CHURN_WORKERS: usize = 16;
 /// then what is left on the node (veths, allocations, endpoints, pod routes, the daemon's fds
 /// against before), which must be nothing.
 pub(super) fn pod_churn() -> Result<Value> {
-    let mut specs = seed_nodes(0);
-    specs[1].block = "192.168.83.0/25".into();
-    let mut c = Cluster::new("bchurn", &specs)?;
-    c.start_daemon("master", None)?;
-    c.start_daemon("node", None)?;
+    let c = seed_with_a_25("bchurn")?;
     let plugin = ipipd_tests::cni::Plugin::new(&c, "node")?;
     let fds = c
         .node("node")
@@ -202,12 +209,7 @@ pub(super) fn pod_churn() -> Result<Value> {
 /// process's start to its result (the daemon's allocation, the veth, the pod's address and
 /// routes, the endpoint attached and in the maps; DEL: the reverse).
 pub(super) fn cni() -> Result<Value> {
-    // A /25 for the node: 126 addresses to hand out, more than the pods.
-    let mut specs = seed_nodes(0);
-    specs[1].block = "192.168.83.0/25".into();
-    let mut c = Cluster::new("bcni", &specs)?;
-    c.start_daemon("master", None)?;
-    c.start_daemon("node", None)?;
+    let c = seed_with_a_25("bcni")?;
     let (add, del) = cni_calls(&c, "node", CNI_PODS)?;
     Ok(json!({"add_ms": add, "del_ms": del}))
 }

@@ -63,26 +63,20 @@ pub(super) fn testrun(plan: &Plan, bench_bin: &Path, extra_blocks: usize) -> Res
     node.pods[0]
         .ns
         .sh(&format!("ping -c 2 -i 0.2 -W 2 {m1} >/dev/null"))?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", &node.ns.name])
-        .arg(bench_bin)
-        .args(["testrun", "--pin-dir"])
-        .arg(c.bpffs.join("node"))
-        .args(["--pod-if", &node.pods[0].spec.interface])
-        .args(["--pod2-if", &node.pods[1].spec.interface])
-        .args(["--remote-pod", &m1.to_string()])
-        .args(["--peer", &c.node("master").spec.address.to_string()])
-        .args(["--stranger", "172.31.242.200"])
-        .args(["--calls", &plan.testrun_calls.to_string()])
-        .args(["--repeat", &plan.testrun_repeat.to_string()])
-        .output()
-        .context("ipipd-bench testrun")?;
-    if !out.status.success() {
-        bail!(
-            "ipipd-bench testrun: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = ipipd_tests::check(
+        Command::new("ip")
+            .args(["netns", "exec", &node.ns.name])
+            .arg(bench_bin)
+            .args(["testrun", "--pin-dir"])
+            .arg(c.bpffs.join("node"))
+            .args(["--pod-if", &node.pods[0].spec.interface])
+            .args(["--pod2-if", &node.pods[1].spec.interface])
+            .args(["--remote-pod", &m1.to_string()])
+            .args(["--peer", &c.node("master").spec.address.to_string()])
+            .args(["--stranger", "172.31.242.200"])
+            .args(["--calls", &plan.testrun_calls.to_string()])
+            .args(["--repeat", &plan.testrun_repeat.to_string()]),
+    )?;
     let n_routes = rows(&c, "routes")?;
     Ok(json!({"routes": n_routes, "paths": serde_json::from_slice::<Value>(&out.stdout)?}))
 }

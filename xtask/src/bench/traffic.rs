@@ -343,16 +343,7 @@ fn rr(client: &NetNs, server: &NetNs, server_ip: Ipv4Addr, port: u16, seconds: u
 
 /// (name, run_time_ns, run_cnt) of every loaded program of ipipd's and the floors', by id.
 fn progstats(bench_bin: &Path) -> Result<BTreeMap<u32, (String, f64, f64)>> {
-    let out = Command::new(bench_bin)
-        .arg("progstats")
-        .output()
-        .context("ipipd-bench progstats")?;
-    if !out.status.success() {
-        bail!(
-            "ipipd-bench progstats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = ipipd_tests::check(Command::new(bench_bin).arg("progstats"))?;
     let v: Value = serde_json::from_slice(&out.stdout)?;
     Ok(v.as_object()
         .into_iter()
