@@ -20,10 +20,18 @@ fn wanted(reason: Reason) -> bool {
     }
 }
 
+/// Bytes copied off the packet onto the stack, 8-byte aligned: the programs are built with
+/// misaligned loads allowed (packet and map memory), and the verifier rejects any misaligned
+/// stack access, which LLVM would otherwise make of a byte array's wider reads.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Bytes<const N: usize>([u8; N]);
+
 /// The addresses, protocol and ports of the IPv4 header `h` (20 bytes read), with `ports`
 /// reading 4 bytes at an offset past the header.
 #[inline(always)]
-fn tuple(h: &[u8; 20], ports: impl Fn(usize) -> Option<[u8; 4]>) -> Tuple {
+fn tuple(h: &Bytes<20>, ports: impl Fn(usize) -> Option<Bytes<4>>) -> Tuple {
+    let h = &h.0;
     let mut t = Tuple::default();
     if h[0] >> 4 != 4 {
         return t;
@@ -35,7 +43,7 @@ fn tuple(h: &[u8; 20], ports: impl Fn(usize) -> Option<[u8; 4]>) -> Tuple {
     let first_fragment = (h[6] & 0x1f) == 0 && h[7] == 0;
     if first_fragment && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP) {
         let ihl = ((h[0] & 0x0f) as usize) << 2;
-        if let Some(p) = ports(ihl & 0x3c) {
+        if let Some(Bytes(p)) = ports(ihl & 0x3c) {
             t.sport = [p[0], p[1]];
             t.dport = [p[2], p[3]];
         }
@@ -52,9 +60,9 @@ fn emit(
     hook: Hook,
     reason: Reason,
     len: u32,
-    read2: impl Fn(usize) -> Option<[u8; 2]>,
-    read20: impl Fn(usize) -> Option<[u8; 20]>,
-    read4: impl Fn(usize) -> Option<[u8; 4]>,
+    read2: impl Fn(usize) -> Option<Bytes<2>>,
+    read20: impl Fn(usize) -> Option<Bytes<20>>,
+    read4: impl Fn(usize) -> Option<Bytes<4>>,
 ) {
     let mut ev = Event {
         ifindex,
@@ -63,7 +71,7 @@ fn emit(
         reason: reason as u8,
         ..Default::default()
     };
-    if let Some(et) = read2(12) {
+    if let Some(Bytes(et)) = read2(12) {
         ev.ethertype = et;
         if et == [0x08, 0x00] {
             let at = |base: usize| read20(base).map(|h| tuple(&h, |off| read4(base + off)));
@@ -115,8 +123,8 @@ pub fn xdp(ctx: &XdpContext, ifindex: u32, reason: Reason, len: u32) {
         Hook::XdpUplink,
         reason,
         len,
-        |off| xdp_ptr_at::<[u8; 2]>(ctx, off).map(|p| unsafe { *p }),
-        |off| xdp_ptr_at::<[u8; 20]>(ctx, off).map(|p| unsafe { *p }),
-        |off| xdp_ptr_at::<[u8; 4]>(ctx, off).map(|p| unsafe { *p }),
+        |off| xdp_ptr_at::<[u8; 2]>(ctx, off).map(|p| Bytes(unsafe { *p })),
+        |off| xdp_ptr_at::<[u8; 20]>(ctx, off).map(|p| Bytes(unsafe { *p })),
+        |off| xdp_ptr_at::<[u8; 4]>(ctx, off).map(|p| Bytes(unsafe { *p })),
     );
 }
