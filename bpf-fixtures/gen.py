@@ -233,6 +233,29 @@ out = Ether(src=HOST_MAC, dst=POD1_MAC) / IP(src=POD2, dst=POD1, ttl=63, id=1) /
 vec("pod-to-pod-other-port.toml", "The same pods, another port than the recorded flow's: delivered by ipipd",
     "from_pod", POD2_IF, f, "redirect", [counter(POD1_IF, "from_pod", "deliver_pod_to_pod", f)], h(out),
     kernel_flows=SVC_REPLY_FLOW)
+# The programs remember, per CPU, ends the kernel-flows map did not hold, under the map's
+# generation: an end recorded later (by a program that hands a packet to the kernel, or by user
+# space) is the kernel's from the next packet on.
+f = Ether(src=POD2_MAC, dst=HOST_MAC) / IP(src=POD2, dst=POD1, ttl=64, id=1) / UDP(sport=53, dport=40002) / Raw(b"answer")
+out = Ether(src=HOST_MAC, dst=POD1_MAC) / IP(src=POD2, dst=POD1, ttl=63, id=1) / UDP(sport=53, dport=40002) / Raw(b"answer")
+to_svc = from_pod1(IP(src=POD1, dst="10.96.0.10", ttl=64, id=2) / UDP(sport=40002, dport=53) / Raw(b"query"))
+vec("pod-to-pod-flow-recorded-later.toml", "Delivered while the end is no flow's; once pod 1 sends from that port to a Service (its flow recorded), the kernel takes the next packet",
+    "from_pod", POD2_IF, f, "redirect", [counter(POD1_IF, "from_pod", "deliver_pod_to_pod", f)], h(out),
+    then=[dict(name="pod 1 sends from port 40002 to a Service: from_pod records the end",
+               send=[dict(program="from_pod", interface=POD1_IF, input=h(to_svc))],
+               verdict="ok", output=None, counters=[counter(POD2_IF, "from_pod", "pass_kernel_flow", f)])])
+def reply_to_pod1(ttl):
+    return IP(src=REMOTE_POD, dst=POD1, ttl=ttl, flags="DF", id=13) / TCP(sport=80, dport=41002, flags="A") / Raw(b"reply")
+
+
+f = tunnel(reply_to_pod1(63))
+vec("uplink-decap-flow-recorded-later.toml", "Decapsulated to the pod while the end is no flow's; once user space records it, decapsulated to the kernel",
+    "from_uplink", "eth0", f, "redirect", [counter(POD1_IF, "from_uplink", "decap_deliver", f)],
+    h(Ether(src=HOST_MAC, dst=POD1_MAC) / reply_to_pod1(62)),
+    then=[dict(name="user space records the end 192.168.83.129:41002/tcp",
+               kernel_flows=[dict(addr=POD1, port=41002, proto="tcp")],
+               verdict="redirect", output=h(Ether(src=PEER_MAC, dst=TUNNEL_MAC) / reply_to_pod1(63)),
+               counters=[counter("eth0", "from_uplink", "decap_kernel_flow", f)])])
 f = from_pod1(IP(src=POD1, dst=REMOTE_POD, ttl=64, id=9) / TCP(sport=8080, dport=33000, flags="SA"))
 vec("pod-encap-kernel-flow.toml", "A reply to a remote pod whose flow the kernel translated here (a NodePort, a hostPort): the kernel takes it",
     "from_pod", POD1_IF, f, "ok", [counter(POD1_IF, "from_pod", "pass_kernel_flow", f)],
@@ -531,6 +554,11 @@ def write(v):
         out.append(f"\n[[then]]\nname = {toml_str(t['name'])}")
         if t.get("remove"):
             out.append("remove = [" + ", ".join(toml_str(c) for c in t["remove"]) + "]")
+        for k in t.get("kernel_flows", []):
+            out.append(f"\n[[then.kernel_flow]]\naddr = {toml_str(k['addr'])}\nport = {k['port']}\nproto = {toml_str(k['proto'])}")
+        for p in t.get("send", []):
+            out.append(f"\n[[then.send]]\nprogram = {toml_str(p['program'])}\ninterface = {toml_str(p['interface'])}\n"
+                       f"input = {wrap(p['input'])}")
         routes(out, "then.route", t.get("routes", []))
         expect(out, "then.expect", t)
     return "\n".join(out) + "\n"

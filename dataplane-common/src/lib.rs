@@ -48,6 +48,11 @@ macro_rules! map_list {
             /// one u64 (the map's entries are only ever removed by its LRU, so recorded minus
             /// entries is what the LRU evicted).
             KERNEL_FLOWS_RECORDED = "ipipd_kfrec_v6",
+            /// The kernel-flows map's generation: an array of one u64, raised after every write
+            /// to the kernel-flows map (see [`NoFlowCache`]).
+            KERNEL_FLOWS_GEN = "ipipd_kfgen_v6",
+            /// The programs' no-flow cache: a per-CPU array of one [`NoFlowCache`].
+            NO_FLOW_CACHE = "ipipd_nflow_v6",
         }
     };
 }
@@ -114,6 +119,8 @@ pub mod cost {
             KernelFlows = "kernel_flows",
             KernelFlowsUpdate = "kernel_flows_update",
             KernelFlowsRecorded = "kernel_flows_recorded",
+            KernelFlowsGen = "kernel_flows_gen",
+            NoFlowCache = "no_flow_cache",
             Events = "events",
         }
         helpers {
@@ -154,6 +161,56 @@ pub struct FlowKey {
     pub port: [u8; 2],
     pub proto: u8,
     pub _pad: u8,
+}
+
+/// Slots of the programs' no-flow cache, per CPU (a power of two).
+pub const NO_FLOW_SLOTS: u32 = 256;
+
+/// What the programs' no-flow cache remembers: ends that the kernel-flows map did not hold,
+/// so that the next packet to the same end reads one slot instead of the LRU hash (a call into
+/// the kernel's hash-map code). An answer is valid while the kernel-flows generation (its own
+/// map, [`map_names::KERNEL_FLOWS_GEN`]) is the one it was read under; every writer of the
+/// kernel-flows map raises the generation after its write (the programs by one, atomically;
+/// user space past any value a program could have raised it to meanwhile, see
+/// [`KERNEL_FLOWS_GEN_USER_STEP`]), and a program reads the generation before the map, so a
+/// "no flow" is never used once a flow of that end has been written. The LRU only ever removes
+/// entries, which leaves every "no flow" true. Per CPU, direct-mapped by a hash of the end.
+/// Added in layout 6 without a new one: these maps are new names that no earlier program of
+/// the layout reads, and a start raises the generation once every attachment runs its
+/// programs (earlier ones wrote the kernel-flows map without raising it).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NoFlowCache {
+    pub slots: [NoFlowSlot; NO_FLOW_SLOTS as usize],
+}
+
+/// One slot of the [`NoFlowCache`]: an end's [`no_flow_tag`] (0: empty), and the generation
+/// its "no flow" was read under.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NoFlowSlot {
+    pub tag: u64,
+    pub flows_gen: u64,
+}
+
+/// User space's step of the kernel-flows generation: it cannot add atomically, so it reads the
+/// generation and writes it back this much higher, past anything the programs' increments
+/// (one per flow recorded) reach between its read and its write.
+pub const KERNEL_FLOWS_GEN_USER_STEP: u64 = 1 << 32;
+
+/// A flow end as one word for the [`NoFlowCache`]: the key's bytes with its padding byte set,
+/// so that no end is 0 (an empty slot).
+#[inline(always)]
+pub const fn no_flow_tag(k: &FlowKey) -> u64 {
+    u64::from_ne_bytes([
+        k.addr[0], k.addr[1], k.addr[2], k.addr[3], k.port[0], k.port[1], k.proto, 1,
+    ])
+}
+
+/// The [`NoFlowCache`] slot of an end's tag: Fibonacci hashing of its bits.
+#[inline(always)]
+pub const fn no_flow_slot(tag: u64) -> u32 {
+    (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - NO_FLOW_SLOTS.trailing_zeros())) as u32
 }
 
 /// What the kernel-flows map keeps of a flow: the hook that recorded it (a [`Hook`] as u8).
@@ -723,6 +780,7 @@ const _: () = {
     assert!(core::mem::size_of::<CounterRow>() == 16 + 16 * HOT.len());
     assert!(core::mem::size_of::<FlowKey>() == 8);
     assert!(core::mem::size_of::<FlowValue>() == 4);
+    assert!(core::mem::size_of::<NoFlowCache>() == 16 * NO_FLOW_SLOTS as usize);
 };
 
 #[cfg(test)]
@@ -732,7 +790,7 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_and_carry_the_layout_version() {
         let suffix = format!("_v{LAYOUT_VERSION}");
-        assert_eq!(map_names::ALL.len(), 10);
+        assert_eq!(map_names::ALL.len(), 12);
         for name in map_names::ALL {
             assert!(name.len() <= 15, "{name}: the kernel keeps 15 characters");
             assert!(
@@ -744,6 +802,39 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), map_names::ALL.len(), "a name twice");
+    }
+
+    #[test]
+    fn no_flow_tags_are_never_an_empty_slot_and_tell_ends_apart() {
+        let end = |addr: [u8; 4], port: u16, proto: u8| FlowKey {
+            addr,
+            port: port.to_be_bytes(),
+            proto,
+            _pad: 0,
+        };
+        let ends = [
+            end([0; 4], 0, 0),
+            end([10, 0, 0, 1], 53, 17),
+            end([10, 0, 0, 1], 53, 6),
+            end([10, 0, 0, 1], 54, 17),
+            end([10, 0, 0, 2], 53, 17),
+            end([255; 4], 65535, 255),
+        ];
+        let mut tags: Vec<u64> = ends.iter().map(no_flow_tag).collect();
+        assert!(
+            tags.iter().all(|&t| t != 0),
+            "an end tagged as an empty slot"
+        );
+        tags.sort();
+        tags.dedup();
+        assert_eq!(tags.len(), ends.len(), "two ends with one tag");
+        // The slots of many ends spread over the whole cache.
+        let mut used = vec![false; NO_FLOW_SLOTS as usize];
+        for port in 0..4096u16 {
+            let slot = no_flow_slot(no_flow_tag(&end([10, 0, 0, 1], port, 6)));
+            used[slot as usize] = true;
+        }
+        assert!(used.iter().all(|&u| u), "a slot no end reaches");
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! Each hook lives in its own module and reads parse → decide → act.
 #![no_std]
 #![no_main]
+// Inline assembly for the one atomic add (see act::kernel_flow), as aya-ebpf itself uses it.
+#![expect(
+    unstable_features,
+    reason = "asm_experimental_arch: BPF inline assembly"
+)]
+#![feature(asm_experimental_arch)]
 
 mod act;
 mod cost;

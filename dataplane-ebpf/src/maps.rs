@@ -11,8 +11,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CounterKey, CounterRow, CounterValue, EVENTS_BYTES, Endpoint, FlowKey, FlowValue, HOT_ROWS,
-    Hook, KERNEL_FLOWS as KERNEL_FLOWS_MAX, MAX_COUNTERS, MAX_ENDPOINTS, MAX_ROUTES, NodeConfig,
-    ROUTE_CACHE_SLOTS, Reason, RouteCache, RouteValue, hot_column, hot_row_index, route_cache_slot,
+    Hook, KERNEL_FLOWS as KERNEL_FLOWS_MAX, MAX_COUNTERS, MAX_ENDPOINTS, MAX_ROUTES, NoFlowCache,
+    NodeConfig, ROUTE_CACHE_SLOTS, Reason, RouteCache, RouteValue, hot_column, hot_row_index,
+    route_cache_slot,
 };
 
 /// One map's declaration under the name dataplane-common's [`dataplane_common::map_list!`]
@@ -67,6 +68,17 @@ macro_rules! declare_maps {
         /// Flows recorded in the kernel-flows map, in all, per CPU.
         #[map(name = $name)]
         pub static KERNEL_FLOWS_RECORDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    };
+    (@one KERNEL_FLOWS_GEN $name:tt) => {
+        /// The kernel-flows map's generation (see [`dataplane_common::NoFlowCache`]).
+        #[map(name = $name)]
+        pub static KERNEL_FLOWS_GEN: Array<u64> = Array::with_max_entries(1, 0);
+    };
+    (@one NO_FLOW_CACHE $name:tt) => {
+        /// Ends the kernel-flows map did not hold, per CPU (see
+        /// [`crate::act::kernel_flow::is_kernel_flow`]).
+        #[map(name = $name)]
+        pub static NO_FLOW_CACHE: PerCpuArray<NoFlowCache> = PerCpuArray::with_max_entries(1, 0);
     };
     (@one EVENTS $name:tt) => {
         /// The monitor's ring buffer (`ipipd monitor`); written only while the config's monitor

@@ -10,8 +10,8 @@ use aya::{
     },
 };
 use dataplane_common::{
-    CounterKey, CounterRow, CounterValue, Endpoint, FlowKey, FlowValue, HOT, NodeConfig,
-    RouteValue, hot_row_index, map_names,
+    CounterKey, CounterRow, CounterValue, Endpoint, FlowKey, FlowValue, HOT,
+    KERNEL_FLOWS_GEN_USER_STEP, NodeConfig, RouteValue, hot_row_index, map_names,
 };
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -67,6 +67,27 @@ pub fn put_endpoint(ebpf: &mut Ebpf, ifindex: u32, ep: &Endpoint) -> Result<()> 
 /// The flows the kernel handles (an LRU hash; the programs write it).
 pub fn kernel_flows(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, FlowKey, FlowValue>> {
     Ok(HashMap::try_from(map_mut(ebpf, map_names::KERNEL_FLOWS)?)?)
+}
+
+/// Records one end of a flow the kernel handles, as the programs do: the entry, then the
+/// kernel-flows generation raised, so that no CPU's "no flow" for it stays valid.
+pub fn record_kernel_flow(ebpf: &mut Ebpf, key: FlowKey, value: FlowValue) -> Result<()> {
+    kernel_flows(ebpf)?
+        .insert(key, value, 0)
+        .context("kernel flows: inserting")?;
+    raise_kernel_flows_gen(ebpf)
+}
+
+/// Raises the kernel-flows generation: every CPU's cached "no flow" is stale after it. User
+/// space cannot add atomically, so it writes the value it read plus
+/// [`KERNEL_FLOWS_GEN_USER_STEP`], past whatever the programs raised it to meanwhile: the
+/// generation never goes back to a value an answer was read under.
+pub fn raise_kernel_flows_gen(ebpf: &mut Ebpf) -> Result<()> {
+    let mut g: Array<&mut MapData, u64> =
+        Array::try_from(map_mut(ebpf, map_names::KERNEL_FLOWS_GEN)?)?;
+    let now = g.get(&0, 0).context("kernel flows generation: reading")?;
+    g.set(0, now.wrapping_add(KERNEL_FLOWS_GEN_USER_STEP), 0)
+        .context("kernel flows generation: writing")
 }
 
 /// The node's settings as written (index 0 of the config array).

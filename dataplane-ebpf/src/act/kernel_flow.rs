@@ -9,14 +9,21 @@
 //! have sent it. A false hit (a port reused for a flow the kernel did not translate) only
 //! costs that flow the fast path.
 //!
+//! A packet to an end the map does not hold (nearly every one the fast path sees) is
+//! remembered per CPU as such, under the map's generation, which every write to the map raises
+//! (see [`dataplane_common::NoFlowCache`]): the next packet to that end reads one slot instead
+//! of calling into the kernel's hash-map code.
+//!
 //! The kernel's own flow table cannot be read from here: aya 0.14 emits no kfunc calls
 //! (`bpf_skb_ct_lookup`). See the README's architecture section for the designs weighed.
 
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
-use dataplane_common::{FlowKey, FlowValue, Hook, Reason};
+use dataplane_common::{
+    FlowKey, FlowValue, Hook, NO_FLOW_SLOTS, NoFlowSlot, Reason, no_flow_slot, no_flow_tag,
+};
 
 use crate::{
-    maps::{KERNEL_FLOWS, KERNEL_FLOWS_RECORDED, count},
+    maps::{KERNEL_FLOWS, KERNEL_FLOWS_GEN, KERNEL_FLOWS_RECORDED, NO_FLOW_CACHE, count},
     packet::{IP_MF_OFFSET, Ipv4Hdr, frag_field, ihl_bytes, ptr_at},
 };
 
@@ -85,14 +92,51 @@ fn key(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, end: End) -> Option<FlowKey> {
 /// and conntrack reassembles them.
 #[inline(always)]
 pub fn is_kernel_flow(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
-    match key(ctx, ip, off, End::Destination) {
-        Some(k) => {
-            crate::cost::note(crate::cost::Item::KernelFlows);
-            // SAFETY: the value is not kept.
-            unsafe { KERNEL_FLOWS.get(k) }.is_some()
-        }
-        None => true,
+    let Some(k) = key(ctx, ip, off, End::Destination) else {
+        return true;
+    };
+    // The generation first: an answer read from the map under it is never newer than it.
+    let gen_now = flows_gen();
+    let tag = no_flow_tag(&k);
+    let slot = no_flow_slot_of(tag);
+    if let Some(s) = &slot
+        && s.tag == tag
+        && s.flows_gen == gen_now
+    {
+        return false;
     }
+    crate::cost::note(crate::cost::Item::KernelFlows);
+    // SAFETY: the value is not kept.
+    if unsafe { KERNEL_FLOWS.get(k) }.is_some() {
+        return true;
+    }
+    if let Some(s) = slot {
+        s.tag = tag;
+        s.flows_gen = gen_now;
+    }
+    false
+}
+
+/// The kernel-flows map's generation. Volatile: read once, before the map.
+#[inline(always)]
+fn flows_gen() -> u64 {
+    crate::cost::note(crate::cost::Item::KernelFlowsGen);
+    match KERNEL_FLOWS_GEN.get_ptr(0) {
+        // SAFETY: a live map value; writers change it atomically.
+        Some(g) => unsafe { core::ptr::read_volatile(g) },
+        None => 0,
+    }
+}
+
+/// This CPU's no-flow cache slot of `tag`.
+#[inline(always)]
+fn no_flow_slot_of(tag: u64) -> Option<&'static mut NoFlowSlot> {
+    crate::cost::note(crate::cost::Item::NoFlowCache);
+    let cache = NO_FLOW_CACHE.get_ptr_mut(0)?;
+    let i = (no_flow_slot(tag) & (NO_FLOW_SLOTS - 1)) as usize;
+    // SAFETY: this CPU's cache, `i` masked into its slots; only this CPU writes it, and a
+    // program is not migrated.
+    Some(unsafe { (*cache).slots.get_unchecked_mut(i) })
 }
 
 /// Records the source end of the packet at `off`, which the hook hands to the kernel: its
@@ -119,6 +163,21 @@ pub fn remember(ctx: &TcContext, ip: &Ipv4Hdr, off: usize, hook: Hook, ifindex: 
         if let Some(n) = KERNEL_FLOWS_RECORDED.get_ptr_mut(0) {
             // SAFETY: per-CPU value, only this CPU writes it.
             unsafe { *n += 1 };
+        }
+        // After the write: every CPU's "no flow" read before it is stale from here on.
+        crate::cost::note(crate::cost::Item::KernelFlowsGen);
+        if let Some(g) = KERNEL_FLOWS_GEN.get_ptr_mut(0) {
+            // An atomic add (BPF_ATOMIC | BPF_ADD, a locked add on x86-64): core has no atomic
+            // read-modify-write for the BPF target.
+            // SAFETY: a live, 8-aligned map value that every CPU updates only this way.
+            unsafe {
+                core::arch::asm!(
+                    "lock *(u64 *)({g} + 0) += {one}",
+                    g = in(reg) g,
+                    one = in(reg) 1u64,
+                    options(nostack),
+                )
+            };
         }
     }
 }

@@ -344,7 +344,10 @@ impl Dataplane {
         // half-programmed node.
         self.reconcile(cfg).await?;
         // Every adopted link runs this build's programs now: the old maps can go, and a tunnel
-        // device of another name (the config changed it) too.
+        // device of another name (the config changed it) too. A build before the no-flow cache
+        // wrote the kernel-flows map without raising its generation: whatever the new programs
+        // cached beside it is stale from here on.
+        maps::raise_kernel_flows_gen(&mut self.ebpf)?;
         pins::remove_previous(&self.pin_dir);
         if let Some(old) = self.record.tunnel.clone()
             && old != cfg.node.tunnel
