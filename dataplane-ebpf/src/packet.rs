@@ -116,29 +116,13 @@ pub fn parse_l3<'a>(ctx: &TcContext) -> L3<'a> {
     }
 }
 
-/// The word at byte offset `2 * i` of an IPv4 header, in wire order.
+/// The five 32-bit words of a 20-byte IPv4 header, in wire order, for [`csum::sum32`].
 #[inline(always)]
-pub fn ip_word(ip: &Ipv4Hdr, i: usize) -> u16 {
-    // SAFETY: Ipv4Hdr is 20 bytes of plain data with alignment 1; i < 10 at every call site.
-    let p = ip as *const Ipv4Hdr as *const u8;
-    unsafe { u16::from_ne_bytes([*p.add(2 * i), *p.add(2 * i + 1)]) }
-}
-
-/// The ten words of a 20-byte IPv4 header.
-#[inline(always)]
-pub fn ip_words(ip: &Ipv4Hdr) -> [u16; 10] {
-    [
-        ip_word(ip, 0),
-        ip_word(ip, 1),
-        ip_word(ip, 2),
-        ip_word(ip, 3),
-        ip_word(ip, 4),
-        ip_word(ip, 5),
-        ip_word(ip, 6),
-        ip_word(ip, 7),
-        ip_word(ip, 8),
-        ip_word(ip, 9),
-    ]
+pub fn ip_words32(ip: &Ipv4Hdr) -> [u32; 5] {
+    let p = ip as *const Ipv4Hdr as *const u32;
+    // SAFETY: Ipv4Hdr is 20 bytes of plain data; unaligned reads, which the build allows (the
+    // header is packet memory, never the stack).
+    core::array::from_fn(|i| unsafe { p.add(i).read_unaligned() })
 }
 
 /// Header length in bytes (IHL * 4).
@@ -173,7 +157,7 @@ pub fn ipv4_sane(ip: &Ipv4Hdr, avail: usize) -> bool {
 #[inline(always)]
 pub fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
     let ihl = ihl_bytes(ip);
-    let mut sum = csum::sum(&ip_words(ip));
+    let mut sum = csum::sum32(&ip_words32(ip));
     let mut at = IP_LEN;
     // At most 40 bytes of options: ten 4-byte reads at constant offsets (the loop unrolls).
     while at < 60 {
@@ -200,13 +184,19 @@ pub fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
     csum::fold(sum) == 0
 }
 
-/// Copies a MAC address into the packet. The source is never packet memory (a map value or
-/// the stack), so the copy is a memcpy, which LLVM expands in place; a plain assignment
-/// between the two pointers becomes a call to a byte-wise memmove.
+/// Copies a MAC address into the packet, in three 16-bit words: a byte array's copy is
+/// otherwise byte by byte. Every source is 2-aligned (a field of a map value or of a stack copy
+/// of one, at an even offset of a type the verifier keeps aligned), so a stack source is read in
+/// aligned words, as the verifier requires.
 #[inline(always)]
 pub fn set_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
-    // SAFETY: both are valid for 6 bytes and, per the above, do not overlap.
-    unsafe { core::ptr::copy_nonoverlapping(src, dst, 1) }
+    let (d, s) = (dst.as_mut_ptr() as *mut u16, src.as_ptr() as *const u16);
+    // SAFETY: both are valid for 6 bytes; unaligned accesses, which the build allows.
+    unsafe {
+        for i in 0..3 {
+            d.add(i).write_unaligned(s.add(i).read_unaligned());
+        }
+    }
 }
 
 /// Decrements the TTL, updating the header checksum incrementally.
