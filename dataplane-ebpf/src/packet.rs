@@ -185,9 +185,9 @@ pub fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
 }
 
 /// Copies a MAC address into the packet, in three 16-bit words: a byte array's copy is
-/// otherwise byte by byte. Every source is 2-aligned (a field of a map value or of a stack copy
-/// of one, at an even offset of a type the verifier keeps aligned), so a stack source is read in
-/// aligned words, as the verifier requires.
+/// otherwise byte by byte. Every source is a field at an even offset of a map value or of a
+/// stack copy of one; a stack source must be 2-aligned for these reads, which the verifier
+/// checks at every load (it refuses a misaligned stack access).
 #[inline(always)]
 pub fn set_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     let (d, s) = (dst.as_mut_ptr() as *mut u16, src.as_ptr() as *const u16);
