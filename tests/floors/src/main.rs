@@ -116,11 +116,14 @@ pub fn floor_encap(ctx: TcContext) -> i32 {
             d[2],
             d[3],
         ];
-        let words: [u16; 10] =
-            core::array::from_fn(|i| u16::from_ne_bytes([hdr[2 * i], hdr[2 * i + 1]]));
+        // Summed as ipipd's programs sum a header (five 32-bit words), so that the floor is no
+        // dearer than the path it is the floor of.
+        let words: [u32; 5] = core::array::from_fn(|i| {
+            u32::from_ne_bytes([hdr[4 * i], hdr[4 * i + 1], hdr[4 * i + 2], hdr[4 * i + 3]])
+        });
         core::ptr::copy_nonoverlapping(hdr.as_ptr(), o, 20);
         core::ptr::copy_nonoverlapping(
-            csum::ipv4_header(&words).to_ne_bytes().as_ptr(),
+            csum::ipv4_header32(&words).to_ne_bytes().as_ptr(),
             o.add(10),
             2,
         );
