@@ -116,13 +116,12 @@ fn rust_src() -> Result<()> {
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
 }
 
-/// bpf-linker must link against the same LLVM as the nightly rustc that emits the bitcode.
+/// bpf-linker must link against the same LLVM as the nightly rustc that emits the bitcode: it
+/// is built against the nightly's own libLLVM, found through a prefix under the temporary
+/// directory. An installed bpf-linker is kept only when it is the pinned version and names that
+/// very libLLVM (the nightly's LLVM changes with the nightly; a bpf-linker built against an
+/// older one would link, but ignore the features the build asks of a newer one).
 fn bpf_linker() -> Result<()> {
-    if let Ok(v) = output(Command::new("bpf-linker").arg("--version"))
-        && v.contains(BPF_LINKER_VERSION)
-    {
-        return Ok(());
-    }
     let sysroot =
         output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
@@ -139,7 +138,9 @@ fn bpf_linker() -> Result<()> {
         .next()
         .unwrap_or_default()
         .to_string();
-    // A prefix whose lib/ looks like an LLVM install for llvm-sys.
+    // A prefix whose lib/ looks like an LLVM install for llvm-sys, and where the installed
+    // binary finds the library at run time (its runpath): made again on every setup, since the
+    // temporary directory may have been emptied since the install.
     let prefix = std::env::temp_dir().join(format!("ipipd-llvm-{major}"));
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
@@ -149,14 +150,21 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(lib.join(&llvm), &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
+    let why = match installed_bpf_linker(&llvm) {
+        Installed::Matching => return Ok(()),
+        Installed::None => "none installed".to_string(),
+        Installed::Version(v) => format!("{} installed", v.trim()),
+        Installed::OtherLlvm => format!("the installed one is not linked against {llvm}"),
+    };
     eprintln!(
-        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({llvm})"
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({llvm}): {why}"
     );
     run(Command::new("cargo")
         .args([
             "install",
             "bpf-linker",
             "--locked",
+            "--force",
             "--version",
             BPF_LINKER_VERSION,
             "--no-default-features",
@@ -164,6 +172,49 @@ fn bpf_linker() -> Result<()> {
         ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix))
+}
+
+/// What `bpf-linker` on the PATH is, against the pinned version and the nightly's libLLVM.
+enum Installed {
+    None,
+    /// Another version (its `--version`).
+    Version(String),
+    /// The pinned version, linked against another libLLVM.
+    OtherLlvm,
+    Matching,
+}
+
+fn installed_bpf_linker(llvm: &str) -> Installed {
+    let Ok(version) = output(Command::new("bpf-linker").arg("--version")) else {
+        return Installed::None;
+    };
+    if !version.contains(BPF_LINKER_VERSION) {
+        return Installed::Version(version);
+    }
+    // The libLLVM it needs is named in its dynamic section (`--version` does not say which).
+    let path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("bpf-linker"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_file());
+    let names_llvm = path
+        .and_then(|p| std::fs::read(p).ok())
+        .is_some_and(|bin| names(&bin, llvm));
+    if names_llvm {
+        Installed::Matching
+    } else {
+        Installed::OtherLlvm
+    }
+}
+
+/// Whether `bin` holds `name` as a string between NULs (as an ELF string table holds the name
+/// of a NEEDED library).
+fn names(bin: &[u8], name: &str) -> bool {
+    bin.split(|&b| b == 0).any(|s| s == name.as_bytes())
 }
 
 /// The image's static build: the musl target of the stable toolchain, and musl's C compiler
@@ -219,4 +270,19 @@ pub fn install(packages: &[&str]) -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn a_needed_library_is_named_whole() {
+        let dynstr = b"\0libgcc_s.so.1\0libLLVM.so.22.1-rust-1.97.0-nightly\0libc.so.6\0";
+        assert!(names(dynstr, "libLLVM.so.22.1-rust-1.97.0-nightly"));
+        assert!(!names(dynstr, "libLLVM.so.21.1-rust-1.96.0-nightly"));
+        // A prefix or a suffix of a name is not the name.
+        assert!(!names(dynstr, "libLLVM.so.22.1"));
+        assert!(!names(dynstr, "LLVM.so.22.1-rust-1.97.0-nightly"));
+    }
 }
