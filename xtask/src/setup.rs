@@ -139,15 +139,19 @@ fn bpf_linker() -> Result<()> {
         .unwrap_or_default()
         .to_string();
     // A prefix whose lib/ looks like an LLVM install for llvm-sys, and where the installed
-    // binary finds the library at run time (its runpath): made again on every setup, since the
+    // binary finds the library at run time (its runpath): checked on every setup, since the
     // temporary directory may have been emptied since the install.
     let prefix = std::env::temp_dir().join(format!("ipipd-llvm-{major}"));
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
+    let target = lib.join(&llvm);
     for name in ["libLLVM.so".to_string(), llvm.clone()] {
         let link = prefix_lib.join(&name);
+        if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+            continue;
+        }
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(lib.join(&llvm), &link)
+        std::os::unix::fs::symlink(&target, &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
     let why = match installed_bpf_linker(&llvm) {
