@@ -1,4 +1,4 @@
-//! Internet checksum arithmetic (RFC 1071, RFC 1624) on 16-bit words kept in wire byte order.
+//! Internet checksum arithmetic (RFC 1071, RFC 1624) on words kept in wire byte order.
 //! Shared by the programs and the host (where it is tested against a byte-wise reference).
 
 /// Folds a 32-bit ones' complement sum and complements it.
@@ -15,23 +15,13 @@ pub fn replace(check: u16, old: u16, new: u16) -> u16 {
     fold((!check) as u32 + (!old) as u32 + new as u32)
 }
 
-/// The unfolded ones' complement sum of words (at most 65,537 of them, so that it cannot
-/// overflow), to be continued with more words and then [`fold`]ed.
+/// The unfolded ones' complement sum of 32-bit words (each two 16-bit words in wire order, read
+/// natively: half the loads and adds of a 16-bit sum), at most 0x1_fffe, so that more 16-bit
+/// words can be added to it before it is [`fold`]ed. It folds to the same checksum as the sum
+/// of the 16-bit words, since 2^16 ≡ 1 modulo 0xffff and a non-zero sum stays non-zero through
+/// each carry folded back in.
 #[inline(always)]
-pub fn sum(words: &[u16]) -> u32 {
-    let mut sum = 0u32;
-    for w in words {
-        sum += *w as u32;
-    }
-    sum
-}
-
-/// [`sum`] over 32-bit words (each two 16-bit words in wire order, read natively): half the
-/// loads and adds. The result continues like [`sum`]'s (at most 0x1_fffe, so that more words
-/// can be added) and [`fold`]s to the same checksum, since 2^16 ≡ 1 modulo 0xffff and a
-/// non-zero sum stays non-zero through each carry folded back in.
-#[inline(always)]
-pub fn sum32(words: &[u32]) -> u32 {
+pub fn sum(words: &[u32]) -> u32 {
     let mut sum = 0u64;
     for w in words {
         sum += *w as u64;
@@ -42,16 +32,10 @@ pub fn sum32(words: &[u32]) -> u32 {
     (sum & 0xffff) + (sum >> 16)
 }
 
-/// [`ipv4_header`] of a 20-byte IPv4 header given as five 32-bit words.
+/// The checksum of a 20-byte IPv4 header given as five 32-bit words (the checksum field
+/// included: 0 to compute one, the stored value to verify one, which then yields 0).
 #[inline(always)]
-pub fn ipv4_header32(words: &[u32; 5]) -> u16 {
-    fold(sum32(words))
-}
-
-/// The checksum of a 20-byte IPv4 header given as ten words (the checksum word itself included:
-/// 0 to compute one, the stored value to verify one, which then yields 0).
-#[inline(always)]
-pub fn ipv4_header(words: &[u16; 10]) -> u16 {
+pub fn ipv4_header(words: &[u32; 5]) -> u16 {
     fold(sum(words))
 }
 
@@ -73,9 +57,25 @@ pub fn of_bytes(bytes: &[u8]) -> u16 {
 mod tests {
     use super::*;
 
-    /// Ten words as the programs see them: the header's bytes in wire order, read natively.
+    /// Ten 16-bit words: the header's bytes in wire order, read natively.
     fn words(h: &[u8; 20]) -> [u16; 10] {
         core::array::from_fn(|i| u16::from_ne_bytes([h[2 * i], h[2 * i + 1]]))
+    }
+
+    /// Five 32-bit words as the programs read a header.
+    fn words32(h: &[u8; 20]) -> [u32; 5] {
+        core::array::from_fn(|i| {
+            u32::from_ne_bytes([h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]])
+        })
+    }
+
+    /// The plain 16-bit-word sum, which [`sum`] must fold like.
+    fn sum16(words: &[u16]) -> u32 {
+        words.iter().map(|w| *w as u32).sum()
+    }
+
+    fn ipv4_header16(words: &[u16; 10]) -> u16 {
+        fold(sum16(words))
     }
 
     /// A few IPv4 headers (checksum zeroed), from a pseudo-random sequence.
@@ -109,33 +109,38 @@ mod tests {
     #[test]
     fn ipv4_header_matches_the_reference_and_verifies_to_zero() {
         for mut h in headers() {
-            let c = ipv4_header(&words(&h));
+            let c = ipv4_header(&words32(&h));
             assert_eq!(u16::from_be(c), of_bytes(&h), "{h:02x?}");
             h[10..12].copy_from_slice(&c.to_ne_bytes());
-            assert_eq!(ipv4_header(&words(&h)), 0, "a correct header verifies to 0");
+            assert_eq!(
+                ipv4_header(&words32(&h)),
+                0,
+                "a correct header verifies to 0"
+            );
         }
     }
 
     #[test]
     fn thirty_two_bit_words_sum_and_verify_as_sixteen_bit_ones() {
-        let words32 = |h: &[u8]| -> Vec<u32> {
-            h.chunks(4)
-                .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
-                .collect()
-        };
         for mut h in headers().chain([[0xff; 20], [0; 20]]) {
-            let w: [u32; 5] = words32(&h).try_into().unwrap();
-            assert_eq!(ipv4_header32(&w), ipv4_header(&words(&h)), "{h:02x?}");
-            let c = ipv4_header32(&w);
+            assert_eq!(
+                ipv4_header(&words32(&h)),
+                ipv4_header16(&words(&h)),
+                "{h:02x?}"
+            );
+            let c = ipv4_header(&words32(&h));
             h[10..12].copy_from_slice(&c.to_ne_bytes());
-            let w: [u32; 5] = words32(&h).try_into().unwrap();
-            assert_eq!(ipv4_header32(&w), 0, "a correct header verifies to 0");
-            // Continued over option words like sum's.
-            let s = sum32(&w);
+            assert_eq!(
+                ipv4_header(&words32(&h)),
+                0,
+                "a correct header verifies to 0"
+            );
+            // Continued over option words like the 16-bit sum.
+            let s = sum(&words32(&h));
             assert!(s <= 0x1_fffe);
             assert_eq!(
                 fold(s + 0x1234 + 0xedcb),
-                fold(sum(&words(&h)) + 0x1234 + 0xedcb)
+                fold(sum16(&words(&h)) + 0x1234 + 0xedcb)
             );
         }
     }
@@ -143,7 +148,7 @@ mod tests {
     #[test]
     fn incremental_update_equals_a_full_recompute() {
         for mut h in headers() {
-            let c = ipv4_header(&words(&h));
+            let c = ipv4_header(&words32(&h));
             h[10..12].copy_from_slice(&c.to_ne_bytes());
             // Change the TTL/protocol word, as forwarding does (TTL - 1), and the TOS word.
             for word in [4usize, 0] {
@@ -156,14 +161,14 @@ mod tests {
                 changed[10..12].copy_from_slice(&[0, 0]);
                 assert_eq!(
                     updated,
-                    ipv4_header(&words(&changed)),
+                    ipv4_header(&words32(&changed)),
                     "{h:02x?} word {word}"
                 );
             }
         }
     }
 
-    /// A header with options verifies as its first ten words' sum continued over the option
+    /// A header with options verifies as its first 20 bytes' sum continued over the option
     /// words (how the programs check one), exactly when the byte-wise reference says so.
     #[test]
     fn a_header_with_options_verifies_word_by_word() {
@@ -179,14 +184,14 @@ mod tests {
                 .chunks(2)
                 .map(|w| u16::from_ne_bytes([w[0], w[1]]))
                 .collect();
-            assert_eq!(fold(sum(&words(&h)) + sum(&rest)), 0, "header {n}");
+            assert_eq!(fold(sum(&words32(&h)) + sum16(&rest)), 0, "header {n}");
             full[20] ^= 0x10;
             let rest: Vec<u16> = full[20..]
                 .chunks(2)
                 .map(|w| u16::from_ne_bytes([w[0], w[1]]))
                 .collect();
             assert_ne!(
-                fold(sum(&words(&h)) + sum(&rest)),
+                fold(sum(&words32(&h)) + sum16(&rest)),
                 0,
                 "header {n}, an option changed"
             );

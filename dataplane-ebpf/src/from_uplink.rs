@@ -32,7 +32,7 @@ use crate::{
     maps::{config, route, source_ok},
     packet::{
         ETH_LEN, IP_LEN, IP_MF_OFFSET, IPPROTO_IPIP, Ipv4Hdr, L3, TC_OK, ensure_linear, frag_field,
-        ifindex, ihl_bytes, ip_words32, ipv4_checksum_ok, ipv4_sane, parse_l3, ptr_at, set_tos,
+        ifindex, ihl_bytes, ip_words, ipv4_checksum_ok, ipv4_sane, parse_l3, ptr_at, set_tos,
         tot_len,
     },
 };
@@ -77,7 +77,7 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     if outer_tot < IP_LEN + IP_LEN || outer_tot > len as usize - ETH_LEN {
         return Err(Reason::DropBadOuterLength);
     }
-    if csum::ipv4_header32(&ip_words32(outer)) != 0 {
+    if csum::ipv4_header(&ip_words(outer)) != 0 {
         return Err(Reason::DropBadOuterChecksum);
     }
     if frag_field(outer) & IP_MF_OFFSET != 0 {

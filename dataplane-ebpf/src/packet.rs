@@ -116,9 +116,9 @@ pub fn parse_l3<'a>(ctx: &TcContext) -> L3<'a> {
     }
 }
 
-/// The five 32-bit words of a 20-byte IPv4 header, in wire order, for [`csum::sum32`].
+/// The five 32-bit words of a 20-byte IPv4 header, in wire order, for [`csum::sum`].
 #[inline(always)]
-pub fn ip_words32(ip: &Ipv4Hdr) -> [u32; 5] {
+pub fn ip_words(ip: &Ipv4Hdr) -> [u32; 5] {
     let p = ip as *const Ipv4Hdr as *const u32;
     // SAFETY: Ipv4Hdr is 20 bytes of plain data; unaligned reads, which the build allows (the
     // header is packet memory, never the stack).
@@ -157,7 +157,7 @@ pub fn ipv4_sane(ip: &Ipv4Hdr, avail: usize) -> bool {
 #[inline(always)]
 pub fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr, off: usize) -> bool {
     let ihl = ihl_bytes(ip);
-    let mut sum = csum::sum32(&ip_words32(ip));
+    let mut sum = csum::sum(&ip_words(ip));
     let mut at = IP_LEN;
     // At most 40 bytes of options: ten 4-byte reads at constant offsets (the loop unrolls).
     while at < 60 {

@@ -154,11 +154,8 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(&target, &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
-    let why = match installed_bpf_linker(&llvm) {
-        Installed::Matching => return Ok(()),
-        Installed::None => "none installed".to_string(),
-        Installed::Version(v) => format!("{} installed", v.trim()),
-        Installed::OtherLlvm => format!("the installed one is not linked against {llvm}"),
+    let Some(why) = bpf_linker_to_replace(&llvm) else {
+        return Ok(());
     };
     eprintln!(
         "xtask: installing bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({llvm}): {why}"
@@ -178,41 +175,21 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
-/// What `bpf-linker` on the PATH is, against the pinned version and the nightly's libLLVM.
-enum Installed {
-    None,
-    /// Another version (its `--version`).
-    Version(String),
-    /// The pinned version, linked against another libLLVM.
-    OtherLlvm,
-    Matching,
-}
-
-fn installed_bpf_linker(llvm: &str) -> Installed {
+/// Why the `bpf-linker` on the PATH must be installed again, or None when it is the pinned
+/// version linked against the nightly's libLLVM `llvm`.
+fn bpf_linker_to_replace(llvm: &str) -> Option<String> {
     let Ok(version) = output(Command::new("bpf-linker").arg("--version")) else {
-        return Installed::None;
+        return Some("none installed".into());
     };
     if !version.contains(BPF_LINKER_VERSION) {
-        return Installed::Version(version);
+        return Some(format!("{} installed", version.trim()));
     }
     // The libLLVM it needs is named in its dynamic section (`--version` does not say which).
-    let path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("bpf-linker"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p.is_file());
-    let names_llvm = path
-        .and_then(|p| std::fs::read(p).ok())
-        .is_some_and(|bin| names(&bin, llvm));
-    if names_llvm {
-        Installed::Matching
-    } else {
-        Installed::OtherLlvm
+    let bin = crate::vm::which("bpf-linker").and_then(|p| std::fs::read(p).ok());
+    if bin.is_some_and(|bin| names(&bin, llvm)) {
+        return None;
     }
+    Some(format!("the installed one is not linked against {llvm}"))
 }
 
 /// Whether `bin` holds `name` as a string between NULs (as an ELF string table holds the name

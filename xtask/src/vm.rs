@@ -635,7 +635,8 @@ fn add_binary(ar: &mut Archive, vm_path: &str, host: &Path) -> Result<()> {
     Ok(())
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+/// Where `tool` is on the PATH (or in the sbin directories a root shell has).
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_string_lossy()
         .split(':')

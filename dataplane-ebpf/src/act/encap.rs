@@ -19,7 +19,7 @@ use crate::{
     maps::IP_ID,
     packet::{
         ETH_LEN, IP_DF, IP_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, dec_ttl,
-        ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ip_words32, ptr_at, tot_len,
+        ensure_linear, frag_field, gso_size, ifindex, ihl_bytes, ip_words, ptr_at, tot_len,
     },
 };
 
@@ -111,7 +111,7 @@ pub fn encap_and_send(
         o.check = [0; 2];
         o.src_addr = cfg.node_ip;
         o.dst_addr = node_ip;
-        o.check = csum::ipv4_header32(&ip_words32(o)).to_ne_bytes();
+        o.check = csum::ipv4_header(&ip_words(o)).to_ne_bytes();
         if how.dec_ttl {
             dec_ttl(&mut *inner);
         }

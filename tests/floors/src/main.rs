@@ -123,7 +123,7 @@ pub fn floor_encap(ctx: TcContext) -> i32 {
         });
         core::ptr::copy_nonoverlapping(hdr.as_ptr(), o, 20);
         core::ptr::copy_nonoverlapping(
-            csum::ipv4_header32(&words).to_ne_bytes().as_ptr(),
+            csum::ipv4_header(&words).to_ne_bytes().as_ptr(),
             o.add(10),
             2,
         );
