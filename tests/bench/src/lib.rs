@@ -3,3 +3,4 @@
 //! programs (tests/floors), which build.rs builds and embeds here, never into ipipd.
 
 pub mod testrun;
+pub mod trace;

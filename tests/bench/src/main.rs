@@ -19,7 +19,10 @@ use aya::{
 };
 use clap::{Parser, Subcommand};
 use dataplane_common::program_names;
-use ipipd_bench::testrun::{self, checksum};
+use ipipd_bench::{
+    testrun::{self, checksum},
+    trace,
+};
 use serde::Serialize;
 
 static FLOORS_OBJECT: &[u8] =
@@ -793,6 +796,33 @@ struct PathResult {
     program_insns: Option<u32>,
     verified_insns: Option<u32>,
     jited_bytes: u32,
+    /// The BPF instructions one packet of the path executes in ipipd's program and in its
+    /// floor, counted by the bench's interpreter (a second packet, as `lookups`); None where the
+    /// path calls a helper the interpreter does not model.
+    insns_run: Option<u64>,
+    floor_insns_run: Option<u64>,
+}
+
+/// The instructions one packet of `p` executes in `prog` of `obj` (the second of two runs:
+/// the caches of the first warm), checked against the verdict the kernel gave.
+fn count_insns(obj: &mut trace::Object, prog: &str, p: &Path, verdict: u32) -> Result<Option<u64>> {
+    let mut t = None;
+    for _ in 0..2 {
+        t = match obj.run(prog, p.ifindex, (0, 0), &p.packet) {
+            Ok(t) => Some(t),
+            Err(e) if trace::unmodelled(&e) => return Ok(None),
+            Err(e) => return Err(e.context(format!("{}: interpreting {prog}", p.name))),
+        };
+    }
+    let t = t.context("no run")?;
+    if t.verdict != verdict as u64 {
+        bail!(
+            "{}: the interpreter's {prog} returned {}, the kernel's {verdict}",
+            p.name,
+            t.verdict
+        );
+    }
+    Ok(Some(t.insns))
 }
 
 /// The `cost` build's counts, summed over CPUs, by item.
@@ -873,6 +903,8 @@ fn measure(
         .context("noop_xdp")?
         .try_into()?;
     x.load()?;
+    let mut ipipd_insns = trace::Object::on(dataplane_user::EBPF_OBJECT, &ipipd, 0)?;
+    let mut floor_insns = trace::Object::on(FLOORS_OBJECT, &floors, 0)?;
 
     let mut results = Vec::new();
     for p in paths {
@@ -909,7 +941,16 @@ fn measure(
         }
         let (lookups, helper_calls) = path_cost(&cost, p)?;
         let prog = loaded.iter().find(|l| l.name == p.program);
+        let insns_run = count_insns(&mut ipipd_insns, p.program, p, p.verdict)?;
+        // A do-nothing floor runs one instruction and its exit; a real one ends in the path's
+        // verdict.
+        let floor_insns_run = match p.floor {
+            f if f == noop => None,
+            f => count_insns(&mut floor_insns, f, p, p.verdict)?,
+        };
         results.push(PathResult {
+            insns_run,
+            floor_insns_run,
             lookups,
             helper_calls,
             program_insns: prog.and_then(|l| l.xlated_bytes).map(|b| b / 8),

@@ -24,14 +24,17 @@ pub(super) fn cost_table(t: &Value) -> String {
         (total, list)
     };
     let mut s = String::from(
-        "\nWhat one packet of each path costs (ipipd's programs built with their `cost` feature, on the same maps, a second packet: the caches warm), and the program's size (translated instructions / instructions the verifier processed / JIT bytes):\n\n| path | map accesses | helper calls | program |\n|---|---|---|---|\n",
+        "\nWhat one packet of each path costs (ipipd's programs built with their `cost` feature, on the same maps, a second packet: the caches warm), the BPF instructions it executes in ipipd's program and in its floor (counted by the bench's interpreter on the same maps, the program as compiled: before the verifier inlines an array lookup or rewrites a context access), and the program's size (translated instructions / instructions the verifier processed / JIT bytes):\n\n| path | map accesses | helper calls | insns run, ipipd / floor | program |\n|---|---|---|---|---|\n",
     );
     for p in t["paths"].as_array().into_iter().flatten() {
         let (nl, l) = items(&p["lookups"]);
         let (nh, h) = items(&p["helper_calls"]);
+        let run = |k: &str| p[k].as_u64().map_or("–".to_string(), |n| n.to_string());
         s += &format!(
-            "| {} | {nl}: {l} | {nh}: {h} | `{}` {} / {} / {} |\n",
+            "| {} | {nl}: {l} | {nh}: {h} | {} / {} | `{}` {} / {} / {} |\n",
             p["path"].as_str().unwrap_or(""),
+            run("insns_run"),
+            run("floor_insns_run"),
             p["program"].as_str().unwrap_or(""),
             p["program_insns"],
             p["verified_insns"],
