@@ -15,28 +15,30 @@ pub fn replace(check: u16, old: u16, new: u16) -> u16 {
     fold((!check) as u32 + (!old) as u32 + new as u32)
 }
 
-/// The unfolded ones' complement sum of 32-bit words (each two 16-bit words in wire order, read
-/// natively: half the loads and adds of a 16-bit sum), at most 0x1_fffe, so that more 16-bit
-/// words can be added to it before it is [`fold`]ed. It folds to the same checksum as the sum
-/// of the 16-bit words, since 2^16 ≡ 1 modulo 0xffff and a non-zero sum stays non-zero through
-/// each carry folded back in.
+/// The ones' complement sum of up to 16 32-bit words (each two 16-bit words in wire order,
+/// read natively: half the loads and adds of a 16-bit sum), folded to at most 0xffff, so that
+/// more 16-bit words can be added to it before it is [`fold`]ed. It folds to the same checksum
+/// as the sum of the 16-bit words, since 2^16 ≡ 1 modulo 0xffff and a non-zero sum stays
+/// non-zero through each carry folded back in. Three folds of 16 bits suffice: 16 words sum to
+/// less than 2^36, and each fold takes that below 2^21, then 2^16 + 2^5, then to 0xffff at most.
 #[inline(always)]
 pub fn sum(words: &[u32]) -> u32 {
     let mut sum = 0u64;
     for w in words {
         sum += *w as u64;
     }
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = sum as u32;
-    (sum & 0xffff) + (sum >> 16)
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u32
 }
 
 /// The checksum of a 20-byte IPv4 header given as five 32-bit words (the checksum field
-/// included: 0 to compute one, the stored value to verify one, which then yields 0).
+/// included: 0 to compute one, the stored value to verify one, which then yields 0). [`sum`]
+/// is folded already.
 #[inline(always)]
 pub fn ipv4_header(words: &[u32; 5]) -> u16 {
-    fold(sum(words))
+    !(sum(words) as u16)
 }
 
 /// The checksum of any bytes, byte-wise (RFC 1071's definition: the complemented ones'
@@ -137,12 +139,23 @@ mod tests {
             );
             // Continued over option words like the 16-bit sum.
             let s = sum(&words32(&h));
-            assert!(s <= 0x1_fffe);
+            assert!(s <= 0xffff);
             assert_eq!(
                 fold(s + 0x1234 + 0xedcb),
                 fold(sum16(&words(&h)) + 0x1234 + 0xedcb)
             );
         }
+    }
+
+    /// The folds' bound at its extreme: sixteen words of all ones (2^36 - 16) fold to 0xffff,
+    /// as their 16-bit sum does.
+    #[test]
+    fn sixteen_words_of_ones_fold_within_sixteen_bits() {
+        let s = sum(&[u32::MAX; 16]);
+        assert_eq!(s, 0xffff);
+        assert_eq!(fold(s), fold(sum16(&[u16::MAX; 32])));
+        assert_eq!(sum(&[]), 0);
+        assert_eq!(sum(&[0x0001_0000]), 1);
     }
 
     #[test]

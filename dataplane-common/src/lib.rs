@@ -198,13 +198,15 @@ pub struct NoFlowSlot {
 /// (one per flow recorded) reach between its read and its write.
 pub const KERNEL_FLOWS_GEN_USER_STEP: u64 = 1 << 32;
 
-/// A flow end as one word for the [`NoFlowCache`]: the key's bytes with its padding byte set,
-/// so that no end is 0 (an empty slot).
+/// A flow end as one word for the [`NoFlowCache`]: its address, port and protocol, each read
+/// as the number its bytes make natively (words, not bytes, for the programs: the address is
+/// one load from the packet), and a bit set above them, so that no end is 0 (an empty slot).
 #[inline(always)]
 pub const fn no_flow_tag(k: &FlowKey) -> u64 {
-    u64::from_ne_bytes([
-        k.addr[0], k.addr[1], k.addr[2], k.addr[3], k.port[0], k.port[1], k.proto, 1,
-    ])
+    u32::from_ne_bytes(k.addr) as u64
+        | (u16::from_ne_bytes(k.port) as u64) << 32
+        | (k.proto as u64) << 48
+        | 1 << 56
 }
 
 /// The [`NoFlowCache`] slot of an end's tag: Fibonacci hashing of its bits.

@@ -119,14 +119,14 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
 
     // Act.
     match next {
-        Next::Deliver => deliver::to_pod(ctx, HOOK, Reason::DeliverPodToPod, &rt, len),
+        Next::Deliver => deliver::to_pod(ctx, HOOK, Reason::DeliverPodToPod, rt, len),
         Next::Encap if too_big_for_tunnel(ctx, cfg, ip) => pass(ctx, HOOK, Reason::PassTooBig),
-        Next::Encap => encap_and_send(ctx, cfg, HOOK, ip, &rt, Forwarding::FOR_POD),
+        Next::Encap => encap_and_send(ctx, cfg, HOOK, ip, rt, Forwarding::FOR_POD),
         Next::Forward => forward_plain(
             ctx,
             cfg,
             HOOK,
-            &rt,
+            rt,
             Reason::ForwardSameSubnet,
             Forwarding::FOR_POD,
         ),

@@ -66,11 +66,12 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
         return pass(ctx, HOOK, Reason::PassIpip);
     }
 
-    // Parse and validate the outer header as ip_rcv would.
-    if (outer.vihl >> 4) != 4 || ihl_bytes(outer) < IP_LEN {
-        return Err(Reason::DropBadOuterHeader);
-    }
-    if ihl_bytes(outer) != IP_LEN {
+    // Parse and validate the outer header as ip_rcv would. Version 4 with 20 bytes of header
+    // is the one byte 0x45; anything else is told apart only when it is dropped.
+    if outer.vihl != 0x45 {
+        if (outer.vihl >> 4) != 4 || ihl_bytes(outer) < IP_LEN {
+            return Err(Reason::DropBadOuterHeader);
+        }
         return Err(Reason::DropOuterOptions);
     }
     let outer_tot = tot_len(outer);
@@ -109,9 +110,12 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     if !ipv4_checksum_ok(ctx, inner, ETH_LEN + IP_LEN) {
         return Err(Reason::DropBadInnerChecksum);
     }
-    let (ecn, unused) = ecn::decap(inner.tos & 3, outer_ecn);
-    let ecn = ecn.ok_or(Reason::DropEcnCeNotEct)?;
-    let new_tos = (inner.tos & !3) | ecn;
+    let code = ecn::decap_code(inner.tos, outer_ecn);
+    if code & ecn::DECAP_DROP != 0 {
+        return Err(Reason::DropEcnCeNotEct);
+    }
+    let unused = code & ecn::DECAP_UNUSED != 0;
+    let new_tos = (inner.tos & !3) | (code & 3);
     let ttl = inner.ttl;
 
     // Decide on the inner destination.
@@ -160,7 +164,7 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
             up_the_tunnel(ctx, cfg, HOOK, Reason::DecapKernelFlow, len)
         }
         (Some(RouteKind::LocalEndpoint), Some(rt)) => {
-            to_pod(ctx, HOOK, Reason::DecapDeliver, &rt, len)
+            to_pod(ctx, HOOK, Reason::DecapDeliver, rt, len)
         }
         _ => {
             // For the node itself (a NodePort, a hostPort): the kernel may translate it to a
@@ -195,7 +199,7 @@ fn plain(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr, len: u32) -> Verdict {
                 if kernel_flow::is_kernel_flow(ctx, ip, ETH_LEN) {
                     return pass(ctx, HOOK, Reason::PassKernelFlow);
                 }
-                return to_pod(ctx, HOOK, Reason::DeliverFromUplink, &rt, len);
+                return to_pod(ctx, HOOK, Reason::DeliverFromUplink, rt, len);
             }
             Some(RouteKind::OwnBlock) => return Err(Reason::DropBlackhole),
             _ => {}

@@ -111,8 +111,12 @@ pub fn config() -> Option<&'static NodeConfig> {
 /// generation is read before the trie, so an answer is never used under a later generation
 /// than the one it was read under. A slot that two busy addresses share makes both walk the
 /// trie; nothing else changes.
+///
+/// The answer is the slot's own route, read in place (a copy would cost the hook a load and a
+/// spill per field): it stays this address's until the hook's next route lookup, which may
+/// reuse the slot, so no caller keeps it past another lookup.
 #[inline(always)]
-pub fn route(cfg: &NodeConfig, addr: [u8; 4]) -> Option<RouteValue> {
+pub fn route(cfg: &NodeConfig, addr: [u8; 4]) -> Option<&'static RouteValue> {
     route_as_of(route_gen(cfg), addr)
 }
 
@@ -125,7 +129,7 @@ fn route_gen(cfg: &NodeConfig) -> u32 {
 
 /// [`route`] under generation `gen_now`, read by the caller before this lookup.
 #[inline(always)]
-fn route_as_of(gen_now: u32, addr: [u8; 4]) -> Option<RouteValue> {
+fn route_as_of(gen_now: u32, addr: [u8; 4]) -> Option<&'static RouteValue> {
     crate::cost::note(crate::cost::Item::RouteCache);
     let Some(cache) = ROUTE_CACHE.get_ptr_mut(0) else {
         return trie(addr);
@@ -134,14 +138,12 @@ fn route_as_of(gen_now: u32, addr: [u8; 4]) -> Option<RouteValue> {
     // SAFETY: this CPU's cache, and `i` is masked into its slots; only this CPU writes it, and
     // a program is not migrated.
     let slot = unsafe { (*cache).slots.get_unchecked_mut(i) };
-    if slot.generation == gen_now && slot.addr == addr {
-        return (slot.route.kind != 0).then_some(slot.route);
+    if slot.generation != gen_now || slot.addr != addr {
+        slot.route = trie(addr).copied().unwrap_or(NO_ROUTE);
+        slot.addr = addr;
+        slot.generation = gen_now;
     }
-    let found = trie(addr);
-    slot.addr = addr;
-    slot.generation = gen_now;
-    slot.route = found.unwrap_or(NO_ROUTE);
-    found
+    (slot.route.kind != 0).then_some(&slot.route)
 }
 
 /// A cached "no route" (kind 0 is no [`dataplane_common::RouteKind`]).
@@ -157,9 +159,9 @@ const NO_ROUTE: RouteValue = RouteValue {
 
 /// Longest-prefix match in the routes trie itself.
 #[inline(always)]
-fn trie(addr: [u8; 4]) -> Option<RouteValue> {
+fn trie(addr: [u8; 4]) -> Option<&'static RouteValue> {
     crate::cost::note(crate::cost::Item::RouteTrie);
-    ROUTES.get(Key::new(32, addr)).copied()
+    ROUTES.get(Key::new(32, addr))
 }
 
 /// Whether `src` is a source that interface `ifindex` accepts, which `accepts` tells from the
@@ -185,7 +187,7 @@ pub fn source_ok(
     {
         return true;
     }
-    let ok = matches!(route_as_of(gen_now, src), Some(rt) if accepts(&rt));
+    let ok = matches!(route_as_of(gen_now, src), Some(rt) if accepts(rt));
     if ok && let Some(row) = row {
         row.ifindex = ifindex;
         row.src_gen = gen_now;

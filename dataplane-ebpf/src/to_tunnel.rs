@@ -76,7 +76,7 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
                 ctx,
                 cfg,
                 HOOK,
-                &rt,
+                rt,
                 Reason::HostToPeer,
                 Forwarding::KERNEL_ROUTED,
             );
@@ -90,5 +90,5 @@ fn try_run(ctx: &TcContext, len: u32) -> Verdict {
     }
 
     // Act: the kernel already routed it (and counted the hop): the inner TTL stays.
-    encap_and_send(ctx, cfg, HOOK, ip, &rt, Forwarding::KERNEL_ROUTED)
+    encap_and_send(ctx, cfg, HOOK, ip, rt, Forwarding::KERNEL_ROUTED)
 }
