@@ -257,6 +257,12 @@ pub struct RouteValue {
     pub src_mac: [u8; 6],
 }
 
+// The programs copy a route's two MACs into a frame as one 12-byte run (destination, then
+// source, as in the frame).
+const _: () = assert!(
+    core::mem::offset_of!(RouteValue, src_mac) == core::mem::offset_of!(RouteValue, dst_mac) + 6
+);
+
 /// Value of the endpoints map, keyed by the host-side veth's ifindex (u32).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

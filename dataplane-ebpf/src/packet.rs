@@ -203,14 +203,29 @@ pub fn set_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     }
 }
 
-/// Decrements the TTL, updating the header checksum incrementally.
+/// Writes both MACs of a frame from a route's, which lie next to each other as in the frame
+/// (destination, then source): three 32-bit words.
+#[inline(always)]
+pub fn set_macs(eth: &mut EthHdr, rt: &dataplane_common::RouteValue) {
+    let (d, s) = (
+        eth as *mut EthHdr as *mut u32,
+        rt.dst_mac.as_ptr() as *const u32,
+    );
+    // SAFETY: the frame's first 12 bytes are its MACs, and the route's dst_mac and src_mac are
+    // 12 contiguous bytes (dataplane-common asserts the layout); unaligned accesses, which the
+    // build allows (packet and map memory, never the stack).
+    unsafe {
+        for i in 0..3 {
+            d.add(i).write_unaligned(s.add(i).read_unaligned());
+        }
+    }
+}
+
+/// Decrements the TTL (not 0), updating the header checksum incrementally.
 #[inline(always)]
 pub fn dec_ttl(ip: &mut Ipv4Hdr) {
-    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
     ip.ttl -= 1;
-    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
-    let check = dataplane_common::csum::replace(u16::from_ne_bytes(ip.check), old, new);
-    ip.check = check.to_ne_bytes();
+    ip.check = csum::dec_ttl(u16::from_ne_bytes(ip.check)).to_ne_bytes();
 }
 
 /// Sets the TOS byte, updating the header checksum incrementally.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use dataplane_common::{Hook, NodeConfig, Reason, RouteValue};
 
 use super::verdict::{Verdict, record};
-use crate::packet::{ETH_LEN, EthHdr, Ipv4Hdr, TC_OK, dec_ttl, ifindex, ptr_at, set_mac};
+use crate::packet::{ETH_LEN, EthHdr, Ipv4Hdr, TC_OK, dec_ttl, ifindex, ptr_at, set_mac, set_macs};
 
 const PACKET_HOST: u32 = 0;
 
@@ -25,8 +25,7 @@ pub fn to_pod(ctx: &TcContext, hook: Hook, reason: Reason, ep: &RouteValue, byte
     // SAFETY: both pointers were bounds-checked against data_end just above.
     unsafe {
         dec_ttl(&mut *ip);
-        set_mac(&mut (*eth).dst_addr, &ep.dst_mac);
-        set_mac(&mut (*eth).src_addr, &ep.src_mac);
+        set_macs(&mut *eth, ep);
         // Packets from a tunnel or the wire may carry PACKET_OTHERHOST; kernels before 6.15 do not
         // reset it on redirect_peer.
         if (*ctx.skb.skb).pkt_type != PACKET_HOST {

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use dataplane_common::{Hook, NodeConfig, ROUTE_F_L2, Reason, RouteValue};
 
 use super::verdict::{Verdict, record};
-use crate::packet::{ETH_LEN, EthHdr, Ipv4Hdr, dec_ttl, ifindex, ptr_at, set_mac};
+use crate::packet::{ETH_LEN, EthHdr, Ipv4Hdr, dec_ttl, ifindex, ptr_at, set_mac, set_macs};
 
 const AF_INET: u8 = 2;
 
@@ -57,14 +57,20 @@ impl Forwarding {
 }
 
 /// The next hop toward a peer node: out of which interface, and with which L2.
-pub struct NextHop {
-    ifindex: u32,
-    /// The MACs are known (cached in the route, or from the FIB): write them and redirect.
-    /// Otherwise `bpf_redirect_neigh` toward `gateway` lets the kernel resolve it.
-    resolved: bool,
-    dmac: [u8; 6],
-    smac: [u8; 6],
-    gateway: u32,
+pub enum NextHop<'a> {
+    /// The route's own: its output interface and MACs, which user space resolved (read in
+    /// place, not copied).
+    Cached(&'a RouteValue),
+    /// The FIB's answer.
+    Fib {
+        ifindex: u32,
+        /// The MACs are known: write them and redirect. Otherwise `bpf_redirect_neigh` toward
+        /// `gateway` lets the kernel resolve it.
+        resolved: bool,
+        dmac: [u8; 6],
+        smac: [u8; 6],
+        gateway: u32,
+    },
 }
 
 /// The next hop toward the node of route `rt`: its cached L2 when user space has resolved it
@@ -72,20 +78,14 @@ pub struct NextHop {
 /// route: the kernel has none usable (blackhole, unreachable, forwarding disabled, …). An
 /// unresolved neighbour is handled as `unresolved` says.
 #[inline(always)]
-pub fn next_hop(
+pub fn next_hop<'a>(
     ctx: &TcContext,
     cfg: &NodeConfig,
-    rt: &RouteValue,
+    rt: &'a RouteValue,
     unresolved: Unresolved,
-) -> Result<NextHop, Reason> {
+) -> Result<NextHop<'a>, Reason> {
     if rt.flags & ROUTE_F_L2 != 0 {
-        return Ok(NextHop {
-            ifindex: rt.ifindex,
-            resolved: true,
-            dmac: rt.dst_mac,
-            smac: rt.src_mac,
-            gateway: 0,
-        });
+        return Ok(NextHop::Cached(rt));
     }
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -110,7 +110,7 @@ pub fn next_hop(
     if !resolved && unresolved == Unresolved::Drop {
         return Err(Reason::DropNextHopUnresolved);
     }
-    Ok(NextHop {
+    Ok(NextHop::Fib {
         ifindex: params.ifindex,
         resolved,
         dmac: params.dmac,
@@ -124,35 +124,53 @@ pub fn next_hop(
 /// `bpf_redirect_neigh` otherwise.
 #[inline(always)]
 pub fn send(ctx: &TcContext, nh: &NextHop) -> Verdict {
-    if nh.resolved {
-        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-            return Err(Reason::DropHelperFailed);
-        };
-        // SAFETY: bounds-checked above.
-        unsafe {
-            set_mac(&mut (*eth).dst_addr, &nh.dmac);
-            set_mac(&mut (*eth).src_addr, &nh.smac);
+    let (ifindex, gateway) = match *nh {
+        NextHop::Cached(rt) => {
+            let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+                return Err(Reason::DropHelperFailed);
+            };
+            // SAFETY: bounds-checked above.
+            unsafe { set_macs(&mut *eth, rt) };
+            return redirect(rt.ifindex);
         }
-        crate::cost::note(crate::cost::Item::Redirect);
-        // SAFETY: helper call.
-        return Ok(unsafe { bpf_redirect(nh.ifindex, 0) as i32 });
-    }
+        NextHop::Fib {
+            ifindex,
+            resolved: true,
+            ref dmac,
+            ref smac,
+            ..
+        } => {
+            let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+                return Err(Reason::DropHelperFailed);
+            };
+            // SAFETY: bounds-checked above.
+            unsafe {
+                set_mac(&mut (*eth).dst_addr, dmac);
+                set_mac(&mut (*eth).src_addr, smac);
+            }
+            return redirect(ifindex);
+        }
+        NextHop::Fib {
+            ifindex, gateway, ..
+        } => (ifindex, gateway),
+    };
     let mut neigh = bpf_redir_neigh {
         nh_family: AF_INET as u32,
-        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: nh.gateway,
-        },
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: gateway },
     };
     crate::cost::note(crate::cost::Item::RedirectNeigh);
     // SAFETY: helper call with a correctly sized params struct.
     Ok(unsafe {
-        bpf_redirect_neigh(
-            nh.ifindex,
-            &mut neigh,
-            size_of::<bpf_redir_neigh>() as i32,
-            0,
-        ) as i32
+        bpf_redirect_neigh(ifindex, &mut neigh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
     })
+}
+
+/// Out of interface `ifindex`, the frame's L2 written.
+#[inline(always)]
+fn redirect(ifindex: u32) -> Verdict {
+    crate::cost::note(crate::cost::Item::Redirect);
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect(ifindex, 0) as i32 })
 }
 
 /// Sends the packet without encapsulation toward the node of route `rt` (that node, or the
