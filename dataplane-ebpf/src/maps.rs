@@ -114,7 +114,9 @@ pub fn config() -> Option<&'static NodeConfig> {
 ///
 /// The answer is the slot's own route, read in place (a copy would cost the hook a load and a
 /// spill per field): it stays this address's until the hook's next route lookup, which may
-/// reuse the slot, so no caller keeps it past another lookup.
+/// reuse the slot, so no caller keeps it past another lookup. No other program rewrites it
+/// meanwhile: only this CPU's programs write its slots, and none of ipipd's hooks runs nested
+/// in another on one CPU (each runs with bottom halves off, or in the softirq itself).
 #[inline(always)]
 pub fn route(cfg: &NodeConfig, addr: [u8; 4]) -> Option<&'static RouteValue> {
     route_as_of(route_gen(cfg), addr)
