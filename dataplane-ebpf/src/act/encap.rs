@@ -117,7 +117,7 @@ pub fn encap_and_send(
         }
     }
     record(ctx, ifindex(ctx), hook, Reason::Encap, len);
-    send(ctx, &nh)
+    send(ctx, rt, &nh)
 }
 
 /// The next outer IPv4 Identification for a DF-clear packet: a per-CPU counter with the CPU

@@ -57,20 +57,19 @@ impl Forwarding {
 }
 
 /// The next hop toward a peer node: out of which interface, and with which L2.
-pub enum NextHop<'a> {
-    /// The route's own: its output interface and MACs, which user space resolved (read in
-    /// place, not copied).
-    Cached(&'a RouteValue),
-    /// The FIB's answer.
-    Fib {
-        ifindex: u32,
-        /// The MACs are known: write them and redirect. Otherwise `bpf_redirect_neigh` toward
-        /// `gateway` lets the kernel resolve it.
-        resolved: bool,
-        dmac: [u8; 6],
-        smac: [u8; 6],
-        gateway: u32,
-    },
+pub struct NextHop {
+    /// The route caches it (ROUTE_F_L2): [`send`] writes the route's own MACs and interface,
+    /// read in place, and the fields below are unused. (A flag, not an enum holding the route:
+    /// a pointer sharing a stack slot with the FIB's MACs is more than older verifiers, 6.1's,
+    /// can follow.)
+    cached: bool,
+    ifindex: u32,
+    /// The MACs are known: write them and redirect. Otherwise `bpf_redirect_neigh` toward
+    /// `gateway` lets the kernel resolve it.
+    resolved: bool,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    gateway: u32,
 }
 
 /// The next hop toward the node of route `rt`: its cached L2 when user space has resolved it
@@ -78,14 +77,21 @@ pub enum NextHop<'a> {
 /// route: the kernel has none usable (blackhole, unreachable, forwarding disabled, …). An
 /// unresolved neighbour is handled as `unresolved` says.
 #[inline(always)]
-pub fn next_hop<'a>(
+pub fn next_hop(
     ctx: &TcContext,
     cfg: &NodeConfig,
-    rt: &'a RouteValue,
+    rt: &RouteValue,
     unresolved: Unresolved,
-) -> Result<NextHop<'a>, Reason> {
+) -> Result<NextHop, Reason> {
     if rt.flags & ROUTE_F_L2 != 0 {
-        return Ok(NextHop::Cached(rt));
+        return Ok(NextHop {
+            cached: true,
+            ifindex: 0,
+            resolved: true,
+            dmac: [0; 6],
+            smac: [0; 6],
+            gateway: 0,
+        });
     }
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -110,7 +116,8 @@ pub fn next_hop<'a>(
     if !resolved && unresolved == Unresolved::Drop {
         return Err(Reason::DropNextHopUnresolved);
     }
-    Ok(NextHop::Fib {
+    Ok(NextHop {
+        cached: false,
         ifindex: params.ifindex,
         resolved,
         dmac: params.dmac,
@@ -120,48 +127,41 @@ pub fn next_hop<'a>(
     })
 }
 
-/// Sends the (already rewritten) frame toward `nh`: with its MACs when they are known,
-/// `bpf_redirect_neigh` otherwise.
+/// Sends the (already rewritten) frame toward `nh`, the next hop of route `rt`: with its MACs
+/// when they are known, `bpf_redirect_neigh` otherwise.
 #[inline(always)]
-pub fn send(ctx: &TcContext, nh: &NextHop) -> Verdict {
-    let (ifindex, gateway) = match *nh {
-        NextHop::Cached(rt) => {
-            let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-                return Err(Reason::DropHelperFailed);
-            };
+pub fn send(ctx: &TcContext, rt: &RouteValue, nh: &NextHop) -> Verdict {
+    if nh.cached || nh.resolved {
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return Err(Reason::DropHelperFailed);
+        };
+        if nh.cached {
             // SAFETY: bounds-checked above.
             unsafe { set_macs(&mut *eth, rt) };
             return redirect(rt.ifindex);
         }
-        NextHop::Fib {
-            ifindex,
-            resolved: true,
-            ref dmac,
-            ref smac,
-            ..
-        } => {
-            let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-                return Err(Reason::DropHelperFailed);
-            };
-            // SAFETY: bounds-checked above.
-            unsafe {
-                set_mac(&mut (*eth).dst_addr, dmac);
-                set_mac(&mut (*eth).src_addr, smac);
-            }
-            return redirect(ifindex);
+        // SAFETY: bounds-checked above.
+        unsafe {
+            set_mac(&mut (*eth).dst_addr, &nh.dmac);
+            set_mac(&mut (*eth).src_addr, &nh.smac);
         }
-        NextHop::Fib {
-            ifindex, gateway, ..
-        } => (ifindex, gateway),
-    };
+        return redirect(nh.ifindex);
+    }
     let mut neigh = bpf_redir_neigh {
         nh_family: AF_INET as u32,
-        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: gateway },
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: nh.gateway,
+        },
     };
     crate::cost::note(crate::cost::Item::RedirectNeigh);
     // SAFETY: helper call with a correctly sized params struct.
     Ok(unsafe {
-        bpf_redirect_neigh(ifindex, &mut neigh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
+        bpf_redirect_neigh(
+            nh.ifindex,
+            &mut neigh,
+            size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
     })
 }
 
@@ -196,5 +196,5 @@ pub fn forward_plain(
         unsafe { dec_ttl(&mut *ip) };
     }
     record(ctx, ifindex(ctx), hook, reason, bytes);
-    send(ctx, &nh)
+    send(ctx, rt, &nh)
 }

@@ -3,11 +3,11 @@
 //!
 //! [`Object`] takes a program out of an eBPF object the way aya loads it (its maps relocated,
 //! its calls linked into one instruction stream), and [`Object::run`] interprets it on a packet,
-//! counting each instruction and helper call. The maps are the live ones, read through their
-//! pinned fds: a lookup copies the kernel's value (CPU 0's, for a per-CPU map) into this
-//! object's own copy, which the program then reads and writes, so a second run sees what the
-//! first one cached (a route-cache slot, a no-flow slot), as the kernel's second packet would.
-//! Nothing is written back to the kernel.
+//! counting each instruction and helper call. The maps are the live ones of a loaded object,
+//! read through its fds: a lookup copies the kernel's value (for a per-CPU map, the value of the
+//! CPU the object stands for) into this object's own copy, which the program then reads and
+//! writes, so a second run sees what the first one cached (a route-cache slot, a no-flow slot),
+//! as the kernel's second packet would. Nothing is written back to the kernel.
 //!
 //! What is counted is the program as compiled, before the verifier's rewrites: a context field
 //! load is one instruction here, and an array lookup one call here where the verifier inlines a
