@@ -56,13 +56,11 @@ impl Forwarding {
     };
 }
 
-/// The next hop toward a peer node: out of which interface, and with which L2.
+/// The FIB's next hop toward a peer node: out of which interface, and with which L2. Unused
+/// when the route caches its L2 (ROUTE_F_L2): [`send`] then writes the route's own MACs and
+/// interface, read in place. (Not an enum holding the route: a pointer sharing a stack slot
+/// with the FIB's MACs is more than older verifiers, 6.1's, can follow.)
 pub struct NextHop {
-    /// The route caches it (ROUTE_F_L2): [`send`] writes the route's own MACs and interface,
-    /// read in place, and the fields below are unused. (A flag, not an enum holding the route:
-    /// a pointer sharing a stack slot with the FIB's MACs is more than older verifiers, 6.1's,
-    /// can follow.)
-    cached: bool,
     ifindex: u32,
     /// The MACs are known: write them and redirect. Otherwise `bpf_redirect_neigh` toward
     /// `gateway` lets the kernel resolve it.
@@ -85,7 +83,6 @@ pub fn next_hop(
 ) -> Result<NextHop, Reason> {
     if rt.flags & ROUTE_F_L2 != 0 {
         return Ok(NextHop {
-            cached: true,
             ifindex: 0,
             resolved: true,
             dmac: [0; 6],
@@ -117,7 +114,6 @@ pub fn next_hop(
         return Err(Reason::DropNextHopUnresolved);
     }
     Ok(NextHop {
-        cached: false,
         ifindex: params.ifindex,
         resolved,
         dmac: params.dmac,
@@ -131,11 +127,12 @@ pub fn next_hop(
 /// when they are known, `bpf_redirect_neigh` otherwise.
 #[inline(always)]
 pub fn send(ctx: &TcContext, rt: &RouteValue, nh: &NextHop) -> Verdict {
-    if nh.cached || nh.resolved {
+    let cached = rt.flags & ROUTE_F_L2 != 0;
+    if cached || nh.resolved {
         let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
             return Err(Reason::DropHelperFailed);
         };
-        if nh.cached {
+        if cached {
             // SAFETY: bounds-checked above.
             unsafe { set_macs(&mut *eth, rt) };
             return redirect(rt.ifindex);

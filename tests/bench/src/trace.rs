@@ -3,7 +3,7 @@
 //!
 //! [`Object`] takes a program out of an eBPF object the way aya loads it (its maps relocated,
 //! its calls linked into one instruction stream), and [`Object::run`] interprets it on a packet,
-//! counting each instruction and helper call. The maps are the live ones of a loaded object,
+//! counting each instruction it executes. The maps are the live ones of a loaded object,
 //! read through its fds: a lookup copies the kernel's value (for a per-CPU map, the value of the
 //! CPU the object stands for) into this object's own copy, which the program then reads and
 //! writes, so a second run sees what the first one cached (a route-cache slot, a no-flow slot),
@@ -14,7 +14,7 @@
 //! few instructions. Its floor is counted the same way, so the two compare.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
@@ -65,8 +65,6 @@ pub struct Trace {
     pub verdict: u64,
     /// BPF instructions executed (an `ld_imm64`, two slots, counts once).
     pub insns: u64,
-    /// Helper calls, by helper.
-    pub helpers: BTreeMap<&'static str, u64>,
     /// The packet as the program left it.
     pub packet: Vec<u8>,
 }
@@ -233,7 +231,6 @@ impl Object {
             stacks: vec![vec![0; STACK_SIZE]],
             regs: [0; 11],
             insn_count: 0,
-            helpers: BTreeMap::new(),
         };
         vm.sync_ctx();
         vm.regs[1] = CTX;
@@ -242,7 +239,6 @@ impl Object {
         Ok(Trace {
             verdict,
             insns: vm.insn_count,
-            helpers: vm.helpers,
             packet: vm.packet,
         })
     }
@@ -334,7 +330,6 @@ struct Vm<'a> {
     stacks: Vec<Vec<u8>>,
     regs: [u64; 11],
     insn_count: u64,
-    helpers: BTreeMap<&'static str, u64>,
 }
 
 impl Vm<'_> {
@@ -556,10 +551,6 @@ impl Vm<'_> {
         Ok(())
     }
 
-    fn note(&mut self, name: &'static str) {
-        *self.helpers.entry(name).or_default() += 1;
-    }
-
     fn map_of(&self, handle: u64) -> Result<usize> {
         let m = handle
             .checked_sub(MAP_HANDLE)
@@ -575,7 +566,6 @@ impl Vm<'_> {
         let r = self.regs;
         Ok(match id {
             1 => {
-                self.note("map_lookup_elem");
                 let m = self.map_of(r[1])?;
                 let key = self.bytes(r[2], self.obj.maps[m].key_size)?;
                 match self.obj.lookup(m, key)? {
@@ -584,7 +574,6 @@ impl Vm<'_> {
                 }
             }
             2 => {
-                self.note("map_update_elem");
                 let m = self.map_of(r[1])?;
                 let (ks, vs) = (self.obj.maps[m].key_size, self.obj.maps[m].value_size);
                 let key = self.bytes(r[2], ks)?;
@@ -604,26 +593,21 @@ impl Vm<'_> {
                 }
             }
             3 => {
-                self.note("map_delete_elem");
                 let m = self.map_of(r[1])?;
                 let key = self.bytes(r[2], self.obj.maps[m].key_size)?;
                 self.obj.values.insert((m, key), None);
                 0
             }
-            5 => {
-                self.note("ktime_get_ns");
-                0
-            }
-            8 => {
-                self.note("get_smp_processor_id");
-                self.obj.cpu as u64
-            }
+            5 => 0,
+            8 => self.obj.cpu as u64,
             23 => {
-                self.note("redirect");
-                if self.xdp { 4 } else { 7 }
+                if self.xdp {
+                    4
+                } else {
+                    7
+                }
             }
             26 => {
-                self.note("skb_load_bytes");
                 let (off, len) = (r[2] as usize, r[4] as usize);
                 match self.packet.get(off..off + len).map(<[u8]>::to_vec) {
                     Some(b) => {
@@ -633,16 +617,9 @@ impl Vm<'_> {
                     None => -(libc::EFAULT as i64) as u64,
                 }
             }
-            32 => {
-                self.note("skb_change_type");
-                0
-            }
-            39 => {
-                self.note("skb_pull_data");
-                0
-            }
+            32 => 0,
+            39 => 0,
             44 => {
-                self.note("xdp_adjust_head");
                 let delta = r[2] as i32;
                 if delta > 0 {
                     self.packet.drain(..(delta as usize).min(self.packet.len()));
@@ -654,7 +631,6 @@ impl Vm<'_> {
                 0
             }
             50 => {
-                self.note("skb_adjust_room");
                 const BPF_ADJ_ROOM_MAC: u64 = 1;
                 if r[3] != BPF_ADJ_ROOM_MAC {
                     bail!(
@@ -681,27 +657,12 @@ impl Vm<'_> {
                 self.sync_ctx();
                 0
             }
-            130 => {
-                self.note("ringbuf_output");
-                0
-            }
-            131 => {
-                self.note("ringbuf_reserve");
-                0
-            }
+            130 => 0,
+            131 => 0,
             132 | 133 => bail!("ringbuf submit or discard without a reservation"),
-            134 => {
-                self.note("ringbuf_query");
-                0
-            }
-            152 => {
-                self.note("redirect_neigh");
-                7
-            }
-            155 => {
-                self.note("redirect_peer");
-                7
-            }
+            134 => 0,
+            152 => 7,
+            155 => 7,
             id => bail!("helper {id} is not modelled"),
         })
     }
